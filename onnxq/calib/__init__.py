@@ -1,0 +1,1 @@
+"""Calibration: reading data, running onnxruntime, and the per-tensor statistics algorithms."""

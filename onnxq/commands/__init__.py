@@ -1,0 +1,1 @@
+"""Sub-commands of the ``onnxq`` CLI, one module each (see :mod:`onnxq.cli`)."""

@@ -1,0 +1,95 @@
+"""In-memory quantization parameters, keyed by ONNX tensor name.
+
+A :class:`QuantParams` is what a QuantizeLinear/DequantizeLinear pair needs: scale, zero point, the integer
+dtype and, for per-channel parameters, the axis. A :class:`ScaleTable` maps tensor names to them; every
+import/export format (onnxq JSON, TensorRT calibration cache, AIMET encodings, QAT) reads or writes one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from onnxq.errors import OnnxqError
+
+IntDType = Literal["int8", "uint8"]
+
+QMIN_QMAX: dict[str, tuple[int, int]] = {"int8": (-128, 127), "uint8": (0, 255)}
+# Symmetric int8 uses the restricted range [-127, 127] so that -amax and +amax are both representable
+# (TensorRT's convention: scale = amax / 127).
+SYMMETRIC_INT8_QMAX = 127
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Scale and zero point of one tensor.
+
+    ``scale`` and ``zero_point`` are 0-d arrays for per-tensor parameters and 1-d arrays (one entry per
+    channel along ``axis``) for per-channel parameters.
+    """
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    dtype: IntDType = "int8"
+    axis: int | None = None
+
+    def __post_init__(self) -> None:
+        scale = np.asarray(self.scale, dtype=np.float32)
+        zp = np.asarray(self.zero_point, dtype=np.dtype(self.dtype))
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "zero_point", zp)
+        if scale.shape != zp.shape:
+            raise OnnxqError(f"scale shape {scale.shape} and zero point shape {zp.shape} differ")
+        if scale.ndim > 1:
+            raise OnnxqError(f"scale must be a scalar or a 1-d per-channel vector, got shape {scale.shape}")
+        if (self.axis is None) != (scale.ndim == 0):
+            raise OnnxqError("per-channel parameters need an axis and per-tensor parameters must not have one")
+        if not np.all(np.isfinite(scale)) or not np.all(scale > 0):
+            raise OnnxqError(f"scales must be finite and positive, got {scale.ravel()[:8]}")
+
+    @property
+    def per_channel(self) -> bool:
+        return self.axis is not None
+
+    @property
+    def channels(self) -> int:
+        return int(self.scale.size) if self.per_channel else 1
+
+    @property
+    def symmetric(self) -> bool:
+        return self.dtype == "int8" and bool(np.all(self.zero_point == 0))
+
+    def amax(self) -> np.ndarray:
+        """The largest magnitude representable, for symmetric int8 parameters: scale * 127."""
+        return self.scale.astype(np.float64) * SYMMETRIC_INT8_QMAX
+
+    def equals(self, other: QuantParams) -> bool:
+        return (
+            self.dtype == other.dtype
+            and self.axis == other.axis
+            and np.array_equal(self.scale, other.scale)
+            and np.array_equal(self.zero_point, other.zero_point)
+        )
+
+
+ScaleTable = dict[str, QuantParams]
+
+
+def symmetric_params(amax: np.ndarray | float, axis: int | None = None) -> QuantParams:
+    """Symmetric int8 parameters for a range [-amax, amax]; a zero or tiny range keeps a finite positive scale."""
+    amax = np.asarray(amax, dtype=np.float64)
+    scale = np.maximum(amax, np.finfo(np.float32).tiny * SYMMETRIC_INT8_QMAX) / SYMMETRIC_INT8_QMAX
+    scale = np.where(amax > 0, scale, 1.0)
+    return QuantParams(scale.astype(np.float32), np.zeros(scale.shape, np.int8), "int8", axis)
+
+
+def asymmetric_params(lo: np.ndarray | float, hi: np.ndarray | float, axis: int | None = None) -> QuantParams:
+    """Asymmetric uint8 parameters for a range [lo, hi]; the range is widened to include 0 (exactly representable)."""
+    lo = np.minimum(np.asarray(lo, dtype=np.float64), 0.0)
+    hi = np.maximum(np.asarray(hi, dtype=np.float64), 0.0)
+    width = hi - lo
+    scale = np.where(width > 0, width / 255.0, 1.0)
+    zero_point = np.clip(np.round(-lo / scale), 0, 255)
+    return QuantParams(scale.astype(np.float32), zero_point.astype(np.uint8), "uint8", axis)
