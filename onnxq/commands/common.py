@@ -1,0 +1,77 @@
+"""Pieces shared by sub-commands: progress bars, config from flags, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+
+
+@contextlib.contextmanager
+def progress_bar(total: int | None, desc: str) -> Iterator[Callable[[int], None] | None]:
+    """A tqdm bar on a terminal (stderr), nothing otherwise; yields the callback to advance it."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr) as bar:
+        yield bar.update
+
+
+def add_selection_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("what to quantize")
+    g.add_argument("--target", choices=("tensorrt", "ort-cpu"), default="tensorrt",
+                   help="deployment target whose rules the plan follows (default: tensorrt)")
+    g.add_argument("--include-op", action="append", default=[], metavar="OP",
+                   help="quantize this op type even if the target skips it by default (repeatable)")
+    g.add_argument("--exclude-op", action="append", default=[], metavar="OP",
+                   help="keep every node of this op type in float (repeatable)")
+    g.add_argument("--exclude-node", action="append", default=[], metavar="REGEX",
+                   help="keep nodes whose name matches REGEX in float (repeatable)")
+    g.add_argument("--include-node", action="append", default=[], metavar="REGEX",
+                   help="quantize nodes whose name matches REGEX even if skipped by op type (repeatable)")
+    g.add_argument("--per-tensor-weights", action="store_true", help="one scale per weight tensor, not per channel")
+    g.add_argument("--config", metavar="TOML", help="per-node configuration file (see README)")
+
+
+def add_calib_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("calibration")
+    g.add_argument("--method", default="minmax", help="activation calibration: minmax | percentile | entropy | mse")
+    g.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
+    g.add_argument("--num-bins", type=int, default=2048, help="histogram bins of the histogram methods")
+    g.add_argument("--weight-method", default="minmax", choices=("minmax", "mse"),
+                   help="per-channel weight range: minmax, or mse clip search")
+    g.add_argument("--calib-batches", type=int, metavar="N", help="use at most N calibration batches")
+    g.add_argument("--batch-size", type=int, default=8, help="batch size when cutting an .npz stack of samples")
+    g.add_argument("--memory-budget-mb", type=int, default=4096,
+                   help="activations exposed per pass; more tensors are calibrated in several passes")
+    g.add_argument("--seed", type=int, default=0, help="seed for --calib random")
+
+
+def config_from_args(args: argparse.Namespace):
+    """QuantConfig from the flags laid over the --config file (flags win)."""
+    from onnxq.calib.base import CalibOptions
+    from onnxq.config import Overrides, QuantConfig
+    from onnxq.config_file import load_config_file
+
+    overrides, run = Overrides(), {}
+    if getattr(args, "config", None):
+        overrides, run = load_config_file(args.config)
+    flags = Overrides.from_flags(args.include_op, args.exclude_op, args.exclude_node, args.include_node)
+    target = args.target if args.target != "tensorrt" or "target" not in run else run["target"]
+    return QuantConfig(
+        target=target,
+        calib=CalibOptions(method=args.method, percentile=args.percentile, num_bins=args.num_bins),
+        weight_method=run.get("weight_method", args.weight_method) if args.weight_method == "minmax"
+        else args.weight_method,
+        per_channel_weights=not args.per_tensor_weights and run.get("per_channel_weights", True),
+        overrides=overrides.merged(flags),
+        calib_batches=args.calib_batches,
+        batch_size=args.batch_size,
+        requantize=getattr(args, "requantize", False),
+        seed=args.seed,
+        memory_budget_mb=args.memory_budget_mb,
+        debug_passes=getattr(args, "debug_passes", False),
+    )

@@ -1,0 +1,77 @@
+"""``onnxq quantize MODEL --calib DIR``: INT8 post-training quantization."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from onnxq.atomic import write_json_atomic, write_text_atomic
+from onnxq.commands.common import add_calib_flags, add_selection_flags, config_from_args, progress_bar
+from onnxq.errors import OnnxqError
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("quantize", help="quantize an FP32 ONNX model to INT8 Q/DQ form",
+                              description="Fold BatchNorm, plan, calibrate, insert Q/DQ, verify and save.")
+    p.add_argument("model", help="FP32 ONNX model")
+    p.add_argument("-o", "--output", help="output path (default: MODEL.int8.onnx beside the input)")
+    src = p.add_argument_group("ranges (exactly one)")
+    src.add_argument("--calib", metavar="DATA", help="calibration data: folder of .npy/.npz batches, an .npz "
+                     "stack, or 'random' (meaningless scales, for toolchain tests only)")
+    src.add_argument("--stats", action="append", metavar="GLOB",
+                     help="merge statistics files written by 'onnxq calibrate' (repeatable, globs allowed)")
+    src.add_argument("--scales", metavar="FILE", help="take the scales from a file (onnxq JSON, TensorRT "
+                     "calibration cache or AIMET encodings) instead of calibrating")
+    src.add_argument("--strict", action="store_true", help="with --scales: any mismatch with the plan is an error")
+    add_calib_flags(p)
+    add_selection_flags(p)
+    v = p.add_argument_group("validation and reports")
+    v.add_argument("--val", metavar="DATA", help="validate against FP32 on this data right after quantizing")
+    v.add_argument("--per-layer", action="store_true", help="with --val: per-layer SQNR to find the culprits")
+    v.add_argument("--min-sqnr", type=float, metavar="DB", help="with --val: exit 1 when an output's SQNR is lower")
+    v.add_argument("--report", metavar="PATH", help="write a JSON (.json) or Markdown (.md) report")
+    p.add_argument("--requantize", action="store_true", help="strip the Q/DQ of an already quantized model first")
+    p.add_argument("--debug-passes", action="store_true", help="check the model after every pass")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from onnxq.config_file import unmatched_rules
+    from onnxq.pipeline import default_output_path, quantize
+    from onnxq.scales.importer import scale_importer
+
+    if args.min_sqnr is not None and not args.val:
+        raise OnnxqError("--min-sqnr needs --val DATA")
+    config = config_from_args(args)
+    output = Path(args.output) if args.output else default_output_path(args.model)
+    importer = scale_importer(args.scales, strict=args.strict) if args.scales else None
+    with progress_bar(None, "calibrating") as progress:
+        result = quantize(args.model, calib=args.calib, config=config, output=output, stats=args.stats,
+                          scales=importer, val=args.val, per_layer=args.per_layer, progress=progress)
+    for line in result.report.summary_lines():
+        print(line)
+    for warning in unmatched_rules(config.overrides, result.model):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"wrote {result.output_path}")
+    if args.report:
+        write_report(Path(args.report), result)
+        print(f"wrote {args.report}")
+    validation = result.report.validation
+    if args.min_sqnr is not None and validation is not None and validation.min_sqnr_db < args.min_sqnr:
+        print(f"SQNR {validation.min_sqnr_db:.2f} dB is below --min-sqnr {args.min_sqnr}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_report(path: Path, result) -> None:
+    from onnxq.handoff_report import report_payload, render_markdown
+
+    payload = report_payload(result)
+    if path.suffix == ".md":
+        write_text_atomic(path, render_markdown(payload))
+    else:
+        write_json_atomic(path, payload)

@@ -1,0 +1,44 @@
+"""``onnxq validate FP32 QUANT --data DIR``: both models in onnxruntime, the error of every output."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from onnxq.commands.common import progress_bar
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("validate", help="compare a quantized model with its FP32 original",
+                              description="Run both models in onnxruntime on the same batches; print SQNR (dB), "
+                              "cosine similarity, MAE and max abs error per output.")
+    p.add_argument("reference", help="FP32 ONNX model")
+    p.add_argument("quantized", help="quantized ONNX model")
+    p.add_argument("--data", required=True, help="data folder of .npy/.npz batches, or an .npz stack")
+    p.add_argument("--batches", type=int, metavar="N", help="use at most N batches")
+    p.add_argument("--per-layer", action="store_true", help="also compare every shared intermediate tensor")
+    p.add_argument("--min-sqnr", type=float, metavar="DB", help="exit 1 when an output's SQNR is lower")
+    p.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from onnxq.atomic import write_json_atomic
+    from onnxq.calib.data import BatchSource
+    from onnxq.graph import load_model
+    from onnxq.report import validation_lines
+    from onnxq.validate import compare_models
+
+    reference = load_model(args.reference)
+    quantized = load_model(args.quantized)
+    data = BatchSource(reference, args.data, max_batches=args.batches)
+    with progress_bar(len(data), "validating") as progress:
+        report = compare_models(reference, quantized, data, per_layer=args.per_layer, progress=progress)
+    for line in validation_lines(report, worst=10):
+        print(line)
+    if args.json:
+        write_json_atomic(args.json, report.as_dict())
+    if args.min_sqnr is not None and report.min_sqnr_db < args.min_sqnr:
+        print(f"SQNR {report.min_sqnr_db:.2f} dB is below --min-sqnr {args.min_sqnr}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,112 @@
+"""Typed configuration of a quantization run.
+
+Per-node settings follow a documented precedence, lowest first: the target's defaults < the global section of a
+config file < op type < node-name regex (in file order; later wins) < exact node name. A field left ``None`` keeps
+the value of the level below; ``skip = true`` keeps a node in float.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields, replace
+from typing import Literal
+
+from onnxq.calib.base import CalibOptions
+from onnxq.errors import OnnxqError
+
+Target = Literal["tensorrt", "ort-cpu"]
+TARGETS: tuple[str, ...] = ("tensorrt", "ort-cpu")
+ActivationDType = Literal["int8", "uint8"]
+
+
+@dataclass(frozen=True)
+class NodeSetting:
+    """What to do with one node; ``None`` fields inherit from the lower-precedence level."""
+
+    skip: bool | None = None
+    method: str | None = None
+    percentile: float | None = None
+    dtype: ActivationDType | None = None
+
+    def over(self, base: NodeSetting) -> NodeSetting:
+        """This setting laid over ``base``: every field this one sets wins."""
+        return replace(base, **{f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None})
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """User settings by op type, by node-name regex and by exact node name, plus the origin of each for reports."""
+
+    global_setting: NodeSetting = NodeSetting()
+    by_op: dict[str, NodeSetting] = field(default_factory=dict)
+    by_regex: tuple[tuple[str, NodeSetting], ...] = ()
+    by_name: dict[str, NodeSetting] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for pattern, _ in self.by_regex:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise OnnxqError(f"invalid node-name regex {pattern!r}: {exc}") from exc
+
+    def resolve(self, op_type: str, node_name: str, default: NodeSetting) -> tuple[NodeSetting, str]:
+        """The effective setting of a node and the level that decided ``skip`` (for the report)."""
+        setting, decided_by = self.global_setting.over(default), "default"
+        if self.global_setting.skip is not None:
+            decided_by = "global setting"
+        if op_type in self.by_op:
+            setting = self.by_op[op_type].over(setting)
+            decided_by = f"op type {op_type}" if self.by_op[op_type].skip is not None else decided_by
+        for pattern, rule in self.by_regex:
+            if re.search(pattern, node_name):
+                setting = rule.over(setting)
+                decided_by = f"node regex {pattern!r}" if rule.skip is not None else decided_by
+        if node_name in self.by_name:
+            setting = self.by_name[node_name].over(setting)
+            decided_by = f"node name {node_name!r}" if self.by_name[node_name].skip is not None else decided_by
+        return setting, decided_by
+
+    def merged(self, other: Overrides) -> Overrides:
+        """``other`` laid over this one (command-line flags over a config file)."""
+        return Overrides(
+            global_setting=other.global_setting.over(self.global_setting),
+            by_op={**self.by_op, **{k: v.over(self.by_op.get(k, NodeSetting())) for k, v in other.by_op.items()}},
+            by_regex=self.by_regex + other.by_regex,
+            by_name={**self.by_name,
+                     **{k: v.over(self.by_name.get(k, NodeSetting())) for k, v in other.by_name.items()}},
+        )
+
+    @classmethod
+    def from_flags(cls, include_ops=(), exclude_ops=(), exclude_nodes=(), include_nodes=()) -> Overrides:
+        by_op = {op: NodeSetting(skip=False) for op in include_ops}
+        by_op.update({op: NodeSetting(skip=True) for op in exclude_ops})
+        regex = tuple((p, NodeSetting(skip=False)) for p in include_nodes)
+        regex += tuple((p, NodeSetting(skip=True)) for p in exclude_nodes)
+        return cls(by_op=by_op, by_regex=regex)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Everything a quantization run needs besides the model and the data."""
+
+    target: Target = "tensorrt"
+    calib: CalibOptions = CalibOptions()
+    weight_method: str = "minmax"
+    per_channel_weights: bool = True
+    overrides: Overrides = Overrides()
+    calib_batches: int | None = None
+    batch_size: int = 8
+    requantize: bool = False
+    seed: int = 0
+    memory_budget_mb: int = 4096
+    debug_passes: bool = False
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise OnnxqError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        if self.weight_method not in ("minmax", "mse"):
+            raise OnnxqError(f"unknown weight method {self.weight_method!r}; choose minmax or mse")
+        if self.calib_batches is not None and self.calib_batches < 1:
+            raise OnnxqError(f"--calib-batches must be at least 1, got {self.calib_batches}")
+        if self.batch_size < 1:
+            raise OnnxqError(f"--batch-size must be at least 1, got {self.batch_size}")

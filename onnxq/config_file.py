@@ -1,0 +1,91 @@
+"""Per-node configuration files (TOML).
+
+    target = "tensorrt"            # optional top-level run settings
+    weight_method = "minmax"
+
+    [global]                       # every node
+    method = "percentile"
+    percentile = 99.99
+
+    [op.ConvTranspose]             # by op type
+    skip = false
+
+    [regex."^backbone\\."]         # by node-name regex (file order; later wins)
+    method = "entropy"
+
+    [node."head/conv_out"]         # by exact node name
+    skip = true
+
+Precedence, lowest first: target defaults < [global] < [op.*] < [regex.*] < [node.*]; command-line flags are laid
+over the file. Unknown keys are errors; op types, regexes and names that match nothing in the model are reported.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+import onnx
+
+from onnxq.config import NodeSetting, Overrides
+from onnxq.errors import OnnxqError
+
+SETTING_KEYS = {f.name for f in fields(NodeSetting)}
+RUN_KEYS = {"target", "weight_method", "per_channel_weights"}
+SECTIONS = {"global", "op", "regex", "node"}
+
+
+def _setting(where: str, table: dict) -> NodeSetting:
+    if not isinstance(table, dict):
+        raise OnnxqError(f"{where}: expected a table of settings, got {table!r}")
+    unknown = sorted(table.keys() - SETTING_KEYS)
+    if unknown:
+        raise OnnxqError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(SETTING_KEYS))})")
+    if "skip" in table and not isinstance(table["skip"], bool):
+        raise OnnxqError(f"{where}: skip must be true or false")
+    if "dtype" in table and table["dtype"] not in ("int8", "uint8"):
+        raise OnnxqError(f"{where}: dtype must be int8 or uint8, got {table['dtype']!r}")
+    if "percentile" in table and not (isinstance(table["percentile"], (int, float))
+                                      and 0 < table["percentile"] <= 100):
+        raise OnnxqError(f"{where}: percentile must be in (0, 100], got {table['percentile']!r}")
+    if "method" in table:
+        from onnxq.calib.base import CalibOptions
+
+        CalibOptions(method=table["method"])  # raises for unknown methods
+    return NodeSetting(**table)
+
+
+def load_config_file(path: str | Path) -> tuple[Overrides, dict]:
+    """The overrides of a TOML file, and its top-level run settings."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise OnnxqError(f"config file not found: {path}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise OnnxqError(f"{path} is not valid TOML: {exc}") from exc
+    unknown = sorted(doc.keys() - SECTIONS - RUN_KEYS)
+    if unknown:
+        raise OnnxqError(f"{path}: unknown key(s) {', '.join(unknown)} (sections: global, op, regex, node; "
+                         f"settings: {', '.join(sorted(RUN_KEYS))})")
+    run = {k: doc[k] for k in RUN_KEYS if k in doc}
+    overrides = Overrides(
+        global_setting=_setting(f"{path}: [global]", doc.get("global", {})),
+        by_op={op: _setting(f"{path}: [op.{op}]", t) for op, t in doc.get("op", {}).items()},
+        by_regex=tuple((p, _setting(f"{path}: [regex.{p!r}]", t)) for p, t in doc.get("regex", {}).items()),
+        by_name={n: _setting(f"{path}: [node.{n!r}]", t) for n, t in doc.get("node", {}).items()},
+    )
+    return overrides, run
+
+
+def unmatched_rules(overrides: Overrides, model: onnx.ModelProto) -> list[str]:
+    """Op types, regexes and node names of the overrides that match no node of the model."""
+    names = [n.name or n.output[0] for n in model.graph.node]
+    ops = {n.op_type for n in model.graph.node}
+    found = [f"op type {op!r} is not in the model" for op in overrides.by_op if op not in ops]
+    found += [f"regex {p!r} matches no node name" for p, _ in overrides.by_regex
+              if not any(re.search(p, n) for n in names)]
+    found += [f"node {n!r} is not in the model" for n in overrides.by_name if n not in names]
+    return found

@@ -1,0 +1,69 @@
+"""What a model holds: op histogram, Q/DQ coverage per op type, and the scales of a quantized model."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxq.graph import QDQ_OPS, GraphIndex, default_opset
+from onnxq.rules import WEIGHTED_OPS
+
+
+@dataclass
+class ScaleInfo:
+    tensor: str
+    dtype: str
+    axis: int | None
+    channels: int
+    scale_min: float
+    scale_max: float
+    zero_point_min: int
+    zero_point_max: int
+
+
+@dataclass
+class ModelInspection:
+    opset: int
+    ops: Counter
+    coverage: dict[str, tuple[int, int]]  # op type -> (nodes fed through DQ on every quantizable input, nodes)
+    scales: list[ScaleInfo] = field(default_factory=list)
+    initializer_bytes: int = 0
+
+
+def _dq_fed(index: GraphIndex, node: onnx.NodeProto) -> bool:
+    inputs = [n for n in node.input[:2] if n]
+    return bool(inputs) and all((p := index.producer.get(n)) is not None and p.op_type == "DequantizeLinear"
+                                for n in inputs)
+
+
+def inspect_model(model: onnx.ModelProto) -> ModelInspection:
+    graph = model.graph
+    index = GraphIndex.build(graph)
+    ops = Counter(n.op_type for n in graph.node)
+    coverage: dict[str, tuple[int, int]] = {}
+    for node in graph.node:
+        if node.op_type in QDQ_OPS:
+            continue
+        covered, total = coverage.get(node.op_type, (0, 0))
+        fed = _dq_fed(index, node) if node.op_type in WEIGHTED_OPS else any(
+            (p := index.producer.get(n)) is not None and p.op_type == "DequantizeLinear" for n in node.input if n)
+        coverage[node.op_type] = (covered + fed, total + 1)
+    scales = []
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or not index.is_initializer(node.input[1]):
+            continue
+        src = node.input[0]
+        q = index.producer.get(src)
+        tensor = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else src
+        scale = index.array(node.input[1]).astype(np.float64).ravel()
+        zp = (index.array(node.input[2]).ravel() if len(node.input) > 2 and index.is_initializer(node.input[2])
+              else np.zeros(1, np.int8))
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), None)
+        scales.append(ScaleInfo(tensor, str(zp.dtype), axis if scale.size > 1 else None, scale.size,
+                                float(scale.min()), float(scale.max()), int(zp.min()), int(zp.max())))
+    size = sum(i.ByteSize() for i in graph.initializer)
+    return ModelInspection(default_opset(model), ops, coverage, scales, size)

@@ -1,0 +1,22 @@
+"""Graph passes, one per file. :func:`prepare_passes` lists the float-to-float passes run before planning."""
+
+from __future__ import annotations
+
+from onnxq.passes.base import Pass, PassManager, PassResult
+from onnxq.passes.constants_to_initializers import ConstantsToInitializers
+from onnxq.passes.fold_batchnorm import FoldBatchNorm
+from onnxq.passes.infer_shapes import InferShapes
+from onnxq.passes.strip_qdq import StripQDQ
+from onnxq.passes.upgrade_opset import UpgradeOpset
+
+
+def prepare_passes(*, per_channel: bool = True, strip_qdq: bool = False) -> list[Pass]:
+    """Float in, float out, numerically equal: what runs before the plan is built."""
+    passes: list[Pass] = [StripQDQ()] if strip_qdq else []
+    if per_channel:
+        passes.append(UpgradeOpset())
+    passes += [ConstantsToInitializers(), FoldBatchNorm(), InferShapes()]
+    return passes
+
+
+__all__ = ["Pass", "PassManager", "PassResult", "prepare_passes"]

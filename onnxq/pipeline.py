@@ -1,0 +1,179 @@
+"""``quantize()``: the whole post-training quantization, as named stages in order.
+
+    load -> prepare (strip Q/DQ?, opset, constants, fold BN, shapes) -> plan -> ranges (calibrate | statistics |
+    imported scales) -> scales -> insert Q/DQ -> verify (checker + onnxruntime) -> validate? -> save
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from onnxq.calib.base import Calibrator
+from onnxq.calib.collect import CollectSettings, collect_statistics, make_session, run_batch
+from onnxq.calib.data import Batch, BatchSource, DataSource, RandomSource
+from onnxq.calib.stats import expand_stats_paths, merge_stats
+from onnxq.config import QuantConfig
+from onnxq.errors import OnnxqError
+from onnxq.graph import GraphIndex, check_model, count_qdq, fingerprint, load_model, save_model
+from onnxq.passes import PassManager, prepare_passes
+from onnxq.passes.insert_qdq import InsertQDQ
+from onnxq.plan import QuantPlan, build_plan
+from onnxq.report import QuantReport
+from onnxq.scales.compute import compute_scales
+from onnxq.scales.types import ScaleTable
+from onnxq.validate.compare import compare_models
+
+log = logging.getLogger(__name__)
+
+ModelLike = str | os.PathLike | onnx.ModelProto
+DataLike = str | os.PathLike | DataSource | Iterable[Batch]
+ScaleImporter = Callable[[QuantPlan, onnx.ModelProto], ScaleTable]
+
+
+@dataclass
+class QuantizeResult:
+    model: onnx.ModelProto
+    plan: QuantPlan
+    scales: ScaleTable
+    report: QuantReport
+    output_path: Path | None = None
+
+
+def default_output_path(model_path: str | os.PathLike) -> Path:
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.int8.onnx")
+
+
+def _load(model: ModelLike) -> tuple[onnx.ModelProto, Path | None]:
+    if isinstance(model, onnx.ModelProto):
+        return copy.deepcopy(model), None
+    return load_model(model), Path(model)
+
+
+def prepare(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.ModelProto, list[str]]:
+    """Float-to-float passes; refuses a model that already holds Q/DQ unless ``config.requantize``."""
+    has_qdq = count_qdq(model) > 0
+    if has_qdq and not config.requantize:
+        raise OnnxqError("the model already holds QuantizeLinear/DequantizeLinear nodes; pass --requantize to "
+                         "strip them and quantize again")
+    manager = PassManager(prepare_passes(per_channel=config.per_channel_weights, strip_qdq=has_qdq),
+                          debug=config.debug_passes)
+    prepared, results = manager.run(model)
+    return prepared, [note for r in results for note in r.notes]
+
+
+def data_source(model: onnx.ModelProto, data: DataLike, config: QuantConfig) -> DataSource | Iterable[Batch]:
+    if isinstance(data, (str, os.PathLike)):
+        if str(data) == "random":
+            log.warning("calibrating on RANDOM data: the scales mean nothing for real inputs; use it only to "
+                        "test the toolchain")
+            return RandomSource(model, batches=config.calib_batches or 8, seed=config.seed)
+        return BatchSource(model, data, max_batches=config.calib_batches, batch_size=config.batch_size)
+    return data
+
+
+def calibrate(prepared: onnx.ModelProto, plan: QuantPlan, data: DataLike, config: QuantConfig,
+              progress: Callable[[int], None] | None = None) -> tuple[dict[str, Calibrator], int]:
+    """Statistics of every planned activation over the calibration data."""
+    source = data_source(prepared, data, config)
+    settings = CollectSettings(config.calib, config.memory_budget_mb)
+    return collect_statistics(prepared, plan.activations(), source, settings, progress)
+
+
+def weight_arrays(prepared: onnx.ModelProto, plan: QuantPlan) -> dict:
+    index = GraphIndex.build(prepared.graph)
+    return {t.name: index.array(t.name) for t in plan.weights()}
+
+
+def verify(model: onnx.ModelProto, batch: Batch | None) -> None:
+    """The quantized model passes the full ONNX checker and loads (and runs one batch) in onnxruntime."""
+    check_model(model, what="quantized model", full=True)
+    session = make_session(model)
+    if batch is not None:
+        run_batch(session, batch, "the first batch (quantized model)")
+
+
+def check_output_path(output: Path, input_path: Path) -> None:
+    """Fail before any work when the output would overwrite the input or cannot be written."""
+    if output.resolve() == input_path.resolve() or (output.exists() and os.path.samefile(output, input_path)):
+        raise OnnxqError(f"refusing to overwrite the input model {input_path}; choose another output with -o")
+    if output.is_dir():
+        raise OnnxqError(f"output path is a directory: {output}")
+    if not output.parent.exists():
+        raise OnnxqError(f"output folder does not exist: {output.parent}")
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    return model.ByteSize()
+
+
+def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfig | None = None,
+             output: str | os.PathLike | None = None, *, stats: list[str] | None = None,
+             scales: ScaleImporter | None = None, val: DataLike | None = None, per_layer: bool = False,
+             progress: Callable[[int], None] | None = None) -> QuantizeResult:
+    """Quantize ``model`` to INT8 Q/DQ form and (when ``output`` is given) save it atomically.
+
+    Ranges come from exactly one of: ``calib`` (a data folder, an .npz stack, ``"random"`` or an iterable of batches),
+    ``stats`` (statistics files of ``onnxq calibrate``, merged) or ``scales`` (an importer giving a ScaleTable).
+    """
+    config = config or QuantConfig()
+    sources = [s for s in (calib, stats, scales) if s is not None]
+    if len(sources) != 1:
+        raise OnnxqError("give exactly one source of ranges: calibration data (--calib), statistics (--stats) or "
+                         "scales (--scales)")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    original, input_path = _load(model)
+    if output is not None and input_path is not None:
+        check_output_path(Path(output), input_path)
+    prepared, notes = prepare(original, config)
+    plan = build_plan(prepared, config)
+    timings["prepare"] = time.perf_counter() - t0
+    if not plan.tensors:
+        raise OnnxqError("nothing to quantize: no Conv, ConvTranspose, Gemm or MatMul node is planned for "
+                         "quantization (check --exclude-op/--exclude-node)")
+
+    t1 = time.perf_counter()
+    batches, ranges_from = 0, "calibration"
+    if scales is not None:
+        table, ranges_from = scales(plan, prepared), "imported scales"
+    else:
+        if stats is not None:
+            calibrators, batches = merge_stats(expand_stats_paths(stats), fingerprint(prepared))
+            ranges_from = "merged statistics"
+            missing = [t.name for t in plan.activations() if t.name not in calibrators]
+            if missing:
+                raise OnnxqError(f"the statistics cover no activation {missing[0]!r} (and {len(missing) - 1} more); "
+                                 "calibrate with the same model and settings")
+        else:
+            calibrators, batches = calibrate(prepared, plan, calib, config, progress)
+        table = compute_scales(plan, calibrators, weight_arrays(prepared, plan))
+    timings["ranges"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    quantized = copy.deepcopy(prepared)
+    quantized = InsertQDQ(plan, table).call(quantized).model
+    first_batch = next(iter(data_source(prepared, calib, config)), None) if calib is not None else None
+    verify(quantized, first_batch)
+    timings["insert+verify"] = time.perf_counter() - t2
+
+    report = QuantReport(plan, notes, model_bytes(original), model_bytes(quantized), batches, ranges_from)
+    if val is not None:
+        t3 = time.perf_counter()
+        report.validation = compare_models(original if not count_qdq(original) else prepared, quantized,
+                                           data_source(prepared, val, QuantConfig(target=config.target)),
+                                           per_layer=per_layer)
+        timings["validate"] = time.perf_counter() - t3
+    report.seconds = timings
+    output_path = None
+    if output is not None:
+        output_path = save_model(quantized, output, input_path=input_path)
+    return QuantizeResult(quantized, plan, table, report, output_path)

@@ -1,0 +1,143 @@
+"""The QuantPlan: for every tensor to be quantized, its role, integer type, symmetry, axis and consumers.
+
+The plan is the one source of truth: calibration exposes its activations, the Q/DQ pass inserts exactly its tensors,
+scale import/export and reports read it. Nothing downstream re-decides what is quantized.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+import onnx
+
+from onnxq.config import NodeSetting, QuantConfig
+from onnxq.graph import GraphIndex
+from onnxq.rules import TARGET_RULES, TargetRules, weight_axis
+
+log = logging.getLogger(__name__)
+
+Role = Literal["activation", "weight"]
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+
+
+@dataclass(frozen=True)
+class Consumer:
+    node: str
+    input_index: int
+
+
+@dataclass
+class TensorPlan:
+    """How one tensor is quantized; all its listed consumers read one shared Q/DQ pair."""
+
+    name: str
+    role: Role
+    dtype: str
+    symmetric: bool
+    axis: int | None = None
+    channels: int | None = None  # per-channel count (weights), for import checks
+    method: str = "minmax"
+    percentile: float | None = None
+    consumers: list[Consumer] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NodeDecision:
+    node: str
+    op_type: str
+    quantized: bool
+    reason: str
+
+
+@dataclass
+class QuantPlan:
+    target: str
+    tensors: dict[str, TensorPlan] = field(default_factory=dict)
+    nodes: list[NodeDecision] = field(default_factory=list)
+
+    def activations(self) -> list[TensorPlan]:
+        return [t for t in self.tensors.values() if t.role == "activation"]
+
+    def weights(self) -> list[TensorPlan]:
+        return [t for t in self.tensors.values() if t.role == "weight"]
+
+    def summary(self) -> dict[str, Counter]:
+        """Per op type: how many nodes were quantized, and how many skipped for each reason."""
+        table: dict[str, Counter] = {}
+        for d in self.nodes:
+            table.setdefault(d.op_type, Counter())["quantized" if d.quantized else d.reason] += 1
+        return table
+
+
+def _elem_type(model: onnx.ModelProto, name: str) -> int | None:
+    g = model.graph
+    for v in list(g.input) + list(g.output) + list(g.value_info):
+        if v.name == name and v.type.HasField("tensor_type"):
+            return v.type.tensor_type.elem_type
+    for init in g.initializer:
+        if init.name == name:
+            return init.data_type
+    return None
+
+
+class _Planner:
+    def __init__(self, model: onnx.ModelProto, config: QuantConfig) -> None:
+        self.model = model
+        self.config = config
+        self.rules: TargetRules = TARGET_RULES[config.target]
+        self.index = GraphIndex.build(model.graph)
+        self.plan = QuantPlan(target=config.target)
+
+    def build(self) -> QuantPlan:
+        for node in self.model.graph.node:
+            self._decide(node)
+        return self.plan
+
+    def _decide(self, node: onnx.NodeProto) -> None:
+        name = node.name or node.output[0]
+        inputs = self.rules.quantized_inputs.get(node.op_type)
+        if inputs is None or node.domain not in ("", "ai.onnx"):
+            return
+        default, default_reason = self.rules.default_setting(node.op_type)
+        setting, decided_by = self.config.overrides.resolve(node.op_type, name, default)
+        if setting.skip:
+            reason = default_reason if decided_by == "default" else f"skipped by {decided_by}"
+            self.plan.nodes.append(NodeDecision(name, node.op_type, False, reason))
+            return
+        wanted = [(i, node.input[i]) for i in inputs if i < len(node.input) and node.input[i]]
+        not_float = [t for _, t in wanted if _elem_type(self.model, t) not in (None, *FLOAT_TYPES)]
+        if not_float:
+            self.plan.nodes.append(NodeDecision(name, node.op_type, False, f"input {not_float[0]!r} is not float"))
+            return
+        for i, tensor in wanted:
+            self._add_tensor(node, name, i, tensor, setting)
+        self.plan.nodes.append(NodeDecision(name, node.op_type, True, "quantized"))
+
+    def _add_tensor(self, node: onnx.NodeProto, node_name: str, i: int, tensor: str, setting: NodeSetting) -> None:
+        existing = self.plan.tensors.get(tensor)
+        if self.index.is_initializer(tensor):
+            dims = tuple(self.index.initializers[tensor].dims)
+            axis = weight_axis(node, i, len(dims)) if self.config.per_channel_weights else None
+            if existing is not None and existing.axis != axis:
+                log.info("weight %s is shared with different axes; quantizing it per tensor", tensor)
+                existing.axis, existing.channels = None, None
+            elif existing is None:
+                existing = TensorPlan(tensor, "weight", "int8", True, axis,
+                                      dims[axis] if axis is not None else None, self.config.weight_method)
+        elif existing is None:
+            method = setting.method or self.config.calib.method
+            dtype = setting.dtype or self.rules.activation_dtype
+            # int8 activations are symmetric (zero point 0), uint8 ones asymmetric
+            existing = TensorPlan(tensor, "activation", dtype, dtype == "int8", None, None, method, setting.percentile)
+        existing.consumers.append(Consumer(node_name, i))
+        self.plan.tensors[tensor] = existing
+
+
+def build_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
+    """Decide, for the prepared float model, which tensors get Q/DQ and how."""
+    plan = _Planner(model, config).build()
+    log.info("plan: %d activation(s), %d weight(s) to quantize", len(plan.activations()), len(plan.weights()))
+    return plan

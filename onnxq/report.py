@@ -1,0 +1,67 @@
+"""The report of a quantization run: what was folded, quantized or skipped and why, sizes, and validation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from onnxq.plan import QuantPlan
+from onnxq.validate.compare import ComparisonReport
+
+
+@dataclass
+class QuantReport:
+    plan: QuantPlan
+    prepare_notes: list[str] = field(default_factory=list)
+    size_before: int = 0
+    size_after: int = 0
+    calib_batches: int = 0
+    ranges_from: str = "calibration"
+    seconds: dict[str, float] = field(default_factory=dict)
+    validation: ComparisonReport | None = None
+
+    @property
+    def compression(self) -> float:
+        return self.size_before / self.size_after if self.size_after else math.nan
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"target: {self.plan.target}; ranges from {self.ranges_from}"
+                 + (f" ({self.calib_batches} batches)" if self.calib_batches else "")]
+        lines += [f"prepare: {n}" for n in self.prepare_notes]
+        lines.append(f"quantized tensors: {len(self.plan.activations())} activation(s), "
+                     f"{len(self.plan.weights())} weight(s)")
+        for op_type, counts in sorted(self.plan.summary().items()):
+            parts = [f"{n} {why}" for why, n in sorted(counts.items(), key=lambda kv: kv[0] != "quantized")]
+            lines.append(f"  {op_type}: " + "; ".join(parts))
+        lines.append(f"size: {self.size_before / 1e6:.2f} MB -> {self.size_after / 1e6:.2f} MB "
+                     f"({self.compression:.2f}x)")
+        if self.validation is not None:
+            lines += validation_lines(self.validation)
+        if self.seconds:
+            lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()))
+        return lines
+
+    def as_dict(self) -> dict:
+        return {
+            "target": self.plan.target,
+            "ranges_from": self.ranges_from,
+            "calib_batches": self.calib_batches,
+            "prepare": self.prepare_notes,
+            "nodes": [vars(d) for d in self.plan.nodes],
+            "size_before": self.size_before,
+            "size_after": self.size_after,
+            "seconds": self.seconds,
+            "validation": self.validation.as_dict() if self.validation else None,
+        }
+
+
+def validation_lines(report: ComparisonReport, worst: int = 5) -> list[str]:
+    lines = [f"validation on {report.batches} batch(es):",
+             f"  {'output':<28} {'SQNR dB':>8} {'cosine':>9} {'MAE':>10} {'max err':>10}"]
+    for o in report.outputs:
+        lines.append(f"  {o.name[:28]:<28} {o.sqnr_db:8.2f} {o.cosine:9.6f} {o.mae:10.4g} {o.max_abs_error:10.4g}")
+    if report.layers:
+        lines.append(f"  lowest-SQNR layers (of {len(report.layers)}):")
+        for m in report.worst_layers(worst):
+            lines.append(f"    {m.name[:40]:<40} {m.sqnr_db:8.2f} dB  cosine {m.cosine:.5f}")
+    return lines

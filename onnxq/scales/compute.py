@@ -1,0 +1,44 @@
+"""From ranges to quantization parameters: calibrated activations and per-channel weights -> a ScaleTable."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxq.calib.base import Calibrator
+from onnxq.errors import OnnxqError
+from onnxq.plan import QuantPlan, TensorPlan
+from onnxq.scales.types import QuantParams, ScaleTable, asymmetric_params, symmetric_params
+
+
+def activation_params(tensor: TensorPlan, calibrator: Calibrator) -> QuantParams:
+    try:
+        lo, hi = calibrator.compute_range(tensor.symmetric)
+    except OnnxqError as exc:
+        raise OnnxqError(f"activation {tensor.name!r}: {exc}") from exc
+    if tensor.symmetric:
+        return symmetric_params(max(abs(lo), abs(hi)))
+    return asymmetric_params(lo, hi)
+
+
+def weight_amax(w: np.ndarray, axis: int | None, method: str) -> np.ndarray:
+    """Largest magnitude per output channel (``axis``) or of the whole tensor (``axis`` None)."""
+    from onnxq.calib import weights as weight_methods
+
+    return weight_methods.weight_amax(w, axis, method)
+
+
+def weight_params(tensor: TensorPlan, w: np.ndarray) -> QuantParams:
+    if not np.isfinite(w).all():
+        raise OnnxqError(f"weight {tensor.name!r} holds NaN or Inf values")
+    return symmetric_params(weight_amax(w.astype(np.float32), tensor.axis, tensor.method), tensor.axis)
+
+
+def compute_scales(plan: QuantPlan, calibrators: dict[str, Calibrator], weights: dict[str, np.ndarray]) -> ScaleTable:
+    """Parameters for every tensor of the plan; activations need a calibrator, weights their values."""
+    table: ScaleTable = {}
+    for tensor in plan.tensors.values():
+        if tensor.role == "weight":
+            table[tensor.name] = weight_params(tensor, weights[tensor.name])
+        else:
+            table[tensor.name] = activation_params(tensor, calibrators[tensor.name])
+    return table

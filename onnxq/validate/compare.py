@@ -1,0 +1,111 @@
+"""Run an FP32 model and its quantized version on the same batches and measure the error of every output.
+
+Optionally per layer: every tensor name that both graphs share (node outputs keep their names through Q/DQ
+insertion) is exposed and compared, so the layers where the error grows stand out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import onnx
+
+from onnxq.calib.collect import expose, make_session, run_batch
+from onnxq.calib.data import Batch, BatchSource, DataSource, model_inputs
+from onnxq.errors import OnnxqError
+from onnxq.graph import QDQ_OPS, load_model
+from onnxq.validate.metrics import ErrorAccumulator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutputMetrics:
+    name: str
+    sqnr_db: float
+    cosine: float
+    mae: float
+    max_abs_error: float
+
+    @classmethod
+    def of(cls, name: str, acc: ErrorAccumulator) -> OutputMetrics:
+        return cls(name, acc.sqnr_db, acc.cosine, acc.mae, acc.max_err)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "sqnr_db": _json_float(self.sqnr_db), "cosine": self.cosine,
+                "mae": self.mae, "max_abs_error": self.max_abs_error}
+
+
+@dataclass
+class ComparisonReport:
+    outputs: list[OutputMetrics]
+    layers: list[OutputMetrics] = field(default_factory=list)
+    batches: int = 0
+
+    @property
+    def min_sqnr_db(self) -> float:
+        return min((o.sqnr_db for o in self.outputs), default=math.inf)
+
+    def worst_layers(self, n: int = 5) -> list[OutputMetrics]:
+        return sorted(self.layers, key=lambda m: m.sqnr_db)[:n]
+
+    def as_dict(self) -> dict:
+        return {"batches": self.batches, "outputs": [o.as_dict() for o in self.outputs],
+                "layers": [m.as_dict() for m in self.layers]}
+
+
+def _json_float(x: float) -> float | str:
+    return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
+
+
+def _as_model(model: onnx.ModelProto | str) -> onnx.ModelProto:
+    return model if isinstance(model, onnx.ModelProto) else load_model(model)
+
+
+def shared_layer_tensors(reference: onnx.ModelProto, quantized: onnx.ModelProto) -> list[str]:
+    """Float node outputs present in both graphs (skipping Q/DQ outputs), in the reference's order."""
+    quant_outputs = {o for n in quantized.graph.node if n.op_type not in QDQ_OPS for o in n.output}
+    graph_outputs = {o.name for o in reference.graph.output}
+    return [o for n in reference.graph.node for o in n.output
+            if o and o in quant_outputs and o not in graph_outputs and n.op_type != "Constant"]
+
+
+def compare_models(reference: onnx.ModelProto | str, quantized: onnx.ModelProto | str,
+                   data: DataSource | Iterable[Batch] | str, *, per_layer: bool = False,
+                   progress: Callable[[int], None] | None = None) -> ComparisonReport:
+    """Per-output (and optionally per-layer) SQNR, cosine, MAE and max error of ``quantized`` against ``reference``."""
+    reference, quantized = _as_model(reference), _as_model(quantized)
+    ref_inputs = [s.name for s in model_inputs(reference)]
+    q_inputs = [s.name for s in model_inputs(quantized)]
+    if sorted(ref_inputs) != sorted(q_inputs):
+        raise OnnxqError(f"the models have different inputs: {ref_inputs} vs {q_inputs}")
+    ref_outs = [o.name for o in reference.graph.output]
+    q_outs = [o.name for o in quantized.graph.output]
+    if ref_outs != q_outs:
+        raise OnnxqError(f"the models have different outputs: {ref_outs} vs {q_outs}")
+    if isinstance(data, str):
+        data = BatchSource(reference, data)
+    layers = shared_layer_tensors(reference, quantized) if per_layer else []
+    ref_session = make_session(expose(reference, layers))
+    q_session = make_session(expose(quantized, layers))
+    names = [o.name for o in ref_session.get_outputs()]
+    q_pos = {o.name: i for i, o in enumerate(q_session.get_outputs())}
+    accs = {n: ErrorAccumulator() for n in names}
+    batches = 0
+    for batches, batch in enumerate(data, start=1):
+        ref = run_batch(ref_session, batch, f"batch {batches} (FP32 model)")
+        got = run_batch(q_session, batch, f"batch {batches} (quantized model)")
+        for i, name in enumerate(names):
+            accs[name].add(ref[i], got[q_pos[name]])
+        if progress is not None:
+            progress(1)
+    if batches == 0:
+        raise OnnxqError("the validation data holds no batches")
+    return ComparisonReport(
+        outputs=[OutputMetrics.of(n, accs[n]) for n in ref_outs],
+        layers=[OutputMetrics.of(n, accs[n]) for n in layers],
+        batches=batches,
+    )

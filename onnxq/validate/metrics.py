@@ -1,0 +1,67 @@
+"""Streaming error metrics between a reference tensor and an approximation of it.
+
+Accumulated in float64 over any number of batches without keeping them: SQNR (dB) = 10 log10(sum x^2 / sum (x-y)^2),
+cosine similarity over all elements, mean absolute error and max absolute error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class ErrorAccumulator:
+    signal: float = 0.0  # sum x^2
+    noise: float = 0.0  # sum (x - y)^2
+    approx: float = 0.0  # sum y^2
+    dot: float = 0.0  # sum x * y
+    abs_err: float = 0.0
+    max_err: float = 0.0
+    count: int = 0
+    nonfinite: int = 0
+
+    def add(self, reference: np.ndarray, approx: np.ndarray) -> None:
+        x = np.asarray(reference, dtype=np.float64).ravel()
+        y = np.asarray(approx, dtype=np.float64).ravel()
+        if x.shape != y.shape:
+            raise ValueError(f"shape mismatch {reference.shape} vs {approx.shape}")
+        finite = np.isfinite(x) & np.isfinite(y)
+        if not finite.all():
+            self.nonfinite += int(finite.size - finite.sum())
+            x, y = x[finite], y[finite]
+        d = x - y
+        self.signal += float(x @ x)
+        self.noise += float(d @ d)
+        self.approx += float(y @ y)
+        self.dot += float(x @ y)
+        self.abs_err += float(np.abs(d).sum())
+        self.max_err = max(self.max_err, float(np.abs(d).max(initial=0.0)))
+        self.count += x.size
+
+    @property
+    def sqnr_db(self) -> float:
+        if self.noise == 0.0:
+            return math.inf
+        if self.signal == 0.0:
+            return -math.inf
+        return 10.0 * math.log10(self.signal / self.noise)
+
+    @property
+    def cosine(self) -> float:
+        denom = math.sqrt(self.signal) * math.sqrt(self.approx)
+        if denom == 0.0:
+            return 1.0 if self.signal == self.approx else 0.0
+        return self.dot / denom
+
+    @property
+    def mae(self) -> float:
+        return self.abs_err / self.count if self.count else 0.0
+
+
+def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
+    acc = ErrorAccumulator()
+    acc.add(reference, approx)
+    return acc.sqnr_db

@@ -1,0 +1,92 @@
+"""The plan for the TensorRT and ORT-CPU targets: exactly which tensors, which axis, which dtype."""
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from onnxq.config import NodeSetting, Overrides, QuantConfig
+from onnxq.plan import Consumer, build_plan
+from tests.helpers import init, make_model
+
+RNG = np.random.default_rng(2)
+
+
+def mixed_model():
+    inits = [
+        init("conv_w", RNG.standard_normal((8, 3, 3, 3)).astype(np.float32)),
+        init("conv_b", np.zeros(8, np.float32)),
+        init("deconv_w", RNG.standard_normal((8, 4, 2, 2)).astype(np.float32)),
+        init("gemm_w", RNG.standard_normal((10, 4)).astype(np.float32)),
+        init("mm_w", RNG.standard_normal((10, 6)).astype(np.float32)),
+        init("shape", np.array([0, -1], np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("ConvTranspose", ["r", "deconv_w"], ["d"], name="deconv", strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["d"], ["p"], name="gap"),
+        helper.make_node("Reshape", ["p", "shape"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "gemm_w"], ["g"], name="gemm", transB=1),
+        helper.make_node("MatMul", ["g", "mm_w"], ["m1"], name="mm"),
+        helper.make_node("MatMul", ["g", "mm_w"], ["m2"], name="mm_shared"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("m1", "m2")], inits)
+    return make_model(graph)
+
+
+def test_tensorrt_default_plan_exactly():
+    plan = build_plan(mixed_model(), QuantConfig())
+    got = {t.name: (t.role, t.dtype, t.symmetric, t.axis) for t in plan.tensors.values()}
+    assert got == {
+        "x": ("activation", "int8", True, None),
+        "conv_w": ("weight", "int8", True, 0),
+        "f": ("activation", "int8", True, None),
+        "gemm_w": ("weight", "int8", True, 0),  # transB=1: rows are output channels
+        "g": ("activation", "int8", True, None),
+        "mm_w": ("weight", "int8", True, 1),
+    }
+    # one Q/DQ for a tensor read by two quantized consumers
+    assert plan.tensors["g"].consumers == [Consumer("mm", 0), Consumer("mm_shared", 0)]
+    assert plan.tensors["mm_w"].consumers == [Consumer("mm", 1), Consumer("mm_shared", 1)]
+    # bias stays float; ConvTranspose skipped by default with the reason
+    assert "conv_b" not in plan.tensors
+    deconv = next(d for d in plan.nodes if d.node == "deconv")
+    assert not deconv.quantized and "TensorRT lacks INT8 kernels" in deconv.reason
+
+
+def test_include_convtranspose_uses_axis_1():
+    config = QuantConfig(overrides=Overrides.from_flags(include_ops=["ConvTranspose"]))
+    plan = build_plan(mixed_model(), config)
+    assert plan.tensors["deconv_w"].axis == 1 and plan.tensors["deconv_w"].channels == 4
+    assert plan.tensors["r"].role == "activation"
+
+
+def test_ort_cpu_target_uses_asymmetric_uint8_activations():
+    plan = build_plan(mixed_model(), QuantConfig(target="ort-cpu"))
+    assert (plan.tensors["x"].dtype, plan.tensors["x"].symmetric) == ("uint8", False)
+    assert (plan.tensors["conv_w"].dtype, plan.tensors["conv_w"].symmetric) == ("int8", True)
+
+
+def test_precedence_op_type_then_regex_then_exact_name():
+    overrides = Overrides(
+        by_op={"MatMul": NodeSetting(skip=True)},
+        by_regex=(("^mm", NodeSetting(skip=False)), ("shared$", NodeSetting(skip=True))),
+        by_name={"mm_shared": NodeSetting(skip=False, method="percentile")},
+    )
+    plan = build_plan(mixed_model(), QuantConfig(overrides=overrides))
+    decided = {d.node: d.quantized for d in plan.nodes}
+    assert decided["mm"] and decided["mm_shared"]
+    overrides = Overrides(by_op={"MatMul": NodeSetting(skip=True)}, by_regex=(("shared$", NodeSetting(skip=False)),))
+    plan = build_plan(mixed_model(), QuantConfig(overrides=overrides))
+    decisions = {d.node: d for d in plan.nodes}
+    assert not decisions["mm"].quantized and decisions["mm"].reason == "skipped by op type MatMul"
+    assert decisions["mm_shared"].quantized
+
+
+def test_exclude_node_regex_and_per_tensor_weights():
+    config = QuantConfig(overrides=Overrides.from_flags(exclude_nodes=["^gemm$"]), per_channel_weights=False)
+    plan = build_plan(mixed_model(), config)
+    assert "gemm_w" not in plan.tensors and "f" not in plan.tensors
+    assert plan.tensors["conv_w"].axis is None
+    gemm = next(d for d in plan.nodes if d.node == "gemm")
+    assert gemm.reason == "skipped by node regex '^gemm$'"

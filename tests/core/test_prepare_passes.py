@@ -1,0 +1,122 @@
+"""Prepare passes: each leaves the model numerically equal; the sequence runs on awkward exporter output."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxq.errors import OnnxqError
+from onnxq.passes import PassManager, prepare_passes
+from onnxq.passes.base import Pass, PassResult
+from onnxq.passes.constants_to_initializers import ConstantsToInitializers
+from onnxq.passes.infer_shapes import InferShapes
+from onnxq.passes.upgrade_opset import UpgradeOpset
+from tests.helpers import assert_equivalent, init, make_model, op_types, rng_feeds
+
+RNG = np.random.default_rng(1)
+
+
+def opset11_model() -> onnx.ModelProto:
+    """Constant-node weights, Squeeze/Unsqueeze with axes attributes (changed in 13), unnamed dynamic dims."""
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["w"], value=helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())),
+        helper.make_node("Constant", [], ["b"], value=helper.make_tensor("b", TensorProto.FLOAT, [4], [.1, -.2, .3, 0])),
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Unsqueeze", ["r"], ["u"], name="unsq", axes=[0]),
+        helper.make_node("Squeeze", ["u"], ["out"], name="sq", axes=[0]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, None, None])
+    graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    return make_model(graph, opset=11)
+
+
+def test_constants_become_initializers():
+    model = opset11_model()
+    reference = make_model(model.graph, opset=11)
+    result = ConstantsToInitializers().call(model)
+    assert result.changed and "Constant" not in op_types(result.model)
+    assert {i.name for i in result.model.graph.initializer} == {"w", "b"}
+    assert_equivalent(reference, result.model, rng_feeds(reference, {"x": (2, 3, 5, 7)}))
+
+
+def test_scalar_list_constants_become_initializers():
+    nodes = [helper.make_node("Constant", [], ["k"], value_floats=[2.0, -1.0]),
+             helper.make_node("Mul", ["x", "k"], ["y"], name="mul")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = make_model(graph, opset=13)
+    reference = make_model(model.graph, opset=13)
+    result = ConstantsToInitializers().call(model)
+    assert op_types(result.model) == ["Mul"]
+    assert_equivalent(reference, result.model, rng_feeds(reference, {"x": (3, 2)}))
+
+
+def test_upgrade_opset_11_to_13_is_equivalent():
+    model = opset11_model()
+    reference = make_model(model.graph, opset=11)
+    result = UpgradeOpset().call(model)
+    assert result.changed
+    assert result.model.opset_import[0].version == 13
+    assert_equivalent(reference, result.model, rng_feeds(reference, {"x": (1, 3, 4, 4)}))
+
+
+def test_upgrade_is_a_no_op_at_17():
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    assert not UpgradeOpset().call(make_model(graph, opset=17)).changed
+
+
+def test_shape_inference_never_fails():
+    node = helper.make_node("MysteryOp", ["x"], ["y"], domain="com.vendor", name="m")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.vendor", 1)])
+    result = InferShapes().call(model)  # unknown op: inference skips it, the run goes on
+    assert result.model is not None
+
+
+def test_full_prepare_sequence_on_foreign_style_model():
+    model = opset11_model()
+    reference = make_model(model.graph, opset=11)
+    prepared, results = PassManager(prepare_passes()).run(model)
+    assert [type(r) for r in results] == [PassResult] * 4
+    assert "Constant" not in op_types(prepared)
+    assert_equivalent(reference, prepared, rng_feeds(reference, {"x": (3, 3, 6, 6)}))
+
+
+class _Broken(Pass):
+    name = "broken"
+
+    def call(self, model):
+        raise OnnxqError("boom")
+
+
+def test_pass_error_names_the_pass_and_its_predecessors():
+    with pytest.raises(OnnxqError, match=r"pass 'broken' \(after \['constants-to-initializers'\]\): boom"):
+        PassManager([ConstantsToInitializers(), _Broken()]).run(opset11_model())
+
+
+def test_weights_shared_by_two_convs_fold_separately():
+    """Two Conv-BN pairs reading one weight initializer: each gets its own folded copy."""
+    w = RNG.standard_normal((3, 3, 1, 1)).astype(np.float32)
+    inits = [init("w", w)]
+    nodes = []
+    for i in range(2):
+        p = f"bn{i}"
+        inits += [init(f"{p}_g", RNG.uniform(0.5, 2, 3).astype(np.float32)),
+                  init(f"{p}_b", RNG.standard_normal(3).astype(np.float32)),
+                  init(f"{p}_m", RNG.standard_normal(3).astype(np.float32)),
+                  init(f"{p}_v", RNG.uniform(0.5, 2, 3).astype(np.float32))]
+        nodes += [helper.make_node("Conv", ["x", "w"], [f"c{i}"], name=f"conv{i}"),
+                  helper.make_node("BatchNormalization", [f"c{i}", f"{p}_g", f"{p}_b", f"{p}_m", f"{p}_v"],
+                                   [f"y{i}"], name=p)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(2)], inits)
+    model = make_model(graph)
+    reference = make_model(model.graph)
+    prepared, _ = PassManager(prepare_passes()).run(model)
+    assert op_types(prepared) == ["Conv", "Conv"]
+    assert_equivalent(reference, prepared, rng_feeds(reference, {"x": (1, 3, 4, 4)}))

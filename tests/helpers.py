@@ -1,0 +1,60 @@
+"""Test helpers: golden graphs from ONNX text, onnxruntime runs, numerical-equality assertions."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+IR_VERSION = 8  # understood by every onnxruntime we support
+
+
+def make_model(graph: onnx.GraphProto, opset: int = 17) -> onnx.ModelProto:
+    """A checked model; graph outputs declared without a shape get the inferred one."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = IR_VERSION
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    known = {v.name: v for v in list(inferred.value_info) + list(inferred.output)}
+    for out in model.graph.output:
+        if not out.type.tensor_type.HasField("shape") and out.name in known:
+            out.type.CopyFrom(known[out.name].type)
+    onnx.checker.check_model(model)
+    return model
+
+
+def parse(text: str) -> onnx.ModelProto:
+    model = onnx.parser.parse_model(text)
+    onnx.checker.check_model(model)
+    return model
+
+
+def init(name: str, array: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def assert_equivalent(a: onnx.ModelProto, b: onnx.ModelProto, feeds: dict[str, np.ndarray],
+                      rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Both models give the same outputs on ``feeds`` (relative tolerance ~1e-5, as the folding passes promise)."""
+    for x, y in zip(run(a, feeds), run(b, feeds), strict=True):
+        np.testing.assert_allclose(y, x, rtol=rtol, atol=atol * max(1.0, float(np.abs(x).max())))
+
+
+def rng_feeds(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
+
+
+def op_types(model: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in model.graph.node]
+
+
+def node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
+    return next(n for n in model.graph.node if n.name == name)
