@@ -1,0 +1,60 @@
+"""A tf2onnx/paddle2onnx-style graph: opset 11, Constant-node weights, unnamed dynamic dims, an If node whose
+branches read an outer tensor. Quantizes without crashing; the If insides stay float."""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+import onnxq
+from onnxq.validate import compare_models
+from tests.helpers import make_model
+
+RNG = np.random.default_rng(4)
+
+
+def const(name, array):
+    return helper.make_node("Constant", [], [name], value=helper.make_tensor(
+        name, TensorProto.FLOAT, array.shape, array.astype(np.float32).ravel()))
+
+
+def foreign_model() -> onnx.ModelProto:
+    w1 = RNG.standard_normal((8, 3, 3, 3)) * 0.3
+    w2 = RNG.standard_normal((8, 16)) * 0.3
+    then_g = helper.make_graph([helper.make_node("Relu", ["feat"], ["t_out"])], "then", [],
+                               [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)])
+    else_g = helper.make_graph([helper.make_node("Neg", ["feat"], ["e_out"])], "else", [],
+                               [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)])
+    nodes = [
+        const("w1", w1), const("w2", w2), const("zero", np.zeros(())),
+        helper.make_node("Conv", ["x", "w1"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["feat"], name="flatten"),
+        helper.make_node("ReduceSum", ["feat"], ["s"], name="sum", keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["cond"], name="gt"),
+        helper.make_node("If", ["cond"], ["branch"], name="if", then_branch=then_g, else_branch=else_g),
+        helper.make_node("MatMul", ["branch", "w2"], ["y"], name="matmul"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, None, None])  # unnamed dynamic dims
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])
+    return make_model(helper.make_graph(nodes, "foreign", [x], [y]), opset=11)
+
+
+def test_foreign_graph_quantizes_and_if_stays_float(tmp_path):
+    model = foreign_model()
+    path = tmp_path / "foreign.onnx"
+    onnx.save(model, path)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, hw in enumerate([(12, 12), (16, 10), (9, 9)]):  # spatial dims vary between batches
+        np.save(calib / f"{i}.npy", RNG.standard_normal((2, 3, *hw)).astype(np.float32))
+    result = onnxq.quantize(str(path), calib=str(calib))
+    quantized = {d.node for d in result.plan.nodes if d.quantized}
+    assert quantized == {"conv", "matmul"}
+    if_node = next(n for n in result.model.graph.node if n.op_type == "If")
+    for attr in if_node.attribute:
+        assert all(n.op_type not in ("QuantizeLinear", "DequantizeLinear") for n in attr.g.node)
+    # the If branches read 'feat', which must still exist as a float tensor
+    assert any("feat" in n.output for n in result.model.graph.node)
+    report = compare_models(str(path), result.model, str(calib))
+    assert report.outputs[0].sqnr_db > 25
