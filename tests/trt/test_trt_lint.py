@@ -160,9 +160,18 @@ def test_residual_add_with_one_float_input():
     x = g.input("x")
     y = conv_block(g, x, "conv1")
     g.output(g.node("Add", [g.qdq(y, "branch"), x], "add_mixed"))
-    g.output(g.node("Add", [g.qdq(y, "b2"), g.qdq(x, "skip")], "add_both"))
     g.output(g.node("Add", [y, g.init("bias", np.zeros((1, 4, 1, 1), np.float32))], "add_bias"))
     assert found(g.model()) == [("warning", "residual-add", "add_mixed")]
+
+
+def test_residual_add_recommended_pattern_and_blocked_fusion():
+    g = Graph()
+    x = g.input("x")
+    # recommended: Conv output straight into the Add, the skip branch quantized -> Conv+Add fuse in INT8
+    g.output(g.node("Add", [conv_block(g, x, "conv1"), g.qdq(x, "skip1")], "add_fused"))
+    # an extra Q/DQ on the Conv side separates the Conv from the Add
+    g.output(g.node("Add", [g.qdq(conv_block(g, x, "conv2"), "conv2_out"), g.qdq(x, "skip2")], "add_blocked"))
+    assert found(g.model()) == [("warning", "residual-add", "add_blocked")]
 
 
 def test_gemm_and_matmul_axes():

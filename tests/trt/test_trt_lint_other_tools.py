@@ -75,8 +75,10 @@ def test_ort_symmetric_int8_per_channel_passes(tmp_path):
                          extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
     findings = lint_model(model)
     assert [f for f in findings if f.severity == "error"] == []
-    # onnxruntime puts Q/DQ between Conv and Relu, and stores the bias as an int32 DequantizeLinear
+    # onnxruntime puts Q/DQ between Conv and Relu and between Conv and the residual Add, and stores the bias as an
+    # int32 DequantizeLinear
     assert {(f.rule, f.node) for f in findings} == {("qdq-blocks-fusion", "conv1_out_QuantizeLinear"),
+                                                   ("residual-add", "add"),
                                                    ("qdq-dtype", "conv1.bias_DequantizeLinear")}
     entries = read_qdq(model)
     assert entries["conv1.weight"].params.axis == 0 and entries["conv1.weight"].params.channels == 4

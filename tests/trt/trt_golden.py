@@ -30,12 +30,16 @@ class Graph:
         self.nodes.append(helper.make_node(op, inputs, outputs, name=name, **attrs))
         return outputs[0]
 
+    @staticmethod
+    def zero_point(zp, scale: np.ndarray, dtype: str) -> np.ndarray:
+        return np.broadcast_to(np.asarray(zp), scale.shape).astype(DTYPES[dtype][1])
+
     def q(self, x: str, name: str, scale, zp=0, dtype="int8", axis=None, with_zp=True) -> str:
         scale = np.asarray(scale, np.float32)
         s = self.init(f"{name}_scale", scale)
         inputs = [x, s]
         if with_zp:
-            inputs.append(self.init(f"{name}_zp", np.broadcast_to(np.asarray(zp), scale.shape).astype(DTYPES[dtype][1])))
+            inputs.append(self.init(f"{name}_zp", self.zero_point(zp, scale, dtype)))
         attrs = {} if axis is None else {"axis": axis}
         return self.node("QuantizeLinear", inputs, name, **attrs)
 
@@ -44,7 +48,7 @@ class Graph:
         s = self.init(f"{name}_scale", scale)
         inputs = [xq, s]
         if with_zp:
-            inputs.append(self.init(f"{name}_zp", np.broadcast_to(np.asarray(zp), scale.shape).astype(DTYPES[dtype][1])))
+            inputs.append(self.init(f"{name}_zp", self.zero_point(zp, scale, dtype)))
         attrs = {} if axis is None else {"axis": axis}
         return self.node("DequantizeLinear", inputs, name, **attrs)
 

@@ -1,0 +1,45 @@
+"""``onnxq export-scales``: read a Q/DQ model's scales and write them for another toolchain."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from onnxq.graph import fingerprint, load_model
+from onnxq.scales.io import FORMATS, save_scales
+from onnxq.scales.qdq_reader import read_qdq
+from onnxq.scales.trt_cache import ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_VERSION
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("export-scales", help="write a Q/DQ model's scales as JSON, TensorRT cache or AIMET",
+                              description="Read the scales of a Q/DQ ONNX model (keyed by the quantized tensor's "
+                              "name) and write them in another toolchain's format.")
+    p.add_argument("model", help="Q/DQ ONNX model")
+    p.add_argument("--format", choices=FORMATS, required=True,
+                   help="json (onnxq), trt-cache (TensorRT calibration cache, per-tensor only), aimet (0.6.1)")
+    p.add_argument("-o", "--output", required=True, help="file to write")
+    p.add_argument("--trt-version", default=DEFAULT_VERSION,
+                   help=f"version number in the calibration cache header (default {DEFAULT_VERSION})")
+    p.add_argument("--algorithm", choices=ALGORITHMS, default=DEFAULT_ALGORITHM,
+                   help="calibrator name in the calibration cache header")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load_model(args.model)
+    entries = read_qdq(model)
+    table = {name: entry.params for name, entry in entries.items()}
+    params = sorted(name for name, entry in entries.items() if entry.role == "weight")
+    meta = {"json": {"fingerprint": fingerprint(model), "param_names": params},
+            "aimet": {"param_names": params},
+            "trt-cache": {"trt_version": args.trt_version, "algorithm": args.algorithm}}[args.format]
+    if not table:
+        log.warning("%s has no int8/uint8 Q/DQ nodes; writing an empty scales file", args.model)
+    save_scales(table, args.output, args.format, **meta)
+    written = sum(1 for p in table.values() if not p.per_channel and p.symmetric) if args.format == "trt-cache" \
+        else len(table)
+    print(f"wrote {written} tensor scale(s) to {args.output} ({args.format})")
+    return 0

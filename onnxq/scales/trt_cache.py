@@ -1,0 +1,130 @@
+"""TensorRT INT8 calibration cache (the text file TensorRT's calibrators write and trtexec ``--calib`` reads).
+
+Format, as TensorRT writes it and as onnxruntime's TensorRT execution provider parses it
+(``onnxruntime/core/providers/tensorrt/tensorrt_execution_provider_utils.h``, ``ReadDynamicRange``: "tensor name :
+scale in 32-bit single precision IEEE754 format", example ``TRT-7103-EntropyCalibration2`` / ``data_0: 4000889d``)::
+
+    TRT-<version>-<algorithm>            e.g. TRT-8601-EntropyCalibration2, TRT-8601-MinMaxCalibration
+    <tensor name>: <8 hex digits>        the float32 scale's IEEE-754 bit pattern, most significant byte first
+
+The value is the *scale*: the dynamic range (amax) is ``scale * 127`` (onnxruntime multiplies by 127.0 when it reads
+the file). TensorRT quantization is symmetric int8, so entries become ``QuantParams(scale, 0, "int8")``.
+
+Limits of the format: one scale per tensor. Per-channel (weight) parameters are not part of a calibration cache --
+TensorRT computes weight scales itself -- and asymmetric/uint8 parameters cannot be expressed; both are left out on
+export with a warning naming how many were dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+from typing import Any
+
+import numpy as np
+
+from onnxq.errors import OnnxqError
+from onnxq.scales.types import QuantParams, ScaleTable
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
+DEFAULT_ALGORITHM = "EntropyCalibration2"
+DEFAULT_VERSION = "8601"  # TensorRT 8.6.1's NV_TENSORRT_VERSION, as in "TRT-8601-..."
+
+
+def float_to_hex(value: float) -> str:
+    return struct.pack(">f", value).hex()
+
+
+def hex_to_float(text: str) -> float:
+    digits = text.strip().lower()
+    if digits.startswith("0x"):
+        digits = digits[2:]
+    if not digits or len(digits) > 8 or any(c not in "0123456789abcdef" for c in digits):
+        raise ValueError(f"not an 8-digit hex float32: {text.strip()!r}")
+    return struct.unpack(">f", bytes.fromhex(digits.zfill(8)))[0]
+
+
+def looks_like(text: str) -> bool:
+    return text.lstrip("\ufeff").startswith("TRT-")
+
+
+def dumps(table: ScaleTable, *, trt_version: str | int = DEFAULT_VERSION, algorithm: str = DEFAULT_ALGORITHM,
+          **_: Any) -> str:
+    if algorithm not in ALGORITHMS:
+        raise OnnxqError(f"unknown calibration algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+    version = str(trt_version)
+    if not version.isdigit():
+        raise OnnxqError(f"TensorRT version for the cache header must be digits like 8601, got {version!r}")
+    lines = [f"TRT-{version}-{algorithm}"]
+    per_channel, asymmetric = [], []
+    for name, p in table.items():
+        if p.per_channel:
+            per_channel.append(name)
+            continue
+        if not p.symmetric:
+            asymmetric.append(name)
+            continue
+        if "\n" in name or "\r" in name:
+            raise OnnxqError(f"tensor name {name!r} contains a line break and cannot be written to a calibration cache")
+        lines.append(f"{name}: {float_to_hex(float(p.scale))}")
+    if per_channel:
+        log.warning("%d per-channel tensor(s) left out of the TensorRT calibration cache (the format holds one scale "
+                    "per tensor; TensorRT computes weight scales itself): %s", len(per_channel), _short(per_channel))
+    if asymmetric:
+        log.warning("%d asymmetric/uint8 tensor(s) left out of the TensorRT calibration cache (TensorRT is symmetric "
+                    "int8 only): %s", len(asymmetric), _short(asymmetric))
+    return "\n".join(lines) + "\n"
+
+
+def skipped_on_export(table: ScaleTable) -> list[str]:
+    """Names :func:`dumps` leaves out (per-channel or asymmetric)."""
+    return [name for name, p in table.items() if p.per_channel or not p.symmetric]
+
+
+def header(text: str) -> tuple[str, str]:
+    """(version, algorithm) from the first line of a cache."""
+    first = text.lstrip("\ufeff").splitlines()[0].strip() if text.strip() else ""
+    parts = first.split("-", 2)
+    if len(parts) != 3 or parts[0] != "TRT":
+        raise OnnxqError(f"not a TensorRT calibration cache: first line {first[:60]!r} should be like "
+                         f"'TRT-8601-EntropyCalibration2'")
+    return parts[1], parts[2]
+
+
+def loads(text: str, *, source: str = "calibration cache", **_: Any) -> ScaleTable:
+    if "\x00" in text:
+        raise OnnxqError(f"{source} is binary, not a TensorRT calibration cache (text); onnxruntime's flatbuffer "
+                         "calibration tables are not supported")
+    try:
+        _, algorithm = header(text)
+    except OnnxqError as exc:
+        raise OnnxqError(f"{source}: {exc}") from exc
+    if algorithm not in ALGORITHMS:
+        log.warning("%s: unknown calibration algorithm %r in the header; reading it anyway", source, algorithm)
+    table: ScaleTable = {}
+    for lineno, raw in enumerate(text.lstrip("\ufeff").splitlines()[1:], start=2):
+        line = raw.strip()
+        if not line:
+            continue
+        name, sep, value = line.rpartition(":")
+        name = name.strip()
+        if not sep or not name:
+            raise OnnxqError(f"{source} line {lineno}: expected '<tensor name>: <hex scale>', got {line[:80]!r}")
+        try:
+            scale = hex_to_float(value)
+        except ValueError as exc:
+            raise OnnxqError(f"{source} line {lineno} (tensor {name!r}): {exc}") from exc
+        if not (math.isfinite(scale) and scale > 0):
+            raise OnnxqError(f"{source} line {lineno}: tensor {name!r} has scale {scale}; scales must be finite "
+                             "and positive (regenerate the cache)")
+        if name in table:
+            log.warning("%s: tensor %r appears twice; keeping the last value", source, name)
+        table[name] = QuantParams(np.float32(scale), np.int8(0), "int8", None)
+    return table
+
+
+def _short(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f" (+{len(names) - n} more)" if len(names) > n else "")

@@ -1,0 +1,211 @@
+"""Build a TensorRT engine from a Q/DQ ONNX model through the ``tensorrt`` Python API (optional dependency).
+
+Explicit quantization only: the Q/DQ nodes carry the scales, no INT8 calibrator is set. What is configured depends on
+the installed TensorRT (:func:`precision_mode`):
+
+* TensorRT 8.x: weakly-typed explicit-batch network, ``BuilderFlag.INT8`` set (Q/DQ layers are only honoured with
+  it; NVIDIA/TensorRT#4021), ``BuilderFlag.FP16`` too with ``--fp16`` so unquantized layers may run in FP16.
+* TensorRT 10.x without ``--fp16``: strongly-typed network (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``), no
+  precision flags -- the developer guide's "Explicit Quantization" section: "Use explicit quantization with Strong
+  Typing. Precision-control build flags are not required and should not be specified."
+* TensorRT 10.x with ``--fp16``: weakly-typed network with ``INT8`` and ``FP16`` flags (strong typing would keep the
+  float layers in FP32; the FP16 fallback needs the weakly-typed mode).
+* TensorRT 11+: strongly typed always; ``BuilderFlag.INT8``/``FP16`` were removed ("Removed Python APIs and
+  Replacements", TensorRT 10.x -> 11.x migration guide), so ``--fp16`` is refused with a hint.
+
+Dynamic inputs get one optimization profile (min/opt/max); ``--workspace`` sets the workspace memory pool limit.
+After the build the engine inspector (``ProfilingVerbosity.DETAILED``) tells which layers run in INT8.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onnxq.errors import OnnxqError
+from onnxq.trt.shapes import Profile
+
+log = logging.getLogger(__name__)
+
+NOT_INSTALLED = ("tensorrt is not installed; pip install 'onnxq[trt]' on a machine with an NVIDIA GPU, "
+                 "or use --print-trtexec")
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt  # noqa: PLC0415 - optional dependency, imported lazily
+    except ImportError as exc:
+        raise OnnxqError(NOT_INSTALLED) from exc
+    return tensorrt
+
+
+def installed_trt_major() -> int | None:
+    """The installed TensorRT's major version, or None when it cannot be imported."""
+    try:
+        import tensorrt  # noqa: PLC0415
+    except ImportError:
+        return None
+    return version_tuple(tensorrt.__version__)[0]
+
+
+def version_tuple(version: str) -> tuple[int, int, int]:
+    parts = [int(p) if p.isdigit() else 0 for p in version.split(".")[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))  # type: ignore[return-value]
+
+
+def precision_mode(trt_major: int, fp16: bool) -> str:
+    """``strongly-typed`` or ``weakly-typed`` (INT8 flag, plus FP16 with ``fp16``) for this TensorRT version."""
+    if trt_major < 8:
+        raise OnnxqError(f"TensorRT {trt_major}.x cannot build explicitly quantized (Q/DQ) networks; use 8.0 or newer")
+    if trt_major >= 11:
+        if fp16:
+            raise OnnxqError("TensorRT 11 removed the FP16 builder flag (networks are strongly typed); drop --fp16, "
+                             "or convert the model's float layers to FP16 first (e.g. ModelOpt AutoCast)")
+        return "strongly-typed"
+    if trt_major >= 10 and not fp16:
+        return "strongly-typed"
+    return "weakly-typed"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    fp16: bool = False
+    workspace_mib: int | None = None
+    verbose: bool = False
+
+
+@dataclass(frozen=True)
+class LayerPrecision:
+    name: str
+    layer_type: str
+    precision: str  # int8 | fp16 | fp32 | other | unknown
+
+
+@dataclass
+class BuildReport:
+    engine_path: Path
+    trt_version: str
+    mode: str
+    layers: list[LayerPrecision] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"engine: {self.engine_path} (TensorRT {self.trt_version}, {self.mode})"]
+        if not self.layers:
+            lines.append("layer precisions: not available from the engine inspector")
+            return "\n".join(lines)
+        counts = Counter(layer.precision for layer in self.layers)
+        lines.append("layers by precision: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        for layer in self.layers:
+            lines.append(f"  {layer.precision:<7} {layer.layer_type:<20} {layer.name}")
+        return "\n".join(lines)
+
+
+def _precision_of(fmt: str) -> str:
+    text = fmt.lower().replace(" ", "")
+    if "int8" in text:
+        return "int8"
+    if "fp16" in text or "half" in text:
+        return "fp16"
+    if "fp32" in text or "float" in text:
+        return "fp32"
+    return "other"
+
+
+def summarize_layers(info_json: str) -> list[LayerPrecision]:
+    """Layer precisions from the engine inspector's JSON (``get_engine_information(LayerInformationFormat.JSON)``).
+
+    With ``ProfilingVerbosity.DETAILED`` each layer lists ``Inputs`` with a ``Format/Datatype`` string such as
+    "Row major linear INT8 format" or "Channel major FP16 format"; a layer's precision is that of its first input
+    (a Conv whose input is INT8 runs an INT8 kernel). Without details the layers are just names: ``unknown``.
+    """
+    try:
+        doc = json.loads(info_json)
+    except json.JSONDecodeError:
+        return []
+    layers = doc.get("Layers", []) if isinstance(doc, dict) else doc
+    result = []
+    for layer in layers if isinstance(layers, list) else []:
+        if isinstance(layer, str):
+            try:
+                layer = json.loads(layer)
+            except json.JSONDecodeError:
+                result.append(LayerPrecision(layer, "", "unknown"))
+                continue
+        if not isinstance(layer, dict):
+            continue
+        inputs = layer.get("Inputs") or []
+        fmt = next((i.get("Format/Datatype", "") for i in inputs if isinstance(i, dict)), "")
+        result.append(LayerPrecision(str(layer.get("Name", "?")), str(layer.get("LayerType", "")),
+                                     _precision_of(fmt) if fmt else "unknown"))
+    return result
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    if not path.parent.exists():
+        raise OnnxqError(f"output folder does not exist: {path.parent}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def build_engine(model_path: str | os.PathLike, engine_path: str | os.PathLike, profile: Profile,
+                 options: BuildOptions = BuildOptions()) -> BuildReport:
+    """Parse ``model_path``, build an engine with explicit quantization and write it to ``engine_path``."""
+    trt = import_tensorrt()
+    model_path, engine_path = Path(model_path), Path(engine_path)
+    major = version_tuple(trt.__version__)[0]
+    mode = precision_mode(major, options.fp16)
+    logger = trt.Logger(trt.Logger.VERBOSE if options.verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+
+    flags = 0
+    if major < 10:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if mode == "strongly-typed" and major < 11:  # always on (and the flag deprecated) from TensorRT 11
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(model_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "no details"
+        raise OnnxqError(f"TensorRT's ONNX parser rejected {model_path}: {errors} (run `onnxq lint` on it)")
+
+    config = builder.create_builder_config()
+    if mode == "weakly-typed":
+        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: no calibrator is set
+        if options.fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+    if options.workspace_mib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mib) << 20)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if not profile.empty:
+        trt_profile = builder.create_optimization_profile()
+        for name in profile.inputs():
+            trt_profile.set_shape(name, profile.min[name], profile.opt[name], profile.max[name])
+        config.add_optimization_profile(trt_profile)
+
+    log.info("building a TensorRT %s engine (%s%s)", trt.__version__, mode, ", FP16 fallback" if options.fp16 else "")
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise OnnxqError("TensorRT could not build the engine; rerun with -v to see TensorRT's log")
+    _write_bytes_atomic(engine_path, bytes(plan))
+
+    report = BuildReport(engine_path, trt.__version__, mode)
+    try:
+        runtime = trt.Runtime(logger)
+        engine = runtime.deserialize_cuda_engine(bytes(plan))
+        inspector = engine.create_engine_inspector()
+        report.layers = summarize_layers(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    except (AttributeError, RuntimeError, TypeError) as exc:  # the inspector is missing on old versions
+        log.warning("layer precision report unavailable: %s", exc)
+    return report
