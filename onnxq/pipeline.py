@@ -85,7 +85,7 @@ def calibrate(prepared: onnx.ModelProto, plan: QuantPlan, data: DataLike, config
     """Statistics of every planned activation over the calibration data."""
     source = data_source(prepared, data, config)
     settings = CollectSettings(config.calib, config.memory_budget_mb)
-    return collect_statistics(prepared, plan.activations(), source, settings, progress)
+    return collect_statistics(prepared, plan.calibrated_activations(), source, settings, progress)
 
 
 def weight_arrays(prepared: onnx.ModelProto, plan: QuantPlan) -> dict:
@@ -149,7 +149,7 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
         if stats is not None:
             calibrators, batches = merge_stats(expand_stats_paths(stats), fingerprint(prepared))
             ranges_from = "merged statistics"
-            missing = [t.name for t in plan.activations() if t.name not in calibrators]
+            missing = [t.name for t in plan.calibrated_activations() if t.name not in calibrators]
             if missing:
                 raise OnnxqError(f"the statistics cover no activation {missing[0]!r} (and {len(missing) - 1} more); "
                                  "calibrate with the same model and settings")

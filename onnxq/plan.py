@@ -42,6 +42,8 @@ class TensorPlan:
     method: str = "minmax"
     percentile: float | None = None
     consumers: list[Consumer] = field(default_factory=list)
+    # the tensor whose scale this one reuses (Concat and data-movement inputs), or None for its own range
+    shares_scale_with: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class QuantPlan:
 
     def activations(self) -> list[TensorPlan]:
         return [t for t in self.tensors.values() if t.role == "activation"]
+
+    def calibrated_activations(self) -> list[TensorPlan]:
+        """Activations that need a range of their own (the others reuse one through ``shares_scale_with``)."""
+        return [t for t in self.activations() if t.shares_scale_with is None]
 
     def weights(self) -> list[TensorPlan]:
         return [t for t in self.tensors.values() if t.role == "weight"]
@@ -94,7 +100,64 @@ class _Planner:
     def build(self) -> QuantPlan:
         for node in self.model.graph.node:
             self._decide(node)
+        if self.rules.residual_add:
+            for node in self.model.graph.node:
+                if node.op_type == "Add" and node.domain in ("", "ai.onnx"):
+                    self._residual_add(node)
+        if self.rules.share_scales_through:
+            for tensor in list(self.plan.activations()):
+                self._share_scale_upstream(tensor.name, tensor.name)
         return self.plan
+
+    def _is_float_activation(self, name: str) -> bool:
+        return bool(name) and not self.index.is_initializer(name) and \
+            _elem_type(self.model, name) in (None, *FLOAT_TYPES)
+
+    def _residual_add(self, add: onnx.NodeProto) -> None:
+        """Add(Conv(...), skip): quantize the skip input so TensorRT fuses Conv+Add in INT8 (tensorrt_rules 3.3)."""
+        if len(add.input) != 2 or not all(self._is_float_activation(n) for n in add.input):
+            return
+        quantized_nodes = {d.node for d in self.plan.nodes if d.quantized}
+        from_conv = [(p := self.index.producer.get(n)) is not None and p.op_type == "Conv"
+                     and (p.name or p.output[0]) in quantized_nodes and self.index.only_consumer(n) is add
+                     for n in add.input]
+        if from_conv.count(True) != 1:
+            return
+        skip = add.input[from_conv.index(False)]
+        name = add.name or add.output[0]
+        setting, _ = self.config.overrides.resolve("Add", name, NodeSetting(skip=False))
+        if setting.skip:
+            return
+        self._add_tensor(add, name, from_conv.index(False), skip, setting)
+        self.plan.nodes.append(NodeDecision(name, "Add", True, "quantized"))
+
+    def _share_scale_upstream(self, tensor: str, root: str) -> None:
+        """Give the data input of a Concat/data-movement producer of ``tensor`` the scale of ``root``, recursively,
+        so TensorRT moves Q/DQ through them with no requantization (tensorrt_rules 3.4)."""
+        producer = self.index.producer.get(tensor)
+        if producer is None or producer.op_type not in self.rules.share_scales_through:
+            return
+        if producer.domain not in ("", "ai.onnx"):
+            return
+        name = producer.name or producer.output[0]
+        setting, _ = self.config.overrides.resolve(producer.op_type, name, NodeSetting(skip=False))
+        if setting.skip:
+            return
+        data_inputs = range(len(producer.input)) if producer.op_type == "Concat" else range(1)
+        added = False
+        for i in data_inputs:
+            source = producer.input[i]
+            if not self._is_float_activation(source):
+                continue
+            existing = self.plan.tensors.get(source)
+            if existing is not None and existing.shares_scale_with != root:
+                continue  # it has a range of its own (another consumer needs it): keep it, TensorRT requantizes
+            self._add_tensor(producer, name, i, source, setting)
+            self.plan.tensors[source].shares_scale_with = root
+            added = True
+            self._share_scale_upstream(source, root)
+        if added:
+            self.plan.nodes.append(NodeDecision(name, producer.op_type, True, "quantized"))
 
     def _decide(self, node: onnx.NodeProto) -> None:
         name = node.name or node.output[0]
@@ -120,7 +183,8 @@ class _Planner:
         existing = self.plan.tensors.get(tensor)
         if self.index.is_initializer(tensor):
             dims = tuple(self.index.initializers[tensor].dims)
-            axis = weight_axis(node, i, len(dims)) if self.config.per_channel_weights else None
+            axis = (weight_axis(node, i, len(dims), self.rules.convtranspose_axis)
+                    if self.config.per_channel_weights else None)
             if existing is not None and existing.axis != axis:
                 log.info("weight %s is shared with different axes; quantizing it per tensor", tensor)
                 existing.axis, existing.channels = None, None

@@ -22,12 +22,30 @@ class CalibOptions:
     """Typed options of the calibration algorithms (not every algorithm reads every field)."""
 
     method: str = "minmax"
+    #: percentile of |x| kept inside the range (method ``percentile``), in (0, 100].
     percentile: float = 99.99
+    #: Bins of the search histogram over [0, max|x|] (``entropy`` as TensorRT: 2048; ``mse`` candidates).
+    #: The streaming histogram behind ``percentile``/``entropy``/``mse`` keeps ``fine_bins(num_bins)``
+    #: (the power of two >= 8 * num_bins) bins per sign; see :mod:`onnxq.calib.histogram`.
     num_bins: int = 2048
+    #: Moving average for ``minmax``: after each batch ``value = momentum * value + (1 - momentum) * batch
+    #: value`` (torch's ``averaging_constant`` is ``1 - momentum``). ``None`` keeps the true min and max.
+    momentum: float | None = None
+    #: Integer width the range is searched for (``entropy``: 2**(num_bits-1) levels; ``mse``: symmetric
+    #: qmax 2**(num_bits-1)-1 or asymmetric 2**num_bits-1 steps).
+    num_bits: int = 8
 
     def __post_init__(self) -> None:
         if not 0.0 < self.percentile <= 100.0:
             raise OnnxqError(f"--percentile must be in (0, 100], got {self.percentile}")
+        if not 256 <= self.num_bins <= 65536:
+            raise OnnxqError(f"--num-bins must be in [256, 65536], got {self.num_bins}")
+        if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
+            raise OnnxqError(f"moving-average momentum must be in [0, 1), got {self.momentum}")
+        if not 2 <= self.num_bits <= 8:
+            raise OnnxqError(f"num_bits must be in [2, 8], got {self.num_bits}")
+        if self.method not in CALIBRATORS:
+            import onnxq.calib.methods  # noqa: F401  (fills the registry; imported late to avoid a cycle)
         if self.method not in CALIBRATORS:
             known = ", ".join(sorted(CALIBRATORS))
             raise OnnxqError(f"unknown calibration method {self.method!r}; choose one of {known}")
@@ -84,6 +102,22 @@ def make_calibrator(options: CalibOptions) -> Calibrator:
 
 def finite_values(x: np.ndarray) -> np.ndarray:
     """The finite values of ``x`` as a flat float32 array (a view when nothing needs dropping)."""
+    return finite_values_and_range(x)[0]
+
+
+def finite_values_and_range(x: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The finite values of ``x`` (flat float32) with their min and max (``inf, -inf`` when there are none).
+
+    NaN and inf propagate into ``min``/``max``, so one finite min and max proves every value finite and saves
+    a pass over the data in the common case.
+    """
     flat = np.asarray(x, dtype=np.float32).ravel()
-    finite = np.isfinite(flat)
-    return flat if finite.all() else flat[finite]
+    if flat.size == 0:
+        return flat, np.inf, -np.inf
+    lo, hi = flat.min(), flat.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        flat = flat[np.isfinite(flat)]
+        if flat.size == 0:
+            return flat, np.inf, -np.inf
+        lo, hi = flat.min(), flat.max()
+    return flat, float(lo), float(hi)

@@ -39,6 +39,14 @@ def compute_scales(plan: QuantPlan, calibrators: dict[str, Calibrator], weights:
     for tensor in plan.tensors.values():
         if tensor.role == "weight":
             table[tensor.name] = weight_params(tensor, weights[tensor.name])
-        else:
+        elif tensor.shares_scale_with is None:
             table[tensor.name] = activation_params(tensor, calibrators[tensor.name])
-    return table
+    return fill_shared_scales(plan, table)
+
+
+def fill_shared_scales(plan: QuantPlan, table: ScaleTable) -> ScaleTable:
+    """Give every tensor that shares a scale the parameters of the tensor it shares with; plan order."""
+    for tensor in plan.tensors.values():
+        if tensor.shares_scale_with is not None:
+            table[tensor.name] = table[tensor.shares_scale_with]
+    return {name: table[name] for name in plan.tensors}

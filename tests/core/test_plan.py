@@ -41,6 +41,7 @@ def test_tensorrt_default_plan_exactly():
         "x": ("activation", "int8", True, None),
         "conv_w": ("weight", "int8", True, 0),
         "f": ("activation", "int8", True, None),
+        "p": ("activation", "int8", True, None),  # the Reshape's input shares f's scale
         "gemm_w": ("weight", "int8", True, 0),  # transB=1: rows are output channels
         "g": ("activation", "int8", True, None),
         "mm_w": ("weight", "int8", True, 1),
@@ -48,17 +49,23 @@ def test_tensorrt_default_plan_exactly():
     # one Q/DQ for a tensor read by two quantized consumers
     assert plan.tensors["g"].consumers == [Consumer("mm", 0), Consumer("mm_shared", 0)]
     assert plan.tensors["mm_w"].consumers == [Consumer("mm", 1), Consumer("mm_shared", 1)]
+    assert plan.tensors["p"].shares_scale_with == "f" and plan.tensors["f"].shares_scale_with is None
+    assert [t.name for t in plan.calibrated_activations()] == ["x", "f", "g"]
     # bias stays float; ConvTranspose skipped by default with the reason
     assert "conv_b" not in plan.tensors
     deconv = next(d for d in plan.nodes if d.node == "deconv")
     assert not deconv.quantized and "TensorRT lacks INT8 kernels" in deconv.reason
 
 
-def test_include_convtranspose_uses_axis_1():
-    config = QuantConfig(overrides=Overrides.from_flags(include_ops=["ConvTranspose"]))
-    plan = build_plan(mixed_model(), config)
-    assert plan.tensors["deconv_w"].axis == 1 and plan.tensors["deconv_w"].channels == 4
+def test_included_convtranspose_axis_follows_the_target():
+    """TensorRT's deconvolution kernels take per-input-channel scales (axis 0, NVIDIA/TensorRT#2380); onnxruntime
+    quantizes per output channel (axis 1)."""
+    overrides = Overrides.from_flags(include_ops=["ConvTranspose"])
+    plan = build_plan(mixed_model(), QuantConfig(overrides=overrides))
+    assert plan.tensors["deconv_w"].axis == 0 and plan.tensors["deconv_w"].channels == 8
     assert plan.tensors["r"].role == "activation"
+    plan = build_plan(mixed_model(), QuantConfig(target="ort-cpu", overrides=overrides))
+    assert plan.tensors["deconv_w"].axis == 1 and plan.tensors["deconv_w"].channels == 4
 
 
 def test_ort_cpu_target_uses_asymmetric_uint8_activations():
@@ -90,3 +97,44 @@ def test_exclude_node_regex_and_per_tensor_weights():
     assert plan.tensors["conv_w"].axis is None
     gemm = next(d for d in plan.nodes if d.node == "gemm")
     assert gemm.reason == "skipped by node regex '^gemm$'"
+
+
+def residual_concat_model():
+    """conv_a(x) + x -> relu -> [maxpool(relu), conv_b(relu)] -> concat -> conv_c"""
+    inits = [init(n, RNG.standard_normal(s).astype(np.float32)) for n, s in
+             [("wa", (4, 4, 3, 3)), ("wb", (4, 4, 1, 1)), ("wc", (8, 8, 1, 1))]]
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["a", "x"], ["s"], name="add"),
+        helper.make_node("Relu", ["s"], ["r"], name="relu"),
+        helper.make_node("MaxPool", ["r"], ["m"], name="pool", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["r", "wb"], ["b"], name="conv_b"),
+        helper.make_node("Concat", ["m", "b"], ["cat"], name="concat", axis=1),
+        helper.make_node("Conv", ["cat", "wc"], ["y"], name="conv_c"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return make_model(graph)
+
+
+def test_tensorrt_residual_add_quantizes_the_skip_input_only():
+    plan = build_plan(residual_concat_model(), QuantConfig())
+    # x feeds conv_a and is the Add's skip input: one Q/DQ serves both; the Conv-side input 'a' stays float
+    assert plan.tensors["x"].consumers == [Consumer("conv_a", 0), Consumer("add", 1)]
+    assert "a" not in plan.tensors and "s" not in plan.tensors
+
+
+def test_tensorrt_concat_and_maxpool_inputs_share_the_concat_scale():
+    plan = build_plan(residual_concat_model(), QuantConfig())
+    assert plan.tensors["cat"].shares_scale_with is None
+    assert plan.tensors["m"].shares_scale_with == "cat" and plan.tensors["m"].consumers == [Consumer("concat", 0)]
+    assert plan.tensors["b"].shares_scale_with == "cat"
+    # r already has a range of its own (conv_b reads it), so the MaxPool input keeps that one
+    assert plan.tensors["r"].shares_scale_with is None
+    assert plan.tensors["r"].consumers == [Consumer("conv_b", 0)]
+
+
+def test_ort_cpu_has_no_tensorrt_placement_rules():
+    plan = build_plan(residual_concat_model(), QuantConfig(target="ort-cpu"))
+    assert set(plan.tensors) == {"x", "wa", "r", "wb", "cat", "wc"}
+    assert plan.tensors["x"].consumers == [Consumer("conv_a", 0)]

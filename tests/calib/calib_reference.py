@@ -67,3 +67,32 @@ def mse_reference_asymmetric(x: np.ndarray, num_bins: int = 2048) -> tuple[float
     ]
     alpha = (int(np.argmin(errors)) + 1) / num_bins
     return alpha * lo0, alpha * hi0, 1.0 / num_bins
+
+
+def random_samples(n: int = 400_000, seed: int = 0) -> dict[str, np.ndarray]:
+    """The test distributions as random float32 samples."""
+    rng = np.random.default_rng(seed)
+    gauss = rng.standard_normal(n)
+    outliers = rng.standard_normal(n)
+    outliers[rng.choice(n, 12, replace=False)] = rng.choice([-1, 1], 12) * rng.uniform(15, 40, 12)
+    return {
+        "gaussian": gauss.astype(np.float32),
+        "laplace": rng.laplace(size=n).astype(np.float32),
+        "gaussian+outliers": outliers.astype(np.float32),
+        "relu": np.maximum(rng.standard_normal(n) * 2 + 0.3, 0).astype(np.float32),
+    }
+
+
+def stratified_samples(n: int = 100_000, seed: int = 0) -> dict[str, np.ndarray]:
+    """The test distributions as evenly spread quantiles (shuffled): smooth error curves, no sampling noise."""
+    from scipy import stats
+
+    rng = np.random.default_rng(seed)
+    u = (np.arange(n) + 0.5) / n
+    out = {
+        "gaussian": stats.norm.ppf(u),
+        "laplace": stats.laplace.ppf(u),
+        "gaussian+outliers": np.concatenate([stats.norm.ppf(u), [25.0, -31.0, 40.0, 28.5, -22.0]]),
+        "relu": np.maximum(stats.norm.ppf(u) * 2 + 0.3, 0),
+    }
+    return {k: rng.permutation(v).astype(np.float32) for k, v in out.items()}

@@ -1,0 +1,134 @@
+"""MSE calibration: the clipping range minimising the expected squared quantization error over the histogram.
+
+The error of a range counts both parts as QuantizeLinear/DequantizeLinear make them: values beyond the range are
+clipped to it (clip error), values inside are rounded to the nearest step (rounding error). The histogram stands for
+its values spread uniformly within each fine bin, and the expected error is exact for that model: the values that
+round to integer ``m`` fill the cell ``[(m - 0.5) s, (m + 0.5) s)`` (the two outer cells reach to infinity and take
+the clipped values), and a cell's squared error ``sum((x - m s)**2) = S2 - 2 m s S1 + (m s)**2 S0`` follows from the
+count, sum and sum of squares of its values, read off prefix sums of the bins' moments (:class:`BinMoments`). Bins
+that straddle a cell boundary are split in proportion. So a candidate costs ``O(levels * log bins)`` no matter how
+fine the histogram, and fine bins wider than a quantization step (heavy outliers) are handled correctly -- unlike
+evaluating each bin at its midpoint.
+
+* Symmetric (``int8``, ``scale = amax / 127``): candidates ``amax_k = k * max|x| / num_bins``, ``k = 1 .. num_bins``
+  (the entropy search grid; pytorch-quantization's ``_compute_amax_mse`` searches bin midpoints of such a grid from
+  bin 128 up with a midpoint error model; we search all of it).
+* Asymmetric (``uint8``, ``scale = (hi - lo) / 255``, zero point ``round(-lo / scale)``, as
+  :func:`onnxq.scales.types.asymmetric_params`): the observed range, widened to contain 0, is shrunk by
+  ``alpha_k = k / num_bins`` -- ``(alpha * lo, alpha * hi)`` -- and the best ``alpha`` kept; a one-parameter search
+  that keeps the observed skew of the tensor.
+
+Every candidate is evaluated (no coarse-to-fine shortcut: real error curves are slightly ragged); about 0.05 s per
+tensor for a symmetric and 0.1 s for an asymmetric range at the default 2048 bins. Ties go to the smallest range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxq.calib.base import register
+from onnxq.calib.histogram import HistogramCalibrator, StreamingHistogram
+
+_CHUNK = 64  # candidates per vectorised step
+
+
+class BinMoments:
+    """Prefix sums of count, sum and sum of squares over histogram bins, values uniform within each bin.
+
+    ``edges`` are increasing (a bin may be empty of width; it then holds a point mass at its edge).
+    """
+
+    def __init__(self, edges: np.ndarray, counts: np.ndarray) -> None:
+        a, b = edges[:-1], edges[1:]
+        n = counts.astype(np.float64)
+        self.edges = edges
+        self.counts = n
+        self.width = b - a
+        self.prefix = [
+            np.concatenate([[0.0], np.cumsum(m)])
+            for m in (n, n * (a + b) / 2, n * (a * a + a * b + b * b) / 3)
+        ]
+
+    def below(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Count, sum and sum of squares of the values below ``x`` (any shape)."""
+        edges, nbins = self.edges, self.counts.size
+        j = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, nbins - 1)
+        a, w, n = edges[j], self.width[j], self.counts[j]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(w > 0, np.clip((x - a) / w, 0.0, 1.0), (x >= a).astype(np.float64))
+        t = np.where(x < edges[0], 0.0, t)
+        xc = np.clip(x, a, a + w)
+        p0, p1, p2 = self.prefix
+        return (
+            p0[j] + n * t,
+            p1[j] + n * t * (a + xc) / 2,
+            p2[j] + n * t * (a * a + a * xc + xc * xc) / 3,
+        )
+
+    def quantization_errors(self, scales: np.ndarray, qlo: np.ndarray, qhi_minus_qlo: int) -> np.ndarray:
+        """Expected squared error sums for quantizers ``x -> s * clip(round(x / s), qlo, qlo + L)``, one per scale.
+
+        Cell ``m`` (values rounding to ``m``) is ``[(m - 0.5) s, (m + 0.5) s)``, the outer cells extended to
+        infinity (clipping). Its error is ``S2 - 2 q S1 + q**2 S0`` from the moments of its values, read off the
+        prefix sums, so each candidate costs ``O(L log bins)`` instead of ``O(bins)``.
+        """
+        out = np.empty(scales.size)
+        steps = np.arange(qhi_minus_qlo)
+        totals = [p[-1] for p in self.prefix]
+        for start in range(0, scales.size, _CHUNK):
+            s = scales[start : start + _CHUNK, None]
+            lo = qlo[start : start + _CHUNK, None]
+            bounds = (lo + 0.5 + steps) * s
+            moments = []
+            for below, total in zip(self.below(bounds), totals):
+                full = np.concatenate(
+                    [np.zeros((s.shape[0], 1)), below, np.full((s.shape[0], 1), total)], axis=1
+                )
+                moments.append(np.diff(full, axis=1))
+            q = (lo + np.arange(qhi_minus_qlo + 1)) * s
+            s0, s1, s2 = moments
+            out[start : start + _CHUNK] = (s2 - 2 * q * s1 + q * q * s0).sum(axis=1)
+        return out
+
+
+def abs_moments(hist: StreamingHistogram) -> BinMoments:
+    n = hist.used_bins()
+    edges = np.minimum(np.arange(n + 1) * hist.width, hist.amax)
+    return BinMoments(edges, hist.abs_counts()[:n])
+
+
+def signed_moments(hist: StreamingHistogram) -> BinMoments:
+    width = hist.width
+    n_pos = min(hist.bins, int(np.floor(max(hist.hi, 0.0) / width)) + 1)
+    n_neg = min(hist.bins, int(np.floor(max(-hist.lo, 0.0) / width)) + 1)
+    pos_edges = np.minimum(np.arange(n_pos + 1) * width, max(hist.hi, 0.0))
+    neg_edges = -np.minimum(np.arange(n_neg + 1) * width, max(-hist.lo, 0.0))[::-1]
+    edges = np.concatenate([neg_edges[:-1], pos_edges])  # both contain 0: keep it once
+    counts = np.concatenate([hist.neg[:n_neg][::-1], hist.pos[:n_pos]])
+    return BinMoments(edges, counts)
+
+
+@register
+class MseCalibrator(HistogramCalibrator):
+    method = "mse"
+
+    def range_from(self, hist: StreamingHistogram, symmetric: bool) -> tuple[float, float]:
+        num_bins = self.options.num_bins
+        bits = self.options.num_bits
+        k = np.arange(1, num_bins + 1)
+        if symmetric:
+            qmax = (1 << (bits - 1)) - 1
+            amaxes = k * (hist.amax / num_bins)
+            errors = abs_moments(hist).quantization_errors(amaxes / qmax, np.zeros(num_bins), qmax)
+            best = int(np.argmin(errors))
+            amax = hist.amax if best == num_bins - 1 else float(amaxes[best])
+            return -amax, amax
+
+        levels = (1 << bits) - 1
+        lo0, hi0 = min(hist.lo, 0.0), max(hist.hi, 0.0)
+        alphas = k / num_bins
+        scales = alphas * (hi0 - lo0) / levels
+        zero_points = np.clip(np.rint(-alphas * lo0 / scales), 0, levels)
+        errors = signed_moments(hist).quantization_errors(scales, -zero_points, levels)
+        alpha = alphas[int(np.argmin(errors))]
+        return float(alpha * lo0), float(alpha * hi0)
