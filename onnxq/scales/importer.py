@@ -37,8 +37,13 @@ def match_to_plan(table: ScaleTable, plan: QuantPlan, prepared: onnx.ModelProto,
                   source: str) -> ScaleTable:
     findings = check_scales(table, {t.name: t.channels for t in plan.tensors.values()}, strict)
     errors = [f for f in findings if f.severity == "error"]
+    weights = {t.name for t in plan.weights()}
     for f in findings:
-        if f.severity != "error":
+        if f.severity == "error":
+            continue
+        if f.rule == "missing-tensor" and f.tensor in weights:  # e.g. a TensorRT cache never holds weights
+            log.info("%s has no scale for weight %r: per-channel min-max from its values", source, f.tensor)
+        else:
             log.warning("%s: %s", source, f)
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
