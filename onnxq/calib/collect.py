@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -65,9 +65,9 @@ def expose(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
 
 
 def calibrator_options(tensor: TensorPlan, base: CalibOptions) -> CalibOptions:
-    return CalibOptions(method=tensor.method or base.method,
-                        percentile=tensor.percentile if tensor.percentile is not None else base.percentile,
-                        num_bins=base.num_bins)
+    """The run's options with the tensor's own method and percentile (from per-node settings) laid over them."""
+    return replace(base, method=tensor.method or base.method,
+                   percentile=tensor.percentile if tensor.percentile is not None else base.percentile)
 
 
 def run_batch(session: ort.InferenceSession, batch: Batch, label: str) -> list[np.ndarray]:
