@@ -41,6 +41,8 @@ def add_calib_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--method", default="minmax", help="activation calibration: minmax | percentile | entropy | mse")
     g.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
     g.add_argument("--num-bins", type=int, default=2048, help="histogram bins of the histogram methods")
+    g.add_argument("--moving-average", type=float, metavar="MOMENTUM",
+                   help="minmax: average per-batch min/max with this momentum (e.g. 0.9) instead of the extremes")
     g.add_argument("--weight-method", default="minmax", choices=("minmax", "mse"),
                    help="per-channel weight range: minmax, or mse clip search")
     g.add_argument("--calib-batches", type=int, metavar="N", help="use at most N calibration batches")
@@ -63,7 +65,8 @@ def config_from_args(args: argparse.Namespace):
     target = args.target if args.target != "tensorrt" or "target" not in run else run["target"]
     return QuantConfig(
         target=target,
-        calib=CalibOptions(method=args.method, percentile=args.percentile, num_bins=args.num_bins),
+        calib=CalibOptions(method=args.method, percentile=args.percentile, num_bins=args.num_bins,
+                           momentum=args.moving_average),
         weight_method=run.get("weight_method", args.weight_method) if args.weight_method == "minmax"
         else args.weight_method,
         per_channel_weights=not args.per_tensor_weights and run.get("per_channel_weights", True),
