@@ -40,8 +40,9 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=True)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise OnnxqError(f"{path} is not a readable ONNX model (truncated or not ONNX?): {exc}") from exc
-    except FileNotFoundError as exc:
-        raise OnnxqError(f"external data of {path} not found: {exc.filename}") from exc
+    except (FileNotFoundError, onnx.checker.ValidationError) as exc:
+        detail = exc.filename if isinstance(exc, FileNotFoundError) else str(exc).strip().splitlines()[0]
+        raise OnnxqError(f"external data of {path} cannot be read: {detail}") from exc
     if not model.graph.node or not model.opset_import:
         raise OnnxqError(f"{path} is not an ONNX model: it has no graph nodes or no opset")
     check_model(model, what=str(path))
