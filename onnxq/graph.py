@@ -18,6 +18,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
+from onnxq.atomic import write_bytes_atomic
 from onnxq.errors import OnnxqError
 
 log = logging.getLogger(__name__)
@@ -69,29 +70,30 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: s
     path = Path(path)
     if input_path is not None and _same_file(path, Path(input_path)):
         raise OnnxqError(f"refusing to overwrite the input model {input_path}; choose another output path with -o")
-    if path.is_dir():
-        raise OnnxqError(f"output path is a directory: {path}")
-    if not path.parent.exists():
-        raise OnnxqError(f"output folder does not exist: {path.parent}")
-    external = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
+        return _save_with_external_data(model, path)
+    return write_bytes_atomic(path, model.SerializeToString(deterministic=True))
+
+
+def _save_with_external_data(model: onnx.ModelProto, path: Path) -> Path:
+    """The weights to ``<name>.data`` and the graph to ``path``, each written to a temporary name and renamed."""
+    if path.is_dir() or not path.parent.exists():
+        raise OnnxqError(f"cannot write {path}: it is a directory or its folder does not exist")
+    data_name = path.name + ".data"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    tmp_data = path.parent / f".{data_name}.tmp"
     try:
-        if external:
-            data_name = path.name + ".data"
-            tmp_data = path.parent / f".{data_name}.tmp"
-            model = onnx.ModelProto.FromString(model.SerializeToString())  # do not mutate the caller's model
-            onnx.save(model, tmp_name, save_as_external_data=True, all_tensors_to_one_file=True,
-                      location=tmp_data.name, size_threshold=1024)
-            _relocate_external_data(tmp_name, tmp_data.name, data_name)
-            os.replace(tmp_data, path.parent / data_name)
-        else:
-            with open(tmp_name, "wb") as f:
-                f.write(model.SerializeToString(deterministic=True))
+        model = onnx.ModelProto.FromString(model.SerializeToString())  # onnx.save mutates: keep the caller's
+        onnx.save(model, tmp_name, save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=tmp_data.name, size_threshold=1024)
+        _relocate_external_data(tmp_name, tmp_data.name, data_name)
+        os.replace(tmp_data, path.parent / data_name)
         os.replace(tmp_name, path)
     finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+        for leftover in (tmp_name, tmp_data):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
     return path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxq.atomic import write_text_atomic
 from onnxq.errors import OnnxqError
 from onnxq.scales import aimet, json_format, trt_cache
 from onnxq.scales.types import ScaleTable
@@ -84,27 +84,7 @@ def save_scales(table: ScaleTable, path: str | os.PathLike, format: str, **meta:
     """Write ``table`` to ``path`` atomically. ``meta`` per format: json ``fingerprint``, ``param_names``;
     trt-cache ``trt_version``, ``algorithm``; aimet ``param_names``."""
     text = dumps_scales(table, format, **meta)
-    return atomic_write_text(path, text)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        raise OnnxqError(f"output path is a directory: {path}")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.exists():
-        raise OnnxqError(f"output folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_text_atomic(path, text)
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onnxq.atomic import write_bytes_atomic
 from onnxq.errors import OnnxqError
 from onnxq.trt.shapes import Profile
 
@@ -146,19 +146,6 @@ def summarize_layers(info_json: str) -> list[LayerPrecision]:
     return result
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    if not path.parent.exists():
-        raise OnnxqError(f"output folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def build_engine(model_path: str | os.PathLike, engine_path: str | os.PathLike, profile: Profile,
                  options: BuildOptions = BuildOptions()) -> BuildReport:
     """Parse ``model_path``, build an engine with explicit quantization and write it to ``engine_path``."""
@@ -198,7 +185,7 @@ def build_engine(model_path: str | os.PathLike, engine_path: str | os.PathLike, 
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise OnnxqError("TensorRT could not build the engine; rerun with -v to see TensorRT's log")
-    _write_bytes_atomic(engine_path, bytes(plan))
+    write_bytes_atomic(engine_path, bytes(plan))
 
     report = BuildReport(engine_path, trt.__version__, mode)
     try:

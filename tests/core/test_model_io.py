@@ -54,3 +54,18 @@ def test_save_refuses_the_input_and_leaves_no_temporary_file(tmp_path):
         save_model(small_cnn(), path, input_path=path)
     save_model(make_model(helper.make_graph([], "empty", [], [])), tmp_path / "out.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "out.onnx"]
+
+
+def test_large_models_are_saved_with_external_data(tmp_path, monkeypatch):
+    """Past the threshold (2 GB in real use; lowered here) the weights go to <name>.data beside the model."""
+    import onnxq.graph as graph
+
+    monkeypatch.setattr(graph, "EXTERNAL_DATA_THRESHOLD", 1000)
+    model = small_cnn()
+    save_model(model, tmp_path / "big.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    assert (tmp_path / "big.onnx").stat().st_size < (tmp_path / "big.onnx.data").stat().st_size
+    reloaded = load_model(tmp_path / "big.onnx")
+    assert [i.name for i in reloaded.graph.initializer] == [i.name for i in model.graph.initializer]
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(reloaded.graph.initializer[0]),
+                                  onnx.numpy_helper.to_array(model.graph.initializer[0]))
