@@ -6,12 +6,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
@@ -115,65 +116,74 @@ def model_bytes(model: onnx.ModelProto) -> int:
     return model.ByteSize()
 
 
+class _Stopwatch:
+    """Seconds spent in each named stage: ``with clock("stage"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[stage] = time.perf_counter() - start
+
+
+def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, calib: DataLike | None,
+           stats: list[str] | None, scales: ScaleImporter | None,
+           progress: Callable[[int], None] | None) -> tuple[ScaleTable, int, str]:
+    """The scale table from exactly one source, the number of batches behind it, and the source's name."""
+    if scales is not None:
+        return scales(plan, prepared), 0, "imported scales"
+    if stats is not None:
+        calibrators, batches = merge_stats(expand_stats_paths(stats), fingerprint(prepared))
+        missing = [t.name for t in plan.calibrated_activations() if t.name not in calibrators]
+        if missing:
+            raise OnnxqError(f"the statistics cover no activation {missing[0]!r} (and {len(missing) - 1} more); "
+                             "calibrate with the same model and settings")
+        source = "merged statistics"
+    else:
+        calibrators, batches = calibrate(prepared, plan, calib, config, progress)
+        source = "calibration"
+    return compute_scales(plan, calibrators, weight_arrays(prepared, plan)), batches, source
+
+
 def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfig | None = None,
              output: str | os.PathLike | None = None, *, stats: list[str] | None = None,
              scales: ScaleImporter | None = None, val: DataLike | None = None, per_layer: bool = False,
              progress: Callable[[int], None] | None = None) -> QuantizeResult:
     """Quantize ``model`` to INT8 Q/DQ form and (when ``output`` is given) save it atomically.
 
-    Ranges come from exactly one of: ``calib`` (a data folder, an .npz stack, ``"random"`` or an iterable of batches),
-    ``stats`` (statistics files of ``onnxq calibrate``, merged) or ``scales`` (an importer giving a ScaleTable).
+    Ranges come from exactly one of: ``calib`` (a data folder, an .npz stack, ``"random"`` or a re-iterable sequence
+    of batches), ``stats`` (statistics files of ``onnxq calibrate``, merged) or ``scales`` (an importer giving a
+    ScaleTable, see :func:`onnxq.scales.importer.scale_importer`).
     """
     config = config or QuantConfig()
-    sources = [s for s in (calib, stats, scales) if s is not None]
-    if len(sources) != 1:
+    if sum(s is not None for s in (calib, stats, scales)) != 1:
         raise OnnxqError("give exactly one source of ranges: calibration data (--calib), statistics (--stats) or "
                          "scales (--scales)")
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    original, input_path = _load(model)
-    if output is not None and input_path is not None:
-        check_output_path(Path(output), input_path)
-    prepared, notes = prepare(original, config)
-    plan = build_plan(prepared, config)
-    timings["prepare"] = time.perf_counter() - t0
-    if not plan.tensors:
-        raise OnnxqError("nothing to quantize: no Conv, ConvTranspose, Gemm or MatMul node is planned for "
-                         "quantization (check --exclude-op/--exclude-node)")
-
-    t1 = time.perf_counter()
-    batches, ranges_from = 0, "calibration"
-    if scales is not None:
-        table, ranges_from = scales(plan, prepared), "imported scales"
-    else:
-        if stats is not None:
-            calibrators, batches = merge_stats(expand_stats_paths(stats), fingerprint(prepared))
-            ranges_from = "merged statistics"
-            missing = [t.name for t in plan.calibrated_activations() if t.name not in calibrators]
-            if missing:
-                raise OnnxqError(f"the statistics cover no activation {missing[0]!r} (and {len(missing) - 1} more); "
-                                 "calibrate with the same model and settings")
-        else:
-            calibrators, batches = calibrate(prepared, plan, calib, config, progress)
-        table = compute_scales(plan, calibrators, weight_arrays(prepared, plan))
-    timings["ranges"] = time.perf_counter() - t1
-
-    t2 = time.perf_counter()
-    quantized = copy.deepcopy(prepared)
-    quantized = InsertQDQ(plan, table).call(quantized).model
-    first_batch = next(iter(data_source(prepared, calib, config)), None) if calib is not None else None
-    verify(quantized, first_batch)
-    timings["insert+verify"] = time.perf_counter() - t2
-
-    report = QuantReport(plan, notes, model_bytes(original), model_bytes(quantized), batches, ranges_from)
+    clock = _Stopwatch()
+    with clock("prepare"):
+        original, input_path = _load(model)
+        if output is not None and input_path is not None:
+            check_output_path(Path(output), input_path)
+        prepared, notes = prepare(original, config)
+        plan = build_plan(prepared, config)
+        if not plan.tensors:
+            raise OnnxqError("nothing to quantize: no Conv, ConvTranspose, Gemm or MatMul node is planned for "
+                             "quantization (check --exclude-op/--exclude-node)")
+    with clock("ranges"):
+        table, batches, source = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales,
+                                        progress=progress)
+    with clock("insert+verify"):
+        quantized = InsertQDQ(plan, table).call(copy.deepcopy(prepared)).model
+        verify(quantized, next(iter(data_source(prepared, calib, config)), None) if calib is not None else None)
+    report = QuantReport(plan, notes, model_bytes(original), model_bytes(quantized), batches, source)
     if val is not None:
-        t3 = time.perf_counter()
-        report.validation = compare_models(original if not count_qdq(original) else prepared, quantized,
-                                           data_source(prepared, val, QuantConfig(target=config.target)),
-                                           per_layer=per_layer)
-        timings["validate"] = time.perf_counter() - t3
-    report.seconds = timings
-    output_path = None
-    if output is not None:
-        output_path = save_model(quantized, output, input_path=input_path)
+        with clock("validate"):
+            reference = prepared if count_qdq(original) else original  # a re-quantized input: its float form
+            val_data = data_source(prepared, val, replace(config, calib_batches=None))
+            report.validation = compare_models(reference, quantized, val_data, per_layer=per_layer)
+    report.seconds = clock.seconds
+    output_path = save_model(quantized, output, input_path=input_path) if output is not None else None
     return QuantizeResult(quantized, plan, table, report, output_path)
