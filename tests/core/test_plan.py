@@ -138,3 +138,14 @@ def test_ort_cpu_has_no_tensorrt_placement_rules():
     plan = build_plan(residual_concat_model(), QuantConfig(target="ort-cpu"))
     assert set(plan.tensors) == {"x", "wa", "r", "wb", "cat", "wc"}
     assert plan.tensors["x"].consumers == [Consumer("conv_a", 0)]
+
+
+def test_no_qdq_between_conv_and_its_activation():
+    """Conv -> BN -> Relu -> Conv: BN folds, and the only activation Q/DQ is after the Relu (tensorrt_rules 3.2)."""
+    from tests.conftest import small_cnn
+    from onnxq.pipeline import prepare
+
+    prepared, _ = prepare(small_cnn(), QuantConfig())
+    plan = build_plan(prepared, QuantConfig())
+    assert "c1" not in plan.tensors and "n1" not in plan.tensors and "c2" not in plan.tensors
+    assert plan.tensors["r1"].consumers == [Consumer("conv2", 0)]

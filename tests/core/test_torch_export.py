@@ -7,6 +7,7 @@ import pytest
 
 import onnxq
 from onnxq.config import Overrides, QuantConfig
+from onnxq.trt.lint import lint_model
 from onnxq.validate import compare_models
 from tests.helpers import op_types
 
@@ -79,6 +80,8 @@ def test_torch_export_quantizes_end_to_end(tmp_path, opset):
     assert result.report.compression > 1.0
     reloaded = onnx.load(str(tmp_path / "q.onnx"))
     assert reloaded.opset_import[0].version >= 13
+    findings = lint_model(reloaded)  # what onnxq writes for TensorRT passes its own TensorRT lint
+    assert [f for f in findings if f.severity == "error"] == []
 
 
 @pytest.mark.parametrize("target,axis", [("tensorrt", 0), ("ort-cpu", 1)])
