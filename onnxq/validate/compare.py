@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -74,7 +75,7 @@ def shared_layer_tensors(reference: onnx.ModelProto, quantized: onnx.ModelProto)
 
 
 def compare_models(reference: onnx.ModelProto | str, quantized: onnx.ModelProto | str,
-                   data: DataSource | Iterable[Batch] | str, *, per_layer: bool = False,
+                   data: DataSource | Iterable[Batch] | str | os.PathLike, *, per_layer: bool = False,
                    progress: Callable[[int], None] | None = None) -> ComparisonReport:
     """Per-output (and optionally per-layer) SQNR, cosine, MAE and max error of ``quantized`` against ``reference``."""
     reference, quantized = _as_model(reference), _as_model(quantized)
@@ -86,7 +87,7 @@ def compare_models(reference: onnx.ModelProto | str, quantized: onnx.ModelProto 
     q_outs = [o.name for o in quantized.graph.output]
     if ref_outs != q_outs:
         raise OnnxqError(f"the models have different outputs: {ref_outs} vs {q_outs}")
-    if isinstance(data, str):
+    if isinstance(data, (str, os.PathLike)):
         data = BatchSource(reference, data)
     layers = shared_layer_tensors(reference, quantized) if per_layer else []
     ref_session = make_session(expose(reference, layers))

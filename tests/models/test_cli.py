@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ def onnxq(*args, cwd=None):
     # the repository first on the path, so that the subprocess imports this checkout from any cwd
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONPATH=path)
-    return subprocess.run([sys.executable, "-m", "onnxq.cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
+    return subprocess.run([sys.executable, "-m", "onnxq.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, check=False)
 
 
 def test_models_list():

@@ -7,7 +7,7 @@ onnxq = pytest.importorskip("onnxq")
 if not hasattr(onnxq, "quantize"):
     pytest.skip("onnxq.quantize is not available", allow_module_level=True)
 
-from onnxq.cli import main  # noqa: E402
+from onnxq.cli import main
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 

@@ -8,14 +8,14 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from onnxq.errors import OnnxqError  # noqa: E402
-from onnxq.models import registry  # noqa: E402
-from onnxq.models.evaluate import evaluate_onnx, load_data  # noqa: E402
-from onnxq.models.export import export_model  # noqa: E402
+from onnxq.errors import OnnxqError
+from onnxq.models import registry
+from onnxq.models.evaluate import evaluate_onnx, load_data
+from onnxq.models.export import export_model
 
 pytestmark = pytest.mark.torch
 NAMES = list(registry.MODELS)
-TRAIN_LOG = json.loads((registry.WEIGHTS_DIR / "train_log.json").read_text())
+TRAIN_LOG_PATH = registry.WEIGHTS_DIR / "train_log.json"  # written by scripts/train_reference_models.py
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,10 @@ def test_onnx_matches_torch_with_dynamic_batch(name, exported):
 def test_fp32_onnx_reproduces_trained_metric_and_beats_baseline(name, exported):
     res = evaluate_onnx(name, exported[name].model_path, exported[name].val_dir)
     assert res.samples == 256
-    assert res.value == pytest.approx(TRAIN_LOG[name]["val_metric"], abs=2e-3)
-    assert res.baseline == pytest.approx(TRAIN_LOG[name]["baseline"], abs=2e-3)
+    if TRAIN_LOG_PATH.is_file():  # the training log is in the repository, not in the wheel
+        log = json.loads(TRAIN_LOG_PATH.read_text())[name]
+        assert res.value == pytest.approx(log["val_metric"], abs=2e-3)
+        assert res.baseline == pytest.approx(log["baseline"], abs=2e-3)
     if res.higher_is_better:
         assert res.value > res.baseline + 0.3
     else:

@@ -120,3 +120,13 @@ def test_depth_scene_is_finite_and_in_range():
     assert inp["image"].shape == (4, 3, 64, 64) and lab["depth"].shape == (4, 1, 64, 64)
     assert np.isfinite(lab["depth"]).all()
     assert lab["depth"].min() > 1.0 and lab["depth"].max() < 21.0
+
+
+def test_export_without_torch_is_a_user_error(monkeypatch, tmp_path, capsys):
+    from onnxq.cli import main
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    assert main(["models", "export", "pointnext", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'onnxq[torch]'" in err[0]
+    assert not (tmp_path / "out").exists()

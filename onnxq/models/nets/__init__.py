@@ -1,0 +1,1 @@
+"""Torch reference networks (import only when torch is installed)."""
