@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from onnxq.graph import QDQ_OPS, GraphIndex, default_opset
 from onnxq.rules import WEIGHTED_OPS
+from onnxq.scales.qdq_reader import read_qdq
 
 
 @dataclass
@@ -53,17 +53,10 @@ def inspect_model(model: onnx.ModelProto) -> ModelInspection:
             (p := index.producer.get(n)) is not None and p.op_type == "DequantizeLinear" for n in node.input if n)
         coverage[node.op_type] = (covered + fed, total + 1)
     scales = []
-    for node in graph.node:
-        if node.op_type != "DequantizeLinear" or not index.is_initializer(node.input[1]):
-            continue
-        src = node.input[0]
-        q = index.producer.get(src)
-        tensor = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else src
-        scale = index.array(node.input[1]).astype(np.float64).ravel()
-        zp = (index.array(node.input[2]).ravel() if len(node.input) > 2 and index.is_initializer(node.input[2])
-              else np.zeros(1, np.int8))
-        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), None)
-        scales.append(ScaleInfo(tensor, str(zp.dtype), axis if scale.size > 1 else None, scale.size,
-                                float(scale.min()), float(scale.max()), int(zp.min()), int(zp.max())))
+    for name, entry in read_qdq(model).items():
+        scale = entry.params.scale.astype(np.float64).ravel()
+        zp = entry.params.zero_point.ravel()
+        scales.append(ScaleInfo(name, entry.params.dtype, entry.params.axis, scale.size, float(scale.min()),
+                                float(scale.max()), int(zp.min()), int(zp.max())))
     size = sum(i.ByteSize() for i in graph.initializer)
     return ModelInspection(default_opset(model), ops, coverage, scales, size)
