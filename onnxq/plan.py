@@ -179,6 +179,12 @@ class _Planner:
             self._add_tensor(node, name, i, tensor, setting)
         self.plan.nodes.append(NodeDecision(name, node.op_type, True, "quantized"))
 
+    def _default_method(self, tensor: str) -> str:
+        """Graph inputs use ``config.input_method`` (min-max by default), everything else ``config.calib.method``."""
+        if tensor in self.index.graph_inputs and self.config.input_method is not None:
+            return self.config.input_method
+        return self.config.calib.method
+
     def _add_tensor(self, node: onnx.NodeProto, node_name: str, i: int, tensor: str, setting: NodeSetting) -> None:
         existing = self.plan.tensors.get(tensor)
         if self.index.is_initializer(tensor):
@@ -192,7 +198,7 @@ class _Planner:
                 existing = TensorPlan(tensor, "weight", "int8", True, axis,
                                       dims[axis] if axis is not None else None, self.config.weight_method)
         elif existing is None:
-            method = setting.method or self.config.calib.method
+            method = setting.method or self._default_method(tensor)
             dtype = setting.dtype or self.rules.activation_dtype
             # int8 activations are symmetric (zero point 0), uint8 ones asymmetric
             existing = TensorPlan(tensor, "activation", dtype, dtype == "int8", None, None, method, setting.percentile)

@@ -43,6 +43,8 @@ def add_calib_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-bins", type=int, default=2048, help="histogram bins of the histogram methods")
     g.add_argument("--moving-average", type=float, metavar="MOMENTUM",
                    help="minmax: average per-batch min/max with this momentum (e.g. 0.9) instead of the extremes")
+    g.add_argument("--input-method", default="minmax",
+                   help="calibration of the model's inputs (default minmax; 'same' follows --method)")
     g.add_argument("--weight-method", default="minmax", choices=("minmax", "mse"),
                    help="per-channel weight range: minmax, or mse clip search")
     g.add_argument("--calib-batches", type=int, metavar="N", help="use at most N calibration batches")
@@ -69,6 +71,7 @@ def config_from_args(args: argparse.Namespace):
                            momentum=args.moving_average),
         weight_method=run.get("weight_method", args.weight_method) if args.weight_method == "minmax"
         else args.weight_method,
+        input_method=None if args.input_method == "same" else args.input_method,
         per_channel_weights=not args.per_tensor_weights and run.get("per_channel_weights", True),
         overrides=overrides.merged(flags),
         calib_batches=args.calib_batches,

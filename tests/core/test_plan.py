@@ -149,3 +149,16 @@ def test_no_qdq_between_conv_and_its_activation():
     plan = build_plan(prepared, QuantConfig())
     assert "c1" not in plan.tensors and "n1" not in plan.tensors and "c2" not in plan.tensors
     assert plan.tensors["r1"].consumers == [Consumer("conv2", 0)]
+
+
+def test_graph_inputs_calibrate_with_minmax_unless_asked():
+    from onnxq.calib.base import CalibOptions
+
+    entropy = CalibOptions(method="entropy")
+    plan = build_plan(mixed_model(), QuantConfig(calib=entropy))
+    assert plan.tensors["x"].method == "minmax" and plan.tensors["f"].method == "entropy"
+    plan = build_plan(mixed_model(), QuantConfig(calib=entropy, input_method=None))
+    assert plan.tensors["x"].method == "entropy"
+    node_rule = Overrides(by_name={"conv": NodeSetting(method="percentile")})
+    plan = build_plan(mixed_model(), QuantConfig(calib=entropy, overrides=node_rule))
+    assert plan.tensors["x"].method == "percentile"
