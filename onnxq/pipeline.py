@@ -55,12 +55,14 @@ def default_output_path(model_path: str | os.PathLike) -> Path:
 
 def _load(model: ModelLike) -> tuple[onnx.ModelProto, Path | None]:
     if isinstance(model, onnx.ModelProto):
-        return copy.deepcopy(model), None
+        return model, None
     return load_model(model), Path(model)
 
 
 def prepare(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.ModelProto, list[str]]:
-    """Float-to-float passes; refuses a model that already holds Q/DQ unless ``config.requantize``."""
+    """Float-to-float passes on a copy of ``model``; refuses a model that already holds Q/DQ unless
+    ``config.requantize``."""
+    model = copy.deepcopy(model)
     has_qdq = count_qdq(model) > 0
     if has_qdq and not config.requantize:
         raise OnnxqError("the model already holds QuantizeLinear/DequantizeLinear nodes; pass --requantize to "

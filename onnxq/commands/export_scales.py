@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from onnxq.graph import fingerprint, load_model
+from onnxq.graph import load_model
 from onnxq.scales.io import FORMATS, save_scales
 from onnxq.scales.qdq_reader import read_qdq
 from onnxq.scales.trt_cache import ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_VERSION
@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     entries = read_qdq(model)
     table = {name: entry.params for name, entry in entries.items()}
     params = sorted(name for name, entry in entries.items() if entry.role == "weight")
-    meta = {"json": {"fingerprint": fingerprint(model), "param_names": params},
+    # no fingerprint: it identifies the float model the scales are for, which a Q/DQ model cannot name
+    meta = {"json": {"param_names": params},
             "aimet": {"param_names": params},
             "trt-cache": {"trt_version": args.trt_version, "algorithm": args.algorithm}}[args.format]
     if not table:

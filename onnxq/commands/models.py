@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "models", help="reference models with synthetic data: list, export, eval",
+        "models", help="reference models with synthetic data: list, export, eval, qat",
         description="Reference models of 3D-perception families (PointNeXt, CenterPoint, BEVFusion, ViT) with seeded synthetic tasks.",
     )
     sub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
@@ -35,6 +35,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", type=Path, help="the .onnx file (FP32 or quantized)")
     p.add_argument("--data", type=Path, required=True, help="folder of .npz batches with labels/ (the val/ of an export)")
     p.set_defaults(func=run_eval)
+
+
+    p = sub.add_parser("qat", help="FP32, PTQ (every method) and QAT task metrics of a reference model (needs torch)")
+    p.add_argument("name", help="model name")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (models, data, qat_NAME.md/.json)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_qat)
+
+
+def run_qat(args: argparse.Namespace) -> int:
+    from onnxq.models.registry import get_model, import_torch
+
+    get_model(args.name)  # unknown names fail before torch is imported
+    import_torch()
+    from onnxq.qat.reference import render_table, run_models_qat
+
+    record = run_models_qat(args.name, args.output, seed=args.seed)
+    print(render_table([record]), end="")
+    print(f"wrote {args.output / f'qat_{args.name}.md'}")
+    return 0
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -40,7 +40,8 @@ def _cat(batches, idx):
     return {k: np.concatenate([b[idx][k] for b in batches]) for k in batches[0][idx]}
 
 
-def _loss(torch, name: str, outputs, labels: dict[str, np.ndarray]):
+def task_loss(torch, name: str, outputs, labels: dict[str, np.ndarray]):
+    """The training loss of reference model ``name`` (also what QAT fine-tunes with)."""
     f = torch.nn.functional
     if name == "pointnext":
         return f.cross_entropy(outputs, torch.from_numpy(labels["label"]), label_smoothing=0.1)
@@ -112,7 +113,7 @@ def train(name: str, out_dir: Path, seed: int = 0, log=print) -> dict:
         pos += cfg["batch"]
         x = [torch.from_numpy(inputs[k][idx]) for k in info.inputs]
         y = {k: v[idx] for k, v in labels.items()}
-        loss = _loss(torch, name, net(*x), y)
+        loss = task_loss(torch, name, net(*x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()

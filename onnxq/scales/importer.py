@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import onnx
 
 from onnxq.errors import OnnxqError
-from onnxq.graph import GraphIndex
+from onnxq.graph import GraphIndex, fingerprint
 from onnxq.plan import QuantPlan
 from onnxq.scales.compute import weight_params
 from onnxq.scales.io import check_scales, load_scales
+from onnxq.scales.json_format import model_fingerprint
 from onnxq.scales.types import ScaleTable
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,25 @@ def scale_importer(path: str, *, strict: bool = False,
     def import_scales(plan: QuantPlan, prepared: onnx.ModelProto) -> ScaleTable:
         axes = {t.name: t.axis for t in plan.weights() if t.axis is not None}
         table = load_scales(path, fmt, channel_axes=axes)
+        check_fingerprint(path, fingerprint(prepared), strict=strict)
         return match_to_plan(table, plan, prepared, strict=strict, source=path)
 
     return import_scales
+
+
+def check_fingerprint(path: str, expected: str, *, strict: bool) -> None:
+    """An onnxq JSON file that names its model (QAT exports do) must name this one: a warning, an error if strict."""
+    try:
+        recorded = model_fingerprint(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError):
+        return  # not JSON: the TensorRT cache and AIMET formats carry no fingerprint
+    if recorded is None or recorded == expected:
+        return
+    message = (f"{path} was written for another model (fingerprint {recorded}, this model {expected}); its scales "
+               "are matched by tensor name only")
+    if strict:
+        raise OnnxqError(message)
+    log.warning("%s", message)
 
 
 def match_to_plan(table: ScaleTable, plan: QuantPlan, prepared: onnx.ModelProto, *, strict: bool,

@@ -64,3 +64,14 @@ def test_channel_mismatch_and_strict_mode(cnn_dir):
     r = run_cli("quantize", cnn_dir / "model.onnx", "--scales", cnn_dir / "partial.json", "-o", cnn_dir / "q.onnx")
     assert r.returncode == 0, r.stderr
     assert "not_in_model" in r.stderr and "its consumers stay float" in r.stderr
+
+
+def test_scales_written_for_another_model_warn_and_fail_when_strict(cnn_dir):
+    doc = {"format": "onnxq-scales", "version": 1, "model": {"fingerprint": "0123456789abcdef"}, "tensors": {
+        "x": {"dtype": "int8", "axis": None, "scale": 0.03, "zero_point": 0}}}
+    (cnn_dir / "other.json").write_text(json.dumps(doc))
+    r = run_cli("quantize", cnn_dir / "model.onnx", "--scales", cnn_dir / "other.json", "-o", cnn_dir / "q.onnx")
+    assert r.returncode == 0 and "was written for another model" in r.stderr
+    r = run_cli("quantize", cnn_dir / "model.onnx", "--scales", cnn_dir / "other.json", "--strict",
+                "-o", cnn_dir / "q2.onnx")
+    assert r.returncode == 2 and "was written for another model" in r.stderr and not (cnn_dir / "q2.onnx").exists()

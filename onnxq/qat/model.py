@@ -1,0 +1,262 @@
+"""``QATModel``: the user's torch model with onnxq's plan applied as fake quant.
+
+The wrapped model is not modified or copied: its parameters are trained in place. Weights are fake-quantized
+before each forward and passed in with :func:`torch.func.functional_call` (BN-folded weights as ``fq(W * s) / s``
+so that the BatchNorm after them, in either mode, sees ``fq`` of the folded weight); activations are fake-quantized
+by forward pre-hooks on the mapped modules and by a TorchFunctionMode on the mapped ``matmul``/``add`` calls. Both
+only act inside ``QATModel.forward``: calling the wrapped model directly runs it in float.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from onnxq.config import QuantConfig
+from onnxq.errors import OnnxqError
+from onnxq.plan import QuantPlan
+from onnxq.qat.fake_quant import ActQuantizer, WeightQuantizer
+from onnxq.qat.mapping import Mapping, divide_output_channels, scale_output_channels
+from onnxq.qat.trace import BATCHNORM, CallCounter
+from onnxq.scales.types import ScaleTable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """How the torch model is exported to ONNX, at :func:`onnxq.qat.prepare` and again at :func:`onnxq.qat.export`
+    (legacy TorchScript exporter, ``do_constant_folding`` on, eval mode)."""
+
+    input_names: tuple[str, ...] | None = None
+    output_names: tuple[str, ...] | None = None
+    opset: int = 17
+    dynamic_batch: bool = True
+
+
+@dataclass
+class QATState:
+    """What :func:`onnxq.qat.prepare` learned about the model, kept for :func:`onnxq.qat.export`."""
+
+    config: QuantConfig
+    spec: ExportSpec
+    plan: QuantPlan
+    ptq_scales: ScaleTable
+    fingerprint: str  # onnxq.graph.fingerprint of the prepared graph
+    example_inputs: tuple[torch.Tensor, ...]
+    prepared: onnx.ModelProto
+    expected_calls: dict[str, int] = field(default_factory=dict)
+    expected_module_calls: dict[str, int] = field(default_factory=dict)
+
+
+class QATModel(nn.Module):
+    def __init__(self, model: nn.Module, mapping: Mapping, state: QATState, *, learn_scales: bool = False,
+                 weight_scales: str = "dynamic") -> None:
+        super().__init__()
+        self.model = model
+        self.mapping = mapping
+        self.state = state
+        table = state.ptq_scales
+        self.act_names = sorted(mapping.activations)
+        self.act_quantizers = nn.ModuleList(ActQuantizer(n, table[n], learn_scales) for n in self.act_names)
+        self.weight_sites = [mapping.weights[n] for n in sorted(mapping.weights)]
+        self.weight_quantizers = nn.ModuleList(
+            WeightQuantizer(s.tensor, table[s.tensor], s.torch_axis, weight_scales) for s in self.weight_sites)
+        position = {n: i for i, n in enumerate(self.act_names)}
+        self._module_sites: dict[tuple[str, int], int] = {}
+        self._func_sites: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        for name, sites in mapping.activations.items():
+            for s in sites:
+                if s.kind == "module":
+                    self._module_sites[(s.target, s.call)] = position[name]
+                else:
+                    self._func_sites.setdefault((s.kind, s.call), []).append((s.arg, position[name]))
+        self._quant = True
+        self._active = False
+        self._bn_frozen = False
+        self._module_calls: Counter = Counter()
+        self._counter = CallCounter(self._on_call)
+        self._hooks = [model.register_forward_pre_hook(self._root_enter),
+                       model.register_forward_hook(self._root_exit)]
+        self._hooks += self._counter.attach(model)
+        modules = dict(model.named_modules())
+        for name in sorted({s.target for v in mapping.activations.values() for s in v if s.kind == "module"}):
+            self._hooks.append(modules[name].register_forward_pre_hook(self._module_hook(name)))
+
+    # -- switches -------------------------------------------------------------------------------------------------
+    def enable_quant(self, enabled: bool = True) -> QATModel:
+        """Turn all fake quant on or off (off: the float model, e.g. for warm-up epochs)."""
+        self._quant = enabled
+        return self
+
+    @property
+    def quant_enabled(self) -> bool:
+        return self._quant
+
+    @contextlib.contextmanager
+    def float_mode(self) -> Iterator[None]:
+        previous = self._quant
+        self._quant = False
+        try:
+            yield
+        finally:
+            self._quant = previous
+
+    def freeze_bn(self) -> QATModel:
+        """Use (and stop updating) the BatchNorm running statistics from now on, also after ``train()``."""
+        self._bn_frozen = True
+        self._apply_bn_freeze()
+        return self
+
+    def _apply_bn_freeze(self) -> None:
+        if self._bn_frozen:
+            for m in self.model.modules():
+                if isinstance(m, BATCHNORM):
+                    m.eval()
+
+    def train(self, mode: bool = True) -> QATModel:
+        super().train(mode)
+        self._apply_bn_freeze()
+        return self
+
+    def remove_hooks(self) -> None:
+        """Detach from the wrapped model (its forward no longer has any hook of ours)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    # -- forward --------------------------------------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._quant:
+            return self.model(*args, **kwargs)
+        overrides = self.quantized_weights()
+        self._module_calls.clear()
+        self._counter.counts.clear()
+        self._counter.paused = 0
+        self._active = True
+        try:
+            with self._counter:
+                out = functional_call(self.model, overrides, args, kwargs, strict=False)
+        finally:
+            self._active = False
+            self._counter.active = False
+        self._check_calls()
+        return out
+
+    def quantized_weights(self) -> dict[str, torch.Tensor]:
+        modules = dict(self.model.named_modules())
+        out = {}
+        for site, q in zip(self.weight_sites, self.weight_quantizers):
+            p = self.model.get_parameter(site.param)
+            if site.bn is None:
+                out[site.param] = q(p)
+                continue
+            module, bn = modules[site.module], modules[site.bn]
+            s = bn_factor(bn)
+            out[site.param] = divide_output_channels(module, q(scale_output_channels(module, p, s)), s)
+        return out
+
+    def _root_enter(self, module, args) -> None:
+        self._counter.active = self._active
+
+    def _root_exit(self, module, args, output) -> None:
+        self._counter.active = False
+
+    def _module_hook(self, name: str):
+        def hook(module, inputs):
+            if not self._active or not inputs:
+                return None
+            k = self._module_calls[name]
+            self._module_calls[name] += 1
+            qi = self._module_sites.get((name, k))
+            if qi is None:
+                return None
+            was, self._counter.active = self._counter.active, False
+            try:
+                x = self.act_quantizers[qi](inputs[0])
+            finally:
+                self._counter.active = was
+            return (x, *inputs[1:])
+        return hook
+
+    def _on_call(self, kind: str, index: int, func, args: tuple, kwargs: dict) -> Any:
+        sites = self._func_sites.get((kind, index))
+        if not sites:
+            return func(*args, **kwargs)
+        if kind == "move":
+            out = func(*args, **kwargs)
+            if isinstance(out, torch.Tensor):
+                return self.act_quantizers[sites[0][1]](out)
+            items = list(out)
+            for j, qi in sites:
+                items[j] = self.act_quantizers[qi](items[j])
+            return type(out)(items) if isinstance(out, tuple) else items
+        args = list(args)
+        for arg, qi in sites:
+            if arg < len(args) and isinstance(args[arg], torch.Tensor):
+                args[arg] = self.act_quantizers[qi](args[arg])
+        return func(*args, **kwargs)
+
+    def _check_calls(self) -> None:
+        kinds = {k for k, _ in self._func_sites}
+        for kind in kinds:
+            if self._counter.counts[kind] != self.state.expected_calls.get(kind, 0):
+                raise OnnxqError(
+                    f"this forward made {self._counter.counts[kind]} {kind} call(s), the mapping run "
+                    f"{self.state.expected_calls.get(kind, 0)}: the model's control flow changed (train vs eval, input "
+                    "shape?), so the fake quant of function sites would land on the wrong calls")
+        for (name, _) in self._module_sites:
+            expected = self.state.expected_module_calls.get(name, 0)
+            if self._module_calls[name] != expected:
+                raise OnnxqError(f"module {name!r} ran {self._module_calls[name]} time(s) in this forward, "
+                                 f"{expected} in the mapping run; its fake quant would land on the wrong call")
+
+    # -- scales ---------------------------------------------------------------------------------------------------
+    def scale_table(self) -> ScaleTable:
+        """The scales of every planned tensor, keyed by ONNX tensor name, in plan order: learned (or dynamic) for
+        mapped tensors, the PTQ scale for unmapped activations; unmapped weights are left out (onnxq computes their
+        per-channel min-max scales from the exported values)."""
+        table: ScaleTable = {}
+        with torch.no_grad():
+            for name, q in zip(self.act_names, self.act_quantizers):
+                table[name] = q.params()
+            modules = dict(self.model.named_modules())
+            for site, q in zip(self.weight_sites, self.weight_quantizers):
+                p = self.model.get_parameter(site.param)
+                w = p if site.bn is None else scale_output_channels(modules[site.module], p,
+                                                                    bn_factor(modules[site.bn]))
+                table[site.tensor] = q.params(w)
+        plan = self.state.plan
+        out: ScaleTable = {}
+        for t in plan.tensors.values():
+            if t.name in table:
+                out[t.name] = table[t.name]
+            elif t.role == "activation" and t.shares_scale_with is not None:
+                root = t.shares_scale_with
+                out[t.name] = table.get(root, self.state.ptq_scales[root])
+            elif t.role == "activation":
+                out[t.name] = self.state.ptq_scales[t.name]
+        return out
+
+
+def bn_factor(bn: nn.Module) -> torch.Tensor:
+    """gamma / sqrt(running_var + eps): differentiable in gamma, running statistics detached; never zero."""
+    var = bn.running_var.detach()
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(var)
+    s = gamma / torch.sqrt(var + bn.eps)
+    tiny = torch.finfo(s.dtype).tiny
+    return torch.where(s.abs() < tiny, torch.full_like(s, tiny), s)
+
+
+def as_numpy_batch(names: list[str], inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
+    return {n: x.detach().cpu().numpy() for n, x in zip(names, inputs)}

@@ -1,0 +1,169 @@
+"""Where a torch model's forward can be intercepted: weighted-module inputs (forward pre-hooks) and calls of
+``matmul``/``add`` (a :class:`~torch.overrides.TorchFunctionMode`), each identified by its call index within one
+forward pass. The same interception records values when the plan is mapped and applies fake quant in training.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+# torch function name -> the ONNX op it exports to (tensor-tensor only)
+FUNCTION_KINDS = {"matmul": "MatMul", "__matmul__": "MatMul", "bmm": "MatMul",
+                  "add": "Add", "add_": "Add", "__add__": "Add", "__iadd__": "Add"}
+ONNX_TO_KIND = {"MatMul": "matmul", "Add": "add"}
+# functions that only move data (what onnxq's plan shares scales through: Concat and data-movement ops)
+MOVE_FUNCTIONS = frozenset({
+    "reshape", "view", "flatten", "unflatten", "transpose", "permute", "t", "squeeze", "unsqueeze", "cat", "concat",
+    "concatenate", "stack", "__getitem__", "narrow", "chunk", "split", "tensor_split", "unbind", "contiguous",
+    "expand", "expand_as", "repeat", "gather", "index_select", "take_along_dim", "movedim", "swapaxes", "flip",
+    "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool2d", "pad", "interpolate", "pixel_shuffle",
+    "pixel_unshuffle", "clone", "reshape_as", "view_as",
+})
+WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
+BATCHNORM = nn.modules.batchnorm._BatchNorm
+
+
+def function_kind(func: Any) -> str | None:
+    name = getattr(func, "__name__", "")
+    if name in MOVE_FUNCTIONS:
+        return "move"
+    op = FUNCTION_KINDS.get(name)
+    return ONNX_TO_KIND.get(op) if op else None
+
+
+def float_outputs(out: Any) -> list[torch.Tensor | None]:
+    """The outputs of a call as a list (chunk/split return several)."""
+    items = list(out) if isinstance(out, (tuple, list)) else [out]
+    return [_float_or_none(o) for o in items]
+
+
+CallHandler = Callable[[str, int, Any, tuple, dict], Any]
+
+
+def _float_tensor_args(args: tuple) -> int:
+    n = 0
+    for a in args:
+        if isinstance(a, (tuple, list)):
+            n += _float_tensor_args(tuple(a))
+        elif isinstance(a, torch.Tensor) and a.is_floating_point():
+            n += 1
+    return n
+
+
+def is_library_leaf(module: nn.Module) -> bool:
+    """A torch.nn module other than a container: calls inside it are the library's, not the model's."""
+    cls = type(module)
+    return cls.__module__.startswith("torch.nn.") and not isinstance(
+        module, (nn.Sequential, nn.ModuleList, nn.ModuleDict))
+
+
+class CallCounter(TorchFunctionMode):
+    """Counts the model's own tensor-tensor matmul/add calls (with two floating-point tensor arguments, outside
+    torch.nn library modules) while ``active``; hands each to ``handler(kind, index, func, args, kwargs)``."""
+
+    def __init__(self, handler: CallHandler | None = None) -> None:
+        super().__init__()
+        self.handler = handler
+        self.active = False
+        self.paused = 0
+        self.counts: Counter = Counter()
+
+    def attach(self, model: nn.Module) -> list:
+        """Pause counting inside library modules of ``model``; returns the hook handles."""
+        handles = []
+        for m in model.modules():
+            if is_library_leaf(m):
+                handles.append(m.register_forward_pre_hook(self._enter))
+                handles.append(m.register_forward_hook(self._exit))
+        return handles
+
+    def _enter(self, module, args) -> None:
+        self.paused += 1
+
+    def _exit(self, module, args, output) -> None:
+        self.paused = max(0, self.paused - 1)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        kind = function_kind(func) if self.active and not self.paused else None
+        if kind is None or _float_tensor_args(args) < (1 if kind == "move" else 2):
+            return func(*args, **kwargs)
+        index = self.counts[kind]
+        self.counts[kind] += 1
+        if self.handler is None:
+            return func(*args, **kwargs)
+        return self.handler(kind, index, func, args, kwargs)
+
+
+@dataclass
+class Recording:
+    """Values seen in one eval-mode forward pass of the float torch model."""
+
+    module_inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # module -> input 0 per call
+    # kind -> per call: (float tensor arguments, float outputs); "move" calls keep only their outputs
+    calls: dict[str, list[tuple[tuple[torch.Tensor | None, ...], list[torch.Tensor | None]]]] = field(
+        default_factory=dict)
+    bn_after: dict[str, str] = field(default_factory=dict)  # weighted module -> the BN that reads its output
+    outputs: Any = None
+
+
+def _float_or_none(x: Any) -> torch.Tensor | None:
+    return x.detach().clone() if isinstance(x, torch.Tensor) and x.is_floating_point() else None
+
+
+def record(model: nn.Module, args: tuple) -> Recording:
+    """Run ``model(*args)`` once (no grad) and record weighted-module inputs, BN pairing and matmul/add calls."""
+    rec = Recording()
+    produced: dict[int, tuple[str, torch.Tensor]] = {}
+    handles = []
+
+    def pre_hook(name):
+        def hook(module, inputs):
+            was, counter.active = counter.active, False  # our clone() is not the model's call
+            rec.module_inputs.setdefault(name, []).append(_float_or_none(inputs[0]) if inputs else None)
+            counter.active = was
+        return hook
+
+    def out_hook(name):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor):
+                produced[id(output)] = (name, output)  # keep the tensor alive so its id stays unique
+        return hook
+
+    def bn_hook(name):
+        def hook(module, inputs):
+            src = produced.get(id(inputs[0])) if inputs else None
+            if src is not None and src[1] is inputs[0]:
+                rec.bn_after.setdefault(src[0], name)
+        return hook
+
+    def on_call(kind, index, func, call_args, kwargs):
+        out = func(*call_args, **kwargs)
+        kept = () if kind == "move" else tuple(_float_or_none(a) for a in call_args)
+        rec.calls.setdefault(kind, []).append((kept, float_outputs(out)))
+        return out
+
+    counter = CallCounter(on_call)
+    for name, module in model.named_modules():
+        if isinstance(module, WEIGHTED):
+            handles.append(module.register_forward_pre_hook(pre_hook(name)))
+            handles.append(module.register_forward_hook(out_hook(name)))
+        elif isinstance(module, BATCHNORM):
+            handles.append(module.register_forward_pre_hook(bn_hook(name)))
+    root_hooks = [model.register_forward_pre_hook(lambda m, a: setattr(counter, "active", True)),
+                  model.register_forward_hook(lambda m, a, o: setattr(counter, "active", False))]
+    root_hooks += counter.attach(model)
+    try:
+        with torch.no_grad(), counter:
+            rec.outputs = model(*args)
+    finally:
+        for h in handles + root_hooks:
+            h.remove()
+    return rec
