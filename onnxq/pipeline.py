@@ -114,10 +114,6 @@ def check_output_path(output: Path, input_path: Path) -> None:
         raise OnnxqError(f"output folder does not exist: {output.parent}")
 
 
-def model_bytes(model: onnx.ModelProto) -> int:
-    return model.ByteSize()
-
-
 class _Stopwatch:
     """Seconds spent in each named stage: ``with clock("stage"): ...``."""
 
@@ -180,7 +176,7 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
     with clock("insert+verify"):
         quantized = InsertQDQ(plan, table).call(copy.deepcopy(prepared)).model
         verify(quantized, next(iter(data_source(prepared, calib, config)), None) if calib is not None else None)
-    report = QuantReport(plan, notes, model_bytes(original), model_bytes(quantized), batches, source)
+    report = QuantReport(plan, notes, original.ByteSize(), quantized.ByteSize(), batches, source)
     if val is not None:
         with clock("validate"):
             reference = prepared if count_qdq(original) else original  # a re-quantized input: its float form

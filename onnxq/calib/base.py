@@ -100,11 +100,6 @@ def make_calibrator(options: CalibOptions) -> Calibrator:
     return CALIBRATORS[options.method](options)
 
 
-def finite_values(x: np.ndarray) -> np.ndarray:
-    """The finite values of ``x`` as a flat float32 array (a view when nothing needs dropping)."""
-    return finite_values_and_range(x)[0]
-
-
 def finite_values_and_range(x: np.ndarray) -> tuple[np.ndarray, float, float]:
     """The finite values of ``x`` (flat float32) with their min and max (``inf, -inf`` when there are none).
 

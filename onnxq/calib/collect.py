@@ -9,7 +9,6 @@ are split into groups and the data is read once per group.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
@@ -163,7 +162,3 @@ def estimate_bytes(model: onnx.ModelProto, names: list[str], data: Iterable[Batc
     known = [s for s in sizes.values() if s is not None]
     fallback = max(known) if known else 0
     return {k: (v if v is not None else fallback) for k, v in sizes.items()}
-
-
-def total_mb(sizes: dict[str, int]) -> float:
-    return math.fsum(sizes.values()) / 1024**2

@@ -208,8 +208,3 @@ def read_qdq(model: onnx.ModelProto) -> dict[str, QDQEntry]:
 def read_qdq_scales(model: onnx.ModelProto) -> ScaleTable:
     """The :class:`ScaleTable` of a Q/DQ model (see the key rule in the module docstring)."""
     return {name: entry.params for name, entry in read_qdq(model).items()}
-
-
-def weight_names(model: onnx.ModelProto) -> set[str]:
-    """Keys of :func:`read_qdq` that are weights (parameters) rather than activations."""
-    return {name for name, entry in read_qdq(model).items() if entry.role == "weight"}
