@@ -1,6 +1,7 @@
 """The command line through a subprocess: the everyday commands and every bad-input case (exit 2, one line,
 nothing written)."""
 
+import json
 import os
 
 import numpy as np
@@ -46,6 +47,14 @@ def test_output_option_and_report(cnn_dir, tmp_path):
                 "--exclude-op", "Gemm", "--report", cnn_dir / "report.json")
     assert r.returncode == 0, r.stderr
     assert out.exists() and "Gemm: 1 skipped by op type Gemm" in r.stdout
+    report = json.loads((cnn_dir / "report.json").read_text())
+    assert report["skipped"] == [{"node": "fc", "op_type": "Gemm", "reason": "skipped by op type Gemm"}]
+    assert report["tensors"]["w2"]["params"]["axis"] == 0 and len(report["tensors"]["w2"]["params"]["scale"]) == 16
+    assert [f["rule"] for f in report["lint"]] == ["float-weighted-op"]  # the Gemm left in float
+    r = run_cli("quantize", cnn_dir / "model.onnx", "--calib", cnn_dir / "calib", "-o", out, "--val",
+                cnn_dir / "val", "--report", cnn_dir / "report.md")
+    md = (cnn_dir / "report.md").read_text()
+    assert r.returncode == 0 and "## Validation" in md and "| logits |" in md and "## TensorRT lint" in md
 
 
 def test_requantize(cnn_dir):
