@@ -69,13 +69,22 @@ def test_upgrade_is_a_no_op_at_17():
     assert not UpgradeOpset().call(make_model(graph, opset=17)).changed
 
 
-def test_shape_inference_never_fails():
+def test_shape_inference_skips_unknown_ops_and_never_fails(monkeypatch):
     node = helper.make_node("MysteryOp", ["x"], ["y"], domain="com.vendor", name="m")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    relu = helper.make_node("Relu", ["y"], ["z"], name="relu")
+    graph = helper.make_graph([node, relu], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.vendor", 1)])
-    result = InferShapes().call(model)  # unknown op: inference skips it, the run goes on
-    assert result.model is not None
+    result = InferShapes().call(model)  # an op it does not know: inference goes on around it
+    assert result.model.graph.node[1].op_type == "Relu"
+
+    def broken(*args, **kwargs):
+        raise onnx.shape_inference.InferenceError("[ShapeInferenceError] Incomplete symbolic shape inference")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", broken)
+    result = InferShapes().call(model)
+    assert result.model is model and not result.changed
+    assert result.notes == ["shape inference failed; continuing without it"]
 
 
 def test_full_prepare_sequence_on_foreign_style_model():
