@@ -94,3 +94,27 @@ def test_every_method_quantizes_end_to_end(cnn_dir):
                                 val=str(cnn_dir / "val"))
         assert result.report.validation.outputs[0].sqnr_db > 20, method
         assert all(np.isfinite(p.scale).all() for p in result.scales.values())
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
+def test_merged_stats_files_give_exactly_the_scales_of_one_run(cnn_dir, tmp_path, method):
+    """Shards calibrated apart, saved, loaded and merged == one run over all the data, for every method."""
+    from onnxq.calib.stats import merge_stats, save_stats
+    from onnxq.graph import fingerprint
+    from onnxq.pipeline import calibrate, weight_arrays
+    from onnxq.scales.compute import compute_scales
+
+    config = QuantConfig(calib=CalibOptions(method=method))
+    prepared, _ = prepare(small_cnn(), config)
+    plan = build_plan(prepared, config)
+    batches = list(BatchSource(prepared, cnn_dir / "calib"))
+    whole, _ = calibrate(prepared, plan, batches, config)
+    paths = []
+    for k, shard in enumerate((batches[:1], batches[1:4], batches[4:])):
+        calibrators, n = calibrate(prepared, plan, shard, config)
+        paths.append(save_stats(tmp_path / f"s{k}.npz", calibrators, fingerprint(prepared), n))
+    merged, n = merge_stats(paths, fingerprint(prepared))
+    assert n == 6
+    weights = weight_arrays(prepared, plan)
+    a, b = compute_scales(plan, whole, weights), compute_scales(plan, merged, weights)
+    assert a.keys() == b.keys() and all(a[k].equals(b[k]) for k in a)
