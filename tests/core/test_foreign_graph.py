@@ -58,3 +58,14 @@ def test_foreign_graph_quantizes_and_if_stays_float(tmp_path):
     assert any("feat" in n.output for n in result.model.graph.node)
     report = compare_models(str(path), result.model, str(calib))
     assert report.outputs[0].sqnr_db > 25
+
+
+def test_histogram_methods_take_batches_of_different_spatial_sizes(tmp_path):
+    from onnxq.calib.base import CalibOptions
+    from onnxq.config import QuantConfig
+
+    batches = [{"x": RNG.standard_normal((2, 3, *hw)).astype(np.float32)} for hw in [(12, 12), (20, 8), (7, 9)]]
+    for method in ("percentile", "entropy", "mse"):
+        result = onnxq.quantize(foreign_model(), calib=batches, config=QuantConfig(calib=CalibOptions(method=method)))
+        assert result.report.calib_batches == 3
+        assert compare_models(foreign_model(), result.model, batches).outputs[0].sqnr_db > 20, method
