@@ -27,8 +27,8 @@ from onnxq.graph import GraphIndex, check_model, count_qdq, fingerprint, load_mo
 from onnxq.passes import PassManager, prepare_passes
 from onnxq.passes.insert_qdq import InsertQDQ
 from onnxq.plan import QuantPlan, build_plan
-from onnxq.report import QuantReport
-from onnxq.scales.compute import compute_scales
+from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
+from onnxq.scales.compute import clipped_fractions, compute_scales
 from onnxq.scales.types import ScaleTable
 from onnxq.validate.compare import compare_models
 
@@ -129,10 +129,11 @@ class _Stopwatch:
 
 def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, calib: DataLike | None,
            stats: list[str] | None, scales: ScaleImporter | None,
-           progress: Callable[[int], None] | None) -> tuple[ScaleTable, int, str]:
-    """The scale table from exactly one source, the number of batches behind it, and the source's name."""
+           progress: Callable[[int], None] | None) -> tuple[ScaleTable, int, str, dict[str, float]]:
+    """The scale table from exactly one source, the number of batches behind it, the source's name, and the share
+    of calibration values each calibrated activation's range clips (where the method can tell)."""
     if scales is not None:
-        return scales(plan, prepared), 0, "imported scales"
+        return scales(plan, prepared), 0, "imported scales", {}
     if stats is not None:
         calibrators, batches = merge_stats(expand_stats_paths(stats), fingerprint(prepared))
         missing = [t.name for t in plan.calibrated_activations() if t.name not in calibrators]
@@ -143,7 +144,13 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
     else:
         calibrators, batches = calibrate(prepared, plan, calib, config, progress)
         source = "calibration"
-    return compute_scales(plan, calibrators, weight_arrays(prepared, plan)), batches, source
+    table = compute_scales(plan, calibrators, weight_arrays(prepared, plan))
+    clipping = clipped_fractions(plan, calibrators, table)
+    for name, fraction in sorted(clipping.items(), key=lambda kv: -kv[1]):
+        if fraction > CLIP_WARNING_FRACTION:
+            log.info("the range of %r clips %.2f%% of its calibration values (method %s)", name,
+                        100 * fraction, plan.tensors[name].method)
+    return table, batches, source, clipping
 
 
 def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfig | None = None,
@@ -171,12 +178,12 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             raise OnnxqError("nothing to quantize: no Conv, ConvTranspose, Gemm or MatMul node is planned for "
                              "quantization (check --exclude-op/--exclude-node)")
     with clock("ranges"):
-        table, batches, source = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales,
-                                        progress=progress)
+        table, batches, source, clipping = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales,
+                                                  progress=progress)
     with clock("insert+verify"):
         quantized = InsertQDQ(plan, table).call(copy.deepcopy(prepared)).model
         verify(quantized, next(iter(data_source(prepared, calib, config)), None) if calib is not None else None)
-    report = QuantReport(plan, notes, original.ByteSize(), quantized.ByteSize(), batches, source)
+    report = QuantReport(plan, notes, original.ByteSize(), quantized.ByteSize(), batches, source, clipping=clipping)
     if val is not None:
         with clock("validate"):
             reference = prepared if count_qdq(original) else original  # a re-quantized input: its float form

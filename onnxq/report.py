@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from onnxq.plan import QuantPlan
 from onnxq.validate.compare import ComparisonReport
 
+# a calibrated range that saturates more than this share of its calibration values is called out in the summary
+CLIP_WARNING_FRACTION = 0.01
+
 
 @dataclass
 class QuantReport:
@@ -19,6 +22,7 @@ class QuantReport:
     ranges_from: str = "calibration"
     seconds: dict[str, float] = field(default_factory=dict)
     validation: ComparisonReport | None = None
+    clipping: dict[str, float] = field(default_factory=dict)  # activation -> share of calibration values clipped
 
     @property
     def compression(self) -> float:
@@ -35,14 +39,25 @@ class QuantReport:
             lines.append(f"  {op_type}: " + "; ".join(parts))
         lines.append(f"size: {self.size_before / 1e6:.2f} MB -> {self.size_after / 1e6:.2f} MB "
                      f"({self.compression:.2f}x)")
+        lines += self.clipping_lines()
         if self.validation is not None:
             lines += validation_lines(self.validation)
         if self.seconds:
             lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()))
         return lines
 
+    def clipping_lines(self, most: int = 5) -> list[str]:
+        heavy = sorted(((f, n) for n, f in self.clipping.items() if f > CLIP_WARNING_FRACTION), reverse=True)
+        if not heavy:
+            return []
+        lines = [f"clipping: {len(heavy)} activation range(s) saturate more than {CLIP_WARNING_FRACTION:.0%} of their "
+                 "calibration values (try --method percentile or mse for them, and check with --val --per-layer):"]
+        lines += [f"  {name}: {fraction:.2%} ({self.plan.tensors[name].method})" for fraction, name in heavy[:most]]
+        return lines
+
     def as_dict(self) -> dict:
         return {
+            "clipping": self.clipping,
             "target": self.plan.target,
             "ranges_from": self.ranges_from,
             "calib_batches": self.calib_batches,

@@ -67,6 +67,10 @@ class Calibrator(ABC):
     def compute_range(self, symmetric: bool) -> tuple[float, float]:
         """The range to quantize to: ``(-amax, amax)`` when ``symmetric``, else ``(lo, hi)``."""
 
+    def clipped_fraction(self, lo: float, hi: float) -> float | None:
+        """Share of the collected values outside ``[lo, hi]``, where the statistics tell (None otherwise)."""
+        return None
+
     @abstractmethod
     def merge(self, other: Calibrator) -> None:
         """Fold another calibrator's statistics (same method and options) into this one."""

@@ -186,6 +186,14 @@ class StreamingHistogram:
         edges = np.clip(edges, self.lo, self.hi)
         return float(np.clip(_quantile(counts, edges, q), self.lo, self.hi))
 
+    def fraction_outside(self, lo: float, hi: float) -> float:
+        """Share of the values in bins lying wholly outside ``[lo, hi]`` (a lower bound of what that range clips)."""
+        if self.count == 0:
+            return 0.0
+        left_edges = np.arange(self.bins) * self.width
+        beyond = self.pos[left_edges > hi].sum() + self.neg[left_edges > -lo].sum()
+        return float(beyond) / self.count
+
     def used_bins(self) -> int:
         """Bins up to and including the one holding :attr:`amax`."""
         return min(self.bins, int(np.floor(self.amax / self.width)) + 1)
@@ -273,6 +281,9 @@ class HistogramCalibrator(Calibrator):
         if self.hist.amax == 0.0:
             return 0.0, 0.0
         return self.range_from(self.hist, symmetric)
+
+    def clipped_fraction(self, lo: float, hi: float) -> float | None:
+        return self.hist.fraction_outside(lo, hi)
 
     @abstractmethod
     def range_from(self, hist: StreamingHistogram, symmetric: bool) -> tuple[float, float]:

@@ -50,3 +50,21 @@ def fill_shared_scales(plan: QuantPlan, table: ScaleTable) -> ScaleTable:
         if tensor.shares_scale_with is not None:
             table[tensor.name] = table[tensor.shares_scale_with]
     return {name: table[name] for name in plan.tensors}
+
+
+def representable_range(params: QuantParams) -> tuple[float, float]:
+    """The float interval a per-tensor Q/DQ pair represents without saturating."""
+    scale, zp = float(params.scale), float(params.zero_point)
+    qmin, qmax = (-128, 127) if params.dtype == "int8" else (0, 255)
+    return (qmin - zp) * scale, (qmax - zp) * scale
+
+
+def clipped_fractions(plan: QuantPlan, calibrators: dict[str, Calibrator], table: ScaleTable) -> dict[str, float]:
+    """For each calibrated activation, the share of its calibration values its Q/DQ range saturates (where the
+    calibrator's statistics can tell: the histogram methods)."""
+    found: dict[str, float] = {}
+    for tensor in plan.calibrated_activations():
+        fraction = calibrators[tensor.name].clipped_fraction(*representable_range(table[tensor.name]))
+        if fraction is not None:
+            found[tensor.name] = fraction
+    return found

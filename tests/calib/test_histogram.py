@@ -261,3 +261,14 @@ def test_minmax_moving_average_merge_is_batch_weighted():
     c, d = run("minmax", xs[2:], momentum=0.5), run("minmax", xs[:2], momentum=0.5)
     c.merge(d)
     assert (c.lo, c.hi) == pytest.approx((a.lo, a.hi))
+
+
+def test_fraction_outside_counts_bins_wholly_beyond_the_range():
+    from onnxq.calib.base import CalibOptions
+    from onnxq.calib.percentile import PercentileCalibrator
+
+    cal = PercentileCalibrator(CalibOptions(method="percentile"))
+    cal.collect(np.array([-3.0, -0.5, 0.0, 0.25, 0.5, 1.0, 2.0, 4.0], np.float32))
+    assert cal.clipped_fraction(-4.0, 4.0) == 0.0
+    assert cal.clipped_fraction(-1.0, 1.5) == pytest.approx(3 / 8)  # -3, 2, 4
+    assert cal.clipped_fraction(0.0, 0.75) == pytest.approx(5 / 8)  # -3, -0.5, 1, 2, 4

@@ -64,8 +64,25 @@ def test_histogram_methods_take_batches_of_different_spatial_sizes(tmp_path):
     from onnxq.calib.base import CalibOptions
     from onnxq.config import QuantConfig
 
-    batches = [{"x": RNG.standard_normal((2, 3, *hw)).astype(np.float32)} for hw in [(12, 12), (20, 8), (7, 9)]]
-    for method in ("percentile", "entropy", "mse"):
-        result = onnxq.quantize(foreign_model(), calib=batches, config=QuantConfig(calib=CalibOptions(method=method)))
+    model = foreign_model()  # one model: every call draws new weights
+    batches = [{"x": RNG.standard_normal((8, 3, *hw)).astype(np.float32)} for hw in [(12, 12), (20, 8), (7, 9)]]
+    for method in ("percentile", "mse"):
+        result = onnxq.quantize(model, calib=batches, config=QuantConfig(calib=CalibOptions(method=method)))
         assert result.report.calib_batches == 3
-        assert compare_models(foreign_model(), result.model, batches).outputs[0].sqnr_db > 20, method
+        assert compare_models(model, result.model, batches).outputs[0].sqnr_db > 20, method
+        assert max(result.report.clipping.values()) < 0.01
+
+
+def test_entropy_clipping_on_a_distribution_far_from_zero_is_reported():
+    """TensorRT's KL search (reproduced faithfully; the reference loop in tests/calib agrees) cuts a tensor whose
+    values sit far from zero ('branch': pooled ReLU features, all in about 0.4..0.9) at a fraction of its range.
+    onnxq cannot know that is wrong, but it says how much each range clips."""
+    from onnxq.calib.base import CalibOptions
+    from onnxq.config import QuantConfig
+
+    model = foreign_model()
+    batches = [{"x": RNG.standard_normal((8, 3, 9, 9)).astype(np.float32)} for _ in range(4)]
+    result = onnxq.quantize(model, calib=batches, config=QuantConfig(calib=CalibOptions(method="entropy")))
+    assert result.report.clipping["branch"] > 0.5
+    lines = "\n".join(result.report.summary_lines())
+    assert "saturate more than 1% of their calibration values" in lines and "branch:" in lines
