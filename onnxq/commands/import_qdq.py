@@ -12,6 +12,7 @@ import argparse
 import logging
 
 from onnxq.errors import OnnxqError
+from onnxq.rules import TARGET_RULES, TENSORRT
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="scales file to write (onnxq JSON)")
     p.add_argument("--fp32", metavar="MODEL", help="the FP32 export of the same model: key the scales by its "
                    "planned tensor names (matched by value) and record its fingerprint")
-    p.add_argument("--target", choices=("tensorrt", "ort-cpu"), default="tensorrt",
+    p.add_argument("--target", choices=tuple(TARGET_RULES), default=TENSORRT.name,
                    help="with --fp32: the target whose plan the scales are matched to (default: tensorrt)")
     p.add_argument("--strict", action="store_true", help="with --fp32: fail unless every planned tensor gets a scale")
     p.set_defaults(func=run)

@@ -31,6 +31,7 @@ from torch import nn
 
 from onnxq.atomic import write_text_atomic
 from onnxq.config import QuantConfig
+from onnxq.data import model_inputs
 from onnxq.errors import OnnxqError
 from onnxq.graph import fingerprint, save_model
 from onnxq.passes.insert_qdq import InsertQDQ
@@ -119,7 +120,7 @@ def prepare(model: nn.Module, example_inputs: Any, calib: Iterable[Any] | str | 
     if weight_scales not in ("dynamic", "fixed", "learned"):
         raise OnnxqError(f"weight_scales must be dynamic, fixed or learned, got {weight_scales!r}")
     exported = export_onnx(model, inputs, spec)
-    names = [v.name for v in exported.graph.input if v.name not in {i.name for i in exported.graph.initializer}]
+    names = [s.name for s in model_inputs(exported)]
     if len(names) != len(inputs):
         raise OnnxqError(f"the exported graph has {len(names)} input(s) but {len(inputs)} example input(s) were "
                          "given; inputs the model does not use are dropped by the exporter")
@@ -212,7 +213,7 @@ def verify(qmodel: QATModel, example_inputs: Any = None) -> float:
     inputs = _as_tuple(example_inputs) if example_inputs is not None else qmodel.state.example_inputs
     _, prepared, plan = replan(qmodel)
     qdq = InsertQDQ(plan, qmodel.scale_table()).call(copy.deepcopy(prepared)).model
-    names = [v.name for v in prepared.graph.input if v.name not in {i.name for i in prepared.graph.initializer}]
+    names = [s.name for s in model_inputs(prepared)]
     ort_out = make_session(qdq).run(None, as_numpy_batch(names, inputs))
     was = qmodel.training
     qmodel.eval()

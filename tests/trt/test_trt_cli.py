@@ -44,7 +44,7 @@ def test_lint_errors_exit_1_with_text_and_json(bad_model):
     result = onnxq("lint", bad_model, "--json")
     assert result.returncode == 1
     doc = json.loads(result.stdout)
-    assert doc["errors"] == 1 and [(f["rule"], f["node"]) for f in doc["findings"]] == [
+    assert doc["errors"] == 1 and [(f["rule"], f["subject"]) for f in doc["findings"]] == [
         ("zero-point", "in_Q"), ("float-weighted-op", "conv")]
 
 
