@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
@@ -25,7 +24,7 @@ def has_errors(findings: Iterable[Finding]) -> bool:
     return any(f.severity == "error" for f in findings)
 
 
-def findings_json(findings: list[Finding]) -> str:
+def findings_payload(findings: list[Finding]) -> dict:
+    """The findings as a JSON-ready dict: counts and every finding."""
     errors = sum(f.severity == "error" for f in findings)
-    return json.dumps({"errors": errors, "warnings": len(findings) - errors,
-                       "findings": [f.to_dict() for f in findings]}, indent=2)
+    return {"errors": errors, "warnings": len(findings) - errors, "findings": [f.to_dict() for f in findings]}

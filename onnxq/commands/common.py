@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from collections.abc import Callable, Iterator
 
@@ -20,6 +21,16 @@ def progress_bar(total: int | None, desc: str) -> Iterator[Callable[[int], None]
 
     with tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr) as bar:
         yield bar.update
+
+
+def add_json_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--json``: the same flag in every command that has it -- print ``what`` as JSON on stdout instead of text."""
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout instead of text")
+
+
+def print_result(args: argparse.Namespace, text: str, payload: dict) -> None:
+    """``payload`` as JSON when ``--json`` was given, else ``text``."""
+    print(json.dumps(payload, indent=2) if args.json else text)
 
 
 def add_selection_flags(parser: argparse.ArgumentParser) -> None:

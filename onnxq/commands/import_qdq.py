@@ -3,7 +3,7 @@ fake-quant model (torch.fake_quantize_* through the legacy exporter, pytorch-qua
 
 Without ``--fp32`` the keys are the Q/DQ model's tensor names (see :mod:`onnxq.scales.qdq_reader`). With ``--fp32``
 (the float export of the same model, the one to quantize) they are re-keyed to that model's planned tensors by
-value (:mod:`onnxq.qat.qdq_keys`), so that ``onnxq quantize MODEL.onnx --scales scales.json`` finds them.
+value (:mod:`onnxq.scales.qdq_keys`), so that ``onnxq quantize MODEL.onnx --scales scales.json`` finds them.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {len(table)} tensor scale(s) to {args.output}, keyed by the Q/DQ model's tensor names")
         return 0
 
-    from onnxq.qat.qdq_keys import match_to_fp32
+    from onnxq.scales.qdq_keys import match_to_fp32
 
     config = QuantConfig(target=args.target)
     fp32 = load_model(args.fp32)

@@ -122,6 +122,8 @@ def _fold_one(index: GraphIndex, bn: onnx.NodeProto, taken: set[str]) -> tuple[o
 
 class FoldBatchNorm(Pass):
     name = "fold-batchnorm"
+    in_place = True
+    changes_input = True
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph

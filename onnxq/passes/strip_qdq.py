@@ -30,6 +30,8 @@ def _dequantize(index: GraphIndex, dq: onnx.NodeProto) -> np.ndarray:
 
 class StripQDQ(Pass):
     name = "strip-qdq"
+    in_place = True
+    changes_input = True
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph

@@ -20,11 +20,10 @@ from onnxq.atomic import write_text_atomic
 from onnxq.errors import OnnxqError
 from onnxq.findings import Finding
 from onnxq.scales import aimet, json_format, trt_cache
+from onnxq.scales.formats import DEFAULT_EXTENSIONS, FORMATS
 from onnxq.scales.types import ScaleTable
 
-FORMATS = ("json", "trt-cache", "aimet")
 _MODULES = {"json": json_format, "trt-cache": trt_cache, "aimet": aimet}
-DEFAULT_EXTENSIONS = {"json": ".json", "trt-cache": ".cache", "aimet": ".encodings"}
 
 
 def _read_text(path: Path) -> str:

@@ -35,13 +35,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxq.findings import Finding, findings_json, has_errors
+from onnxq.findings import Finding, findings_payload, has_errors
 from onnxq.graph import GraphIndex, attr, default_opset
 from onnxq.ops import WEIGHTED_OPS, weight_axis
 from onnxq.rules import TENSORRT
 from onnxq.scales.qdq_reader import QDQParams, constant_array, is_constant, node_params, tensor_rank
 
-__all__ = ["Finding", "LintOptions", "findings_json", "format_findings", "has_errors", "lint_model"]
+__all__ = ["Finding", "LintOptions", "findings_payload", "format_findings", "has_errors", "lint_model"]
 # Single-input data-movement ops a DequantizeLinear may reach a weighted op through (TensorRT moves DQ past them).
 PASS_THROUGH_OPS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
 FUSABLE_AFTER_CONV = frozenset({"BatchNormalization", "Relu"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from trt_golden import Graph, clean_model, conv_block
+from tests.trt.trt_golden import Graph, clean_model, conv_block
 
 from onnxq.trt.lint import LintOptions, has_errors, lint_model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from trt_golden import Graph
+from tests.trt.trt_golden import Graph
 
 from onnxq.scales.qdq_reader import read_qdq
 from onnxq.trt.lint import lint_model

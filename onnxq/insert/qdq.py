@@ -36,6 +36,8 @@ def quantize_array(x: np.ndarray, params: QuantParams) -> np.ndarray:
 
 class InsertQDQ(Pass):
     name = "insert-qdq"
+    in_place = True
+    changes_input = True
 
     def __init__(self, plan: QuantPlan, scales: ScaleTable) -> None:
         self.plan = plan
