@@ -7,6 +7,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from onnxq.rules import TARGET_RULES, TENSORRT
 
@@ -73,7 +74,7 @@ def config_from_args(args: argparse.Namespace):
     from onnxq.config import Overrides, QuantConfig
     from onnxq.config_file import load_config_file
 
-    overrides, run = Overrides(), {}
+    overrides, run = Overrides(), dict[str, Any]()
     if getattr(args, "config", None):
         overrides, run = load_config_file(args.config)
     flags = Overrides.from_flags(args.include_op, args.exclude_op, args.exclude_node, args.include_node)

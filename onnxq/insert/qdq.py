@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -61,7 +63,7 @@ class InsertQDQ(Pass):
             scale = unique_name(taken, f"{base}_scale")
             zp = unique_name(taken, f"{base}_zero_point")
             new_inits += [numpy_helper.from_array(params.scale, scale), numpy_helper.from_array(params.zero_point, zp)]
-            axis = {} if params.axis is None else {"axis": params.axis}
+            axis: dict[str, Any] = {} if params.axis is None else {"axis": params.axis}
             dq_out = unique_name(taken, f"{base}_dequantized")
             if tensor.role == "weight":
                 q_init = unique_name(taken, f"{base}_quantized")
