@@ -24,6 +24,12 @@ def progress_bar(total: int | None, desc: str) -> Iterator[Callable[[int], None]
         yield bar.update
 
 
+def add_model_and_output(parser: argparse.ArgumentParser, model: str, output: str, *, required: bool = True) -> None:
+    """The input model (positional) and ``-o/--output``: the same two arguments in every command that writes a file."""
+    parser.add_argument("model", help=model)
+    parser.add_argument("-o", "--output", required=required, help=output)
+
+
 def add_json_flag(parser: argparse.ArgumentParser, what: str) -> None:
     """``--json``: the same flag in every command that has it -- print ``what`` as JSON on stdout instead of text."""
     parser.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout instead of text")

@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper
 from onnxq.dtypes import quant_dtype
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, all_names, node_name, unique_name
-from onnxq.passes.base import Pass, PassResult
+from onnxq.passes.base import InPlacePass, PassResult
 from onnxq.plan import QuantPlan, TensorPlan
 from onnxq.scales.types import QuantParams, ScaleTable
 
@@ -36,10 +36,8 @@ def quantize_array(x: np.ndarray, params: QuantParams) -> np.ndarray:
     return q.astype(np.dtype(params.dtype))
 
 
-class InsertQDQ(Pass):
+class InsertQDQ(InPlacePass):
     name = "insert-qdq"
-    in_place = True
-    changes_input = True
 
     def __init__(self, plan: QuantPlan, scales: ScaleTable) -> None:
         self.plan = plan
