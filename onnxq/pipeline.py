@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 ModelLike = str | os.PathLike | onnx.ModelProto
 DataLike = str | os.PathLike | DataSource | Iterable[Batch]
 ScaleImporter = Callable[[QuantPlan, onnx.ModelProto], ScaleTable]
+#: Computes the statistics of ``calib``: :func:`calibrate` in this process, or e.g.
+#: :class:`onnxq.distributed.ray_calibrate.RayCalibration` on a cluster; same arguments, same result.
+Collector = Callable[[onnx.ModelProto, QuantPlan, DataLike, QuantConfig, Callable[[int], None] | None],
+                     tuple[dict[str, Calibrator], int]]
 
 
 @dataclass
@@ -129,7 +133,8 @@ class _Stopwatch:
 
 def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, calib: DataLike | None,
            stats: list[str] | None, scales: ScaleImporter | None,
-           progress: Callable[[int], None] | None) -> tuple[ScaleTable, int, str, dict[str, float]]:
+           progress: Callable[[int], None] | None,
+           collector: Collector | None = None) -> tuple[ScaleTable, int, str, dict[str, float]]:
     """The scale table from exactly one source, the number of batches behind it, the source's name, and the share
     of calibration values each calibrated activation's range clips (where the method can tell)."""
     if scales is not None:
@@ -142,7 +147,7 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
                              "calibrate with the same model and settings")
         source = "merged statistics"
     else:
-        calibrators, batches = calibrate(prepared, plan, calib, config, progress)
+        calibrators, batches = (collector or calibrate)(prepared, plan, calib, config, progress)
         source = "calibration"
     table = compute_scales(plan, calibrators, weight_arrays(prepared, plan))
     clipping = clipped_fractions(plan, calibrators, table)
@@ -156,12 +161,13 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
 def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfig | None = None,
              output: str | os.PathLike | None = None, *, stats: list[str] | None = None,
              scales: ScaleImporter | None = None, val: DataLike | None = None, per_layer: bool = False,
-             progress: Callable[[int], None] | None = None) -> QuantizeResult:
+             progress: Callable[[int], None] | None = None, collector: Collector | None = None) -> QuantizeResult:
     """Quantize ``model`` to INT8 Q/DQ form and (when ``output`` is given) save it atomically.
 
     Ranges come from exactly one of: ``calib`` (a data folder, an .npz stack, ``"random"`` or a re-iterable sequence
     of batches), ``stats`` (statistics files of ``onnxq calibrate``, merged) or ``scales`` (an importer giving a
-    ScaleTable, see :func:`onnxq.scales.importer.scale_importer`).
+    ScaleTable, see :func:`onnxq.scales.importer.scale_importer`). ``collector`` computes the statistics of ``calib``
+    elsewhere (e.g. :class:`onnxq.distributed.ray_calibrate.RayCalibration`); default: in this process.
     """
     config = config or QuantConfig()
     if sum(s is not None for s in (calib, stats, scales)) != 1:
@@ -179,7 +185,7 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
                              "quantization (check --exclude-op/--exclude-node)")
     with clock("ranges"):
         table, batches, source, clipping = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales,
-                                                  progress=progress)
+                                                  progress=progress, collector=collector)
     with clock("insert+verify"):
         quantized = InsertQDQ(plan, table).call(copy.deepcopy(prepared)).model
         verify(quantized, next(iter(data_source(prepared, calib, config)), None) if calib is not None else None)
