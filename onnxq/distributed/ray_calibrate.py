@@ -193,8 +193,14 @@ def ray_session(ray, options: RayOptions) -> Iterator[int]:
         try:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = options.address or os.environ.get("RAY_ADDRESS") or "a new local instance"
-            raise OnnxqError(f"cannot start Ray ({where}): {_first_line(exc)}") from exc
+            address = options.address or os.environ.get("RAY_ADDRESS")
+            hint = ""
+            if address not in (None, "auto") and "RAY_AUTH_MODE" not in os.environ:
+                # Ray enables token authentication on the clusters it starts, but only picks the token up by
+                # itself for "auto": docs.ray.io/en/latest/ray-security/token-auth.html
+                hint = " (a cluster with token authentication also needs RAY_AUTH_MODE=token and its token here)"
+            where = address or "a new local instance"
+            raise OnnxqError(f"cannot start Ray ({where}): {_first_line(exc)}{hint}") from exc
         started = True
     try:
         yield int(ray.cluster_resources().get("CPU", 1))

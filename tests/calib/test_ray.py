@@ -61,6 +61,7 @@ def assert_identical(local: dict, distributed: dict, plan) -> None:
             assert np.array_equal(np.asarray(value), np.asarray(other.state()[key])), (name, key)
 
 
+@pytest.mark.slow  # a local Ray instance: ~10-15 s to start on 2 cores, once per session
 @pytest.mark.parametrize("method", METHODS)
 def test_four_shards_equal_one_local_run(ray_instance, model_and_data, method):
     from onnxq.distributed.ray_calibrate import RayCalibration, RayOptions
@@ -99,6 +100,7 @@ class CrashOnce:
         return calibrate_shard(job)
 
 
+@pytest.mark.slow  # a local Ray instance: ~10-15 s to start on 2 cores, once per session
 def test_a_killed_worker_is_retried_and_the_result_is_unchanged(ray_instance, model_and_data, tmp_path):
     from onnxq.distributed.ray_calibrate import RayCalibration, RayOptions
 
@@ -115,6 +117,7 @@ def test_a_killed_worker_is_retried_and_the_result_is_unchanged(ray_instance, mo
     assert_identical(local, merged, plan)
 
 
+@pytest.mark.slow  # a local Ray instance: ~10-15 s to start on 2 cores, once per session
 def test_a_shard_that_keeps_failing_names_its_files(ray_instance, model_and_data, tmp_path):
     from onnxq.distributed.ray_calibrate import RayCalibration, RayOptions
 
@@ -128,6 +131,7 @@ def test_a_shard_that_keeps_failing_names_its_files(ray_instance, model_and_data
         run(prepared, plan, str(data), config)
 
 
+@pytest.mark.slow  # a local Ray instance: ~10-15 s to start on 2 cores, once per session
 def test_a_bad_file_fails_its_shard_without_retries(ray_instance, model_and_data):
     from onnxq.distributed.ray_calibrate import RayCalibration, RayOptions
 
@@ -154,6 +158,7 @@ def test_ray_flag_without_ray_is_one_line_and_exit_2(monkeypatch, model_and_data
     assert not out.exists()
 
 
+@pytest.mark.slow  # a local Ray instance: ~10-15 s to start on 2 cores, once per session
 def test_calibrate_and_quantize_commands_with_ray_match_local_runs(ray_instance, model_and_data, tmp_path):
     from onnxq.calib.stats import load_stats
     from onnxq.cli import main
