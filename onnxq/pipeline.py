@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx
 
-from onnxq.calib.base import Calibrator
+from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.collect import CollectSettings, collect_statistics
 from onnxq.calib.stats import expand_stats_paths, merge_stats
 from onnxq.config import QuantConfig
@@ -92,8 +92,13 @@ def calibrate(prepared: onnx.ModelProto, plan: QuantPlan, data: DataLike, config
               progress: Callable[[int], None] | None = None) -> tuple[dict[str, Calibrator], int]:
     """Statistics of every planned activation over the calibration data."""
     source = data_source(prepared, data, config)
-    tensors = {t.name: t.calib_options(config.calib) for t in plan.calibrated_activations()}
-    return collect_statistics(prepared, tensors, source, CollectSettings(config.memory_budget_mb), progress)
+    return collect_statistics(prepared, calibration_targets(plan, config), source,
+                              CollectSettings(config.memory_budget_mb), progress)
+
+
+def calibration_targets(plan: QuantPlan, config: QuantConfig) -> dict[str, CalibOptions]:
+    """Each activation that needs a range of its own, with its calibration options (per-node settings applied)."""
+    return {t.name: t.calib_options(config.calib) for t in plan.calibrated_activations()}
 
 
 def weight_arrays(prepared: onnx.ModelProto, plan: QuantPlan) -> dict:

@@ -36,15 +36,18 @@ from typing import Any
 
 import onnx
 
-from onnxq.calib.base import Calibrator
+from onnxq import __version__
+from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.collect import CollectSettings, collect_statistics
-from onnxq.calib.data import BatchSource
 from onnxq.calib.stats import merge_into
 from onnxq.config import QuantConfig
+from onnxq.data import BatchSource
 from onnxq.distributed.shards import Shard, split_files
 from onnxq.errors import OnnxqError
-from onnxq.graph import fingerprint
-from onnxq.plan import QuantPlan, TensorPlan
+from onnxq.graph import fingerprint, load_model
+from onnxq.pipeline import calibration_targets, prepare
+from onnxq.plan import QuantPlan
+from onnxq.runtime import SessionSettings
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ class ShardJob:
     fingerprint: str
     onnxq_version: str
     config: QuantConfig
-    activations: tuple[TensorPlan, ...]
+    tensors: dict[str, CalibOptions]  # activation name -> its calibration options
     data_path: str
     max_batches: int | None
     threads: int
@@ -124,10 +127,6 @@ def file_sha256(path: Path) -> str:
 
 def calibrate_shard(job: ShardJob) -> ShardResult:
     """Run on a worker: the statistics of one shard's files, after checking the worker sees the driver's model."""
-    from onnxq import __version__
-    from onnxq.graph import load_model
-    from onnxq.pipeline import prepare
-
     node = socket.gethostname()
     if __version__ != job.onnxq_version:
         raise OnnxqError(f"node {node} runs onnxq {__version__}, the driver {job.onnxq_version}; install the same "
@@ -145,8 +144,8 @@ def calibrate_shard(job: ShardJob) -> ShardResult:
                          f"driver {job.fingerprint}); check the onnx/onnxruntime versions match the driver's")
     source = BatchSource(prepared, job.data_path, max_batches=job.max_batches, batch_size=job.config.batch_size,
                          files=job.shard.files)
-    settings = CollectSettings(job.config.calib, job.config.memory_budget_mb, threads=job.threads)
-    calibrators, batches = collect_statistics(prepared, list(job.activations), source, settings)
+    settings = CollectSettings(job.config.memory_budget_mb, SessionSettings(threads=job.threads))
+    calibrators, batches = collect_statistics(prepared, job.tensors, source, settings)
     return ShardResult(calibrators, batches, node)
 
 
@@ -228,15 +227,13 @@ class RayCalibration:
                  progress: Callable[[int], None] | None = None) -> tuple[dict[str, Calibrator], int]:
         """Statistics of every planned activation over ``data``; ``progress`` (batches) is not used: shards report
         through the ``progress`` given to the constructor."""
-        from onnxq import __version__
-
         files, max_batches = shard_files(prepared, data, config)
-        activations = tuple(plan.calibrated_activations())
-        if not activations:
+        tensors = calibration_targets(plan, config)
+        if not tensors:
             return {}, 0
         job = dict(model_path=str(self.model_path), model_sha256=file_sha256(self.model_path),
                    fingerprint=fingerprint(prepared), onnxq_version=__version__, config=config,
-                   activations=activations, data_path=str(Path(str(data)).resolve()), max_batches=max_batches,
+                   tensors=tensors, data_path=str(Path(str(data)).resolve()), max_batches=max_batches,
                    threads=self.options.cpus_per_task)
         with ray_session(self.ray, self.options) as cpus:
             count = self.options.shards or max(1, cpus // self.options.cpus_per_task)

@@ -11,11 +11,11 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxq.calib.data import BatchSource
-from onnxq.config import QuantConfig
 from onnxq.calib.base import CalibOptions
+from onnxq.config import QuantConfig
+from onnxq.data import BatchSource
 from onnxq.errors import OnnxqError
-from onnxq.pipeline import calibrate, prepare
+from onnxq.pipeline import calibrate, calibration_targets, prepare
 from onnxq.plan import build_plan
 from tests.conftest import small_cnn
 
@@ -204,7 +204,7 @@ def test_a_worker_that_sees_another_model_file_refuses_it(model_and_data):
     prepared, plan = prepared_and_plan(model_path, config)
     job = ShardJob(shard=split_files(sorted(data.iterdir()), 4)[0], model_path=str(model_path),
                    model_sha256=file_sha256(model_path), fingerprint=fingerprint(prepared), onnxq_version=__version__,
-                   config=config, activations=tuple(plan.calibrated_activations()), data_path=str(data),
+                   config=config, tensors=calibration_targets(plan, config), data_path=str(data),
                    max_batches=None, threads=1)
     result = calibrate_shard(job)
     assert result.batches == 2 and result.calibrators.keys() == {t.name for t in plan.calibrated_activations()}
