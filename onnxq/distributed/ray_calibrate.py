@@ -249,6 +249,8 @@ class RayCalibration:
         pending = {remote.remote(self.task, job): job.shard for job in jobs}
         merged: dict[str, Calibrator] = {}
         batches = 0
+        if self.progress is not None:
+            self.progress(0, len(jobs))
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)

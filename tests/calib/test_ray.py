@@ -74,7 +74,7 @@ def test_four_shards_equal_one_local_run(ray_instance, model_and_data, method):
     run = RayCalibration(model_path, RayOptions(shards=4), progress=lambda done, total: seen.append((done, total)))
     merged, batches = run(prepared, plan, str(data), config)
     assert batches == local_batches == 8
-    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert seen == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
     assert_identical(local, merged, plan)
     # the shards really differ: one shard alone gives another range for some tensor
     one, _ = calibrate(prepared, plan, BatchSource(prepared, data, files=sorted(data.iterdir())[:2]), config)
@@ -146,13 +146,14 @@ def test_a_bad_file_fails_its_shard_without_retries(ray_instance, model_and_data
         RayCalibration(model_path, RayOptions(shards=4))(prepared, plan, str(data), config)
 
 
-def test_ray_flag_without_ray_is_one_line_and_exit_2(monkeypatch, model_and_data, tmp_path, capsys):
+@pytest.mark.parametrize("command, output", [("calibrate", "stats.npz"), ("quantize", "model.int8.onnx")])
+def test_ray_flag_without_ray_is_one_line_and_exit_2(monkeypatch, model_and_data, tmp_path, capsys, command, output):
     from onnxq.cli import main
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     model_path, data = model_and_data
-    out = tmp_path / "stats.npz"
-    assert main(["calibrate", str(model_path), "--calib", str(data), "--ray", "-o", str(out)]) == 2
+    out = tmp_path / output
+    assert main([command, str(model_path), "--calib", str(data), "--ray", "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ['onnxq: error: --ray needs the ray package, which is not installed: pip install "onnxq[ray]"']
     assert not out.exists()
