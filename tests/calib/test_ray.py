@@ -215,3 +215,29 @@ def test_a_worker_that_sees_another_model_file_refuses_it(model_and_data):
     model_path.unlink()
     with pytest.raises(OnnxqError, match="cannot see the model"):
         calibrate_shard(job)
+
+
+@pytest.mark.slow  # a local Ray instance: ~10-15 s to start on 2 cores, once per session
+def test_calib_batches_keeps_the_first_files_as_a_local_run_does(ray_instance, model_and_data):
+    from onnxq.distributed.ray_calibrate import RayCalibration, RayOptions
+
+    model_path, data = model_and_data
+    config = QuantConfig(calib=CalibOptions(method="entropy", num_bins=256), calib_batches=5)
+    prepared, plan = prepared_and_plan(model_path, config)
+    local, local_batches = calibrate(prepared, plan, str(data), config)
+    merged, batches = RayCalibration(model_path, RayOptions(shards=4))(prepared, plan, str(data), config)
+    assert batches == local_batches == 5
+    assert_identical(local, merged, plan)
+
+
+@pytest.mark.parametrize("data, config, message", [
+    ("random", QuantConfig(), "needs calibration data on disk"),
+    (None, QuantConfig(calib=CalibOptions(momentum=0.9)), "--moving-average depends on the order"),
+])
+def test_what_shards_cannot_reproduce_is_refused(model_and_data, data, config, message):
+    from onnxq.distributed.ray_calibrate import shard_files
+
+    model_path, folder = model_and_data
+    prepared, _ = prepared_and_plan(model_path, config)
+    with pytest.raises(OnnxqError, match=message):
+        shard_files(prepared, data or str(folder), config)
