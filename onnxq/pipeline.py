@@ -7,12 +7,11 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -25,7 +24,7 @@ from onnxq.data import Batch, BatchSource, DataSource, RandomSource
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, check_model, count_qdq, fingerprint, load_model, save_model
 from onnxq.passes import PassManager, prepare_passes
-from onnxq.passes.insert_qdq import InsertQDQ
+from onnxq.insert import InsertQDQ
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
 from onnxq.runtime import make_session, run_batch
@@ -65,9 +64,8 @@ def _load(model: ModelLike) -> tuple[onnx.ModelProto, Path | None]:
 
 
 def prepare(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.ModelProto, list[str]]:
-    """Float-to-float passes on a copy of ``model``; refuses a model that already holds Q/DQ unless
+    """Float-to-float passes (``model`` itself is left unchanged); refuses a model that already holds Q/DQ unless
     ``config.requantize``."""
-    model = copy.deepcopy(model)
     has_qdq = count_qdq(model) > 0
     if has_qdq and not config.requantize:
         raise OnnxqError("the model already holds QuantizeLinear/DequantizeLinear nodes; pass --requantize to "
@@ -137,14 +135,26 @@ class _Stopwatch:
         self.seconds[stage] = time.perf_counter() - start
 
 
+@dataclass(frozen=True)
+class Ranges:
+    """What the ranges stage produced."""
+
+    table: ScaleTable
+    #: calibration batches behind the table (0 for imported scales)
+    batches: int
+    #: "calibration" | "merged statistics" | "imported scales"
+    source: str
+    #: share of calibration values each calibrated activation's range clips (where the method can tell)
+    clipping: dict[str, float] = field(default_factory=dict)
+
+
 def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, calib: DataLike | None,
            stats: list[str] | None, scales: ScaleImporter | None,
-           progress: Callable[[int], None] | None,
-           collector: Collector | None = None) -> tuple[ScaleTable, int, str, dict[str, float]]:
-    """The scale table from exactly one source, the number of batches behind it, the source's name, and the share
-    of calibration values each calibrated activation's range clips (where the method can tell)."""
+           progress: Callable[[int], None] | None, collector: Collector | None = None) -> Ranges:
+    """The scale table from exactly one source (calibration data, statistics files or imported scales);
+    ``collector`` computes the statistics of calibration data (default: :func:`calibrate`, in this process)."""
     if scales is not None:
-        return scales(plan, prepared), 0, "imported scales", {}
+        return Ranges(scales(plan, prepared), 0, "imported scales")
     if stats is not None:
         calibrators, batches = merge_stats(expand_stats_paths(stats), fingerprint(prepared))
         missing = [t.name for t in plan.calibrated_activations() if t.name not in calibrators]
@@ -161,7 +171,7 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
         if fraction > CLIP_WARNING_FRACTION:
             log.info("the range of %r clips %.2f%% of its calibration values (method %s)", name,
                         100 * fraction, plan.tensors[name].method)
-    return table, batches, source, clipping
+    return Ranges(table, batches, source, clipping)
 
 
 def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfig | None = None,
@@ -190,12 +200,13 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             raise OnnxqError("nothing to quantize: no Conv, ConvTranspose, Gemm or MatMul node is planned for "
                              "quantization (check --exclude-op/--exclude-node)")
     with clock("ranges"):
-        table, batches, source, clipping = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales,
-                                                  progress=progress, collector=collector)
+        found = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales, progress=progress,
+                       collector=collector)
     with clock("insert+verify"):
-        quantized = InsertQDQ(plan, table).call(copy.deepcopy(prepared)).model
+        quantized = InsertQDQ(plan, found.table).run(prepared).model
         verify(quantized, next(iter(data_source(prepared, calib, config)), None) if calib is not None else None)
-    report = QuantReport(plan, notes, original.ByteSize(), quantized.ByteSize(), batches, source, clipping=clipping)
+    report = QuantReport(plan, notes, original.ByteSize(), quantized.ByteSize(), found.batches, found.source,
+                         clipping=found.clipping)
     if val is not None:
         with clock("validate"):
             reference = prepared if count_qdq(original) else original  # a re-quantized input: its float form
@@ -203,4 +214,4 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             report.validation = compare_models(reference, quantized, val_data, per_layer=per_layer)
     report.seconds = clock.seconds
     output_path = save_model(quantized, output, input_path=input_path) if output is not None else None
-    return QuantizeResult(quantized, plan, table, report, output_path)
+    return QuantizeResult(quantized, plan, found.table, report, output_path)

@@ -36,7 +36,6 @@ from typing import Any
 
 import onnx
 
-from onnxq import __version__
 from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.collect import CollectSettings, collect_statistics
 from onnxq.calib.stats import merge_into
@@ -48,6 +47,7 @@ from onnxq.graph import fingerprint, load_model
 from onnxq.pipeline import calibration_targets, prepare
 from onnxq.plan import QuantPlan
 from onnxq.runtime import SessionSettings
+from onnxq.version import __version__
 
 log = logging.getLogger(__name__)
 
