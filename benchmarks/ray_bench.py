@@ -118,7 +118,8 @@ def in_process(workdir: Path, data: Path, method: str, repeats: int) -> None:
     print(f"| calibrate stage, Ray already up (warm workers) | {statistics.median(local_s):.2f} | "
           f"{statistics.median(ray_s):.2f} | {statistics.median(ray_s) / statistics.median(local_s):.2f} | "
           f"{identical} |")
-    print(f"| ray.init (local, 2 CPUs) / first calibrate on Ray (cold workers) | - | {startup:.2f} / {first:.2f} | - | - |")
+    print(f"| ray.init (local, 2 CPUs) / first calibrate on Ray (cold workers) | - | {startup:.2f} / {first:.2f} "
+          "| - | - |")
 
 
 def main() -> None:

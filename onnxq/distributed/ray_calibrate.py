@@ -162,7 +162,7 @@ def shard_files(prepared: onnx.ModelProto, data: object, config: QuantConfig) ->
     if config.calib.momentum is not None:
         raise OnnxqError("--moving-average depends on the order of the batches, so shards cannot reproduce one run; "
                          "drop --moving-average or --ray")
-    source = BatchSource(prepared, data, max_batches=config.calib_batches, batch_size=config.batch_size)
+    source = BatchSource(prepared, Path(data), max_batches=config.calib_batches, batch_size=config.batch_size)
     if source.path.is_file():
         log.warning("%s is one .npz stack: it runs as a single Ray task; a folder of batch files spreads over "
                     "the cluster", source.path)
@@ -231,16 +231,16 @@ class RayCalibration:
         tensors = calibration_targets(plan, config)
         if not tensors:
             return {}, 0
-        job = dict(model_path=str(self.model_path), model_sha256=file_sha256(self.model_path),
-                   fingerprint=fingerprint(prepared), onnxq_version=__version__, config=config,
-                   tensors=tensors, data_path=str(Path(str(data)).resolve()), max_batches=max_batches,
-                   threads=self.options.cpus_per_task)
+        digest, graph = file_sha256(self.model_path), fingerprint(prepared)
+        data_path = str(Path(str(data)).resolve())
         with ray_session(self.ray, self.options) as cpus:
-            count = self.options.shards or max(1, cpus // self.options.cpus_per_task)
-            shards = split_files(files, count)
+            shards = split_files(files, self.options.shards or max(1, cpus // self.options.cpus_per_task))
             log.info("calibrating %d file(s) in %d shard(s) on a Ray cluster of %d CPU(s)", len(files),
                      len(shards), cpus)
-            return self._run([ShardJob(shard=s, **job) for s in shards])
+            jobs = [ShardJob(shard=shard, model_path=str(self.model_path), model_sha256=digest, fingerprint=graph,
+                             onnxq_version=__version__, config=config, tensors=tensors, data_path=data_path,
+                             max_batches=max_batches, threads=self.options.cpus_per_task) for shard in shards]
+            return self._run(jobs)
 
     def _run(self, jobs: list[ShardJob]) -> tuple[dict[str, Calibrator], int]:
         ray = self.ray

@@ -195,10 +195,10 @@ def test_shards_are_runs_of_consecutive_files_of_near_equal_size(tmp_path):
 
 def test_a_worker_that_sees_another_model_file_refuses_it(model_and_data):
     """What the task checks before calibrating (run here in-process: the check does not need Ray)."""
-    from onnxq.version import __version__
     from onnxq.distributed.ray_calibrate import ShardJob, calibrate_shard, file_sha256
     from onnxq.distributed.shards import split_files
     from onnxq.graph import fingerprint
+    from onnxq.version import __version__
 
     model_path, data = model_and_data
     config = QuantConfig()
