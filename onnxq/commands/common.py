@@ -116,7 +116,7 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group('Ray cluster (optional: pip install "onnxq[ray]")')
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="calibrate on Ray: one task per shard of the data files, each reading its files by path, "
-                   "merged exactly (same ranges as one local run). ADDRESS: the cluster's (auto, ray://head:10001); "
+                   "merged exactly (same ranges as one local run). ADDRESS: the cluster's (auto, HOST:PORT); "
                    "without it RAY_ADDRESS, else a new local Ray instance")
     g.add_argument("--shards", type=int, metavar="N", help="with --ray: number of shards (default: one per CPU)")
     g.add_argument("--ray-runtime-env", metavar="JSON",
