@@ -61,7 +61,7 @@ ShardProgress = Callable[[int, int], None]
 class RayOptions:
     """Where and how the shards run."""
 
-    #: Cluster address for ``ray.init`` (``"auto"``, ``"ray://head:10001"``, ``"10.0.0.1:6379"``). ``None``: the
+    #: Cluster address for ``ray.init`` (``"auto"``, or the head's GCS ``"HOST:PORT"``). ``None``: the
     #: ``RAY_ADDRESS`` environment variable, else a new local Ray instance on this machine.
     address: str | None = None
     #: Number of shards (tasks); ``None``: one per CPU slot of the cluster. Never more than there are data files.
