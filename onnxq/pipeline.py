@@ -16,7 +16,7 @@ from pathlib import Path
 
 import onnx
 
-from onnxq.calib.base import Calibrator
+from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.collect import CollectSettings, collect_statistics
 from onnxq.calib.stats import expand_stats_paths, merge_stats
 from onnxq.config import QuantConfig
@@ -39,6 +39,10 @@ ONE_SOURCE = ("give exactly one source of ranges: calibration data (--calib), st
 ModelLike = str | os.PathLike | onnx.ModelProto
 DataLike = str | os.PathLike | DataSource | Iterable[Batch]
 ScaleImporter = Callable[[QuantPlan, onnx.ModelProto], ScaleTable]
+#: Computes the statistics of ``calib``: :func:`calibrate` in this process, or e.g.
+#: :class:`onnxq.distributed.ray_calibrate.RayCalibration` on a cluster; same arguments, same result.
+Collector = Callable[[onnx.ModelProto, QuantPlan, DataLike, QuantConfig, Callable[[int], None] | None],
+                     tuple[dict[str, Calibrator], int]]
 
 
 @dataclass
@@ -88,8 +92,13 @@ def calibrate(prepared: onnx.ModelProto, plan: QuantPlan, data: DataLike, config
               progress: Callable[[int], None] | None = None) -> tuple[dict[str, Calibrator], int]:
     """Statistics of every planned activation over the calibration data."""
     source = data_source(prepared, data, config)
-    tensors = {t.name: t.calib_options(config.calib) for t in plan.calibrated_activations()}
-    return collect_statistics(prepared, tensors, source, CollectSettings(config.memory_budget_mb), progress)
+    return collect_statistics(prepared, calibration_targets(plan, config), source,
+                              CollectSettings(config.memory_budget_mb), progress)
+
+
+def calibration_targets(plan: QuantPlan, config: QuantConfig) -> dict[str, CalibOptions]:
+    """Each activation that needs a range of its own, with its calibration options (per-node settings applied)."""
+    return {t.name: t.calib_options(config.calib) for t in plan.calibrated_activations()}
 
 
 def weight_arrays(prepared: onnx.ModelProto, plan: QuantPlan) -> dict:
@@ -143,8 +152,9 @@ class Ranges:
 
 def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, calib: DataLike | None,
            stats: list[str] | None, scales: ScaleImporter | None,
-           progress: Callable[[int], None] | None) -> Ranges:
-    """The scale table from exactly one source (calibration data, statistics files or imported scales)."""
+           progress: Callable[[int], None] | None, collector: Collector | None = None) -> Ranges:
+    """The scale table from exactly one source (calibration data, statistics files or imported scales);
+    ``collector`` computes the statistics of calibration data (default: :func:`calibrate`, in this process)."""
     if scales is not None:
         return Ranges(scales(plan, prepared), 0, "imported scales")
     if stats is not None:
@@ -155,7 +165,7 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
                              "calibrate with the same model and settings")
         source = "merged statistics"
     elif calib is not None:
-        calibrators, batches = calibrate(prepared, plan, calib, config, progress)
+        calibrators, batches = (collector or calibrate)(prepared, plan, calib, config, progress)
         source = "calibration"
     else:
         raise OnnxqError(ONE_SOURCE)
@@ -171,12 +181,13 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
 def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfig | None = None,
              output: str | os.PathLike | None = None, *, stats: list[str] | None = None,
              scales: ScaleImporter | None = None, val: DataLike | None = None, per_layer: bool = False,
-             progress: Callable[[int], None] | None = None) -> QuantizeResult:
+             progress: Callable[[int], None] | None = None, collector: Collector | None = None) -> QuantizeResult:
     """Quantize ``model`` to INT8 Q/DQ form and (when ``output`` is given) save it atomically.
 
     Ranges come from exactly one of: ``calib`` (a data folder, an .npz stack, ``"random"`` or a re-iterable sequence
     of batches), ``stats`` (statistics files of ``onnxq calibrate``, merged) or ``scales`` (an importer giving a
-    ScaleTable, see :func:`onnxq.scales.importer.scale_importer`).
+    ScaleTable, see :func:`onnxq.scales.importer.scale_importer`). ``collector`` computes the statistics of ``calib``
+    elsewhere (e.g. :class:`onnxq.distributed.ray_calibrate.RayCalibration`); default: in this process.
     """
     config = config or QuantConfig()
     if sum(s is not None for s in (calib, stats, scales)) != 1:
@@ -192,7 +203,8 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             raise OnnxqError("nothing to quantize: no Conv, ConvTranspose, Gemm or MatMul node is planned for "
                              "quantization (check --exclude-op/--exclude-node)")
     with clock("ranges"):
-        found = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales, progress=progress)
+        found = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales, progress=progress,
+                       collector=collector)
     with clock("insert+verify"):
         quantized = InsertQDQ(plan, found.table).run(prepared).model
         verify(quantized, next(iter(data_source(prepared, calib, config)), None) if calib is not None else None)
