@@ -8,8 +8,16 @@ import sys
 from pathlib import Path
 
 from onnxq.atomic import write_json_atomic, write_text_atomic
-from onnxq.commands.common import (add_calib_flags, add_model_and_output, add_ray_flags, add_selection_flags,
-                                   config_from_args, progress_bar, ray_collector, shard_progress_bar)
+from onnxq.commands.common import (
+    add_calib_flags,
+    add_model_and_output,
+    add_ray_flags,
+    add_selection_flags,
+    config_from_args,
+    progress_bar,
+    ray_collector,
+    shard_progress_bar,
+)
 from onnxq.errors import OnnxqError
 
 log = logging.getLogger(__name__)
@@ -74,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_report(path: Path, result) -> None:
-    from onnxq.handoff_report import report_payload, render_markdown
+    from onnxq.handoff_report import render_markdown, report_payload
 
     payload = report_payload(result)
     if path.suffix == ".md":
