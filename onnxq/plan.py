@@ -15,6 +15,7 @@ import onnx
 
 from onnxq.config import NodeSetting, QuantConfig
 from onnxq.graph import GraphIndex
+from onnxq.integer_region import data_inputs, integer_region, node_name
 from onnxq.rules import TARGET_RULES, TargetRules, weight_axis
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,51 @@ class _Planner:
         if self.rules.share_scales_through:
             for tensor in list(self.plan.activations()):
                 self._share_scale_upstream(tensor.name, tensor.name)
+        if self.rules.integer_kernels:
+            self._integer_region()
         return self.plan
+
+    def _allowed(self, node: onnx.NodeProto) -> bool:
+        setting, _ = self.config.overrides.resolve(node.op_type, node_name(node), NodeSetting(skip=False))
+        return not setting.skip
+
+    def _integer_region(self) -> None:
+        """Quantize inputs AND outputs of the ops onnxruntime's CPU provider runs in integer, so each node unit
+        fuses into one QLinear kernel (onnxq/integer_region.py, docs/ort_cpu_rules.md)."""
+        graph = self.model.graph
+        quantized = {d.node for d in self.plan.nodes if d.quantized}
+        seeds = [n for n in graph.node if node_name(n) in quantized and n.op_type in self.rules.integer_kernels]
+        region = integer_region(graph, self.index, self.rules, seeds, self._is_float_activation, self._allowed,
+                                {t.name for t in self.plan.activations()})
+        for node in graph.node:
+            name = node_name(node)
+            if name not in region.members:
+                continue
+            kernel = self.rules.integer_kernels[node.op_type]
+            setting, _ = self.config.overrides.resolve(node.op_type, name, NodeSetting(skip=False))
+            if name not in quantized:
+                for i, tensor in data_inputs(node, kernel):
+                    self._add_tensor(node, name, i, tensor, setting)
+                self.plan.nodes.append(NodeDecision(name, node.op_type, True, "quantized"))
+            for out in region.outputs[name]:
+                readers = [(r, i) for r, i in self.index.consumers.get(out, []) if i >= 0]
+                if out in self.index.graph_outputs or not readers:
+                    continue  # a node unit that writes a graph output cannot fuse; keep that output float
+                if kernel.output_optional and not any(node_name(r) in region.members for r, _ in readers):
+                    continue
+                for reader, i in readers:
+                    self._add_tensor(reader, node_name(reader), i, out, setting)
+                if kernel.same_scale:
+                    self.plan.tensors[out].shares_scale_with = self._scale_root(node.input[0])
+        for node in graph.node:
+            if node_name(node) in region.absorbed:
+                self.plan.nodes.append(NodeDecision(node_name(node), node.op_type, True,
+                                                    "fused into its producer's node unit"))
+
+    def _scale_root(self, tensor: str) -> str:
+        while (shared := self.plan.tensors[tensor].shares_scale_with) is not None:
+            tensor = shared
+        return tensor
 
     def _is_float_activation(self, name: str) -> bool:
         return bool(name) and not self.index.is_initializer(name) and \
@@ -202,7 +247,8 @@ class _Planner:
             dtype = setting.dtype or self.rules.activation_dtype
             # int8 activations are symmetric (zero point 0), uint8 ones asymmetric
             existing = TensorPlan(tensor, "activation", dtype, dtype == "int8", None, None, method, setting.percentile)
-        existing.consumers.append(Consumer(node_name, i))
+        if Consumer(node_name, i) not in existing.consumers:
+            existing.consumers.append(Consumer(node_name, i))
         self.plan.tensors[tensor] = existing
 
 

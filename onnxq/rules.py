@@ -23,6 +23,48 @@ DATA_MOVEMENT_OPS = frozenset({"MaxPool", "Resize", "Reshape", "Transpose", "Sli
 
 
 @dataclass(frozen=True)
+class IntegerKernel:
+    """An op type whose ``DQ -> op -> Q`` node unit onnxruntime's CPU provider fuses into an integer kernel
+    (docs/ort_cpu_rules.md, section 2)."""
+
+    fused_as: str  # the kernel the node unit becomes
+    # indices of the float data inputs the node unit needs behind a DQ; None: every input (Concat)
+    data_inputs: tuple[int, ...] | None = (0,)
+    # the Q/DQ pair around the op is dropped, so its output must keep its input's scale and zero point
+    same_scale: bool = False
+    # the op fuses without a Q on its output too (MatMul -> MatMulIntegerToFloat), so its output is quantized only
+    # when an integer consumer reads it
+    output_optional: bool = False
+
+
+# The CPU provider's QDQ selector/action table (onnxruntime qdq_selector_action_transformer.cc, 1.32; what fuses
+# was checked on this onnxruntime by reading the optimized graph, tests/core/test_ort_cpu_fusion.py).
+ORT_CPU_KERNELS: dict[str, IntegerKernel] = {
+    "Conv": IntegerKernel("QLinearConv"),
+    "MatMul": IntegerKernel("QLinearMatMul", (0, 1), output_optional=True),
+    "Gemm": IntegerKernel("QGemm", (0,), output_optional=True),
+    "Add": IntegerKernel("QLinearAdd", (0, 1)),
+    "Mul": IntegerKernel("QLinearMul", (0, 1)),
+    "Concat": IntegerKernel("QLinearConcat", None),
+    "AveragePool": IntegerKernel("QLinearAveragePool"),
+    "GlobalAveragePool": IntegerKernel("QLinearGlobalAveragePool"),
+    "Sigmoid": IntegerKernel("QLinearSigmoid"),
+    "LeakyRelu": IntegerKernel("QLinearLeakyRelu"),
+    "Softmax": IntegerKernel("QLinearSoftmax"),
+    "Where": IntegerKernel("QLinearWhere", (1, 2)),
+    "MaxPool": IntegerKernel("MaxPool (uint8)", same_scale=True),
+    "Resize": IntegerKernel("Resize (uint8)", same_scale=True),
+    **{op: IntegerKernel(f"{op} (uint8)", same_scale=True)
+       for op in ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather", "Expand", "Tile",
+                  "Split")},
+}
+
+# Relu/Clip between a fused op and its Q vanish into the node unit when the Q's zero point is the integer type's
+# minimum (qdq_selectors.cc, GetQDQSelection: "redundant clip node"); the Relu output is then the quantized tensor.
+ORT_CPU_ABSORBED = frozenset({"Relu", "Clip"})
+
+
+@dataclass(frozen=True)
 class TargetRules:
     name: str
     activation_dtype: str
@@ -37,6 +79,11 @@ class TargetRules:
     residual_add: bool = False
     # give the inputs of Concat and data-movement ops feeding a quantized tensor that tensor's scale
     share_scales_through: frozenset[str] = frozenset()
+    # ops with integer kernels: when set, the plan quantizes whole integer regions (inputs AND outputs of these
+    # ops) so every node unit fuses, instead of only the inputs of weighted ops
+    integer_kernels: dict[str, IntegerKernel] = field(default_factory=dict)
+    # activations that disappear into the fused producer when they sit between it and its Q
+    absorbed_activations: frozenset[str] = frozenset()
 
     def default_setting(self, op_type: str) -> tuple[NodeSetting, str]:
         if op_type in self.default_skip:
@@ -68,6 +115,10 @@ ORT_CPU = TargetRules(
     activation_symmetric=False,
     quantized_inputs={"Conv": (0, 1), "ConvTranspose": (0, 1), "Gemm": (0, 1), "MatMul": (0, 1)},
     default_skip={"ConvTranspose": _CONVTRANSPOSE_REASON.replace("TensorRT lacks", "some runtimes lack")},
+    # uint8 activations: on x86 the QDQ selectors fuse Conv/MatMul only with uint8 activations
+    # (QDQIsInt8Allowed() is false off ARM; docs/ort_cpu_rules.md 1.1)
+    integer_kernels=ORT_CPU_KERNELS,
+    absorbed_activations=ORT_CPU_ABSORBED,
 )
 
 TARGET_RULES = {r.name: r for r in (TENSORRT, ORT_CPU)}

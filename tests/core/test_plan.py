@@ -134,10 +134,15 @@ def test_tensorrt_concat_and_maxpool_inputs_share_the_concat_scale():
     assert plan.tensors["r"].consumers == [Consumer("conv_b", 0)]
 
 
-def test_ort_cpu_has_no_tensorrt_placement_rules():
+def test_ort_cpu_quantizes_the_integer_region():
+    """ort-cpu wraps inputs AND outputs of every op with an integer kernel (docs/ort_cpu_rules.md): the Relu after
+    the Add is absorbed (its output is the quantized tensor), MaxPool keeps its input's scale."""
     plan = build_plan(residual_concat_model(), QuantConfig(target="ort-cpu"))
-    assert set(plan.tensors) == {"x", "wa", "r", "wb", "cat", "wc"}
-    assert plan.tensors["x"].consumers == [Consumer("conv_a", 0)]
+    assert set(plan.tensors) == {"x", "wa", "a", "r", "m", "wb", "b", "cat", "wc"}
+    assert plan.tensors["x"].consumers == [Consumer("conv_a", 0), Consumer("add", 1)]
+    assert plan.tensors["r"].consumers == [Consumer("conv_b", 0), Consumer("pool", 0)]
+    assert plan.tensors["m"].shares_scale_with == "r" and "s" not in plan.tensors
+    assert {t.name for t in plan.calibrated_activations()} == {"x", "a", "r", "b", "cat"}
 
 
 def test_no_qdq_between_conv_and_its_activation():

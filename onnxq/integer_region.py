@@ -1,0 +1,145 @@
+"""Which nodes run in integer arithmetic on a runtime that fuses ``DQ -> op -> Q`` node units (onnxruntime CPU).
+
+A node unit fuses only when *every* data input of the op comes through a DequantizeLinear and *every* consumer of
+its output is a QuantizeLinear (onnxruntime qdq_selectors.cc, ``NodeGroupSelector::CheckQDQNodes``). So quantizing
+the inputs of weighted ops alone leaves every Conv in float between a DQ and a float consumer; the region computed
+here says which ops to wrap in Q/DQ on both sides.
+
+Growth rules, applied until nothing changes (docs/ort_cpu_rules.md, section 3):
+
+- seeds: the weighted ops the plan quantizes (Conv, MatMul, Gemm);
+- downstream: an op with an integer kernel whose float data inputs are all produced inside the region (or quantized
+  by the plan already) joins it: its inputs have a Q anyway, so the op runs in integer for free;
+- upstream: a one-input op with an integer kernel whose outputs are read only by region members joins it (the Q
+  its consumers need moves before it at no extra cost);
+- a Relu/Clip that is the only reader of a region member's output is absorbed into that member's node unit: the
+  quantized tensor is the Relu's output, with zero point 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import onnx
+
+from onnxq.graph import GraphIndex
+from onnxq.rules import IntegerKernel, TargetRules
+
+
+@dataclass
+class IntegerRegion:
+    members: set[str] = field(default_factory=set)  # node names whose node units fuse
+    # region member -> the tensor its node unit outputs in integer (its output, or the output of an absorbed Relu)
+    outputs: dict[str, list[str]] = field(default_factory=dict)
+    absorbed: set[str] = field(default_factory=set)  # names of absorbed Relu/Clip nodes
+
+
+def node_name(node: onnx.NodeProto) -> str:
+    return node.name or node.output[0]
+
+
+def data_inputs(node: onnx.NodeProto, kernel: IntegerKernel) -> list[tuple[int, str]]:
+    indices = range(len(node.input)) if kernel.data_inputs is None else kernel.data_inputs
+    return [(i, node.input[i]) for i in indices if i < len(node.input) and node.input[i]]
+
+
+class _RegionBuilder:
+    def __init__(self, graph: onnx.GraphProto, index: GraphIndex, rules: TargetRules,
+                 is_float_activation: Callable[[str], bool], allowed: Callable[[onnx.NodeProto], bool],
+                 quantized: set[str]) -> None:
+        self.graph = graph
+        self.quantized = quantized
+        self.index = index
+        self.rules = rules
+        self.is_float_activation = is_float_activation
+        self.allowed = allowed
+        self.region = IntegerRegion()
+        self.graph_outputs = {o.name for o in graph.output}
+
+    def kernel(self, node: onnx.NodeProto) -> IntegerKernel | None:
+        if node.domain not in ("", "ai.onnx"):
+            return None
+        return self.rules.integer_kernels.get(node.op_type)
+
+    def eligible(self, node: onnx.NodeProto) -> bool:
+        """An op with an integer kernel whose data inputs are all float activations (a constant input would need
+        a quantized constant of the activations' type) and whose outputs are all used as data."""
+        kernel = self.kernel(node)
+        if kernel is None or not self.allowed(node):
+            return False
+        inputs = data_inputs(node, kernel)
+        if not inputs or not all(self.is_float_activation(t) for _, t in inputs):
+            return False
+        used_outputs = [o for o in node.output if o and (o in self.index.consumers or o in self.graph_outputs)]
+        if any(i < 0 for o in used_outputs for _, i in self.index.consumers.get(o, [])):
+            return False  # read inside a subgraph: that reader would keep the float tensor
+        return node.op_type == "Split" or used_outputs == [node.output[0]]
+
+    def integer_outputs(self, node: onnx.NodeProto) -> list[str]:
+        """The tensors a member's node unit produces in integer (a sole Relu/Clip reader is absorbed)."""
+        outputs = [o for o in node.output if o]
+        kernel = self.kernel(node)
+        if len(outputs) == 1 and kernel is not None and not kernel.same_scale:
+            readers = self.index.consumers.get(outputs[0], [])
+            if len(readers) == 1 and outputs[0] not in self.graph_outputs:
+                reader = readers[0][0]
+                if reader.op_type in self.rules.absorbed_activations and reader.domain in ("", "ai.onnx") \
+                        and self.allowed(reader):
+                    self.region.absorbed.add(node_name(reader))
+                    return [reader.output[0]]
+        return outputs
+
+    def produced_inside(self, tensor: str) -> bool:
+        """The tensor has a Q anyway: a region member writes it, or the plan quantizes it already (say a graph
+        input feeding a Conv), so one more integer reader costs nothing."""
+        return tensor in self.quantized or any(tensor in outs for outs in self.region.outputs.values())
+
+    def add(self, node: onnx.NodeProto) -> None:
+        name = node_name(node)
+        self.region.members.add(name)
+        self.region.outputs[name] = self.integer_outputs(node)
+
+    def grows_downstream(self, node: onnx.NodeProto) -> bool:
+        kernel = self.kernel(node)
+        return kernel is not None and all(self.produced_inside(t) for _, t in data_inputs(node, kernel))
+
+    def grows_upstream(self, node: onnx.NodeProto) -> bool:
+        kernel = self.kernel(node)
+        if kernel is None or len(data_inputs(node, kernel)) != 1:
+            return False
+        outputs = [o for o in node.output if o]
+        if any(o in self.graph_outputs for o in outputs):
+            return False
+        readers = [(r, i) for o in outputs for r, i in self.index.consumers.get(o, [])]
+        return bool(readers) and all(node_name(r) in self.region.members and self._reads_as_data(r, i)
+                                     for r, i in readers)
+
+    def _reads_as_data(self, node: onnx.NodeProto, input_index: int) -> bool:
+        kernel = self.kernel(node)
+        return kernel is not None and any(i == input_index for i, _ in data_inputs(node, kernel))
+
+    def build(self, seeds: list[onnx.NodeProto]) -> IntegerRegion:
+        for node in seeds:
+            self.add(node)
+        candidates = [n for n in self.graph.node if node_name(n) not in self.region.members and self.eligible(n)]
+        changed = True
+        while changed:
+            changed = False
+            for node in candidates:
+                name = node_name(node)
+                if name in self.region.members or name in self.region.absorbed:
+                    continue
+                if self.grows_downstream(node) or self.grows_upstream(node):
+                    self.add(node)
+                    changed = True
+        return self.region
+
+
+def integer_region(graph: onnx.GraphProto, index: GraphIndex, rules: TargetRules, seeds: list[onnx.NodeProto],
+                   is_float_activation: Callable[[str], bool], allowed: Callable[[onnx.NodeProto], bool],
+                   quantized: set[str]) -> IntegerRegion:
+    """The nodes to run in integer, grown from the quantized weighted ops ``seeds`` by the rules above;
+    ``allowed`` says whether the user's overrides let a node be quantized, ``quantized`` names the activations the
+    plan quantizes already."""
+    return _RegionBuilder(graph, index, rules, is_float_activation, allowed, quantized).build(seeds)
