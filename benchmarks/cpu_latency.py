@@ -105,7 +105,7 @@ def run_case(case: Case, variants: list[str], settings: LatencySettings, work: P
         out = work / case.name / f"{variant}.onnx"
         if variant == "dynamic":
             from onnxq.dynamic import quantize_dynamic
-            quantize_dynamic(case.model, out)
+            quantize_dynamic(str(case.model), out)
         else:
             quantize(case.model, calib=str(case.calib), config=QuantConfig(target=variant), output=out)
         sqnr = compare_models(str(case.model), str(out), str(case.val)).min_sqnr_db

@@ -9,7 +9,9 @@ Growth rules, applied until nothing changes (docs/ort_cpu_rules.md, section 3):
 
 - seeds: the weighted ops the plan quantizes (Conv, MatMul, Gemm);
 - downstream: an op with an integer kernel whose float data inputs are all produced inside the region (or quantized
-  by the plan already) joins it: its inputs have a Q anyway, so the op runs in integer for free;
+  by the plan already) joins it: its inputs have a Q anyway, so the op runs in integer for free; so does a
+  two-input op with one float input whose output only region members read (the Q moves from its output to that
+  input, and the other input stays integer);
 - upstream: a one-input op with an integer kernel whose outputs are read only by region members joins it (the Q
   its consumers need moves before it at no extra cost);
 - a Relu/Clip that is the only reader of a region member's output is absorbed into that member's node unit: the
@@ -91,9 +93,12 @@ class _RegionBuilder:
         return outputs
 
     def produced_inside(self, tensor: str) -> bool:
-        """The tensor has a Q anyway: a region member writes it, or the plan quantizes it already (say a graph
-        input feeding a Conv), so one more integer reader costs nothing."""
-        return tensor in self.quantized or any(tensor in outs for outs in self.region.outputs.values())
+        """The tensor has a Q anyway: a region member writes or reads it, or the plan quantizes it already (say a
+        graph input feeding a Conv), so one more integer reader costs nothing."""
+        if tensor in self.quantized or any(tensor in outs for outs in self.region.outputs.values()):
+            return True
+        return any(node_name(r) in self.region.members and self._reads_as_data(r, i)
+                   for r, i in self.index.consumers.get(tensor, []))
 
     def add(self, node: onnx.NodeProto) -> None:
         name = node_name(node)
@@ -102,18 +107,26 @@ class _RegionBuilder:
 
     def grows_downstream(self, node: onnx.NodeProto) -> bool:
         kernel = self.kernel(node)
-        return kernel is not None and all(self.produced_inside(t) for _, t in data_inputs(node, kernel))
-
-    def grows_upstream(self, node: onnx.NodeProto) -> bool:
-        kernel = self.kernel(node)
-        if kernel is None or len(data_inputs(node, kernel)) != 1:
+        if kernel is None:
             return False
+        outside = [t for _, t in data_inputs(node, kernel) if not self.produced_inside(t)]
+        if not outside:
+            return True
+        # Mul(x, HardSigmoid(...)) of a squeeze-and-excitation block: one Q on the float input replaces the Q its
+        # output needs for the integer readers anyway, and the other (large) input is no longer dequantized
+        return len(outside) == 1 and len(set(outside)) < len(data_inputs(node, kernel)) and self.read_inside(node)
+
+    def read_inside(self, node: onnx.NodeProto) -> bool:
         outputs = [o for o in node.output if o]
         if any(o in self.graph_outputs for o in outputs):
             return False
         readers = [(r, i) for o in outputs for r, i in self.index.consumers.get(o, [])]
         return bool(readers) and all(node_name(r) in self.region.members and self._reads_as_data(r, i)
                                      for r, i in readers)
+
+    def grows_upstream(self, node: onnx.NodeProto) -> bool:
+        kernel = self.kernel(node)
+        return kernel is not None and len(data_inputs(node, kernel)) == 1 and self.read_inside(node)
 
     def _reads_as_data(self, node: onnx.NodeProto, input_index: int) -> bool:
         kernel = self.kernel(node)

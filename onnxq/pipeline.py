@@ -26,8 +26,10 @@ from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, check_model, count_qdq, fingerprint, load_model, save_model
 from onnxq.passes import PassManager, prepare_passes
 from onnxq.passes.insert_qdq import InsertQDQ
+from onnxq.passes.quantize_bias import QuantizeBias
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
+from onnxq.rules import TARGET_RULES
 from onnxq.scales.compute import clipped_fractions, compute_scales
 from onnxq.scales.types import ScaleTable
 from onnxq.validate.compare import compare_models
@@ -182,6 +184,9 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
                                                   progress=progress)
     with clock("insert+verify"):
         quantized = InsertQDQ(plan, table).call(copy.deepcopy(prepared)).model
+        int32_bias = TARGET_RULES[config.target].int32_bias
+        if int32_bias:
+            quantized = QuantizeBias(int32_bias).call(quantized).model
         verify(quantized, next(iter(data_source(prepared, calib, config)), None) if calib is not None else None)
     report = QuantReport(plan, notes, original.ByteSize(), quantized.ByteSize(), batches, source, clipping=clipping)
     if val is not None:

@@ -210,6 +210,10 @@ class _Planner:
         if inputs is None or node.domain not in ("", "ai.onnx"):
             return
         default, default_reason = self.rules.default_setting(node.op_type)
+        if node.op_type in self.rules.float_when_writing_graph_output and \
+                any(o in self.index.graph_outputs for o in node.output):
+            default, default_reason = NodeSetting(skip=True), (
+                f"writes a graph output: on {self.rules.name} that node unit cannot fuse, so it stays float")
         setting, decided_by = self.config.overrides.resolve(node.op_type, name, default)
         if setting.skip:
             reason = default_reason if decided_by == "default" else f"skipped by {decided_by}"

@@ -84,6 +84,12 @@ class TargetRules:
     integer_kernels: dict[str, IntegerKernel] = field(default_factory=dict)
     # activations that disappear into the fused producer when they sit between it and its Q
     absorbed_activations: frozenset[str] = frozenset()
+    # weighted ops kept float when they write a graph output: such a node unit cannot fuse, and its DQ'd weights
+    # would be dequantized again on every run
+    float_when_writing_graph_output: frozenset[str] = frozenset()
+    # store the bias of these ops as int32 (scale = input scale x weight scale) behind a DQ: QGemm fuses only when
+    # every input, bias included, comes through a DQ
+    int32_bias: frozenset[str] = frozenset()
 
     def default_setting(self, op_type: str) -> tuple[NodeSetting, str]:
         if op_type in self.default_skip:
@@ -119,6 +125,8 @@ ORT_CPU = TargetRules(
     # (QDQIsInt8Allowed() is false off ARM; docs/ort_cpu_rules.md 1.1)
     integer_kernels=ORT_CPU_KERNELS,
     absorbed_activations=ORT_CPU_ABSORBED,
+    float_when_writing_graph_output=frozenset({"Conv"}),
+    int32_bias=frozenset({"Gemm"}),
 )
 
 TARGET_RULES = {r.name: r for r in (TENSORRT, ORT_CPU)}
