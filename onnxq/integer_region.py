@@ -71,7 +71,9 @@ class _RegionBuilder:
         if kernel is None or not self.allowed(node):
             return False
         inputs = data_inputs(node, kernel)
-        if not inputs or not all(self.is_float_activation(t) for _, t in inputs):
+        activations = [t for _, t in inputs if self.is_float_activation(t)]
+        constants = [t for _, t in inputs if kernel.constant_inputs and self.is_float_constant(t)]
+        if not activations or len(activations) + len(constants) != len(inputs):
             return False
         used_outputs = [o for o in node.output if o and (o in self.index.consumers or o in self.graph_outputs)]
         if any(i < 0 for o in used_outputs for _, i in self.index.consumers.get(o, [])):
@@ -92,11 +94,18 @@ class _RegionBuilder:
                     return [reader.output[0]]
         return outputs
 
+    def is_float_constant(self, tensor: str) -> bool:
+        init = self.index.initializers.get(tensor)
+        return init is not None and tensor not in self.index.graph_inputs and \
+            init.data_type == onnx.TensorProto.FLOAT
+
     def produced_inside(self, tensor: str) -> bool:
         """The tensor has a Q anyway: a region member writes or reads it, or the plan quantizes it already (say a
         graph input feeding a Conv), so one more integer reader costs nothing."""
         if tensor in self.quantized or any(tensor in outs for outs in self.region.outputs.values()):
             return True
+        if self.is_float_constant(tensor):
+            return True  # stored quantized, no run-time conversion
         return any(node_name(r) in self.region.members and self._reads_as_data(r, i)
                    for r, i in self.index.consumers.get(tensor, []))
 

@@ -243,6 +243,11 @@ class _Planner:
             if existing is not None and existing.axis != axis:
                 log.info("weight %s is shared with different axes; quantizing it per tensor", tensor)
                 existing.axis, existing.channels = None, None
+            elif existing is None and node.op_type in self.rules.integer_kernels and \
+                    node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+                # a constant operand of an integer Add/Mul: the same type as the activations it meets
+                dtype = setting.dtype or self.rules.activation_dtype
+                existing = TensorPlan(tensor, "weight", dtype, dtype == "int8", None, None, "minmax")
             elif existing is None:
                 existing = TensorPlan(tensor, "weight", "int8", True, axis,
                                       dims[axis] if axis is not None else None, self.config.weight_method)

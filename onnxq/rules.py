@@ -35,6 +35,8 @@ class IntegerKernel:
     # the op fuses without a Q on its output too (MatMul -> MatMulIntegerToFloat), so its output is quantized only
     # when an integer consumer reads it
     output_optional: bool = False
+    # a float constant (initializer) may be a data input: it is stored quantized like the activations
+    constant_inputs: bool = False
 
 
 # The CPU provider's QDQ selector/action table (onnxruntime qdq_selector_action_transformer.cc, 1.32; what fuses
@@ -43,8 +45,8 @@ ORT_CPU_KERNELS: dict[str, IntegerKernel] = {
     "Conv": IntegerKernel("QLinearConv"),
     "MatMul": IntegerKernel("QLinearMatMul", (0, 1), output_optional=True),
     "Gemm": IntegerKernel("QGemm", (0,), output_optional=True),
-    "Add": IntegerKernel("QLinearAdd", (0, 1)),
-    "Mul": IntegerKernel("QLinearMul", (0, 1)),
+    "Add": IntegerKernel("QLinearAdd", (0, 1), constant_inputs=True),
+    "Mul": IntegerKernel("QLinearMul", (0, 1), constant_inputs=True),
     "Concat": IntegerKernel("QLinearConcat", None),
     "AveragePool": IntegerKernel("QLinearAveragePool"),
     "GlobalAveragePool": IntegerKernel("QLinearGlobalAveragePool"),
@@ -90,6 +92,8 @@ class TargetRules:
     # store the bias of these ops as int32 (scale = input scale x weight scale) behind a DQ: QGemm fuses only when
     # every input, bias included, comes through a DQ
     int32_bias: frozenset[str] = frozenset()
+    # activation functions rewritten into ops with integer kernels before planning (passes/decompose_hard_activations)
+    decompose_activations: frozenset[str] = frozenset()
 
     def default_setting(self, op_type: str) -> tuple[NodeSetting, str]:
         if op_type in self.default_skip:
@@ -127,6 +131,7 @@ ORT_CPU = TargetRules(
     absorbed_activations=ORT_CPU_ABSORBED,
     float_when_writing_graph_output=frozenset({"Conv"}),
     int32_bias=frozenset({"Gemm"}),
+    decompose_activations=frozenset({"HardSwish", "HardSigmoid"}),
 )
 
 TARGET_RULES = {r.name: r for r in (TENSORRT, ORT_CPU)}

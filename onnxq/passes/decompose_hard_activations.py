@@ -1,0 +1,76 @@
+"""Rewrite HardSwish and HardSigmoid into Add, Clip and Mul, ops that onnxruntime's CPU provider runs in integer.
+
+onnxruntime has no integer kernel for HardSwish or HardSigmoid (neither is in its QDQ selector table, see
+docs/ort_cpu_rules.md); between two QLinearConvs such an op costs a DequantizeLinear, the float op and a
+QuantizeLinear over the whole tensor. The same functions in ops that do fuse (ONNX operator definitions):
+
+    HardSigmoid(x; alpha, beta) = max(0, min(1, alpha * x + beta)) = alpha * Clip(x + beta / alpha, 0, 1 / alpha)
+    HardSwish(x) = x * HardSigmoid(x; 1/6, 1/2) = (x * Clip(x + 3, 0, 6)) * (1/6)
+
+so ``Add`` (QLinearAdd, with the Clip absorbed into its node unit) and two ``Mul`` (QLinearMul). Float in, float
+out, equal up to float rounding. Only for alpha > 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxq.graph import all_names, unique_name
+from onnxq.passes.base import Pass, PassResult
+
+
+def _attr(node: onnx.NodeProto, name: str, default: float) -> float:
+    return next((float(helper.get_attribute_value(a)) for a in node.attribute if a.name == name), default)
+
+
+class DecomposeHardActivations(Pass):
+    name = "decompose-hard-activations"
+
+    def __init__(self, op_types: frozenset[str] = frozenset({"HardSwish", "HardSigmoid"})) -> None:
+        self.op_types = op_types
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        graph = model.graph
+        taken = all_names(graph)
+        nodes: list[onnx.NodeProto] = []
+        inits: list[onnx.TensorProto] = []
+        count = 0
+        for node in graph.node:
+            if node.op_type not in self.op_types or node.domain not in ("", "ai.onnx"):
+                nodes.append(node)
+                continue
+            alpha, beta = (1 / 6, 0.5) if node.op_type == "HardSwish" else (_attr(node, "alpha", 0.2),
+                                                                            _attr(node, "beta", 0.5))
+            if alpha <= 0:
+                nodes.append(node)
+                continue
+            base = node.name or node.output[0]
+
+            def const(suffix: str, value: float) -> str:
+                name = unique_name(taken, f"{base}_{suffix}")
+                inits.append(numpy_helper.from_array(np.array(value, np.float32), name))
+                return name
+
+            def out(suffix: str) -> str:
+                return unique_name(taken, f"{base}_{suffix}")
+
+            x, y = node.input[0], node.output[0]
+            shifted, clipped = out("shifted"), out("clipped")
+            nodes += [helper.make_node("Add", [x, const("offset", beta / alpha)], [shifted], name=out("Add")),
+                      helper.make_node("Clip", [shifted, const("min", 0.0), const("max", 1 / alpha)], [clipped],
+                                       name=out("Clip"))]
+            if node.op_type == "HardSwish":
+                product = out("product")
+                nodes += [helper.make_node("Mul", [x, clipped], [product], name=out("Mul")),
+                          helper.make_node("Mul", [product, const("alpha", alpha)], [y], name=out("Scale"))]
+            else:
+                nodes.append(helper.make_node("Mul", [clipped, const("alpha", alpha)], [y], name=out("Scale")))
+            count += 1
+        if not count:
+            return PassResult(model, False, [])
+        del graph.node[:]
+        graph.node.extend(nodes)
+        graph.initializer.extend(inits)
+        return PassResult(model, True, [f"rewrote {count} HardSwish/HardSigmoid node(s) as Add, Clip and Mul"])
