@@ -78,6 +78,8 @@ class _RegionBuilder:
         used_outputs = [o for o in node.output if o and (o in self.index.consumers or o in self.graph_outputs)]
         if any(i < 0 for o in used_outputs for _, i in self.index.consumers.get(o, [])):
             return False  # read inside a subgraph: that reader would keep the float tensor
+        if not kernel.output_optional and any(o in self.graph_outputs for o in used_outputs):
+            return False  # a node unit writing a graph output has no Q after it, so it would not fuse
         return node.op_type == "Split" or used_outputs == [node.output[0]]
 
     def integer_outputs(self, node: onnx.NodeProto) -> list[str]:
