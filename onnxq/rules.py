@@ -131,7 +131,10 @@ ORT_CPU = TargetRules(
     absorbed_activations=ORT_CPU_ABSORBED,
     float_when_writing_graph_output=frozenset({"Conv"}),
     int32_bias=frozenset({"Gemm"}),
-    decompose_activations=frozenset({"HardSwish", "HardSigmoid"}),
+    # HardSwish/HardSigmoid stay float between integer ops: rewritten into integer Add/Clip/Mul they MEASURED slower
+    # on MobileNetV3-Small (0.73x vs 0.91x FP32 at 1 thread, 0.76x vs 0.81x at 2; docs/ort_cpu_rules.md 3.7):
+    # three small integer kernels cost more than one DQ + float op + Q
+    decompose_activations=frozenset(),
 )
 
 TARGET_RULES = {r.name: r for r in (TENSORRT, ORT_CPU)}
