@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxq.calib.data import Batch
+from onnxq.data import Batch
 from onnxq.errors import OnnxqError
-from onnxq.graph import serialize_for_session
+from onnxq.runtime import SessionSettings, make_session
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +80,8 @@ def deployment_session(model: onnx.ModelProto | str, threads: int = 0,
                        optimized_path: str | None = None) -> ort.InferenceSession:
     """An onnxruntime CPU session as a deployment would create it: every graph optimization on (Q/DQ node units
     fused into QLinear kernels), ``threads`` intra-op threads. ``optimized_path`` also writes the optimized graph."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    if optimized_path is not None:
-        so.optimized_model_filepath = optimized_path
-    source = model if isinstance(model, str) else serialize_for_session(model)
-    try:
-        return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for invalid models
-        raise OnnxqError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}") from exc
+    return make_session(model, settings=SessionSettings(threads=threads, optimization="all",
+                                                        optimized_model_path=optimized_path))
 
 
 def optimized_model(model: onnx.ModelProto | str) -> onnx.ModelProto:
