@@ -16,7 +16,7 @@ import onnx
 from onnxq.calib.base import CalibOptions
 from onnxq.config import NodeSetting, QuantConfig
 from onnxq.graph import GraphIndex
-from onnxq.integer_region import data_inputs, integer_region, node_name
+from onnxq.integer_region import data_inputs, feeding_nodes, integer_region, node_name
 from onnxq.rules import TARGET_RULES, TargetRules, weight_axis
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,12 @@ class _Planner:
         graph = self.model.graph
         quantized = {d.node for d in self.plan.nodes if d.quantized}
         seeds = [n for n in graph.node if node_name(n) in quantized and n.op_type in self.rules.integer_kernels]
+        upstream = feeding_nodes(self.index, seeds)
+        for conv in [n for n in seeds if n.op_type in self.rules.float_when_writing_graph_output
+                     and node_name(n) not in upstream]:
+            self._unplan(conv, "feeds only the float tail after the last weighted op (a head): stays float")
+            quantized.discard(node_name(conv))
+            seeds.remove(conv)
         region = integer_region(graph, self.index, self.rules, seeds, self._is_float_activation, self._allowed,
                                 {t.name for t in self.plan.activations()})
         for node in graph.node:
@@ -155,6 +161,16 @@ class _Planner:
             if node_name(node) in region.absorbed:
                 self.plan.nodes.append(NodeDecision(node_name(node), node.op_type, True,
                                                     "fused into its producer's node unit"))
+
+    def _unplan(self, node: onnx.NodeProto, reason: str) -> None:
+        """Take back the quantization ``_decide`` planned for ``node`` (its weight and its input's consumer entry)."""
+        name = node_name(node)
+        for tensor in list(self.plan.tensors.values()):
+            tensor.consumers = [c for c in tensor.consumers if c.node != name]
+            if not tensor.consumers:
+                del self.plan.tensors[tensor.name]
+        self.plan.nodes = [d for d in self.plan.nodes if d.node != name]
+        self.plan.nodes.append(NodeDecision(name, node.op_type, False, reason))
 
     def _scale_root(self, tensor: str) -> str:
         while (shared := self.plan.tensors[tensor].shares_scale_with) is not None:

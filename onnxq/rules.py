@@ -86,8 +86,9 @@ class TargetRules:
     integer_kernels: dict[str, IntegerKernel] = field(default_factory=dict)
     # activations that disappear into the fused producer when they sit between it and its Q
     absorbed_activations: frozenset[str] = frozenset()
-    # weighted ops kept float when they write a graph output: such a node unit cannot fuse, and its DQ'd weights
-    # would be dequantized again on every run
+    # weighted ops kept float when they write a graph output or feed only the float tail after the last weighted
+    # op (a head): such a node unit cannot fuse or adds error for little gain, and DQ'd weights would be
+    # dequantized again on every run
     float_when_writing_graph_output: frozenset[str] = frozenset()
     # store the bias of these ops as int32 (scale = input scale x weight scale) behind a DQ: QGemm fuses only when
     # every input, bias included, comes through a DQ

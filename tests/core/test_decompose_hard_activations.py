@@ -12,16 +12,20 @@ from tests.helpers import assert_equivalent, make_model, op_types, rng_feeds
 
 
 def hard_model() -> onnx.ModelProto:
-    """Conv -> HardSwish -> Conv (the 1/6 goes into its weights); HardSwish -> GAP; HardSigmoid(alpha 0.2)."""
+    """Conv -> HardSwish -> Conv (the 1/6 goes into its weights); HardSwish -> GAP; HardSigmoid(alpha 0.2) ->
+    Flatten -> MatMul."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
-             numpy_helper.from_array(rng.standard_normal((8, 8, 1, 1)).astype(np.float32), "w2")]
+             numpy_helper.from_array(rng.standard_normal((8, 8, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "w3")]
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1] * 4),
              helper.make_node("HardSwish", ["c1"], ["h1"], name="hs1"),
              helper.make_node("Conv", ["h1", "w2"], ["c2"], name="conv2"),
              helper.make_node("HardSwish", ["c2"], ["h2"], name="hs2"),
              helper.make_node("GlobalAveragePool", ["h2"], ["g"], name="gap"),
-             helper.make_node("HardSigmoid", ["g"], ["y"], name="hsig", alpha=0.2, beta=0.4)]
+             helper.make_node("HardSigmoid", ["g"], ["p"], name="hsig", alpha=0.2, beta=0.4),
+             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "w3"], ["y"], name="fc")]
     graph = helper.make_graph(nodes, "hard", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     return make_model(graph)
@@ -56,11 +60,11 @@ def test_rewritten_activations_run_in_integer(monkeypatch):
     quantized = quantize(model, calib=calib, config=QuantConfig(target="ort-cpu")).model
     counts = op_counts(optimized_model(quantized))
     assert counts.get("com.microsoft.QLinearConv") == 2
-    # three Adds (Clip absorbed), three Muls in integer; only the HardSigmoid's last Mul, which writes the graph
-    # output, stays float (one DQ before it)
-    assert counts.get("com.microsoft.QLinearAdd") == 3 and counts.get("com.microsoft.QLinearMul") == 3
-    assert "HardSwish" not in counts and "HardSigmoid" not in counts and "Clip" not in counts
-    assert counts.get("Mul") == 1 and counts.get("DequantizeLinear") == 1
+    # three Adds (Clip absorbed) and four Muls in integer, nothing left in float
+    assert counts.get("com.microsoft.QLinearAdd") == 3 and counts.get("com.microsoft.QLinearMul") == 4
+    assert counts.get("com.microsoft.MatMulIntegerToFloat") == 1
+    for float_op in ("HardSwish", "HardSigmoid", "Clip", "Mul", "Add", "DequantizeLinear"):
+        assert float_op not in counts, counts
 
 
 def test_ort_cpu_keeps_hardswish_float_between_integer_convs():
