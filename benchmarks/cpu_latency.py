@@ -21,13 +21,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cnn_models import export_cnn, smooth_images  # noqa: E402
+from cnn_models import export_cnn, smooth_images
 
-from onnxq.config import QuantConfig  # noqa: E402
-from onnxq.graph import load_model  # noqa: E402
-from onnxq.pipeline import quantize  # noqa: E402
-from onnxq.validate.compare import compare_models  # noqa: E402
-from onnxq.validate.latency import LatencySettings, measure_latency  # noqa: E402
+from onnxq.config import QuantConfig
+from onnxq.graph import load_model
+from onnxq.pipeline import quantize
+from onnxq.validate.compare import compare_models
+from onnxq.validate.latency import LatencySettings, measure_latency
 
 REAL = Path("/work/cache/models")
 REAL_MODELS = {
@@ -93,7 +93,7 @@ def build_cases(names: list[str], work: Path) -> list[Case]:
 
 def latency_batch(case: Case) -> dict[str, np.ndarray]:
     """The first validation batch, cut to batch size 1 (single-request latency)."""
-    first = sorted(case.val.glob("*.npz"))[0]
+    first = min(case.val.glob("*.npz"))
     with np.load(first) as data:
         return {k: np.ascontiguousarray(v[:1]) for k, v in data.items()}
 

@@ -23,7 +23,14 @@ from onnxq.calib.stats import expand_stats_paths, merge_stats
 from onnxq.config import QuantConfig
 from onnxq.data import Batch, BatchSource, DataSource, RandomSource
 from onnxq.errors import OnnxqError
-from onnxq.graph import GraphIndex, check_model, count_qdq, fingerprint, load_model, save_model
+from onnxq.graph import (
+    GraphIndex,
+    check_model,
+    count_qdq,
+    fingerprint,
+    load_model,
+    save_model,
+)
 from onnxq.passes import PassManager, prepare_passes
 from onnxq.passes.decompose_hard_activations import DecomposeHardActivations
 from onnxq.passes.insert_qdq import InsertQDQ

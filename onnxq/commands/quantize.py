@@ -8,7 +8,12 @@ import sys
 from pathlib import Path
 
 from onnxq.atomic import write_json_atomic, write_text_atomic
-from onnxq.commands.common import add_calib_flags, add_selection_flags, config_from_args, progress_bar
+from onnxq.commands.common import (
+    add_calib_flags,
+    add_selection_flags,
+    config_from_args,
+    progress_bar,
+)
 from onnxq.commands.latency_flags import add_latency_flags, latency_settings
 from onnxq.errors import OnnxqError
 
@@ -95,7 +100,7 @@ def run_dynamic(args: argparse.Namespace, config, output: Path, latency) -> int:
 
 
 def write_report(path: Path, result) -> None:
-    from onnxq.handoff_report import report_payload, render_markdown
+    from onnxq.handoff_report import render_markdown, report_payload
 
     payload = report_payload(result)
     if path.suffix == ".md":

@@ -41,37 +41,12 @@ class DecomposeHardActivations(Pass):
         inits: list[onnx.TensorProto] = []
         count = 0
         for node in graph.node:
-            if node.op_type not in self.op_types or node.domain not in ("", "ai.onnx"):
-                nodes.append(node)
-                continue
             alpha, beta = (1 / 6, 0.5) if node.op_type == "HardSwish" else (_attr(node, "alpha", 0.2),
                                                                             _attr(node, "beta", 0.5))
-            if alpha <= 0:
+            if node.op_type not in self.op_types or node.domain not in ("", "ai.onnx") or alpha <= 0:
                 nodes.append(node)
                 continue
-            base = node.name or node.output[0]
-
-            def const(suffix: str, value: float) -> str:
-                name = unique_name(taken, f"{base}_{suffix}")
-                inits.append(numpy_helper.from_array(np.array(value, np.float32), name))
-                return name
-
-            def out(suffix: str) -> str:
-                return unique_name(taken, f"{base}_{suffix}")
-
-            x, y = node.input[0], node.output[0]
-            shifted, clipped = out("shifted"), out("clipped")
-            nodes += [helper.make_node("Add", [x, const("offset", beta / alpha)], [shifted], name=out("Add")),
-                      helper.make_node("Clip", [shifted, const("min", 0.0), const("max", 1 / alpha)], [clipped],
-                                       name=out("Clip"))]
-            if node.op_type == "HardSwish" and _scale_reader_weights(index, y, alpha):
-                nodes.append(helper.make_node("Mul", [x, clipped], [y], name=out("Mul")))
-            elif node.op_type == "HardSwish":
-                product = out("product")
-                nodes += [helper.make_node("Mul", [x, clipped], [product], name=out("Mul")),
-                          helper.make_node("Mul", [product, const("alpha", alpha)], [y], name=out("Scale"))]
-            else:
-                nodes.append(helper.make_node("Mul", [clipped, const("alpha", alpha)], [y], name=out("Scale")))
+            nodes += _Rewriter(node, taken, inits).rewrite(alpha, beta, index)
             count += 1
         if not count:
             return PassResult(model, False, [])
@@ -79,6 +54,40 @@ class DecomposeHardActivations(Pass):
         graph.node.extend(nodes)
         graph.initializer.extend(inits)
         return PassResult(model, True, [f"rewrote {count} HardSwish/HardSigmoid node(s) as Add, Clip and Mul"])
+
+
+class _Rewriter:
+    """The Add/Clip/Mul nodes replacing one HardSwish or HardSigmoid, with names derived from it."""
+
+    def __init__(self, node: onnx.NodeProto, taken: set[str], inits: list[onnx.TensorProto]) -> None:
+        self.node = node
+        self.base = node.name or node.output[0]
+        self.taken = taken
+        self.inits = inits
+
+    def const(self, suffix: str, value: float) -> str:
+        name = unique_name(self.taken, f"{self.base}_{suffix}")
+        self.inits.append(numpy_helper.from_array(np.array(value, np.float32), name))
+        return name
+
+    def out(self, suffix: str) -> str:
+        return unique_name(self.taken, f"{self.base}_{suffix}")
+
+    def rewrite(self, alpha: float, beta: float, index: GraphIndex) -> list[onnx.NodeProto]:
+        x, y = self.node.input[0], self.node.output[0]
+        shifted, clipped = self.out("shifted"), self.out("clipped")
+        nodes = [helper.make_node("Add", [x, self.const("offset", beta / alpha)], [shifted], name=self.out("Add")),
+                 helper.make_node("Clip", [shifted, self.const("min", 0.0), self.const("max", 1 / alpha)],
+                                  [clipped], name=self.out("Clip"))]
+        if self.node.op_type == "HardSwish" and _scale_reader_weights(index, y, alpha):
+            nodes.append(helper.make_node("Mul", [x, clipped], [y], name=self.out("Mul")))
+        elif self.node.op_type == "HardSwish":
+            product = self.out("product")
+            nodes += [helper.make_node("Mul", [x, clipped], [product], name=self.out("Mul")),
+                      helper.make_node("Mul", [product, self.const("alpha", alpha)], [y], name=self.out("Scale"))]
+        else:
+            nodes.append(helper.make_node("Mul", [clipped, self.const("alpha", alpha)], [y], name=self.out("Scale")))
+        return nodes
 
 
 def _scale_reader_weights(index: GraphIndex, tensor: str, alpha: float) -> bool:
