@@ -41,6 +41,9 @@ class SessionSettings:
     optimization: str = "basic"
     #: also write the graph onnxruntime runs after its optimisations here (``optimized_model_filepath``)
     optimized_model_path: str | None = None
+    #: let idle intra-op threads spin-wait for work (onnxruntime's default); off when several sessions take turns
+    #: in one process, where one session's spinning threads steal the cores the other one runs on
+    allow_spinning: bool = True
 
     def to_ort(self) -> ort.SessionOptions:
         levels = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -57,6 +60,8 @@ class SessionSettings:
             options.intra_op_num_threads = self.threads
         if self.optimized_model_path is not None:
             options.optimized_model_filepath = self.optimized_model_path
+        if not self.allow_spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options
 
 

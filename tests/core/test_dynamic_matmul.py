@@ -73,7 +73,7 @@ def test_cli_dynamic_with_validation_and_latency(tmp_path):
     rng = np.random.default_rng(2)
     np.savez(tmp_path / "val" / "000.npz", x=rng.standard_normal((2, 8, 32)).astype(np.float32))
     r = run_cli("quantize", tmp_path / "mlp.onnx", "--dynamic", "-o", tmp_path / "out.onnx", "--val",
-                tmp_path / "val", "--threads", "1", "--latency-runs", "3")
+                tmp_path / "val", "--threads", "1", "--latency-runs", "3", "--latency-seconds", "0")
     assert r.returncode == 0, r.stderr
     assert "dynamically quantized 2 MatMul node(s)" in r.stdout
     assert "SQNR" in r.stdout and "speed" in r.stdout and "FP32" in r.stdout

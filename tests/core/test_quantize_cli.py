@@ -161,11 +161,12 @@ def test_validate_and_quantize_report_latency(cnn_dir):
     """--latency on validate, and quantize --val: median/p90 of both models and the speed ratio."""
     out = cnn_dir / "q.onnx"
     r = run_cli("quantize", cnn_dir / "model.onnx", "--calib", cnn_dir / "calib", "-o", out, "--val",
-                cnn_dir / "val", "--target", "ort-cpu", "--threads", "1", "--latency-runs", "3")
+                cnn_dir / "val", "--target", "ort-cpu", "--threads", "1", "--latency-runs", "3",
+                "--latency-seconds", "0")
     assert r.returncode == 0, r.stderr
     assert "latency (1 thread(s), median / p90 of 3 interleaved runs):" in r.stdout and "x FP32" in r.stdout
     r = run_cli("validate", cnn_dir / "model.onnx", out, "--data", cnn_dir / "val", "--latency", "--threads", "1",
-                "--latency-runs", "3", "--json", cnn_dir / "v.json")
+                "--latency-runs", "3", "--latency-seconds", "0", "--json", cnn_dir / "v.json")
     assert r.returncode == 0, r.stderr
     latency = json.loads((cnn_dir / "v.json").read_text())["latency"]
     assert latency["reference"]["runs"] == 3 and latency["quantized"]["median_ms"] > 0
