@@ -8,7 +8,6 @@ The usual CPU choice for MatMul-heavy models (transformers), where activation ra
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import onnx
 from onnxq.config import NodeSetting, QuantConfig
 from onnxq.errors import OnnxqError
 from onnxq.graph import check_model, load_model, save_model
-from onnxq.passes.dynamic_matmul import DynamicQuantizeMatMul
+from onnxq.insert.dynamic_matmul import DynamicQuantizeMatMul
 from onnxq.validate.compare import ComparisonReport
 from onnxq.validate.latency import LatencyReport, LatencySettings
 
@@ -62,7 +61,7 @@ def _skipped_matmuls(model: onnx.ModelProto, config: QuantConfig) -> frozenset[s
 def quantize_dynamic(model: str | os.PathLike | onnx.ModelProto, output: str | os.PathLike | None = None,
                      config: QuantConfig | None = None, *, val=None,
                      latency: LatencySettings | None = None) -> DynamicResult:
-    """Dynamically quantize every MatMul with a constant 2-D weight (see onnxq/passes/dynamic_matmul.py); with
+    """Dynamically quantize every MatMul with a constant 2-D weight (see onnxq/insert/dynamic_matmul.py); with
     ``val`` compare against FP32, with ``latency`` (needs ``val``) time both models side by side."""
     from onnxq.pipeline import check_output_path, data_source, prepare, verify
 
@@ -72,8 +71,7 @@ def quantize_dynamic(model: str | os.PathLike | onnx.ModelProto, output: str | o
     if output is not None and input_path is not None:
         check_output_path(Path(output), input_path)
     prepared, notes = prepare(original, config)
-    result = DynamicQuantizeMatMul(config.per_channel_weights, _skipped_matmuls(prepared, config)).call(
-        copy.deepcopy(prepared))
+    result = DynamicQuantizeMatMul(config.per_channel_weights, _skipped_matmuls(prepared, config)).run(prepared)
     if not result.changed:
         raise OnnxqError("nothing to quantize dynamically: no MatMul reads a constant 2-D float weight "
                          "(check --exclude-op/--exclude-node, or use static quantization with --calib)")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from onnxq.graph import GraphIndex
+from onnxq.graph import GraphIndex, node_name
 from onnxq.rules import IntegerKernel, TargetRules
 
 
@@ -37,10 +37,6 @@ class IntegerRegion:
     # region member -> the tensor its node unit outputs in integer (its output, or the output of an absorbed Relu)
     outputs: dict[str, list[str]] = field(default_factory=dict)
     absorbed: set[str] = field(default_factory=set)  # names of absorbed Relu/Clip nodes
-
-
-def node_name(node: onnx.NodeProto) -> str:
-    return node.name or node.output[0]
 
 
 def data_inputs(node: onnx.NodeProto, kernel: IntegerKernel) -> list[tuple[int, str]]:

@@ -20,14 +20,14 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxq.graph import GraphIndex, all_names, unique_name
-from onnxq.passes.base import Pass, PassResult
+from onnxq.passes.base import InPlacePass, PassResult
 
 
 def _attr(node: onnx.NodeProto, name: str, default: float) -> float:
     return next((float(helper.get_attribute_value(a)) for a in node.attribute if a.name == name), default)
 
 
-class DecomposeHardActivations(Pass):
+class DecomposeHardActivations(InPlacePass):
     name = "decompose-hard-activations"
 
     def __init__(self, op_types: frozenset[str] = frozenset({"HardSwish", "HardSigmoid"})) -> None:

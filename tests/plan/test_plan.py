@@ -136,7 +136,7 @@ def test_tensorrt_concat_and_maxpool_inputs_share_the_concat_scale():
 
 def test_ort_cpu_quantizes_the_integer_region():
     """ort-cpu wraps inputs AND outputs of every op with an integer kernel (docs/ort_cpu_rules.md)."""
-    from tests.core.test_ort_cpu_fusion import conv_relu_add_conv
+    from tests.pipeline.test_ort_cpu_fusion import conv_relu_add_conv
 
     plan = build_plan(conv_relu_add_conv(), QuantConfig(target="ort-cpu"))
     # the Relus are absorbed (their outputs are the quantized tensors), every reader of r1 reads the DQ

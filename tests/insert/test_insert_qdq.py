@@ -7,7 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex
-from onnxq.passes.insert_qdq import InsertQDQ, quantize_array
+from onnxq.insert.qdq import InsertQDQ, quantize_array
 from onnxq.plan import build_plan
 from onnxq.scales.types import QuantParams, symmetric_params
 from tests.helpers import init, make_model, op_types, rng_feeds, run
@@ -91,7 +91,7 @@ def test_channel_count_mismatch_is_an_error():
 def test_uint8_activation_for_ort_cpu():
     from onnxq.scales.compute import weight_params
     from onnxq.scales.types import asymmetric_params
-    from tests.core.test_ort_cpu_fusion import conv_relu_add_conv
+    from tests.pipeline.test_ort_cpu_fusion import conv_relu_add_conv
 
     model = conv_relu_add_conv()
     plan = build_plan(model, QuantConfig(target="ort-cpu"))

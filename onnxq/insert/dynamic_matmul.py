@@ -21,11 +21,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.graph import GraphIndex, all_names, unique_name
-from onnxq.passes.base import Pass, PassResult
+from onnxq.passes.base import InPlacePass, PassResult
 from onnxq.scales.types import symmetric_params
 
 
-class DynamicQuantizeMatMul(Pass):
+class DynamicQuantizeMatMul(InPlacePass):
     name = "dynamic-quantize-matmul"
 
     def __init__(self, per_channel: bool = True, skip_nodes: frozenset[str] = frozenset()) -> None:

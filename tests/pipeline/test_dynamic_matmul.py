@@ -7,9 +7,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.dynamic import quantize_dynamic
-from onnxq.passes.dynamic_matmul import DynamicQuantizeMatMul
+from onnxq.insert.dynamic_matmul import DynamicQuantizeMatMul
 from onnxq.validate.latency import op_counts, optimized_model
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.helpers import make_model, run
 
 

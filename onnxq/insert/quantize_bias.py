@@ -14,12 +14,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxq.graph import GraphIndex, all_names, unique_name
-from onnxq.passes.base import Pass, PassResult
+from onnxq.passes.base import InPlacePass, PassResult
 
 INT32_MAX = np.iinfo(np.int32).max
 
 
-class QuantizeBias(Pass):
+class QuantizeBias(InPlacePass):
     name = "quantize-bias"
 
     def __init__(self, op_types: frozenset[str]) -> None:

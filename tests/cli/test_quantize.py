@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def listing(folder):
@@ -166,9 +166,9 @@ def test_validate_and_quantize_report_latency(cnn_dir):
     assert r.returncode == 0, r.stderr
     assert "latency (1 thread(s), median / p90 of 3 interleaved runs):" in r.stdout and "x FP32" in r.stdout
     r = run_cli("validate", cnn_dir / "model.onnx", out, "--data", cnn_dir / "val", "--latency", "--threads", "1",
-                "--latency-runs", "3", "--latency-seconds", "0", "--json", cnn_dir / "v.json")
+                "--latency-runs", "3", "--latency-seconds", "0", "--json")
     assert r.returncode == 0, r.stderr
-    latency = json.loads((cnn_dir / "v.json").read_text())["latency"]
+    latency = json.loads(r.stdout)["latency"]
     assert latency["reference"]["runs"] == 3 and latency["quantized"]["median_ms"] > 0
     assert latency["speedup"] == latency["reference"]["median_ms"] / latency["quantized"]["median_ms"]
     r = run_cli("validate", cnn_dir / "model.onnx", out, "--data", cnn_dir / "val", "--latency", "--threads", "-1")
