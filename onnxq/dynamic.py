@@ -62,7 +62,8 @@ def quantize_dynamic(model: str | os.PathLike | onnx.ModelProto, output: str | o
                      config: QuantConfig | None = None, *, val=None,
                      latency: LatencySettings | None = None) -> DynamicResult:
     """Dynamically quantize every MatMul with a constant 2-D weight (see onnxq/insert/dynamic_matmul.py); with
-    ``val`` compare against FP32, with ``latency`` (needs ``val``) time both models side by side."""
+    ``val`` compare against FP32, with ``latency`` (needs ``val``) time both models side by side.
+    """
     from onnxq.pipeline import check_output_path, data_source, prepare, verify
 
     config = config or QuantConfig(target="ort-cpu")

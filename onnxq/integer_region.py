@@ -64,7 +64,8 @@ class _RegionBuilder:
 
     def eligible(self, node: onnx.NodeProto) -> bool:
         """An op with an integer kernel whose data inputs are all float activations (a constant input would need
-        a quantized constant of the activations' type) and whose outputs are all used as data."""
+        a quantized constant of the activations' type) and whose outputs are all used as data.
+        """
         kernel = self.kernel(node)
         if kernel is None or not self.allowed(node):
             return False
@@ -101,7 +102,8 @@ class _RegionBuilder:
 
     def produced_inside(self, tensor: str) -> bool:
         """The tensor has a Q anyway: a region member writes or reads it, or the plan quantizes it already (say a
-        graph input feeding a Conv), so one more integer reader costs nothing."""
+        graph input feeding a Conv), so one more integer reader costs nothing.
+        """
         if tensor in self.quantized or any(tensor in outs for outs in self.region.outputs.values()):
             return True
         if self.is_float_constant(tensor):
@@ -182,5 +184,6 @@ def integer_region(graph: onnx.GraphProto, index: GraphIndex, rules: TargetRules
                    quantized: set[str]) -> IntegerRegion:
     """The nodes to run in integer, grown from the quantized weighted ops ``seeds`` by the rules above;
     ``allowed`` says whether the user's overrides let a node be quantized, ``quantized`` names the activations the
-    plan quantizes already."""
+    plan quantizes already.
+    """
     return _RegionBuilder(graph, index, rules, is_float_activation, allowed, quantized).build(seeds)

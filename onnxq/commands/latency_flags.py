@@ -9,7 +9,8 @@ from onnxq.errors import OnnxqError
 
 def add_latency_flags(group, *, default_on: bool) -> None:
     """``--latency`` (or ``--no-latency`` where timing is on by default), ``--threads N``, ``--latency-runs N``
-    and ``--latency-seconds S``."""
+    and ``--latency-seconds S``.
+    """
     if default_on:
         group.add_argument("--no-latency", dest="latency", action="store_false",
                            help="with --val: do not time FP32 and INT8 side by side")

@@ -8,8 +8,16 @@ import sys
 from pathlib import Path
 
 from onnxq.atomic import write_json_atomic, write_text_atomic
-from onnxq.commands.common import (add_calib_flags, add_model_and_output, add_ray_flags, add_selection_flags,
-                                   config_from_args, progress_bar, ray_collector, shard_progress_bar)
+from onnxq.commands.common import (
+    add_calib_flags,
+    add_model_and_output,
+    add_ray_flags,
+    add_selection_flags,
+    config_from_args,
+    progress_bar,
+    ray_collector,
+    shard_progress_bar,
+)
 from onnxq.commands.latency_flags import add_latency_flags, latency_settings
 from onnxq.errors import OnnxqError
 
