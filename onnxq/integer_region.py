@@ -104,8 +104,10 @@ class _RegionBuilder:
         """The tensor has a Q anyway: a region member writes or reads it, or the plan quantizes it already (say a
         graph input feeding a Conv), so one more integer reader costs nothing.
         """
-        if tensor in self.quantized or any(tensor in outs for outs in self.region.outputs.values()):
+        if tensor in self.quantized:
             return True
+        if any(tensor in outs for outs in self.region.outputs.values()):
+            return not self.optional_output(tensor)
         if self.is_float_constant(tensor):
             return True  # stored quantized, no run-time conversion
         return any(node_name(r) in self.region.members and self._reads_as_data(r, i)
@@ -120,12 +122,25 @@ class _RegionBuilder:
         kernel = self.kernel(node)
         if kernel is None:
             return False
-        outside = [t for _, t in data_inputs(node, kernel) if not self.produced_inside(t)]
+        inputs = [t for _, t in data_inputs(node, kernel)]
+        # a MatMul/Gemm output stays float unless an integer op reads it (MatMulIntegerToFloat, QGemm): joining
+        # after it (the bias Add of a transformer) only pays when the joining op's output is read inside too
+        if any(self.optional_output(t) for t in inputs) and not self.read_inside(node):
+            return False
+        outside = [t for t in inputs if not self.produced_inside(t)]
         if not outside:
             return True
         # Mul(x, HardSigmoid(...)) of a squeeze-and-excitation block: one Q on the float input replaces the Q its
         # output needs for the integer readers anyway, and the other (large) input is no longer dequantized
         return len(outside) == 1 and len(set(outside)) < len(data_inputs(node, kernel)) and self.read_inside(node)
+
+    def optional_output(self, tensor: str) -> bool:
+        """The tensor is written by a member whose node unit fuses without a Q (MatMul, Gemm), and nothing else
+        quantizes it."""
+        producer = self.index.producer.get(tensor)
+        kernel = self.kernel(producer) if producer is not None else None
+        return kernel is not None and kernel.output_optional and node_name(producer) in self.region.members \
+            and tensor not in self.quantized
 
     def read_inside(self, node: onnx.NodeProto) -> bool:
         outputs = [o for o in node.output if o]
@@ -137,7 +152,11 @@ class _RegionBuilder:
 
     def grows_upstream(self, node: onnx.NodeProto) -> bool:
         kernel = self.kernel(node)
-        return kernel is not None and len(data_inputs(node, kernel)) == 1 and self.read_inside(node)
+        if kernel is None or kernel.selects_part or len(data_inputs(node, kernel)) != 1:
+            return False
+        # not back into a MatMul/Gemm output: a QKV projection read through Gather/Split/Reshape would put q, k
+        # and v on one scale (measured on the vit reference model: -4 dB), where their own Q/DQ give each its range
+        return not self.optional_output(data_inputs(node, kernel)[0][1]) and self.read_inside(node)
 
     def _reads_as_data(self, node: onnx.NodeProto, input_index: int) -> bool:
         kernel = self.kernel(node)

@@ -25,6 +25,9 @@ class IntegerKernel:
     output_optional: bool = False
     # a float constant (initializer) may be a data input: it is stored quantized like the activations
     constant_inputs: bool = False
+    # the output is a part of the input (Gather, Slice, Split): with the same scale, the part would get the whole's
+    # range, so the region does not grow back through it (docs/ort_cpu_rules.md 3.2)
+    selects_part: bool = False
 
 
 # The CPU provider's QDQ selector/action table (onnxruntime qdq_selector_action_transformer.cc, 1.32; what fuses
@@ -45,8 +48,8 @@ ORT_CPU_KERNELS: dict[str, IntegerKernel] = {
     "MaxPool": IntegerKernel("MaxPool (uint8)", same_scale=True),
     "Resize": IntegerKernel("Resize (uint8)", same_scale=True),
     **{op: IntegerKernel(f"{op} (uint8)", same_scale=True)
-       for op in ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather", "Expand", "Tile",
-                  "Split")},
+       for op in ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Tile")},
+    **{op: IntegerKernel(f"{op} (uint8)", same_scale=True, selects_part=True) for op in ("Slice", "Gather", "Split")},
 }
 
 # Relu/Clip between a fused op and its Q vanish into the node unit when the Q's zero point is the integer type's
