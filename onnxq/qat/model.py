@@ -29,7 +29,7 @@ from onnxq.qat.attention import no_mha_fastpath
 from onnxq.qat.fake_quant import ActQuantizer, WeightQuantizer
 from onnxq.qat.structure import GraphStructure
 from onnxq.qat.mapping import Mapping, divide_output_channels, scale_output_channels
-from onnxq.qat.trace import BATCHNORM, CallCounter, is_in_place
+from onnxq.qat.trace import BATCHNORM, EXACT_MOVES, CallCounter, is_in_place
 from onnxq.scales.types import ScaleTable
 
 log = logging.getLogger(__name__)
@@ -88,12 +88,19 @@ class QATModel(nn.Module):
                     self._func_sites.setdefault((s.kind, s.call), []).append((s.arg, position[name]))
         self._quant = True
         self._active = False
+        # id -> (quantizer, tensor, its version) of this forward's fake-quant outputs and exact moves of them
+        self._on_grid: dict[int, tuple[int, torch.Tensor, int]] = {}
         self._bn_frozen = False
         self._module_calls: Counter = Counter()
         self._counter = CallCounter(self._on_call)
-        self._hooks = [model.register_forward_pre_hook(self._root_enter),
-                       model.register_forward_hook(self._root_exit)]
-        self._hooks += self._counter.attach(model)
+        # the function mode (and its pause hooks on every torch.nn module) only where function sites need it: a
+        # Python call per torch function is the largest fixed cost of a QAT step on small models
+        self._uses_mode = bool(self._func_sites)
+        self._hooks = []
+        if self._uses_mode:
+            self._hooks += [model.register_forward_pre_hook(self._root_enter),
+                            model.register_forward_hook(self._root_exit)]
+            self._hooks += self._counter.attach(model)
         modules = dict(model.named_modules())
         for name in sorted({s.target for v in mapping.activations.values() for s in v if s.kind == "module"}):
             self._hooks.append(modules[name].register_forward_pre_hook(self._module_hook(name)))
@@ -148,15 +155,17 @@ class QATModel(nn.Module):
             return self.model(*args, **kwargs)
         overrides = self.quantized_weights()
         self._module_calls.clear()
+        self._on_grid.clear()
         self._counter.counts.clear()
         self._counter.paused = 0
         self._active = True
         try:
-            with no_mha_fastpath(), self._counter:
+            with no_mha_fastpath(), (self._counter if self._uses_mode else contextlib.nullcontext()):
                 out = functional_call(self.model, overrides, args, kwargs, strict=False)
         finally:
             self._active = False
             self._counter.active = False
+            self._on_grid.clear()
         self._check_calls()
         return out
 
@@ -190,11 +199,26 @@ class QATModel(nn.Module):
                 return None
             was, self._counter.active = self._counter.active, False
             try:
-                x = self.act_quantizers[qi](inputs[0])
+                x = self._quantize(qi, inputs[0])
             finally:
                 self._counter.active = was
             return (x, *inputs[1:])
         return hook
+
+    def _grid_of(self, args: tuple) -> int | None:
+        """The quantizer whose output every floating-point tensor argument is, or None."""
+        found = None
+        for a in args:
+            items = a if isinstance(a, (tuple, list)) else (a,)
+            for t in items:
+                if isinstance(t, torch.Tensor) and t.is_floating_point():
+                    seen = self._on_grid.get(id(t))
+                    # the same tensor, not modified in place since (an in-place op bumps its version)
+                    if (seen is None or seen[1] is not t or seen[2] != t._version
+                            or (found is not None and seen[0] != found)):
+                        return None
+                    found = seen[0]
+        return found
 
     def _module_out_hook(self, name: str):
         def hook(module, inputs, output):
@@ -214,18 +238,36 @@ class QATModel(nn.Module):
 
     def _quantize_outputs(self, out: Any, sites: list[tuple[int, int]]) -> Any:
         if isinstance(out, torch.Tensor):
-            return self.act_quantizers[sites[0][1]](out)
+            return self._quantize(sites[0][1], out)
         items = list(out)
         for j, qi in sites:
-            items[j] = self.act_quantizers[qi](items[j])
+            items[j] = self._quantize(qi, items[j])
         return type(out)(items) if isinstance(out, tuple) else items
+
+    def _quantize(self, qi: int, x: torch.Tensor) -> torch.Tensor:
+        """Fake-quantize ``x`` with quantizer ``qi``, unless it already is the output of that quantizer (or of exact
+        data movement of it): fake quant with one scale is idempotent, forward and backward (every value of its
+        output lies inside the range, so the straight-through mask is all ones)."""
+        if self._grid_of((x,)) == qi:
+            return x
+        y = self.act_quantizers[qi](x)
+        if self.act_quantizers[qi].enabled:
+            self._on_grid[id(y)] = (qi, y, y._version)
+        return y
 
     def _on_call(self, kind: str, index: int, func, args: tuple, kwargs: dict) -> Any:
         sites = self._func_sites.get((kind, index))
         if not sites:
             return func(*args, **kwargs)
         if kind == "move":
-            return self._quantize_outputs(func(*args, **kwargs), sites)
+            out = func(*args, **kwargs)
+            qi = self._grid_of(args) if getattr(func, "__name__", "") in EXACT_MOVES else None
+            if qi is not None and all(q == qi for _, q in sites):  # moved values of one quantizer: on its grid
+                for o in (out if isinstance(out, (tuple, list)) else (out,)):
+                    if isinstance(o, torch.Tensor):
+                        self._on_grid[id(o)] = (qi, o, o._version)
+                return out
+            return self._quantize_outputs(out, sites)
         args = list(args)
         in_place = is_in_place(func)
         for arg, qi in sites:
@@ -236,7 +278,7 @@ class QATModel(nn.Module):
                     # back, then let the in-place op run on it
                     args[0].copy_(self.act_quantizers[qi](args[0].clone()))
                 else:
-                    args[arg] = self.act_quantizers[qi](args[arg])
+                    args[arg] = self._quantize(qi, args[arg])
         return func(*args, **kwargs)
 
     def _check_calls(self) -> None:

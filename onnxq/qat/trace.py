@@ -33,16 +33,29 @@ MOVE_FUNCTIONS = frozenset({
     "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool2d", "pad", "interpolate", "pixel_shuffle",
     "pixel_unshuffle", "clone", "reshape_as", "view_as",
 })
+# data movement whose outputs are values of its inputs (no arithmetic): outputs of fake-quantized inputs are already
+# on their grid (interpolation, and padding with values other than zero, are not)
+EXACT_MOVES = MOVE_FUNCTIONS - {"interpolate", "pad"}
 WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
 BATCHNORM = nn.modules.batchnorm._BatchNorm
 
 
+_KIND_OF: dict[Any, str | None] = {}  # torch function -> its kind, looked up once per function
+
+
 def function_kind(func: Any) -> str | None:
+    try:
+        return _KIND_OF[func]
+    except (KeyError, TypeError):
+        pass
     name = getattr(func, "__name__", "")
-    if name in MOVE_FUNCTIONS:
-        return "move"
     op = FUNCTION_KINDS.get(name)
-    return _KIND.get(op) if op else None
+    kind = "move" if name in MOVE_FUNCTIONS else _KIND.get(op) if op else None
+    try:
+        _KIND_OF[func] = kind
+    except TypeError:  # unhashable callables are rare; look them up each time
+        pass
+    return kind
 
 
 def is_in_place(func: Any) -> bool:
@@ -107,16 +120,17 @@ class CallCounter(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.active and not self.paused:
-            # fused calls replaced by the operations they export as; the stand-ins' calls are the model's, so they
-            # run with this mode on again (torch turns it off inside its own handler)
-            if func is F.scaled_dot_product_attention and attention.supported(*args[3:], **kwargs):
-                with self:
-                    return attention.sdpa_as_exported(*args, **kwargs)
-            if func is F.multi_head_attention_forward and attention.mha_supported(*args, **kwargs):
-                with self:
-                    return attention.mha_as_exported(*args, **kwargs)
-        kind = function_kind(func) if self.active and not self.paused else None
+        if not self.active or self.paused:
+            return func(*args, **kwargs)
+        # fused calls replaced by the operations they export as; the stand-ins' calls are the model's, so they run
+        # with this mode on again (torch turns it off inside its own handler)
+        if func is F.scaled_dot_product_attention and attention.supported(*args[3:], **kwargs):
+            with self:
+                return attention.sdpa_as_exported(*args, **kwargs)
+        if func is F.multi_head_attention_forward and attention.mha_supported(*args, **kwargs):
+            with self:
+                return attention.mha_as_exported(*args, **kwargs)
+        kind = function_kind(func)
         if kind is None or _float_tensor_args(args) < (1 if kind == "move" else 2):
             return func(*args, **kwargs)
         index = self.counts[kind]
