@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -80,6 +81,37 @@ class _TrainBatches:
         for _ in range(self.steps):
             inputs, labels = self.info.make_batch(self.rng, self.batch)
             yield tuple(torch.from_numpy(inputs[k]) for k in self.info.inputs), labels
+
+
+def imbalanced_weights(name: str, path: Path, spread: float, seed: int = 0) -> Path:
+    """Write a function-preserving variant of a reference model's weights whose channels have unequal ranges, the
+    situation of Nagel et al. 2019 ("Data-Free Quantization", sec. 4.1: depthwise-separable nets trained without
+    care, where per-tensor INT8 loses most of the accuracy): in every Conv-BN-ReLU followed by a Conv in the same
+    ``nn.Sequential``, output channel c of the BN is scaled by ``k_c`` (log-uniform in ``[1/spread, spread]``) and
+    input channel c of the next Conv by ``1 / k_c``. ReLU commutes with positive scaling, so the float model computes
+    the same function; the activation between them (one scale per tensor) now spans channels of very different
+    ranges. Returns ``path``."""
+    torch.manual_seed(seed)
+    net = registry.load_network(name)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for seq in net.modules():
+            if not isinstance(seq, torch.nn.Sequential):
+                continue
+            items = list(seq)
+            for a, b in zip(items, items[1:]):
+                first = list(a) if isinstance(a, torch.nn.Sequential) else []
+                nxt = b[0] if isinstance(b, torch.nn.Sequential) else b
+                if (len(first) == 3 and isinstance(first[1], torch.nn.BatchNorm2d)
+                        and isinstance(first[2], torch.nn.ReLU) and isinstance(nxt, torch.nn.Conv2d)
+                        and nxt.groups == 1):
+                    bn = first[1]
+                    k = torch.exp((torch.rand(bn.num_features, generator=g) * 2 - 1) * math.log(spread))
+                    bn.weight.mul_(k)
+                    bn.bias.mul_(k)
+                    nxt.weight.div_(k.view(1, -1, 1, 1))
+    torch.save(net.state_dict(), path)
+    return path
 
 
 def _better(info, a: float, b: float) -> bool:
@@ -209,11 +241,38 @@ def render_table(records: list[dict[str, Any]]) -> str:
         ptq = " | ".join(_fmt(r["ptq"].get(m)) for m in METHODS)
         for run in r["runs"]:
             rec = run["recovered"]
-            model = r["model"] + (" (per-tensor weights)" if r.get("weight_scales") == "per-tensor" else "")
+            model = r["model"] + (" (per-tensor weights)" if r.get("weight_scales") == "per-tensor" else "") + (
+                f" ({r['variant']})" if r.get("variant") else "")
             lines.append(f"| {model} | {r['metric']} {arrow} | {_fmt(r['fp32'])} | {ptq} | "
                          f"{run['init']} ({run['init_method']}) | {_fmt(run['ptq'])} | {_fmt(run['qat'])} | "
                          f"{_fmt(run['qat_fp32_weights'])} | "
                          f"{'no PTQ loss' if rec is None else f'{rec:.0%}'} | {run['qat_steps']} | {run['qat_seconds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def step_cost(name: str, steps: int = 8, seed: int = 0) -> dict[str, Any]:
+    """Median QAT step vs float step of a reference model (its QAT recipe's batch), measured side by side
+    (:func:`onnxq.qat.step_cost.measure_step_cost`)."""
+    from onnxq.qat.step_cost import measure_step_cost
+
+    info, recipe = get_model(name), RECIPES[name]
+    torch.manual_seed(seed)
+    net = registry.load_network(name)
+    rng = registry.data_rng(name, "calib", seed)
+    calib = [info.make_batch(rng, CALIB_BATCH_SIZE)[0] for _ in range(2)]
+    example = tuple(torch.from_numpy(calib[0][k][:2]) for k in info.inputs)
+    qmodel = prepare(net, example, calib=calib, spec=ExportSpec(info.inputs, info.outputs))
+    inputs, labels = info.make_batch(registry.data_rng(name, "train", seed), recipe.batch)
+    cost = measure_step_cost(qmodel, tuple(torch.from_numpy(inputs[k]) for k in info.inputs), labels,
+                             _task_loss(name), steps=steps)
+    return {"model": name, "batch": recipe.batch, "float_ms": round(cost.float_ms, 1),
+            "qat_ms": round(cost.qat_ms, 1), "ratio": round(cost.ratio, 2), "steps": steps,
+            "torch_threads": torch.get_num_threads()}
+
+
+def render_step_costs(rows: list[dict[str, Any]]) -> str:
+    lines = ["| model | batch | float step (ms, median) | QAT step (ms, median) | QAT / float |", "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['batch']} | {r['float_ms']} | {r['qat_ms']} | {r['ratio']:.2f} |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -225,14 +284,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-tensor-weights", action="store_true",
                         help="PTQ and QAT with one scale per weight tensor (default: per output channel)")
+    parser.add_argument("--imbalance", type=float, default=None, metavar="SPREAD",
+                        help="run a function-preserving variant whose channel ranges differ by up to SPREAD^2 "
+                             "between Conv-BN-ReLU and the next Conv (imbalanced_weights)")
+    parser.add_argument("--inits", default="best,worst", help="PTQ ranges QAT starts from (default best,worst)")
+    parser.add_argument("--step-cost", type=int, default=0, metavar="STEPS",
+                        help="only measure QAT step / float step (medians of STEPS interleaved steps)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
+    if args.step_cost:
+        rows = []
+        for name in args.models:
+            rows.append(step_cost(name, args.step_cost, args.seed))
+            print(render_step_costs(rows[-1:]), flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.out / "qat_step_cost.md", render_step_costs(rows))
+        write_json_atomic(args.out / "qat_step_cost.json", rows)
+        print(render_step_costs(rows))
+        return 0
     records = []
     for name in args.models:
-        sub = args.out / (name + ("-per-tensor" if args.per_tensor_weights else ""))
-        records.append(run_models_qat(name, sub, seed=args.seed, per_channel_weights=not args.per_tensor_weights,
-                                      stage=lambda m: print(m, file=sys.stderr, flush=True)))
+        sub = args.out / (name + ("-per-tensor" if args.per_tensor_weights else "")
+                          + (f"-imbalanced{args.imbalance:g}" if args.imbalance else ""))
+        weights = None
+        if args.imbalance:
+            sub.mkdir(parents=True, exist_ok=True)
+            weights = imbalanced_weights(name, sub / "imbalanced.pt", args.imbalance, args.seed)
+        record = run_models_qat(name, sub, seed=args.seed, per_channel_weights=not args.per_tensor_weights,
+                                weights=weights, inits=tuple(args.inits.split(",")),
+                                stage=lambda m: print(m, file=sys.stderr, flush=True))
+        if args.imbalance:
+            record["variant"] = f"channel ranges x{args.imbalance:g}^±1"
+        records.append(record)
         print(render_table(records[-1:]), flush=True)
     write_text_atomic(args.out / "qat_results.md", render_table(records))
     write_json_atomic(args.out / "qat_results.json", {r["model"]: r for r in records})
