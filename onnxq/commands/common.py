@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
+
+from onnxq.rules import TARGET_RULES, TENSORRT
 
 
 @contextlib.contextmanager
@@ -20,10 +24,26 @@ def progress_bar(total: int | None, desc: str) -> Iterator[Callable[[int], None]
         yield bar.update
 
 
+def add_model_and_output(parser: argparse.ArgumentParser, model: str, output: str, *, required: bool = True) -> None:
+    """The input model (positional) and ``-o/--output``: the same two arguments in every command that writes a file."""
+    parser.add_argument("model", help=model)
+    parser.add_argument("-o", "--output", required=required, help=output)
+
+
+def add_json_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--json``: the same flag in every command that has it -- print ``what`` as JSON on stdout instead of text."""
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout instead of text")
+
+
+def print_result(args: argparse.Namespace, text: str, payload: dict) -> None:
+    """``payload`` as JSON when ``--json`` was given, else ``text``."""
+    print(json.dumps(payload, indent=2) if args.json else text)
+
+
 def add_selection_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("what to quantize")
-    g.add_argument("--target", choices=("tensorrt", "ort-cpu"), default="tensorrt",
-                   help="deployment target whose rules the plan follows (default: tensorrt)")
+    g.add_argument("--target", choices=tuple(TARGET_RULES),
+                   help=f"deployment target whose rules the plan follows (default: {TENSORRT.name})")
     g.add_argument("--include-op", action="append", default=[], metavar="OP",
                    help="quantize this op type even if the target skips it by default (repeatable)")
     g.add_argument("--exclude-op", action="append", default=[], metavar="OP",
@@ -45,8 +65,8 @@ def add_calib_flags(parser: argparse.ArgumentParser) -> None:
                    help="minmax: average per-batch min/max with this momentum (e.g. 0.9) instead of the extremes")
     g.add_argument("--input-method", default="minmax",
                    help="calibration of the model's inputs (default minmax; 'same' follows --method)")
-    g.add_argument("--weight-method", default="minmax", choices=("minmax", "mse"),
-                   help="per-channel weight range: minmax, or mse clip search")
+    g.add_argument("--weight-method",
+                   help="per-channel weight range: minmax (default), or mse clip search")
     g.add_argument("--calib-batches", type=int, metavar="N", help="use at most N calibration batches")
     g.add_argument("--batch-size", type=int, default=8, help="batch size when cutting an .npz stack of samples")
     g.add_argument("--memory-budget-mb", type=int, default=4096,
@@ -60,17 +80,16 @@ def config_from_args(args: argparse.Namespace):
     from onnxq.config import Overrides, QuantConfig
     from onnxq.config_file import load_config_file
 
-    overrides, run = Overrides(), {}
+    overrides, run = Overrides(), dict[str, Any]()
     if getattr(args, "config", None):
         overrides, run = load_config_file(args.config)
     flags = Overrides.from_flags(args.include_op, args.exclude_op, args.exclude_node, args.include_node)
-    target = args.target if args.target != "tensorrt" or "target" not in run else run["target"]
+    target = args.target or run.get("target", TENSORRT.name)
     return QuantConfig(
         target=target,
         calib=CalibOptions(method=args.method, percentile=args.percentile, num_bins=args.num_bins,
                            momentum=args.moving_average),
-        weight_method=run.get("weight_method", args.weight_method) if args.weight_method == "minmax"
-        else args.weight_method,
+        weight_method=args.weight_method or run.get("weight_method", QuantConfig.weight_method),
         input_method=None if args.input_method == "same" else args.input_method,
         per_channel_weights=not args.per_tensor_weights and run.get("per_channel_weights", True),
         overrides=overrides.merged(flags),
@@ -81,3 +100,55 @@ def config_from_args(args: argparse.Namespace):
         memory_budget_mb=args.memory_budget_mb,
         debug_passes=getattr(args, "debug_passes", False),
     )
+
+
+@contextlib.contextmanager
+def shard_progress_bar(desc: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A tqdm bar of shards done / total on a terminal (stderr), nothing otherwise; yields ``update(done, total)``."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=None, desc=desc, unit="shard", leave=False, file=sys.stderr) as bar:
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        yield update
+
+
+def add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group('Ray cluster (optional: pip install "onnxq[ray]")')
+    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="calibrate on Ray: one task per shard of the data files, each reading its files by path, "
+                   "merged exactly (same ranges as one local run). ADDRESS: the cluster's (auto, HOST:PORT); "
+                   "without it RAY_ADDRESS, else a new local Ray instance")
+    g.add_argument("--shards", type=int, metavar="N", help="with --ray: number of shards (default: one per CPU)")
+    g.add_argument("--ray-runtime-env", metavar="JSON",
+                   help="with --ray: Ray runtime_env of the tasks, e.g. '{\"env_vars\": {\"OMP_NUM_THREADS\": \"1\"}}'")
+
+
+def ray_collector(args: argparse.Namespace, progress: Callable[[int, int], None] | None):
+    """The Ray calibration the flags ask for, or None to calibrate in this process."""
+    import json
+
+    from onnxq.errors import OnnxqError
+
+    if args.ray is None:
+        if args.shards is not None or args.ray_runtime_env is not None:
+            raise OnnxqError("--shards and --ray-runtime-env need --ray")
+        return None
+    from onnxq.distributed.ray_calibrate import RayCalibration, RayOptions
+
+    runtime_env = None
+    if args.ray_runtime_env is not None:
+        try:
+            runtime_env = json.loads(args.ray_runtime_env)
+        except json.JSONDecodeError as exc:
+            raise OnnxqError(f"--ray-runtime-env is not JSON: {exc}") from exc
+        if not isinstance(runtime_env, dict):
+            raise OnnxqError("--ray-runtime-env must be a JSON object, e.g. '{\"working_dir\": \".\"}'")
+    options = RayOptions(address=args.ray or None, shards=args.shards, runtime_env=runtime_env)
+    return RayCalibration(args.model, options, progress=progress)

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from onnxq.atomic import write_json_atomic, write_text_atomic
-from onnxq.commands.common import add_calib_flags, add_selection_flags, config_from_args, progress_bar
+from onnxq.commands.common import (add_calib_flags, add_model_and_output, add_ray_flags, add_selection_flags,
+                                   config_from_args, progress_bar, ray_collector, shard_progress_bar)
 from onnxq.errors import OnnxqError
 
 log = logging.getLogger(__name__)
@@ -17,8 +18,7 @@ log = logging.getLogger(__name__)
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("quantize", help="quantize an FP32 ONNX model to INT8 Q/DQ form",
                               description="Fold BatchNorm, plan, calibrate, insert Q/DQ, verify and save.")
-    p.add_argument("model", help="FP32 ONNX model")
-    p.add_argument("-o", "--output", help="output path (default: MODEL.int8.onnx beside the input)")
+    add_model_and_output(p, "FP32 ONNX model", "output path (default: MODEL.int8.onnx beside the input)", required=False)
     src = p.add_argument_group("ranges (exactly one)")
     src.add_argument("--calib", metavar="DATA", help="calibration data: folder of .npy/.npz batches, an .npz "
                      "stack, or 'random' (meaningless scales, for toolchain tests only)")
@@ -29,6 +29,7 @@ def add_parser(subparsers) -> None:
     src.add_argument("--strict", action="store_true", help="with --scales: any mismatch with the plan is an error")
     add_calib_flags(p)
     add_selection_flags(p)
+    add_ray_flags(p)
     v = p.add_argument_group("validation and reports")
     v.add_argument("--val", metavar="DATA", help="validate against FP32 on this data right after quantizing")
     v.add_argument("--per-layer", action="store_true", help="with --val: per-layer SQNR to find the culprits")
@@ -49,9 +50,14 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     output = Path(args.output) if args.output else default_output_path(args.model)
     importer = scale_importer(args.scales, strict=args.strict) if args.scales else None
-    with progress_bar(None, "calibrating") as progress:
+    if args.ray is not None and not args.calib:
+        raise OnnxqError("--ray calibrates --calib DATA; it does not apply to --stats or --scales")
+    bar = shard_progress_bar("calibrating on Ray") if args.ray is not None else progress_bar(None, "calibrating")
+    with bar as progress:
+        collector = ray_collector(args, progress if args.ray is not None else None)
         result = quantize(args.model, calib=args.calib, config=config, output=output, stats=args.stats,
-                          scales=importer, val=args.val, per_layer=args.per_layer, progress=progress)
+                          scales=importer, val=args.val, per_layer=args.per_layer,
+                          progress=None if collector else progress, collector=collector)
     for line in result.report.summary_lines():
         print(line)
     for warning in unmatched_rules(config.overrides, result.model):

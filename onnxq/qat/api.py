@@ -31,8 +31,10 @@ from torch import nn
 
 from onnxq.atomic import write_text_atomic
 from onnxq.config import QuantConfig
+from onnxq.data import model_inputs
 from onnxq.errors import OnnxqError
 from onnxq.graph import fingerprint, save_model
+from onnxq.insert.qdq import InsertQDQ
 from onnxq.pipeline import calibrate, weight_arrays
 from onnxq.pipeline import prepare as onnx_prepare
 from onnxq.plan import QuantPlan, build_plan
@@ -41,6 +43,7 @@ from onnxq.qat.mapping import build_mapping
 from onnxq.qat.model import ExportSpec, QATModel, QATState, as_numpy_batch
 from onnxq.qat.structure import GraphStructure, structure_difference, unshare_initializers
 from onnxq.qat.trace import record
+from onnxq.runtime import SessionSettings, make_session
 from onnxq.scales.compute import compute_scales
 from onnxq.scales.io import check_scales, dumps_scales
 
@@ -126,11 +129,11 @@ def prepare(model: nn.Module, example_inputs: Any, calib: Iterable[Any] | str | 
     if weight_scales not in ("dynamic", "fixed", "learned"):
         raise OnnxqError(f"weight_scales must be dynamic, fixed or learned, got {weight_scales!r}")
     exported = export_onnx(model, inputs, spec)
-    names = [v.name for v in exported.graph.input if v.name not in {i.name for i in exported.graph.initializer}]
+    names = [s.name for s in model_inputs(exported)]
     if len(names) != len(inputs):
         raise OnnxqError(f"the exported graph has {len(names)} input(s) but {len(inputs)} example input(s) were "
                          "given; inputs the model does not use are dropped by the exporter")
-    prepared, notes = onnx_prepare(copy.deepcopy(exported), config)
+    prepared, notes = onnx_prepare(exported, config)
     for note in notes:
         log.info("prepare: %s", note)
     plan = build_plan(prepared, config)
@@ -171,7 +174,7 @@ def replan(qmodel: QATModel) -> tuple[onnx.ModelProto, onnx.ModelProto, QuantPla
     state = qmodel.state
     device = next((p.device for p in qmodel.model.parameters()), torch.device("cpu"))
     exported = export_onnx(qmodel.model, tuple(x.to(device) for x in state.example_inputs), state.spec)
-    prepared, _ = onnx_prepare(copy.deepcopy(exported), state.config)
+    prepared, _ = onnx_prepare(exported, state.config)
     plan = build_plan(prepared, state.config)
     changed = structure_difference(state.structure, GraphStructure.of(prepared))
     if changed is None and _plan_key(plan) != _plan_key(state.plan):
@@ -249,18 +252,10 @@ def reference_outputs(qmodel: QATModel, inputs: tuple[torch.Tensor, ...]) -> lis
     graph change a Conv output by 2e-5 (7e-6 of its range) against float64, while the same graph unoptimised is
     within 7e-7, as close as torch's own convolution; a difference that size moves values across rounding
     boundaries of the next QuantizeLinear, one quantization step each."""
-    import onnxruntime as ort
-
-    from onnxq.calib.collect import serialize_for_session
-    from onnxq.passes.insert_qdq import InsertQDQ
-
     _, prepared, plan = replan(qmodel)
-    qdq = InsertQDQ(plan, qmodel.scale_table()).call(copy.deepcopy(prepared)).model
-    names = [v.name for v in prepared.graph.input if v.name not in {i.name for i in prepared.graph.initializer}]
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(serialize_for_session(qdq), options, providers=["CPUExecutionProvider"])
+    qdq = InsertQDQ(plan, qmodel.scale_table()).run(prepared).model
+    names = [s.name for s in model_inputs(prepared)]
+    session = make_session(qdq, settings=SessionSettings(optimization="disabled"))
     return session.run(None, as_numpy_batch(names, inputs))
 
 

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from onnxq import qat
 from onnxq.qat.structure import unshare_initializers
 from onnxq.scales.qdq_reader import read_qdq_scales
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.qat import torchvision_nets as tv
 
 MODELS = {"resnet": (tv.ResNet, 32), "mobilenet_v3": (tv.MobileNetV3, 32), "vit": (tv.VisionTransformer, 16)}
