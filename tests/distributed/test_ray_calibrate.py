@@ -241,3 +241,30 @@ def test_what_shards_cannot_reproduce_is_refused(model_and_data, data, config, m
     prepared, _ = prepared_and_plan(model_path, config)
     with pytest.raises(OnnxqError, match=message):
         shard_files(prepared, data or str(folder), config)
+
+
+@pytest.mark.slow  # a local Ray instance, and a CLI process that connects to it as a new Ray job
+def test_a_separate_process_connects_by_address(ray_instance, model_and_data, tmp_path):
+    """``--ray HOST:PORT`` from another process: ray.init(address=...) and its shutdown, as on a running cluster."""
+    import subprocess
+
+    from onnxq.calib.stats import load_stats
+    from onnxq.graph import fingerprint
+
+    model_path, data = model_and_data
+    address = ray_instance.get_runtime_context().gcs_address
+    out = tmp_path / "stats.npz"
+    # an explicit address reads the cluster's token only with RAY_AUTH_MODE=token (Ray's token authentication)
+    env = {**os.environ, "RAY_AUTH_MODE": "token",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "onnxq.cli", "-v", "calibrate", str(model_path), "--calib", str(data),
+                           "--ray", address, "--shards", "2", "-o", str(out)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "2/2 shards done" in proc.stderr
+    config = QuantConfig()
+    prepared, plan = prepared_and_plan(model_path, config)
+    local, _ = calibrate(prepared, plan, str(data), config)
+    merged, batches = load_stats(out, fingerprint(prepared))
+    assert batches == 8
+    assert_identical(local, merged, plan)
