@@ -34,6 +34,8 @@ from onnxq.validate.compare import compare_models
 
 log = logging.getLogger(__name__)
 
+ONE_SOURCE = ("give exactly one source of ranges: calibration data (--calib), statistics (--stats) or scales "
+              "(--scales)")
 ModelLike = str | os.PathLike | onnx.ModelProto
 DataLike = str | os.PathLike | DataSource | Iterable[Batch]
 ScaleImporter = Callable[[QuantPlan, onnx.ModelProto], ScaleTable]
@@ -152,7 +154,8 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
            stats: list[str] | None, scales: ScaleImporter | None,
            progress: Callable[[int], None] | None, collector: Collector | None = None) -> Ranges:
     """The scale table from exactly one source (calibration data, statistics files or imported scales);
-    ``collector`` computes the statistics of calibration data (default: :func:`calibrate`, in this process)."""
+    ``collector`` computes the statistics of calibration data (default: :func:`calibrate`, in this process).
+    """
     if scales is not None:
         return Ranges(scales(plan, prepared), 0, "imported scales")
     if stats is not None:
@@ -162,9 +165,11 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
             raise OnnxqError(f"the statistics cover no activation {missing[0]!r} (and {len(missing) - 1} more); "
                              "calibrate with the same model and settings")
         source = "merged statistics"
-    else:
+    elif calib is not None:
         calibrators, batches = (collector or calibrate)(prepared, plan, calib, config, progress)
         source = "calibration"
+    else:
+        raise OnnxqError(ONE_SOURCE)
     table = compute_scales(plan, calibrators, weight_arrays(prepared, plan))
     clipping = clipped_fractions(plan, calibrators, table)
     for name, fraction in sorted(clipping.items(), key=lambda kv: -kv[1]):
@@ -187,8 +192,7 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
     """
     config = config or QuantConfig()
     if sum(s is not None for s in (calib, stats, scales)) != 1:
-        raise OnnxqError("give exactly one source of ranges: calibration data (--calib), statistics (--stats) or "
-                         "scales (--scales)")
+        raise OnnxqError(ONE_SOURCE)
     clock = _Stopwatch()
     with clock("prepare"):
         original, input_path = _load(model)

@@ -39,7 +39,7 @@ def save_stats(path: str | os.PathLike, calibrators: dict[str, Calibrator], fing
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent if str(path.parent) else ".")
     os.close(fd)
     try:
-        np.savez(tmp, **arrays)
+        np.savez(tmp, allow_pickle=False, **arrays)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

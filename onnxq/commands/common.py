@@ -7,6 +7,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from onnxq.rules import TARGET_RULES, TENSORRT
 
@@ -21,6 +22,12 @@ def progress_bar(total: int | None, desc: str) -> Iterator[Callable[[int], None]
 
     with tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr) as bar:
         yield bar.update
+
+
+def add_model_and_output(parser: argparse.ArgumentParser, model: str, output: str, *, required: bool = True) -> None:
+    """The input model (positional) and ``-o/--output``: the same two arguments in every command that writes a file."""
+    parser.add_argument("model", help=model)
+    parser.add_argument("-o", "--output", required=required, help=output)
 
 
 def add_json_flag(parser: argparse.ArgumentParser, what: str) -> None:
@@ -73,7 +80,7 @@ def config_from_args(args: argparse.Namespace):
     from onnxq.config import Overrides, QuantConfig
     from onnxq.config_file import load_config_file
 
-    overrides, run = Overrides(), {}
+    overrides, run = Overrides(), dict[str, Any]()
     if getattr(args, "config", None):
         overrides, run = load_config_file(args.config)
     flags = Overrides.from_flags(args.include_op, args.exclude_op, args.exclude_node, args.include_node)

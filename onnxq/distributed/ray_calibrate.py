@@ -176,7 +176,8 @@ def shard_files(prepared: onnx.ModelProto, data: object, config: QuantConfig) ->
 @contextlib.contextmanager
 def ray_session(ray, options: RayOptions) -> Iterator[int]:
     """Connect to (or start) Ray unless already connected; yields the cluster's CPU count; disconnects what it
-    connected."""
+    connected.
+    """
     started = False
     if ray.is_initialized():
         if options.address or options.runtime_env:
@@ -226,7 +227,8 @@ class RayCalibration:
     def __call__(self, prepared: onnx.ModelProto, plan: QuantPlan, data: object, config: QuantConfig,
                  progress: Callable[[int], None] | None = None) -> tuple[dict[str, Calibrator], int]:
         """Statistics of every planned activation over ``data``; ``progress`` (batches) is not used: shards report
-        through the ``progress`` given to the constructor."""
+        through the ``progress`` given to the constructor.
+        """
         files, max_batches = shard_files(prepared, data, config)
         tensors = calibration_targets(plan, config)
         if not tensors:
