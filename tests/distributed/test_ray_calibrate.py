@@ -141,8 +141,8 @@ def test_a_bad_file_fails_its_shard_without_retries(ray_instance, model_and_data
     np.save(data / "005.npy", bad)
     config = QuantConfig()
     prepared, plan = prepared_and_plan(model_path, config)
-    with pytest.raises(OnnxqError, match=r"shard 3/4 \(004\.npy, 005\.npy in .*\) failed: 005\.npy: input 'x' holds "
-                                         r"1 NaN"):
+    with pytest.raises(OnnxqError, match=r"shard 3/4 \(004\.npy, 005\.npy in .*\) failed: on node .+: 005\.npy: "
+                                         r"input 'x' holds 1 NaN"):
         RayCalibration(model_path, RayOptions(shards=4))(prepared, plan, str(data), config)
 
 
@@ -213,7 +213,7 @@ def test_a_worker_that_sees_another_model_file_refuses_it(model_and_data):
     with pytest.raises(OnnxqError, match="differs from the driver's"):
         calibrate_shard(job)
     model_path.unlink()
-    with pytest.raises(OnnxqError, match="cannot see the model"):
+    with pytest.raises(OnnxqError, match="on node .+: cannot see the model"):
         calibrate_shard(job)
 
 
