@@ -268,3 +268,15 @@ def test_a_separate_process_connects_by_address(ray_instance, model_and_data, tm
     merged, batches = load_stats(out, fingerprint(prepared))
     assert batches == 8
     assert_identical(local, merged, plan)
+
+
+def test_an_npz_stack_is_one_shard_and_keeps_the_batch_limit(model_and_data, tmp_path, caplog):
+    from onnxq.distributed.ray_calibrate import shard_files
+
+    model_path, _ = model_and_data
+    stack = tmp_path / "stack.npz"
+    np.savez(stack, x=np.random.default_rng(0).standard_normal((5, 2, 3, 16, 16)).astype(np.float32))
+    config = QuantConfig(calib_batches=3)
+    prepared, _ = prepared_and_plan(model_path, config)
+    assert shard_files(prepared, str(stack), config) == ([stack], 3)
+    assert "runs as a single Ray task" in caplog.text
