@@ -39,6 +39,11 @@ class SessionSettings:
     threads: int = 0
     #: graph optimisation: "basic" keeps Q/DQ arithmetic as the reference (no QLinear fusion), "all" is fastest
     optimization: str = "basic"
+    #: also write the graph onnxruntime runs after its optimisations here (``optimized_model_filepath``)
+    optimized_model_path: str | None = None
+    #: let idle intra-op threads spin-wait for work (onnxruntime's default); off when several sessions take turns
+    #: in one process, where one session's spinning threads steal the cores the other one runs on
+    allow_spinning: bool = True
 
     def to_ort(self) -> ort.SessionOptions:
         """These settings as onnxruntime SessionOptions."""
@@ -54,6 +59,10 @@ class SessionSettings:
         options.log_severity_level = 3
         if self.threads:
             options.intra_op_num_threads = self.threads
+        if self.optimized_model_path is not None:
+            options.optimized_model_filepath = self.optimized_model_path
+        if not self.allow_spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options
 
 
