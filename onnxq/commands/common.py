@@ -7,6 +7,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from onnxq.rules import TARGET_RULES, TENSORRT
@@ -128,6 +129,34 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--shards", type=int, metavar="N", help="with --ray: number of shards (default: one per CPU)")
     g.add_argument("--ray-runtime-env", metavar="JSON",
                    help="with --ray: Ray runtime_env of the tasks, e.g. '{\"env_vars\": {\"OMP_NUM_THREADS\": \"1\"}}'")
+
+
+def add_calibration_flags(parser: argparse.ArgumentParser) -> None:
+    """Calibration, selection and Ray flags: what every command that calibrates takes."""
+    add_calib_flags(parser)
+    add_selection_flags(parser)
+    add_ray_flags(parser)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How a command calibrates: in this process (``progress`` per batch) or on Ray (``collector``; its progress
+    is per shard)."""
+
+    progress: Callable[[int], None] | None
+    collector: Any | None  # onnxq.distributed.ray_calibrate.RayCalibration
+
+
+@contextlib.contextmanager
+def calibration(args: argparse.Namespace) -> Iterator[Calibration]:
+    """The calibration the flags ask for, with its progress bar; the Ray flags are checked before any work."""
+    if args.ray is None:
+        ray_collector(args, None)  # refuses --shards / --ray-runtime-env without --ray
+        with progress_bar(None, "calibrating") as progress:
+            yield Calibration(progress, None)
+    else:
+        with shard_progress_bar("calibrating on Ray") as shards:
+            yield Calibration(None, ray_collector(args, shards))
 
 
 def ray_collector(args: argparse.Namespace, progress: Callable[[int, int], None] | None):

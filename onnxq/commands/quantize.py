@@ -8,16 +8,7 @@ import sys
 from pathlib import Path
 
 from onnxq.atomic import write_json_atomic, write_text_atomic
-from onnxq.commands.common import (
-    add_calib_flags,
-    add_model_and_output,
-    add_ray_flags,
-    add_selection_flags,
-    config_from_args,
-    progress_bar,
-    ray_collector,
-    shard_progress_bar,
-)
+from onnxq.commands.common import add_calibration_flags, add_model_and_output, calibration, config_from_args
 from onnxq.commands.latency_flags import add_latency_flags, latency_settings
 from onnxq.errors import OnnxqError
 
@@ -27,7 +18,8 @@ log = logging.getLogger(__name__)
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("quantize", help="quantize an FP32 ONNX model to INT8 Q/DQ form",
                               description="Fold BatchNorm, plan, calibrate, insert Q/DQ, verify and save.")
-    add_model_and_output(p, "FP32 ONNX model", "output path (default: MODEL.int8.onnx beside the input)", required=False)
+    add_model_and_output(p, "FP32 ONNX model", "output path (default: MODEL.int8.onnx beside the input)",
+                         required=False)
     src = p.add_argument_group("ranges (exactly one)")
     src.add_argument("--calib", metavar="DATA", help="calibration data: folder of .npy/.npz batches, an .npz "
                      "stack, or 'random' (meaningless scales, for toolchain tests only)")
@@ -39,9 +31,7 @@ def add_parser(subparsers) -> None:
     src.add_argument("--dynamic", action="store_true", help="dynamic quantization instead: MatMul weights INT8 "
                      "ahead of time, activations quantized at run time (no calibration data; for transformers on "
                      "CPU)")
-    add_calib_flags(p)
-    add_selection_flags(p)
-    add_ray_flags(p)
+    add_calibration_flags(p)
     v = p.add_argument_group("validation and reports")
     v.add_argument("--val", metavar="DATA", help="validate against FP32 on this data right after quantizing")
     v.add_argument("--per-layer", action="store_true", help="with --val: per-layer SQNR to find the culprits")
@@ -68,12 +58,10 @@ def run(args: argparse.Namespace) -> int:
     importer = scale_importer(args.scales, strict=args.strict) if args.scales else None
     if args.ray is not None and not args.calib:
         raise OnnxqError("--ray calibrates --calib DATA; it does not apply to --stats or --scales")
-    bar = shard_progress_bar("calibrating on Ray") if args.ray is not None else progress_bar(None, "calibrating")
-    with bar as progress:
-        collector = ray_collector(args, progress if args.ray is not None else None)
+    with calibration(args) as how:
         result = quantize(args.model, calib=args.calib, config=config, output=output, stats=args.stats,
-                          scales=importer, val=args.val, per_layer=args.per_layer,
-                          progress=None if collector else progress, collector=collector, latency=latency)
+                          scales=importer, val=args.val, per_layer=args.per_layer, progress=how.progress,
+                          collector=how.collector, latency=latency)
     for line in result.report.summary_lines():
         print(line)
     for warning in unmatched_rules(config.overrides, result.model):
