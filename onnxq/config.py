@@ -13,9 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from onnxq.calib.base import CalibOptions
 from onnxq.calib.methods import check_method
 from onnxq.calib.weights import check_weight_method
-from onnxq.errors import OnnxqError
+from onnxq.errors import OnnxqError, require_at_least
 from onnxq.rules import TARGET_RULES, TENSORRT
-
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,5 @@ class QuantConfig:
         if self.input_method is not None:
             check_method(self.input_method)
         check_weight_method(self.weight_method)
-        if self.calib_batches is not None and self.calib_batches < 1:
-            raise OnnxqError(f"--calib-batches must be at least 1, got {self.calib_batches}")
-        if self.batch_size < 1:
-            raise OnnxqError(f"--batch-size must be at least 1, got {self.batch_size}")
+        require_at_least("--calib-batches", self.calib_batches, 1)
+        require_at_least("--batch-size", self.batch_size, 1)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxq.atomic import write_bytes_atomic
-from onnxq.errors import OnnxqError
+from onnxq.errors import OnnxqError, require_at_least
 from onnxq.models import registry
 from onnxq.models.registry import get_model
 
@@ -112,9 +112,9 @@ def export_model(
     out = Path(output_dir)
     _check_dir(out)
     registry.import_torch()
-    for n, v in (("calib_batches", calib_batches), ("calib_batch_size", calib_batch_size), ("val_batches", val_batches), ("val_batch_size", val_batch_size)):
-        if v < 1:
-            raise OnnxqError(f"{n} must be at least 1, got {v}")
+    for n, v in (("calib_batches", calib_batches), ("calib_batch_size", calib_batch_size),
+                 ("val_batches", val_batches), ("val_batch_size", val_batch_size)):
+        require_at_least(n, v, 1)
     out.mkdir(parents=True, exist_ok=True)
     model_path = export_onnx(name, out / "model.onnx", weights=weights)
     log.info("exported %s to %s", name, model_path)
