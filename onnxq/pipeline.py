@@ -170,7 +170,8 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
            stats: list[str] | None, scales: ScaleImporter | None,
            progress: Callable[[int], None] | None, collector: Collector | None = None) -> Ranges:
     """The scale table from exactly one source (calibration data, statistics files or imported scales);
-    ``collector`` computes the statistics of calibration data (default: :func:`calibrate`, in this process)."""
+    ``collector`` computes the statistics of calibration data (default: :func:`calibrate`, in this process).
+    """
     if scales is not None:
         return Ranges(scales(plan, prepared), 0, "imported scales")
     if stats is not None:

@@ -46,6 +46,7 @@ class SessionSettings:
     allow_spinning: bool = True
 
     def to_ort(self) -> ort.SessionOptions:
+        """These settings as onnxruntime SessionOptions."""
         levels = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -97,10 +98,12 @@ def run_named(session: ort.InferenceSession, batch: Batch, label: str) -> dict[s
 
 
 def output_names(session: ort.InferenceSession) -> list[str]:
+    """The session's output names, in the order :func:`run_batch` returns the arrays."""
     return [o.name for o in session.get_outputs()]
 
 
 def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (onnxruntime's are long), or its type's name."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

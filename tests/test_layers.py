@@ -2,7 +2,7 @@
 
 Layers, bottom to top (DESIGN.md "Layers", adjusted to the real package; an import may go down or stay level):
 
-0. errors, version, atomic, findings, dtypes, rules, scales.formats -- pure data and helpers, no onnxq imports above them
+0. errors, version, atomic, findings, dtypes, rules, scales.formats -- pure data and helpers
 1. graph, runtime, data, ops -- load/save/index, onnxruntime sessions, readers, per-op handlers
 2. calib -- statistics algorithms (know nothing of plans)
 3. config, config_file, plan

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from onnxq.commands.common import (add_calib_flags, add_model_and_output, add_ray_flags, add_selection_flags,
-                                   config_from_args, progress_bar, ray_collector, shard_progress_bar)
+from onnxq.commands.common import (
+    add_calib_flags,
+    add_model_and_output,
+    add_ray_flags,
+    add_selection_flags,
+    config_from_args,
+    progress_bar,
+    ray_collector,
+    shard_progress_bar,
+)
 from onnxq.errors import OnnxqError
 
 
