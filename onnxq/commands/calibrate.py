@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from onnxq.commands.common import add_calibration_flags, add_model_and_output, calibration, config_from_args
+from onnxq.commands.common import add_calibration_flags, add_model_and_output, config_from_args, ray_calibration
 from onnxq.errors import OnnxqError
 
 
@@ -28,13 +28,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.output.endswith(".npz"):
         raise OnnxqError(f"statistics files end in .npz, got {args.output}")
     config = config_from_args(args)
-    with calibration(args) as how:  # before any work, so a missing ray fails at once
+    with ray_calibration(args) as collector:
         prepared, _ = prepare(load_model(args.model), config)
         plan = build_plan(prepared, config)
-        if how.collector is not None:
-            calibrators, batches = how.collector(prepared, plan, args.calib, config, None)
+        if collector is not None:
+            calibrators, batches = collector(prepared, plan, args.calib, config, None)
         else:
-            calibrators, batches = calibrate(prepared, plan, args.calib, config, how.progress)
+            calibrators, batches = calibrate(prepared, plan, args.calib, config)
     save_stats(args.output, calibrators, fingerprint(prepared), batches)
     print(f"wrote statistics of {len(calibrators)} tensor(s) over {batches} batch(es) to {args.output}")
     return 0

@@ -1,28 +1,15 @@
-"""Pieces shared by sub-commands: progress bars, config from flags, JSON output."""
+"""Pieces shared by sub-commands: config from flags, JSON output, Ray flags and their progress."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
+from onnxq import progress
 from onnxq.rules import TARGET_RULES, TENSORRT
-
-
-@contextlib.contextmanager
-def progress_bar(total: int | None, desc: str) -> Iterator[Callable[[int], None] | None]:
-    """A tqdm bar on a terminal (stderr), nothing otherwise; yields the callback to advance it."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr) as bar:
-        yield bar.update
 
 
 def add_model_and_output(parser: argparse.ArgumentParser, model: str, output: str, *, required: bool = True) -> None:
@@ -104,18 +91,19 @@ def config_from_args(args: argparse.Namespace):
 
 
 @contextlib.contextmanager
-def shard_progress_bar(desc: str) -> Iterator[Callable[[int, int], None] | None]:
-    """A tqdm bar of shards done / total on a terminal (stderr), nothing otherwise; yields ``update(done, total)``."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
+def shard_progress() -> Iterator[Callable[[int, int], None]]:
+    """``update(shards_done, shards_total)`` for a Ray calibration, shown as the progress stage "calibration on Ray"
+    (its total is known once the data is split into shards)."""
+    with contextlib.ExitStack() as stack:
+        advance: Callable[..., None] | None = None
+        shown = 0
 
-    with tqdm(total=None, desc=desc, unit="shard", leave=False, file=sys.stderr) as bar:
         def update(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
+            nonlocal advance, shown
+            if advance is None:
+                advance = stack.enter_context(progress.stage("calibration on Ray", total=total, unit="shard"))
+            advance(done - shown)
+            shown = done
 
         yield update
 
@@ -138,25 +126,12 @@ def add_calibration_flags(parser: argparse.ArgumentParser) -> None:
     add_ray_flags(parser)
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """How a command calibrates: in this process (``progress`` per batch) or on Ray (``collector``; its progress
-    is per shard)."""
-
-    progress: Callable[[int], None] | None
-    collector: Any | None  # onnxq.distributed.ray_calibrate.RayCalibration
-
-
 @contextlib.contextmanager
-def calibration(args: argparse.Namespace) -> Iterator[Calibration]:
-    """The calibration the flags ask for, with its progress bar; the Ray flags are checked before any work."""
-    if args.ray is None:
-        ray_collector(args, None)  # refuses --shards / --ray-runtime-env without --ray
-        with progress_bar(None, "calibrating") as progress:
-            yield Calibration(progress, None)
-    else:
-        with shard_progress_bar("calibrating on Ray") as shards:
-            yield Calibration(None, ray_collector(args, shards))
+def ray_calibration(args: argparse.Namespace) -> Iterator[Any | None]:
+    """The Ray calibration the flags ask for, or None to calibrate in this process; its progress is the stage
+    "calibration on Ray". Enter it before any work, so that a missing ray fails at once."""
+    with shard_progress() as shards:
+        yield ray_collector(args, shards)
 
 
 def ray_collector(args: argparse.Namespace, progress: Callable[[int, int], None] | None):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from onnxq.atomic import write_json_atomic, write_text_atomic
-from onnxq.commands.common import add_calibration_flags, add_model_and_output, calibration, config_from_args
+from onnxq.commands.common import add_calibration_flags, add_model_and_output, config_from_args, ray_calibration
 from onnxq.commands.latency_flags import add_latency_flags, latency_settings
 from onnxq.errors import OnnxqError
 
@@ -58,13 +58,14 @@ def run(args: argparse.Namespace) -> int:
     importer = scale_importer(args.scales, strict=args.strict) if args.scales else None
     if args.ray is not None and not args.calib:
         raise OnnxqError("--ray calibrates --calib DATA; it does not apply to --stats or --scales")
-    with calibration(args) as how:
+    with ray_calibration(args) as collector:
         result = quantize(args.model, calib=args.calib, config=config, output=output, stats=args.stats,
-                          scales=importer, val=args.val, per_layer=args.per_layer, progress=how.progress,
-                          collector=how.collector, latency=latency)
-    for line in result.report.summary_lines():
-        print(line)
-    for warning in unmatched_rules(config.overrides, result.model):
+                          scales=importer, val=args.val, per_layer=args.per_layer,
+                          collector=collector, latency=latency)
+    if not args.quiet:
+        for line in result.report.summary_lines():
+            print(line)
+    for warning in [] if args.quiet else unmatched_rules(config.overrides, result.model):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {result.output_path}")
     if args.report:
@@ -85,8 +86,9 @@ def run_dynamic(args: argparse.Namespace, config, output: Path, latency) -> int:
     if args.report:
         raise OnnxqError("--report is not available with --dynamic yet; use --val for the comparison")
     result = quantize_dynamic(args.model, output, config, val=args.val, latency=latency)
-    for line in result.summary_lines():
-        print(line)
+    if not args.quiet:
+        for line in result.summary_lines():
+            print(line)
     print(f"wrote {result.output_path}")
     validation = result.validation
     if args.min_sqnr is not None and validation is not None and validation.min_sqnr_db < args.min_sqnr:
