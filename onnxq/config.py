@@ -28,7 +28,8 @@ class NodeSetting:
 
     def over(self, base: NodeSetting) -> NodeSetting:
         """This setting laid over ``base``: every field this one sets wins."""
-        return replace(base, **{f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None})
+        given = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return replace(base, **given)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Overrides:
 
     @classmethod
     def from_flags(cls, include_ops=(), exclude_ops=(), exclude_nodes=(), include_nodes=()) -> Overrides:
+        """The overrides of --include-op/--exclude-op (by op type) and --exclude-node/--include-node (regexes)."""
         by_op = {op: NodeSetting(skip=False) for op in include_ops}
         by_op.update({op: NodeSetting(skip=True) for op in exclude_ops})
         regex = tuple((p, NodeSetting(skip=False)) for p in include_nodes)

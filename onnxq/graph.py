@@ -129,6 +129,7 @@ def fingerprint(model: onnx.ModelProto) -> str:
 
 
 def default_opset(model: onnx.ModelProto) -> int:
+    """The model's ai.onnx opset version."""
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx"):
             return opset.version
@@ -150,6 +151,7 @@ def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
 
 
 def count_qdq(model: onnx.ModelProto) -> int:
+    """How many QuantizeLinear/DequantizeLinear nodes the main graph holds."""
     return sum(node.op_type in QDQ_OPS for node in model.graph.node)
 
 
@@ -166,6 +168,7 @@ class GraphIndex:
 
     @classmethod
     def build(cls, graph: onnx.GraphProto) -> GraphIndex:
+        """The index of ``graph`` as it is now (rebuild it after changing the graph)."""
         index = cls(graph)
         index.initializers = {init.name: init for init in graph.initializer}
         index.graph_inputs = {v.name for v in graph.input if v.name not in index.initializers}
@@ -182,12 +185,15 @@ class GraphIndex:
         return index
 
     def array(self, name: str) -> np.ndarray:
+        """The value of initializer ``name``."""
         return numpy_helper.to_array(self.initializers[name])
 
     def is_initializer(self, name: str) -> bool:
+        """Whether ``name`` is an initializer of the graph."""
         return name in self.initializers
 
     def only_consumer(self, name: str) -> onnx.NodeProto | None:
+        """The one node reading ``name``, or None when several (or none) do or it is a graph output."""
         users = self.consumers.get(name, [])
         if len(users) != 1 or name in self.graph_outputs:
             return None
@@ -221,6 +227,7 @@ def unique_name(taken: set[str], base: str) -> str:
 
 
 def all_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor and node name in the main graph (to make new names unique)."""
     names = {v.name for v in graph.input} | {v.name for v in graph.output} | {i.name for i in graph.initializer}
     for node in graph.node:
         names.update(node.input)

@@ -1,7 +1,7 @@
 """``quantize()``: the whole post-training quantization, as named stages in order.
 
-    load -> prepare (strip Q/DQ?, opset, constants, fold BN, shapes) -> plan -> ranges (calibrate | statistics |
-    imported scales) -> scales -> insert Q/DQ -> verify (checker + onnxruntime) -> validate? -> save
+load -> prepare (strip Q/DQ?, opset, constants, fold BN, shapes) -> plan -> ranges (calibrate | statistics |
+imported scales) -> scales -> insert Q/DQ -> verify (checker + onnxruntime) -> validate? -> save
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from onnxq.graph import (
     load_model,
     save_model,
 )
-from onnxq.passes import PassManager, prepare_passes
 from onnxq.insert import InsertQDQ
 from onnxq.insert.quantize_bias import QuantizeBias
+from onnxq.passes import PassManager, prepare_passes
 from onnxq.passes.decompose_hard_activations import DecomposeHardActivations
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
@@ -59,6 +59,8 @@ Collector = Callable[[onnx.ModelProto, QuantPlan, DataLike, QuantConfig, Callabl
 
 @dataclass
 class QuantizeResult:
+    """What :func:`quantize` produced: the Q/DQ model, its plan and scales, the report, and where it was saved."""
+
     model: onnx.ModelProto
     plan: QuantPlan
     scales: ScaleTable
@@ -67,6 +69,7 @@ class QuantizeResult:
 
 
 def default_output_path(model_path: str | os.PathLike) -> Path:
+    """``MODEL.int8.onnx`` beside ``MODEL.onnx``."""
     path = Path(model_path)
     return path.with_name(f"{path.stem}.int8.onnx")
 
@@ -122,6 +125,7 @@ def calibration_targets(plan: QuantPlan, config: QuantConfig) -> dict[str, Calib
 
 
 def weight_arrays(prepared: onnx.ModelProto, plan: QuantPlan) -> dict:
+    """The values of every planned weight, by name."""
     index = GraphIndex.build(prepared.graph)
     return {t.name: index.array(t.name) for t in plan.weights()}
 

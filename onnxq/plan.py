@@ -252,7 +252,8 @@ class _Planner:
             default_reason = self.rules.float_depthwise
         if not default_reason and node.op_type in self.rules.float_when_writing_graph_output and \
                 any(o in self.index.graph_outputs for o in node.output):
-            default_reason = f"writes a graph output: on {self.rules.name} that node unit cannot fuse, so it stays float"
+            default_reason = (f"writes a graph output: on {self.rules.name} that node unit cannot fuse, so it stays "
+                              "float")
         default = NodeSetting(skip=True) if default_reason else \
             NodeSetting(skip=False, dtype=self.rules.activation_dtype)
         setting, decided_by = self.config.overrides.resolve(node.op_type, name, default)

@@ -48,7 +48,8 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     write_bytes_atomic(path, buf.getvalue())
 
 
-def write_data(name: str, folder: str | Path, *, split: str, batches: int, batch_size: int, seed: int = 0, labels: bool) -> Path:
+def write_data(name: str, folder: str | Path, *, split: str, batches: int, batch_size: int, seed: int = 0,
+               labels: bool) -> Path:
     """Write ``batches`` batches of the model's synthetic data to ``folder`` (and labels to ``folder/labels``).
 
     Stale ``*.npz`` files of an earlier export in that folder are removed so that the folder holds exactly
@@ -118,8 +119,10 @@ def export_model(
     out.mkdir(parents=True, exist_ok=True)
     model_path = export_onnx(name, out / "model.onnx", weights=weights)
     log.info("exported %s to %s", name, model_path)
-    calib = write_data(name, out / "calib", split="calib", batches=calib_batches, batch_size=calib_batch_size, seed=seed, labels=False)
-    val = write_data(name, out / "val", split="val", batches=val_batches, batch_size=val_batch_size, seed=seed, labels=True)
+    calib = write_data(name, out / "calib", split="calib", batches=calib_batches, batch_size=calib_batch_size,
+                       seed=seed, labels=False)
+    val = write_data(name, out / "val", split="val", batches=val_batches, batch_size=val_batch_size, seed=seed,
+                     labels=True)
     stale_labels = calib / "labels"
     if stale_labels.is_dir():
         shutil.rmtree(stale_labels)

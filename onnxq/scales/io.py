@@ -20,7 +20,7 @@ from onnxq.atomic import write_text_atomic
 from onnxq.errors import OnnxqError
 from onnxq.findings import Finding
 from onnxq.scales import aimet, json_format, trt_cache
-from onnxq.scales.formats import DEFAULT_EXTENSIONS, FORMATS
+from onnxq.scales.formats import FORMATS
 from onnxq.scales.types import ScaleTable
 
 _MODULES = {"json": json_format, "trt-cache": trt_cache, "aimet": aimet}
