@@ -12,7 +12,16 @@ import importlib
 import logging
 import sys
 
+import numpy as np
+
+from onnxq.atomic import Terminated, terminate_cleanly
 from onnxq.errors import OnnxqError
+
+
+def one_line(message: str) -> str:
+    """The message on one line: newlines folded, other control characters escaped."""
+    text = " ".join(part.strip() for part in message.strip().splitlines() if part.strip())
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 COMMAND_MODULES = (
     "quantize",
@@ -47,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 def setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Python warnings (numpy, onnx, torch) go to the log, shown with -v only: stderr stays one line per problem
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,10 +66,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     try:
-        return int(args.func(args) or 0)
+        # numpy floating-point warnings (overflow, invalid) never leak as extra stderr lines; onnxq checks values
+        # itself; SIGTERM removes temporary files and ends with one line
+        with terminate_cleanly(), np.errstate(all="ignore"):
+            return int(args.func(args) or 0)
     except OnnxqError as exc:
-        print(f"onnxq: error: {exc}", file=sys.stderr)
+        print(f"onnxq: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("onnxq: terminated; no output written", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("onnxq: interrupted", file=sys.stderr)
         return 130

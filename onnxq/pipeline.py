@@ -23,7 +23,9 @@ from onnxq.calib.data import Batch, BatchSource, DataSource, RandomSource
 from onnxq.calib.stats import expand_stats_paths, merge_stats
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
-from onnxq.graph import GraphIndex, check_model, count_qdq, fingerprint, load_model, save_model
+from onnxq.graph import (GraphIndex, check_model, count_qdq, estimated_size, fingerprint, load_model, model_files,
+                         model_outputs, needs_external_data, save_model)
+from onnxq.outputs import check_outputs
 from onnxq.passes import PassManager, prepare_passes
 from onnxq.passes.insert_qdq import InsertQDQ
 from onnxq.plan import QuantPlan, build_plan
@@ -59,10 +61,12 @@ def _load(model: ModelLike) -> tuple[onnx.ModelProto, Path | None]:
     return load_model(model), Path(model)
 
 
-def prepare(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.ModelProto, list[str]]:
-    """Float-to-float passes on a copy of ``model``; refuses a model that already holds Q/DQ unless
-    ``config.requantize``."""
-    model = copy.deepcopy(model)
+def prepare(model: onnx.ModelProto, config: QuantConfig, *,
+            in_place: bool = False) -> tuple[onnx.ModelProto, list[str]]:
+    """Float-to-float passes on a copy of ``model`` (on ``model`` itself with ``in_place``, which saves a copy of
+    the weights for models the caller owns); refuses a model that already holds Q/DQ unless ``config.requantize``."""
+    if not in_place:
+        model = copy.deepcopy(model)
     has_qdq = count_qdq(model) > 0
     if has_qdq and not config.requantize:
         raise OnnxqError("the model already holds QuantizeLinear/DequantizeLinear nodes; pass --requantize to "
@@ -102,16 +106,6 @@ def verify(model: onnx.ModelProto, batch: Batch | None) -> None:
     session = make_session(model)
     if batch is not None:
         run_batch(session, batch, "the first batch (quantized model)")
-
-
-def check_output_path(output: Path, input_path: Path) -> None:
-    """Fail before any work when the output would overwrite the input or cannot be written."""
-    if output.resolve() == input_path.resolve() or (output.exists() and os.path.samefile(output, input_path)):
-        raise OnnxqError(f"refusing to overwrite the input model {input_path}; choose another output with -o")
-    if output.is_dir():
-        raise OnnxqError(f"output path is a directory: {output}")
-    if not output.parent.exists():
-        raise OnnxqError(f"output folder does not exist: {output.parent}")
 
 
 class _Stopwatch:
@@ -169,10 +163,15 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
                          "scales (--scales)")
     clock = _Stopwatch()
     with clock("prepare"):
+        if output is not None:
+            check_outputs(model_outputs("output", output),
+                          {"the input model": [] if isinstance(model, onnx.ModelProto) else model_files(model)})
         original, input_path = _load(model)
-        if output is not None and input_path is not None:
-            check_output_path(Path(output), input_path)
-        prepared, notes = prepare(original, config)
+        size_before = estimated_size(original)
+        # a model onnxq loaded itself and that needs external data is prepared and quantized in place: one copy of
+        # the weights in memory; validation then compares against the prepared (numerically equal) float model
+        owned = input_path is not None and needs_external_data(original)
+        prepared, notes = prepare(original, config, in_place=owned)
         plan = build_plan(prepared, config)
         if not plan.tensors:
             raise OnnxqError("nothing to quantize: no Conv, ConvTranspose, Gemm or MatMul node is planned for "
@@ -181,13 +180,16 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
         table, batches, source, clipping = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales,
                                                   progress=progress)
     with clock("insert+verify"):
-        quantized = InsertQDQ(plan, table).call(copy.deepcopy(prepared)).model
-        verify(quantized, next(iter(data_source(prepared, calib, config)), None) if calib is not None else None)
-    report = QuantReport(plan, notes, original.ByteSize(), quantized.ByteSize(), batches, source, clipping=clipping)
+        first_batch = next(iter(data_source(prepared, calib, config)), None) if calib is not None else None
+        float_reference = None if owned and val is None else prepared if count_qdq(original) or owned else original
+        quantized = InsertQDQ(plan, table).call(prepared if float_reference is not prepared
+                                                else copy.deepcopy(prepared)).model
+        verify(quantized, first_batch)
+    report = QuantReport(plan, notes, size_before, estimated_size(quantized), batches, source, clipping=clipping)
     if val is not None:
         with clock("validate"):
-            reference = prepared if count_qdq(original) else original  # a re-quantized input: its float form
-            val_data = data_source(prepared, val, replace(config, calib_batches=None))
+            reference = float_reference  # a re-quantized input: its float form
+            val_data = data_source(reference, val, replace(config, calib_batches=None))
             report.validation = compare_models(reference, quantized, val_data, per_layer=per_layer)
     report.seconds = clock.seconds
     output_path = save_model(quantized, output, input_path=input_path) if output is not None else None

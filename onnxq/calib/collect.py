@@ -20,7 +20,7 @@ import onnxq.calib.methods  # noqa: F401  (fills the calibrator registry)
 from onnxq.calib.base import CalibOptions, Calibrator, make_calibrator
 from onnxq.calib.data import Batch, InputSpec, model_inputs
 from onnxq.errors import OnnxqError
-from onnxq.graph import serialize_for_session
+from onnxq.graph import model_on_disk, needs_external_data, printable
 from onnxq.plan import TensorPlan
 
 log = logging.getLogger(__name__)
@@ -38,18 +38,30 @@ class CollectSettings:
 def session_options(threads: int = 0) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.log_severity_level = 3
+    # 4 = FATAL: onnxruntime would otherwise print its own coloured error line before onnxq's one-line message
+    so.log_severity_level = 4
     if threads:
         so.intra_op_num_threads = threads
     return so
 
 
 def make_session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+    """An onnxruntime CPU session of ``model``: from bytes, or past the protobuf limit from a temporary file with
+    external data (removed once the session holds the weights; onnxruntime reads them at session creation)."""
+    ort.set_default_logger_severity(4)
     try:
-        return ort.InferenceSession(serialize_for_session(model), session_options(threads),
+        if needs_external_data(model):
+            with model_on_disk(model) as path:
+                return ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model.SerializeToString(), session_options(threads),
                                     providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for invalid models
-        raise OnnxqError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}") from exc
+        raise OnnxqError(f"onnxruntime cannot load the model: {printable(_first_line(exc))}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def expose(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
@@ -63,6 +75,19 @@ def expose(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
     return exposed
 
 
+def exposed_session(model: onnx.ModelProto, names: Iterable[str], threads: int = 0) -> ort.InferenceSession:
+    """A session of ``model`` with ``names`` also as outputs, without copying the model: the outputs are appended
+    for the time the session is built and removed again (the caller's model ends as it began)."""
+    present = {o.name for o in model.graph.output}
+    added = [n for n in dict.fromkeys(names) if n not in present]
+    count = len(model.graph.output)
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in added)
+    try:
+        return make_session(model, threads)
+    finally:
+        del model.graph.output[count:]
+
+
 def calibrator_options(tensor: TensorPlan, base: CalibOptions) -> CalibOptions:
     """The run's options with the tensor's own method and percentile (from per-node settings) laid over them."""
     return replace(base, method=tensor.method or base.method,
@@ -73,7 +98,7 @@ def run_batch(session: ort.InferenceSession, batch: Batch, label: str) -> list[n
     try:
         return session.run(None, batch)
     except Exception as exc:
-        raise OnnxqError(f"onnxruntime failed on {label}: {str(exc).strip().splitlines()[0]}") from exc
+        raise OnnxqError(f"onnxruntime failed on {label}: {printable(_first_line(exc))}") from exc
 
 
 def collect_statistics(model: onnx.ModelProto, activations: list[TensorPlan], data: Iterable[Batch],
@@ -88,7 +113,7 @@ def collect_statistics(model: onnx.ModelProto, activations: list[TensorPlan], da
         log.info("calibrating in %d groups of tensors to stay within %d MB", len(groups), settings.memory_budget_mb)
     batches_seen = 0
     for group in groups:
-        session = make_session(expose(model, group), settings.threads)
+        session = exposed_session(model, group, settings.threads)
         out_names = [o.name for o in session.get_outputs()]
         wanted = [(i, n) for i, n in enumerate(out_names) if n in calibrators and n in group]
         count = 0

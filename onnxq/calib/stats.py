@@ -10,13 +10,13 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 import onnxq.calib.methods  # noqa: F401  (fills the calibrator registry)
+from onnxq.atomic import AtomicGroup
 from onnxq.calib.base import CALIBRATORS, CalibOptions, Calibrator
 from onnxq.errors import OnnxqError
 
@@ -36,14 +36,8 @@ def save_stats(path: str | os.PathLike, calibrators: dict[str, Calibrator], fing
     arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
     if path.suffix != ".npz":
         raise OnnxqError(f"statistics files end in .npz, got {path.name}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with AtomicGroup() as group:
+        group.write_with(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
     return path
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from onnxq.commands.common import guard
 from onnxq.errors import OnnxqError
+from onnxq.outputs import Output
 from onnxq.graph import load_model
 from onnxq.trt.build import BuildOptions, build_engine, installed_trt_major, precision_mode
 from onnxq.trt.shapes import build_profile, parse_shapes
@@ -35,6 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.workspace is not None and args.workspace <= 0:
         raise OnnxqError(f"--workspace must be a positive number of MiB, got {args.workspace}")
+    if not args.print_trtexec:
+        guard([Output("-o", args.output)], model=args.model)
     model = load_model(args.model)
     profile = build_profile(model, parse_shapes(args.shapes, "--shapes"), parse_shapes(args.min_shapes, "--min-shapes"),
                             parse_shapes(args.max_shapes, "--max-shapes"))

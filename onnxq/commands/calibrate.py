@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from onnxq.commands.common import add_calib_flags, add_selection_flags, config_from_args, progress_bar
+from onnxq.commands.common import add_calib_flags, add_selection_flags, config_from_args, guard, progress_bar
 from onnxq.errors import OnnxqError
+from onnxq.outputs import Output
 
 
 def add_parser(subparsers) -> None:
@@ -29,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.output.endswith(".npz"):
         raise OnnxqError(f"statistics files end in .npz, got {args.output}")
+    guard([Output("-o", args.output)], model=args.model, calib=args.calib, config=args.config)
     config = config_from_args(args)
     prepared, _ = prepare(load_model(args.model), config)
     plan = build_plan(prepared, config)

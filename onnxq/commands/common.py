@@ -81,3 +81,24 @@ def config_from_args(args: argparse.Namespace):
         memory_budget_mb=args.memory_budget_mb,
         debug_passes=getattr(args, "debug_passes", False),
     )
+
+
+def guard(outputs: list, **inputs) -> None:
+    """The output-path guard (:mod:`onnxq.outputs`) for a command, before any work. ``outputs``: Output entries
+    (None entries are ignored); ``inputs``: keyword -> path or list of paths; ``model=`` paths are expanded to their
+    external-data files."""
+    from pathlib import Path
+
+    from onnxq.graph import model_files
+    from onnxq.outputs import check_outputs
+
+    read: dict[str, list] = {}
+    for key, value in inputs.items():
+        paths = value if isinstance(value, (list, tuple)) else [value]
+        paths = [p for p in paths if p is not None and str(p) != "random"]
+        if key.startswith("model"):
+            read[f"the input model ({', '.join(map(str, paths))})" if len(paths) > 1 else "the input model"] = \
+                [f for p in paths for f in model_files(p)]
+        else:
+            read["--" + key.replace("_", "-")] = [Path(p) for p in paths]
+    check_outputs([o for o in outputs if o is not None], read)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from onnxq.commands.common import guard
 from onnxq.graph import load_model
+from onnxq.outputs import Output
 from onnxq.scales.io import FORMATS, save_scales
 from onnxq.scales.qdq_reader import read_qdq
 from onnxq.scales.trt_cache import ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_VERSION
@@ -29,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    guard([Output("-o", args.output)], model=args.model)
     model = load_model(args.model)
     entries = read_qdq(model)
     table = {name: entry.params for name, entry in entries.items()}

@@ -38,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from onnxq.scales.io import dumps_scales
     from onnxq.scales.qdq_reader import read_qdq
 
+    from onnxq.commands.common import guard
+    from onnxq.outputs import Output
+
+    guard([Output("-o", args.output)], model=[args.model, args.fp32] if args.fp32 else args.model)
     qdq = load_model(args.model)
     if args.fp32 is None:
         entries = read_qdq(qdq)

@@ -7,9 +7,12 @@ import logging
 import sys
 from pathlib import Path
 
-from onnxq.atomic import write_json_atomic, write_text_atomic
-from onnxq.commands.common import add_calib_flags, add_selection_flags, config_from_args, progress_bar
+from onnxq.atomic import AtomicGroup, json_text
+from onnxq.calib.stats import expand_stats_paths
+from onnxq.commands.common import add_calib_flags, add_selection_flags, config_from_args, guard, progress_bar
 from onnxq.errors import OnnxqError
+from onnxq.graph import model_outputs, printable, save_model
+from onnxq.outputs import Output
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +49,27 @@ def run(args: argparse.Namespace) -> int:
 
     if args.min_sqnr is not None and not args.val:
         raise OnnxqError("--min-sqnr needs --val DATA")
+    output = Path(args.output) if args.output is not None else default_output_path(args.model)
+    stats = expand_stats_paths(args.stats) if args.stats else None
+    report = Output("--report", args.report) if args.report is not None else None
+    guard([*model_outputs("-o", output), report], model=args.model, calib=args.calib, val=args.val,
+          scales=args.scales, config=args.config, stats=stats)
     config = config_from_args(args)
-    output = Path(args.output) if args.output else default_output_path(args.model)
     importer = scale_importer(args.scales, strict=args.strict) if args.scales else None
     with progress_bar(None, "calibrating") as progress:
-        result = quantize(args.model, calib=args.calib, config=config, output=output, stats=args.stats,
+        result = quantize(args.model, calib=args.calib, config=config, stats=[str(p) for p in stats or []] or None,
                           scales=importer, val=args.val, per_layer=args.per_layer, progress=progress)
+    result.output_path = output
+    with AtomicGroup() as group:  # the model and its report appear together or not at all
+        save_model(result.model, output, group=group)
+        if args.report:
+            stage_report(group, Path(args.report), result)
     for line in result.report.summary_lines():
         print(line)
     for warning in unmatched_rules(config.overrides, result.model):
-        print(f"warning: {warning}", file=sys.stderr)
-    print(f"wrote {result.output_path}")
+        print(f"warning: {printable(warning)}", file=sys.stderr)
+    print(f"wrote {output}")
     if args.report:
-        write_report(Path(args.report), result)
         print(f"wrote {args.report}")
     validation = result.report.validation
     if args.min_sqnr is not None and validation is not None and validation.min_sqnr_db < args.min_sqnr:
@@ -67,11 +78,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_report(path: Path, result) -> None:
+def stage_report(group: AtomicGroup, path: Path, result) -> None:
     from onnxq.handoff_report import report_payload, render_markdown
 
     payload = report_payload(result)
-    if path.suffix == ".md":
-        write_text_atomic(path, render_markdown(payload))
-    else:
-        write_json_atomic(path, payload)
+    text = render_markdown(payload) if path.suffix == ".md" else json_text(payload)
+    group.write_bytes(path, text.encode())

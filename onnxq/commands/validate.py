@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from onnxq.commands.common import progress_bar
+from onnxq.commands.common import guard, progress_bar
+from onnxq.outputs import Output
 
 
 def add_parser(subparsers) -> None:
@@ -29,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from onnxq.report import validation_lines
     from onnxq.validate import compare_models
 
+    guard([Output("--json", args.json) if args.json is not None else None], model=[args.reference, args.quantized],
+          data=args.data)
     reference = load_model(args.reference)
     quantized = load_model(args.quantized)
     data = BatchSource(reference, args.data, max_batches=args.batches)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from onnxq.calib.collect import expose, make_session, run_batch
+from onnxq.calib.collect import exposed_session, run_batch
 from onnxq.calib.data import Batch, BatchSource, DataSource, model_inputs
 from onnxq.errors import OnnxqError
 from onnxq.graph import QDQ_OPS, load_model
@@ -90,8 +90,8 @@ def compare_models(reference: onnx.ModelProto | str, quantized: onnx.ModelProto 
     if isinstance(data, (str, os.PathLike)):
         data = BatchSource(reference, data)
     layers = shared_layer_tensors(reference, quantized) if per_layer else []
-    ref_session = make_session(expose(reference, layers))
-    q_session = make_session(expose(quantized, layers))
+    ref_session = exposed_session(reference, layers)
+    q_session = exposed_session(quantized, layers)
     names = [o.name for o in ref_session.get_outputs()]
     q_pos = {o.name: i for i, o in enumerate(q_session.get_outputs())}
     accs = {n: ErrorAccumulator() for n in names}
