@@ -12,8 +12,6 @@ import importlib
 import logging
 import sys
 
-import numpy as np
-
 from onnxq.atomic import Terminated, terminate_cleanly
 from onnxq.errors import OnnxqError
 
@@ -65,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.quiet)
+    import numpy as np
+
     try:
         # numpy floating-point warnings (overflow, invalid) never leak as extra stderr lines; onnxq checks values
         # itself; SIGTERM removes temporary files and ends with one line

@@ -126,7 +126,7 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
            progress: Callable[[int], None] | None) -> tuple[ScaleTable, int, str, dict[str, float]]:
     """The scale table from exactly one source, the number of batches behind it, the source's name, and the share
     of calibration values each calibrated activation's range clips (where the method can tell)."""
-    if scales is not None:
+    if scales is not None:  # the caller derives the inserted plan: plan.for_scales(table, ...)
         return scales(plan, prepared), 0, "imported scales", {}
     if stats is not None:
         calibrators, batches = merge_stats(expand_stats_paths(stats), fingerprint(prepared))
@@ -179,6 +179,9 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
     with clock("ranges"):
         table, batches, source, clipping = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales,
                                                   progress=progress)
+        if scales is not None:  # the plan actually inserted: tensors without a scale dropped, reasons recorded
+            plan = plan.for_scales(table, "the scales file")
+            table = {name: table[name] for name in plan.tensors}
     with clock("insert+verify"):
         first_batch = next(iter(data_source(prepared, calib, config)), None) if calib is not None else None
         float_reference = None if owned and val is None else prepared if count_qdq(original) or owned else original
