@@ -19,6 +19,7 @@ from onnxq.graph import GraphIndex, fingerprint, printable
 from onnxq.plan import QuantPlan
 from onnxq.scales.compute import weight_params
 from onnxq.scales.io import ScaleFinding, check_scales, load_scales
+from onnxq.scales.io import read_text as read_scales_text
 from onnxq.scales.json_format import model_fingerprint
 from onnxq.scales.types import ScaleTable
 
@@ -41,7 +42,7 @@ def scale_importer(path: str, *, strict: bool = False,
 def check_fingerprint(path: str, expected: str, *, strict: bool) -> None:
     """An onnxq JSON file that names its model (QAT exports do) must name this one: a warning, an error if strict."""
     try:
-        recorded = model_fingerprint(Path(path).read_text())
+        recorded = model_fingerprint(read_scales_text(Path(path)))
     except (ValueError, UnicodeDecodeError):
         return  # not JSON: the TensorRT cache and AIMET formats carry no fingerprint
     if recorded is None or recorded == expected:
