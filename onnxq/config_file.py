@@ -31,7 +31,8 @@ import onnx
 from onnxq.config import NodeSetting, Overrides
 from onnxq import node_regex
 from onnxq.errors import OnnxqError
-from onnxq.safe_read import MAX_CONFIG_BYTES, check_nesting, read_bytes
+from onnxq import safe_read
+from onnxq.safe_read import check_nesting, read_bytes
 
 SETTING_KEYS = {f.name for f in fields(NodeSetting)}
 RUN_KEYS = {"target", "weight_method", "per_channel_weights"}
@@ -62,7 +63,7 @@ def load_config_file(path: str | Path) -> tuple[Overrides, dict]:
     """The overrides of a TOML file, and its top-level run settings."""
     path = Path(path)
     try:
-        text = read_bytes(path, "config file", MAX_CONFIG_BYTES).decode("utf-8")
+        text = read_bytes(path, "config file", safe_read.MAX_CONFIG_BYTES).decode("utf-8")
         check_nesting(text, f"config file {path}")
         doc = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:

@@ -239,6 +239,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: s
 
 def model_outputs(flag: str, path: str | os.PathLike) -> list[Output]:
     """A model output and the external-data file that may be written beside it, for the output guard."""
+    if path is None or not str(path).strip():
+        return [Output(flag, path)]
     return [Output(flag, path), Output(f"{flag} (its external data)", external_data_path(Path(path)))]
 
 

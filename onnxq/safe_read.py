@@ -119,9 +119,10 @@ def _declared_bytes(shape: tuple[int, ...], dtype: np.dtype, what: str, limit: i
     return nbytes
 
 
-def load_npy(path: str | os.PathLike, what: str | None = None, limit: int = MAX_ARRAY_BYTES) -> np.ndarray:
+def load_npy(path: str | os.PathLike, what: str | None = None, limit: int | None = None) -> np.ndarray:
     """A .npy file, its header checked (dtype, size, against the file's real size) before the data is read."""
     what = what or str(path)
+    limit = MAX_ARRAY_BYTES if limit is None else limit
     st = regular_file(path, "array file")
     with open(path, "rb") as f:
         shape, dtype, header = _array_header(f, what)
@@ -138,9 +139,9 @@ def load_npy(path: str | os.PathLike, what: str | None = None, limit: int = MAX_
 class NpzArchive:
     """An .npz archive whose members are checked from their headers before they are read."""
 
-    def __init__(self, path: str | os.PathLike, limit: int = MAX_ARRAY_BYTES) -> None:
+    def __init__(self, path: str | os.PathLike, limit: int | None = None) -> None:
         self.path = Path(path)
-        self.limit = limit
+        self.limit = MAX_ARRAY_BYTES if limit is None else limit
         regular_file(path, "array archive")
         try:
             self._zip = zipfile.ZipFile(self.path)

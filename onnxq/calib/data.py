@@ -166,10 +166,10 @@ def _check_names(batch: Batch, specs: list[InputSpec], label: str) -> None:
     if missing or extra:
         parts = []
         if missing:
-            parts.append(f"missing input(s) {', '.join(missing)}")
+            parts.append(f"missing input(s) {', '.join(map(printable, missing))}")
         if extra:
-            parts.append(f"unknown key(s) {', '.join(extra)}")
-        raise OnnxqError(f"{label}: {'; '.join(parts)} (model inputs: {', '.join(sorted(expected))})")
+            parts.append(f"unknown key(s) {', '.join(map(printable, extra))}")
+        raise OnnxqError(f"{label}: {'; '.join(parts)} (model inputs: {', '.join(map(printable, sorted(expected)))})")
 
 
 def check_batch(batch: Batch, specs: list[InputSpec], label: str) -> None:

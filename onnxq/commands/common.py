@@ -99,6 +99,21 @@ def guard(outputs: list, **inputs) -> None:
         if key.startswith("model"):
             read[f"the input model ({', '.join(map(str, paths))})" if len(paths) > 1 else "the input model"] = \
                 [f for p in paths for f in model_files(p)]
-        else:
-            read["--" + key.replace("_", "-")] = [Path(p) for p in paths]
+        else:  # a data folder: the files in it are inputs too
+            read["--" + key.replace("_", "-")] = [f for p in map(Path, paths)
+                                                  for f in ([p, *_files_in(p)] if p.is_dir() else [p])]
     check_outputs([o for o in outputs if o is not None], read)
+
+
+def _files_in(folder, depth: int = 2) -> list:
+    """Regular files in ``folder`` and its subfolders down to ``depth`` (data folders hold labels/ beside batches)."""
+    found = []
+    try:
+        for entry in folder.iterdir():
+            if entry.is_dir() and depth > 1:
+                found += _files_in(entry, depth - 1)
+            elif entry.is_file():
+                found.append(entry)
+    except OSError:
+        pass
+    return found

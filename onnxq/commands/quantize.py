@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.min_sqnr is not None and not args.val:
         raise OnnxqError("--min-sqnr needs --val DATA")
+    guard(model_outputs("-o", args.output) if args.output is not None else [])  # -o "" before it becomes "."
     output = Path(args.output) if args.output is not None else default_output_path(args.model)
     stats = expand_stats_paths(args.stats) if args.stats else None
     report = Output("--report", args.report) if args.report is not None else None

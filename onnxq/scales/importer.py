@@ -63,6 +63,17 @@ def match_to_plan(table: ScaleTable, plan: QuantPlan, prepared: onnx.ModelProto,
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise OnnxqError(f"{source}: {printable(str(errors[0]))}{more}")
+    index = GraphIndex.build(prepared.graph)
+    matched: ScaleTable = {}
+    for tensor in plan.tensors.values():
+        params = table.get(tensor.name)
+        if params is None and tensor.role == "weight":
+            matched[tensor.name] = weight_params(tensor, index.array(tensor.name))
+        elif params is not None:
+            matched[tensor.name] = params
+    if not any(t.role == "activation" for t in plan.tensors.values() if t.name in matched):
+        raise OnnxqError(f"{source} covers none of the activations the plan quantizes (its names: "
+                         f"{_examples(table)}); was it written for another model or with other node names?")
     by_rule: dict[str, list[str]] = {}
     for f in findings:
         if f.rule == "missing-tensor" and f.tensor in weights:  # e.g. a TensorRT cache never holds weights
@@ -71,20 +82,8 @@ def match_to_plan(table: ScaleTable, plan: QuantPlan, prepared: onnx.ModelProto,
             by_rule.setdefault(f.rule, []).append(f.tensor)
     for rule, names in by_rule.items():  # one line per kind of mismatch, however many names
         shown = ", ".join(repr(printable(n)) for n in names[:3])
-        log.warning("%s: %d tensor(s) [%s], e.g. %s", source, len(names), rule, shown)
-    index = GraphIndex.build(prepared.graph)
-    matched: ScaleTable = {}
-    for tensor in plan.tensors.values():
-        params = table.get(tensor.name)
-        if params is None and tensor.role == "weight":
-            matched[tensor.name] = weight_params(tensor, index.array(tensor.name))
-        elif params is None:
-            log.warning("%s has no scale for activation %r: its consumers stay float", source, printable(tensor.name))
-        else:
-            matched[tensor.name] = params
-    if not any(t.role == "activation" for t in plan.tensors.values() if t.name in matched):
-        raise OnnxqError(f"{source} covers none of the activations the plan quantizes (its names: "
-                         f"{_examples(table)}); was it written for another model or with other node names?")
+        consequence = "; their consumers stay float" if rule == "missing-tensor" else ""
+        log.warning("%s: %d tensor(s) [%s], e.g. %s%s", source, len(names), rule, shown, consequence)
     return matched
 
 

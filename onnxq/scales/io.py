@@ -19,7 +19,8 @@ import numpy as np
 
 from onnxq.atomic import write_text_atomic
 from onnxq.errors import OnnxqError
-from onnxq.safe_read import MAX_TEXT_BYTES, check_nesting, read_bytes
+from onnxq import safe_read
+from onnxq.safe_read import check_nesting, read_bytes
 from onnxq.scales import aimet, json_format, trt_cache
 from onnxq.scales.types import ScaleTable
 
@@ -34,7 +35,7 @@ def read_text(path: Path) -> str:
 
 
 def _read_text(path: Path) -> str:
-    data = read_bytes(path, "scales file", MAX_TEXT_BYTES)
+    data = read_bytes(path, "scales file", safe_read.MAX_TEXT_BYTES)
     if not data.strip():
         raise OnnxqError(f"scales file is empty: {path}")
     try:
