@@ -12,7 +12,7 @@ import logging
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -261,7 +261,8 @@ def _copy_fields(src, dst, skip: str) -> None:
             setattr(dst, desc.name, value)
 
 
-def write_model_files(model: onnx.ModelProto, model_file: str, data_file: str, location: str) -> None:
+def write_model_files(model: onnx.ModelProto, model_file: str, data_file: str, location: str,
+                      extra_outputs: Iterable[str] = ()) -> None:
     """Write ``model`` as a small .onnx file plus one external-data file, tensor by tensor.
 
     Unlike ``onnx.save(..., save_as_external_data=True)`` this neither modifies ``model`` nor serializes it whole,
@@ -269,6 +270,8 @@ def write_model_files(model: onnx.ModelProto, model_file: str, data_file: str, l
     header = onnx.ModelProto()
     _copy_fields(model, header, skip="graph")
     _copy_fields(model.graph, header.graph, skip="initializer")
+    present = {o.name for o in header.graph.output}
+    header.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(extra_outputs) if n not in present)
     offset = 0
     with open(data_file, "wb") as data:
         for tensor in model.graph.initializer:
@@ -314,12 +317,13 @@ def skeleton(model: onnx.ModelProto, max_tensor_bytes: int = 1024**2) -> onnx.Mo
 
 
 @contextlib.contextmanager
-def model_on_disk(model: onnx.ModelProto, workdir: str | None = None) -> Iterator[str]:
-    """A temporary .onnx path holding ``model`` with external data (for onnxruntime and the checker by path),
-    removed on exit."""
+def model_on_disk(model: onnx.ModelProto, workdir: str | None = None,
+                  extra_outputs: Iterable[str] = ()) -> Iterator[str]:
+    """A temporary .onnx path holding ``model`` with external data (for onnxruntime and the checker by path), with
+    ``extra_outputs`` appended to its graph outputs; removed on exit. ``model`` itself is not changed."""
     with tempfile.TemporaryDirectory(prefix="onnxq-model-", dir=workdir) as tmp:
         path = os.path.join(tmp, "model.onnx")
-        write_model_files(model, path, os.path.join(tmp, "model.onnx.data"), "model.onnx.data")
+        write_model_files(model, path, os.path.join(tmp, "model.onnx.data"), "model.onnx.data", extra_outputs)
         yield path
 
 

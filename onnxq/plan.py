@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 import onnx
 
+from onnxq.calib.base import CalibOptions
 from onnxq.config import NodeSetting, QuantConfig
 from onnxq.graph import GraphIndex
 from onnxq.rules import TARGET_RULES, TargetRules, weight_axis
@@ -50,6 +51,12 @@ class TensorPlan:
         if self.__dict__.get("_frozen"):
             raise AttributeError(f"tensor plan {self.name!r} is frozen: derive a changed plan with a QuantPlan method")
         object.__setattr__(self, name, value)
+
+    def calib_options(self, base: CalibOptions) -> CalibOptions:
+        """The run's calibration options with this tensor's own method and percentile (per-node settings) laid
+        over them."""
+        return replace(base, method=self.method or base.method,
+                       percentile=self.percentile if self.percentile is not None else base.percentile)
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-import onnxq.calib.methods  # noqa: F401  (fills the calibrator registry)
 from onnxq.atomic import AtomicGroup
-from onnxq.calib.base import CALIBRATORS, CalibOptions, Calibrator
+from onnxq.calib.base import CalibOptions, Calibrator
+from onnxq.calib.methods import CALIBRATORS
 from onnxq.errors import OnnxqError
 from onnxq.graph import printable
 from onnxq.safe_read import NpzArchive
