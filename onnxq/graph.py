@@ -74,8 +74,19 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
             load_external_data_for_model(model, str(path.parent))
         except (OSError, ValueError, onnx.checker.ValidationError) as exc:
             raise OnnxqError(f"external data of {path} cannot be read: {printable(str(exc).splitlines()[0])}") from exc
-    check_model(model, what=str(path))
+    if needs_external_data(model):  # the checker reads the file itself: no temporary copy of the weights
+        try:
+            onnx.checker.check_model(str(path))
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            raise OnnxqError(f"{path} fails the ONNX checker: {printable(_first_line(exc))}") from exc
+    else:
+        check_model(model, what=str(path))
     return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
@@ -301,9 +312,11 @@ def write_model_files(model: onnx.ModelProto, model_file: str, data_file: str, l
         f.write(header.SerializeToString(deterministic=True))
 
 
-def skeleton(model: onnx.ModelProto, max_tensor_bytes: int = 1024**2) -> onnx.ModelProto:
+def skeleton(model: onnx.ModelProto, max_tensor_bytes: int | None = None) -> onnx.ModelProto:
     """A copy of ``model`` whose initializers past ``max_tensor_bytes`` are declared as typed graph inputs instead
     (no data): enough for shape inference and the version converter, and small whatever the model's size."""
+    if max_tensor_bytes is None:
+        max_tensor_bytes = min(1024**2, EXTERNAL_DATA_THRESHOLD // 64)
     out = onnx.ModelProto()
     _copy_fields(model, out, skip="graph")
     _copy_fields(model.graph, out.graph, skip="initializer")
