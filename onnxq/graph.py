@@ -205,14 +205,13 @@ def needs_external_data(model: onnx.ModelProto) -> bool:
 def check_model(model: onnx.ModelProto, what: str = "model", full: bool = False) -> None:
     """Run the ONNX checker (``full`` adds strict shape inference); failures are errors, not warnings.
 
-    A model past the protobuf limit is checked by path (``onnx.checker.check_model(path)``) from a temporary copy
-    written with external data; the in-memory model is never modified."""
+    A model past the protobuf limit cannot be handed to the checker whole (it serializes it): its :func:`skeleton`
+    is checked instead (the same graph, nodes, types and shapes, its large weights declared as typed inputs), with
+    no copy of the weights; files on disk are checked by path (:func:`load_model`, ``benchmarks/large_model.py``).
+    The in-memory model is never modified."""
     try:
         if needs_external_data(model):
-            with tempfile.TemporaryDirectory(prefix="onnxq-check-") as tmp:
-                tmp_path = os.path.join(tmp, "model.onnx")
-                write_model_files(model, tmp_path, os.path.join(tmp, "model.onnx.data"), "model.onnx.data")
-                onnx.checker.check_model(tmp_path, full_check=full)
+            onnx.checker.check_model(skeleton(model), full_check=full)
         else:
             onnx.checker.check_model(model, full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:

@@ -11,10 +11,11 @@ import copy
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from onnxq.calib.base import Calibrator
@@ -96,9 +97,26 @@ def calibrate(prepared: onnx.ModelProto, plan: QuantPlan, data: DataLike, config
     return collect_statistics(prepared, tensors, source, CollectSettings(config.memory_budget_mb), progress)
 
 
-def weight_arrays(prepared: onnx.ModelProto, plan: QuantPlan) -> dict:
-    index = GraphIndex.build(prepared.graph)
-    return {t.name: index.array(t.name) for t in plan.weights()}
+def weight_arrays(prepared: onnx.ModelProto, plan: QuantPlan) -> Mapping[str, np.ndarray]:
+    """The planned weights' values, each read when it is looked up (one weight in memory at a time, not a second
+    copy of every weight: that matters past 2 GB)."""
+    return LazyArrays(GraphIndex.build(prepared.graph), [t.name for t in plan.weights()])
+
+
+class LazyArrays(Mapping):
+    def __init__(self, index: GraphIndex, names: list[str]) -> None:
+        self._index, self._names, self._known = index, names, set(names)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._known:
+            raise KeyError(name)
+        return self._index.array(name)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def verify(model: onnx.ModelProto, batch: Batch | None) -> None:

@@ -29,7 +29,11 @@ def quantize_array(x: np.ndarray, params: QuantParams) -> np.ndarray:
         shape[params.axis] = -1
         scale, zp = scale.reshape(shape), zp.reshape(shape)
     lo, hi = (-SYMMETRIC_INT8_QMAX, SYMMETRIC_INT8_QMAX) if params.dtype == "int8" else (0, 255)
-    q = np.clip(np.rint(x.astype(np.float32) / scale) + zp, lo, hi)
+    q = x.astype(np.float32, copy=True)  # one float working copy, updated in place (weights can be GBs)
+    q /= scale
+    np.rint(q, out=q)
+    q += zp
+    np.clip(q, lo, hi, out=q)
     return q.astype(np.dtype(params.dtype))
 
 
