@@ -119,12 +119,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temporary folder)")
     parser.add_argument("--validate", action="store_true", help="also run --val (both models in onnxruntime)")
+    parser.add_argument("--reuse", action="store_true", help="reuse a model already generated in --workdir")
     args = parser.parse_args()
     folder = args.workdir or Path(tempfile.mkdtemp(prefix="onnxq-large-"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
         start = time.perf_counter()
-        model = generate(folder, args.layers, args.width)
+        reuse = (folder / "large.onnx").exists() and (folder / "large.onnx.data").exists() and args.reuse
+        model = folder / "large.onnx" if reuse else generate(folder, args.layers, args.width)
         calib = write_calib(folder, args.width, args.calib_batches, args.batch_size)
         weights = (folder / "large.onnx.data").stat().st_size
         print(f"generated {model} in {time.perf_counter() - start:.1f} s: weights {weights / 2**30:.2f} GiB "

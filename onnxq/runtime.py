@@ -25,7 +25,7 @@ import onnxruntime as ort
 
 from onnxq.data import Batch
 from onnxq.errors import OnnxqError
-from onnxq.graph import load_model, model_on_disk, needs_external_data, printable
+from onnxq.graph import load_model, model_files, model_on_disk, needs_external_data, printable
 
 #: What a session can be built from: the model itself or the path of an ``.onnx`` file.
 ModelSource = onnx.ModelProto | str | os.PathLike
@@ -70,7 +70,12 @@ def make_session(model: ModelSource, *, outputs: Iterable[str] = (), threads: in
     ort.set_default_logger_severity(4)  # errors are reported once, by onnxq, as one line
     try:
         with _session_source(model, list(outputs)) as source:
-            return ort.InferenceSession(source, settings.to_ort(), providers=["CPUExecutionProvider"])
+            options = settings.to_ort()
+            if isinstance(source, str) and _is_large(model):
+                # pre-packed GEMM weights are a second copy of every MatMul weight, held at session creation
+                # (measured: 0.84 GB peak vs 0.58 GB for 0.54 GB of MatMul weights)
+                options.add_session_config_entry("session.disable_prepacking", "1")
+            return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except OnnxqError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types for invalid models
@@ -98,6 +103,18 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, control characters escaped (it may quote names from a model)."""
     text = str(exc).strip()
     return printable(text.splitlines()[0]) if text else type(exc).__name__
+
+
+def _is_large(model: ModelSource) -> bool:
+    if isinstance(model, onnx.ModelProto):
+        return needs_external_data(model)
+    try:
+        return sum(f.stat().st_size for f in model_files(model)) > EXTERNAL_DATA_THRESHOLD_FOR_PREPACK
+    except OSError:
+        return False
+
+
+EXTERNAL_DATA_THRESHOLD_FOR_PREPACK = 1024**3
 
 
 @contextlib.contextmanager
