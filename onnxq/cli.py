@@ -8,9 +8,11 @@ line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
+from collections.abc import Iterator
 
 from onnxq.atomic import Terminated, terminate_cleanly
 from onnxq.errors import OnnxqError
@@ -51,23 +53,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(verbose: int, quiet: bool) -> None:
+@contextlib.contextmanager
+def cli_logging(verbose: int, quiet: bool) -> Iterator[None]:
+    """Log records to the current ``sys.stderr`` for the duration of one command; the root logger's handlers and
+    level are restored afterwards, so ``main`` can run in-process (tests, notebooks) any number of times."""
     level = logging.ERROR if quiet else logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
     # Python warnings (numpy, onnx, torch) go to the log, shown with -v only: stderr stays one line per problem
+    warnings_logger = logging.getLogger("py.warnings")
+    previous_warnings = warnings_logger.level
     logging.captureWarnings(True)
-    logging.getLogger("py.warnings").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    warnings_logger.setLevel(logging.DEBUG if verbose else logging.ERROR)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+        logging.captureWarnings(False)
+        warnings_logger.setLevel(previous_warnings)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose, args.quiet)
+    with cli_logging(args.verbose, args.quiet):
+        return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
     import numpy as np
 
     try:
-        # numpy floating-point warnings (overflow, invalid) never leak as extra stderr lines; onnxq checks values
-        # itself; SIGTERM removes temporary files and ends with one line
+        # numpy floating-point warnings (overflow, invalid) never leak as extra stderr lines (onnxq checks values
+        # itself); SIGTERM removes temporary files and ends with one line
         with terminate_cleanly(), np.errstate(all="ignore"):
             return int(args.func(args) or 0)
     except OnnxqError as exc:

@@ -7,12 +7,11 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from onnxq.graph import (GraphIndex, check_model, count_qdq, estimated_size, fin
                          model_outputs, needs_external_data, save_model)
 from onnxq.outputs import check_outputs
 from onnxq.passes import PassManager, prepare_passes
-from onnxq.passes.insert_qdq import InsertQDQ
+from onnxq.insert import InsertQDQ
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
 from onnxq.runtime import make_session, run_batch
@@ -65,17 +64,15 @@ def _load(model: ModelLike) -> tuple[onnx.ModelProto, Path | None]:
 
 def prepare(model: onnx.ModelProto, config: QuantConfig, *,
             in_place: bool = False) -> tuple[onnx.ModelProto, list[str]]:
-    """Float-to-float passes on a copy of ``model`` (on ``model`` itself with ``in_place``, which saves a copy of
-    the weights for models the caller owns); refuses a model that already holds Q/DQ unless ``config.requantize``."""
-    if not in_place:
-        model = copy.deepcopy(model)
+    """Float-to-float passes (``model`` itself is left unchanged, unless ``in_place``: that saves a copy of the
+    weights for a model the caller owns); refuses a model that already holds Q/DQ unless ``config.requantize``."""
     has_qdq = count_qdq(model) > 0
     if has_qdq and not config.requantize:
         raise OnnxqError("the model already holds QuantizeLinear/DequantizeLinear nodes; pass --requantize to "
                          "strip them and quantize again")
     manager = PassManager(prepare_passes(per_channel=config.per_channel_weights, strip_qdq=has_qdq),
                           debug=config.debug_passes)
-    prepared, results = manager.run(model)
+    prepared, results = manager.run(model, keep_input=not in_place)
     return prepared, [note for r in results for note in r.notes]
 
 
@@ -104,6 +101,8 @@ def weight_arrays(prepared: onnx.ModelProto, plan: QuantPlan) -> Mapping[str, np
 
 
 class LazyArrays(Mapping):
+    """Initializer arrays by name, converted on access."""
+
     def __init__(self, index: GraphIndex, names: list[str]) -> None:
         self._index, self._names, self._known = index, names, set(names)
 
@@ -140,13 +139,25 @@ class _Stopwatch:
         self.seconds[stage] = time.perf_counter() - start
 
 
+@dataclass(frozen=True)
+class Ranges:
+    """What the ranges stage produced."""
+
+    table: ScaleTable
+    #: calibration batches behind the table (0 for imported scales)
+    batches: int
+    #: "calibration" | "merged statistics" | "imported scales"
+    source: str
+    #: share of calibration values each calibrated activation's range clips (where the method can tell)
+    clipping: dict[str, float] = field(default_factory=dict)
+
+
 def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, calib: DataLike | None,
            stats: list[str] | None, scales: ScaleImporter | None,
-           progress: Callable[[int], None] | None) -> tuple[ScaleTable, int, str, dict[str, float]]:
-    """The scale table from exactly one source, the number of batches behind it, the source's name, and the share
-    of calibration values each calibrated activation's range clips (where the method can tell)."""
+           progress: Callable[[int], None] | None) -> Ranges:
+    """The scale table from exactly one source (calibration data, statistics files or imported scales)."""
     if scales is not None:  # the caller derives the inserted plan: plan.for_scales(table, ...)
-        return scales(plan, prepared), 0, "imported scales", {}
+        return Ranges(scales(plan, prepared), 0, "imported scales")
     if stats is not None:
         calibrators, batches = merge_stats(expand_stats_paths(stats), fingerprint(prepared))
         missing = [t.name for t in plan.calibrated_activations() if t.name not in calibrators]
@@ -163,7 +174,7 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
         if fraction > CLIP_WARNING_FRACTION:
             log.info("the range of %r clips %.2f%% of its calibration values (method %s)", name,
                         100 * fraction, plan.tensors[name].method)
-    return table, batches, source, clipping
+    return Ranges(table, batches, source, clipping)
 
 
 def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfig | None = None,
@@ -196,18 +207,17 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             raise OnnxqError("nothing to quantize: no Conv, ConvTranspose, Gemm or MatMul node is planned for "
                              "quantization (check --exclude-op/--exclude-node)")
     with clock("ranges"):
-        table, batches, source, clipping = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales,
-                                                  progress=progress)
+        found = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales, progress=progress)
         if scales is not None:  # the plan actually inserted: tensors without a scale dropped, reasons recorded
-            plan = plan.for_scales(table, "the scales file")
-            table = {name: table[name] for name in plan.tensors}
+            plan = plan.for_scales(found.table, "the scales file")
+            found = replace(found, table={name: found.table[name] for name in plan.tensors})
     with clock("insert+verify"):
         first_batch = next(iter(data_source(prepared, calib, config)), None) if calib is not None else None
         float_reference = None if owned and val is None else prepared if count_qdq(original) or owned else original
-        quantized = InsertQDQ(plan, table).call(prepared if float_reference is not prepared
-                                                else copy.deepcopy(prepared)).model
+        quantized = InsertQDQ(plan, found.table).run(prepared, keep_input=float_reference is prepared).model
         verify(quantized, first_batch)
-    report = QuantReport(plan, notes, size_before, estimated_size(quantized), batches, source, clipping=clipping)
+    report = QuantReport(plan, notes, size_before, estimated_size(quantized), found.batches, found.source,
+                         clipping=found.clipping)
     if val is not None:
         with clock("validate"):
             reference = float_reference  # a re-quantized input: its float form
@@ -215,4 +225,4 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             report.validation = compare_models(reference, quantized, val_data, per_layer=per_layer)
     report.seconds = clock.seconds
     output_path = save_model(quantized, output, input_path=input_path) if output is not None else None
-    return QuantizeResult(quantized, plan, table, report, output_path)
+    return QuantizeResult(quantized, plan, found.table, report, output_path)

@@ -79,7 +79,8 @@ def make_session(model: ModelSource, *, outputs: Iterable[str] = (), threads: in
     except OnnxqError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types for invalid models
-        raise OnnxqError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
+        what = "the model" if isinstance(model, onnx.ModelProto) else str(model)
+        raise OnnxqError(f"onnxruntime cannot load {what}: {first_line(exc)}") from exc
 
 
 def run_batch(session: ort.InferenceSession, batch: Batch, label: str) -> list[np.ndarray]:

@@ -8,10 +8,6 @@ from pathlib import Path
 from onnxq.commands.common import guard
 from onnxq.errors import OnnxqError
 from onnxq.outputs import Output
-from onnxq.graph import load_model
-from onnxq.trt.build import BuildOptions, build_engine, installed_trt_major, precision_mode
-from onnxq.trt.shapes import build_profile, parse_shapes
-from onnxq.trt.trtexec import format_command, trtexec_command
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +31,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from onnxq.graph import load_model
+    from onnxq.trt.build import BuildOptions, build_engine, installed_trt_major, precision_mode
+    from onnxq.trt.shapes import build_profile, parse_shapes
+    from onnxq.trt.trtexec import format_command, trtexec_command
+
     if args.workspace is not None and args.workspace <= 0:
         raise OnnxqError(f"--workspace must be a positive number of MiB, got {args.workspace}")
     if not args.print_trtexec:

@@ -8,10 +8,8 @@ import sys
 from pathlib import Path
 
 from onnxq.atomic import AtomicGroup, json_text
-from onnxq.calib.stats import expand_stats_paths
 from onnxq.commands.common import add_calib_flags, add_selection_flags, config_from_args, guard, progress_bar
 from onnxq.errors import OnnxqError
-from onnxq.graph import model_outputs, printable, save_model
 from onnxq.outputs import Output
 
 log = logging.getLogger(__name__)
@@ -43,6 +41,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from onnxq.calib.stats import expand_stats_paths
+    from onnxq.graph import model_outputs, printable, save_model
     from onnxq.config_file import unmatched_rules
     from onnxq.pipeline import default_output_path, quantize
     from onnxq.scales.importer import scale_importer

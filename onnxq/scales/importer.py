@@ -18,7 +18,8 @@ from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, fingerprint, printable
 from onnxq.plan import QuantPlan
 from onnxq.scales.compute import weight_params
-from onnxq.scales.io import ScaleFinding, check_scales, load_scales
+from onnxq.findings import Finding
+from onnxq.scales.io import check_scales, load_scales
 from onnxq.scales.io import read_text as read_scales_text
 from onnxq.scales.json_format import model_fingerprint
 from onnxq.scales.types import ScaleTable
@@ -76,10 +77,10 @@ def match_to_plan(table: ScaleTable, plan: QuantPlan, prepared: onnx.ModelProto,
                          f"{_examples(table)}); was it written for another model or with other node names?")
     by_rule: dict[str, list[str]] = {}
     for f in findings:
-        if f.rule == "missing-tensor" and f.tensor in weights:  # e.g. a TensorRT cache never holds weights
-            log.info("%s has no scale for weight %r: per-channel min-max from its values", source, f.tensor)
+        if f.rule == "missing-tensor" and f.subject in weights:  # e.g. a TensorRT cache never holds weights
+            log.info("%s has no scale for weight %r: per-channel min-max from its values", source, f.subject)
         else:
-            by_rule.setdefault(f.rule, []).append(f.tensor)
+            by_rule.setdefault(f.rule, []).append(f.subject)
     for rule, names in by_rule.items():  # one line per kind of mismatch, however many names
         shown = ", ".join(repr(printable(n)) for n in names[:3])
         consequence = "; their consumers stay float" if rule == "missing-tensor" else ""
@@ -87,13 +88,13 @@ def match_to_plan(table: ScaleTable, plan: QuantPlan, prepared: onnx.ModelProto,
     return matched
 
 
-def axis_findings(table: ScaleTable, plan: QuantPlan) -> list[ScaleFinding]:
+def axis_findings(table: ScaleTable, plan: QuantPlan) -> list[Finding]:
     """Per-channel scales on another axis than the plan's: an error (the output would fail onnxq's own lint)."""
     found = []
     for tensor in plan.tensors.values():
         params = table.get(tensor.name)
         if params is not None and params.axis is not None and tensor.axis is not None and params.axis != tensor.axis:
-            found.append(ScaleFinding("error", "axis-mismatch", tensor.name, f"per-channel scales on axis "
+            found.append(Finding("error", "axis-mismatch", tensor.name, f"per-channel scales on axis "
                                       f"{params.axis}, but the plan quantizes it on axis {tensor.axis}"))
     return found
 

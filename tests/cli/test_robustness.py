@@ -358,8 +358,6 @@ CASES = [
                                                  str(ws / "q.onnx")], "refusing to overwrite the input model"),
     Case("import-qdq-o-is-fp32", lambda ws: ["import-qdq", str(ws / "q.onnx"), "--fp32", str(ws / "model.onnx"),
                                              "-o", str(ws / "model.onnx")], "refusing"),
-    Case("validate-json-is-model", lambda ws: ["validate", str(ws / "model.onnx"), str(ws / "q.onnx"), "--data",
-                                               str(ws / "val"), "--json", str(ws / "q.onnx")], "refusing"),
     Case("models-export-o-is-file", lambda ws: ["models", "export", "vit", "-o", str(ws / "model.onnx")],
          "exists and is not a folder"),
     # 3. scales and statistics validated as hard as models
