@@ -70,12 +70,16 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.graph.node or not model.opset_import:
         raise OnnxqError(f"{path} is not an ONNX model: it has no graph nodes or no opset")
     files = checked_external_files(model, path)
+    large = needs_external_data(model)  # sizes of external tensors come from their recorded lengths
     if files:
         try:
-            load_external_data_for_model(model, str(path.parent))
+            if large:  # weights stay in the file, read one at a time when needed (tensor_array): one copy in memory
+                _reference_external_data(model, path.parent.resolve())
+            else:
+                load_external_data_for_model(model, str(path.parent))
         except (OSError, ValueError, onnx.checker.ValidationError) as exc:
             raise OnnxqError(f"external data of {path} cannot be read: {printable(str(exc).splitlines()[0])}") from exc
-    if needs_external_data(model):  # the checker reads the file itself: no temporary copy of the weights
+    if large:  # the checker reads the file itself: no temporary copy of the weights
         try:
             onnx.checker.check_model(str(path))
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -88,6 +92,67 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+LAZY_TENSOR_MIN_BYTES = 1024**2  # external tensors of a large model at least this large stay on disk
+
+
+def _reference_external_data(model: onnx.ModelProto, folder: Path) -> None:
+    """Large external tensors keep pointing at the input's files, by absolute path (in memory only: nothing is
+    written back); small ones are read in."""
+    for tensor in all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = _external_entries(tensor)
+        location = str(folder / entries["location"])
+        _set_external(tensor, location, int(entries.get("offset", 0) or 0), tensor_nbytes(tensor))
+        if tensor_nbytes(tensor) < min(LAZY_TENSOR_MIN_BYTES, EXTERNAL_DATA_THRESHOLD // 64):
+            raw = _read_external(tensor)
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = raw
+
+
+def _set_external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def _read_external(tensor: onnx.TensorProto) -> bytes:
+    entries = _external_entries(tensor)
+    offset = int(entries.get("offset", 0) or 0)
+    with open(entries["location"], "rb") as f:
+        f.seek(offset)
+        return f.read(tensor_nbytes(tensor))
+
+
+def tensor_bytes(tensor: onnx.TensorProto) -> bytes:
+    """The little-endian bytes of a tensor's data, read from disk for a tensor left there by :func:`load_model`."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        if not os.path.isabs(_external_entries(tensor).get("location", "")):
+            raise OnnxqError(f"tensor {printable(tensor.name)!r} still points to external data; load the model "
+                             "with onnxq.graph.load_model")
+        return _read_external(tensor)
+    if tensor.HasField("raw_data"):
+        return tensor.raw_data
+    return numpy_helper.to_array(tensor).tobytes()
+
+
+def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """A tensor's values; a weight left on disk by :func:`load_model` is read from there."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(tensor)
+    tensor_bytes(tensor) if not os.path.isabs(_external_entries(tensor).get("location", "")) else None  # checks
+    entries = _external_entries(tensor)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+    count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+    array = np.fromfile(entries["location"], dtype=dtype, count=count, offset=int(entries.get("offset", 0) or 0))
+    if array.size != count:
+        raise OnnxqError(f"external data of tensor {printable(tensor.name)!r} is truncated")
+    return array.reshape(tuple(tensor.dims)).astype(dtype.newbyteorder("="), copy=False)
 
 
 def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
@@ -200,7 +265,9 @@ def estimated_size(model: onnx.ModelProto) -> int:
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
-    return estimated_size(model) > EXTERNAL_DATA_THRESHOLD
+    """Past the protobuf limit, or holding weights still on disk (a large model loaded by :func:`load_model`)."""
+    return estimated_size(model) > EXTERNAL_DATA_THRESHOLD or any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def check_model(model: onnx.ModelProto, what: str = "model", full: bool = False) -> None:
@@ -286,14 +353,12 @@ def write_model_files(model: onnx.ModelProto, model_file: str, data_file: str, l
     offset = 0
     with open(data_file, "wb") as data:
         for tensor in model.graph.initializer:
-            if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                raise OnnxqError(f"tensor {printable(tensor.name)!r} still points to external data; load the model "
-                                 "with its external data first")
             nbytes = tensor_nbytes(tensor)
-            if nbytes < EXTERNAL_TENSOR_MIN_BYTES or tensor.data_type == onnx.TensorProto.STRING:
+            external = tensor.data_location == onnx.TensorProto.EXTERNAL
+            if not external and (nbytes < EXTERNAL_TENSOR_MIN_BYTES or tensor.data_type == onnx.TensorProto.STRING):
                 header.graph.initializer.add().CopyFrom(tensor)
                 continue
-            raw = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
+            raw = tensor_bytes(tensor)
             pad = -offset % EXTERNAL_DATA_ALIGNMENT
             data.write(b"\0" * pad)
             offset += pad
@@ -302,10 +367,7 @@ def write_model_files(model: onnx.ModelProto, model_file: str, data_file: str, l
             _copy_fields(tensor, stub, skip="raw_data")
             for field_name in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
                 stub.ClearField(field_name)
-            stub.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(raw)))):
-                entry = stub.external_data.add()
-                entry.key, entry.value = key, value
+            _set_external(stub, location, offset, len(raw))
             offset += len(raw)
             del raw
     with open(model_file, "wb") as f:
@@ -407,7 +469,7 @@ class GraphIndex:
         return index
 
     def array(self, name: str) -> np.ndarray:
-        return numpy_helper.to_array(self.initializers[name])
+        return tensor_array(self.initializers[name])
 
     def is_initializer(self, name: str) -> bool:
         return name in self.initializers
@@ -433,6 +495,14 @@ def subgraph_outer_references(node: onnx.NodeProto) -> set[str]:
                 names.update(n for n in subgraph_outer_references(inner) if n not in local)
             names.update(o.name for o in sub.output if o.name not in local)
     return names
+
+
+def remove_initializers(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Delete the initializers named ``names`` where they are, without re-adding the others: ``del
+    graph.initializer[:]`` followed by ``extend(kept)`` copies every kept weight (measured: a second copy of 0.75
+    GB of weights that protobuf's arena never gives back)."""
+    for i in reversed([i for i, t in enumerate(graph.initializer) if t.name in names]):
+        del graph.initializer[i]
 
 
 def unique_name(taken: set[str], base: str) -> str:

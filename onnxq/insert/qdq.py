@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 
 from onnxq.dtypes import quant_dtype
 from onnxq.errors import OnnxqError
-from onnxq.graph import GraphIndex, all_names, node_name, unique_name
+from onnxq.graph import remove_initializers, GraphIndex, all_names, node_name, unique_name
 from onnxq.passes.base import Pass, PassResult
 from onnxq.plan import QuantPlan, TensorPlan
 from onnxq.scales.types import QuantParams, ScaleTable
@@ -123,7 +123,4 @@ def _drop_replaced_weights(graph: onnx.GraphProto, plan: QuantPlan) -> None:
     graph_inputs = {v.name for v in graph.input}
     dead = {t.name for t in plan.weights()
             if t.name not in index.consumers and t.name not in graph_inputs and t.name not in index.graph_outputs}
-    if dead:
-        kept = [i for i in graph.initializer if i.name not in dead]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+    remove_initializers(graph, dead)
