@@ -112,6 +112,9 @@ def _check_array(path: Path, key: str, value: np.ndarray) -> None:
         if key.endswith(("/lo", "/hi")) and value.ndim == 0 and np.isinf(value):
             return  # +inf / -inf: the "no values seen" start of a min/max, checked by its calibrator
         raise OnnxqError(f"{path}: {key} holds NaN or Inf; the statistics are corrupt, calibrate again")
+    if np.issubdtype(value.dtype, np.floating) and value.size and key.endswith(("/lo", "/hi")) and \
+            np.isfinite(value).all() and np.abs(value).max() > np.finfo(np.float32).max:
+        raise OnnxqError(f"{path}: {key} is outside float32's range; the statistics are corrupt, calibrate again")
 
 
 def expand_stats_paths(patterns: list[str]) -> list[Path]:

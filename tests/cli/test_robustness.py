@@ -382,6 +382,9 @@ CASES = [
                                                         _many_unknown(ws)], "and 4999 more"),
     Case("stats-nan", lambda ws: ["quantize", str(ws / "model.onnx"), "--stats",
                                   _bad_stats(ws, "bad.npz", _nan_stats)], "NaN or Inf"),
+    Case("stats-out-of-float32", lambda ws: ["quantize", str(ws / "model.onnx"), "--stats", _bad_stats(
+        ws, "bad.npz", lambda m, a: a.update({next(k for k in a if k.endswith("/hi")): np.array(1e300)}))],
+         "outside float32"),
     Case("stats-meta-wrong-type", lambda ws: ["quantize", str(ws / "model.onnx"), "--stats", _bad_stats(
         ws, "bad.npz", lambda m, a: m.update(tensors={"not": "a list"}))], "must be a list"),
     Case("stats-batches-wrong-type", lambda ws: ["quantize", str(ws / "model.onnx"), "--stats", _bad_stats(
