@@ -129,7 +129,7 @@ def main() -> None:
         model = folder / "large.onnx" if reuse else generate(folder, args.layers, args.width)
         calib = write_calib(folder, args.width, args.calib_batches, args.batch_size)
         weights = (folder / "large.onnx.data").stat().st_size
-        print(f"generated {model} in {time.perf_counter() - start:.1f} s: weights {weights / 2**30:.2f} GiB "
+        print(f"{'reused' if reuse else 'generated'} {model} in {time.perf_counter() - start:.1f} s: weights {weights / 2**30:.2f} GiB "
               f"({args.layers} x {args.width}x{args.width} float32), .onnx file {model.stat().st_size} bytes")
         out = folder / "large.int8.onnx"
         argv = ["quantize", str(model), "--calib", str(calib), "-o", str(out)]
