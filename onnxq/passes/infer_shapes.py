@@ -10,15 +10,13 @@ import logging
 import onnx
 
 from onnxq.graph import needs_external_data, skeleton
-from onnxq.passes.base import Pass, PassResult
+from onnxq.passes.base import FunctionalPass, PassResult
 
 log = logging.getLogger(__name__)
 
 
-class InferShapes(Pass):
+class InferShapes(FunctionalPass):
     name = "infer-shapes"
-    in_place = False  # returns a new model
-    changes_input = False
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         before = len(model.graph.value_info)

@@ -28,6 +28,10 @@ def weight_amax(w: np.ndarray, axis: int | None, method: str) -> np.ndarray:
 
 
 def weight_params(tensor: TensorPlan, w: np.ndarray) -> QuantParams:
+    if tensor.dtype == "uint8":  # a constant operand of an integer Add/Mul on ort-cpu: asymmetric, per tensor
+        if not np.isfinite(w).all():
+            raise OnnxqError(f"weight {tensor.name!r} holds NaN or Inf values")
+        return asymmetric_params(float(w.min()), float(w.max()))
     try:  # weight_amax refuses NaN/Inf without a full-size temporary
         amax = weight_amax(np.asarray(w, dtype=np.float32), tensor.axis, tensor.method)
     except OnnxqError as exc:
