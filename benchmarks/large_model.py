@@ -57,8 +57,8 @@ def generate(folder: Path, layers: int, width: int, seed: int = 0) -> Path:
         for i in range(layers):
             rows = []
             for start in range(0, width, 1024):  # the weight in slices: the generator stays small
-                rows.append((rng.standard_normal((min(1024, width - start), width), dtype=np.float32)
-                             * np.float32(np.sqrt(2.0 / width))))
+                rows.append(rng.standard_normal((min(1024, width - start), width), dtype=np.float32)
+                             * np.float32(np.sqrt(2.0 / width)))
             add_tensor(f"w{i}", np.concatenate(rows))
             del rows
             add_tensor(f"b{i}", (rng.standard_normal(width) * 0.1).astype(np.float32))
@@ -129,7 +129,8 @@ def main() -> None:
         model = folder / "large.onnx" if reuse else generate(folder, args.layers, args.width)
         calib = write_calib(folder, args.width, args.calib_batches, args.batch_size)
         weights = (folder / "large.onnx.data").stat().st_size
-        print(f"{'reused' if reuse else 'generated'} {model} in {time.perf_counter() - start:.1f} s: weights {weights / 2**30:.2f} GiB "
+        what = "reused" if reuse else "generated"
+        print(f"{what} {model} in {time.perf_counter() - start:.1f} s: weights {weights / 2**30:.2f} GiB "
               f"({args.layers} x {args.width}x{args.width} float32), .onnx file {model.stat().st_size} bytes")
         out = folder / "large.int8.onnx"
         argv = ["quantize", str(model), "--calib", str(calib), "-o", str(out)]

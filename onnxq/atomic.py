@@ -95,10 +95,10 @@ def _commit(tmp: str, path: Path) -> None:
 class AtomicGroup:
     """Files that appear together or not at all::
 
-        with AtomicGroup() as group:
-            tmp = group.temp_for(path)          # write it yourself (e.g. onnx.save), or
-            group.write_bytes(other, data)
-        # on a clean exit: fsync, rename every file into place, fsync the folders; on an exception: remove them all
+    with AtomicGroup() as group:
+        tmp = group.temp_for(path)          # write it yourself (e.g. onnx.save), or
+        group.write_bytes(other, data)
+    # on a clean exit: fsync, rename every file into place, fsync the folders; on an exception: remove them all
     """
 
     def __init__(self) -> None:

@@ -18,7 +18,6 @@ from onnxq.node_regex import compile_node_regex
 from onnxq.rules import TARGET_RULES, TENSORRT
 
 
-
 @dataclass(frozen=True)
 class NodeSetting:
     """What to do with one node; ``None`` fields inherit from the lower-precedence level."""

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import onnx
 
+from onnxq import node_regex, safe_read
 from onnxq.calib.methods import check_method
 from onnxq.config import NodeSetting, Overrides
-from onnxq import node_regex, safe_read
 from onnxq.dtypes import QUANT_DTYPES
 from onnxq.errors import OnnxqError
 from onnxq.graph import node_name

@@ -323,6 +323,7 @@ def model_outputs(flag: str, path: str | os.PathLike) -> list[Output]:
 
 
 def external_data_path(path: Path) -> Path:
+    """Where :func:`save_model` puts the weights of a model past the protobuf limit: ``<path>.data``."""
     return path.with_name(path.name + ".data")
 
 

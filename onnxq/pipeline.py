@@ -1,7 +1,7 @@
 """``quantize()``: the whole post-training quantization, as named stages in order.
 
-    load -> prepare (strip Q/DQ?, opset, constants, fold BN, shapes) -> plan -> ranges (calibrate | statistics |
-    imported scales) -> scales -> insert Q/DQ -> verify (checker + onnxruntime) -> validate? -> save
+load -> prepare (strip Q/DQ?, opset, constants, fold BN, shapes) -> plan -> ranges (calibrate | statistics |
+imported scales) -> scales -> insert Q/DQ -> verify (checker + onnxruntime) -> validate? -> save
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from onnxq.graph import (
     needs_external_data,
     save_model,
 )
-from onnxq.outputs import check_outputs
-from onnxq.passes import PassManager, prepare_passes
 from onnxq.insert import InsertQDQ
 from onnxq.insert.quantize_bias import QuantizeBias
+from onnxq.outputs import check_outputs
+from onnxq.passes import PassManager, prepare_passes
 from onnxq.passes.decompose_hard_activations import DecomposeHardActivations
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport

@@ -7,6 +7,7 @@ Dynamic dimensions are normal in exported models; onnxruntime's ``quant_pre_proc
 from __future__ import annotations
 
 import logging
+
 import onnx
 
 from onnxq.graph import needs_external_data, skeleton

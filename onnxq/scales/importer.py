@@ -15,10 +15,10 @@ from pathlib import Path
 import onnx
 
 from onnxq.errors import OnnxqError
+from onnxq.findings import Finding
 from onnxq.graph import GraphIndex, fingerprint, printable
 from onnxq.plan import QuantPlan
 from onnxq.scales.compute import weight_params
-from onnxq.findings import Finding
 from onnxq.scales.io import check_scales, load_scales
 from onnxq.scales.io import read_text as read_scales_text
 from onnxq.scales.json_format import model_fingerprint

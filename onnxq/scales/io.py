@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from onnxq import safe_read
 from onnxq.atomic import write_text_atomic
 from onnxq.errors import OnnxqError
-from onnxq import safe_read
-from onnxq.safe_read import check_nesting, read_bytes
 from onnxq.findings import Finding
+from onnxq.safe_read import check_nesting, read_bytes
 from onnxq.scales import aimet, json_format, trt_cache
-from onnxq.scales.formats import DEFAULT_EXTENSIONS, FORMATS
+from onnxq.scales.formats import FORMATS
 from onnxq.scales.types import ScaleTable
 
 _MODULES = {"json": json_format, "trt-cache": trt_cache, "aimet": aimet}

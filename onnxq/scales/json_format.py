@@ -145,8 +145,10 @@ def _entry_params(name: str, entry: Any, source: str) -> QuantParams:
         raise OnnxqError(f"{where}: per-channel scale must be a flat list of numbers")
     if scale_arr.shape != zp_arr.shape:
         raise OnnxqError(f"{where}: scale has {scale_arr.size} entries but zero_point has {zp_arr.size}")
-    if np.any(np.abs(scale_arr) > np.finfo(np.float32).max) or np.any((scale_arr > 0) & (scale_arr < np.finfo(np.float32).tiny)):
-        bad = [float(s) for s in scale_arr.ravel() if abs(s) > np.finfo(np.float32).max or 0 < s < np.finfo(np.float32).tiny][:3]
+    f32 = np.finfo(np.float32)
+    out_of_range = (np.abs(scale_arr) > f32.max) | ((scale_arr > 0) & (scale_arr < f32.tiny))
+    if np.any(out_of_range):
+        bad = [float(s) for s in scale_arr[out_of_range].ravel()[:3]]
         raise OnnxqError(f"{where}: scales must be within float32's normal range, found {bad}")
     if not all(math.isfinite(s) and s > 0 for s in scale_arr.ravel()):
         bad = [float(s) for s in scale_arr.ravel() if not (math.isfinite(s) and s > 0)][:3]
