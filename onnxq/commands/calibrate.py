@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from onnxq.commands.common import add_calibration_flags, add_model_and_output, config_from_args, ray_calibration
+from onnxq.commands.common import add_calibration_flags, add_model_and_output, config_from_args, guard, ray_calibration
 from onnxq.errors import OnnxqError
+from onnxq.outputs import Output
 
 
 def add_parser(subparsers) -> None:
@@ -27,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.output.endswith(".npz"):
         raise OnnxqError(f"statistics files end in .npz, got {args.output}")
+    guard([Output("-o", args.output)], model=args.model, calib=args.calib, config=args.config)
     config = config_from_args(args)
     with ray_calibration(args) as collector:
         prepared, _ = prepare(load_model(args.model), config)
