@@ -112,3 +112,5 @@ class QuantConfig:
             raise OnnxqError(f"--calib-batches must be at least 1, got {self.calib_batches}")
         if self.batch_size < 1:
             raise OnnxqError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.memory_budget_mb < 1:
+            raise OnnxqError(f"--memory-budget-mb must be at least 1, got {self.memory_budget_mb}")

@@ -426,6 +426,9 @@ CASES = [
     Case("external-data-truncated", lambda ws: (_write(ws, "ext.onnx.data", (ws / "ext.onnx.data").read_bytes()[:100]),
                                                 ["inspect", str(ws / "ext.onnx")])[-1], "truncated"),
     # 7. everything else: one line and exit 2
+    Case("memory-budget-not-positive", lambda ws: q(ws, "--memory-budget-mb", "0"), "--memory-budget-mb"),
+    Case("o-is-dev-null", lambda ws: q(ws, "-o", "/dev/null"), "not a regular file"),
+    Case("config-is-dev-null", lambda ws: q(ws, "--config", "/dev/null"), "not a regular file"),
     Case("model-missing", lambda ws: ["inspect", str(ws / "nope.onnx")], "not found"),
     Case("model-unreadable", lambda ws: (os.chmod(ws / "model.onnx", 0), ["inspect", str(ws / "model.onnx")])[-1],
          "permission denied", skip_root=True),
