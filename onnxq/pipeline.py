@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxq import progress
 from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.collect import CollectSettings, collect_statistics
 from onnxq.calib.stats import expand_stats_paths, merge_stats
@@ -101,11 +102,14 @@ def prepare(model: onnx.ModelProto, config: QuantConfig, *,
     return prepared, notes
 
 
-def data_source(model: onnx.ModelProto, data: DataLike, config: QuantConfig) -> DataSource | Iterable[Batch]:
+def data_source(model: onnx.ModelProto, data: DataLike, config: QuantConfig, *,
+                warn: bool = True) -> DataSource | Iterable[Batch]:
+    """The batches ``data`` names; ``warn=False`` for a second reading of the same data (no repeated warning)."""
     if isinstance(data, (str, os.PathLike)):
         if str(data) == "random":
-            log.warning("calibrating on RANDOM data: the scales mean nothing for real inputs; use it only to "
-                        "test the toolchain")
+            if warn:
+                log.warning("calibrating on RANDOM data: the scales mean nothing for real inputs; use it only "
+                            "to test the toolchain")
             return RandomSource(model, batches=config.calib_batches or 8, seed=config.seed)
         return BatchSource(model, data, max_batches=config.calib_batches, batch_size=config.batch_size)
     return data
@@ -164,7 +168,7 @@ def check_output_path(output: Path, input_path: Path | None) -> None:
 
 
 class _Stopwatch:
-    """Seconds spent in each named stage: ``with clock("stage"): ...``."""
+    """Seconds spent in each named stage: ``with clock("stage"): ...``; each stage is also reported as progress."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -172,7 +176,8 @@ class _Stopwatch:
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         start = time.perf_counter()
-        yield
+        with progress.stage(stage):
+            yield
         self.seconds[stage] = time.perf_counter() - start
 
 
@@ -256,7 +261,8 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             plan = plan.for_scales(found.table, "the scales file")
             found = replace(found, table={name: found.table[name] for name in plan.tensors})
     with clock("insert+verify"):
-        first_batch = next(iter(data_source(prepared, calib, config)), None) if calib is not None else None
+        first_batch = next(iter(data_source(prepared, calib, config, warn=False)), None) if calib is not None \
+            else None
         float_reference = None if owned and val is None else prepared if count_qdq(original) or owned else original
         quantized = InsertQDQ(plan, found.table).run(prepared, keep_input=float_reference is prepared).model
         int32_bias = TARGET_RULES[config.target].int32_bias
