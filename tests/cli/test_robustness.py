@@ -309,6 +309,19 @@ def _ort_rejects(ws: Path) -> str:
     return str(ws / "ortbad.onnx")
 
 
+def _ort_fails_at_run(ws: Path) -> list[str]:
+    """A MatMul with a dynamic inner dimension fed data of the wrong width: onnxruntime fails while running and
+    would print its own coloured "[E:onnxruntime:...]" line at its default log severity."""
+    w = onnx.numpy_helper.from_array(np.ones((4, 8), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "K"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], [w])
+    onnx.save(make_model(graph), ws / "mm.onnx")
+    (ws / "wide").mkdir()
+    np.save(ws / "wide" / "0.npy", np.ones((2, 5), np.float32))
+    return ["quantize", str(ws / "mm.onnx"), "--calib", str(ws / "wide"), "-o", str(ws / "mm.q.onnx")]
+
+
 def _many_unknown(ws: Path) -> str:
     def edit(doc):
         for i in range(5000):
@@ -437,6 +450,7 @@ CASES = [
         ws, "u.onnx", _undefined_input_type)).name), "no tensor element type"),
     Case("onnxruntime-rejects", lambda ws: ["validate", _ort_rejects(ws), _ort_rejects(ws), "--data",
                                             str(ws / "val")], "onnxruntime cannot load the model", process=True),
+    Case("onnxruntime-fails-at-run", _ort_fails_at_run, "onnxruntime failed on batch 1", process=True),
     Case("control-characters-in-names", lambda ws: ["quantize", _model_with(ws, "cc.onnx", _control_chars),
                                                     "--calib", str(ws / "val")], "x\\x1b[31m\\n\\rred"),
     Case("opset7-upgraded", lambda ws: ["quantize", _opset7(ws), "--calib", "random", "-o", str(ws / "o7.onnx")],
