@@ -15,8 +15,8 @@ import sys
 from collections.abc import Iterator
 
 from onnxq import progress
-from onnxq.atomic import Terminated, terminate_cleanly
 from onnxq.commands.console import ConsoleListener
+from onnxq.atomic import Terminated, terminate_cleanly
 from onnxq.errors import OnnxqError
 from onnxq.version import __version__
 

@@ -261,8 +261,8 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             plan = plan.for_scales(found.table, "the scales file")
             found = replace(found, table={name: found.table[name] for name in plan.tensors})
     with clock("insert+verify"):
-        first_batch = next(iter(data_source(prepared, calib, config, warn=False)), None) if calib is not None \
-            else None
+        first_batch = (next(iter(data_source(prepared, calib, config, warn=False)), None)
+                       if calib is not None else None)
         float_reference = None if owned and val is None else prepared if count_qdq(original) or owned else original
         quantized = InsertQDQ(plan, found.table).run(prepared, keep_input=float_reference is prepared).model
         int32_bias = TARGET_RULES[config.target].int32_bias

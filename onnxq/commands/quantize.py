@@ -79,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
     with shard_progress() as shards:
         collector = ray_collector(args, shards)
         result = quantize(args.model, calib=args.calib, config=config, stats=[str(p) for p in stats or []] or None,
-                          scales=importer, val=args.val, per_layer=args.per_layer,
-                          collector=collector, latency=latency)
+                          scales=importer, val=args.val, per_layer=args.per_layer, collector=collector,
+                          latency=latency)
     result.output_path = output
     with AtomicGroup() as group:  # the model and its report appear together or not at all
         save_model(result.model, output, group=group)
