@@ -112,3 +112,4 @@ class QuantConfig:
         check_weight_method(self.weight_method)
         require_at_least("--calib-batches", self.calib_batches, 1)
         require_at_least("--batch-size", self.batch_size, 1)
+        require_at_least("--memory-budget-mb", self.memory_budget_mb, 1)

@@ -45,7 +45,11 @@ def _regular_input_file(path: Path, what: str) -> None:
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Load an ONNX model (with its external data, whose locations are checked first) and check it; any problem is
-    an :class:`OnnxqError`. The file is opened read-only and never written."""
+    an :class:`OnnxqError`. The file is opened read-only and never written.
+
+    A model past the protobuf limit keeps its tensors over 1 MB on disk: they point at the input's external-data
+    file by absolute path (in memory only) and are read one at a time by :func:`tensor_array`; save such a model
+    with :func:`save_model` (``onnx.save`` would write those absolute references as they are)."""
     path = Path(path)
     _regular_input_file(path, "model file")
     try:
