@@ -153,15 +153,34 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
     return table, batches, source, clipping
 
 
+def mixed_precision(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, config: QuantConfig,
+                    val: DataLike | None, target, tolerable_loss: float | None):
+    """The mixed-precision stage: which nodes stay float for the accuracy target, and the plan without them."""
+    from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target
+
+    accuracy = accuracy_target(target, tolerable_loss)
+    if val is None:
+        raise OnnxqError("an accuracy target needs validation data: pass --val DATA (val= in Python)")
+    val_data = data_source(prepared, val, replace(config, calib_batches=None))
+    plan, table, result, batches = keep_float_for_target(prepared, plan, table, config, val_data, accuracy)
+    return plan, table, result, batches, accuracy
+
+
 def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfig | None = None,
              output: str | os.PathLike | None = None, *, stats: list[str] | None = None,
              scales: ScaleImporter | None = None, val: DataLike | None = None, per_layer: bool = False,
-             progress: Callable[[int], None] | None = None) -> QuantizeResult:
+             progress: Callable[[int], None] | None = None, target=None,
+             tolerable_loss: float | None = None) -> QuantizeResult:
     """Quantize ``model`` to INT8 Q/DQ form and (when ``output`` is given) save it atomically.
 
     Ranges come from exactly one of: ``calib`` (a data folder, an .npz stack, ``"random"`` or a re-iterable sequence
     of batches), ``stats`` (statistics files of ``onnxq calibrate``, merged) or ``scales`` (an importer giving a
     ScaleTable, see :func:`onnxq.scales.importer.scale_importer`).
+
+    ``target`` turns on automatic mixed precision on the ``val`` data (:mod:`onnxq.recovery.mixed_precision`): a
+    worst-output SQNR in dB, a metric ``callable(session) -> float`` (higher is better) that may drop at most
+    ``tolerable_loss`` below FP32, or an :class:`~onnxq.recovery.mixed_precision.AccuracyTarget`. The fewest,
+    cheapest nodes stay float until it holds; ``result.report.mixed_precision`` says which and whether it held.
     """
     config = config or QuantConfig()
     if sum(s is not None for s in (calib, stats, scales)) != 1:
@@ -180,10 +199,21 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
     with clock("ranges"):
         table, batches, source, clipping = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales,
                                                   progress=progress)
+    mixed = None
+    if target is not None:
+        with clock("mixed-precision"):
+            plan, table, mixed, mixed_batches, accuracy = mixed_precision(prepared, plan, table, config, val, target,
+                                                                          tolerable_loss)
     with clock("insert+verify"):
         quantized = InsertQDQ(plan, table).call(copy.deepcopy(prepared)).model
         verify(quantized, next(iter(data_source(prepared, calib, config)), None) if calib is not None else None)
+    if mixed is not None:
+        from onnxq.recovery.mixed_precision import verify_final
+
+        with clock("mixed-precision verify"):
+            verify_final(mixed, prepared, quantized, mixed_batches, accuracy)
     report = QuantReport(plan, notes, original.ByteSize(), quantized.ByteSize(), batches, source, clipping=clipping)
+    report.mixed_precision = mixed
     if val is not None:
         with clock("validate"):
             reference = prepared if count_qdq(original) else original  # a re-quantized input: its float form

@@ -23,6 +23,9 @@ class QuantReport:
     seconds: dict[str, float] = field(default_factory=dict)
     validation: ComparisonReport | None = None
     clipping: dict[str, float] = field(default_factory=dict)  # activation -> share of calibration values clipped
+    # onnxq.recovery.mixed_precision.MixedPrecisionResult when an accuracy target was given (typed loosely: the
+    # report sits below recovery in the layers)
+    mixed_precision: object | None = None
 
     @property
     def compression(self) -> float:
@@ -42,6 +45,8 @@ class QuantReport:
         lines += self.clipping_lines()
         if self.validation is not None:
             lines += validation_lines(self.validation)
+        if self.mixed_precision is not None:
+            lines += self.mixed_precision.summary_lines()
         if self.seconds:
             lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()))
         return lines
@@ -67,6 +72,7 @@ class QuantReport:
             "size_after": self.size_after,
             "seconds": self.seconds,
             "validation": self.validation.as_dict() if self.validation else None,
+            "mixed_precision": self.mixed_precision.as_dict() if self.mixed_precision is not None else None,
         }
 
 

@@ -34,6 +34,15 @@ def add_parser(subparsers) -> None:
     v.add_argument("--per-layer", action="store_true", help="with --val: per-layer SQNR to find the culprits")
     v.add_argument("--min-sqnr", type=float, metavar="DB", help="with --val: exit 1 when an output's SQNR is lower")
     v.add_argument("--report", metavar="PATH", help="write a JSON (.json) or Markdown (.md) report")
+    m = p.add_argument_group("mixed precision (keep the fewest, cheapest nodes float until a target holds)")
+    m.add_argument("--target-sqnr", type=float, metavar="DB",
+                   help="with --val: worst-output SQNR the quantized model must reach against FP32; nodes stay float "
+                   "(FP16 in TensorRT) until it holds; exit 1 when it cannot within --max-float-share")
+    m.add_argument("--max-float-share", type=float, default=0.1, metavar="SHARE",
+                   help="with --target-sqnr: at most this share of the weighted nodes' MACs may stay float "
+                   "(default 0.1)")
+    m.add_argument("--target-val-batches", type=int, metavar="N",
+                   help="with --target-sqnr: search on the first N validation batches (default: all)")
     p.add_argument("--requantize", action="store_true", help="strip the Q/DQ of an already quantized model first")
     p.add_argument("--debug-passes", action="store_true", help="check the model after every pass")
     p.set_defaults(func=run)
@@ -46,12 +55,23 @@ def run(args: argparse.Namespace) -> int:
 
     if args.min_sqnr is not None and not args.val:
         raise OnnxqError("--min-sqnr needs --val DATA")
+    if args.target_sqnr is not None and not args.val:
+        raise OnnxqError("--target-sqnr needs --val DATA (the data the target is measured on)")
+    target = None
+    if args.target_sqnr is not None:
+        from onnxq.recovery.mixed_precision import AccuracyTarget
+
+        if args.target_val_batches is not None and args.target_val_batches < 1:
+            raise OnnxqError(f"--target-val-batches must be at least 1, got {args.target_val_batches}")
+        target = AccuracyTarget(sqnr_db=args.target_sqnr, max_float_share=args.max_float_share,
+                                val_batches=args.target_val_batches)
     config = config_from_args(args)
     output = Path(args.output) if args.output else default_output_path(args.model)
     importer = scale_importer(args.scales, strict=args.strict) if args.scales else None
     with progress_bar(None, "calibrating") as progress:
         result = quantize(args.model, calib=args.calib, config=config, output=output, stats=args.stats,
-                          scales=importer, val=args.val, per_layer=args.per_layer, progress=progress)
+                          scales=importer, val=args.val, per_layer=args.per_layer, progress=progress,
+                          target=target)
     for line in result.report.summary_lines():
         print(line)
     for warning in unmatched_rules(config.overrides, result.model):
@@ -60,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         write_report(Path(args.report), result)
         print(f"wrote {args.report}")
+    mixed = result.report.mixed_precision
+    if mixed is not None and not mixed.ok:
+        for line in mixed.summary_lines():
+            print(line, file=sys.stderr)
+        return 1
     validation = result.report.validation
     if args.min_sqnr is not None and validation is not None and validation.min_sqnr_db < args.min_sqnr:
         print(f"SQNR {validation.min_sqnr_db:.2f} dB is below --min-sqnr {args.min_sqnr}", file=sys.stderr)
