@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from realdata import MODELS, ddddocr_charset, ensure_dataset, model_path, read_labels  # noqa: E402
+from realdata import MODELS, ddddocr_charset, ensure_dataset, ensure_split, model_path, read_labels  # noqa: E402
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 
@@ -45,6 +45,8 @@ def quantize_and_evaluate(model: str, method: str, extra: list[str], workdir: Pa
     source = model_path(model)
     calib, evaluation = ensure_dataset(model)
     output = workdir / f"{model}.{method}.onnx"
+    places = {"calib": str(calib), "eval": str(evaluation), "val": str(ensure_split(model, "val"))}
+    extra = [arg.format(**places) for arg in extra]
     argv = ["quantize", str(source), "--calib", str(calib), "--method", method, "-o", str(output), *extra]
     stdout = io.StringIO()
     start = time.perf_counter()
@@ -113,6 +115,8 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {r['model']} | {r['method']} | {r['extra']} | exit {r['exit']} | | | | "
                          f"{r['quantize_s']:.1f} | {r['peak_rss_mb']:.0f} |")
             continue
+        if r.get("exit"):
+            r = {**r, "extra": f"{r['extra']} (exit {r['exit']})"}
         agreement = f"{r['agreement']:.3f} ({r['agreement_name']}"
         agreement += f"; steps {r['step_agreement']:.3f})" if "step_agreement" in r else ")"
         lines.append(f"| {r['model']} | {r['method']} | {r['extra']} | {r['sqnr_db']:.2f} | {agreement} | "
@@ -126,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--extra-args", action="append", metavar="ARGS",
-                        help="extra `onnxq quantize` flags, quoted; repeat for several variants (each is a run)")
+                        help="extra `onnxq quantize` flags, quoted; repeat for several variants (each is a run); "
+                        "{val}, {calib} and {eval} stand for the model's data folders, e.g. "
+                        "\"--val {val} --target-sqnr 30\" (search on the small val split, report on eval)")
     parser.add_argument("--json", metavar="PATH", help="also write every run's figures as JSON")
     parser.add_argument("--worker", nargs=4, metavar=("MODEL", "METHOD", "EXTRA_JSON", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -140,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models:  # fetch and generate once, before the timed runs
         model_path(model)
         ensure_dataset(model)
+        ensure_split(model, "val")
     rows = []
     for model in args.models:
         for method in args.methods:

@@ -335,7 +335,7 @@ def ori_preprocess(img) -> np.ndarray:
 
 # ------------------------------------------------------------------ datasets
 
-SEEDS = {"calib": 1000, "eval": 2000}
+SEEDS = {"calib": 1000, "eval": 2000, "val": 3000}  # val: a small set for searches (mixed precision), not eval
 INPUT_NAMES = {"det": "images", "rec": "input1", "ori": "x"}
 DATA_VERSION = 2  # bump when the generators change, so cached sets are rebuilt
 
@@ -366,7 +366,7 @@ def generate_samples(name: str, split: str, count: int) -> tuple[list[np.ndarray
 def write_split(name: str, split: str, folder: Path) -> Path:
     """Write one split as ``NNNN.npz`` batches (key = the model's input name) and ``labels/labels.json``."""
     spec = MODELS[name]
-    count = spec.calib_samples if split == "calib" else spec.eval_samples
+    count = {"calib": spec.calib_samples, "eval": spec.eval_samples, "val": max(8, spec.calib_samples // 4)}[split]
     samples, labels = generate_samples(name, split, count)
     part = folder.with_name(folder.name + ".part")
     shutil.rmtree(part, ignore_errors=True)
@@ -383,15 +383,16 @@ def write_split(name: str, split: str, folder: Path) -> Path:
 
 def ensure_dataset(name: str, root: Path | None = None) -> tuple[Path, Path]:
     """The calibration and evaluation folders of model ``name``, generated once into ``root`` (default cache)."""
-    root = root or CACHE / "data"
-    out = []
-    for split in ("calib", "eval"):
-        folder = root / name / split
-        labels = folder / "labels" / "labels.json"
-        if not labels.exists() or json.loads(labels.read_text()).get("version") != DATA_VERSION:
-            write_split(name, split, folder)
-        out.append(folder)
-    return out[0], out[1]
+    return ensure_split(name, "calib", root), ensure_split(name, "eval", root)
+
+
+def ensure_split(name: str, split: str, root: Path | None = None) -> Path:
+    """One split folder (``calib``, ``eval`` or ``val``) of model ``name``, generated once."""
+    folder = (root or CACHE / "data") / name / split
+    labels = folder / "labels" / "labels.json"
+    if not labels.exists() or json.loads(labels.read_text()).get("version") != DATA_VERSION:
+        write_split(name, split, folder)
+    return folder
 
 
 def read_labels(folder: Path) -> list:

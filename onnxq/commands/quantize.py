@@ -41,8 +41,9 @@ def add_parser(subparsers) -> None:
     m.add_argument("--max-float-share", type=float, default=0.1, metavar="SHARE",
                    help="with --target-sqnr: at most this share of the weighted nodes' MACs may stay float "
                    "(default 0.1)")
-    m.add_argument("--target-val-batches", type=int, metavar="N",
-                   help="with --target-sqnr: search on the first N validation batches (default: all)")
+    m.add_argument("--target-val-batches", type=int, default=4, metavar="N",
+                   help="with --target-sqnr: search and verify on the first N validation batches (default 4; the "
+                   "search costs about one run over them per quantized node)")
     p.add_argument("--requantize", action="store_true", help="strip the Q/DQ of an already quantized model first")
     p.add_argument("--debug-passes", action="store_true", help="check the model after every pass")
     p.set_defaults(func=run)
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.target_sqnr is not None:
         from onnxq.recovery.mixed_precision import AccuracyTarget
 
-        if args.target_val_batches is not None and args.target_val_batches < 1:
+        if args.target_val_batches < 1:
             raise OnnxqError(f"--target-val-batches must be at least 1, got {args.target_val_batches}")
         target = AccuracyTarget(sqnr_db=args.target_sqnr, max_float_share=args.max_float_share,
                                 val_batches=args.target_val_batches)

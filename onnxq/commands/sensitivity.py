@@ -20,8 +20,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("model", help="FP32 ONNX model")
     p.add_argument("--calib", required=True, metavar="DATA", help="calibration data (folder or .npz stack)")
     p.add_argument("--val", required=True, metavar="DATA", help="validation data (folder or .npz stack)")
-    p.add_argument("--val-batches", type=int, default=4, metavar="N",
-                   help="validation batches per measurement (default 4; cost grows with 2 x nodes x N runs)")
+    p.add_argument("--val-batches", type=int, default=2, metavar="N",
+                   help="validation batches per measurement (default 2; the cost is about 2 x nodes x N runs)")
     p.add_argument("-o", "--output-dir", metavar="DIR", help="write sensitivity.json and sensitivity.png here")
     p.add_argument("--top", type=int, metavar="N", help="print only the N most harmful nodes")
     add_calib_flags(p)
@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         report, _ = analyze(calibrated, val, progress)
     for line in table_lines(report, args.top):
         print(line)
-    print("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items()))
+    print("time (wall / CPU): " + ", ".join(f"{k} {v:.1f}s / {report.cpu_seconds.get(k, 0):.1f}s"
+                                            for k, v in report.seconds.items()))
     if out_dir is not None:
         out_dir.mkdir(exist_ok=True)
         write_json_atomic(out_dir / "sensitivity.json", report.as_dict())

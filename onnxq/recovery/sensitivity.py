@@ -12,10 +12,11 @@ leaving the node alone in float buys over the fully quantized model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import onnx
@@ -55,8 +56,9 @@ class SensitivityReport:
     all_quantized_sqnr: float
     all_quantized_cosine: float
     batches: int
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage
     output_names: list[str] = field(default_factory=list)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # process CPU time per stage (robust to busy cores)
 
     def ranked(self) -> list[NodeSensitivity]:
         return sorted(self.nodes, key=lambda n: (n.sqnr_only_quantized, -n.gain_db))
@@ -67,7 +69,8 @@ class SensitivityReport:
 
     def as_dict(self) -> dict:
         return {"all_quantized": {"sqnr_db": _json(self.all_quantized_sqnr), "cosine": self.all_quantized_cosine},
-                "batches": self.batches, "seconds": self.seconds, "outputs": self.output_names,
+                "batches": self.batches, "seconds": self.seconds, "cpu_seconds": self.cpu_seconds,
+                "outputs": self.output_names,
                 "nodes": [n.as_dict() for n in self.ranked()]}
 
 
@@ -87,6 +90,7 @@ class Calibrated:
     plan: QuantPlan
     scales: ScaleTable
     seconds: dict[str, float]
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def calibrate_model(model: onnx.ModelProto, calib, config: QuantConfig,
@@ -94,49 +98,59 @@ def calibrate_model(model: onnx.ModelProto, calib, config: QuantConfig,
     """Prepare, plan and calibrate once (the pipeline's own stages)."""
     from onnxq.pipeline import prepare, ranges
 
-    seconds = {}
-    start = time.perf_counter()
-    prepared, _ = prepare(model, config)
-    plan = build_plan(prepared, config)
+    clock = _Clock()
+    with clock("prepare"):
+        prepared, _ = prepare(model, config)
+        plan = build_plan(prepared, config)
     if not plan.tensors:
         raise OnnxqError("nothing to quantize: no node is planned for quantization")
-    seconds["prepare"] = time.perf_counter() - start
-    start = time.perf_counter()
-    table, _, _, _ = ranges(prepared, plan, config, calib=calib, stats=None, scales=None, progress=progress)
-    seconds["calibrate"] = time.perf_counter() - start
-    return Calibrated(prepared, plan, table, seconds)
+    with clock("calibrate"):
+        table, _, _, _ = ranges(prepared, plan, config, calib=calib, stats=None, scales=None, progress=progress)
+    return Calibrated(prepared, plan, table, clock.wall, clock.cpu)
+
+
+class _Clock:
+    """Wall and process-CPU seconds of named stages: ``with clock("stage"): ...``."""
+
+    def __init__(self, wall: dict[str, float] | None = None, cpu: dict[str, float] | None = None) -> None:
+        self.wall, self.cpu = dict(wall or {}), dict(cpu or {})
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        self.wall[stage] = time.perf_counter() - wall
+        self.cpu[stage] = time.process_time() - cpu
 
 
 def analyze(calibrated: Calibrated, val: Iterable[Batch], progress: Progress | None = None,
             session: GatedSession | None = None) -> tuple[SensitivityReport, GatedSession]:
     """Sensitivity of every quantized node of ``calibrated`` on the validation batches ``val``."""
-    seconds = dict(calibrated.seconds)
-    start = time.perf_counter()
-    if session is None:
-        session = GatedSession(calibrated.prepared, calibrated.plan, calibrated.scales)
-        session.set_data(val)
+    clock = _Clock(calibrated.seconds, calibrated.cpu_seconds)
+    with clock("gated session + FP32 reference"):
+        if session is None:
+            session = GatedSession(calibrated.prepared, calibrated.plan, calibrated.scales)
+            session.set_data(val)
     if not session.batches:
         raise OnnxqError("the validation data holds no batches")
-    seconds["gated session + FP32 reference"] = time.perf_counter() - start
-    start = time.perf_counter()
-    macs = node_macs(calibrated.prepared, session.batches[0])
-    ops = {d.node: d.op_type for d in calibrated.plan.nodes}
-    units = session.units
-    everything = worst(session.error(units))
-    nodes = []
-    for unit in units:
-        alone = session.error([unit])
-        rest = worst(session.error([u for u in units if u != unit]))
-        only_q = worst(alone)
-        nodes.append(NodeSensitivity(unit, ops[unit], macs.get(unit, 0), only_q[0], only_q[1], rest[0], rest[1],
-                                     rest[0] - everything[0], tuple(noise_ratios(alone))))
-        if progress is not None:
-            progress(1)
-    seconds["per-node runs"] = time.perf_counter() - start
+    with clock("per-node runs"):
+        macs = node_macs(calibrated.prepared, session.batches[0])
+        ops = {d.node: d.op_type for d in calibrated.plan.nodes}
+        units = session.units
+        everything = worst(session.error(units))
+        nodes = []
+        for unit in units:
+            alone = session.error([unit])
+            rest = worst(session.error([u for u in units if u != unit]))
+            only_q = worst(alone)
+            nodes.append(NodeSensitivity(unit, ops[unit], macs.get(unit, 0), only_q[0], only_q[1], rest[0],
+                                         rest[1], rest[0] - everything[0], tuple(noise_ratios(alone))))
+            if progress is not None:
+                progress(1)
     log.info("sensitivity of %d node(s) over %d batch(es) in %.1fs", len(units), len(session.batches),
-             seconds["per-node runs"])
-    return SensitivityReport(nodes, everything[0], everything[1], len(session.batches), seconds,
-                             session.output_names), session
+             clock.wall["per-node runs"])
+    return SensitivityReport(nodes, everything[0], everything[1], len(session.batches), clock.wall,
+                             session.output_names, clock.cpu), session
 
 
 def table_lines(report: SensitivityReport, top: int | None = None) -> list[str]:
