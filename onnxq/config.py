@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 from onnxq.calib.base import CalibOptions
+from onnxq.calib.methods import check_method
 from onnxq.errors import OnnxqError
 
 Target = Literal["tensorrt", "ort-cpu"]
@@ -108,8 +109,9 @@ class QuantConfig:
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise OnnxqError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        check_method(self.calib.method)
         if self.input_method is not None:
-            CalibOptions(method=self.input_method)  # raises for an unknown method
+            check_method(self.input_method)
         if self.weight_method not in ("minmax", "mse"):
             raise OnnxqError(f"unknown weight method {self.weight_method!r}; choose minmax or mse")
         if self.calib_batches is not None and self.calib_batches < 1:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import onnx
 
+from onnxq.calib.methods import check_method
 from onnxq.config import NodeSetting, Overrides
 from onnxq.errors import OnnxqError
 
@@ -51,9 +52,7 @@ def _setting(where: str, table: dict) -> NodeSetting:
                                       and 0 < table["percentile"] <= 100):
         raise OnnxqError(f"{where}: percentile must be in (0, 100], got {table['percentile']!r}")
     if "method" in table:
-        from onnxq.calib.base import CalibOptions
-
-        CalibOptions(method=table["method"])  # raises for unknown methods
+        check_method(table["method"])
     return NodeSetting(**table)
 
 

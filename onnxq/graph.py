@@ -114,16 +114,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def serialize_for_session(model: onnx.ModelProto, workdir: str | None = None) -> str | bytes:
-    """What onnxruntime's InferenceSession needs: bytes, or a temporary path for models past 2 GB."""
-    if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
-        return model.SerializeToString()
-    tmp = tempfile.mkdtemp(dir=workdir)
-    path = os.path.join(tmp, "model.onnx")
-    onnx.save(model, path, save_as_external_data=True, location="model.data")
-    return path
-
-
 def fingerprint(model: onnx.ModelProto) -> str:
     """A short hash of the graph's structure and weight shapes, to recognise statistics of another model."""
     h = hashlib.sha256()

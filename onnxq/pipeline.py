@@ -18,16 +18,17 @@ from pathlib import Path
 import onnx
 
 from onnxq.calib.base import Calibrator
-from onnxq.calib.collect import CollectSettings, collect_statistics, make_session, run_batch
-from onnxq.calib.data import Batch, BatchSource, DataSource, RandomSource
+from onnxq.calib.collect import CollectSettings, collect_statistics
 from onnxq.calib.stats import expand_stats_paths, merge_stats
 from onnxq.config import QuantConfig
+from onnxq.data import Batch, BatchSource, DataSource, RandomSource
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, check_model, count_qdq, fingerprint, load_model, save_model
 from onnxq.passes import PassManager, prepare_passes
 from onnxq.passes.insert_qdq import InsertQDQ
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
+from onnxq.runtime import make_session, run_batch
 from onnxq.scales.compute import clipped_fractions, compute_scales
 from onnxq.scales.types import ScaleTable
 from onnxq.validate.compare import compare_models
@@ -87,8 +88,8 @@ def calibrate(prepared: onnx.ModelProto, plan: QuantPlan, data: DataLike, config
               progress: Callable[[int], None] | None = None) -> tuple[dict[str, Calibrator], int]:
     """Statistics of every planned activation over the calibration data."""
     source = data_source(prepared, data, config)
-    settings = CollectSettings(config.calib, config.memory_budget_mb)
-    return collect_statistics(prepared, plan.calibrated_activations(), source, settings, progress)
+    tensors = {t.name: t.calib_options(config.calib) for t in plan.calibrated_activations()}
+    return collect_statistics(prepared, tensors, source, CollectSettings(config.memory_budget_mb), progress)
 
 
 def weight_arrays(prepared: onnx.ModelProto, plan: QuantPlan) -> dict:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import onnx
 
+from onnxq.calib.base import CalibOptions
 from onnxq.config import NodeSetting, QuantConfig
 from onnxq.graph import GraphIndex
 from onnxq.rules import TARGET_RULES, TargetRules, weight_axis
@@ -44,6 +45,12 @@ class TensorPlan:
     consumers: list[Consumer] = field(default_factory=list)
     # the tensor whose scale this one reuses (Concat and data-movement inputs), or None for its own range
     shares_scale_with: str | None = None
+
+    def calib_options(self, base: CalibOptions) -> CalibOptions:
+        """The run's calibration options with this tensor's own method and percentile (per-node settings) laid
+        over them."""
+        return replace(base, method=self.method or base.method,
+                       percentile=self.percentile if self.percentile is not None else base.percentile)
 
 
 @dataclass(frozen=True)

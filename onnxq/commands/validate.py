@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from onnxq.atomic import write_json_atomic
-    from onnxq.calib.data import BatchSource
+    from onnxq.data import BatchSource
     from onnxq.graph import load_model
     from onnxq.report import validation_lines
     from onnxq.validate import compare_models

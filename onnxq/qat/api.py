@@ -33,12 +33,14 @@ from onnxq.atomic import write_text_atomic
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
 from onnxq.graph import fingerprint, save_model
+from onnxq.passes.insert_qdq import InsertQDQ
 from onnxq.pipeline import calibrate, weight_arrays
 from onnxq.pipeline import prepare as onnx_prepare
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.qat.mapping import build_mapping
 from onnxq.qat.model import ExportSpec, QATModel, QATState, as_numpy_batch
 from onnxq.qat.trace import record
+from onnxq.runtime import make_session
 from onnxq.scales.compute import compute_scales
 from onnxq.scales.io import check_scales, dumps_scales
 
@@ -207,9 +209,6 @@ def verify(qmodel: QATModel, example_inputs: Any = None) -> float:
     """Largest difference, relative to the largest output, between the fake-quant forward and onnxruntime running
     onnxq's Q/DQ model built from the current weights and scales (basic graph optimisations: reference Q/DQ
     arithmetic). About 1e-7 when every planned tensor is mapped; unmapped tensors show up here."""
-    from onnxq.calib.collect import make_session
-    from onnxq.passes.insert_qdq import InsertQDQ
-
     inputs = _as_tuple(example_inputs) if example_inputs is not None else qmodel.state.example_inputs
     _, prepared, plan = replan(qmodel)
     qdq = InsertQDQ(plan, qmodel.scale_table()).call(copy.deepcopy(prepared)).model

@@ -31,14 +31,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxq.calib.collect import expose, make_session, run_batch
-from onnxq.calib.data import RandomSource
+from onnxq.data import RandomSource
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, count_qdq
 from onnxq.passes.strip_qdq import StripQDQ
 from onnxq.pipeline import prepare
 from onnxq.plan import QuantPlan, build_plan
+from onnxq.runtime import make_session, run_named
 from onnxq.scales.qdq_reader import QDQEntry, read_qdq
 from onnxq.scales.types import QuantParams, ScaleTable
 
@@ -78,9 +78,7 @@ def _best(target: np.ndarray, candidates: dict[str, np.ndarray], prefer: str | N
 
 
 def _values(model: onnx.ModelProto, names: list[str], batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    session = make_session(expose(model, names))
-    outs = run_batch(session, batch, "a random input")
-    got = dict(zip([o.name for o in session.get_outputs()], outs))
+    got = run_named(make_session(model, outputs=names), batch, "a random input")
     return {n: got[n] for n in names if n in got}
 
 

@@ -9,10 +9,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from onnxq.calib.collect import make_session
 from onnxq.config import QuantConfig
 from onnxq.passes.insert_qdq import InsertQDQ
 from onnxq.qat.api import replan
+from onnxq.runtime import make_session
 from tests.qat.conftest import WITH_CONVTRANSPOSE, prepared, train_steps
 from tests.qat.nets import Tiny, TinyAttention
 
