@@ -62,8 +62,8 @@ def quantize_and_evaluate(model: str, method: str, extra: list[str], workdir: Pa
 
 
 def evaluate(model: str, source: Path, quantized_path: Path, evaluation: Path) -> dict:
-    from onnxq.calib.collect import make_session
-    from onnxq.calib.data import BatchSource
+    from onnxq.runtime import make_session
+    from onnxq.data import BatchSource
     from onnxq.graph import load_model
     from onnxq.recovery.macs import float_mac_share, node_macs, quantized_nodes
     from onnxq.validate.metrics import ErrorAccumulator

@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from onnxq.atomic import write_json_atomic
-    from onnxq.calib.data import BatchSource
+    from onnxq.data import BatchSource
     from onnxq.graph import load_model
     from onnxq.recovery.sensitivity import analyze, calibrate_model, plot, table_lines
 

@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxq.calib.collect import make_session, run_batch
-from onnxq.calib.data import Batch
+from onnxq.runtime import make_session, run_batch
+from onnxq.data import Batch
 from onnxq.graph import all_names, unique_name
 from onnxq.passes.insert_qdq import InsertQDQ
 from onnxq.plan import QuantPlan
@@ -76,7 +76,7 @@ class GatedSession:
     def __init__(self, prepared: onnx.ModelProto, plan: QuantPlan, scales: ScaleTable, threads: int = 0) -> None:
         self.prepared = prepared
         self.model, self.gates = build_gated_model(prepared, plan, scales)
-        self.session = make_session(self.model, threads)
+        self.session = make_session(self.model, threads=threads)
         self.units = list(self.gates)
         self.output_names = [o.name for o in prepared.graph.output]
         self._true, self._false = np.array(True), np.array(False)

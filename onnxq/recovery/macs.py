@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxq.calib.collect import expose, make_session, run_batch
-from onnxq.calib.data import Batch
+from onnxq.runtime import make_session, run_batch
+from onnxq.data import Batch
 from onnxq.graph import GraphIndex
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def node_macs(model: onnx.ModelProto, batch: Batch) -> dict[str, int]:
     index = GraphIndex.build(model.graph)
     nodes = _weighted(model)
     wanted = {t for n in nodes for t in (n.input[0], n.input[1], n.output[0]) if not index.is_initializer(t)}
-    session = make_session(expose(model, sorted(wanted)))
+    session = make_session(model, outputs=sorted(wanted))
     names = [o.name for o in session.get_outputs()]
     shapes = {n: a.shape for n, a in zip(names, run_batch(session, batch, "the MAC-count batch"))}
     for name, init in index.initializers.items():

@@ -291,7 +291,7 @@ def keep_float_for_target(prepared, plan, scales, config, val: Iterable, target:
 
 def verify_final(result: MixedPrecisionResult, reference, quantized, batches: list, target: AccuracyTarget) -> None:
     """Measure the goal on the really quantized model (a plain onnxruntime session) and record it."""
-    from onnxq.calib.collect import make_session
+    from onnxq.runtime import make_session
     from onnxq.validate.compare import compare_models
 
     if target.metric is not None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from onnxq.calib.data import Batch
+from onnxq.data import Batch
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
 from onnxq.plan import QuantPlan, build_plan

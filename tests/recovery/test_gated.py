@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from onnxq import Overrides, QuantConfig, quantize
-from onnxq.calib.collect import make_session
+from onnxq.runtime import make_session
 from onnxq.config import NodeSetting
 from onnxq.recovery.gated import GatedSession
 from onnxq.recovery.sensitivity import calibrate_model

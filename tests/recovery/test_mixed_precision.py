@@ -41,7 +41,7 @@ def test_target_already_met_keeps_everything_quantized(data):
 
 def test_user_metric_with_tolerable_loss(data):
     model, calib, val = data
-    from onnxq.calib.collect import make_session
+    from onnxq.runtime import make_session
 
     fp32 = make_session(model)
     reference = [fp32.run(None, b)[0] for b in val]
