@@ -337,7 +337,7 @@ def ori_preprocess(img) -> np.ndarray:
 
 SEEDS = {"calib": 1000, "eval": 2000, "val": 3000}  # val: a small set for searches (mixed precision), not eval
 INPUT_NAMES = {"det": "images", "rec": "input1", "ori": "x"}
-DATA_VERSION = 2  # bump when the generators change, so cached sets are rebuilt
+DATA_VERSION = 3  # bump when the generators change, so cached sets are rebuilt
 
 
 def generate_samples(name: str, split: str, count: int) -> tuple[list[np.ndarray], list]:
@@ -366,7 +366,7 @@ def generate_samples(name: str, split: str, count: int) -> tuple[list[np.ndarray
 def write_split(name: str, split: str, folder: Path) -> Path:
     """Write one split as ``NNNN.npz`` batches (key = the model's input name) and ``labels/labels.json``."""
     spec = MODELS[name]
-    count = {"calib": spec.calib_samples, "eval": spec.eval_samples, "val": max(8, spec.calib_samples // 4)}[split]
+    count = {"calib": spec.calib_samples, "eval": spec.eval_samples, "val": spec.calib_samples}[split]
     samples, labels = generate_samples(name, split, count)
     part = folder.with_name(folder.name + ".part")
     shutil.rmtree(part, ignore_errors=True)
