@@ -99,13 +99,14 @@ class GatedSession:
     def batches(self) -> list[Batch]:
         return self._batches
 
-    def error(self, quantized: Iterable[str]) -> list[ErrorAccumulator]:
-        """Per-output error against FP32 over the kept batches with ``quantized`` nodes quantized."""
+    def error(self, quantized: Iterable[str], batches: int | None = None) -> list[ErrorAccumulator]:
+        """Per-output error against FP32 over the kept batches (the first ``batches`` of them when given) with
+        ``quantized`` nodes quantized."""
         if self._reference is None:
             raise RuntimeError("call set_data() first")
         quantized = list(quantized)
         accs = [ErrorAccumulator() for _ in self.output_names]
-        for batch, reference in zip(self._batches, self._reference):
+        for batch, reference in zip(self._batches[:batches], self._reference[:batches]):
             for acc, ref, got in zip(accs, reference, self.run(batch, quantized)):
                 acc.add(ref, got)
         return accs

@@ -6,8 +6,9 @@ tuning: "tolerable_loss" and fallback to float; NNCF's ``quantize_with_accuracy_
 quantizers until a metric holds). The search runs in one gated session (:mod:`onnxq.recovery.gated`):
 
 1. all nodes quantized; if the target holds, nothing stays float;
-2. rank: for every quantized node, the output noise removed by leaving only it in float (one run each), per unit
-   of cost = its share of the weighted nodes' MACs (plus a floor, so free nodes do not all come first);
+2. rank: for every quantized node, the output noise removed by leaving only it in float (one run over a quarter
+   of the batches each), per unit of cost = its share of the weighted nodes' MACs (plus a floor, so free nodes do
+   not all come first);
 3. gallop over prefixes of the ranking (1, 2, 4, ... nodes) while their MAC share fits ``max_float_share``, then
    bisect between the last failing and the first passing prefix;
 4. prune: put each float node back to quantized (least useful first) where the target still holds.
@@ -181,11 +182,14 @@ def search(gated: GatedSession, target: AccuracyTarget, op_types: dict[str, str]
     base = scorer.score(())
     if base >= scorer.threshold:
         return _result(scorer, (), share, op_types, True, start)
-    # rank by noise removed per cost (worst-output noise / signal power, relative to the fully quantized model)
+    # rank by noise removed per cost (worst-output noise / signal power, relative to the fully quantized model), on
+    # a quarter of the batches: the ranking only orders the search, every decision is measured on all of them
+    rank_batches = max(1, len(gated.batches) // 4)
+    base_noise = max(noise_ratios(gated.error(scorer.units, rank_batches)))
     removed = {}
     for unit in scorer.units:
-        scorer.score((unit,))
-        removed[unit] = scorer.noise[frozenset()] - scorer.noise[frozenset((unit,))]
+        alone_float = [u for u in scorer.units if u != unit]
+        removed[unit] = base_noise - max(noise_ratios(gated.error(alone_float, rank_batches)))
         if progress is not None:
             progress(1)
     order = sorted(scorer.units, key=lambda u: (-removed[u] / (share[u] + COST_FLOOR), share[u], u))
