@@ -29,7 +29,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from realdata import MODELS, ddddocr_charset, ensure_dataset, ensure_split, model_path, read_labels  # noqa: E402
+from realdata import (  # noqa: E402
+    MODELS,
+    ddddocr_charset,
+    ensure_dataset,
+    ensure_split,
+    model_path,
+    read_labels,
+)
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 
@@ -62,12 +69,13 @@ def quantize_and_evaluate(model: str, method: str, extra: list[str], workdir: Pa
 
 
 def evaluate(model: str, source: Path, quantized_path: Path, evaluation: Path) -> dict:
-    from onnxq.runtime import make_session
+    from realtasks import TaskAgreement
+
     from onnxq.data import BatchSource
     from onnxq.graph import load_model
     from onnxq.recovery.macs import float_mac_share, node_macs, quantized_nodes
+    from onnxq.runtime import make_session
     from onnxq.validate.metrics import ErrorAccumulator
-    from realtasks import TaskAgreement
 
     reference, quantized = load_model(source), load_model(quantized_path)
     data = BatchSource(reference, evaluation)

@@ -235,7 +235,7 @@ def det_preprocess(img, size: int = 416) -> tuple[np.ndarray, float]:
 
 def text_line_image(rng: np.random.Generator, fonts: list[str]):
     """A captcha-style text line of 4-8 letters/digits: varied font, size, spacing, jitter, colours, clutter."""
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
     text = _random_text(rng, 4, 8)
     size = int(rng.integers(24, 48))

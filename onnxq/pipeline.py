@@ -7,12 +7,11 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -24,9 +23,10 @@ from onnxq.config import QuantConfig
 from onnxq.data import Batch, BatchSource, DataSource, RandomSource
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, check_model, count_qdq, fingerprint, load_model, save_model
+from onnxq.insert import InsertQDQ
 from onnxq.passes import PassManager, prepare_passes
-from onnxq.passes.insert_qdq import InsertQDQ
 from onnxq.plan import QuantPlan, build_plan
+from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target, verify_final
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
 from onnxq.runtime import make_session, run_batch
 from onnxq.scales.compute import clipped_fractions, compute_scales
@@ -61,9 +61,8 @@ def _load(model: ModelLike) -> tuple[onnx.ModelProto, Path | None]:
 
 
 def prepare(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.ModelProto, list[str]]:
-    """Float-to-float passes on a copy of ``model``; refuses a model that already holds Q/DQ unless
+    """Float-to-float passes (``model`` itself is left unchanged); refuses a model that already holds Q/DQ unless
     ``config.requantize``."""
-    model = copy.deepcopy(model)
     has_qdq = count_qdq(model) > 0
     if has_qdq and not config.requantize:
         raise OnnxqError("the model already holds QuantizeLinear/DequantizeLinear nodes; pass --requantize to "
@@ -128,13 +127,25 @@ class _Stopwatch:
         self.seconds[stage] = time.perf_counter() - start
 
 
+@dataclass(frozen=True)
+class Ranges:
+    """What the ranges stage produced."""
+
+    table: ScaleTable
+    #: calibration batches behind the table (0 for imported scales)
+    batches: int
+    #: "calibration" | "merged statistics" | "imported scales"
+    source: str
+    #: share of calibration values each calibrated activation's range clips (where the method can tell)
+    clipping: dict[str, float] = field(default_factory=dict)
+
+
 def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, calib: DataLike | None,
            stats: list[str] | None, scales: ScaleImporter | None,
-           progress: Callable[[int], None] | None) -> tuple[ScaleTable, int, str, dict[str, float]]:
-    """The scale table from exactly one source, the number of batches behind it, the source's name, and the share
-    of calibration values each calibrated activation's range clips (where the method can tell)."""
+           progress: Callable[[int], None] | None) -> Ranges:
+    """The scale table from exactly one source (calibration data, statistics files or imported scales)."""
     if scales is not None:
-        return scales(plan, prepared), 0, "imported scales", {}
+        return Ranges(scales(plan, prepared), 0, "imported scales")
     if stats is not None:
         calibrators, batches = merge_stats(expand_stats_paths(stats), fingerprint(prepared))
         missing = [t.name for t in plan.calibrated_activations() if t.name not in calibrators]
@@ -151,14 +162,12 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
         if fraction > CLIP_WARNING_FRACTION:
             log.info("the range of %r clips %.2f%% of its calibration values (method %s)", name,
                         100 * fraction, plan.tensors[name].method)
-    return table, batches, source, clipping
+    return Ranges(table, batches, source, clipping)
 
 
 def mixed_precision(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, config: QuantConfig,
                     val: DataLike | None, target, tolerable_loss: float | None):
     """The mixed-precision stage: which nodes stay float for the accuracy target, and the plan without them."""
-    from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target
-
     accuracy = accuracy_target(target, tolerable_loss)
     if val is None:
         raise OnnxqError("an accuracy target needs validation data: pass --val DATA (val= in Python)")
@@ -198,22 +207,21 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             raise OnnxqError("nothing to quantize: no Conv, ConvTranspose, Gemm or MatMul node is planned for "
                              "quantization (check --exclude-op/--exclude-node)")
     with clock("ranges"):
-        table, batches, source, clipping = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales,
-                                                  progress=progress)
+        found = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales, progress=progress)
+    table = found.table
     mixed = None
     if target is not None:
         with clock("mixed-precision"):
             plan, table, mixed, mixed_batches, accuracy = mixed_precision(prepared, plan, table, config, val, target,
                                                                           tolerable_loss)
     with clock("insert+verify"):
-        quantized = InsertQDQ(plan, table).call(copy.deepcopy(prepared)).model
+        quantized = InsertQDQ(plan, table).run(prepared).model
         verify(quantized, next(iter(data_source(prepared, calib, config)), None) if calib is not None else None)
     if mixed is not None:
-        from onnxq.recovery.mixed_precision import verify_final
-
         with clock("mixed-precision verify"):
             verify_final(mixed, prepared, quantized, mixed_batches, accuracy)
-    report = QuantReport(plan, notes, original.ByteSize(), quantized.ByteSize(), batches, source, clipping=clipping)
+    report = QuantReport(plan, notes, original.ByteSize(), quantized.ByteSize(), found.batches, found.source,
+                         clipping=found.clipping)
     report.mixed_precision = mixed
     if val is not None:
         with clock("validate"):
@@ -222,4 +230,4 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             report.validation = compare_models(reference, quantized, val_data, per_layer=per_layer)
     report.seconds = clock.seconds
     output_path = save_model(quantized, output, input_path=input_path) if output is not None else None
-    return QuantizeResult(quantized, plan, table, report, output_path)
+    return QuantizeResult(quantized, plan, found.table, report, output_path)

@@ -70,7 +70,8 @@ def make_session(model: ModelSource, *, outputs: Iterable[str] = (), threads: in
     try:
         return ort.InferenceSession(source, settings.to_ort(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for invalid models
-        raise OnnxqError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
+        what = "the model" if isinstance(model, onnx.ModelProto) else str(model)
+        raise OnnxqError(f"onnxruntime cannot load {what}: {first_line(exc)}") from exc
 
 
 def run_batch(session: ort.InferenceSession, batch: Batch, label: str) -> list[np.ndarray]:

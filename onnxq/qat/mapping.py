@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from torch import nn
 
-from onnxq.graph import GraphIndex
+from onnxq.graph import GraphIndex, node_name
 from onnxq.plan import QuantPlan
 from onnxq.runtime import make_session, run_named
 from onnxq.qat.trace import BATCHNORM, ONNX_TO_KIND, WEIGHTED, Recording
@@ -139,7 +139,7 @@ def build_mapping(plan: QuantPlan, prepared: onnx.ModelProto, model: nn.Module, 
                   batch: dict[str, np.ndarray]) -> Mapping:
     mapping = Mapping()
     index = GraphIndex.build(prepared.graph)
-    nodes = {n.name or n.output[0]: n for n in prepared.graph.node}
+    nodes = {node_name(n): n for n in prepared.graph.node}
     modules = dict(model.named_modules())
     _map_weights(plan, index, nodes, model, modules, rec, mapping)
 

@@ -19,11 +19,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxq.runtime import make_session, run_batch
 from onnxq.data import Batch
 from onnxq.graph import all_names, unique_name
-from onnxq.passes.insert_qdq import InsertQDQ
+from onnxq.insert import InsertQDQ
 from onnxq.plan import QuantPlan
+from onnxq.runtime import make_session, run_batch
 from onnxq.scales.types import ScaleTable
 from onnxq.validate.metrics import ErrorAccumulator
 
@@ -40,7 +40,7 @@ def gated_units(plan: QuantPlan) -> list[str]:
 def build_gated_model(prepared: onnx.ModelProto, plan: QuantPlan, scales: ScaleTable) -> tuple[onnx.ModelProto,
                                                                                                   dict[str, str]]:
     """The gated model and, per quantized node, the name of its gate input."""
-    model = InsertQDQ(plan, scales).call(copy.deepcopy(prepared)).model
+    model = InsertQDQ(plan, scales).run(prepared).model
     graph = model.graph
     original = {n.name or n.output[0]: n for n in prepared.graph.node}
     taken = all_names(graph)

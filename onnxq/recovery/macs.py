@@ -18,9 +18,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxq.runtime import make_session, run_batch
 from onnxq.data import Batch
 from onnxq.graph import GraphIndex
+from onnxq.runtime import make_session, run_batch
 
 log = logging.getLogger(__name__)
 

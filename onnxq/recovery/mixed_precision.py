@@ -26,13 +26,18 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from itertools import islice
 
 import numpy as np
 import onnxruntime as ort
 
+from onnxq.config import NodeSetting, Overrides
 from onnxq.errors import OnnxqError
+from onnxq.plan import build_plan
 from onnxq.recovery.gated import GatedSession, noise_ratios, worst
 from onnxq.recovery.macs import node_macs
+from onnxq.runtime import make_session
+from onnxq.validate.compare import compare_models
 
 log = logging.getLogger(__name__)
 
@@ -271,11 +276,6 @@ def keep_float_for_target(prepared, plan, scales, config, val: Iterable, target:
     Returns ``(plan, scales, result, batches)``; ``batches`` are the validation batches the search used (the
     pipeline verifies the final model on them).
     """
-    from itertools import islice
-
-    from onnxq.config import NodeSetting, Overrides
-    from onnxq.plan import build_plan
-
     batches = list(islice(iter(val), target.val_batches)) if target.val_batches else list(val)
     if not batches:
         raise OnnxqError("the validation data for the accuracy target holds no batches")
@@ -295,9 +295,6 @@ def keep_float_for_target(prepared, plan, scales, config, val: Iterable, target:
 
 def verify_final(result: MixedPrecisionResult, reference, quantized, batches: list, target: AccuracyTarget) -> None:
     """Measure the goal on the really quantized model (a plain onnxruntime session) and record it."""
-    from onnxq.runtime import make_session
-    from onnxq.validate.compare import compare_models
-
     if target.metric is not None:
         result.verified_score = float(target.metric(make_session(quantized)))
     else:

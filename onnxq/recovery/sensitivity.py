@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from onnxq.data import Batch
 from onnxq.config import QuantConfig
+from onnxq.data import Batch
 from onnxq.errors import OnnxqError
+from onnxq.pipeline import prepare, ranges
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.gated import GatedSession, noise_ratios, worst
 from onnxq.recovery.macs import node_macs
@@ -96,8 +97,6 @@ class Calibrated:
 def calibrate_model(model: onnx.ModelProto, calib, config: QuantConfig,
                     progress: Progress | None = None) -> Calibrated:
     """Prepare, plan and calibrate once (the pipeline's own stages)."""
-    from onnxq.pipeline import prepare, ranges
-
     clock = _Clock()
     with clock("prepare"):
         prepared, _ = prepare(model, config)
@@ -105,7 +104,7 @@ def calibrate_model(model: onnx.ModelProto, calib, config: QuantConfig,
     if not plan.tensors:
         raise OnnxqError("nothing to quantize: no node is planned for quantization")
     with clock("calibrate"):
-        table, _, _, _ = ranges(prepared, plan, config, calib=calib, stats=None, scales=None, progress=progress)
+        table = ranges(prepared, plan, config, calib=calib, stats=None, scales=None, progress=progress).table
     return Calibrated(prepared, plan, table, clock.wall, clock.cpu)
 
 

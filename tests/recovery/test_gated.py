@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from onnxq import Overrides, QuantConfig, quantize
-from onnxq.runtime import make_session
 from onnxq.config import NodeSetting
 from onnxq.recovery.gated import GatedSession
 from onnxq.recovery.sensitivity import calibrate_model
+from onnxq.runtime import make_session
 from tests.recovery.nets import NODES, batches, fragile_chain
 
 

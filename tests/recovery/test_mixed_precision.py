@@ -4,12 +4,12 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxq import QuantConfig, quantize
+from onnxq import quantize
 from onnxq.errors import OnnxqError
 from onnxq.recovery.mixed_precision import AccuracyTarget
 from onnxq.trt.lint import has_errors, lint_model
 from onnxq.validate.compare import compare_models
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.recovery.nets import batches, fragile_chain
 
 
@@ -33,7 +33,7 @@ def test_target_sqnr_reached_by_leaving_the_fragile_node_float(data):
     assert quantized_convs == {"conv_a", "conv_b", "conv_c"}
     assert any("mixed precision: target" in line for line in result.report.summary_lines())
     findings = lint_model(result.model)  # the float node is FP16 work for TensorRT: a warning, never an error
-    assert not has_errors(findings) and {f.node for f in findings} == {"conv_frag"}
+    assert not has_errors(findings) and {f.subject for f in findings} == {"conv_frag"}
 
 
 def test_target_already_met_keeps_everything_quantized(data):

@@ -7,7 +7,7 @@ import onnx
 
 from onnxq import QuantConfig
 from onnxq.recovery.sensitivity import analyze, calibrate_model
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.recovery.nets import NODES, batches, fragile_chain
 
 

@@ -24,7 +24,6 @@ Keys that match nothing and planned tensors left without a scale are reported.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 
@@ -92,10 +91,9 @@ def match_to_fp32(qdq: onnx.ModelProto, fp32: onnx.ModelProto, config: QuantConf
     entries = read_qdq(qdq)
     if not entries:
         raise OnnxqError("the Q/DQ model has no int8/uint8 Q/DQ to read")
-    raw = copy.deepcopy(qdq)
-    q_index = GraphIndex.build(StripQDQ().call(raw).model.graph)  # float weights by key, before any BN folding
-    stripped, _ = prepare(copy.deepcopy(qdq), QuantConfig(target=config.target, requantize=True))
-    prepared, _ = prepare(copy.deepcopy(fp32), config)
+    q_index = GraphIndex.build(StripQDQ().run(qdq).model.graph)  # float weights by key, before any BN folding
+    stripped, _ = prepare(qdq, QuantConfig(target=config.target, requantize=True))
+    prepared, _ = prepare(fp32, config)
     plan = build_plan(prepared, config)
     s_index, f_index = GraphIndex.build(stripped.graph), GraphIndex.build(prepared.graph)
     in_f = [v.name for v in prepared.graph.input if v.name not in f_index.initializers]

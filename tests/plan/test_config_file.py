@@ -12,7 +12,8 @@ from onnxq.config_file import load_config_file, unmatched_rules
 from onnxq.errors import OnnxqError
 from onnxq.pipeline import prepare
 from onnxq.plan import build_plan
-from tests.conftest import run_cli, small_cnn
+from tests.conftest import small_cnn
+from tests.helpers import run_cli
 
 CONFIG = '''
 target = "tensorrt"
