@@ -32,7 +32,7 @@ def test_gated_equals_separately_quantized_model(setup, quantized):
     got = gated.run(batch, quantized)
     for e, g in zip(expected, got, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * float(np.abs(e).max()))
-        if quantized:  # Where selects the very tensors the Q/DQ model computes
+        if quantized:  # the If branches compute the very tensors the Q/DQ model computes
             assert np.array_equal(g, e)
 
 
@@ -41,7 +41,7 @@ def test_gates_are_inputs_and_one_per_quantized_node(setup):
     assert gated.units == list(NODES)
     names = {i.name for i in gated.session.get_inputs()}
     assert set(gated.gates.values()) <= names and "x" in names
-    assert len([n for n in gated.model.graph.node if n.op_type == "Where"]) == 2 * len(NODES)  # data + weight
+    assert len([n for n in gated.model.graph.node if n.op_type == "If"]) == 2 * len(NODES)  # data + weight
 
 
 def test_error_against_cached_reference(setup):
