@@ -284,6 +284,8 @@ def keep_float_for_target(prepared, plan, scales, config, val: Iterable, target:
     result = search(gated, target, {d.node: d.op_type for d in plan.nodes}, progress)
     if not result.float_nodes:
         return plan, scales, result, batches
+    if config.target == "tensorrt":
+        result.notes.append("the float nodes run in FP16 on TensorRT 10 with `onnxq build-engine --fp16` (else FP32)")
     skip = Overrides(by_name={n.node: NodeSetting(skip=True) for n in result.float_nodes})
     new_plan = build_plan(prepared, replace(config, overrides=config.overrides.merged(skip)))
     missing = [t for t in new_plan.tensors if t not in scales]
