@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from onnxq.plan import QuantPlan
 from onnxq.validate.compare import ComparisonReport
+from onnxq.validate.latency import LatencyReport
 
 # a calibrated range that saturates more than this share of its calibration values is called out in the summary
 CLIP_WARNING_FRACTION = 0.01
@@ -26,6 +27,7 @@ class QuantReport:
     # onnxq.recovery.mixed_precision.MixedPrecisionResult when an accuracy target was given (typed loosely: the
     # report sits below recovery in the layers)
     mixed_precision: object | None = None
+    latency: LatencyReport | None = None
 
     @property
     def compression(self) -> float:
@@ -47,6 +49,8 @@ class QuantReport:
             lines += validation_lines(self.validation)
         if self.mixed_precision is not None:
             lines += self.mixed_precision.summary_lines()
+        if self.latency is not None:
+            lines += self.latency.lines()
         if self.seconds:
             lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()))
         return lines
@@ -73,6 +77,7 @@ class QuantReport:
             "seconds": self.seconds,
             "validation": self.validation.as_dict() if self.validation else None,
             "mixed_precision": self.mixed_precision.as_dict() if self.mixed_precision is not None else None,
+            "latency": self.latency.as_dict() if self.latency else None,
         }
 
 
