@@ -167,7 +167,7 @@ def table_lines(report: SensitivityReport, top: int | None = None) -> list[str]:
 
 
 def plot(report: SensitivityReport, path) -> bool:
-    """A PNG of both SQNRs per node (graph order); False when matplotlib is missing (``pip install onnxq[plots]``)."""
+    """A PNG of both SQNRs per node (plan order); False when matplotlib is missing (``pip install onnxq[plots]``)."""
     try:
         import matplotlib
 
@@ -183,7 +183,7 @@ def plot(report: SensitivityReport, path) -> bool:
     ax.plot(xs, [min(n.sqnr_only_quantized, cap) for n in nodes], "o-", ms=3, label="only this node quantized")
     ax.plot(xs, [min(n.sqnr_only_float, cap) for n in nodes], "s-", ms=3, label="only this node float")
     ax.axhline(report.all_quantized_sqnr, color="grey", ls="--", lw=1, label="all quantized")
-    ax.set_xlabel("quantized node (graph order)")
+    ax.set_xlabel("quantized node (plan order)")
     ax.set_ylabel("worst-output SQNR (dB)")
     ax.set_xticks(list(xs))
     ax.set_xticklabels([n.node[:24] for n in nodes], rotation=90, fontsize=5)
