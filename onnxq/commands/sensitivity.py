@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from onnxq.commands.common import add_calib_flags, add_selection_flags, config_from_args, progress_bar
+from onnxq.commands.common import add_calib_flags, add_selection_flags, config_from_args, guard
 from onnxq.errors import OnnxqError
+from onnxq.outputs import Output
 
 
 def add_parser(subparsers) -> None:
@@ -38,17 +39,13 @@ def run(args: argparse.Namespace) -> int:
     if args.val_batches < 1:
         raise OnnxqError(f"--val-batches must be at least 1, got {args.val_batches}")
     out_dir = Path(args.output_dir) if args.output_dir else None
-    if out_dir is not None and not out_dir.parent.exists():
-        raise OnnxqError(f"the parent folder of {out_dir} does not exist")
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
-        raise OnnxqError(f"{out_dir} exists and is not a folder")
+    guard([Output("-o", out_dir, folder=True)] if out_dir is not None else [], model=args.model, calib=args.calib,
+          val=args.val, config=args.config)
     config = config_from_args(args)
     model = load_model(args.model)
     val = BatchSource(model, args.val, max_batches=args.val_batches, batch_size=config.batch_size)
-    with progress_bar(None, "calibrating") as progress:
-        calibrated = calibrate_model(model, args.calib, config, progress)
-    with progress_bar(len([d for d in calibrated.plan.nodes if d.quantized]), "sensitivity") as progress:
-        report, _ = analyze(calibrated, val, progress)
+    calibrated = calibrate_model(model, args.calib, config)
+    report, _ = analyze(calibrated, val)
     for line in table_lines(report, args.top):
         print(line)
     print("time (wall / CPU): " + ", ".join(f"{k} {v:.1f}s / {report.cpu_seconds.get(k, 0):.1f}s"

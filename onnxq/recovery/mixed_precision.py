@@ -31,6 +31,7 @@ from itertools import islice
 import numpy as np
 import onnxruntime as ort
 
+from onnxq import progress
 from onnxq.config import NodeSetting, Overrides
 from onnxq.errors import OnnxqError
 from onnxq.plan import build_plan
@@ -178,8 +179,7 @@ class _Scorer:
         return self.score(floats) >= self.threshold
 
 
-def search(gated: GatedSession, target: AccuracyTarget, op_types: dict[str, str],
-           progress: Callable[[int], None] | None = None) -> MixedPrecisionResult:
+def search(gated: GatedSession, target: AccuracyTarget, op_types: dict[str, str]) -> MixedPrecisionResult:
     """The fewest, cheapest float nodes for which ``target`` holds on the gated session's batches."""
     start = time.perf_counter()
     scorer = _Scorer(gated, target)
@@ -194,11 +194,11 @@ def search(gated: GatedSession, target: AccuracyTarget, op_types: dict[str, str]
     rank_batches = max(1, len(gated.batches) // 4)
     base_noise = max(noise_ratios(gated.error(scorer.units, rank_batches)))
     removed = {}
-    for unit in scorer.units:
-        alone_float = [u for u in scorer.units if u != unit]
-        removed[unit] = base_noise - max(noise_ratios(gated.error(alone_float, rank_batches)))
-        if progress is not None:
-            progress(1)
+    with progress.stage("mixed-precision ranking", total=len(scorer.units), unit="node") as advance:
+        for unit in scorer.units:
+            alone_float = [u for u in scorer.units if u != unit]
+            removed[unit] = base_noise - max(noise_ratios(gated.error(alone_float, rank_batches)))
+            advance()
     order = sorted(scorer.units, key=lambda u: (-removed[u] / (share[u] + COST_FLOOR), share[u], u))
     order = [u for u in order if share[u] <= target.max_float_share]
     prefix_share = np.cumsum([share[u] for u in order]) if order else np.zeros(0)
@@ -271,8 +271,7 @@ def accuracy_target(target: AccuracyTarget | Metric | float | int, tolerable_los
     raise OnnxqError(f"target must be a target SQNR in dB or a callable(session) -> float, got {type(target).__name__}")
 
 
-def keep_float_for_target(prepared, plan, scales, config, val: Iterable, target: AccuracyTarget,
-                          progress: Callable[[int], None] | None = None):
+def keep_float_for_target(prepared, plan, scales, config, val: Iterable, target: AccuracyTarget):
     """The pipeline stage: search, then the plan rebuilt with the float nodes skipped and its scales.
 
     Returns ``(plan, scales, result, batches)``; ``batches`` are the validation batches the search used (the
@@ -283,7 +282,7 @@ def keep_float_for_target(prepared, plan, scales, config, val: Iterable, target:
         raise OnnxqError("the validation data for the accuracy target holds no batches")
     gated = GatedSession(prepared, plan, scales)
     gated.set_data(batches)
-    result = search(gated, target, {d.node: d.op_type for d in plan.nodes}, progress)
+    result = search(gated, target, {d.node: d.op_type for d in plan.nodes})
     if not result.float_nodes:
         return plan, scales, result, batches
     if config.target == "tensorrt":

@@ -16,11 +16,12 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import onnx
 
+from onnxq import progress
 from onnxq.config import QuantConfig
 from onnxq.data import Batch
 from onnxq.errors import OnnxqError
@@ -31,8 +32,6 @@ from onnxq.recovery.macs import node_macs
 from onnxq.scales.types import ScaleTable
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -94,8 +93,7 @@ class Calibrated:
     cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def calibrate_model(model: onnx.ModelProto, calib, config: QuantConfig,
-                    progress: Progress | None = None) -> Calibrated:
+def calibrate_model(model: onnx.ModelProto, calib, config: QuantConfig) -> Calibrated:
     """Prepare, plan and calibrate once (the pipeline's own stages)."""
     clock = _Clock()
     with clock("prepare"):
@@ -104,7 +102,7 @@ def calibrate_model(model: onnx.ModelProto, calib, config: QuantConfig,
     if not plan.tensors:
         raise OnnxqError("nothing to quantize: no node is planned for quantization")
     with clock("calibrate"):
-        table = ranges(prepared, plan, config, calib=calib, stats=None, scales=None, progress=progress).table
+        table = ranges(prepared, plan, config, calib=calib, stats=None, scales=None, progress=None).table
     return Calibrated(prepared, plan, table, clock.wall, clock.cpu)
 
 
@@ -122,7 +120,7 @@ class _Clock:
         self.cpu[stage] = time.process_time() - cpu
 
 
-def analyze(calibrated: Calibrated, val: Iterable[Batch], progress: Progress | None = None,
+def analyze(calibrated: Calibrated, val: Iterable[Batch],
             session: GatedSession | None = None) -> tuple[SensitivityReport, GatedSession]:
     """Sensitivity of every quantized node of ``calibrated`` on the validation batches ``val``."""
     clock = _Clock(calibrated.seconds, calibrated.cpu_seconds)
@@ -138,14 +136,14 @@ def analyze(calibrated: Calibrated, val: Iterable[Batch], progress: Progress | N
         units = session.units
         everything = worst(session.error(units))
         nodes = []
-        for unit in units:
-            alone = session.error([unit])
-            rest = worst(session.error([u for u in units if u != unit]))
-            only_q = worst(alone)
-            nodes.append(NodeSensitivity(unit, ops[unit], macs.get(unit, 0), only_q[0], only_q[1], rest[0],
-                                         rest[1], rest[0] - everything[0], tuple(noise_ratios(alone))))
-            if progress is not None:
-                progress(1)
+        with progress.stage("sensitivity", total=len(units), unit="node") as advance:
+            for unit in units:
+                alone = session.error([unit])
+                rest = worst(session.error([u for u in units if u != unit]))
+                only_q = worst(alone)
+                nodes.append(NodeSensitivity(unit, ops[unit], macs.get(unit, 0), only_q[0], only_q[1], rest[0],
+                                             rest[1], rest[0] - everything[0], tuple(noise_ratios(alone))))
+                advance()
     log.info("sensitivity of %d node(s) over %d batch(es) in %.1fs", len(units), len(session.batches),
              clock.wall["per-node runs"])
     return SensitivityReport(nodes, everything[0], everything[1], len(session.batches), clock.wall,
