@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "import_qdq",
     "models",
     "demo",
+    "sensitivity",
 )
 
 
