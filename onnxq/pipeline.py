@@ -1,12 +1,14 @@
 """``quantize()``: the whole post-training quantization, as named stages in order.
 
-load -> prepare (strip Q/DQ?, opset, constants, fold BN, shapes) -> plan -> ranges (calibrate | statistics |
-imported scales) -> scales -> insert Q/DQ -> verify (checker + onnxruntime) -> validate? -> save
+load -> prepare (strip Q/DQ?, opset, constants, fold BN, shapes) -> equalize (cross-layer, SmoothQuant) -> plan ->
+ranges (calibrate | statistics | imported scales) -> scales -> recover (auto ranges, AdaRound, bias correction) ->
+insert Q/DQ -> verify (checker + onnxruntime) -> validate? -> save
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import time
@@ -43,6 +45,7 @@ from onnxq.passes import PassManager, prepare_passes
 from onnxq.passes.decompose_hard_activations import DecomposeHardActivations
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target, verify_final
+from onnxq.recovery.stage import equalize, recover
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
 from onnxq.rules import TARGET_RULES
 from onnxq.runtime import make_session, run_batch
@@ -127,6 +130,15 @@ def calibrate(prepared: onnx.ModelProto, plan: QuantPlan, data: DataLike, config
                               CollectSettings(config.memory_budget_mb), progress)
 
 
+def float_rewrites(prepared: onnx.ModelProto, calib_data: DataSource | Iterable[Batch] | None, config: QuantConfig,
+                   *, owned: bool) -> list[str]:
+    """The data-dependent float-to-float rewrites (equalization, SmoothQuant) of ``prepared``, in place; the same
+    call on the same model and data gives the same model (Ray workers repeat it to calibrate the driver's model)."""
+    if owned:  # float rewrites of a model past 2 GB (weights on disk) are not supported yet
+        return []
+    return equalize(prepared, calib_data, config.recovery)
+
+
 def calibration_targets(plan: QuantPlan, config: QuantConfig) -> dict[str, CalibOptions]:
     """Each activation that needs a range of its own, with its calibration options (per-node settings applied)."""
     return {t.name: t.calib_options(config.calib) for t in plan.calibrated_activations()}
@@ -196,6 +208,8 @@ class Ranges:
     source: str
     #: share of calibration values each calibrated activation's range clips (where the method can tell)
     clipping: dict[str, float] = field(default_factory=dict)
+    #: the statistics behind the table, by activation (empty for imported scales); the recover stage reads them
+    calibrators: dict[str, Calibrator] = field(default_factory=dict)
 
 
 def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, calib: DataLike | None,
@@ -224,7 +238,7 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
         if fraction > CLIP_WARNING_FRACTION:
             log.info("the range of %r clips %.2f%% of its calibration values (method %s)", name,
                         100 * fraction, plan.tensors[name].method)
-    return Ranges(table, batches, source, clipping)
+    return Ranges(table, batches, source, clipping, calibrators)
 
 
 def mixed_precision(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, config: QuantConfig,
@@ -271,6 +285,17 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
         # the weights in memory; validation then compares against the prepared (numerically equal) float model
         owned = input_path is not None and needs_external_data(original)
         prepared, notes = prepare(original, config, in_place=owned)
+    calib_data = data_source(prepared, calib, config, warn=False) if calib is not None else None
+    with clock("equalize"):
+        if stats is not None:
+            # `onnxq calibrate` shards collect statistics on the prepared model without these data-dependent
+            # rewrites (each shard would rescale by its own data): the ranges must belong to the model they serve
+            if config.recovery.equalize or config.recovery.smoothquant_alpha is not None:
+                notes.append("equalization/SmoothQuant skipped: the statistics come from shards calibrated on the "
+                             "model without them")
+        else:
+            notes += float_rewrites(prepared, calib_data, config, owned=owned)
+    with clock("plan"):
         plan = build_plan(prepared, config)
         if not plan.tensors:
             raise OnnxqError("nothing to quantize: no Conv, ConvTranspose, Gemm or MatMul node is planned for "
@@ -281,24 +306,31 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
         if scales is not None:  # the plan actually inserted: tensors without a scale dropped, reasons recorded
             plan = plan.for_scales(found.table, "the scales file")
             found = replace(found, table={name: found.table[name] for name in plan.tensors})
+    # the float model outputs are compared with (a re-quantized input: its float form); recovery edits ``prepared``
+    float_reference = (None if owned and val is None and target is None
+                       else prepared if count_qdq(original) or owned else original)
+    if float_reference is prepared and not owned and calib is not None and config.recovery.needs_layers:
+        float_reference = copy.deepcopy(prepared)
     table, mixed = found.table, None
-    if target is not None:
+    if target is not None:  # decided on the plain quantization; recovery below only lowers the error further
         with clock("mixed-precision"):
             plan, table, mixed, mixed_batches, accuracy = mixed_precision(prepared, plan, table, config, val, target,
                                                                           tolerable_loss)
+    with clock("recover"):
+        if not owned:  # layer-local rewrites of a model past 2 GB (weights on disk) are not supported yet
+            table, recovery_notes = recover(prepared, plan, table, found.calibrators, calib_data, config.recovery)
+            notes += recovery_notes
     with clock("insert+verify"):
         first_batch = (next(iter(data_source(prepared, calib, config, warn=False)), None)
                        if calib is not None else None)
-        float_reference = None if owned and val is None else prepared if count_qdq(original) or owned else original
-        keep_prepared = float_reference is prepared or mixed is not None  # mixed precision verifies against it
-        quantized = InsertQDQ(plan, table).run(prepared, keep_input=keep_prepared).model
+        quantized = InsertQDQ(plan, table).run(prepared, keep_input=float_reference is prepared).model
         int32_bias = TARGET_RULES[config.target].int32_bias
         if int32_bias:
             quantized = QuantizeBias(int32_bias).run(quantized, keep_input=False).model
         verify(quantized, first_batch)
     if mixed is not None:
         with clock("mixed-precision verify"):
-            verify_final(mixed, prepared, quantized, mixed_batches, accuracy)
+            verify_final(mixed, float_reference, quantized, mixed_batches, accuracy)
     report = QuantReport(plan, notes, size_before, estimated_size(quantized), found.batches, found.source,
                          clipping=found.clipping)
     report.mixed_precision = mixed

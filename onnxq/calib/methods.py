@@ -5,6 +5,7 @@ A new algorithm is a :class:`~onnxq.calib.base.Calibrator` subclass in its own m
 
 from __future__ import annotations
 
+from onnxq.calib.auto import AutoCalibrator
 from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.entropy import EntropyCalibrator
 from onnxq.calib.minmax import MinMaxCalibrator
@@ -13,7 +14,8 @@ from onnxq.calib.percentile import PercentileCalibrator
 from onnxq.errors import OnnxqError
 
 CALIBRATORS: dict[str, type[Calibrator]] = {
-    cls.method: cls for cls in (MinMaxCalibrator, PercentileCalibrator, EntropyCalibrator, MseCalibrator)
+    cls.method: cls for cls in (MinMaxCalibrator, PercentileCalibrator, EntropyCalibrator, MseCalibrator,
+                                      AutoCalibrator)
 }
 
 

@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 
 from onnxq.atomic import AtomicGroup, json_text
-from onnxq.commands.common import add_calibration_flags, add_model_and_output, config_from_args, guard, ray_calibration
+from onnxq.commands.common import (
+    add_calibration_flags,
+    add_model_and_output,
+    add_recovery_flags,
+    config_from_args,
+    guard,
+    ray_calibration,
+)
 from onnxq.commands.latency_flags import add_latency_flags, latency_settings
 from onnxq.errors import OnnxqError
 from onnxq.outputs import Output
@@ -33,6 +40,7 @@ def add_parser(subparsers) -> None:
                      "ahead of time, activations quantized at run time (no calibration data; for transformers on "
                      "CPU)")
     add_calibration_flags(p)
+    add_recovery_flags(p)
     v = p.add_argument_group("validation and reports")
     v.add_argument("--val", metavar="DATA", help="validate against FP32 on this data right after quantizing")
     v.add_argument("--per-layer", action="store_true", help="with --val: per-layer SQNR to find the culprits")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from onnxq.passes.base import FunctionalPass, InPlacePass, Pass, PassManager, PassResult
+from onnxq.passes.batchnorm_to_mul_add import BatchNormToMulAdd
 from onnxq.passes.constants_to_initializers import ConstantsToInitializers
 from onnxq.passes.fold_batchnorm import FoldBatchNorm
+from onnxq.passes.fold_bias_add import FoldBiasAdd
 from onnxq.passes.infer_shapes import InferShapes
 from onnxq.passes.strip_qdq import StripQDQ
 from onnxq.passes.upgrade_opset import UpgradeOpset
@@ -15,9 +17,10 @@ def prepare_passes(*, per_channel: bool = True, strip_qdq: bool = False) -> list
     passes: list[Pass] = [StripQDQ()] if strip_qdq else []
     if per_channel:
         passes.append(UpgradeOpset())
-    passes += [ConstantsToInitializers(), FoldBatchNorm(), InferShapes()]
+    passes += [ConstantsToInitializers(), FoldBiasAdd(), FoldBatchNorm(), BatchNormToMulAdd(), InferShapes()]
     return passes
 
 
-__all__ = ["ConstantsToInitializers", "FoldBatchNorm", "FunctionalPass", "InPlacePass", "InferShapes", "Pass",
-           "PassManager", "PassResult", "StripQDQ", "UpgradeOpset", "prepare_passes"]
+__all__ = ["BatchNormToMulAdd", "ConstantsToInitializers", "FoldBatchNorm", "FoldBiasAdd", "FunctionalPass",
+           "InPlacePass", "InferShapes", "Pass", "PassManager", "PassResult", "StripQDQ", "UpgradeOpset",
+           "prepare_passes"]

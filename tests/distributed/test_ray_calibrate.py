@@ -195,7 +195,7 @@ def test_shards_are_runs_of_consecutive_files_of_near_equal_size(tmp_path):
 
 def test_a_worker_that_sees_another_model_file_refuses_it(model_and_data):
     """What the task checks before calibrating (run here in-process: the check does not need Ray)."""
-    from onnxq.distributed.ray_calibrate import ShardJob, calibrate_shard, file_sha256
+    from onnxq.distributed.ray_calibrate import ShardJob, calibrate_shard, file_sha256, weights_sha256
     from onnxq.distributed.shards import split_files
     from onnxq.graph import fingerprint
     from onnxq.version import __version__
@@ -204,7 +204,8 @@ def test_a_worker_that_sees_another_model_file_refuses_it(model_and_data):
     config = QuantConfig()
     prepared, plan = prepared_and_plan(model_path, config)
     job = ShardJob(shard=split_files(sorted(data.iterdir()), 4)[0], model_path=str(model_path),
-                   model_sha256=file_sha256(model_path), fingerprint=fingerprint(prepared), onnxq_version=__version__,
+                   model_sha256=file_sha256(model_path), fingerprint=fingerprint(prepared),
+                   weights_sha256=weights_sha256(prepared), onnxq_version=__version__,
                    config=config, tensors=calibration_targets(plan, config), data_path=str(data),
                    max_batches=None, threads=1)
     result = calibrate_shard(job)
