@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from onnxq.pipeline import QuantizeResult
-from onnxq.trt.lint import LintOptions, lint_model
+from onnxq.trt.lint import lint_model
 
 
 def _scale_entry(params) -> dict:
@@ -31,7 +31,7 @@ def report_payload(result: QuantizeResult) -> dict:
     payload["skipped"] = [{"node": d.node, "op_type": d.op_type, "reason": d.reason}
                           for d in result.plan.nodes if not d.quantized]
     if result.plan.target == "tensorrt":
-        findings = lint_model(result.model, LintOptions(allow_int8_convtranspose=True))
+        findings = lint_model(result.model)  # the settings of `onnxq lint` without flags: one lint, one result
         payload["lint"] = [f.to_dict() for f in findings]
     payload["compression"] = result.report.compression
     return payload
@@ -68,6 +68,6 @@ def render_markdown(payload: dict) -> str:
         lines.append(f"| `{name}` | {t['role']} | {t['dtype']} | {t['axis']} | {shown} | {len(t['consumers'])} |")
     if "lint" in payload:
         lines += ["", "## TensorRT lint", ""]
-        lines += [f"- {f['severity']}: [{f['rule']}] `{f['node']}`: {f['message']}" for f in payload["lint"]] or [
+        lines += [f"- {f['severity']}: [{f['rule']}] `{f['subject']}`: {f['message']}" for f in payload["lint"]] or [
             "- no findings"]
     return "\n".join(lines) + "\n"

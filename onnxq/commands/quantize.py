@@ -13,6 +13,7 @@ from onnxq.commands.common import (
     add_model_and_output,
     add_ray_flags,
     add_selection_flags,
+    calib_flags_given,
     config_from_args,
     ray_collector,
     shard_progress,
@@ -59,6 +60,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.min_sqnr is not None and not args.val:
         raise OnnxqError("--min-sqnr needs --val DATA")
+    if args.scales and calib_flags_given(args):
+        raise OnnxqError(f"{calib_flags_given(args)[0]} sets calibration; --scales imports ranges: drop it")
+    if args.stats and args.method is None and calib_flags_given(args):
+        raise OnnxqError(f"{calib_flags_given(args)[0]} with --stats re-reads the statistics with a method: name it "
+                         "with --method (percentile, entropy, mse or minmax)")
+    if (args.stats or args.scales) and args.calib_batches is not None:
+        raise OnnxqError("--calib-batches caps calibration data; with --stats or --scales there is none: drop it")
     config = config_from_args(args)
     output = Path(args.output) if args.output else default_output_path(args.model)
     latency = latency_settings(args) if args.val else None

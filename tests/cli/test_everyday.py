@@ -95,7 +95,7 @@ def test_quiet_and_verbose_after_the_subcommand(cnn_dir):
 
 def test_help_shows_defaults():
     text = " ".join(run_cli("quantize", "--help").stdout.split())
-    assert "(default: 2048)" in text and "(default: 4096)" in text and "default: None" not in text
+    assert "(default 2048)" in text and "(default: 4096)" in text and "default: None" not in text
 
 
 def test_random_calibration_warns_once(cnn_dir):
