@@ -10,10 +10,12 @@ from onnxq.commands.common import (
     add_ray_flags,
     add_selection_flags,
     config_from_args,
+    guard,
     ray_collector,
     shard_progress,
 )
 from onnxq.errors import OnnxqError
+from onnxq.outputs import Output
 
 
 def add_parser(subparsers) -> None:
@@ -37,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.output.endswith(".npz"):
         raise OnnxqError(f"statistics files end in .npz, got {args.output}")
+    guard([Output("-o", args.output)], model=args.model, calib=args.calib, config=args.config)
     config = config_from_args(args)
     with shard_progress() as shards:
         # before any work, so a missing ray fails at once

@@ -104,6 +104,42 @@ def calib_flags_given(args: argparse.Namespace) -> list[str]:
     return ["--" + f.replace("_", "-") for f in CALIB_FLAGS if getattr(args, f, None) is not None]
 
 
+def guard(outputs: list, **inputs) -> None:
+    """The output-path guard (:mod:`onnxq.outputs`) for a command, before any work. ``outputs``: Output entries
+    (None entries are ignored); ``inputs``: keyword -> path or list of paths; ``model=`` paths are expanded to their
+    external-data files."""
+    from pathlib import Path
+
+    from onnxq.graph import model_files
+    from onnxq.outputs import check_outputs
+
+    read: dict[str, list] = {}
+    for key, value in inputs.items():
+        paths = value if isinstance(value, (list, tuple)) else [value]
+        paths = [p for p in paths if p is not None and str(p) != "random"]
+        if key.startswith("model"):
+            read[f"the input model ({', '.join(map(str, paths))})" if len(paths) > 1 else "the input model"] = \
+                [f for p in paths for f in model_files(p)]
+        else:  # a data folder: the files in it are inputs too
+            read["--" + key.replace("_", "-")] = [f for p in map(Path, paths)
+                                                  for f in ([p, *_files_in(p)] if p.is_dir() else [p])]
+    check_outputs([o for o in outputs if o is not None], read)
+
+
+def _files_in(folder, depth: int = 2) -> list:
+    """Regular files in ``folder`` and its subfolders down to ``depth`` (data folders hold labels/ beside batches)."""
+    found = []
+    try:
+        for entry in folder.iterdir():
+            if entry.is_dir() and depth > 1:
+                found += _files_in(entry, depth - 1)
+            elif entry.is_file():
+                found.append(entry)
+    except OSError:
+        pass
+    return found
+
+
 @contextlib.contextmanager
 def shard_progress() -> Iterator[Callable[[int, int], None]]:
     """``update(shards_done, shards_total)`` for a Ray calibration, shown as the progress stage "calibration on Ray"
