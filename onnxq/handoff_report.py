@@ -43,7 +43,9 @@ def _fmt(x) -> str:
     return str(x)
 
 
-def render_markdown(payload: dict) -> str:
+def render_markdown(payload: dict, plot: str | None = None, plot_note: str | None = None) -> str:
+    """The Markdown report; ``plot`` (a PNG path relative to the report) is embedded under Validation, or
+    ``plot_note`` (one line: why there is no picture) is shown there instead."""
     lines = ["# onnxq quantization report", "",
              f"- target: `{payload['target']}`; ranges from {payload['ranges_from']} "
              f"({payload['calib_batches']} batches)",
@@ -58,6 +60,10 @@ def render_markdown(payload: dict) -> str:
             lines.append(f"| {o['name']} | {_fmt(o['sqnr_db'])} | {o['cosine']:.6f} | {_fmt(o['mae'])} | "
                          f"{_fmt(o['max_abs_error'])} |")
         lines.append("")
+        if plot:
+            lines += [f"![per-layer SQNR along the network]({plot})", ""]
+        elif plot_note:
+            lines += [f"_{plot_note}_", ""]
     lines += ["## Skipped nodes", ""]
     lines += [f"- `{s['node']}` ({s['op_type']}): {s['reason']}" for s in payload["skipped"]] or ["- none"]
     lines += ["", "## Quantized tensors", "", "| tensor | role | dtype | axis | scale | consumers |",
