@@ -27,14 +27,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from onnxq.commands.common import guard
     from onnxq.data import BatchSource
+    from onnxq.errors import OnnxqError
     from onnxq.graph import load_model
+    from onnxq.outputs import Output
     from onnxq.report import validation_lines
     from onnxq.validate import compare_models
-
-    from onnxq.commands.common import guard
-    from onnxq.errors import OnnxqError
-    from onnxq.outputs import Output
 
     if args.plot is not None and not args.per_layer:
         raise OnnxqError("--plot draws the per-layer SQNR: add --per-layer")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -83,7 +84,7 @@ class StageProgress:
         self.name = name
         self.interval = interval
         self._stack = contextlib.ExitStack()
-        self._advance = None
+        self._advance: Callable[..., None] | None = None
         self._shown = 0
         self._last = float("-inf")
 
@@ -92,9 +93,11 @@ class StageProgress:
 
         from onnxq import progress
 
-        if self._advance is None:
-            self._advance = self._stack.enter_context(progress.stage(self.name, total=report.total, unit="step"))
-        self._advance(report.step - self._shown)
+        advance = self._advance
+        if advance is None:
+            advance = self._advance = self._stack.enter_context(progress.stage(self.name, total=report.total,
+                                                                                unit="step"))
+        advance(report.step - self._shown)
         self._shown = report.step
         now = time.monotonic()
         last = bool(report.total and report.step >= report.total)

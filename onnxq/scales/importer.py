@@ -1,9 +1,10 @@
 """``quantize --scales FILE``: take the ranges from a file instead of calibrating.
 
 The file's scales are matched to the plan by ONNX tensor name. Mismatches are reported (``--strict`` makes every
-one an error; a TensorRT cache, which carries no weights, is asked for the activations only): names the plan does not quantize are ignored; planned weights the file does not cover get per-channel
-min-max scales from their values; planned activations it does not cover are dropped from the plan, so their
-consumers read float (a warning names them). A file's integer type wins over the target's default for a tensor.
+one an error; a TensorRT cache, which carries no weights, is asked for the activations only): names the plan does
+not quantize are ignored; planned weights the file does not cover get per-channel min-max scales from their values;
+planned activations it does not cover are dropped from the plan, so their consumers read float (a warning names
+them). A file's integer type wins over the target's default for a tensor.
 """
 
 from __future__ import annotations

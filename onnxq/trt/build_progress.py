@@ -63,7 +63,7 @@ def progress_monitor(trt: Any) -> PhaseStages | None:
 
     class Monitor(PhaseStages, base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
-            base.__init__(self)
+            base.__init__(self)  # type: ignore[misc]  # pybind11 bases must be initialised explicitly
             PhaseStages.__init__(self)
 
     return Monitor()

@@ -129,7 +129,7 @@ def test_qat_steps_are_a_progress_stage_like_every_other():
     recorder = Recorder()
     with progress.listening(recorder):
         steps = StageProgress()
-        for run in range(2):  # two fine-tuning runs: two stages
+        for _run in range(2):  # two fine-tuning runs: two stages
             for step in range(1, 4):
                 steps(StepReport(step, 3, 0, 1.0 / step, 0.5, 0.1 * step))
         steps.close()
