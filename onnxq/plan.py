@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
 
 import onnx
 
@@ -17,7 +18,8 @@ from onnxq.calib.base import CalibOptions
 from onnxq.config import NodeSetting, QuantConfig
 from onnxq.dtypes import INT8, quant_dtype
 from onnxq.graph import GraphIndex, node_name
-from onnxq.ops import handler, quantized_ops, weight_axis
+from onnxq.integer_region import data_inputs, feeding_nodes, integer_region
+from onnxq.ops import WEIGHTED_OPS, handler, quantized_ops, weight_axis
 from onnxq.rules import TARGET_RULES, TargetRules
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,11 @@ class TensorPlan:
     consumers: list[Consumer] = field(default_factory=list)
     # the tensor whose scale this one reuses (Concat and data-movement inputs), or None for its own range
     shares_scale_with: str | None = None
+
+    def __setattr__(self, name: str, value) -> None:
+        if self.__dict__.get("_frozen"):
+            raise AttributeError(f"tensor plan {self.name!r} is frozen: derive a changed plan with a QuantPlan method")
+        object.__setattr__(self, name, value)
 
     def calib_options(self, base: CalibOptions) -> CalibOptions:
         """The run's calibration options with this tensor's own method and percentile (per-node settings) laid
@@ -79,12 +86,96 @@ class QuantPlan:
     def weights(self) -> list[TensorPlan]:
         return [t for t in self.tensors.values() if t.role == "weight"]
 
+    def freeze(self) -> QuantPlan:
+        """Make the plan read-only (done once it is built): changes go through methods that return a copy."""
+        for tensor in self.tensors.values():
+            if not tensor.__dict__.get("_frozen"):
+                tensor.consumers = _FrozenList(tensor.consumers)
+                tensor.__dict__["_frozen"] = True
+        self.tensors = _FrozenDict(self.tensors)
+        self.nodes = _FrozenList(self.nodes)
+        self.__dict__["_frozen"] = True
+        return self
+
+    def __setattr__(self, name: str, value) -> None:
+        if self.__dict__.get("_frozen"):
+            raise AttributeError("the QuantPlan is frozen: derive a changed plan with a QuantPlan method")
+        object.__setattr__(self, name, value)
+
+    def for_scales(self, scales: Mapping, source: str) -> QuantPlan:
+        """A copy of the plan restricted to the tensors ``scales`` (name -> parameters with ``dtype`` and ``axis``)
+        covers, each node's decision and reason recorded.
+
+        A planned activation without a scale is dropped, and with it the weights whose every consumer lost its
+        activation scale (those nodes stay float, reason "no scale for ... in SOURCE"); a scale's integer type
+        wins over the plan's, and a per-tensor weight scale makes the weight per tensor."""
+        kept: dict[str, TensorPlan] = {}
+        lost: dict[str, str] = {}  # node -> the first activation it lost
+        for tensor in self.tensors.values():
+            if tensor.name not in scales and tensor.role == "activation":
+                for c in tensor.consumers:
+                    lost.setdefault(c.node, tensor.name)
+                continue
+            kept[tensor.name] = tensor
+        live_nodes = {c.node for t in kept.values() if t.role == "activation" for c in t.consumers}
+        derived = QuantPlan(target=self.target)
+        for tensor in kept.values():
+            if tensor.role == "weight" and lost and not any(c.node in live_nodes for c in tensor.consumers):
+                continue
+            params = scales.get(tensor.name)
+            changes: dict[str, Any] = {}
+            if params is not None and params.dtype != tensor.dtype:
+                changes.update(dtype=params.dtype, symmetric=quant_dtype(params.dtype).symmetric)
+            if params is not None and tensor.role == "weight" and params.axis is None and tensor.axis is not None:
+                changes.update(axis=None, channels=None)
+            derived.tensors[tensor.name] = _copy_tensor(tensor, **changes)
+        planned_nodes = {c.node for t in derived.tensors.values() for c in t.consumers}
+        for decision in self.nodes:
+            if decision.quantized and decision.node not in planned_nodes:
+                why = lost.get(decision.node)
+                reason = f"no scale for {why!r} in {source}" if why else f"no scale in {source}"
+                decision = NodeDecision(decision.node, decision.op_type, False, reason)
+            derived.nodes.append(decision)
+        return derived.freeze()
+
     def summary(self) -> dict[str, Counter]:
         """Per op type: how many nodes were quantized, and how many skipped for each reason."""
         table: dict[str, Counter] = {}
         for d in self.nodes:
             table.setdefault(d.op_type, Counter())["quantized" if d.quantized else d.reason] += 1
         return table
+
+
+class _FrozenDict(dict):
+    """A dict that refuses changes (and still pickles and deep-copies, unlike ``MappingProxyType``)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("the QuantPlan is frozen: derive a changed plan with a QuantPlan method")
+
+    __setitem__ = __delitem__ = pop = popitem = clear = update = setdefault = _refuse
+
+    def __reduce__(self):
+        return (_FrozenDict, (dict(self),))
+
+
+class _FrozenList(list):
+    """A list that refuses changes (equal to a plain list with the same items)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("the QuantPlan is frozen: derive a changed plan with a QuantPlan method")
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+
+    def __reduce__(self):
+        return (_FrozenList, (list(self),))
+
+
+def _copy_tensor(tensor: TensorPlan, **changes) -> TensorPlan:
+    values = {f.name: getattr(tensor, f.name) for f in fields(TensorPlan)}
+    values.update(changes)
+    values["consumers"] = list(values["consumers"])
+    return TensorPlan(**values)
 
 
 def _elem_type(model: onnx.ModelProto, name: str) -> int | None:
@@ -117,7 +208,80 @@ class _Planner:
         if self.rules.share_scales:
             for tensor in list(self.plan.activations()):
                 self._share_scale_upstream(tensor.name, tensor.name)
+        if self.rules.integer_kernels:
+            self._integer_region()
         return self.plan
+
+    def _allowed(self, node: onnx.NodeProto) -> bool:
+        """The node may join the integer region: neither the user nor the target's rules keep it float."""
+        if any(d.node == node_name(node) and not d.quantized for d in self.plan.nodes):
+            return False
+        if node.op_type in WEIGHTED_OPS:
+            return False  # weighted ops join only as seeds (decided by _decide with the target's rules)
+        setting, _ = self.config.overrides.resolve(node.op_type, node_name(node), NodeSetting(skip=False))
+        return not setting.skip
+
+    def _integer_region(self) -> None:
+        """Quantize inputs AND outputs of the ops onnxruntime's CPU provider runs in integer, so each node unit
+        fuses into one QLinear kernel (onnxq/integer_region.py, docs/ort_cpu_rules.md)."""
+        graph = self.model.graph
+        quantized = {d.node for d in self.plan.nodes if d.quantized}
+        seeds = [n for n in graph.node if node_name(n) in quantized and n.op_type in self.rules.integer_kernels]
+        upstream = feeding_nodes(self.index, seeds)
+        for conv in [n for n in seeds if n.op_type in self.rules.float_when_writing_graph_output
+                     and node_name(n) not in upstream]:
+            self._unplan(conv, "feeds only the float tail after the last weighted op (a head): stays float")
+            quantized.discard(node_name(conv))
+            seeds.remove(conv)
+        region = integer_region(graph, self.index, self.rules, seeds, self._is_float_activation, self._allowed,
+                                {t.name for t in self.plan.activations()})
+        for node in graph.node:
+            name = node_name(node)
+            if name not in region.members:
+                continue
+            kernel = self.rules.integer_kernels[node.op_type]
+            setting, _ = self.config.overrides.resolve(node.op_type, name, NodeSetting(skip=False))
+            if name not in quantized:
+                for i, tensor in data_inputs(node, kernel):
+                    self._add_tensor(node, name, i, tensor, setting)
+                self.plan.nodes.append(NodeDecision(name, node.op_type, True, "quantized"))
+            for out in region.outputs[name]:
+                readers = [(r, i) for r, i in self.index.consumers.get(out, []) if i >= 0]
+                if out in self.index.graph_outputs or not readers:
+                    continue  # a node unit that writes a graph output cannot fuse; keep that output float
+                if kernel.output_optional and not any(node_name(r) in region.members for r, _ in readers):
+                    continue
+                for reader, i in readers:
+                    self._add_tensor(reader, node_name(reader), i, out, setting)
+                if kernel.same_scale:
+                    self.plan.tensors[out].shares_scale_with = self._scale_root(node.input[0])
+        for node in graph.node:
+            if node_name(node) in region.absorbed:
+                self.plan.nodes.append(NodeDecision(node_name(node), node.op_type, True,
+                                                    "fused into its producer's node unit"))
+
+    def _is_depthwise(self, node: onnx.NodeProto) -> bool:
+        """A grouped Conv with one input channel per group (MobileNet's depthwise 3x3/5x5)."""
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.op_type != "Conv" or group <= 1 or len(node.input) < 2 or not self.index.is_initializer(node.input[1]):
+            return False
+        dims = self.index.initializers[node.input[1]].dims
+        return len(dims) > 1 and dims[1] == 1
+
+    def _unplan(self, node: onnx.NodeProto, reason: str) -> None:
+        """Take back the quantization ``_decide`` planned for ``node`` (its weight and its input's consumer entry)."""
+        name = node_name(node)
+        for tensor in list(self.plan.tensors.values()):
+            tensor.consumers = [c for c in tensor.consumers if c.node != name]
+            if not tensor.consumers:
+                del self.plan.tensors[tensor.name]
+        self.plan.nodes = [d for d in self.plan.nodes if d.node != name]
+        self.plan.nodes.append(NodeDecision(name, node.op_type, False, reason))
+
+    def _scale_root(self, tensor: str) -> str:
+        while (shared := self.plan.tensors[tensor].shares_scale_with) is not None:
+            tensor = shared
+        return tensor
 
     def _is_float_activation(self, name: str) -> bool:
         return bool(name) and not self.index.is_initializer(name) and \
@@ -174,6 +338,12 @@ class _Planner:
         name = node_name(node)
         inputs = h.quantized_inputs
         default_reason = self.rules.default_skip_reason(node.op_type) or ""
+        if not default_reason and self.rules.float_depthwise and self._is_depthwise(node):
+            default_reason = self.rules.float_depthwise
+        if not default_reason and node.op_type in self.rules.float_when_writing_graph_output and \
+                any(o in self.index.graph_outputs for o in node.output):
+            default_reason = (f"writes a graph output: on {self.rules.name} that node unit cannot fuse, so it stays "
+                              "float")
         default = NodeSetting(skip=True) if default_reason else \
             NodeSetting(skip=False, dtype=self.rules.activation_dtype)
         setting, decided_by = self.config.overrides.resolve(node.op_type, name, default)
@@ -204,6 +374,11 @@ class _Planner:
             if existing is not None and existing.axis != axis:
                 log.info("weight %s is shared with different axes; quantizing it per tensor", tensor)
                 existing.axis, existing.channels = None, None
+            elif existing is None and node.op_type in self.rules.integer_kernels and \
+                    node.op_type not in WEIGHTED_OPS:
+                # a constant operand of an integer Add/Mul: the same type as the activations it meets
+                dtype = setting.dtype or self.rules.activation_dtype
+                existing = TensorPlan(tensor, "weight", dtype, quant_dtype(dtype).symmetric, None, None, "minmax")
             elif existing is None:
                 existing = TensorPlan(tensor, "weight", INT8.name, INT8.symmetric, axis,
                                       dims[axis] if axis is not None else None, self.config.weight_method)
@@ -212,12 +387,13 @@ class _Planner:
             dtype = setting.dtype or self.rules.activation_dtype
             existing = TensorPlan(tensor, "activation", dtype, quant_dtype(dtype).symmetric, None, None, method,
                                   setting.percentile)
-        existing.consumers.append(Consumer(consumer, i))
+        if Consumer(consumer, i) not in existing.consumers:
+            existing.consumers.append(Consumer(consumer, i))
         self.plan.tensors[tensor] = existing
 
 
 def build_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
     """Decide, for the prepared float model, which tensors get Q/DQ and how."""
-    plan = _Planner(model, config).build()
+    plan = _Planner(model, config).build().freeze()
     log.info("plan: %d activation(s), %d weight(s) to quantize", len(plan.activations()), len(plan.weights()))
     return plan

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from onnxq import progress
 from onnxq.errors import OnnxqError
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "compare FP32 and INT8 outputs (SQNR), and evaluate both on the task metric.",
     )
     p.add_argument("--models", default=None, help="comma-separated subset (default: all; see onnxq models list)")
-    p.add_argument("--workdir", type=Path, default=None, help="keep the exported and quantized files here (default: a temporary folder)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="keep the exported and quantized files here (default: a temporary folder)")
     p.add_argument("--calib-batches", type=int, default=16, help="calibration batches of 8 samples (default 16)")
     p.add_argument("--val-batches", type=int, default=16, help="validation batches of 16 samples (default 16)")
-    p.add_argument("--fast", action="store_true", help="4 calibration and 4 validation batches (a smoke test; noisy metrics)")
+    p.add_argument("--fast", action="store_true",
+                   help="4 calibration and 4 validation batches (a smoke test; noisy metrics)")
     p.set_defaults(func=run)
 
 
@@ -53,16 +56,23 @@ def run_model(name: str, workdir: Path, calib_batches: int, val_batches: int) ->
     from onnxq.validate import compare_models
 
     start = time.perf_counter()
-    exp = export_model(name, workdir / name, calib_batches=calib_batches, val_batches=val_batches)
-    int8_path = exp.model_path.with_name("model.int8.onnx")
-    result = onnxq.quantize(str(exp.model_path), calib=str(exp.calib_dir), output=str(int8_path))
-    int8_path = result.output_path or int8_path
-    report = compare_models(str(exp.model_path), str(int8_path), data=str(exp.val_dir))
-    fp32 = evaluate_onnx(name, exp.model_path, exp.val_dir)
-    int8 = evaluate_onnx(name, int8_path, exp.val_dir)
+    with progress.stage(f"demo {name}", total=5, unit="step") as advance:
+        exp = export_model(name, workdir / name, calib_batches=calib_batches, val_batches=val_batches)
+        advance()
+        int8_path = exp.model_path.with_name("model.int8.onnx")
+        result = onnxq.quantize(str(exp.model_path), calib=str(exp.calib_dir), output=str(int8_path))
+        int8_path = result.output_path or int8_path
+        advance()
+        report = compare_models(str(exp.model_path), str(int8_path), data=str(exp.val_dir))
+        advance()
+        fp32 = evaluate_onnx(name, exp.model_path, exp.val_dir)
+        advance()
+        int8 = evaluate_onnx(name, int8_path, exp.val_dir)
+        advance()
     worst = min(report.outputs, key=lambda o: o.sqnr_db)
     for o in report.outputs:
-        log.info("%s output %s: SQNR %.1f dB, cosine %.5f, MAE %.4g, max error %.4g", name, o.name, o.sqnr_db, o.cosine, o.mae, o.max_abs_error)
+        log.info("%s output %s: SQNR %.1f dB, cosine %.5f, MAE %.4g, max error %.4g", name, o.name, o.sqnr_db,
+                 o.cosine, o.mae, o.max_abs_error)
     return DemoRow(
         name, fp32.metric, fp32.higher_is_better, fp32.baseline, fp32.value, int8.value, worst.sqnr_db, worst.name,
         min(o.cosine for o in report.outputs), time.perf_counter() - start,
@@ -70,7 +80,8 @@ def run_model(name: str, workdir: Path, calib_batches: int, val_batches: int) ->
 
 
 def format_table(rows: list[DemoRow]) -> str:
-    header = ("model", "metric", "baseline", "FP32", "INT8", "INT8-FP32", "min SQNR dB (output)", "min cosine", "time s")
+    header = ("model", "metric", "baseline", "FP32", "INT8", "INT8-FP32", "min SQNR dB (output)", "min cosine",
+              "time s")
     lines = [header]
     for r in rows:
         arrow = "↑" if r.higher_is_better else "↓"

@@ -22,7 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("import-qdq", help="read a torch fake-quant Q/DQ export's scales into onnxq JSON",
                               description="Read the QuantizeLinear/DequantizeLinear scales of a Q/DQ ONNX model "
                               "exported from torch fake quant and write them as an onnxq scales file.")
-    add_model_and_output(p, "Q/DQ ONNX model (torch fake-quant export, opset >= 13)", "scales file to write (onnxq JSON)")
+    add_model_and_output(p, "Q/DQ ONNX model (torch fake-quant export, opset >= 13)",
+                         "scales file to write (onnxq JSON)")
     p.add_argument("--fp32", metavar="MODEL", help="the FP32 export of the same model: key the scales by its "
                    "planned tensor names (matched by value) and record its fingerprint")
     p.add_argument("--target", choices=tuple(TARGET_RULES), default=TENSORRT.name,
@@ -33,12 +34,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from onnxq.atomic import write_text_atomic
+    from onnxq.commands.common import guard
     from onnxq.config import QuantConfig
     from onnxq.graph import fingerprint, load_model
+    from onnxq.outputs import Output
     from onnxq.pipeline import prepare
     from onnxq.scales.io import dumps_scales
     from onnxq.scales.qdq_reader import read_qdq
 
+    guard([Output("-o", args.output)], model=[args.model, args.fp32] if args.fp32 else args.model)
     qdq = load_model(args.model)
     if args.fp32 is None:
         entries = read_qdq(qdq)

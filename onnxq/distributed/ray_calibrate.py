@@ -42,7 +42,7 @@ from onnxq.calib.stats import merge_into
 from onnxq.config import QuantConfig
 from onnxq.data import BatchSource
 from onnxq.distributed.shards import Shard, split_files
-from onnxq.errors import OnnxqError
+from onnxq.errors import OnnxqError, require_at_least
 from onnxq.graph import fingerprint, load_model
 from onnxq.pipeline import calibration_targets, prepare
 from onnxq.plan import QuantPlan
@@ -74,12 +74,9 @@ class RayOptions:
     runtime_env: dict[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
-        if self.shards is not None and self.shards < 1:
-            raise OnnxqError(f"--shards must be at least 1, got {self.shards}")
-        if self.cpus_per_task < 1:
-            raise OnnxqError(f"CPUs per Ray task must be at least 1, got {self.cpus_per_task}")
-        if self.max_retries < 0:
-            raise OnnxqError(f"Ray task retries must be 0 or more, got {self.max_retries}")
+        require_at_least("--shards", self.shards, 1)
+        require_at_least("CPUs per Ray task", self.cpus_per_task, 1)
+        require_at_least("Ray task retries", self.max_retries, 0)
 
 
 @dataclass(frozen=True)
@@ -126,27 +123,38 @@ def file_sha256(path: Path) -> str:
 
 
 def calibrate_shard(job: ShardJob) -> ShardResult:
-    """Run on a worker: the statistics of one shard's files, after checking the worker sees the driver's model."""
+    """Run on a worker: the statistics of one shard's files, after checking the worker sees the driver's model.
+
+    Errors name the node they happened on (a missing mount is usually one node's problem).
+    """
     node = socket.gethostname()
+    try:
+        prepared = _driver_model(job)
+        source = BatchSource(prepared, job.data_path, max_batches=job.max_batches,
+                             batch_size=job.config.batch_size, files=job.shard.files)
+        settings = CollectSettings(job.config.memory_budget_mb, SessionSettings(threads=job.threads))
+        calibrators, batches = collect_statistics(prepared, job.tensors, source, settings)
+    except OnnxqError as exc:
+        raise OnnxqError(f"on node {node}: {exc}") from exc
+    return ShardResult(calibrators, batches, node)
+
+
+def _driver_model(job: ShardJob) -> onnx.ModelProto:
+    """The prepared model, checked to be the driver's: same onnxq, same model file, same prepared graph."""
     if __version__ != job.onnxq_version:
-        raise OnnxqError(f"node {node} runs onnxq {__version__}, the driver {job.onnxq_version}; install the same "
-                         "version on every node (or ship it with the runtime_env)")
+        raise OnnxqError(f"onnxq {__version__} here, {job.onnxq_version} on the driver; install the same version on "
+                         "every node (or ship it with the runtime_env)")
     path = Path(job.model_path)
     if not path.is_file():
-        raise OnnxqError(f"node {node} cannot see the model {path}; put it on storage every node mounts at the "
-                         "same path")
+        raise OnnxqError(f"cannot see the model {path}; put it on storage every node mounts at the same path")
     if file_sha256(path) != job.model_sha256:
-        raise OnnxqError(f"the model {path} on node {node} differs from the driver's (sha256); every node must "
-                         "read the same file")
+        raise OnnxqError(f"the model {path} here differs from the driver's (sha256); every node must read the same "
+                         "file")
     prepared, _ = prepare(load_model(path), job.config)
     if fingerprint(prepared) != job.fingerprint:
-        raise OnnxqError(f"node {node} prepared another graph from {path} (fingerprint {fingerprint(prepared)}, "
-                         f"driver {job.fingerprint}); check the onnx/onnxruntime versions match the driver's")
-    source = BatchSource(prepared, job.data_path, max_batches=job.max_batches, batch_size=job.config.batch_size,
-                         files=job.shard.files)
-    settings = CollectSettings(job.config.memory_budget_mb, SessionSettings(threads=job.threads))
-    calibrators, batches = collect_statistics(prepared, job.tensors, source, settings)
-    return ShardResult(calibrators, batches, node)
+        raise OnnxqError(f"{path} prepares to another graph here (fingerprint {fingerprint(prepared)}, driver "
+                         f"{job.fingerprint}); check the onnx/onnxruntime versions match the driver's")
+    return prepared
 
 
 def _execute(task: ShardTask, job: ShardJob) -> ShardResult:
@@ -176,7 +184,8 @@ def shard_files(prepared: onnx.ModelProto, data: object, config: QuantConfig) ->
 @contextlib.contextmanager
 def ray_session(ray, options: RayOptions) -> Iterator[int]:
     """Connect to (or start) Ray unless already connected; yields the cluster's CPU count; disconnects what it
-    connected."""
+    connected.
+    """
     started = False
     if ray.is_initialized():
         if options.address or options.runtime_env:
@@ -226,7 +235,8 @@ class RayCalibration:
     def __call__(self, prepared: onnx.ModelProto, plan: QuantPlan, data: object, config: QuantConfig,
                  progress: Callable[[int], None] | None = None) -> tuple[dict[str, Calibrator], int]:
         """Statistics of every planned activation over ``data``; ``progress`` (batches) is not used: shards report
-        through the ``progress`` given to the constructor."""
+        through the ``progress`` given to the constructor.
+        """
         files, max_batches = shard_files(prepared, data, config)
         tensors = calibration_targets(plan, config)
         if not tensors:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from onnxq.calib import weights as weight_methods
@@ -28,12 +30,19 @@ def weight_amax(w: np.ndarray, axis: int | None, method: str) -> np.ndarray:
 
 
 def weight_params(tensor: TensorPlan, w: np.ndarray) -> QuantParams:
-    if not np.isfinite(w).all():
-        raise OnnxqError(f"weight {tensor.name!r} holds NaN or Inf values")
-    return symmetric_params(weight_amax(w.astype(np.float32), tensor.axis, tensor.method), tensor.axis)
+    if tensor.dtype == "uint8":  # a constant operand of an integer Add/Mul on ort-cpu: asymmetric, per tensor
+        if not np.isfinite(w).all():
+            raise OnnxqError(f"weight {tensor.name!r} holds NaN or Inf values")
+        return asymmetric_params(float(w.min()), float(w.max()))
+    try:  # weight_amax refuses NaN/Inf without a full-size temporary
+        amax = weight_amax(np.asarray(w, dtype=np.float32), tensor.axis, tensor.method)
+    except OnnxqError as exc:
+        raise OnnxqError(f"weight {tensor.name!r}: {exc}") from exc
+    return symmetric_params(amax, tensor.axis)
 
 
-def compute_scales(plan: QuantPlan, calibrators: dict[str, Calibrator], weights: dict[str, np.ndarray]) -> ScaleTable:
+def compute_scales(plan: QuantPlan, calibrators: dict[str, Calibrator],
+                   weights: Mapping[str, np.ndarray]) -> ScaleTable:
     """Parameters for every tensor of the plan; activations need a calibrator, weights their values."""
     table: ScaleTable = {}
     for tensor in plan.tensors.values():

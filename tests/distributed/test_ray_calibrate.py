@@ -141,8 +141,8 @@ def test_a_bad_file_fails_its_shard_without_retries(ray_instance, model_and_data
     np.save(data / "005.npy", bad)
     config = QuantConfig()
     prepared, plan = prepared_and_plan(model_path, config)
-    with pytest.raises(OnnxqError, match=r"shard 3/4 \(004\.npy, 005\.npy in .*\) failed: 005\.npy: input 'x' holds "
-                                         r"1 NaN"):
+    with pytest.raises(OnnxqError, match=r"shard 3/4 \(004\.npy, 005\.npy in .*\) failed: on node .+: 005\.npy: "
+                                         r"input 'x' holds 1 NaN"):
         RayCalibration(model_path, RayOptions(shards=4))(prepared, plan, str(data), config)
 
 
@@ -213,7 +213,7 @@ def test_a_worker_that_sees_another_model_file_refuses_it(model_and_data):
     with pytest.raises(OnnxqError, match="differs from the driver's"):
         calibrate_shard(job)
     model_path.unlink()
-    with pytest.raises(OnnxqError, match="cannot see the model"):
+    with pytest.raises(OnnxqError, match="on node .+: cannot see the model"):
         calibrate_shard(job)
 
 
@@ -241,3 +241,42 @@ def test_what_shards_cannot_reproduce_is_refused(model_and_data, data, config, m
     prepared, _ = prepared_and_plan(model_path, config)
     with pytest.raises(OnnxqError, match=message):
         shard_files(prepared, data or str(folder), config)
+
+
+@pytest.mark.slow  # a local Ray instance, and a CLI process that connects to it as a new Ray job
+def test_a_separate_process_connects_by_address(ray_instance, model_and_data, tmp_path):
+    """``--ray HOST:PORT`` from another process: ray.init(address=...) and its shutdown, as on a running cluster."""
+    import subprocess
+
+    from onnxq.calib.stats import load_stats
+    from onnxq.graph import fingerprint
+
+    model_path, data = model_and_data
+    address = ray_instance.get_runtime_context().gcs_address
+    out = tmp_path / "stats.npz"
+    # an explicit address reads the cluster's token only with RAY_AUTH_MODE=token (Ray's token authentication)
+    env = {**os.environ, "RAY_AUTH_MODE": "token",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "onnxq.cli", "-v", "calibrate", str(model_path), "--calib", str(data),
+                           "--ray", address, "--shards", "2", "-o", str(out)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "2/2 shards done" in proc.stderr
+    config = QuantConfig()
+    prepared, plan = prepared_and_plan(model_path, config)
+    local, _ = calibrate(prepared, plan, str(data), config)
+    merged, batches = load_stats(out, fingerprint(prepared))
+    assert batches == 8
+    assert_identical(local, merged, plan)
+
+
+def test_an_npz_stack_is_one_shard_and_keeps_the_batch_limit(model_and_data, tmp_path, caplog):
+    from onnxq.distributed.ray_calibrate import shard_files
+
+    model_path, _ = model_and_data
+    stack = tmp_path / "stack.npz"
+    np.savez(stack, x=np.random.default_rng(0).standard_normal((5, 2, 3, 16, 16)).astype(np.float32))
+    config = QuantConfig(calib_batches=3)
+    prepared, _ = prepared_and_plan(model_path, config)
+    assert shard_files(prepared, str(stack), config) == ([stack], 3)
+    assert "runs as a single Ray task" in caplog.text
