@@ -148,6 +148,10 @@ class QuantConfig:
     memory_budget_mb: int = 4096
     debug_passes: bool = False
     recovery: RecoveryOptions = RecoveryOptions()
+    # With statistics files (--stats): False uses the method each tensor was calibrated with; True re-reads them
+    # with this config's calibration method and options (the CLI sets it when a calibration flag is given), or
+    # refuses where they cannot give that method (onnxq.calib.stats.rechoose_methods).
+    rechoose_stats_method: bool = False
 
     def __post_init__(self) -> None:
         if self.target not in TARGET_RULES:

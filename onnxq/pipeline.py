@@ -22,7 +22,7 @@ import onnx
 from onnxq import progress
 from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.collect import CollectSettings, collect_statistics
-from onnxq.calib.stats import expand_stats_paths, merge_stats
+from onnxq.calib.stats import expand_stats_paths, merge_stats, rechoose_methods
 from onnxq.config import QuantConfig
 from onnxq.data import Batch, BatchSource, DataSource, RandomSource
 from onnxq.errors import OnnxqError
@@ -222,6 +222,9 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
         return Ranges(scales(plan, prepared), 0, "imported scales")
     if stats is not None:
         calibrators, batches = merge_stats(expand_stats_paths(stats), fingerprint(prepared))
+        if config.rechoose_stats_method:
+            calibrators = rechoose_methods(calibrators, {t.name: t.calib_options(config.calib)
+                                                         for t in plan.calibrated_activations()})
         missing = [t.name for t in plan.calibrated_activations() if t.name not in calibrators]
         if missing:
             raise OnnxqError(f"the statistics cover no activation {missing[0]!r} (and {len(missing) - 1} more); "

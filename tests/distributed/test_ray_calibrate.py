@@ -281,3 +281,20 @@ def test_an_npz_stack_is_one_shard_and_keeps_the_batch_limit(model_and_data, tmp
     prepared, _ = prepared_and_plan(model_path, config)
     assert shard_files(prepared, str(stack), config) == ([stack], 3)
     assert "runs as a single Ray task" in caplog.text
+
+
+@pytest.mark.slow  # a local Ray instance: ~10-15 s to start on 2 cores, once per session
+def test_sensitivity_with_ray_gives_the_local_report(ray_instance, model_and_data, tmp_path):
+    import json
+
+    from tests.helpers import run_cli
+
+    model_path, data = model_and_data
+    reports = {}
+    for name, extra in (("local", []), ("ray", ["--ray", "--shards", "4"])):
+        r = run_cli("sensitivity", model_path, "--calib", data, "--val", data, "--method", "entropy",
+                    "--num-bins", "256", *extra, "-o", tmp_path / name)
+        assert r.returncode == 0, r.stderr
+        reports[name] = json.loads((tmp_path / name / "sensitivity.json").read_text())
+    for key in ("all_quantized", "nodes", "batches"):
+        assert reports["ray"][key] == reports["local"][key]
