@@ -13,10 +13,14 @@ from typing import Literal
 
 from onnxq.calib.base import CalibOptions
 from onnxq.errors import OnnxqError
+from onnxq.formats import Format, check_block_size, parse_format
 
 Target = Literal["tensorrt", "ort-cpu"]
 TARGETS: tuple[str, ...] = ("tensorrt", "ort-cpu")
 ActivationDType = Literal["int8", "uint8"]
+# a precision format name of onnxq.formats.FORMATS ("int8", "int8-asym", "uint8", "fp8", "w8", "int4", "int4-asym")
+FormatName = str
+FloatRest = Literal["fp32", "fp16"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +30,10 @@ class NodeSetting:
     skip: bool | None = None
     method: str | None = None
     percentile: float | None = None
-    dtype: ActivationDType | None = None
+    # the precision format (onnxq.formats): "int8" | "int8-asym" | "uint8" | "fp8" | "w8" | "int4" | "int4-asym"
+    dtype: FormatName | None = None
+    # block size of block-wise formats (int4): 16 | 32 | 64 | 128 | 256
+    block_size: int | None = None
 
     def over(self, base: NodeSetting) -> NodeSetting:
         """This setting laid over ``base``: every field this one sets wins."""
@@ -66,6 +73,10 @@ class Overrides:
             decided_by = f"node name {node_name!r}" if self.by_name[node_name].skip is not None else decided_by
         return setting, decided_by
 
+    def settings(self) -> list[NodeSetting]:
+        """Every setting of every level, for checks that do not depend on the node."""
+        return [self.global_setting, *self.by_op.values(), *(s for _, s in self.by_regex), *self.by_name.values()]
+
     def merged(self, other: Overrides) -> Overrides:
         """``other`` laid over this one (command-line flags over a config file)."""
         return Overrides(
@@ -104,6 +115,8 @@ class QuantConfig:
     seed: int = 0
     memory_budget_mb: int = 4096
     debug_passes: bool = False
+    # what stays float: kept FP32, or converted to FP16 with Casts at its borders (onnxq.passes.float16)
+    float_rest: FloatRest = "fp32"
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -116,3 +129,24 @@ class QuantConfig:
             raise OnnxqError(f"--calib-batches must be at least 1, got {self.calib_batches}")
         if self.batch_size < 1:
             raise OnnxqError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.float_rest not in ("fp32", "fp16"):
+            raise OnnxqError(f"--float-rest must be fp32 or fp16, got {self.float_rest!r}")
+        for setting in self.overrides.settings():
+            if setting.dtype is not None:
+                parse_format(setting.dtype, setting.block_size)
+            elif setting.block_size is not None:
+                check_block_size(setting.block_size)
+
+    def formats_used(self) -> list[Format]:
+        """Every format a node of this run may get: the target's default and each one the overrides name."""
+        from onnxq.rules import TARGET_RULES
+
+        names = {TARGET_RULES[self.target].activation_dtype}
+        names |= {s.dtype for s in self.overrides.settings() if s.dtype is not None}
+        return [parse_format(n).format for n in sorted(names)]
+
+    def min_opset(self) -> int:
+        """The opset the quantized model needs for the formats of this run (13 for int8 per channel, 19 for
+        fp8, 21 for block-wise int4; 19 with ``float_rest="fp16"``, where QuantizeLinear/DequantizeLinear take
+        FP16 inputs and scales)."""
+        return max([f.min_opset for f in self.formats_used()] + [19 if self.float_rest == "fp16" else 13])

@@ -10,6 +10,10 @@
     [op.ConvTranspose]             # by op type
     skip = false
 
+    [op.MatMul]                    # precision format (onnxq.formats): int8 | int8-asym | uint8 | fp8 | w8 |
+    dtype = "int4"                 # int4 | int4-asym; block_size for the block-wise ones (default 128)
+    block_size = 64
+
     [regex."^backbone\\."]         # by node-name regex (file order; later wins)
     method = "entropy"
 
@@ -33,7 +37,7 @@ from onnxq.config import NodeSetting, Overrides
 from onnxq.errors import OnnxqError
 
 SETTING_KEYS = {f.name for f in fields(NodeSetting)}
-RUN_KEYS = {"target", "weight_method", "per_channel_weights"}
+RUN_KEYS = {"target", "weight_method", "per_channel_weights", "float_rest"}
 SECTIONS = {"global", "op", "regex", "node"}
 
 
@@ -45,8 +49,24 @@ def _setting(where: str, table: dict) -> NodeSetting:
         raise OnnxqError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(SETTING_KEYS))})")
     if "skip" in table and not isinstance(table["skip"], bool):
         raise OnnxqError(f"{where}: skip must be true or false")
-    if "dtype" in table and table["dtype"] not in ("int8", "uint8"):
-        raise OnnxqError(f"{where}: dtype must be int8 or uint8, got {table['dtype']!r}")
+    if "dtype" in table:
+        from onnxq.formats import FORMATS, parse_format
+
+        if not isinstance(table["dtype"], str):
+            raise OnnxqError(f"{where}: dtype must be a format name ({', '.join(FORMATS)}), got {table['dtype']!r}")
+        try:
+            parse_format(table["dtype"], table.get("block_size"))
+        except OnnxqError as exc:
+            raise OnnxqError(f"{where}: {exc}") from exc
+    if "block_size" in table:
+        from onnxq.formats import check_block_size
+
+        if not isinstance(table["block_size"], int) or isinstance(table["block_size"], bool):
+            raise OnnxqError(f"{where}: block_size must be an integer, got {table['block_size']!r}")
+        try:
+            check_block_size(table["block_size"])
+        except OnnxqError as exc:
+            raise OnnxqError(f"{where}: {exc}") from exc
     if "percentile" in table and not (isinstance(table["percentile"], (int, float))
                                       and 0 < table["percentile"] <= 100):
         raise OnnxqError(f"{where}: percentile must be in (0, 100], got {table['percentile']!r}")

@@ -25,6 +25,7 @@ from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, check_model, count_qdq, fingerprint, load_model, save_model
 from onnxq.passes import PassManager, prepare_passes
+from onnxq.passes.float16 import ConvertFloatToFP16
 from onnxq.passes.insert_qdq import InsertQDQ
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
@@ -67,7 +68,8 @@ def prepare(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.ModelProt
     if has_qdq and not config.requantize:
         raise OnnxqError("the model already holds QuantizeLinear/DequantizeLinear nodes; pass --requantize to "
                          "strip them and quantize again")
-    manager = PassManager(prepare_passes(per_channel=config.per_channel_weights, strip_qdq=has_qdq),
+    manager = PassManager(prepare_passes(per_channel=config.per_channel_weights, strip_qdq=has_qdq,
+                                         min_opset=config.min_opset()),
                           debug=config.debug_passes)
     prepared, results = manager.run(model)
     return prepared, [note for r in results for note in r.notes]
@@ -182,6 +184,8 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
                                                   progress=progress)
     with clock("insert+verify"):
         quantized = InsertQDQ(plan, table).call(copy.deepcopy(prepared)).model
+        if config.float_rest == "fp16":
+            quantized = ConvertFloatToFP16().call(quantized).model
         verify(quantized, next(iter(data_source(prepared, calib, config)), None) if calib is not None else None)
     report = QuantReport(plan, notes, original.ByteSize(), quantized.ByteSize(), batches, source, clipping=clipping)
     if val is not None:

@@ -14,8 +14,9 @@ from typing import Literal
 import onnx
 
 from onnxq.config import NodeSetting, QuantConfig
+from onnxq.formats import FormatChoice, parse_format
 from onnxq.graph import GraphIndex
-from onnxq.rules import TARGET_RULES, TargetRules, weight_axis
+from onnxq.rules import TARGET_RULES, TargetRules, reduction_axis, weight_axis
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ class TensorPlan:
     consumers: list[Consumer] = field(default_factory=list)
     # the tensor whose scale this one reuses (Concat and data-movement inputs), or None for its own range
     shares_scale_with: str | None = None
+    # block-wise weights (int4): elements per scale along ``axis`` (DequantizeLinear opset 21 ``block_size``)
+    block_size: int | None = None
+    # the precision format (onnxq.formats) of the node that planned this tensor, for reports
+    format: str = "int8"
 
 
 @dataclass(frozen=True)
@@ -120,13 +125,14 @@ class _Planner:
         quantized_nodes = {d.node for d in self.plan.nodes if d.quantized}
         from_conv = [(p := self.index.producer.get(n)) is not None and p.op_type == "Conv"
                      and (p.name or p.output[0]) in quantized_nodes and self.index.only_consumer(n) is add
+                     and self._activation_planned(p.input[0])
                      for n in add.input]
         if from_conv.count(True) != 1:
             return
         skip = add.input[from_conv.index(False)]
         name = add.name or add.output[0]
-        setting, _ = self.config.overrides.resolve("Add", name, NodeSetting(skip=False))
-        if setting.skip:
+        setting, _ = self.config.overrides.resolve("Add", name, self.rules.default_setting("Add")[0])
+        if setting.skip or self._format(setting).format.weight_only:
             return
         self._add_tensor(add, name, from_conv.index(False), skip, setting)
         self.plan.nodes.append(NodeDecision(name, "Add", True, "quantized"))
@@ -140,8 +146,9 @@ class _Planner:
         if producer.domain not in ("", "ai.onnx"):
             return
         name = producer.name or producer.output[0]
-        setting, _ = self.config.overrides.resolve(producer.op_type, name, NodeSetting(skip=False))
-        if setting.skip:
+        setting, _ = self.config.overrides.resolve(producer.op_type, name,
+                                                   self.rules.default_setting(producer.op_type)[0])
+        if setting.skip or self._format(setting).format.weight_only:
             return
         data_inputs = range(len(producer.input)) if producer.op_type == "Concat" else range(1)
         added = False
@@ -175,9 +182,56 @@ class _Planner:
         if not_float:
             self.plan.nodes.append(NodeDecision(name, node.op_type, False, f"input {not_float[0]!r} is not float"))
             return
+        choice = self._format(setting)
+        if choice.format.weight_only:
+            wanted, reason = self._weight_only_inputs(node, wanted, choice)
+            if not wanted:
+                self.plan.nodes.append(NodeDecision(name, node.op_type, False, reason))
+                return
         for i, tensor in wanted:
             self._add_tensor(node, name, i, tensor, setting)
         self.plan.nodes.append(NodeDecision(name, node.op_type, True, "quantized"))
+
+    def _format(self, setting: NodeSetting) -> FormatChoice:
+        return parse_format(setting.dtype or self.rules.activation_dtype, setting.block_size)
+
+    def _activation_planned(self, tensor: str) -> bool:
+        planned = self.plan.tensors.get(tensor)
+        return planned is not None and planned.role == "activation"
+
+    def _weight_only_inputs(self, node: onnx.NodeProto, wanted: list[tuple[int, str]],
+                            choice: FormatChoice) -> tuple[list[tuple[int, str]], str]:
+        """The weight inputs a weight-only format quantizes, or none and the reason."""
+        fmt = choice.format
+        if fmt.weight_ops is not None and node.op_type not in fmt.weight_ops:
+            return [], f"format {choice.label} applies to {', '.join(sorted(fmt.weight_ops))} only"
+        weights = [(i, t) for i, t in wanted if self.index.is_initializer(t)]
+        if not weights:
+            return [], f"no constant weight input (format {choice.label} is weight-only)"
+        if fmt.blockwise:
+            weights = [(i, t) for i, t in weights
+                       if reduction_axis(node, i, len(self.index.initializers[t].dims)) is not None]
+            if not weights:
+                return [], f"no weight with a reduction axis to block (format {choice.label})"
+        return weights, ""
+
+    def _weight_plan(self, node: onnx.NodeProto, i: int, tensor: str, choice: FormatChoice) -> TensorPlan:
+        dims = tuple(self.index.initializers[tensor].dims)
+        fmt = choice.format
+        if fmt.blockwise:
+            axis = reduction_axis(node, i, len(dims))
+            if axis is not None and dims[axis] <= (choice.block_size or 0):
+                # one block would span the whole reduction axis: that is per-output-channel quantization, written
+                # as such (one scale per output channel instead of one per (channel, kernel position) on Conv)
+                out_axis = weight_axis(node, i, len(dims), self.rules.convtranspose_axis)
+                return TensorPlan(tensor, "weight", fmt.weight_dtype, fmt.weight_symmetric, out_axis,
+                                  dims[out_axis] if out_axis is not None else None, "minmax", format=choice.label)
+            return TensorPlan(tensor, "weight", fmt.weight_dtype, fmt.weight_symmetric, axis, None, "minmax",
+                              block_size=choice.block_size, format=choice.label)
+        axis = (weight_axis(node, i, len(dims), self.rules.convtranspose_axis)
+                if self.config.per_channel_weights else None)
+        return TensorPlan(tensor, "weight", fmt.weight_dtype, fmt.weight_symmetric, axis,
+                          dims[axis] if axis is not None else None, self.config.weight_method, format=choice.label)
 
     def _default_method(self, tensor: str) -> str:
         """Graph inputs use ``config.input_method`` (min-max by default), everything else ``config.calib.method``."""
@@ -187,21 +241,25 @@ class _Planner:
 
     def _add_tensor(self, node: onnx.NodeProto, node_name: str, i: int, tensor: str, setting: NodeSetting) -> None:
         existing = self.plan.tensors.get(tensor)
+        choice = self._format(setting)
         if self.index.is_initializer(tensor):
-            dims = tuple(self.index.initializers[tensor].dims)
-            axis = (weight_axis(node, i, len(dims), self.rules.convtranspose_axis)
-                    if self.config.per_channel_weights else None)
-            if existing is not None and existing.axis != axis:
+            wanted = self._weight_plan(node, i, tensor, choice)
+            if existing is None:
+                existing = wanted
+            elif (existing.dtype, existing.block_size) != (wanted.dtype, wanted.block_size):
+                log.info("weight %s is shared by nodes of formats %s and %s; it keeps %s", tensor,
+                         existing.format, wanted.format, existing.format)
+            elif existing.axis != wanted.axis:
                 log.info("weight %s is shared with different axes; quantizing it per tensor", tensor)
-                existing.axis, existing.channels = None, None
-            elif existing is None:
-                existing = TensorPlan(tensor, "weight", "int8", True, axis,
-                                      dims[axis] if axis is not None else None, self.config.weight_method)
+                existing.axis, existing.channels, existing.block_size = None, None, None
         elif existing is None:
             method = setting.method or self._default_method(tensor)
-            dtype = setting.dtype or self.rules.activation_dtype
-            # int8 activations are symmetric (zero point 0), uint8 ones asymmetric
-            existing = TensorPlan(tensor, "activation", dtype, dtype == "int8", None, None, method, setting.percentile)
+            fmt = choice.format
+            existing = TensorPlan(tensor, "activation", fmt.activation_dtype or "int8", fmt.activation_symmetric,
+                                  None, None, method, setting.percentile, format=choice.label)
+        elif existing.format != choice.label:
+            log.info("activation %s is read by nodes of formats %s and %s; it keeps %s", tensor, existing.format,
+                     choice.label, existing.format)
         existing.consumers.append(Consumer(node_name, i))
         self.plan.tensors[tensor] = existing
 

@@ -88,3 +88,18 @@ def weight_axis(node: onnx.NodeProto, input_index: int, rank: int, convtranspose
     if node.op_type == "MatMul" and input_index == 1:
         return rank - 1
     return None
+
+
+def reduction_axis(node: onnx.NodeProto, input_index: int, rank: int) -> int | None:
+    """The axis of a weight input that the op sums over (where block-wise scales run), or None: MatMul's K
+    (weight ``(K, N)``: axis ``rank - 2``), Gemm's K (axis 0, or 1 with ``transB``), Conv's input channels (1)."""
+    if input_index != 1 or rank < 2:
+        return None
+    if node.op_type == "MatMul":
+        return rank - 2
+    if node.op_type == "Gemm":
+        trans_b = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "transB"), 0)
+        return 1 if trans_b else 0
+    if node.op_type == "Conv":
+        return 1
+    return None

@@ -1,7 +1,8 @@
 """In-memory quantization parameters, keyed by ONNX tensor name.
 
-A :class:`QuantParams` is what a QuantizeLinear/DequantizeLinear pair needs: scale, zero point, the integer
-dtype and, for per-channel parameters, the axis. A :class:`ScaleTable` maps tensor names to them; every
+A :class:`QuantParams` is what a QuantizeLinear/DequantizeLinear pair needs: scale, zero point, the quantized
+dtype (see :mod:`onnxq.scales.dtypes`), for per-channel parameters the axis and, for block-wise ones (opset 21),
+the block size along that axis. A :class:`ScaleTable` maps tensor names to them; every
 import/export format (onnxq JSON, TensorRT calibration cache, AIMET encodings, QAT) reads or writes one.
 """
 
@@ -13,10 +14,12 @@ from typing import Literal
 import numpy as np
 
 from onnxq.errors import OnnxqError
+from onnxq.scales.dtypes import DTYPES, qdtype
 
-IntDType = Literal["int8", "uint8"]
+IntDType = Literal["int8", "uint8", "int4", "uint4", "float8e4m3fn"]
 
-QMIN_QMAX: dict[str, tuple[int, int]] = {"int8": (-128, 127), "uint8": (0, 255)}
+QMIN_QMAX: dict[str, tuple[int, int]] = {d.name: (int(d.qmin), int(d.qmax)) for d in DTYPES.values()
+                                         if not d.is_float}
 # Symmetric int8 uses the restricted range [-127, 127] so that -amax and +amax are both representable
 # (TensorRT's convention: scale = amax / 127).
 SYMMETRIC_INT8_QMAX = 127
@@ -26,23 +29,28 @@ SYMMETRIC_INT8_QMAX = 127
 class QuantParams:
     """Scale and zero point of one tensor.
 
-    ``scale`` and ``zero_point`` are 0-d arrays for per-tensor parameters and 1-d arrays (one entry per
-    channel along ``axis``) for per-channel parameters.
+    ``scale`` and ``zero_point`` are 0-d arrays for per-tensor parameters, 1-d arrays (one entry per
+    channel along ``axis``) for per-channel parameters, and arrays of the weight's rank (the ``axis`` dimension
+    divided by ``block_size``, rounded up) for block-wise parameters.
     """
 
     scale: np.ndarray
     zero_point: np.ndarray
     dtype: IntDType = "int8"
     axis: int | None = None
+    block_size: int | None = None
 
     def __post_init__(self) -> None:
         scale = np.asarray(self.scale, dtype=np.float32)
-        zp = np.asarray(self.zero_point, dtype=np.dtype(self.dtype))
+        zp = np.asarray(self.zero_point).astype(qdtype(self.dtype).numpy_dtype)
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "zero_point", zp)
         if scale.shape != zp.shape:
             raise OnnxqError(f"scale shape {scale.shape} and zero point shape {zp.shape} differ")
-        if scale.ndim > 1:
+        if self.block_size is not None:
+            if self.axis is None or scale.ndim < 1 or self.block_size < 1:
+                raise OnnxqError("block-wise parameters need an axis, a positive block size and a scale per block")
+        elif scale.ndim > 1:
             raise OnnxqError(f"scale must be a scalar or a 1-d per-channel vector, got shape {scale.shape}")
         if (self.axis is None) != (scale.ndim == 0):
             raise OnnxqError("per-channel parameters need an axis and per-tensor parameters must not have one")
@@ -51,7 +59,11 @@ class QuantParams:
 
     @property
     def per_channel(self) -> bool:
-        return self.axis is not None
+        return self.axis is not None and self.block_size is None
+
+    @property
+    def blockwise(self) -> bool:
+        return self.block_size is not None
 
     @property
     def channels(self) -> int:
@@ -59,7 +71,7 @@ class QuantParams:
 
     @property
     def symmetric(self) -> bool:
-        return self.dtype == "int8" and bool(np.all(self.zero_point == 0))
+        return qdtype(self.dtype).signed and bool(np.all(self.zero_point.astype(np.float32) == 0))
 
     def amax(self) -> np.ndarray:
         """The largest magnitude representable, for symmetric int8 parameters: scale * 127."""
@@ -69,6 +81,7 @@ class QuantParams:
         return (
             self.dtype == other.dtype
             and self.axis == other.axis
+            and self.block_size == other.block_size
             and np.array_equal(self.scale, other.scale)
             and np.array_equal(self.zero_point, other.zero_point)
         )
@@ -77,19 +90,27 @@ class QuantParams:
 ScaleTable = dict[str, QuantParams]
 
 
-def symmetric_params(amax: np.ndarray | float, axis: int | None = None) -> QuantParams:
-    """Symmetric int8 parameters for a range [-amax, amax]; a zero or tiny range keeps a finite positive scale."""
+def symmetric_params(amax: np.ndarray | float, axis: int | None = None, dtype: str = "int8",
+                     block_size: int | None = None) -> QuantParams:
+    """Symmetric parameters for a range [-amax, amax] (scale = amax / the dtype's symmetric qmax: 127 for int8,
+    7 for int4, 448 for float8e4m3fn); a zero or tiny range keeps a finite positive scale."""
+    qmax = qdtype(dtype).symmetric_qmax
     amax = np.asarray(amax, dtype=np.float64)
-    scale = np.maximum(amax, np.finfo(np.float32).tiny * SYMMETRIC_INT8_QMAX) / SYMMETRIC_INT8_QMAX
+    scale = np.maximum(amax, np.finfo(np.float32).tiny * qmax) / qmax
     scale = np.where(amax > 0, scale, 1.0)
-    return QuantParams(scale.astype(np.float32), np.zeros(scale.shape, np.int8), "int8", axis)
+    return QuantParams(scale.astype(np.float32), np.zeros(scale.shape), dtype, axis, block_size)
 
 
-def asymmetric_params(lo: np.ndarray | float, hi: np.ndarray | float, axis: int | None = None) -> QuantParams:
-    """Asymmetric uint8 parameters for a range [lo, hi]; the range is widened to include 0 (exactly representable)."""
+def asymmetric_params(lo: np.ndarray | float, hi: np.ndarray | float, axis: int | None = None,
+                      dtype: str = "uint8", block_size: int | None = None) -> QuantParams:
+    """Asymmetric integer parameters for a range [lo, hi] over the dtype's full grid (uint8 [0, 255], int8
+    [-128, 127], uint4 [0, 15]); the range is widened to include 0, which stays exactly representable."""
+    d = qdtype(dtype)
+    if d.is_float:
+        raise OnnxqError(f"{dtype} has no asymmetric form")
     lo = np.minimum(np.asarray(lo, dtype=np.float64), 0.0)
     hi = np.maximum(np.asarray(hi, dtype=np.float64), 0.0)
     width = hi - lo
-    scale = np.where(width > 0, width / 255.0, 1.0)
-    zero_point = np.clip(np.round(-lo / scale), 0, 255)
-    return QuantParams(scale.astype(np.float32), zero_point.astype(np.uint8), "uint8", axis)
+    scale = np.where(width > 0, width / (d.qmax - d.qmin), 1.0)
+    zero_point = np.clip(np.round(d.qmin - lo / scale), d.qmin, d.qmax)
+    return QuantParams(scale.astype(np.float32), zero_point, dtype, axis, block_size)
