@@ -38,9 +38,12 @@ def run(args: argparse.Namespace) -> int:
             "aimet": {"param_names": params},
             "trt-cache": {"trt_version": args.trt_version, "algorithm": args.algorithm}}[args.format]
     if not table:
-        log.warning("%s has no int8/uint8 Q/DQ nodes; writing an empty scales file", args.model)
+        log.warning("%s has no Q/DQ nodes onnxq reads; writing an empty scales file", args.model)
     save_scales(table, args.output, args.format, **meta)
-    written = sum(1 for p in table.values() if not p.per_channel and p.symmetric) if args.format == "trt-cache" \
-        else len(table)
+    from onnxq.scales.trt_cache import skipped_on_export
+
+    left_out = {"trt-cache": len(skipped_on_export(table)),
+                "aimet": sum(1 for p in table.values() if p.dtype not in ("int8", "uint8") or p.blockwise)}
+    written = len(table) - left_out.get(args.format, 0)
     print(f"wrote {written} tensor scale(s) to {args.output} ({args.format})")
     return 0

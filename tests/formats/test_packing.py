@@ -57,3 +57,29 @@ def test_fp8_storage_matches_ml_dtypes_and_onnx():
     np.testing.assert_array_equal(np.asarray(back).view(np.uint8), ours.view(np.uint8))
     theirs = numpy_helper.from_array(expected, "x")
     assert theirs.raw_data == proto.raw_data
+
+
+def test_scale_files_carry_dtype_and_block_size(tmp_path, caplog):
+    """onnxq JSON round-trips fp8 and block-wise int4 exactly; the TensorRT cache and AIMET leave them out, saying so."""
+    from onnxq.scales.io import load_scales, save_scales
+    from onnxq.scales.types import asymmetric_params, symmetric_params
+
+    rng = np.random.default_rng(2)
+    table = {
+        "f8act": symmetric_params(3.0, dtype="float8e4m3fn"),
+        "w4": symmetric_params(rng.uniform(0.1, 1, (2, 5)), 0, "int4", 64),
+        "u4": asymmetric_params(-rng.uniform(0.1, 1, (5, 2)), rng.uniform(0.1, 1, (5, 2)), 1, "uint4", 32),
+        "x8": symmetric_params(2.0),
+    }
+    path = save_scales(table, tmp_path / "s.json", "json")
+    back = load_scales(path)
+    assert set(back) == set(table) and all(back[k].equals(table[k]) for k in table)
+    assert back["w4"].block_size == 64 and back["u4"].zero_point.dtype == np.uint8
+    with caplog.at_level("WARNING"):
+        save_scales(table, tmp_path / "c.cache", "trt-cache")
+        save_scales(table, tmp_path / "a.encodings", "aimet")
+    cache = (tmp_path / "c.cache").read_text()
+    assert "x8:" in cache and "f8act" not in cache and "w4" not in cache
+    aimet = (tmp_path / "a.encodings").read_text()
+    assert "x8" in aimet and "f8act" not in aimet and "u4" not in aimet
+    assert caplog.text.count("left out") == 2
