@@ -60,16 +60,17 @@ def _load(model: ModelLike) -> tuple[onnx.ModelProto, Path | None]:
     return load_model(model), Path(model)
 
 
-def prepare(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.ModelProto, list[str]]:
+def prepare(model: onnx.ModelProto, config: QuantConfig,
+            min_opset: int | None = None) -> tuple[onnx.ModelProto, list[str]]:
     """Float-to-float passes on a copy of ``model``; refuses a model that already holds Q/DQ unless
-    ``config.requantize``."""
+    ``config.requantize``. The opset is raised to what ``config``'s formats need, or to ``min_opset``."""
     model = copy.deepcopy(model)
     has_qdq = count_qdq(model) > 0
     if has_qdq and not config.requantize:
         raise OnnxqError("the model already holds QuantizeLinear/DequantizeLinear nodes; pass --requantize to "
                          "strip them and quantize again")
     manager = PassManager(prepare_passes(per_channel=config.per_channel_weights, strip_qdq=has_qdq,
-                                         min_opset=config.min_opset()),
+                                         min_opset=max(config.min_opset(), min_opset or 0)),
                           debug=config.debug_passes)
     prepared, results = manager.run(model)
     return prepared, [note for r in results for note in r.notes]
