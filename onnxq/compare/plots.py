@@ -83,15 +83,20 @@ def _metrics(plt, result: CompareResult, path: Path) -> Path:
 
 
 def _per_layer(plt, result: CompareResult, path: Path) -> Path | None:
-    if not any(f.layers for f in result.formats):
+    # layers equal to FP32 in every format (integer shape arithmetic, ops before the first quantizer) say nothing:
+    # left out; a layer exact in one format only is a gap in that format's line
+    changed = [n for n in result.layer_order
+               if any(math.isfinite(db) for f in result.formats for name, db in f.layers if name == n)]
+    if not changed:
         return None
-    position = {name: i for i, name in enumerate(result.layer_order)}
+    position = {name: i for i, name in enumerate(changed)}
     fig, ax = plt.subplots(figsize=(10, 4.2))
     for f in result.formats:
-        if f.layers:
-            xs = [position[n] for n, _ in f.layers]
-            ax.plot(xs, [_finite(db) for _, db in f.layers], marker=".", markersize=3, linewidth=1, label=f.label)
-    ax.set_xlabel("layer output, in network order (FP32 graph)")
+        points = sorted((position[n], db if math.isfinite(db) else np.nan) for n, db in f.layers if n in position)
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", markersize=3, linewidth=1,
+                    label=f.label)
+    ax.set_xlabel(f"layer output in network order (FP32 graph; the {len(changed)} that differ from FP32)")
     ax.set_ylabel("SQNR vs FP32 (dB)")
     ax.set_title(f"{result.model_name}: per-layer SQNR along the network", fontsize=11)
     ax.grid(alpha=0.3)

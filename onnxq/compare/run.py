@@ -187,7 +187,7 @@ def compare_formats(model: ModelLike, calib: DataLike, val: DataLike, config: Qu
         for r in results:
             r.latency_ms = latency_ms(r.model, first_batch, options.latency_runs, options.threads)
     seconds["latency"] = time.perf_counter() - start
-    return CompareResult(model_name=path.name if path is not None else "model", fp32_bytes=prepared.ByteSize(),
+    return CompareResult(model_name=f"{path.parent.name}/{path.name}" if path is not None else "model", fp32_bytes=prepared.ByteSize(),
                          fp32_latency_ms=fp32_latency, formats=results, calib_batches=calib_batches,
                          val_batches=val_batches, float_rest=config.float_rest, target=config.target,
                          seconds=seconds, layer_order=layer_order)
