@@ -267,5 +267,10 @@ class _Planner:
 def build_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
     """Decide, for the prepared float model, which tensors get Q/DQ and how."""
     plan = _Planner(model, config).build()
+    if config.target == "tensorrt":
+        asymmetric = sorted({t.format for t in plan.tensors.values() if not t.symmetric})
+        if asymmetric:
+            log.warning("format(s) %s quantize asymmetrically, which TensorRT cannot run (symmetric Q/DQ only; "
+                        "'onnxq lint' reports each node); use them with --target ort-cpu", ", ".join(asymmetric))
     log.info("plan: %d activation(s), %d weight(s) to quantize", len(plan.activations()), len(plan.weights()))
     return plan
