@@ -12,12 +12,12 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 from onnxq.calib.base import CalibOptions
+from onnxq.calib.methods import check_method
+from onnxq.calib.weights import check_weight_method
 from onnxq.errors import OnnxqError
 from onnxq.formats import Format, check_block_size, parse_format
+from onnxq.rules import TARGET_RULES, TENSORRT
 
-Target = Literal["tensorrt", "ort-cpu"]
-TARGETS: tuple[str, ...] = ("tensorrt", "ort-cpu")
-ActivationDType = Literal["int8", "uint8"]
 # a precision format name of onnxq.formats.FORMATS ("int8", "int8-asym", "uint8", "fp8", "w8", "int4", "int4-asym")
 FormatName = str
 FloatRest = Literal["fp32", "fp16"]
@@ -100,7 +100,7 @@ class Overrides:
 class QuantConfig:
     """Everything a quantization run needs besides the model and the data."""
 
-    target: Target = "tensorrt"
+    target: str = TENSORRT.name  # a key of onnxq.rules.TARGET_RULES
     calib: CalibOptions = CalibOptions()
     weight_method: str = "minmax"
     # calibration of the model's own inputs; None: the same as every other activation. Min-max by default: the
@@ -119,12 +119,12 @@ class QuantConfig:
     float_rest: FloatRest = "fp32"
 
     def __post_init__(self) -> None:
-        if self.target not in TARGETS:
-            raise OnnxqError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        if self.target not in TARGET_RULES:
+            raise OnnxqError(f"unknown target {self.target!r}; choose one of {', '.join(TARGET_RULES)}")
+        check_method(self.calib.method)
         if self.input_method is not None:
-            CalibOptions(method=self.input_method)  # raises for an unknown method
-        if self.weight_method not in ("minmax", "mse"):
-            raise OnnxqError(f"unknown weight method {self.weight_method!r}; choose minmax or mse")
+            check_method(self.input_method)
+        check_weight_method(self.weight_method)
         if self.calib_batches is not None and self.calib_batches < 1:
             raise OnnxqError(f"--calib-batches must be at least 1, got {self.calib_batches}")
         if self.batch_size < 1:
@@ -139,8 +139,6 @@ class QuantConfig:
 
     def formats_used(self) -> list[Format]:
         """Every format a node of this run may get: the target's default and each one the overrides name."""
-        from onnxq.rules import TARGET_RULES
-
         names = {TARGET_RULES[self.target].activation_dtype}
         names |= {s.dtype for s in self.overrides.settings() if s.dtype is not None}
         return [parse_format(n).format for n in sorted(names)]

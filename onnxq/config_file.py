@@ -33,8 +33,11 @@ from pathlib import Path
 
 import onnx
 
+from onnxq.calib.methods import check_method
 from onnxq.config import NodeSetting, Overrides
+from onnxq.formats import FORMATS, check_block_size, parse_format
 from onnxq.errors import OnnxqError
+from onnxq.graph import node_name
 
 SETTING_KEYS = {f.name for f in fields(NodeSetting)}
 RUN_KEYS = {"target", "weight_method", "per_channel_weights", "float_rest"}
@@ -50,8 +53,6 @@ def _setting(where: str, table: dict) -> NodeSetting:
     if "skip" in table and not isinstance(table["skip"], bool):
         raise OnnxqError(f"{where}: skip must be true or false")
     if "dtype" in table:
-        from onnxq.formats import FORMATS, parse_format
-
         if not isinstance(table["dtype"], str):
             raise OnnxqError(f"{where}: dtype must be a format name ({', '.join(FORMATS)}), got {table['dtype']!r}")
         try:
@@ -59,8 +60,6 @@ def _setting(where: str, table: dict) -> NodeSetting:
         except OnnxqError as exc:
             raise OnnxqError(f"{where}: {exc}") from exc
     if "block_size" in table:
-        from onnxq.formats import check_block_size
-
         if not isinstance(table["block_size"], int) or isinstance(table["block_size"], bool):
             raise OnnxqError(f"{where}: block_size must be an integer, got {table['block_size']!r}")
         try:
@@ -71,9 +70,7 @@ def _setting(where: str, table: dict) -> NodeSetting:
                                       and 0 < table["percentile"] <= 100):
         raise OnnxqError(f"{where}: percentile must be in (0, 100], got {table['percentile']!r}")
     if "method" in table:
-        from onnxq.calib.base import CalibOptions
-
-        CalibOptions(method=table["method"])  # raises for unknown methods
+        check_method(table["method"])
     return NodeSetting(**table)
 
 
@@ -102,7 +99,7 @@ def load_config_file(path: str | Path) -> tuple[Overrides, dict]:
 
 def unmatched_rules(overrides: Overrides, model: onnx.ModelProto) -> list[str]:
     """Op types, regexes and node names of the overrides that match no node of the model."""
-    names = [n.name or n.output[0] for n in model.graph.node]
+    names = [node_name(n) for n in model.graph.node]
     ops = {n.op_type for n in model.graph.node}
     found = [f"op type {op!r} is not in the model" for op in overrides.by_op if op not in ops]
     found += [f"regex {p!r} matches no node name" for p, _ in overrides.by_regex

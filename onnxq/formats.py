@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 
 from onnxq.errors import OnnxqError
-from onnxq.scales.dtypes import DTYPES
+from onnxq.dtypes import QUANT_DTYPES as DTYPES
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 DEFAULT_BLOCK_SIZE = 128

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import onnx
 
+from onnxq.calib.base import CalibOptions
 from onnxq.config import NodeSetting, QuantConfig
+
 from onnxq.formats import FormatChoice, parse_format
-from onnxq.graph import GraphIndex
-from onnxq.rules import TARGET_RULES, TargetRules, reduction_axis, weight_axis
+from onnxq.graph import GraphIndex, node_name
+from onnxq.ops import handler, quantized_ops, reduction_axis, weight_axis
+from onnxq.rules import TARGET_RULES, TargetRules
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,12 @@ class TensorPlan:
     block_size: int | None = None
     # the precision format (onnxq.formats) of the node that planned this tensor, for reports
     format: str = "int8"
+
+    def calib_options(self, base: CalibOptions) -> CalibOptions:
+        """The run's calibration options with this tensor's own method and percentile (per-node settings) laid
+        over them."""
+        return replace(base, method=self.method or base.method,
+                       percentile=self.percentile if self.percentile is not None else base.percentile)
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,7 @@ class _Planner:
         self.rules: TargetRules = TARGET_RULES[config.target]
         self.index = GraphIndex.build(model.graph)
         self.plan = QuantPlan(target=config.target)
+        self.quantized_ops = frozenset(quantized_ops(self.rules))
 
     def build(self) -> QuantPlan:
         for node in self.model.graph.node:
@@ -109,7 +119,7 @@ class _Planner:
             for node in self.model.graph.node:
                 if node.op_type == "Add" and node.domain in ("", "ai.onnx"):
                     self._residual_add(node)
-        if self.rules.share_scales_through:
+        if self.rules.share_scales:
             for tensor in list(self.plan.activations()):
                 self._share_scale_upstream(tensor.name, tensor.name)
         return self.plan
@@ -124,14 +134,14 @@ class _Planner:
             return
         quantized_nodes = {d.node for d in self.plan.nodes if d.quantized}
         from_conv = [(p := self.index.producer.get(n)) is not None and p.op_type == "Conv"
-                     and (p.name or p.output[0]) in quantized_nodes and self.index.only_consumer(n) is add
+                     and node_name(p) in quantized_nodes and self.index.only_consumer(n) is add
                      and self._activation_planned(p.input[0])
                      for n in add.input]
         if from_conv.count(True) != 1:
             return
         skip = add.input[from_conv.index(False)]
-        name = add.name or add.output[0]
-        setting, _ = self.config.overrides.resolve("Add", name, self.rules.default_setting("Add")[0])
+        name = node_name(add)
+        setting, _ = self.config.overrides.resolve("Add", name, NodeSetting(skip=False))
         if setting.skip or self._format(setting).format.weight_only:
             return
         self._add_tensor(add, name, from_conv.index(False), skip, setting)
@@ -141,18 +151,15 @@ class _Planner:
         """Give the data input of a Concat/data-movement producer of ``tensor`` the scale of ``root``, recursively,
         so TensorRT moves Q/DQ through them with no requantization (tensorrt_rules 3.4)."""
         producer = self.index.producer.get(tensor)
-        if producer is None or producer.op_type not in self.rules.share_scales_through:
+        h = handler(producer) if producer is not None else None
+        if producer is None or h is None or h.shares_scale is None:
             return
-        if producer.domain not in ("", "ai.onnx"):
-            return
-        name = producer.name or producer.output[0]
-        setting, _ = self.config.overrides.resolve(producer.op_type, name,
-                                                   self.rules.default_setting(producer.op_type)[0])
+        name = node_name(producer)
+        setting, _ = self.config.overrides.resolve(producer.op_type, name, NodeSetting(skip=False))
         if setting.skip or self._format(setting).format.weight_only:
             return
-        data_inputs = range(len(producer.input)) if producer.op_type == "Concat" else range(1)
         added = False
-        for i in data_inputs:
+        for i in h.scale_sharing_inputs(producer):
             source = producer.input[i]
             if not self._is_float_activation(source):
                 continue
@@ -167,11 +174,14 @@ class _Planner:
             self.plan.nodes.append(NodeDecision(name, producer.op_type, True, "quantized"))
 
     def _decide(self, node: onnx.NodeProto) -> None:
-        name = node.name or node.output[0]
-        inputs = self.rules.quantized_inputs.get(node.op_type)
-        if inputs is None or node.domain not in ("", "ai.onnx"):
+        h = handler(node)
+        if h is None or node.op_type not in self.quantized_ops:
             return
-        default, default_reason = self.rules.default_setting(node.op_type)
+        name = node_name(node)
+        inputs = h.quantized_inputs
+        default_reason = self.rules.default_skip_reason(node.op_type) or ""
+        default = NodeSetting(skip=True) if default_reason else \
+            NodeSetting(skip=False, dtype=self.rules.activation_dtype)
         setting, decided_by = self.config.overrides.resolve(node.op_type, name, default)
         if setting.skip:
             reason = default_reason if decided_by == "default" else f"skipped by {decided_by}"
@@ -223,12 +233,12 @@ class _Planner:
             if axis is not None and dims[axis] <= (choice.block_size or 0):
                 # one block would span the whole reduction axis: that is per-output-channel quantization, written
                 # as such (one scale per output channel instead of one per (channel, kernel position) on Conv)
-                out_axis = weight_axis(node, i, len(dims), self.rules.convtranspose_axis)
+                out_axis = weight_axis(node, i, len(dims), self.rules)
                 return TensorPlan(tensor, "weight", fmt.weight_dtype, fmt.weight_symmetric, out_axis,
                                   dims[out_axis] if out_axis is not None else None, "minmax", format=choice.label)
             return TensorPlan(tensor, "weight", fmt.weight_dtype, fmt.weight_symmetric, axis, None, "minmax",
                               block_size=choice.block_size, format=choice.label)
-        axis = (weight_axis(node, i, len(dims), self.rules.convtranspose_axis)
+        axis = (weight_axis(node, i, len(dims), self.rules)
                 if self.config.per_channel_weights else None)
         return TensorPlan(tensor, "weight", fmt.weight_dtype, fmt.weight_symmetric, axis,
                           dims[axis] if axis is not None else None, self.config.weight_method, format=choice.label)
@@ -239,7 +249,7 @@ class _Planner:
             return self.config.input_method
         return self.config.calib.method
 
-    def _add_tensor(self, node: onnx.NodeProto, node_name: str, i: int, tensor: str, setting: NodeSetting) -> None:
+    def _add_tensor(self, node: onnx.NodeProto, consumer: str, i: int, tensor: str, setting: NodeSetting) -> None:
         existing = self.plan.tensors.get(tensor)
         choice = self._format(setting)
         if self.index.is_initializer(tensor):
@@ -260,7 +270,7 @@ class _Planner:
         elif existing.format != choice.label:
             log.info("activation %s is read by nodes of formats %s and %s; it keeps %s", tensor, existing.format,
                      choice.label, existing.format)
-        existing.consumers.append(Consumer(node_name, i))
+        existing.consumers.append(Consumer(consumer, i))
         self.plan.tensors[tensor] = existing
 
 

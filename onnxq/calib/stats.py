@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-import onnxq.calib.methods  # noqa: F401  (fills the calibrator registry)
-from onnxq.calib.base import CALIBRATORS, CalibOptions, Calibrator
+from onnxq.calib.base import CalibOptions, Calibrator
+from onnxq.calib.methods import CALIBRATORS
 from onnxq.errors import OnnxqError
 
 FORMAT = "onnxq-stats"
@@ -39,7 +39,7 @@ def save_stats(path: str | os.PathLike, calibrators: dict[str, Calibrator], fing
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent if str(path.parent) else ".")
     os.close(fd)
     try:
-        np.savez(tmp, **arrays)
+        np.savez(tmp, allow_pickle=False, **arrays)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

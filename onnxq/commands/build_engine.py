@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from onnxq.commands.common import add_model_and_output
 from onnxq.errors import OnnxqError
-from onnxq.graph import load_model
-from onnxq.trt.build import BuildOptions, build_engine, has_fp16_tensors, installed_trt_major, precision_mode
-from onnxq.trt.shapes import build_profile, parse_shapes
-from onnxq.trt.trtexec import format_command, trtexec_command
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,10 +14,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description="Build a TensorRT engine with explicit quantization (the model's Q/DQ "
                               "scales; no calibrator). Needs the tensorrt package and an NVIDIA GPU, unless "
                               "--print-trtexec.")
-    p.add_argument("model", help="Q/DQ ONNX model")
-    p.add_argument("-o", "--output", required=True, help="engine file to write (e.g. model.plan)")
-    p.add_argument("--fp16", action="store_true", help="let unquantized layers run in FP16 (TensorRT 11: the graph's own FP16 layers, "
-                   "from 'onnxq quantize --float-rest fp16')")
+    add_model_and_output(p, "Q/DQ ONNX model", "engine file to write (e.g. model.plan)")
+    p.add_argument("--fp16", action="store_true", help="let unquantized layers run in FP16 (TensorRT 11: the "
+                   "graph's own FP16 layers, from 'onnxq quantize --float-rest fp16')")
     p.add_argument("--shapes", action="append", metavar="NAME:DxD..",
                    help="input shapes, e.g. x:1x3x640x640 (the opt shape; also min and max unless given)")
     p.add_argument("--min-shapes", action="append", metavar="NAME:DxD..", help="minimum shapes of dynamic inputs")
@@ -34,6 +30,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from onnxq.graph import load_model
+    from onnxq.trt.build import BuildOptions, build_engine, has_fp16_tensors, installed_trt_major, precision_mode
+    from onnxq.trt.shapes import build_profile, parse_shapes
+    from onnxq.trt.trtexec import format_command, trtexec_command
+
     if args.workspace is not None and args.workspace <= 0:
         raise OnnxqError(f"--workspace must be a positive number of MiB, got {args.workspace}")
     model = load_model(args.model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from onnxq.commands.common import add_calib_flags, add_selection_flags, config_from_args, progress_bar
+from onnxq.commands.common import add_calib_flags, add_model_and_output, add_selection_flags, config_from_args, progress_bar
 from onnxq.errors import OnnxqError
 
 
@@ -12,9 +12,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("calibrate", help="collect calibration statistics of a data shard (mergeable)",
                               description="Run the calibration of one shard and save its statistics (not its "
                               "ranges); 'onnxq quantize MODEL --stats \"stats_*.npz\"' merges any number of them.")
-    p.add_argument("model", help="FP32 ONNX model")
+    add_model_and_output(p, "FP32 ONNX model", "statistics file to write (.npz)")
     p.add_argument("--calib", required=True, metavar="DATA", help="this shard's data (folder or .npz stack)")
-    p.add_argument("-o", "--output", required=True, help="statistics file to write (.npz)")
     add_calib_flags(p)
     add_selection_flags(p)
     p.add_argument("--requantize", action="store_true", help="strip the Q/DQ of an already quantized model first")

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
+
+from onnxq.rules import TARGET_RULES, TENSORRT
 
 
 @contextlib.contextmanager
@@ -20,10 +24,26 @@ def progress_bar(total: int | None, desc: str) -> Iterator[Callable[[int], None]
         yield bar.update
 
 
+def add_model_and_output(parser: argparse.ArgumentParser, model: str, output: str, *, required: bool = True) -> None:
+    """The input model (positional) and ``-o/--output``: the same two arguments in every command that writes a file."""
+    parser.add_argument("model", help=model)
+    parser.add_argument("-o", "--output", required=required, help=output)
+
+
+def add_json_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--json``: the same flag in every command that has it -- print ``what`` as JSON on stdout instead of text."""
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout instead of text")
+
+
+def print_result(args: argparse.Namespace, text: str, payload: dict) -> None:
+    """``payload`` as JSON when ``--json`` was given, else ``text``."""
+    print(json.dumps(payload, indent=2) if args.json else text)
+
+
 def add_selection_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("what to quantize")
-    g.add_argument("--target", choices=("tensorrt", "ort-cpu"), default="tensorrt",
-                   help="deployment target whose rules the plan follows (default: tensorrt)")
+    g.add_argument("--target", choices=tuple(TARGET_RULES),
+                   help=f"deployment target whose rules the plan follows (default: {TENSORRT.name})")
     g.add_argument("--include-op", action="append", default=[], metavar="OP",
                    help="quantize this op type even if the target skips it by default (repeatable)")
     g.add_argument("--exclude-op", action="append", default=[], metavar="OP",
@@ -54,8 +74,8 @@ def add_calib_flags(parser: argparse.ArgumentParser) -> None:
                    help="minmax: average per-batch min/max with this momentum (e.g. 0.9) instead of the extremes")
     g.add_argument("--input-method", default="minmax",
                    help="calibration of the model's inputs (default minmax; 'same' follows --method)")
-    g.add_argument("--weight-method", default="minmax", choices=("minmax", "mse"),
-                   help="per-channel weight range: minmax, or mse clip search")
+    g.add_argument("--weight-method",
+                   help="per-channel weight range: minmax (default), or mse clip search")
     g.add_argument("--calib-batches", type=int, metavar="N", help="use at most N calibration batches")
     g.add_argument("--batch-size", type=int, default=8, help="batch size when cutting an .npz stack of samples")
     g.add_argument("--memory-budget-mb", type=int, default=4096,
@@ -65,25 +85,24 @@ def add_calib_flags(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """QuantConfig from the flags laid over the --config file (flags win)."""
-    from onnxq.calib.base import CalibOptions
     from dataclasses import replace
 
+    from onnxq.calib.base import CalibOptions
     from onnxq.config import NodeSetting, Overrides, QuantConfig
     from onnxq.config_file import load_config_file
 
-    overrides, run = Overrides(), {}
+    overrides, run = Overrides(), dict[str, Any]()
     if getattr(args, "config", None):
         overrides, run = load_config_file(args.config)
     flags = Overrides.from_flags(args.include_op, args.exclude_op, args.exclude_node, args.include_node)
     if getattr(args, "format", None) or getattr(args, "block_size", None):
         flags = replace(flags, global_setting=NodeSetting(dtype=args.format, block_size=args.block_size))
-    target = args.target if args.target != "tensorrt" or "target" not in run else run["target"]
+    target = args.target or run.get("target", TENSORRT.name)
     return QuantConfig(
         target=target,
         calib=CalibOptions(method=args.method, percentile=args.percentile, num_bins=args.num_bins,
                            momentum=args.moving_average),
-        weight_method=run.get("weight_method", args.weight_method) if args.weight_method == "minmax"
-        else args.weight_method,
+        weight_method=args.weight_method or run.get("weight_method", QuantConfig.weight_method),
         input_method=None if args.input_method == "same" else args.input_method,
         per_channel_weights=not args.per_tensor_weights and run.get("per_channel_weights", True),
         overrides=overrides.merged(flags),

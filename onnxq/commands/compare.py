@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 def add_parser(subparsers) -> None:
-    from onnxq.compare.run import DEFAULT_FORMATS
+    from onnxq.compare.defaults import DEFAULT_FORMATS
 
     p = subparsers.add_parser(
         "compare", help="quantize a model in several precision formats and compare accuracy, size and speed",
@@ -39,7 +39,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from onnxq.atomic import write_json_atomic, write_text_atomic
-    from onnxq.compare import CompareOptions, compare_formats
+    from onnxq.compare.run import CompareOptions, compare_formats
     from onnxq.compare.plots import matplotlib_available, write_plots
     from onnxq.compare.report import payload, render_markdown
 

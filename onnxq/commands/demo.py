@@ -56,7 +56,7 @@ def run_model(name: str, workdir: Path, calib_batches: int, val_batches: int) ->
     exp = export_model(name, workdir / name, calib_batches=calib_batches, val_batches=val_batches)
     int8_path = exp.model_path.with_name("model.int8.onnx")
     result = onnxq.quantize(str(exp.model_path), calib=str(exp.calib_dir), output=str(int8_path))
-    int8_path = Path(result.output_path)
+    int8_path = result.output_path or int8_path
     report = compare_models(str(exp.model_path), str(int8_path), data=str(exp.val_dir))
     fp32 = evaluate_onnx(name, exp.model_path, exp.val_dir)
     int8 = evaluate_onnx(name, int8_path, exp.val_dir)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from onnxq.atomic import write_json_atomic, write_text_atomic
-from onnxq.commands.common import add_calib_flags, add_selection_flags, config_from_args, progress_bar
+from onnxq.commands.common import add_calib_flags, add_model_and_output, add_selection_flags, config_from_args, progress_bar
 from onnxq.errors import OnnxqError
 
 log = logging.getLogger(__name__)
@@ -17,8 +17,7 @@ log = logging.getLogger(__name__)
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("quantize", help="quantize an FP32 ONNX model to INT8 Q/DQ form",
                               description="Fold BatchNorm, plan, calibrate, insert Q/DQ, verify and save.")
-    p.add_argument("model", help="FP32 ONNX model")
-    p.add_argument("-o", "--output", help="output path (default: MODEL.int8.onnx beside the input)")
+    add_model_and_output(p, "FP32 ONNX model", "output path (default: MODEL.int8.onnx beside the input)", required=False)
     src = p.add_argument_group("ranges (exactly one)")
     src.add_argument("--calib", metavar="DATA", help="calibration data: folder of .npy/.npz batches, an .npz "
                      "stack, or 'random' (meaningless scales, for toolchain tests only)")

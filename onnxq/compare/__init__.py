@@ -1,5 +1,5 @@
-"""Compare precision formats on one model: one calibration, one quantization per format, metrics, reports, plots."""
+"""Compare precision formats on one model: one calibration, one quantization per format, metrics, reports, plots.
 
-from onnxq.compare.run import DEFAULT_FORMATS, CompareOptions, CompareResult, FormatResult, compare_formats
-
-__all__ = ["DEFAULT_FORMATS", "CompareOptions", "CompareResult", "FormatResult", "compare_formats"]
+The API is :func:`onnxq.compare.run.compare_formats`; this package file imports nothing, so the command line can
+read :data:`onnxq.compare.defaults.DEFAULT_FORMATS` without loading onnx or onnxruntime.
+"""

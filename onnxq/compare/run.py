@@ -12,7 +12,6 @@ the range derived from them does (``compute_range(symmetric)``; fp8 uses the sym
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -20,26 +19,25 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
-from onnxq.calib.collect import expose, make_session, run_batch
+from onnxq.compare.defaults import DEFAULT_FORMATS
 from onnxq.compare.metrics import LayerAccumulator, OutputAccumulator, OutputResult
 from onnxq.config import NodeSetting, QuantConfig
 from onnxq.errors import OnnxqError
 from onnxq.formats import NOT_ON_TENSORRT, FormatChoice, parse_format
-from onnxq.graph import check_model, serialize_for_session
+from onnxq.graph import check_model
 from onnxq.passes.float16 import ConvertFloatToFP16
-from onnxq.passes.insert_qdq import InsertQDQ
+from onnxq.insert import InsertQDQ
 from onnxq.pipeline import DataLike, ModelLike, _load, calibrate, data_source, prepare, weight_arrays
 from onnxq.plan import QuantPlan, build_plan
+from onnxq.runtime import SessionSettings, make_session, output_names, run_batch
 from onnxq.scales.compute import compute_scales
-from onnxq.scales.dtypes import qdtype
+from onnxq.dtypes import quant_dtype as qdtype
 from onnxq.scales.types import QuantParams
 from onnxq.validate.compare import shared_layer_tensors
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FORMATS = ("int8", "int8-asym", "fp8", "w8", "int4-g128", "int4-g64")
 
 
 @dataclass(frozen=True)
@@ -103,12 +101,7 @@ def stored_weight_bytes(params: QuantParams, numel: int) -> int:
 
 def latency_ms(model: onnx.ModelProto, batch: dict[str, np.ndarray], runs: int, threads: int) -> float:
     """Median wall time of ``runs`` onnxruntime CPU runs of one batch (after one warm-up), full optimisation."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    session = ort.InferenceSession(serialize_for_session(model), so, providers=["CPUExecutionProvider"])
+    session = make_session(model, settings=SessionSettings(threads=threads, optimization="all"))
     session.run(None, batch)
     times = []
     for _ in range(runs):
@@ -121,9 +114,9 @@ def latency_ms(model: onnx.ModelProto, batch: dict[str, np.ndarray], runs: int, 
 def _quantize_one(prepared: onnx.ModelProto, plan: QuantPlan, calibrators: dict, config: QuantConfig,
                   first_batch: dict | None) -> tuple[onnx.ModelProto, dict[str, QuantParams]]:
     table = compute_scales(plan, calibrators, weight_arrays(prepared, plan))
-    model = InsertQDQ(plan, table).call(copy.deepcopy(prepared)).model
+    model = InsertQDQ(plan, table).run(prepared).model
     if config.float_rest == "fp16":
-        model = ConvertFloatToFP16().call(model).model
+        model = ConvertFloatToFP16().run(model, keep_input=False).model
     check_model(model, what="quantized model", full=True)
     if first_batch is not None:
         run_batch(make_session(model), first_batch, "the first batch (quantized model)")
@@ -199,16 +192,16 @@ def _evaluate(reference: onnx.ModelProto, results: list[FormatResult], data, per
     out_names = [o.name for o in reference.graph.output]
     layer_sets = [shared_layer_tensors(reference, r.model) if per_layer else [] for r in results]
     all_layers = sorted(set().union(*layer_sets), key=_order_of(reference)) if per_layer else []
-    ref_session = make_session(expose(reference, all_layers))
-    ref_names = [o.name for o in ref_session.get_outputs()]
-    sessions = [make_session(expose(r.model, layers)) for r, layers in zip(results, layer_sets, strict=True)]
+    ref_session = make_session(reference, outputs=all_layers)
+    ref_names = output_names(ref_session)
+    sessions = [make_session(r.model, outputs=layers) for r, layers in zip(results, layer_sets, strict=True)]
     accs = [{n: OutputAccumulator() for n in out_names} for _ in results]
     layer_accs = [{n: LayerAccumulator() for n in layers} for layers in layer_sets]
     batches = 0
     for batches, batch in enumerate(data, start=1):
         ref = dict(zip(ref_names, run_batch(ref_session, batch, f"batch {batches} (FP32)"), strict=True))
         for k, session in enumerate(sessions):
-            got = dict(zip([o.name for o in session.get_outputs()],
+            got = dict(zip(output_names(session),
                            run_batch(session, batch, f"batch {batches} ({results[k].label})"), strict=True))
             for name in out_names:
                 accs[k][name].add(ref[name], got[name])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from onnxq.passes.base import Pass, PassManager, PassResult
+from onnxq.passes.base import FunctionalPass, InPlacePass, Pass, PassManager, PassResult
 from onnxq.passes.constants_to_initializers import ConstantsToInitializers
 from onnxq.passes.fold_batchnorm import FoldBatchNorm
 from onnxq.passes.infer_shapes import InferShapes
@@ -20,4 +20,5 @@ def prepare_passes(*, per_channel: bool = True, strip_qdq: bool = False, min_ops
     return passes
 
 
-__all__ = ["Pass", "PassManager", "PassResult", "prepare_passes"]
+__all__ = ["ConstantsToInitializers", "FoldBatchNorm", "FunctionalPass", "InPlacePass", "InferShapes", "Pass",
+           "PassManager", "PassResult", "StripQDQ", "UpgradeOpset", "prepare_passes"]

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxq.passes.base import Pass, PassResult
+from onnxq.passes.base import InPlacePass, PassResult
 
 _SCALAR_ATTRS = {
     "value_float": (np.float32, False),
@@ -32,7 +32,7 @@ def constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
     return None
 
 
-class ConstantsToInitializers(Pass):
+class ConstantsToInitializers(InPlacePass):
     name = "constants-to-initializers"
 
     def call(self, model: onnx.ModelProto) -> PassResult:

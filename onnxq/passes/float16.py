@@ -31,7 +31,7 @@ import onnx
 from onnx import TensorProto, defs, helper, numpy_helper
 
 from onnxq.graph import all_names, default_opset, unique_name
-from onnxq.passes.base import Pass, PassResult
+from onnxq.passes.base import InPlacePass, PassResult
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _formal(params: list, index: int):
     return last if last is not None and last.option == defs.OpSchema.FormalParameterOption.Variadic else None
 
 
-class ConvertFloatToFP16(Pass):
+class ConvertFloatToFP16(InPlacePass):
     name = "float-rest-fp16"
 
     def __init__(self, keep_fp32: frozenset[str] = KEEP_FP32) -> None:

@@ -13,12 +13,12 @@ import tempfile
 import onnx
 
 from onnxq.graph import EXTERNAL_DATA_THRESHOLD
-from onnxq.passes.base import Pass, PassResult
+from onnxq.passes.base import FunctionalPass, PassResult
 
 log = logging.getLogger(__name__)
 
 
-class InferShapes(Pass):
+class InferShapes(FunctionalPass):
     name = "infer-shapes"
 
     def call(self, model: onnx.ModelProto) -> PassResult:

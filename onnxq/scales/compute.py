@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxq.calib import weights as weight_methods
 from onnxq.calib.base import Calibrator
+from onnxq.dtypes import quant_dtype
 from onnxq.errors import OnnxqError
 from onnxq.plan import QuantPlan, TensorPlan
-from onnxq.scales.dtypes import qdtype
 from onnxq.scales.types import QuantParams, ScaleTable, asymmetric_params, symmetric_params
 
 
@@ -23,8 +24,6 @@ def activation_params(tensor: TensorPlan, calibrator: Calibrator) -> QuantParams
 
 def weight_amax(w: np.ndarray, axis: int | None, method: str) -> np.ndarray:
     """Largest magnitude per output channel (``axis``) or of the whole tensor (``axis`` None)."""
-    from onnxq.calib import weights as weight_methods
-
     return weight_methods.weight_amax(w, axis, method)
 
 
@@ -87,7 +86,7 @@ def fill_shared_scales(plan: QuantPlan, table: ScaleTable) -> ScaleTable:
 def representable_range(params: QuantParams) -> tuple[float, float]:
     """The float interval a per-tensor Q/DQ pair represents without saturating."""
     scale, zp = float(params.scale), float(params.zero_point.astype(np.float32))
-    d = qdtype(params.dtype)
+    d = quant_dtype(params.dtype)
     return (d.qmin - zp) * scale, (d.qmax - zp) * scale
 
 

@@ -14,7 +14,7 @@ Schema (version 1)::
     }
 
 ``dtype`` is ``"int8"`` or ``"uint8"`` (version 1) or, from version 2, any type of
-:data:`onnxq.scales.dtypes.DTYPES` (``"int4"``, ``"uint4"``, ``"float8e4m3fn"``; float8 zero points are numbers);
+:data:`onnxq.dtypes.QUANT_DTYPES` (``"int4"``, ``"uint4"``, ``"float8e4m3fn"``; float8 zero points are numbers);
 ``axis`` is ``null`` for per-tensor parameters (``scale`` and ``zero_point`` are numbers) or the channel axis for
 per-channel ones (``scale`` and ``zero_point`` are lists of equal length). Version 2 adds ``block_size`` for
 block-wise parameters: ``scale`` and ``zero_point`` are then nested lists of the weight's rank, the ``axis``
@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from onnxq.dtypes import QUANT_DTYPES, quant_dtype
 from onnxq.errors import OnnxqError
-from onnxq.scales.dtypes import DTYPES, qdtype
+
 from onnxq.scales.types import QuantParams, ScaleTable
 
 FORMAT_NAME = "onnxq-scales"
@@ -50,8 +51,8 @@ def dumps(table: ScaleTable, *, fingerprint: str | None = None, param_names: Ite
     params_set = set(param_names)
     tensors: dict[str, dict[str, Any]] = {}
     for name, p in table.items():
-        zp_values = p.zero_point.astype(np.float32) if qdtype(p.dtype).is_float else p.zero_point.astype(np.int64)
-        to_zp = float if qdtype(p.dtype).is_float else int
+        zp_values = p.zero_point.astype(np.float32) if quant_dtype(p.dtype).is_float else p.zero_point.astype(np.int64)
+        to_zp = float if quant_dtype(p.dtype).is_float else int
         scale: Any = np.vectorize(_number, otypes=[object])(p.scale).tolist() if p.scale.ndim else _number(p.scale)
         zp: Any = np.vectorize(to_zp, otypes=[object])(zp_values).tolist() if zp_values.ndim else to_zp(zp_values)
         entry: dict[str, Any] = {"dtype": p.dtype, "axis": p.axis, "scale": scale, "zero_point": zp}
@@ -111,8 +112,8 @@ def _entry_params(name: str, entry: Any, source: str, version: int = VERSION) ->
     dtype = entry.get("dtype", "int8")
     if version < 2 and dtype not in _V1_DTYPES:
         raise OnnxqError(f"{where}: dtype must be \"int8\" or \"uint8\" in a version-1 file, got {dtype!r}")
-    if dtype not in DTYPES:
-        raise OnnxqError(f"{where}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype not in QUANT_DTYPES:
+        raise OnnxqError(f"{where}: dtype must be one of {', '.join(QUANT_DTYPES)}, got {dtype!r}")
     axis = entry.get("axis")
     if axis is not None and (not isinstance(axis, int) or isinstance(axis, bool)):
         raise OnnxqError(f"{where}: axis must be null or an integer, got {axis!r}")
@@ -130,7 +131,7 @@ def _entry_params(name: str, entry: Any, source: str, version: int = VERSION) ->
         zp = [zp] * len(scale)
     try:
         scale_arr = np.asarray(scale, dtype=np.float64)
-        zp_arr = np.asarray(zp, dtype=np.float64 if DTYPES[dtype].is_float else np.int64)
+        zp_arr = np.asarray(zp, dtype=np.float64 if QUANT_DTYPES[dtype].is_float else np.int64)
     except (TypeError, ValueError) as exc:
         raise OnnxqError(f"{where}: scale and zero_point must be numbers: {exc}") from exc
     if per_channel and scale_arr.ndim != 1:
@@ -145,7 +146,7 @@ def _entry_params(name: str, entry: Any, source: str, version: int = VERSION) ->
 
 def _checked_params(where: str, dtype: str, axis: int | None, block_size: int | None, scale_arr: np.ndarray,
                     zp_arr: np.ndarray) -> QuantParams:
-    lo, hi = DTYPES[dtype].qmin, DTYPES[dtype].qmax
+    lo, hi = QUANT_DTYPES[dtype].qmin, QUANT_DTYPES[dtype].qmax
     if zp_arr.size and (zp_arr.min() < lo or zp_arr.max() > hi):
         raise OnnxqError(f"{where}: zero_point out of the {dtype} range [{lo:g}, {hi:g}]")
     try:

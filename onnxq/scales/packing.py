@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from onnxq.errors import OnnxqError
-from onnxq.scales.dtypes import BY_ONNX_TYPE, qdtype
+from onnxq.dtypes import BY_ONNX_TYPE, quant_dtype as qdtype
 
 
 def pack_4bit(values: np.ndarray, signed: bool) -> bytes:

@@ -28,14 +28,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxq.errors import OnnxqError
-from onnxq.graph import GraphIndex, default_opset
-from onnxq.scales.dtypes import BY_ONNX_TYPE
+from onnxq.dtypes import BY_ONNX_TYPE
+from onnxq.graph import GraphIndex, default_opset, node_name
 from onnxq.scales.types import QuantParams, ScaleTable
 
 log = logging.getLogger(__name__)
 
 ORT_QUANTIZED_SUFFIX = "_quantized"
-_INT_DTYPES = {onnx_type: d.name for onnx_type, d in BY_ONNX_TYPE.items()}
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class QDQParams:
 
     @property
     def dtype_name(self) -> str | None:
-        return _INT_DTYPES.get(self.elem_type)
+        return dt.name if (dt := BY_ONNX_TYPE.get(self.elem_type)) else None
 
     @property
     def per_channel(self) -> bool:
@@ -147,7 +146,7 @@ def to_quant_params(params: QDQParams, rank: int | None, where: str) -> QuantPar
     dtype = params.dtype_name
     if dtype is None:
         type_name = onnx.TensorProto.DataType.Name(params.elem_type)
-        raise OnnxqError(f"{where}: only {'/'.join(_INT_DTYPES.values())} Q/DQ is supported, got {type_name}")
+        raise OnnxqError(f"{where}: only {'/'.join(t.name for t in BY_ONNX_TYPE.values())} Q/DQ is supported, got {type_name}")
     scale = params.scale
     zp = params.zero_point if params.zero_point is not None else np.zeros(scale.shape)
     zp = np.asarray(zp)
@@ -178,7 +177,7 @@ def read_qdq(model: onnx.ModelProto) -> dict[str, QDQEntry]:
     entries: dict[str, QDQEntry] = {}
 
     def add(name: str, entry_params: QDQParams, role: str, node: onnx.NodeProto, rank_of: str) -> None:
-        where = f"{node.op_type} node {node.name or node.output[0]!r} (tensor {name!r})"
+        where = f"{node.op_type} node {node_name(node)!r} (tensor {name!r})"
         if entry_params.dtype_name is None:
             type_name = onnx.TensorProto.DataType.Name(entry_params.elem_type)
             # int32 DequantizeLinear is how onnxruntime stores quantized biases: expected, not worth a warning
@@ -191,7 +190,7 @@ def read_qdq(model: onnx.ModelProto) -> dict[str, QDQEntry]:
                 log.warning("tensor %r is quantized twice with different parameters; keeping those of %s",
                             name, entries[name].node)
             return
-        entries[name] = QDQEntry(name, params, role, node.name or node.output[0])
+        entries[name] = QDQEntry(name, params, role, node_name(node))
 
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear" and node.domain in ("", "ai.onnx"):

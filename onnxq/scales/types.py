@@ -1,7 +1,7 @@
 """In-memory quantization parameters, keyed by ONNX tensor name.
 
 A :class:`QuantParams` is what a QuantizeLinear/DequantizeLinear pair needs: scale, zero point, the quantized
-dtype (see :mod:`onnxq.scales.dtypes`), for per-channel parameters the axis and, for block-wise ones (opset 21),
+dtype (see :mod:`onnxq.dtypes`), for per-channel parameters the axis and, for block-wise ones (opset 21),
 the block size along that axis. A :class:`ScaleTable` maps tensor names to them; every
 import/export format (onnxq JSON, TensorRT calibration cache, AIMET encodings, QAT) reads or writes one.
 """
@@ -9,20 +9,10 @@ import/export format (onnxq JSON, TensorRT calibration cache, AIMET encodings, Q
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
 
+from onnxq.dtypes import INT8, UINT8, quant_dtype
 from onnxq.errors import OnnxqError
-from onnxq.scales.dtypes import DTYPES, qdtype
-
-IntDType = Literal["int8", "uint8", "int4", "uint4", "float8e4m3fn"]
-
-QMIN_QMAX: dict[str, tuple[int, int]] = {d.name: (int(d.qmin), int(d.qmax)) for d in DTYPES.values()
-                                         if not d.is_float}
-# Symmetric int8 uses the restricted range [-127, 127] so that -amax and +amax are both representable
-# (TensorRT's convention: scale = amax / 127).
-SYMMETRIC_INT8_QMAX = 127
 
 
 @dataclass(frozen=True)
@@ -36,13 +26,14 @@ class QuantParams:
 
     scale: np.ndarray
     zero_point: np.ndarray
-    dtype: IntDType = "int8"
+    dtype: str = INT8.name  # a key of onnxq.dtypes.QUANT_DTYPES
     axis: int | None = None
     block_size: int | None = None
 
     def __post_init__(self) -> None:
+        quant_dtype(self.dtype)
         scale = np.asarray(self.scale, dtype=np.float32)
-        zp = np.asarray(self.zero_point).astype(qdtype(self.dtype).numpy_dtype)
+        zp = np.asarray(self.zero_point).astype(quant_dtype(self.dtype).numpy_dtype)
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "zero_point", zp)
         if scale.shape != zp.shape:
@@ -71,11 +62,11 @@ class QuantParams:
 
     @property
     def symmetric(self) -> bool:
-        return qdtype(self.dtype).signed and bool(np.all(self.zero_point.astype(np.float32) == 0))
+        return quant_dtype(self.dtype).signed and bool(np.all(self.zero_point.astype(np.float32) == 0))
 
     def amax(self) -> np.ndarray:
-        """The largest magnitude representable, for symmetric int8 parameters: scale * 127."""
-        return self.scale.astype(np.float64) * SYMMETRIC_INT8_QMAX
+        """The largest magnitude representable, for symmetric parameters: scale * qmax (127 for int8)."""
+        return self.scale.astype(np.float64) * quant_dtype(self.dtype).qmax
 
     def equals(self, other: QuantParams) -> bool:
         return (
@@ -90,11 +81,11 @@ class QuantParams:
 ScaleTable = dict[str, QuantParams]
 
 
-def symmetric_params(amax: np.ndarray | float, axis: int | None = None, dtype: str = "int8",
+def symmetric_params(amax: np.ndarray | float, axis: int | None = None, dtype: str = INT8.name,
                      block_size: int | None = None) -> QuantParams:
     """Symmetric parameters for a range [-amax, amax] (scale = amax / the dtype's symmetric qmax: 127 for int8,
     7 for int4, 448 for float8e4m3fn); a zero or tiny range keeps a finite positive scale."""
-    qmax = qdtype(dtype).symmetric_qmax
+    qmax = quant_dtype(dtype).qmax
     amax = np.asarray(amax, dtype=np.float64)
     scale = np.maximum(amax, np.finfo(np.float32).tiny * qmax) / qmax
     scale = np.where(amax > 0, scale, 1.0)
@@ -102,10 +93,10 @@ def symmetric_params(amax: np.ndarray | float, axis: int | None = None, dtype: s
 
 
 def asymmetric_params(lo: np.ndarray | float, hi: np.ndarray | float, axis: int | None = None,
-                      dtype: str = "uint8", block_size: int | None = None) -> QuantParams:
+                      dtype: str = UINT8.name, block_size: int | None = None) -> QuantParams:
     """Asymmetric integer parameters for a range [lo, hi] over the dtype's full grid (uint8 [0, 255], int8
     [-128, 127], uint4 [0, 15]); the range is widened to include 0, which stays exactly representable."""
-    d = qdtype(dtype)
+    d = quant_dtype(dtype)
     if d.is_float:
         raise OnnxqError(f"{dtype} has no asymmetric form")
     lo = np.minimum(np.asarray(lo, dtype=np.float64), 0.0)

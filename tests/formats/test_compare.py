@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 import onnxq.compare.run as compare_run
 from onnxq.cli import main
-from onnxq.compare import CompareOptions, compare_formats
+from onnxq.compare.run import CompareOptions, compare_formats
 from onnxq.config import QuantConfig
 from onnxq.pipeline import quantize
 from onnxq.config import NodeSetting, Overrides

@@ -9,7 +9,7 @@ import pytest
 from onnx import numpy_helper
 
 from onnxq.errors import OnnxqError
-from onnxq.scales.dtypes import to_storage
+from onnxq.dtypes import to_storage
 from onnxq.scales.packing import from_tensor_proto, pack_4bit, to_tensor_proto, unpack_4bit
 
 

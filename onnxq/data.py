@@ -13,6 +13,7 @@ file and input named.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
 class BatchSource:
     """A re-iterable sequence of checked batches (iterate it once per calibration pass)."""
 
-    def __init__(self, model: onnx.ModelProto, path: str | Path, *, max_batches: int | None = None,
+    def __init__(self, model: onnx.ModelProto, path: str | os.PathLike, *, max_batches: int | None = None,
                  batch_size: int = 8) -> None:
         self.specs = model_inputs(model)
         self.path = Path(path)

@@ -14,15 +14,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxq.dtypes import quant_dtype
 from onnxq.errors import OnnxqError
-from onnxq.graph import GraphIndex, all_names, default_opset, unique_name
-from onnxq.passes.base import Pass, PassResult
+from onnxq.graph import GraphIndex, all_names, default_opset, node_name, unique_name
+from onnxq.passes.base import InPlacePass, PassResult
 from onnxq.plan import QuantPlan, TensorPlan
-from onnxq.scales.dtypes import qdtype
 from onnxq.scales.packing import to_tensor_proto
 from onnxq.scales.types import QuantParams, ScaleTable
 
@@ -48,12 +50,12 @@ def quantize_array(x: np.ndarray, params: QuantParams) -> np.ndarray:
     Symmetric signed integer weights stay on the symmetric grid ([-127, 127] for int8, [-7, 7] for int4); float8
     values are rounded to the nearest representable value (ml_dtypes' cast, ties to even), saturating at 448.
     """
-    d = qdtype(params.dtype)
+    d = quant_dtype(params.dtype)
     scale, zp = broadcast_params(params, x.shape)
     scaled = x.astype(np.float32) / scale
     if d.is_float:
         return np.clip(scaled + zp, d.qmin, d.qmax).astype(d.numpy_dtype)
-    lo, hi = (-d.symmetric_qmax, d.symmetric_qmax) if params.symmetric else (d.qmin, d.qmax)
+    lo, hi = d.clip_range(params.symmetric)
     return np.clip(np.rint(scaled) + zp, lo, hi).astype(d.numpy_dtype)
 
 
@@ -68,12 +70,12 @@ def required_versions(plan: QuantPlan) -> tuple[int, int]:
     4-bit and block-wise."""
     opset, ir = 13, 7
     for t in plan.tensors.values():
-        d = qdtype(t.dtype)
+        d = quant_dtype(t.dtype)
         opset, ir = max(opset, d.min_opset, 21 if t.block_size else 0), max(ir, d.min_ir_version)
     return opset, ir
 
 
-class InsertQDQ(Pass):
+class InsertQDQ(InPlacePass):
     name = "insert-qdq"
 
     def __init__(self, plan: QuantPlan, scales: ScaleTable) -> None:
@@ -93,7 +95,7 @@ class InsertQDQ(Pass):
         graph = model.graph
         index = GraphIndex.build(graph)
         taken = all_names(graph)
-        by_name = {n.name or n.output[0]: n for n in graph.node}
+        by_name = {node_name(n): n for n in graph.node}
         after: dict[str, list[onnx.NodeProto]] = {}  # producer output -> Q/DQ nodes to place after it
         first: list[onnx.NodeProto] = []  # Q/DQ of graph inputs and weights, placed before every node
         new_inits: list[onnx.TensorProto] = []
@@ -104,7 +106,7 @@ class InsertQDQ(Pass):
             scale = unique_name(taken, f"{base}_scale")
             zp = unique_name(taken, f"{base}_zero_point")
             new_inits += [numpy_helper.from_array(params.scale, scale), to_tensor_proto(params.zero_point, params.dtype, zp)]
-            axis = {} if params.axis is None else {"axis": params.axis}
+            axis: dict[str, Any] = {} if params.axis is None else {"axis": params.axis}
             if params.blockwise:
                 axis["block_size"] = params.block_size
             dq_out = unique_name(taken, f"{base}_dequantized")
