@@ -191,3 +191,26 @@ def test_fp8_weights_round_like_onnx_reference():
     expected = reference.run(None, {"w": w})[0]
     np.testing.assert_array_equal(np.asarray(stored).view(np.uint8), np.asarray(expected).view(np.uint8))
     assert stored.dtype == ml_dtypes.float8_e4m3fn
+
+
+def test_formats_from_config_file_and_flags(tmp_path):
+    """`[op.MatMul] dtype = "int4"` with `block_size`, and `--format`/`--block-size` on the command line."""
+    from tests.helpers import run_cli
+
+    model_path = tmp_path / "m.onnx"
+    onnx.save(golden_model(), model_path)
+    (tmp_path / "q.toml").write_text('[op.MatMul]\ndtype = "int4"\nblock_size = 64\n\n[op.Conv]\ndtype = "fp8"\n')
+    out = tmp_path / "q.onnx"
+    result = run_cli("quantize", model_path, "--calib", "random", "--config", tmp_path / "q.toml", "-o", out)
+    assert result.returncode == 0, result.stderr
+    model = onnx.load(out)
+    assert attrs(dq_of(model, "W")) == {"axis": 0, "block_size": 64}
+    assert init_of(model, dq_of(model, "Cw").input[0]).data_type == TensorProto.FLOAT8E4M3FN
+    out2 = tmp_path / "q2.onnx"
+    result = run_cli("quantize", model_path, "--calib", "random", "--format", "int4-asym", "--block-size", "32",
+                     "-o", out2)
+    assert result.returncode == 0, result.stderr
+    assert attrs(dq_of(onnx.load(out2), "W")) == {"axis": 0, "block_size": 32}
+    bad = run_cli("quantize", model_path, "--calib", "random", "--format", "int4", "--block-size", "48",
+                  "-o", tmp_path / "q3.onnx")
+    assert bad.returncode == 2 and "block size" in bad.stderr and not (tmp_path / "q3.onnx").exists()
