@@ -49,6 +49,16 @@ def render_markdown(result: CompareResult) -> str:
              f"target {result.target}; float rest {result.float_rest}; one calibration over "
              f"{result.calib_batches} batch(es), validation on {result.val_batches} batch(es); reference: the FP32 "
              "model (prepared, numerically equal to the input).", ""]
+    lines += ["## Summary", "",
+              "| format | lowest SQNR dB (output) | lowest cosine | lowest SSIM | model MB | quantized weights |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for f in result.formats:
+        worst = min(f.outputs, key=lambda o: o.sqnr_db)
+        ssims = [o.ssim for o in f.outputs if o.ssim is not None]
+        lines.append(f"| {f.label} | {_num(worst.sqnr_db)} ({worst.name}) | "
+                     f"{_num(min(o.cosine for o in f.outputs), '.6f')} | {_num(min(ssims) if ssims else None, '.4f')} "
+                     f"| {f.model_bytes / MB:.3f} | {_num(f.weight_ratio)}x |")
+    lines.append("")
     outputs = [o.name for o in result.formats[0].outputs] if result.formats else []
     for name in outputs:
         lines += [f"## Output `{name}`", "",
