@@ -124,10 +124,12 @@ def _histograms(plt, result: CompareResult, path: Path) -> Path:
 
 def _size(plt, result: CompareResult, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    for f in result.formats:
+    for k, f in enumerate(result.formats):
         x, y = f.model_bytes / 1e6, _finite(f.min_sqnr_db)
         ax.scatter([x], [y], s=40)
-        ax.annotate(f.label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        # alternate label sides so formats of near-equal size and error stay readable
+        ax.annotate(f.label, (x, y), textcoords="offset points", xytext=(6, 4) if k % 2 == 0 else (6, -11),
+                    fontsize=8)
     ax.axvline(result.fp32_bytes / 1e6, color="gray", linestyle="--", linewidth=1)
     ax.annotate("FP32 size", (result.fp32_bytes / 1e6, ax.get_ylim()[0]), textcoords="offset points",
                 xytext=(-50, 5), fontsize=8, color="gray")

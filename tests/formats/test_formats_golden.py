@@ -156,6 +156,14 @@ def test_mixed_formats_in_one_model():
     close_to_float(model, 15)
 
 
+@pytest.mark.parametrize("fmt", ["int8", "fp8", "int4", "int4-asym"])
+def test_float_rest_fp16_runs_with_every_format(fmt):
+    """FP16 scales on FP8 and block-wise INT4 DequantizeLinear (FP16 output) run in onnxruntime's CPU provider."""
+    model = quantized(fmt, float_rest="fp16")
+    assert init_of(model, dq_of(model, "W").input[1]).data_type == TensorProto.FLOAT16
+    close_to_float(model, 15)
+
+
 def test_float_rest_fp16_keeps_io_fp32_and_runs():
     model = quantized("int8", float_rest="fp16")
     assert [o.type.tensor_type.elem_type for o in model.graph.output] == [TensorProto.FLOAT] * 2
