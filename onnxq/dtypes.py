@@ -27,6 +27,8 @@ from onnxq.errors import OnnxqError
 
 @dataclass(frozen=True)
 class QuantDType:
+    """One quantized type: its name, ONNX type, range, onnxq's symmetry convention and storage facts."""
+
     name: str  # also the name formats and scale files use
     onnx_type: int  # onnx.TensorProto data type of the quantized side of QuantizeLinear/DequantizeLinear
     qmin: float

@@ -8,6 +8,7 @@ import sys
 from onnxq.commands.common import add_model_and_output
 from onnxq.scales.formats import FORMATS, TRT_CACHE_ALGORITHMS, TRT_CACHE_DEFAULT_ALGORITHM, TRT_CACHE_DEFAULT_VERSION
 
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export-scales", help="write a Q/DQ model's scales as JSON, TensorRT cache or AIMET",
                               description="Read the scales of a Q/DQ ONNX model (keyed by the quantized tensor's "

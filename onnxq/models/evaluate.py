@@ -32,7 +32,10 @@ class EvalResult:
         )
 
 
-def load_data(data_dir: str | Path, *, labels: bool = True) -> Iterator[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+Sample = tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]  # (file stem, inputs, labels)
+
+
+def load_data(data_dir: str | Path, *, labels: bool = True) -> Iterator[Sample]:
     """Yield ``(stem, inputs, labels)`` per ``*.npz`` batch in ``data_dir`` (labels from ``data_dir/labels``)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():

@@ -164,6 +164,8 @@ class ConvertFloatToFP16(InPlacePass):
             return None
         if node.op_type in QDQ and not _scale_fits_fp16(node, inits):
             return None
+        if node.op_type == "DequantizeLinear" and types.get(node.input[0]) == TensorProto.INT32:
+            return None  # int32 biases (ort-cpu integer kernels) keep their FP32 dequantization
         try:
             schema = defs.get_schema(node.op_type, opset, node.domain)
         except defs.SchemaError:

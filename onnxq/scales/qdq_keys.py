@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxq.data import RandomSource
 from onnxq.config import QuantConfig
+from onnxq.data import RandomSource
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, count_qdq
 from onnxq.passes.strip_qdq import StripQDQ
