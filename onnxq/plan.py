@@ -136,7 +136,9 @@ class _Planner:
         fuses into one QLinear kernel (onnxq/integer_region.py, docs/ort_cpu_rules.md)."""
         graph = self.model.graph
         quantized = {d.node for d in self.plan.nodes if d.quantized}
-        seeds = [n for n in graph.node if node_name(n) in quantized and n.op_type in self.rules.integer_kernels]
+        # weight-only formats (w8, int4) keep activations float: their nodes seed no integer region
+        seeds = [n for n in graph.node if node_name(n) in quantized and n.op_type in self.rules.integer_kernels
+                 and any(self._activation_planned(t) for t in n.input)]
         upstream = feeding_nodes(self.index, seeds)
         for conv in [n for n in seeds if n.op_type in self.rules.float_when_writing_graph_output
                      and node_name(n) not in upstream]:
@@ -151,6 +153,8 @@ class _Planner:
                 continue
             kernel = self.rules.integer_kernels[node.op_type]
             setting, _ = self.config.overrides.resolve(node.op_type, name, NodeSetting(skip=False))
+            if self._format(setting).format.weight_only:
+                continue
             if name not in quantized:
                 for i, tensor in data_inputs(node, kernel):
                     self._add_tensor(node, name, i, tensor, setting)

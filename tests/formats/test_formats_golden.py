@@ -222,3 +222,11 @@ def test_formats_from_config_file_and_flags(tmp_path):
     bad = run_cli("quantize", model_path, "--calib", "random", "--format", "int4", "--block-size", "48",
                   "-o", tmp_path / "q3.onnx")
     assert bad.returncode == 2 and "block size" in bad.stderr and not (tmp_path / "q3.onnx").exists()
+
+
+@pytest.mark.parametrize("fmt", ["w8", "int4"])
+def test_weight_only_formats_quantize_no_activation_on_ort_cpu(fmt):
+    """ort-cpu's integer regions (QLinear node units) start only at nodes whose activations are quantized."""
+    model = quantized(fmt, target="ort-cpu")
+    assert q_inputs(model) == []
+    close_to_float(model, 15)
