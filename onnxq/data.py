@@ -147,6 +147,12 @@ def _stack_length(array: np.ndarray, spec: InputSpec, batch_size: int) -> int:
 
 def _split_stack(label: str, arrays: Batch, specs: list[InputSpec], batch_size: int) -> Iterator[tuple[str, Batch]]:
     _check_names(arrays, specs, label)
+    for spec in specs:
+        static_batch = spec.shape[0] if spec.shape else None
+        if (arrays[spec.name].ndim == len(spec.shape) and isinstance(static_batch, int)
+                and static_batch != batch_size):
+            raise OnnxqError(f"{label}: input {spec.name!r} has a static batch of {static_batch}, but the stack of "
+                             f"samples is cut into batches of {batch_size}; pass --batch-size {static_batch}")
     first = specs[0]
     n = _stack_length(arrays[first.name], first, batch_size)
     for i in range(n):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import onnx
 
+from onnxq import progress
 from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.collect import CollectSettings, collect_statistics
 from onnxq.calib.stats import expand_stats_paths, merge_stats
@@ -97,11 +98,14 @@ def prepare(model: onnx.ModelProto, config: QuantConfig,
     return prepared, notes
 
 
-def data_source(model: onnx.ModelProto, data: DataLike, config: QuantConfig) -> DataSource | Iterable[Batch]:
+def data_source(model: onnx.ModelProto, data: DataLike, config: QuantConfig, *,
+                warn: bool = True) -> DataSource | Iterable[Batch]:
+    """The batches ``data`` names; ``warn=False`` for a second reading of the same data (no repeated warning)."""
     if isinstance(data, (str, os.PathLike)):
         if str(data) == "random":
-            log.warning("calibrating on RANDOM data: the scales mean nothing for real inputs; use it only to "
-                        "test the toolchain")
+            if warn:
+                log.warning("calibrating on RANDOM data: the scales mean nothing for real inputs; use it only "
+                            "to test the toolchain")
             return RandomSource(model, batches=config.calib_batches or 8, seed=config.seed)
         return BatchSource(model, data, max_batches=config.calib_batches, batch_size=config.batch_size)
     return data
@@ -144,7 +148,7 @@ def check_output_path(output: Path, input_path: Path) -> None:
 
 
 class _Stopwatch:
-    """Seconds spent in each named stage: ``with clock("stage"): ...``."""
+    """Seconds spent in each named stage: ``with clock("stage"): ...``; each stage is also reported as progress."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -152,7 +156,8 @@ class _Stopwatch:
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         start = time.perf_counter()
-        yield
+        with progress.stage(stage):
+            yield
         self.seconds[stage] = time.perf_counter() - start
 
 
@@ -235,7 +240,8 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             quantized = QuantizeBias(int32_bias).run(quantized, keep_input=False).model
         if config.float_rest == "fp16":
             quantized = ConvertFloatToFP16().run(quantized, keep_input=False).model
-        verify(quantized, next(iter(data_source(prepared, calib, config)), None) if calib is not None else None)
+        first = next(iter(data_source(prepared, calib, config, warn=False)), None) if calib is not None else None
+        verify(quantized, first)
     report = QuantReport(plan, notes, original.ByteSize(), quantized.ByteSize(), found.batches, found.source,
                          clipping=found.clipping)
     if val is not None:

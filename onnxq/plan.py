@@ -128,6 +128,11 @@ class _Planner:
         return self.plan
 
     def _allowed(self, node: onnx.NodeProto) -> bool:
+        """The node may join the integer region: neither the user nor the target's rules keep it float."""
+        if any(d.node == node_name(node) and not d.quantized for d in self.plan.nodes):
+            return False
+        if node.op_type in WEIGHTED_OPS:
+            return False  # weighted ops join only as seeds (decided by _decide with the target's rules)
         setting, _ = self.config.overrides.resolve(node.op_type, node_name(node), NodeSetting(skip=False))
         return not setting.skip
 
@@ -173,6 +178,14 @@ class _Planner:
             if node_name(node) in region.absorbed:
                 self.plan.nodes.append(NodeDecision(node_name(node), node.op_type, True,
                                                     "fused into its producer's node unit"))
+
+    def _is_depthwise(self, node: onnx.NodeProto) -> bool:
+        """A grouped Conv with one input channel per group (MobileNet's depthwise 3x3/5x5)."""
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.op_type != "Conv" or group <= 1 or len(node.input) < 2 or not self.index.is_initializer(node.input[1]):
+            return False
+        dims = self.index.initializers[node.input[1]].dims
+        return len(dims) > 1 and dims[1] == 1
 
     def _unplan(self, node: onnx.NodeProto, reason: str) -> None:
         """Take back the quantization ``_decide`` planned for ``node`` (its weight and its input's consumer entry)."""
@@ -245,6 +258,8 @@ class _Planner:
         name = node_name(node)
         inputs = h.quantized_inputs
         default_reason = self.rules.default_skip_reason(node.op_type) or ""
+        if not default_reason and self.rules.float_depthwise and self._is_depthwise(node):
+            default_reason = self.rules.float_depthwise
         if not default_reason and node.op_type in self.rules.float_when_writing_graph_output and \
                 any(o in self.index.graph_outputs for o in node.output):
             default_reason = f"writes a graph output: on {self.rules.name} that node unit cannot fuse, so it stays float"

@@ -24,7 +24,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "onnxq"
 
 LAYERS = {
-    "onnxq.errors": 0, "onnxq.version": 0, "onnxq.atomic": 0, "onnxq.findings": 0, "onnxq.dtypes": 0, "onnxq.rules": 0,
+    "onnxq.errors": 0, "onnxq.version": 0, "onnxq.progress": 0, "onnxq.atomic": 0, "onnxq.findings": 0, "onnxq.dtypes": 0, "onnxq.rules": 0,
     "onnxq.formats": 0,
     "onnxq.scales.formats": 0,
     "onnxq.graph": 1, "onnxq.runtime": 1, "onnxq.data": 1, "onnxq.ops": 1,

@@ -1,4 +1,4 @@
-"""Pieces shared by sub-commands: progress bars, config from flags, JSON output."""
+"""Pieces shared by sub-commands: config from flags, JSON output, Ray flags and their progress."""
 
 from __future__ import annotations
 
@@ -9,19 +9,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from onnxq import progress
 from onnxq.rules import TARGET_RULES, TENSORRT
-
-
-@contextlib.contextmanager
-def progress_bar(total: int | None, desc: str) -> Iterator[Callable[[int], None] | None]:
-    """A tqdm bar on a terminal (stderr), nothing otherwise; yields the callback to advance it."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr) as bar:
-        yield bar.update
 
 
 def add_model_and_output(parser: argparse.ArgumentParser, model: str, output: str, *, required: bool = True) -> None:
@@ -117,18 +106,19 @@ def config_from_args(args: argparse.Namespace):
 
 
 @contextlib.contextmanager
-def shard_progress_bar(desc: str) -> Iterator[Callable[[int, int], None] | None]:
-    """A tqdm bar of shards done / total on a terminal (stderr), nothing otherwise; yields ``update(done, total)``."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
+def shard_progress() -> Iterator[Callable[[int, int], None]]:
+    """``update(shards_done, shards_total)`` for a Ray calibration, shown as the progress stage "calibration on Ray"
+    (its total is known once the data is split into shards)."""
+    with contextlib.ExitStack() as stack:
+        advance: Callable[..., None] | None = None
+        shown = 0
 
-    with tqdm(total=None, desc=desc, unit="shard", leave=False, file=sys.stderr) as bar:
         def update(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
+            nonlocal advance, shown
+            if advance is None:
+                advance = stack.enter_context(progress.stage("calibration on Ray", total=total, unit="shard"))
+            advance(done - shown)
+            shown = done
 
         yield update
 

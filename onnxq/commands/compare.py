@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from onnxq.commands.common import add_calib_flags, add_selection_flags, config_from_args, progress_bar
+from onnxq.commands.common import add_calib_flags, add_selection_flags, config_from_args
 from onnxq.errors import OnnxqError
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     options = CompareOptions(formats=formats, per_layer=not args.no_per_layer, latency_runs=args.latency_runs,
                              threads=args.threads)
-    with progress_bar(None, "comparing") as progress:
-        result = compare_formats(args.model, args.calib, args.val, config, options, progress)
+    result = compare_formats(args.model, args.calib, args.val, config, options)
     folder.mkdir(exist_ok=True)
     write_json_atomic(folder / "compare.json", payload(result))
     markdown = render_markdown(result)

@@ -14,9 +14,8 @@ from onnxq.commands.common import (
     add_ray_flags,
     add_selection_flags,
     config_from_args,
-    progress_bar,
     ray_collector,
-    shard_progress_bar,
+    shard_progress,
 )
 from onnxq.commands.latency_flags import add_latency_flags, latency_settings
 from onnxq.errors import OnnxqError
@@ -68,15 +67,15 @@ def run(args: argparse.Namespace) -> int:
     importer = scale_importer(args.scales, strict=args.strict) if args.scales else None
     if args.ray is not None and not args.calib:
         raise OnnxqError("--ray calibrates --calib DATA; it does not apply to --stats or --scales")
-    bar = shard_progress_bar("calibrating on Ray") if args.ray is not None else progress_bar(None, "calibrating")
-    with bar as progress:
-        collector = ray_collector(args, progress if args.ray is not None else None)
+    with shard_progress() as shards:
+        collector = ray_collector(args, shards)
         result = quantize(args.model, calib=args.calib, config=config, output=output, stats=args.stats,
                           scales=importer, val=args.val, per_layer=args.per_layer,
-                          progress=None if collector else progress, collector=collector, latency=latency)
-    for line in result.report.summary_lines():
-        print(line)
-    for warning in unmatched_rules(config.overrides, result.model):
+                          collector=collector, latency=latency)
+    if not args.quiet:
+        for line in result.report.summary_lines():
+            print(line)
+    for warning in [] if args.quiet else unmatched_rules(config.overrides, result.model):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {result.output_path}")
     if args.report:
@@ -97,8 +96,9 @@ def run_dynamic(args: argparse.Namespace, config, output: Path, latency) -> int:
     if args.report:
         raise OnnxqError("--report is not available with --dynamic yet; use --val for the comparison")
     result = quantize_dynamic(args.model, output, config, val=args.val, latency=latency)
-    for line in result.summary_lines():
-        print(line)
+    if not args.quiet:
+        for line in result.summary_lines():
+            print(line)
     print(f"wrote {result.output_path}")
     validation = result.validation
     if args.min_sqnr is not None and validation is not None and validation.min_sqnr_db < args.min_sqnr:

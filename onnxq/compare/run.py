@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import onnx
 
+from onnxq import progress as stages
 from onnxq.compare.defaults import DEFAULT_FORMATS
 from onnxq.compare.metrics import LayerAccumulator, OutputAccumulator, OutputResult
 from onnxq.config import NodeSetting, QuantConfig
@@ -170,7 +171,7 @@ def compare_formats(model: ModelLike, calib: DataLike, val: DataLike, config: Qu
     seconds["quantize"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    layer_order, val_batches = _evaluate(prepared, results, val_source, options.per_layer, progress)
+    layer_order, val_batches = _evaluate(prepared, results, val_source, options.per_layer)
     seconds["validate"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -186,8 +187,8 @@ def compare_formats(model: ModelLike, calib: DataLike, val: DataLike, config: Qu
                          seconds=seconds, layer_order=layer_order)
 
 
-def _evaluate(reference: onnx.ModelProto, results: list[FormatResult], data, per_layer: bool,
-              progress: Callable[[int], None] | None) -> tuple[list[str], int]:
+def _evaluate(reference: onnx.ModelProto, results: list[FormatResult], data,
+              per_layer: bool) -> tuple[list[str], int]:
     """One pass over ``data``: FP32 once per batch, every format beside it; fills outputs and layers."""
     out_names = [o.name for o in reference.graph.output]
     layer_sets = [shared_layer_tensors(reference, r.model) if per_layer else [] for r in results]
@@ -198,17 +199,10 @@ def _evaluate(reference: onnx.ModelProto, results: list[FormatResult], data, per
     accs = [{n: OutputAccumulator() for n in out_names} for _ in results]
     layer_accs = [{n: LayerAccumulator() for n in layers} for layers in layer_sets]
     batches = 0
-    for batches, batch in enumerate(data, start=1):
-        ref = dict(zip(ref_names, run_batch(ref_session, batch, f"batch {batches} (FP32)"), strict=True))
-        for k, session in enumerate(sessions):
-            got = dict(zip(output_names(session),
-                           run_batch(session, batch, f"batch {batches} ({results[k].label})"), strict=True))
-            for name in out_names:
-                accs[k][name].add(ref[name], got[name])
-            for name, acc in layer_accs[k].items():
-                acc.add(ref[name], got[name])
-        if progress is not None:
-            progress(1)
+    with stages.stage("validation (every format)", unit="batch") as advance:
+        for batches, batch in enumerate(data, start=1):
+            _evaluate_batch(batches, batch, ref_session, ref_names, sessions, results, out_names, accs, layer_accs)
+            advance()
     if batches == 0:
         raise OnnxqError("the validation data holds no batches")
     order = _order_of(reference)
@@ -217,6 +211,18 @@ def _evaluate(reference: onnx.ModelProto, results: list[FormatResult], data, per
         r.error_samples = {n: accs[k][n].error_sample() for n in out_names}
         r.layers = [(n, layer_accs[k][n].sqnr_db) for n in sorted(layer_accs[k], key=order)]
     return all_layers, batches
+
+
+def _evaluate_batch(index: int, batch: dict, ref_session, ref_names: list[str], sessions: list,
+                    results: list[FormatResult], out_names: list[str], accs: list[dict], layer_accs: list[dict]) -> None:
+    ref = dict(zip(ref_names, run_batch(ref_session, batch, f"batch {index} (FP32)"), strict=True))
+    for k, session in enumerate(sessions):
+        got = dict(zip(output_names(session), run_batch(session, batch, f"batch {index} ({results[k].label})"),
+                       strict=True))
+        for name in out_names:
+            accs[k][name].add(ref[name], got[name])
+        for name, acc in layer_accs[k].items():
+            acc.add(ref[name], got[name])
 
 
 def _order_of(model: onnx.ModelProto) -> Callable[[str], int]:
