@@ -11,8 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from onnxq.compare.run import CompareOptions, compare_formats
-from onnxq.compare.run import DEFAULT_FORMATS, format_config
+from onnxq.compare.run import DEFAULT_FORMATS, CompareOptions, compare_formats, format_config
 from onnxq.config import QuantConfig
 from onnxq.formats import parse_format
 from onnxq.pipeline import quantize

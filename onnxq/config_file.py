@@ -35,8 +35,8 @@ import onnx
 
 from onnxq.calib.methods import check_method
 from onnxq.config import NodeSetting, Overrides
-from onnxq.formats import FORMATS, check_block_size, parse_format
 from onnxq.errors import OnnxqError
+from onnxq.formats import FORMATS, check_block_size, parse_format
 from onnxq.graph import node_name
 
 SETTING_KEYS = {f.name for f in fields(NodeSetting)}

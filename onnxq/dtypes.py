@@ -42,6 +42,7 @@ class QuantDType:
 
     @property
     def signed(self) -> bool:
+        """Whether the type has negative values (int8, int4, float8)."""
         return self.qmin < 0
 
     @property

@@ -26,8 +26,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from onnxq.errors import OnnxqError
 from onnxq.dtypes import QUANT_DTYPES as DTYPES
+from onnxq.errors import OnnxqError
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 DEFAULT_BLOCK_SIZE = 128

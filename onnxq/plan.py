@@ -15,7 +15,6 @@ import onnx
 
 from onnxq.calib.base import CalibOptions
 from onnxq.config import NodeSetting, QuantConfig
-
 from onnxq.formats import FormatChoice, parse_format
 from onnxq.graph import GraphIndex, node_name
 from onnxq.integer_region import data_inputs, feeding_nodes, integer_region

@@ -39,9 +39,9 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from onnxq.atomic import write_json_atomic, write_text_atomic
-    from onnxq.compare.run import CompareOptions, compare_formats
     from onnxq.compare.plots import matplotlib_available, write_plots
     from onnxq.compare.report import payload, render_markdown
+    from onnxq.compare.run import CompareOptions, compare_formats
 
     if args.format:
         raise OnnxqError("compare takes its formats from --formats, not --format")

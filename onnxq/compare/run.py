@@ -24,16 +24,16 @@ from onnxq import progress as stages
 from onnxq.compare.defaults import DEFAULT_FORMATS
 from onnxq.compare.metrics import LayerAccumulator, OutputAccumulator, OutputResult
 from onnxq.config import NodeSetting, QuantConfig
+from onnxq.dtypes import quant_dtype as qdtype
 from onnxq.errors import OnnxqError
 from onnxq.formats import NOT_ON_TENSORRT, FormatChoice, parse_format
 from onnxq.graph import check_model
-from onnxq.passes.float16 import ConvertFloatToFP16
 from onnxq.insert import InsertQDQ
+from onnxq.passes.float16 import ConvertFloatToFP16
 from onnxq.pipeline import DataLike, ModelLike, _load, calibrate, data_source, prepare, weight_arrays
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.runtime import SessionSettings, make_session, output_names, run_batch
 from onnxq.scales.compute import compute_scales
-from onnxq.dtypes import quant_dtype as qdtype
 from onnxq.scales.types import QuantParams
 from onnxq.validate.compare import shared_layer_tensors
 
@@ -181,7 +181,8 @@ def compare_formats(model: ModelLike, calib: DataLike, val: DataLike, config: Qu
         for r in results:
             r.latency_ms = latency_ms(r.model, first_batch, options.latency_runs, options.threads)
     seconds["latency"] = time.perf_counter() - start
-    return CompareResult(model_name=f"{path.parent.name}/{path.name}" if path is not None else "model", fp32_bytes=prepared.ByteSize(),
+    name = f"{path.parent.name}/{path.name}" if path is not None else "model"
+    return CompareResult(model_name=name, fp32_bytes=prepared.ByteSize(),
                          fp32_latency_ms=fp32_latency, formats=results, calib_batches=calib_batches,
                          val_batches=val_batches, float_rest=config.float_rest, target=config.target,
                          seconds=seconds, layer_order=layer_order)
@@ -214,7 +215,8 @@ def _evaluate(reference: onnx.ModelProto, results: list[FormatResult], data,
 
 
 def _evaluate_batch(index: int, batch: dict, ref_session, ref_names: list[str], sessions: list,
-                    results: list[FormatResult], out_names: list[str], accs: list[dict], layer_accs: list[dict]) -> None:
+                    results: list[FormatResult], out_names: list[str], accs: list[dict],
+                    layer_accs: list[dict]) -> None:
     ref = dict(zip(ref_names, run_batch(ref_session, batch, f"batch {index} (FP32)"), strict=True))
     for k, session in enumerate(sessions):
         got = dict(zip(output_names(session), run_batch(session, batch, f"batch {index} ({results[k].label})"),

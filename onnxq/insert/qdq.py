@@ -33,10 +33,10 @@ def broadcast_params(params: QuantParams, shape: tuple[int, ...]) -> tuple[np.nd
     """Scale and zero point (float32) broadcastable against a tensor of ``shape``: per tensor, per channel along
     ``axis``, or block-wise (each scale repeated ``block_size`` times along ``axis``, cut to the length)."""
     scale, zp = params.scale.astype(np.float32), params.zero_point.astype(np.float32)
-    if params.blockwise:
-        axis, n = params.axis, shape[params.axis]
-        scale = np.repeat(scale, params.block_size, axis=axis).take(range(n), axis=axis)
-        zp = np.repeat(zp, params.block_size, axis=axis).take(range(n), axis=axis)
+    if params.block_size is not None and params.axis is not None:
+        axis, block, n = params.axis, params.block_size, shape[params.axis]
+        scale = np.repeat(scale, block, axis=axis).take(range(n), axis=axis)
+        zp = np.repeat(zp, block, axis=axis).take(range(n), axis=axis)
     elif params.axis is not None:
         view = [1] * len(shape)
         view[params.axis] = -1
@@ -105,7 +105,8 @@ class InsertQDQ(InPlacePass):
             base = tensor.name
             scale = unique_name(taken, f"{base}_scale")
             zp = unique_name(taken, f"{base}_zero_point")
-            new_inits += [numpy_helper.from_array(params.scale, scale), to_tensor_proto(params.zero_point, params.dtype, zp)]
+            new_inits += [numpy_helper.from_array(params.scale, scale),
+                          to_tensor_proto(params.zero_point, params.dtype, zp)]
             axis: dict[str, Any] = {} if params.axis is None else {"axis": params.axis}
             if params.blockwise:
                 axis["block_size"] = params.block_size

@@ -177,7 +177,8 @@ class ConvertFloatToFP16(InPlacePass):
                 formal = _formal(list(params), i)
                 if name and formal is not None:
                     members.setdefault(formal.type_str, []).append((kind, i))
-        inputs, outputs = set(), set()
+        inputs: set[int] = set()
+        outputs: set[int] = set()
         for type_str, slots in members.items():
             allowed = constraints.get(type_str)
             if not allowed or "tensor(float16)" not in allowed:

@@ -19,9 +19,9 @@ Schema (version 1)::
 per-channel ones (``scale`` and ``zero_point`` are lists of equal length). Version 2 adds ``block_size`` for
 block-wise parameters: ``scale`` and ``zero_point`` are then nested lists of the weight's rank, the ``axis``
 dimension divided by ``block_size`` (rounded up). A file holding only int8/uint8 per-tensor/per-channel entries is
-still written as version 1, so older readers keep reading it. ``zero_point`` may be omitted (0). ``role`` (``"weight"`` | ``"activation"``) is optional and
-informational. Scales are float32 values written as JSON numbers that read back bit-exactly. Unknown keys are
-ignored, so later minor additions stay readable.
+still written as version 1, so older readers keep reading it. ``zero_point`` may be omitted (0). ``role``
+(``"weight"`` | ``"activation"``) is optional and informational. Scales are float32 values written as JSON numbers
+that read back bit-exactly. Unknown keys are ignored, so later minor additions stay readable.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import numpy as np
 
 from onnxq.dtypes import QUANT_DTYPES, quant_dtype
 from onnxq.errors import OnnxqError
-
 from onnxq.scales.types import QuantParams, ScaleTable
 
 FORMAT_NAME = "onnxq-scales"

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from onnxq.dtypes import BY_ONNX_TYPE
+from onnxq.dtypes import quant_dtype as qdtype
 from onnxq.errors import OnnxqError
-from onnxq.dtypes import BY_ONNX_TYPE, quant_dtype as qdtype
 
 
 def pack_4bit(values: np.ndarray, signed: bool) -> bytes:

@@ -27,8 +27,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxq.errors import OnnxqError
 from onnxq.dtypes import BY_ONNX_TYPE
+from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, default_opset, node_name
 from onnxq.scales.types import QuantParams, ScaleTable
 
@@ -146,7 +146,8 @@ def to_quant_params(params: QDQParams, rank: int | None, where: str) -> QuantPar
     dtype = params.dtype_name
     if dtype is None:
         type_name = onnx.TensorProto.DataType.Name(params.elem_type)
-        raise OnnxqError(f"{where}: only {'/'.join(t.name for t in BY_ONNX_TYPE.values())} Q/DQ is supported, got {type_name}")
+        known = "/".join(t.name for t in BY_ONNX_TYPE.values())
+        raise OnnxqError(f"{where}: only {known} Q/DQ is supported, got {type_name}")
     scale = params.scale
     zp = params.zero_point if params.zero_point is not None else np.zeros(scale.shape)
     zp = np.asarray(zp)

@@ -12,9 +12,8 @@ from onnx import TensorProto, helper
 import onnxq.compare.run as compare_run
 from onnxq.cli import main
 from onnxq.compare.run import CompareOptions, compare_formats
-from onnxq.config import QuantConfig
+from onnxq.config import NodeSetting, Overrides, QuantConfig
 from onnxq.pipeline import quantize
-from onnxq.config import NodeSetting, Overrides
 from tests.helpers import init, make_model
 
 
@@ -76,7 +75,8 @@ def test_cli_writes_json_markdown_and_plots(tmp_path, capsys):
     assert code == 0
     doc = json.loads((out / "compare.json").read_text())
     assert [f["format"] for f in doc["formats"]] == ["int8", "int4-g64"]
-    assert {"sqnr_db", "psnr_db", "mae", "mse", "max_abs_error", "cosine", "ssim"} <= set(doc["formats"][0]["outputs"][0])
+    metrics = set(doc["formats"][0]["outputs"][0])
+    assert {"sqnr_db", "psnr_db", "mae", "mse", "max_abs_error", "cosine", "ssim"} <= metrics
     md = (out / "compare.md").read_text()
     assert "| int4-g64 |" in md and md.strip() in capsys.readouterr().out
     for name in ("metrics.png", "per_layer_sqnr.png", "error_hist.png", "size_vs_error.png"):

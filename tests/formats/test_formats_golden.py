@@ -53,7 +53,8 @@ def quantized(fmt: str, target: str = "tensorrt", block_size: int | None = None,
 
 
 def dq_of(model: onnx.ModelProto, tensor: str) -> onnx.NodeProto:
-    return next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] == f"{tensor}_dequantized")
+    return next(n for n in model.graph.node
+                if n.op_type == "DequantizeLinear" and n.output[0] == f"{tensor}_dequantized")
 
 
 def attrs(node: onnx.NodeProto) -> dict:

@@ -8,8 +8,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from onnxq.errors import OnnxqError
 from onnxq.dtypes import to_storage
+from onnxq.errors import OnnxqError
 from onnxq.scales.packing import from_tensor_proto, pack_4bit, to_tensor_proto, unpack_4bit
 
 
@@ -60,7 +60,7 @@ def test_fp8_storage_matches_ml_dtypes_and_onnx():
 
 
 def test_scale_files_carry_dtype_and_block_size(tmp_path, caplog):
-    """onnxq JSON round-trips fp8 and block-wise int4 exactly; the TensorRT cache and AIMET leave them out, saying so."""
+    """onnxq JSON round-trips fp8 and block-wise int4 exactly; TensorRT cache and AIMET leave them out, saying so."""
     from onnxq.scales.io import load_scales, save_scales
     from onnxq.scales.types import asymmetric_params, symmetric_params
 
