@@ -23,21 +23,27 @@ def main() -> None:
     ap.add_argument("--calib", required=True)
     ap.add_argument("--val", required=True)
     ap.add_argument("--formats", default=",".join(DEFAULT_FORMATS))
+    ap.add_argument("--per-layer", action="store_true",
+                    help="separate runs also compute per-layer SQNR (what the default compare reports), and only "
+                         "the default compare is timed")
     args = ap.parse_args()
     formats = tuple(args.formats.split(","))
     base = QuantConfig()
     separate, calib_seconds = [], []
     for f in formats:
         start = time.perf_counter()
-        result = quantize(args.model, calib=args.calib, config=format_config(base, parse_format(f)), val=args.val)
+        result = quantize(args.model, calib=args.calib, config=format_config(base, parse_format(f)), val=args.val,
+                          per_layer=args.per_layer)
         separate.append(time.perf_counter() - start)
         calib_seconds.append(result.report.seconds.get("ranges", 0.0) if result.plan.calibrated_activations() else 0.0)
         print(f"separate {f:10s} {separate[-1]:7.1f}s (ranges {calib_seconds[-1]:.1f}s)", flush=True)
     # separate runs minus the calibrations beyond the first (what sharing one calibration would save)
     shared_baseline = sum(separate) - (sum(calib_seconds) - max(calib_seconds, default=0.0))
     timings = {}
-    for label, options in (("compare --no-per-layer --latency-runs 0", CompareOptions(formats, False, 0)),
-                           ("compare (default: per-layer, latency)", CompareOptions(formats))):
+    runs = [("compare (default: per-layer, latency)", CompareOptions(formats))]
+    if not args.per_layer:
+        runs.insert(0, ("compare --no-per-layer --latency-runs 0", CompareOptions(formats, False, 0)))
+    for label, options in runs:
         start = time.perf_counter()
         result = compare_formats(args.model, args.calib, args.val, base, options)
         timings[label] = time.perf_counter() - start
