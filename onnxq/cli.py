@@ -15,9 +15,16 @@ import sys
 from collections.abc import Iterator
 
 from onnxq import progress
+from onnxq.atomic import Terminated, terminate_cleanly
 from onnxq.commands.console import ConsoleListener
 from onnxq.errors import OnnxqError
 from onnxq.version import __version__
+
+
+def one_line(message: str) -> str:
+    """The message on one line: newlines folded, other control characters escaped."""
+    text = " ".join(part.strip() for part in message.strip().splitlines() if part.strip())
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 COMMAND_MODULES = (
     "quantize",
@@ -30,6 +37,7 @@ COMMAND_MODULES = (
     "import_qdq",
     "models",
     "demo",
+    "sensitivity",
     "compare",
 )
 
@@ -93,11 +101,18 @@ def cli_logging(verbose: int, quiet: bool) -> Iterator[None]:
     previous = root.level
     root.addHandler(handler)
     root.setLevel(level)
+    # Python warnings (numpy, onnx, torch) go to the log, shown with -v only: stderr stays one line per problem
+    warnings_logger = logging.getLogger("py.warnings")
+    previous_warnings = warnings_logger.level
+    logging.captureWarnings(True)
+    warnings_logger.setLevel(logging.DEBUG if verbose else logging.ERROR)
     try:
         yield
     finally:
         root.removeHandler(handler)
         root.setLevel(previous)
+        logging.captureWarnings(False)
+        warnings_logger.setLevel(previous_warnings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,11 +123,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    import numpy as np
+
     try:
-        return int(args.func(args) or 0)
+        # numpy floating-point warnings (overflow, invalid) never leak as extra stderr lines (onnxq checks values
+        # itself); SIGTERM removes temporary files and ends with one line
+        with terminate_cleanly(), np.errstate(all="ignore"):
+            return int(args.func(args) or 0)
     except OnnxqError as exc:
-        print(f"onnxq: error: {exc}", file=sys.stderr)
+        print(f"onnxq: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("onnxq: terminated; no output written", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("onnxq: interrupted", file=sys.stderr)
         return 130

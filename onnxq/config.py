@@ -7,21 +7,21 @@ the value of the level below; ``skip = true`` keeps a node in float.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
+from onnxq import node_regex
 from onnxq.calib.base import CalibOptions
 from onnxq.calib.methods import check_method
 from onnxq.calib.weights import check_weight_method
-from onnxq.errors import OnnxqError
+from onnxq.errors import OnnxqError, require_at_least
 from onnxq.formats import Format, check_block_size, parse_format
+from onnxq.node_regex import compile_node_regex
 from onnxq.rules import TARGET_RULES, TENSORRT
 
 # a precision format name of onnxq.formats.FORMATS ("int8", "int8-asym", "uint8", "fp8", "w8", "int4", "int4-asym")
 FormatName = str
 FloatRest = Literal["fp32", "fp16"]
-
 
 @dataclass(frozen=True)
 class NodeSetting:
@@ -37,7 +37,8 @@ class NodeSetting:
 
     def over(self, base: NodeSetting) -> NodeSetting:
         """This setting laid over ``base``: every field this one sets wins."""
-        return replace(base, **{f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None})
+        given = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return replace(base, **given)
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,7 @@ class Overrides:
 
     def __post_init__(self) -> None:
         for pattern, _ in self.by_regex:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise OnnxqError(f"invalid node-name regex {pattern!r}: {exc}") from exc
+            compile_node_regex(pattern)  # linear-time engine; raises for invalid patterns
 
     def resolve(self, op_type: str, node_name: str, default: NodeSetting) -> tuple[NodeSetting, str]:
         """The effective setting of a node and the level that decided ``skip`` (for the report)."""
@@ -65,7 +63,7 @@ class Overrides:
             setting = self.by_op[op_type].over(setting)
             decided_by = f"op type {op_type}" if self.by_op[op_type].skip is not None else decided_by
         for pattern, rule in self.by_regex:
-            if re.search(pattern, node_name):
+            if node_regex.search(pattern, node_name):
                 setting = rule.over(setting)
                 decided_by = f"node regex {pattern!r}" if rule.skip is not None else decided_by
         if node_name in self.by_name:
@@ -89,6 +87,7 @@ class Overrides:
 
     @classmethod
     def from_flags(cls, include_ops=(), exclude_ops=(), exclude_nodes=(), include_nodes=()) -> Overrides:
+        """The overrides of --include-op/--exclude-op (by op type) and --exclude-node/--include-node (regexes)."""
         by_op = {op: NodeSetting(skip=False) for op in include_ops}
         by_op.update({op: NodeSetting(skip=True) for op in exclude_ops})
         regex = tuple((p, NodeSetting(skip=False)) for p in include_nodes)
@@ -125,10 +124,9 @@ class QuantConfig:
         if self.input_method is not None:
             check_method(self.input_method)
         check_weight_method(self.weight_method)
-        if self.calib_batches is not None and self.calib_batches < 1:
-            raise OnnxqError(f"--calib-batches must be at least 1, got {self.calib_batches}")
-        if self.batch_size < 1:
-            raise OnnxqError(f"--batch-size must be at least 1, got {self.batch_size}")
+        require_at_least("--calib-batches", self.calib_batches, 1)
+        require_at_least("--batch-size", self.batch_size, 1)
+        require_at_least("--memory-budget-mb", self.memory_budget_mb, 1)
         if self.float_rest not in ("fp32", "fp16"):
             raise OnnxqError(f"--float-rest must be fp32 or fp16, got {self.float_rest!r}")
         for setting in self.overrides.settings():

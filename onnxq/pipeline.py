@@ -1,7 +1,7 @@
 """``quantize()``: the whole post-training quantization, as named stages in order.
 
-    load -> prepare (strip Q/DQ?, opset, constants, fold BN, shapes) -> plan -> ranges (calibrate | statistics |
-    imported scales) -> scales -> insert Q/DQ -> verify (checker + onnxruntime) -> validate? -> save
+load -> prepare (strip Q/DQ?, opset, constants, fold BN, shapes) -> plan -> ranges (calibrate | statistics |
+imported scales) -> scales -> insert Q/DQ -> verify (checker + onnxruntime) -> validate? -> save
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from onnxq import progress
@@ -27,16 +28,22 @@ from onnxq.graph import (
     GraphIndex,
     check_model,
     count_qdq,
+    estimated_size,
     fingerprint,
     load_model,
+    model_files,
+    model_outputs,
+    needs_external_data,
     save_model,
 )
-from onnxq.passes import PassManager, prepare_passes
 from onnxq.insert import InsertQDQ
 from onnxq.insert.quantize_bias import QuantizeBias
+from onnxq.outputs import check_outputs
+from onnxq.passes import PassManager, prepare_passes
 from onnxq.passes.decompose_hard_activations import DecomposeHardActivations
 from onnxq.passes.float16 import ConvertFloatToFP16
 from onnxq.plan import QuantPlan, build_plan
+from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target, verify_final
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
 from onnxq.rules import TARGET_RULES
 from onnxq.runtime import make_session, run_batch
@@ -60,6 +67,8 @@ Collector = Callable[[onnx.ModelProto, QuantPlan, DataLike, QuantConfig, Callabl
 
 @dataclass
 class QuantizeResult:
+    """What :func:`quantize` produced: the Q/DQ model, its plan and scales, the report, and where it was saved."""
+
     model: onnx.ModelProto
     plan: QuantPlan
     scales: ScaleTable
@@ -68,6 +77,7 @@ class QuantizeResult:
 
 
 def default_output_path(model_path: str | os.PathLike) -> Path:
+    """``MODEL.int8.onnx`` beside ``MODEL.onnx``."""
     path = Path(model_path)
     return path.with_name(f"{path.stem}.int8.onnx")
 
@@ -78,7 +88,7 @@ def _load(model: ModelLike) -> tuple[onnx.ModelProto, Path | None]:
     return load_model(model), Path(model)
 
 
-def prepare(model: onnx.ModelProto, config: QuantConfig,
+def prepare(model: onnx.ModelProto, config: QuantConfig, *, in_place: bool = False,
             min_opset: int | None = None) -> tuple[onnx.ModelProto, list[str]]:
     """Float-to-float passes (``model`` itself is left unchanged); refuses a model that already holds Q/DQ unless
     ``config.requantize``. The opset is raised to what ``config``'s formats need, or to ``min_opset``."""
@@ -89,7 +99,7 @@ def prepare(model: onnx.ModelProto, config: QuantConfig,
     manager = PassManager(prepare_passes(per_channel=config.per_channel_weights, strip_qdq=has_qdq,
                                          min_opset=max(config.min_opset(), min_opset or 0)),
                           debug=config.debug_passes)
-    prepared, results = manager.run(model)
+    prepared, results = manager.run(model, keep_input=not in_place)  # in_place: a model the caller owns
     notes = [note for r in results for note in r.notes]
     decompose = TARGET_RULES[config.target].decompose_activations
     if decompose:
@@ -124,9 +134,28 @@ def calibration_targets(plan: QuantPlan, config: QuantConfig) -> dict[str, Calib
     return {t.name: t.calib_options(config.calib) for t in plan.calibrated_activations()}
 
 
-def weight_arrays(prepared: onnx.ModelProto, plan: QuantPlan) -> dict:
-    index = GraphIndex.build(prepared.graph)
-    return {t.name: index.array(t.name) for t in plan.weights()}
+def weight_arrays(prepared: onnx.ModelProto, plan: QuantPlan) -> Mapping[str, np.ndarray]:
+    """The planned weights' values, each read when it is looked up (one weight in memory at a time, not a second
+    copy of every weight: that matters past 2 GB)."""
+    return LazyArrays(GraphIndex.build(prepared.graph), [t.name for t in plan.weights()])
+
+
+class LazyArrays(Mapping):
+    """Initializer arrays by name, converted on access."""
+
+    def __init__(self, index: GraphIndex, names: list[str]) -> None:
+        self._index, self._names, self._known = index, names, set(names)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._known:
+            raise KeyError(name)
+        return self._index.array(name)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def verify(model: onnx.ModelProto, batch: Batch | None) -> None:
@@ -137,14 +166,11 @@ def verify(model: onnx.ModelProto, batch: Batch | None) -> None:
         run_batch(session, batch, "the first batch (quantized model)")
 
 
-def check_output_path(output: Path, input_path: Path) -> None:
-    """Fail before any work when the output would overwrite the input or cannot be written."""
-    if output.resolve() == input_path.resolve() or (output.exists() and os.path.samefile(output, input_path)):
-        raise OnnxqError(f"refusing to overwrite the input model {input_path}; choose another output with -o")
-    if output.is_dir():
-        raise OnnxqError(f"output path is a directory: {output}")
-    if not output.parent.exists():
-        raise OnnxqError(f"output folder does not exist: {output.parent}")
+def check_output_path(output: Path, input_path: Path | None) -> None:
+    """Fail before any work when the output model (or the external data beside it) would overwrite the input or
+    cannot be written: the output-path guard, :mod:`onnxq.outputs`."""
+    check_outputs(model_outputs("output", output),
+                  {"the input model": model_files(input_path) if input_path is not None else []})
 
 
 class _Stopwatch:
@@ -180,7 +206,7 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
     """The scale table from exactly one source (calibration data, statistics files or imported scales);
     ``collector`` computes the statistics of calibration data (default: :func:`calibrate`, in this process).
     """
-    if scales is not None:
+    if scales is not None:  # the caller derives the inserted plan: plan.for_scales(table, ...)
         return Ranges(scales(plan, prepared), 0, "imported scales")
     if stats is not None:
         calibrators, batches = merge_stats(expand_stats_paths(stats), fingerprint(prepared))
@@ -203,11 +229,23 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
     return Ranges(table, batches, source, clipping)
 
 
+def mixed_precision(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, config: QuantConfig,
+                    val: DataLike | None, target, tolerable_loss: float | None):
+    """The mixed-precision stage: which nodes stay float for the accuracy target, and the plan without them."""
+    accuracy = accuracy_target(target, tolerable_loss)
+    if val is None:
+        raise OnnxqError("an accuracy target needs validation data: pass --val DATA (val= in Python)")
+    val_data = data_source(prepared, val, replace(config, calib_batches=None))
+    plan, table, result, batches = keep_float_for_target(prepared, plan, table, config, val_data, accuracy)
+    return plan, table, result, batches, accuracy
+
+
 def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfig | None = None,
              output: str | os.PathLike | None = None, *, stats: list[str] | None = None,
              scales: ScaleImporter | None = None, val: DataLike | None = None, per_layer: bool = False,
              progress: Callable[[int], None] | None = None, collector: Collector | None = None,
-             latency: LatencySettings | None = None) -> QuantizeResult:
+             latency: LatencySettings | None = None, target=None,
+             tolerable_loss: float | None = None) -> QuantizeResult:
     """Quantize ``model`` to INT8 Q/DQ form and (when ``output`` is given) save it atomically.
 
     Ranges come from exactly one of: ``calib`` (a data folder, an .npz stack, ``"random"`` or a re-iterable sequence
@@ -216,16 +254,25 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
     elsewhere (e.g. :class:`onnxq.distributed.ray_calibrate.RayCalibration`); default: in this process. With ``val``
     and ``latency``, the report also holds the latency of both models, timed side by side on the first validation
     batch.
+
+    ``target`` turns on automatic mixed precision on the ``val`` data (:mod:`onnxq.recovery.mixed_precision`): a
+    worst-output SQNR in dB, a metric ``callable(session) -> float`` (higher is better) that may drop at most
+    ``tolerable_loss`` below FP32, or an :class:`~onnxq.recovery.mixed_precision.AccuracyTarget`. The fewest,
+    cheapest nodes stay float until it holds; ``result.report.mixed_precision`` says which and whether it held.
     """
     config = config or QuantConfig()
     if sum(s is not None for s in (calib, stats, scales)) != 1:
         raise OnnxqError(ONE_SOURCE)
     clock = _Stopwatch()
     with clock("prepare"):
+        if output is not None:
+            check_output_path(Path(output), None if isinstance(model, onnx.ModelProto) else Path(model))
         original, input_path = _load(model)
-        if output is not None and input_path is not None:
-            check_output_path(Path(output), input_path)
-        prepared, notes = prepare(original, config)
+        size_before = estimated_size(original)
+        # a model onnxq loaded itself and that needs external data is prepared and quantized in place: one copy of
+        # the weights in memory; validation then compares against the prepared (numerically equal) float model
+        owned = input_path is not None and needs_external_data(original)
+        prepared, notes = prepare(original, config, in_place=owned)
         plan = build_plan(prepared, config)
         if not plan.tensors:
             raise OnnxqError("nothing to quantize: no Conv, ConvTranspose, Gemm or MatMul node is planned for "
@@ -233,26 +280,42 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
     with clock("ranges"):
         found = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales, progress=progress,
                        collector=collector)
+        if scales is not None:  # the plan actually inserted: tensors without a scale dropped, reasons recorded
+            plan = plan.for_scales(found.table, "the scales file")
+            found = replace(found, table={name: found.table[name] for name in plan.tensors})
+    table, mixed = found.table, None
+    if target is not None:
+        with clock("mixed-precision"):
+            plan, table, mixed, mixed_batches, accuracy = mixed_precision(prepared, plan, table, config, val, target,
+                                                                          tolerable_loss)
     with clock("insert+verify"):
-        quantized = InsertQDQ(plan, found.table).run(prepared).model
+        first_batch = (next(iter(data_source(prepared, calib, config, warn=False)), None)
+                       if calib is not None else None)
+        float_reference = None if owned and val is None else prepared if count_qdq(original) or owned else original
+        keep_prepared = float_reference is prepared or mixed is not None  # mixed precision verifies against it
+        quantized = InsertQDQ(plan, table).run(prepared, keep_input=keep_prepared).model
         int32_bias = TARGET_RULES[config.target].int32_bias
         if int32_bias:
             quantized = QuantizeBias(int32_bias).run(quantized, keep_input=False).model
         if config.float_rest == "fp16":
             quantized = ConvertFloatToFP16().run(quantized, keep_input=False).model
-        first = next(iter(data_source(prepared, calib, config, warn=False)), None) if calib is not None else None
-        verify(quantized, first)
-    report = QuantReport(plan, notes, original.ByteSize(), quantized.ByteSize(), found.batches, found.source,
+        verify(quantized, first_batch)
+    if mixed is not None:
+        with clock("mixed-precision verify"):
+            verify_final(mixed, prepared, quantized, mixed_batches, accuracy)
+    report = QuantReport(plan, notes, size_before, estimated_size(quantized), found.batches, found.source,
                          clipping=found.clipping)
+    report.mixed_precision = mixed
     if val is not None:
         with clock("validate"):
-            reference = prepared if count_qdq(original) else original  # a re-quantized input: its float form
-            val_data = data_source(prepared, val, replace(config, calib_batches=None))
+            # the float model (a re-quantized input: its float form); never None when val is given
+            reference = prepared if float_reference is None else float_reference
+            val_data = data_source(reference, val, replace(config, calib_batches=None))
             report.validation = compare_models(reference, quantized, val_data, per_layer=per_layer)
         if latency is not None:
             with clock("latency"):
-                batch = next(iter(data_source(prepared, val, replace(config, calib_batches=None))))
+                batch = next(iter(data_source(reference, val, replace(config, calib_batches=None))))
                 report.latency = measure_latency(reference, quantized, batch, latency)
     report.seconds = clock.seconds
     output_path = save_model(quantized, output, input_path=input_path) if output is not None else None
-    return QuantizeResult(quantized, plan, found.table, report, output_path)
+    return QuantizeResult(quantized, plan, table, report, output_path)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
 
 import onnx
 
@@ -53,6 +54,11 @@ class TensorPlan:
     # the precision format (onnxq.formats) of the node that planned this tensor, for reports
     format: str = "int8"
 
+    def __setattr__(self, name: str, value) -> None:
+        if self.__dict__.get("_frozen"):
+            raise AttributeError(f"tensor plan {self.name!r} is frozen: derive a changed plan with a QuantPlan method")
+        object.__setattr__(self, name, value)
+
     def calib_options(self, base: CalibOptions) -> CalibOptions:
         """The run's calibration options with this tensor's own method and percentile (per-node settings) laid
         over them."""
@@ -84,12 +90,96 @@ class QuantPlan:
     def weights(self) -> list[TensorPlan]:
         return [t for t in self.tensors.values() if t.role == "weight"]
 
+    def freeze(self) -> QuantPlan:
+        """Make the plan read-only (done once it is built): changes go through methods that return a copy."""
+        for tensor in self.tensors.values():
+            if not tensor.__dict__.get("_frozen"):
+                tensor.consumers = _FrozenList(tensor.consumers)
+                tensor.__dict__["_frozen"] = True
+        self.tensors = _FrozenDict(self.tensors)
+        self.nodes = _FrozenList(self.nodes)
+        self.__dict__["_frozen"] = True
+        return self
+
+    def __setattr__(self, name: str, value) -> None:
+        if self.__dict__.get("_frozen"):
+            raise AttributeError("the QuantPlan is frozen: derive a changed plan with a QuantPlan method")
+        object.__setattr__(self, name, value)
+
+    def for_scales(self, scales: Mapping, source: str) -> QuantPlan:
+        """A copy of the plan restricted to the tensors ``scales`` (name -> parameters with ``dtype`` and ``axis``)
+        covers, each node's decision and reason recorded.
+
+        A planned activation without a scale is dropped, and with it the weights whose every consumer lost its
+        activation scale (those nodes stay float, reason "no scale for ... in SOURCE"); a scale's integer type
+        wins over the plan's, and a per-tensor weight scale makes the weight per tensor."""
+        kept: dict[str, TensorPlan] = {}
+        lost: dict[str, str] = {}  # node -> the first activation it lost
+        for tensor in self.tensors.values():
+            if tensor.name not in scales and tensor.role == "activation":
+                for c in tensor.consumers:
+                    lost.setdefault(c.node, tensor.name)
+                continue
+            kept[tensor.name] = tensor
+        live_nodes = {c.node for t in kept.values() if t.role == "activation" for c in t.consumers}
+        derived = QuantPlan(target=self.target)
+        for tensor in kept.values():
+            if tensor.role == "weight" and lost and not any(c.node in live_nodes for c in tensor.consumers):
+                continue
+            params = scales.get(tensor.name)
+            changes: dict[str, Any] = {}
+            if params is not None and params.dtype != tensor.dtype:
+                changes.update(dtype=params.dtype, symmetric=quant_dtype(params.dtype).symmetric)
+            if params is not None and tensor.role == "weight" and params.axis is None and tensor.axis is not None:
+                changes.update(axis=None, channels=None)
+            derived.tensors[tensor.name] = _copy_tensor(tensor, **changes)
+        planned_nodes = {c.node for t in derived.tensors.values() for c in t.consumers}
+        for decision in self.nodes:
+            if decision.quantized and decision.node not in planned_nodes:
+                why = lost.get(decision.node)
+                reason = f"no scale for {why!r} in {source}" if why else f"no scale in {source}"
+                decision = NodeDecision(decision.node, decision.op_type, False, reason)
+            derived.nodes.append(decision)
+        return derived.freeze()
+
     def summary(self) -> dict[str, Counter]:
         """Per op type: how many nodes were quantized, and how many skipped for each reason."""
         table: dict[str, Counter] = {}
         for d in self.nodes:
             table.setdefault(d.op_type, Counter())["quantized" if d.quantized else d.reason] += 1
         return table
+
+
+class _FrozenDict(dict):
+    """A dict that refuses changes (and still pickles and deep-copies, unlike ``MappingProxyType``)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("the QuantPlan is frozen: derive a changed plan with a QuantPlan method")
+
+    __setitem__ = __delitem__ = pop = popitem = clear = update = setdefault = _refuse
+
+    def __reduce__(self):
+        return (_FrozenDict, (dict(self),))
+
+
+class _FrozenList(list):
+    """A list that refuses changes (equal to a plain list with the same items)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("the QuantPlan is frozen: derive a changed plan with a QuantPlan method")
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+
+    def __reduce__(self):
+        return (_FrozenList, (list(self),))
+
+
+def _copy_tensor(tensor: TensorPlan, **changes) -> TensorPlan:
+    values = {f.name: getattr(tensor, f.name) for f in fields(TensorPlan)}
+    values.update(changes)
+    values["consumers"] = list(values["consumers"])
+    return TensorPlan(**values)
 
 
 def _elem_type(model: onnx.ModelProto, name: str) -> int | None:
@@ -261,7 +351,8 @@ class _Planner:
             default_reason = self.rules.float_depthwise
         if not default_reason and node.op_type in self.rules.float_when_writing_graph_output and \
                 any(o in self.index.graph_outputs for o in node.output):
-            default_reason = f"writes a graph output: on {self.rules.name} that node unit cannot fuse, so it stays float"
+            default_reason = (f"writes a graph output: on {self.rules.name} that node unit cannot fuse, so it stays "
+                              "float")
         default = NodeSetting(skip=True) if default_reason else \
             NodeSetting(skip=False, dtype=self.rules.activation_dtype)
         setting, decided_by = self.config.overrides.resolve(node.op_type, name, default)
@@ -364,7 +455,7 @@ class _Planner:
 
 def build_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
     """Decide, for the prepared float model, which tensors get Q/DQ and how."""
-    plan = _Planner(model, config).build()
+    plan = _Planner(model, config).build().freeze()
     if config.target == "tensorrt":
         asymmetric = sorted({t.format for t in plan.tensors.values() if not t.symmetric})
         if asymmetric:

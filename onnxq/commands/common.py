@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -105,6 +104,42 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
+def guard(outputs: list, **inputs) -> None:
+    """The output-path guard (:mod:`onnxq.outputs`) for a command, before any work. ``outputs``: Output entries
+    (None entries are ignored); ``inputs``: keyword -> path or list of paths; ``model=`` paths are expanded to their
+    external-data files."""
+    from pathlib import Path
+
+    from onnxq.graph import model_files
+    from onnxq.outputs import check_outputs
+
+    read: dict[str, list] = {}
+    for key, value in inputs.items():
+        paths = value if isinstance(value, (list, tuple)) else [value]
+        paths = [p for p in paths if p is not None and str(p) != "random"]
+        if key.startswith("model"):
+            read[f"the input model ({', '.join(map(str, paths))})" if len(paths) > 1 else "the input model"] = \
+                [f for p in paths for f in model_files(p)]
+        else:  # a data folder: the files in it are inputs too
+            read["--" + key.replace("_", "-")] = [f for p in map(Path, paths)
+                                                  for f in ([p, *_files_in(p)] if p.is_dir() else [p])]
+    check_outputs([o for o in outputs if o is not None], read)
+
+
+def _files_in(folder, depth: int = 2) -> list:
+    """Regular files in ``folder`` and its subfolders down to ``depth`` (data folders hold labels/ beside batches)."""
+    found = []
+    try:
+        for entry in folder.iterdir():
+            if entry.is_dir() and depth > 1:
+                found += _files_in(entry, depth - 1)
+            elif entry.is_file():
+                found.append(entry)
+    except OSError:
+        pass
+    return found
+
+
 @contextlib.contextmanager
 def shard_progress() -> Iterator[Callable[[int, int], None]]:
     """``update(shards_done, shards_total)`` for a Ray calibration, shown as the progress stage "calibration on Ray"
@@ -132,6 +167,21 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--shards", type=int, metavar="N", help="with --ray: number of shards (default: one per CPU)")
     g.add_argument("--ray-runtime-env", metavar="JSON",
                    help="with --ray: Ray runtime_env of the tasks, e.g. '{\"env_vars\": {\"OMP_NUM_THREADS\": \"1\"}}'")
+
+
+def add_calibration_flags(parser: argparse.ArgumentParser) -> None:
+    """Calibration, selection and Ray flags: what every command that calibrates takes."""
+    add_calib_flags(parser)
+    add_selection_flags(parser)
+    add_ray_flags(parser)
+
+
+@contextlib.contextmanager
+def ray_calibration(args: argparse.Namespace) -> Iterator[Any | None]:
+    """The Ray calibration the flags ask for, or None to calibrate in this process; its progress is the stage
+    "calibration on Ray". Enter it before any work, so that a missing ray fails at once."""
+    with shard_progress() as shards:
+        yield ray_collector(args, shards)
 
 
 def ray_collector(args: argparse.Namespace, progress: Callable[[int, int], None] | None):

@@ -22,7 +22,7 @@ from onnx import helper, numpy_helper
 
 from onnxq.dtypes import quant_dtype
 from onnxq.errors import OnnxqError
-from onnxq.graph import GraphIndex, all_names, default_opset, node_name, unique_name
+from onnxq.graph import GraphIndex, all_names, default_opset, node_name, remove_initializers, unique_name
 from onnxq.passes.base import InPlacePass, PassResult
 from onnxq.plan import QuantPlan, TensorPlan
 from onnxq.scales.packing import to_tensor_proto
@@ -177,7 +177,4 @@ def _drop_replaced_weights(graph: onnx.GraphProto, plan: QuantPlan) -> None:
     graph_inputs = {v.name for v in graph.input}
     dead = {t.name for t in plan.weights()
             if t.name not in index.consumers and t.name not in graph_inputs and t.name not in index.graph_outputs}
-    if dead:
-        kept = [i for i in graph.initializer if i.name not in dead]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+    remove_initializers(graph, dead)

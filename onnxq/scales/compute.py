@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from onnxq.calib import weights as weight_methods
@@ -64,7 +66,8 @@ def weight_params(tensor: TensorPlan, w: np.ndarray) -> QuantParams:
     return symmetric_params(weight_amax(w.astype(np.float32), tensor.axis, tensor.method), tensor.axis, tensor.dtype)
 
 
-def compute_scales(plan: QuantPlan, calibrators: dict[str, Calibrator], weights: dict[str, np.ndarray]) -> ScaleTable:
+def compute_scales(plan: QuantPlan, calibrators: dict[str, Calibrator],
+                   weights: Mapping[str, np.ndarray]) -> ScaleTable:
     """Parameters for every tensor of the plan; activations need a calibrator, weights their values."""
     table: ScaleTable = {}
     for tensor in plan.tensors.values():
