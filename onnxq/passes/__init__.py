@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from onnxq.passes.base import Pass, PassManager, PassResult
+from onnxq.passes.batchnorm_to_mul_add import BatchNormToMulAdd
 from onnxq.passes.constants_to_initializers import ConstantsToInitializers
+from onnxq.passes.fold_bias_add import FoldBiasAdd
 from onnxq.passes.fold_batchnorm import FoldBatchNorm
 from onnxq.passes.infer_shapes import InferShapes
 from onnxq.passes.strip_qdq import StripQDQ
@@ -15,7 +17,7 @@ def prepare_passes(*, per_channel: bool = True, strip_qdq: bool = False) -> list
     passes: list[Pass] = [StripQDQ()] if strip_qdq else []
     if per_channel:
         passes.append(UpgradeOpset())
-    passes += [ConstantsToInitializers(), FoldBatchNorm(), InferShapes()]
+    passes += [ConstantsToInitializers(), FoldBiasAdd(), FoldBatchNorm(), BatchNormToMulAdd(), InferShapes()]
     return passes
 
 

@@ -91,7 +91,7 @@ def test_full_prepare_sequence_on_foreign_style_model():
     model = opset11_model()
     reference = make_model(model.graph, opset=11)
     prepared, results = PassManager(prepare_passes()).run(model)
-    assert [type(r) for r in results] == [PassResult] * 4
+    assert [type(r) for r in results] == [PassResult] * len(prepare_passes())
     assert "Constant" not in op_types(prepared)
     assert_equivalent(reference, prepared, rng_feeds(reference, {"x": (3, 3, 6, 6)}))
 
