@@ -17,6 +17,9 @@ from onnxq.errors import OnnxqError
 Target = Literal["tensorrt", "ort-cpu"]
 TARGETS: tuple[str, ...] = ("tensorrt", "ort-cpu")
 ActivationDType = Literal["int8", "uint8"]
+#: activation calibration of quantize by default: MSE over the streaming histogram (measured on the public real
+#: models in README "Accuracy recovery": common_det 7.1 dB with min-max -> 22.6 dB)
+DEFAULT_ACTIVATION_METHOD = "mse"
 
 
 @dataclass(frozen=True)
@@ -86,11 +89,48 @@ class Overrides:
 
 
 @dataclass(frozen=True)
+class RecoveryOptions:
+    """Accuracy-recovery algorithms of the quantize pipeline (see :mod:`onnxq.recovery`); each switchable.
+
+    ``--method auto`` (range selection by layer-output error) is a calibration method, not a field here.
+    """
+
+    #: scale the input channels of depthwise convolutions (and Conv pairs joined by ReLU/PReLU/identity) to
+    #: equal ranges before calibration; exact in float (onnxq.recovery.equalization)
+    equalize: bool = True
+    #: SmoothQuant migration strength for MatMul/Gemm activations, None: off (onnxq.recovery.smoothquant)
+    smoothquant_alpha: float | None = None
+    #: fold each layer's expected output shift into its bias (onnxq.recovery.bias_correction)
+    bias_correction: bool = False
+    #: learned rounding of weights, needs torch (onnxq.recovery.adaround); costs much more time
+    adaround: bool = False
+    adaround_iterations: int = 300
+    #: calibration batches the layer-local algorithms cache (float inputs of the weighted layers)
+    batches: int = 2
+    #: NCHW inputs are centre-cropped to at most crop x crop pixels when cached
+    crop: int = 64
+
+    def __post_init__(self) -> None:
+        if self.smoothquant_alpha is not None and not 0.0 < self.smoothquant_alpha < 1.0:
+            raise OnnxqError(f"--smoothquant alpha must be in (0, 1), got {self.smoothquant_alpha}")
+        if self.batches < 1:
+            raise OnnxqError(f"--recovery-batches must be at least 1, got {self.batches}")
+        if self.crop < 4:
+            raise OnnxqError(f"the recovery crop must be at least 4 pixels, got {self.crop}")
+        if self.adaround_iterations < 1:
+            raise OnnxqError(f"--adaround-iterations must be at least 1, got {self.adaround_iterations}")
+
+    @property
+    def needs_layers(self) -> bool:
+        return self.bias_correction or self.adaround
+
+
+@dataclass(frozen=True)
 class QuantConfig:
     """Everything a quantization run needs besides the model and the data."""
 
     target: Target = "tensorrt"
-    calib: CalibOptions = CalibOptions()
+    calib: CalibOptions = CalibOptions(method=DEFAULT_ACTIVATION_METHOD)
     weight_method: str = "minmax"
     # calibration of the model's own inputs; None: the same as every other activation. Min-max by default: the
     # input is data the user already scaled, and histogram methods can clip it badly (entropy cut CenterPoint's
@@ -104,6 +144,7 @@ class QuantConfig:
     seed: int = 0
     memory_budget_mb: int = 4096
     debug_passes: bool = False
+    recovery: RecoveryOptions = RecoveryOptions()
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:

@@ -1,7 +1,8 @@
 """``quantize()``: the whole post-training quantization, as named stages in order.
 
-    load -> prepare (strip Q/DQ?, opset, constants, fold BN, shapes) -> plan -> ranges (calibrate | statistics |
-    imported scales) -> scales -> insert Q/DQ -> verify (checker + onnxruntime) -> validate? -> save
+    load -> prepare (strip Q/DQ?, opset, constants, fold BN, shapes) -> equalize (SmoothQuant, cross-layer) -> plan
+    -> ranges (calibrate | statistics | imported scales) -> scales -> recover (auto ranges, AdaRound, bias
+    correction) -> insert Q/DQ -> verify (checker + onnxruntime) -> validate? -> save
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from onnxq.graph import GraphIndex, check_model, count_qdq, fingerprint, load_mo
 from onnxq.passes import PassManager, prepare_passes
 from onnxq.passes.insert_qdq import InsertQDQ
 from onnxq.plan import QuantPlan, build_plan
+from onnxq.recovery.stage import equalize, recover
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
 from onnxq.scales.compute import clipped_fractions, compute_scales
 from onnxq.scales.types import ScaleTable
@@ -129,11 +131,13 @@ class _Stopwatch:
 
 def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, calib: DataLike | None,
            stats: list[str] | None, scales: ScaleImporter | None,
-           progress: Callable[[int], None] | None) -> tuple[ScaleTable, int, str, dict[str, float]]:
-    """The scale table from exactly one source, the number of batches behind it, the source's name, and the share
-    of calibration values each calibrated activation's range clips (where the method can tell)."""
+           progress: Callable[[int], None] | None
+           ) -> tuple[ScaleTable, int, str, dict[str, float], dict[str, Calibrator]]:
+    """The scale table from exactly one source, the number of batches behind it, the source's name, the share
+    of calibration values each calibrated activation's range clips (where the method can tell), and the
+    calibrators (empty for imported scales)."""
     if scales is not None:
-        return scales(plan, prepared), 0, "imported scales", {}
+        return scales(plan, prepared), 0, "imported scales", {}, {}
     if stats is not None:
         calibrators, batches = merge_stats(expand_stats_paths(stats), fingerprint(prepared))
         missing = [t.name for t in plan.calibrated_activations() if t.name not in calibrators]
@@ -150,7 +154,7 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
         if fraction > CLIP_WARNING_FRACTION:
             log.info("the range of %r clips %.2f%% of its calibration values (method %s)", name,
                         100 * fraction, plan.tensors[name].method)
-    return table, batches, source, clipping
+    return table, batches, source, clipping, calibrators
 
 
 def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfig | None = None,
@@ -173,13 +177,20 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
         if output is not None and input_path is not None:
             check_output_path(Path(output), input_path)
         prepared, notes = prepare(original, config)
+    calib_data = data_source(prepared, calib, config) if calib is not None else None
+    with clock("equalize"):
+        notes += equalize(prepared, calib_data, config.recovery)
+    with clock("plan"):
         plan = build_plan(prepared, config)
         if not plan.tensors:
             raise OnnxqError("nothing to quantize: no Conv, ConvTranspose, Gemm or MatMul node is planned for "
                              "quantization (check --exclude-op/--exclude-node)")
     with clock("ranges"):
-        table, batches, source, clipping = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales,
-                                                  progress=progress)
+        table, batches, source, clipping, calibrators = ranges(prepared, plan, config, calib=calib, stats=stats,
+                                                               scales=scales, progress=progress)
+    with clock("recover"):
+        table, recovery_notes = recover(prepared, plan, table, calibrators, calib_data, config.recovery)
+        notes += recovery_notes
     with clock("insert+verify"):
         quantized = InsertQDQ(plan, table).call(copy.deepcopy(prepared)).model
         verify(quantized, next(iter(data_source(prepared, calib, config)), None) if calib is not None else None)

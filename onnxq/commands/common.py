@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from dataclasses import replace
 import sys
 from collections.abc import Callable, Iterator
 
@@ -38,7 +39,9 @@ def add_selection_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_calib_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("calibration")
-    g.add_argument("--method", default="minmax", help="activation calibration: minmax | percentile | entropy | mse")
+    g.add_argument("--method", default=None,
+                   help="activation calibration: minmax | percentile | entropy | mse | auto (default mse; "
+                   "auto: per activation, the candidate range that minimises the consuming layer's output error)")
     g.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
     g.add_argument("--num-bins", type=int, default=2048, help="histogram bins of the histogram methods")
     g.add_argument("--moving-average", type=float, metavar="MOMENTUM",
@@ -54,10 +57,41 @@ def add_calib_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed for --calib random")
 
 
+def add_recovery_flags(parser: argparse.ArgumentParser) -> None:
+    """Accuracy-recovery algorithms (onnxq.recovery); unset flags keep the defaults of RecoveryOptions."""
+    g = parser.add_argument_group("accuracy recovery (see README 'Accuracy recovery')")
+    g.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="equalize depthwise-conv input channels and Relu-joined Conv pairs (exact in float)")
+    g.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
+                   help="fold each layer's expected quantization shift into its bias")
+    g.add_argument("--smoothquant", type=float, metavar="ALPHA",
+                   help="migrate MatMul/Gemm activation outliers into the weights with this strength (e.g. 0.5)")
+    g.add_argument("--adaround", action="store_true",
+                   help="learn the rounding of every weight on the calibration data (needs torch; slow)")
+    g.add_argument("--adaround-iterations", type=int, metavar="N", help="AdaRound optimizer steps per layer")
+    g.add_argument("--recovery-batches", type=int, metavar="N",
+                   help="calibration batches the layer-local algorithms cache (default 2)")
+
+
+def recovery_from_args(args: argparse.Namespace):
+    from onnxq.config import RecoveryOptions
+
+    base = RecoveryOptions()
+    picked = {
+        "equalize": getattr(args, "equalize", None),
+        "bias_correction": getattr(args, "bias_correction", None),
+        "smoothquant_alpha": getattr(args, "smoothquant", None),
+        "adaround": getattr(args, "adaround", False) or None,
+        "adaround_iterations": getattr(args, "adaround_iterations", None),
+        "batches": getattr(args, "recovery_batches", None),
+    }
+    return replace(base, **{k: v for k, v in picked.items() if v is not None})
+
+
 def config_from_args(args: argparse.Namespace):
     """QuantConfig from the flags laid over the --config file (flags win)."""
     from onnxq.calib.base import CalibOptions
-    from onnxq.config import Overrides, QuantConfig
+    from onnxq.config import DEFAULT_ACTIVATION_METHOD, Overrides, QuantConfig
     from onnxq.config_file import load_config_file
 
     overrides, run = Overrides(), {}
@@ -67,7 +101,7 @@ def config_from_args(args: argparse.Namespace):
     target = args.target if args.target != "tensorrt" or "target" not in run else run["target"]
     return QuantConfig(
         target=target,
-        calib=CalibOptions(method=args.method, percentile=args.percentile, num_bins=args.num_bins,
+        calib=CalibOptions(method=args.method or DEFAULT_ACTIVATION_METHOD, percentile=args.percentile, num_bins=args.num_bins,
                            momentum=args.moving_average),
         weight_method=run.get("weight_method", args.weight_method) if args.weight_method == "minmax"
         else args.weight_method,
@@ -80,4 +114,5 @@ def config_from_args(args: argparse.Namespace):
         seed=args.seed,
         memory_budget_mb=args.memory_budget_mb,
         debug_passes=getattr(args, "debug_passes", False),
+        recovery=recovery_from_args(args),
     )

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from onnxq.atomic import write_json_atomic, write_text_atomic
-from onnxq.commands.common import add_calib_flags, add_selection_flags, config_from_args, progress_bar
+from onnxq.commands.common import (add_calib_flags, add_recovery_flags, add_selection_flags, config_from_args,
+                                   progress_bar)
 from onnxq.errors import OnnxqError
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ def add_parser(subparsers) -> None:
     src.add_argument("--strict", action="store_true", help="with --scales: any mismatch with the plan is an error")
     add_calib_flags(p)
     add_selection_flags(p)
+    add_recovery_flags(p)
     v = p.add_argument_group("validation and reports")
     v.add_argument("--val", metavar="DATA", help="validate against FP32 on this data right after quantizing")
     v.add_argument("--per-layer", action="store_true", help="with --val: per-layer SQNR to find the culprits")

@@ -1,0 +1,133 @@
+"""Exact per-channel rescaling of an activation, shared by equalization and SmoothQuant.
+
+A consumer ``y = W x`` (Conv, MatMul, Gemm) gives the same float output for ``x' = x / s`` and weights whose INPUT
+channels are multiplied by ``s`` (``s > 0``). The division is put where it costs nothing when the graph allows it
+(:func:`fold_into_producer`): into the rows and bias of the Conv that produced ``x``, directly or through a
+positive-homogeneous activation (``f(x / s) = f(x) / s`` for ``s > 0``: Relu, LeakyRelu, PRelu with a scalar or
+per-channel slope, Identity), checked on graph edges: every tensor on the way has that one consumer and is no graph
+output. Otherwise (HardSwish, Clip/ReLU6, Sigmoid-weighted SiLU, several consumers, a graph input) a ``Mul`` by
+``1 / s`` is inserted in front of the consumer alone -- exact for any producer, and fused by TensorRT into the
+pointwise epilogue that precedes the QuantizeLinear.
+
+The per-channel ranges that choose ``s`` come from one float pass over a few calibration batches
+(:func:`channel_ranges`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxq.calib.collect import expose, make_session, run_batch
+from onnxq.calib.data import Batch
+from onnxq.graph import GraphIndex, all_names, unique_name
+
+HOMOGENEOUS_OPS = ("Relu", "LeakyRelu", "PRelu", "Identity")
+
+
+@dataclass(frozen=True)
+class ChannelTarget:
+    """The activation input of ``node`` (input 0), whose channels lie on ``axis`` (negative: from the end)."""
+
+    node: str
+    tensor: str
+    axis: int
+
+
+def channel_ranges(model: onnx.ModelProto, targets: list[ChannelTarget], data: Iterable[Batch],
+                   batches: int) -> dict[str, np.ndarray]:
+    """Largest |value| per channel of every target tensor over the first ``batches`` batches (one float pass)."""
+    axes = {t.tensor: t.axis for t in targets}
+    session = make_session(expose(model, list(axes)))
+    names = [o.name for o in session.get_outputs()]
+    found: dict[str, np.ndarray] = {}
+    for count, batch in enumerate(data, start=1):
+        for name, value in zip(names, run_batch(session, batch, f"equalization batch {count}")):
+            if name not in axes:
+                continue
+            value = np.abs(np.asarray(value, np.float32))
+            axis = axes[name] % value.ndim
+            peak = value.max(axis=tuple(a for a in range(value.ndim) if a != axis)).astype(np.float64)
+            found[name] = np.maximum(found[name], peak) if name in found else peak
+        if count >= batches:
+            break
+    return found
+
+
+def _scale_conv_rows(model: onnx.ModelProto, index: GraphIndex, conv: onnx.NodeProto, inv: np.ndarray,
+                     taken: set[str]) -> None:
+    """Multiply output channel c of ``conv`` (weights and bias) by ``inv[c]``, on fresh initializers."""
+    w = index.array(conv.input[1])
+    new_w = (w.astype(np.float64) * inv.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype)
+    w_name = unique_name(taken, f"{conv.input[1]}_eq")
+    model.graph.initializer.append(numpy_helper.from_array(new_w, w_name))
+    conv.input[1] = w_name
+    if len(conv.input) > 2 and conv.input[2]:
+        b = index.array(conv.input[2])
+        b_name = unique_name(taken, f"{conv.input[2]}_eq")
+        model.graph.initializer.append(numpy_helper.from_array((b.astype(np.float64) * inv).astype(b.dtype), b_name))
+        conv.input[2] = b_name
+
+
+def foldable_producer(index: GraphIndex, tensor: str, channels: int) -> onnx.NodeProto | None:
+    """The Conv whose output rows can absorb a per-channel scale of ``tensor`` exactly, or None."""
+    seen = tensor
+    for _ in range(4):  # at most a short chain of homogeneous activations
+        node = index.producer.get(seen)
+        if node is None or index.only_consumer(seen) is None or node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type == "Conv":
+            ok = (index.is_initializer(node.input[1]) and index.array(node.input[1]).shape[0] == channels
+                  and (len(node.input) < 3 or not node.input[2] or index.is_initializer(node.input[2])))
+            return node if ok else None
+        if node.op_type not in HOMOGENEOUS_OPS:
+            return None
+        if node.op_type == "PRelu":
+            slope = node.input[1]
+            if not index.is_initializer(slope) or index.array(slope).size not in (1, channels):
+                return None
+        seen = node.input[0]
+    return None
+
+
+def rescale_input(model: onnx.ModelProto, target: ChannelTarget, scale: np.ndarray, rank: int) -> str:
+    """Make the consumer read ``tensor / scale`` (its weights must be multiplied by ``scale`` by the caller);
+    returns how: ``"folded"`` into the producing Conv, or ``"mul"`` for an inserted Mul."""
+    index = GraphIndex.build(model.graph)
+    taken = all_names(model.graph)
+    inv = 1.0 / scale
+    # a Conv's output channels are axis 1 (NCHW): only a channel-axis-1 target can fold into one
+    producer = foldable_producer(index, target.tensor, scale.size) if target.axis == 1 else None
+    if producer is not None:
+        _scale_conv_rows(model, index, producer, inv, taken)
+        return "folded"
+    consumer = next(n for n in model.graph.node if (n.name or n.output[0]) == target.node)
+    shape = [scale.size] + [1] * (rank - 1 - (target.axis % rank)) if target.axis >= 0 else [scale.size]
+    inv_name = unique_name(taken, f"{target.tensor}_inv_scale")
+    out_name = unique_name(taken, f"{target.tensor}_scaled")
+    model.graph.initializer.append(numpy_helper.from_array(inv.astype(np.float32).reshape(shape), inv_name))
+    mul = helper.make_node("Mul", [target.tensor, inv_name], [out_name], name=unique_name(taken, f"{out_name}_mul"))
+    consumer.input[0] = out_name
+    position = list(model.graph.node).index(consumer)
+    model.graph.node.insert(position, mul)
+    return "mul"
+
+
+def replace_weight(model: onnx.ModelProto, node: onnx.NodeProto, value: np.ndarray, suffix: str) -> None:
+    """Give ``node`` a fresh weight initializer (input 1) holding ``value`` (never edits a shared initializer)."""
+    taken = all_names(model.graph)
+    name = unique_name(taken, f"{node.input[1]}_{suffix}")
+    model.graph.initializer.append(numpy_helper.from_array(value, name))
+    node.input[1] = name
+
+
+def drop_unused_initializers(model: onnx.ModelProto) -> None:
+    index = GraphIndex.build(model.graph)
+    used = set(index.consumers) | index.graph_outputs | {v.name for v in model.graph.input}
+    kept = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)

@@ -1,0 +1,86 @@
+"""The quantize pipeline's recovery stages, in order:
+
+* ``equalize`` (before the plan, float -> float, exact): SmoothQuant migration into MatMul/Gemm weights and
+  cross-layer / depthwise-input equalization, from per-channel ranges of one float pass over a few batches;
+* ``recover`` (after the ranges): one float pass caching the inputs of the quantized weighted layers, then
+  ``--method auto`` range selection, AdaRound (learned rounding, torch) and bias correction, each layer-local.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import onnx
+
+from onnxq.calib.base import Calibrator
+from onnxq.calib.data import Batch
+from onnxq.config import RecoveryOptions
+from onnxq.graph import GraphIndex
+from onnxq.plan import QuantPlan
+from onnxq.recovery.layers import build_layer, capture_inputs, is_layer
+from onnxq.scales.types import ScaleTable
+
+log = logging.getLogger(__name__)
+
+
+def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: RecoveryOptions) -> list[str]:
+    """Float-to-float channel rescaling of ``model`` in place; returns notes for the report."""
+    if not (options.equalize or options.smoothquant_alpha is not None):
+        return []
+    if data is None:
+        return ["equalization/SmoothQuant skipped: they need calibration data (--calib)"]
+    from onnxq.recovery.channel_scale import channel_ranges
+    from onnxq.recovery.equalization import equalization_targets, equalize_model
+    from onnxq.recovery.smoothquant import smoothquant_model, smoothquant_targets
+
+    notes: list[str] = []
+    targets = (equalization_targets(model) if options.equalize else []) + \
+        (smoothquant_targets(model) if options.smoothquant_alpha is not None else [])
+    if not targets:
+        return notes
+    ranges = channel_ranges(model, targets, data, options.batches)
+    if options.equalize:
+        notes.append(equalize_model(model, ranges))
+    if options.smoothquant_alpha is not None:
+        notes.append(smoothquant_model(model, ranges, options.smoothquant_alpha))
+    return notes
+
+
+def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calibrators: dict[str, Calibrator],
+            data: Iterable[Batch] | None, options: RecoveryOptions) -> tuple[ScaleTable, list[str]]:
+    """Layer-local recovery after the ranges: the (possibly changed) table and notes; ``prepared`` is changed in
+    place (AdaRound weights, corrected biases)."""
+    auto = [t for t in plan.calibrated_activations() if t.method == "auto"]
+    if not (auto or options.needs_layers):
+        return table, []
+    if data is None:
+        return table, ["layer-local recovery skipped: it needs calibration data (--calib); auto ranges fall back "
+                       "to mse"]
+    index = GraphIndex.build(prepared.graph)
+    planned = {c.node for t in plan.weights() for c in t.consumers}
+    nodes = [n for n in prepared.graph.node if is_layer(n, index) and (n.name or n.output[0]) in planned
+             and n.input[0] in plan.tensors]
+    inputs = capture_inputs(prepared, sorted({n.input[0] for n in nodes}), data, options.batches, options.crop)
+    layers = {n.name or n.output[0]: build_layer(prepared, n, index) for n in nodes if n.input[0] in inputs}
+    reference = {name: layer.run(inputs[layer.node.input[0]]) for name, layer in layers.items()}
+    notes: list[str] = []
+    if auto:
+        from onnxq.recovery.method_select import select_ranges
+
+        table, choices = select_ranges(plan, calibrators, table, layers, inputs, reference)
+        counts: dict[str, int] = {}
+        for choice in choices:
+            counts[choice.method] = counts.get(choice.method, 0) + 1
+        notes.append("auto ranges: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) +
+                     f" (of {len(auto)} activations; the rest mse)")
+    if options.adaround:
+        from onnxq.recovery.adaround import adaround_model
+
+        notes.append(adaround_model(prepared, table, layers, inputs, reference, options.adaround_iterations))
+    if options.bias_correction:
+        from onnxq.recovery.bias_correction import correct_biases
+
+        shifts = correct_biases(prepared, table, layers, inputs, reference)
+        notes.append(f"bias correction: {len(shifts)} layer(s)")
+    return table, notes
