@@ -8,9 +8,11 @@ line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
+from collections.abc import Iterator
 
 from onnxq.errors import OnnxqError
 
@@ -44,15 +46,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(verbose: int, quiet: bool) -> None:
+@contextlib.contextmanager
+def cli_logging(verbose: int, quiet: bool) -> Iterator[None]:
+    """Log records to the current ``sys.stderr`` for the duration of one command; the root logger's handlers and
+    level are restored afterwards, so ``main`` can run in-process (tests, notebooks) any number of times."""
     level = logging.ERROR if quiet else logging.DEBUG if verbose >= 2 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose, args.quiet)
+    with cli_logging(args.verbose, args.quiet):
+        return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except OnnxqError as exc:

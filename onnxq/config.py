@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal
 
 from onnxq.calib.base import CalibOptions
+from onnxq.calib.methods import check_method
+from onnxq.calib.weights import check_weight_method
 from onnxq.errors import OnnxqError
+from onnxq.rules import TARGET_RULES, TENSORRT
 
-Target = Literal["tensorrt", "ort-cpu"]
-TARGETS: tuple[str, ...] = ("tensorrt", "ort-cpu")
-ActivationDType = Literal["int8", "uint8"]
 #: activation calibration of quantize by default: MSE over the streaming histogram (measured on the public real
 #: models in README "Accuracy recovery": common_det 7.1 dB with min-max -> 22.6 dB)
 DEFAULT_ACTIVATION_METHOD = "mse"
@@ -29,7 +28,7 @@ class NodeSetting:
     skip: bool | None = None
     method: str | None = None
     percentile: float | None = None
-    dtype: ActivationDType | None = None
+    dtype: str | None = None  # a key of onnxq.dtypes.QUANT_DTYPES
 
     def over(self, base: NodeSetting) -> NodeSetting:
         """This setting laid over ``base``: every field this one sets wins."""
@@ -129,7 +128,7 @@ class RecoveryOptions:
 class QuantConfig:
     """Everything a quantization run needs besides the model and the data."""
 
-    target: Target = "tensorrt"
+    target: str = TENSORRT.name  # a key of onnxq.rules.TARGET_RULES
     calib: CalibOptions = CalibOptions(method=DEFAULT_ACTIVATION_METHOD)
     weight_method: str = "minmax"
     # calibration of the model's own inputs; None: the same as every other activation. Min-max by default: the
@@ -147,12 +146,12 @@ class QuantConfig:
     recovery: RecoveryOptions = RecoveryOptions()
 
     def __post_init__(self) -> None:
-        if self.target not in TARGETS:
-            raise OnnxqError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        if self.target not in TARGET_RULES:
+            raise OnnxqError(f"unknown target {self.target!r}; choose one of {', '.join(TARGET_RULES)}")
+        check_method(self.calib.method)
         if self.input_method is not None:
-            CalibOptions(method=self.input_method)  # raises for an unknown method
-        if self.weight_method not in ("minmax", "mse"):
-            raise OnnxqError(f"unknown weight method {self.weight_method!r}; choose minmax or mse")
+            check_method(self.input_method)
+        check_weight_method(self.weight_method)
         if self.calib_batches is not None and self.calib_batches < 1:
             raise OnnxqError(f"--calib-batches must be at least 1, got {self.calib_batches}")
         if self.batch_size < 1:

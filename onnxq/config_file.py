@@ -29,8 +29,11 @@ from pathlib import Path
 
 import onnx
 
+from onnxq.calib.methods import check_method
 from onnxq.config import NodeSetting, Overrides
+from onnxq.dtypes import QUANT_DTYPES
 from onnxq.errors import OnnxqError
+from onnxq.graph import node_name
 
 SETTING_KEYS = {f.name for f in fields(NodeSetting)}
 RUN_KEYS = {"target", "weight_method", "per_channel_weights"}
@@ -45,15 +48,13 @@ def _setting(where: str, table: dict) -> NodeSetting:
         raise OnnxqError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(SETTING_KEYS))})")
     if "skip" in table and not isinstance(table["skip"], bool):
         raise OnnxqError(f"{where}: skip must be true or false")
-    if "dtype" in table and table["dtype"] not in ("int8", "uint8"):
-        raise OnnxqError(f"{where}: dtype must be int8 or uint8, got {table['dtype']!r}")
+    if "dtype" in table and table["dtype"] not in QUANT_DTYPES:
+        raise OnnxqError(f"{where}: dtype must be one of {', '.join(QUANT_DTYPES)}, got {table['dtype']!r}")
     if "percentile" in table and not (isinstance(table["percentile"], (int, float))
                                       and 0 < table["percentile"] <= 100):
         raise OnnxqError(f"{where}: percentile must be in (0, 100], got {table['percentile']!r}")
     if "method" in table:
-        from onnxq.calib.base import CalibOptions
-
-        CalibOptions(method=table["method"])  # raises for unknown methods
+        check_method(table["method"])
     return NodeSetting(**table)
 
 
@@ -82,7 +83,7 @@ def load_config_file(path: str | Path) -> tuple[Overrides, dict]:
 
 def unmatched_rules(overrides: Overrides, model: onnx.ModelProto) -> list[str]:
     """Op types, regexes and node names of the overrides that match no node of the model."""
-    names = [n.name or n.output[0] for n in model.graph.node]
+    names = [node_name(n) for n in model.graph.node]
     ops = {n.op_type for n in model.graph.node}
     found = [f"op type {op!r} is not in the model" for op in overrides.by_op if op not in ops]
     found += [f"regex {p!r} matches no node name" for p, _ in overrides.by_regex

@@ -12,11 +12,12 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from onnxq.atomic import write_bytes_atomic
 from onnxq.errors import OnnxqError
@@ -114,16 +115,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def serialize_for_session(model: onnx.ModelProto, workdir: str | None = None) -> str | bytes:
-    """What onnxruntime's InferenceSession needs: bytes, or a temporary path for models past 2 GB."""
-    if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
-        return model.SerializeToString()
-    tmp = tempfile.mkdtemp(dir=workdir)
-    path = os.path.join(tmp, "model.onnx")
-    onnx.save(model, path, save_as_external_data=True, location="model.data")
-    return path
-
-
 def fingerprint(model: onnx.ModelProto) -> str:
     """A short hash of the graph's structure and weight shapes, to recognise statistics of another model."""
     h = hashlib.sha256()
@@ -142,6 +133,20 @@ def default_opset(model: onnx.ModelProto) -> int:
         if opset.domain in ("", "ai.onnx"):
             return opset.version
     raise OnnxqError("model has no default-domain (ai.onnx) opset import")
+
+
+def node_name(node: onnx.NodeProto) -> str:
+    """The name onnxq knows a node by: its ``name``, or its first output's name when the exporter left it empty
+    (ONNX allows unnamed nodes; output names are unique in a graph)."""
+    return node.name or node.output[0]
+
+
+def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """The value of a node attribute, or ``default`` when the node does not set it."""
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
 
 
 def count_qdq(model: onnx.ModelProto) -> int:

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from onnxq.graph import QDQ_OPS, GraphIndex, default_opset
-from onnxq.rules import WEIGHTED_OPS
+from onnxq.ops import WEIGHTED_OPS
 from onnxq.scales.qdq_reader import read_qdq
 
 

@@ -8,28 +8,28 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
 
 from onnxq.calib.base import Calibrator
-from onnxq.calib.collect import CollectSettings, collect_statistics, make_session, run_batch
-from onnxq.calib.data import Batch, BatchSource, DataSource, RandomSource
+from onnxq.calib.collect import CollectSettings, collect_statistics
 from onnxq.calib.stats import expand_stats_paths, merge_stats
 from onnxq.config import QuantConfig
+from onnxq.data import Batch, BatchSource, DataSource, RandomSource
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, check_model, count_qdq, fingerprint, load_model, save_model
 from onnxq.passes import PassManager, prepare_passes
-from onnxq.passes.insert_qdq import InsertQDQ
+from onnxq.insert import InsertQDQ
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.stage import equalize, recover
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
+from onnxq.runtime import make_session, run_batch
 from onnxq.scales.compute import clipped_fractions, compute_scales
 from onnxq.scales.types import ScaleTable
 from onnxq.validate.compare import compare_models
@@ -62,9 +62,8 @@ def _load(model: ModelLike) -> tuple[onnx.ModelProto, Path | None]:
 
 
 def prepare(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.ModelProto, list[str]]:
-    """Float-to-float passes on a copy of ``model``; refuses a model that already holds Q/DQ unless
+    """Float-to-float passes (``model`` itself is left unchanged); refuses a model that already holds Q/DQ unless
     ``config.requantize``."""
-    model = copy.deepcopy(model)
     has_qdq = count_qdq(model) > 0
     if has_qdq and not config.requantize:
         raise OnnxqError("the model already holds QuantizeLinear/DequantizeLinear nodes; pass --requantize to "
@@ -89,8 +88,8 @@ def calibrate(prepared: onnx.ModelProto, plan: QuantPlan, data: DataLike, config
               progress: Callable[[int], None] | None = None) -> tuple[dict[str, Calibrator], int]:
     """Statistics of every planned activation over the calibration data."""
     source = data_source(prepared, data, config)
-    settings = CollectSettings(config.calib, config.memory_budget_mb)
-    return collect_statistics(prepared, plan.calibrated_activations(), source, settings, progress)
+    tensors = {t.name: t.calib_options(config.calib) for t in plan.calibrated_activations()}
+    return collect_statistics(prepared, tensors, source, CollectSettings(config.memory_budget_mb), progress)
 
 
 def weight_arrays(prepared: onnx.ModelProto, plan: QuantPlan) -> dict:
@@ -129,15 +128,27 @@ class _Stopwatch:
         self.seconds[stage] = time.perf_counter() - start
 
 
+@dataclass(frozen=True)
+class Ranges:
+    """What the ranges stage produced."""
+
+    table: ScaleTable
+    #: calibration batches behind the table (0 for imported scales)
+    batches: int
+    #: "calibration" | "merged statistics" | "imported scales"
+    source: str
+    #: share of calibration values each calibrated activation's range clips (where the method can tell)
+    clipping: dict[str, float] = field(default_factory=dict)
+    #: the statistics behind the table, by activation (empty for imported scales); the recover stage reads them
+    calibrators: dict[str, Calibrator] = field(default_factory=dict)
+
+
 def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, calib: DataLike | None,
            stats: list[str] | None, scales: ScaleImporter | None,
-           progress: Callable[[int], None] | None
-           ) -> tuple[ScaleTable, int, str, dict[str, float], dict[str, Calibrator]]:
-    """The scale table from exactly one source, the number of batches behind it, the source's name, the share
-    of calibration values each calibrated activation's range clips (where the method can tell), and the
-    calibrators (empty for imported scales)."""
+           progress: Callable[[int], None] | None) -> Ranges:
+    """The scale table from exactly one source (calibration data, statistics files or imported scales)."""
     if scales is not None:
-        return scales(plan, prepared), 0, "imported scales", {}, {}
+        return Ranges(scales(plan, prepared), 0, "imported scales")
     if stats is not None:
         calibrators, batches = merge_stats(expand_stats_paths(stats), fingerprint(prepared))
         missing = [t.name for t in plan.calibrated_activations() if t.name not in calibrators]
@@ -154,7 +165,7 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
         if fraction > CLIP_WARNING_FRACTION:
             log.info("the range of %r clips %.2f%% of its calibration values (method %s)", name,
                         100 * fraction, plan.tensors[name].method)
-    return table, batches, source, clipping, calibrators
+    return Ranges(table, batches, source, clipping, calibrators)
 
 
 def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfig | None = None,
@@ -186,15 +197,16 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             raise OnnxqError("nothing to quantize: no Conv, ConvTranspose, Gemm or MatMul node is planned for "
                              "quantization (check --exclude-op/--exclude-node)")
     with clock("ranges"):
-        table, batches, source, clipping, calibrators = ranges(prepared, plan, config, calib=calib, stats=stats,
-                                                               scales=scales, progress=progress)
+        found = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales, progress=progress)
     with clock("recover"):
-        table, recovery_notes = recover(prepared, plan, table, calibrators, calib_data, config.recovery)
+        table, recovery_notes = recover(prepared, plan, found.table, found.calibrators, calib_data, config.recovery)
+        found = replace(found, table=table)
         notes += recovery_notes
     with clock("insert+verify"):
-        quantized = InsertQDQ(plan, table).call(copy.deepcopy(prepared)).model
+        quantized = InsertQDQ(plan, found.table).run(prepared).model
         verify(quantized, next(iter(data_source(prepared, calib, config)), None) if calib is not None else None)
-    report = QuantReport(plan, notes, original.ByteSize(), quantized.ByteSize(), batches, source, clipping=clipping)
+    report = QuantReport(plan, notes, original.ByteSize(), quantized.ByteSize(), found.batches, found.source,
+                         clipping=found.clipping)
     if val is not None:
         with clock("validate"):
             reference = prepared if count_qdq(original) else original  # a re-quantized input: its float form
@@ -202,4 +214,4 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             report.validation = compare_models(reference, quantized, val_data, per_layer=per_layer)
     report.seconds = clock.seconds
     output_path = save_model(quantized, output, input_path=input_path) if output is not None else None
-    return QuantizeResult(quantized, plan, table, report, output_path)
+    return QuantizeResult(quantized, plan, found.table, report, output_path)

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import onnx
 
+from onnxq.calib.base import CalibOptions
 from onnxq.config import NodeSetting, QuantConfig
-from onnxq.graph import GraphIndex
-from onnxq.rules import TARGET_RULES, TargetRules, weight_axis
+from onnxq.dtypes import INT8, quant_dtype
+from onnxq.graph import GraphIndex, node_name
+from onnxq.ops import handler, quantized_ops, weight_axis
+from onnxq.rules import TARGET_RULES, TargetRules
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,12 @@ class TensorPlan:
     consumers: list[Consumer] = field(default_factory=list)
     # the tensor whose scale this one reuses (Concat and data-movement inputs), or None for its own range
     shares_scale_with: str | None = None
+
+    def calib_options(self, base: CalibOptions) -> CalibOptions:
+        """The run's calibration options with this tensor's own method and percentile (per-node settings) laid
+        over them."""
+        return replace(base, method=self.method or base.method,
+                       percentile=self.percentile if self.percentile is not None else base.percentile)
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,7 @@ class _Planner:
         self.rules: TargetRules = TARGET_RULES[config.target]
         self.index = GraphIndex.build(model.graph)
         self.plan = QuantPlan(target=config.target)
+        self.quantized_ops = frozenset(quantized_ops(self.rules))
 
     def build(self) -> QuantPlan:
         for node in self.model.graph.node:
@@ -104,7 +114,7 @@ class _Planner:
             for node in self.model.graph.node:
                 if node.op_type == "Add" and node.domain in ("", "ai.onnx"):
                     self._residual_add(node)
-        if self.rules.share_scales_through:
+        if self.rules.share_scales:
             for tensor in list(self.plan.activations()):
                 self._share_scale_upstream(tensor.name, tensor.name)
         return self.plan
@@ -119,12 +129,12 @@ class _Planner:
             return
         quantized_nodes = {d.node for d in self.plan.nodes if d.quantized}
         from_conv = [(p := self.index.producer.get(n)) is not None and p.op_type == "Conv"
-                     and (p.name or p.output[0]) in quantized_nodes and self.index.only_consumer(n) is add
+                     and node_name(p) in quantized_nodes and self.index.only_consumer(n) is add
                      for n in add.input]
         if from_conv.count(True) != 1:
             return
         skip = add.input[from_conv.index(False)]
-        name = add.name or add.output[0]
+        name = node_name(add)
         setting, _ = self.config.overrides.resolve("Add", name, NodeSetting(skip=False))
         if setting.skip:
             return
@@ -135,17 +145,15 @@ class _Planner:
         """Give the data input of a Concat/data-movement producer of ``tensor`` the scale of ``root``, recursively,
         so TensorRT moves Q/DQ through them with no requantization (tensorrt_rules 3.4)."""
         producer = self.index.producer.get(tensor)
-        if producer is None or producer.op_type not in self.rules.share_scales_through:
+        h = handler(producer) if producer is not None else None
+        if producer is None or h is None or h.shares_scale is None:
             return
-        if producer.domain not in ("", "ai.onnx"):
-            return
-        name = producer.name or producer.output[0]
+        name = node_name(producer)
         setting, _ = self.config.overrides.resolve(producer.op_type, name, NodeSetting(skip=False))
         if setting.skip:
             return
-        data_inputs = range(len(producer.input)) if producer.op_type == "Concat" else range(1)
         added = False
-        for i in data_inputs:
+        for i in h.scale_sharing_inputs(producer):
             source = producer.input[i]
             if not self._is_float_activation(source):
                 continue
@@ -160,11 +168,14 @@ class _Planner:
             self.plan.nodes.append(NodeDecision(name, producer.op_type, True, "quantized"))
 
     def _decide(self, node: onnx.NodeProto) -> None:
-        name = node.name or node.output[0]
-        inputs = self.rules.quantized_inputs.get(node.op_type)
-        if inputs is None or node.domain not in ("", "ai.onnx"):
+        h = handler(node)
+        if h is None or node.op_type not in self.quantized_ops:
             return
-        default, default_reason = self.rules.default_setting(node.op_type)
+        name = node_name(node)
+        inputs = h.quantized_inputs
+        default_reason = self.rules.default_skip_reason(node.op_type) or ""
+        default = NodeSetting(skip=True) if default_reason else \
+            NodeSetting(skip=False, dtype=self.rules.activation_dtype)
         setting, decided_by = self.config.overrides.resolve(node.op_type, name, default)
         if setting.skip:
             reason = default_reason if decided_by == "default" else f"skipped by {decided_by}"
@@ -185,24 +196,23 @@ class _Planner:
             return self.config.input_method
         return self.config.calib.method
 
-    def _add_tensor(self, node: onnx.NodeProto, node_name: str, i: int, tensor: str, setting: NodeSetting) -> None:
+    def _add_tensor(self, node: onnx.NodeProto, consumer: str, i: int, tensor: str, setting: NodeSetting) -> None:
         existing = self.plan.tensors.get(tensor)
         if self.index.is_initializer(tensor):
             dims = tuple(self.index.initializers[tensor].dims)
-            axis = (weight_axis(node, i, len(dims), self.rules.convtranspose_axis)
-                    if self.config.per_channel_weights else None)
+            axis = weight_axis(node, i, len(dims), self.rules) if self.config.per_channel_weights else None
             if existing is not None and existing.axis != axis:
                 log.info("weight %s is shared with different axes; quantizing it per tensor", tensor)
                 existing.axis, existing.channels = None, None
             elif existing is None:
-                existing = TensorPlan(tensor, "weight", "int8", True, axis,
+                existing = TensorPlan(tensor, "weight", INT8.name, INT8.symmetric, axis,
                                       dims[axis] if axis is not None else None, self.config.weight_method)
         elif existing is None:
             method = setting.method or self._default_method(tensor)
             dtype = setting.dtype or self.rules.activation_dtype
-            # int8 activations are symmetric (zero point 0), uint8 ones asymmetric
-            existing = TensorPlan(tensor, "activation", dtype, dtype == "int8", None, None, method, setting.percentile)
-        existing.consumers.append(Consumer(node_name, i))
+            existing = TensorPlan(tensor, "activation", dtype, quant_dtype(dtype).symmetric, None, None, method,
+                                  setting.percentile)
+        existing.consumers.append(Consumer(consumer, i))
         self.plan.tensors[tensor] = existing
 
 

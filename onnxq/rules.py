@@ -1,47 +1,36 @@
-"""What each deployment target quantizes by default, and how.
+"""What each deployment target quantizes by default, and how: one :class:`TargetRules` entry per target.
 
-A target's rules say which op types get Q/DQ on which inputs, which op types stay float by default and why, the
-integer types of activations and weights, and the per-channel axis of each weighted op's weights.
+Pure data (no onnx import, so the command line lists the targets without loading the library). How each op type is
+quantized (which inputs, the per-channel weight axis, whether it passes a scale through) is in
+:mod:`onnxq.ops`; a target says which of those op types it quantizes and where it departs from the op's default.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import onnx
-from onnx import helper
-
-from onnxq.config import NodeSetting
-
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-# Ops that only move or select data: they commute with a per-tensor scale, so TensorRT moves DQ forward and Q
-# backward through them (developer guide, "DQ forward-propagation and Q backward-propagation"); Concat needs every
-# input to share the scale for that (docs/tensorrt_rules.md, 3.4). Input 0 is the data input of each.
-DATA_MOVEMENT_OPS = frozenset({"MaxPool", "Resize", "Reshape", "Transpose", "Slice", "Flatten", "Squeeze",
-                               "Unsqueeze", "Identity", "Gather", "Pad", "Split", "DepthToSpace", "SpaceToDepth"})
-
 
 @dataclass(frozen=True)
 class TargetRules:
     name: str
+    #: integer type of activations (a key of onnxq.dtypes.QUANT_DTYPES; its entry says whether it is symmetric)
     activation_dtype: str
-    activation_symmetric: bool
-    # op type -> indices of inputs that get Q/DQ (activations or weights, decided by whether they are initializers)
-    quantized_inputs: dict[str, tuple[int, ...]]
-    # op types quantizable but kept float unless the user includes them, with the reason
+    #: op types whose inputs get Q/DQ (the inputs are listed by the op's handler in onnxq.ops); None: every op with
+    #: a weight (onnxq.ops.WEIGHTED_OPS)
+    quantized_ops: tuple[str, ...] | None = None
+    #: op types quantizable but kept float unless the user includes them, with the reason
     default_skip: dict[str, str] = field(default_factory=dict)
-    # per-channel axis of ConvTranspose weights (W is (C_in, C_out/group, k...))
-    convtranspose_axis: int = 1
-    # quantize the skip input of an Add whose other input comes from a Conv, so Conv+Add fuse in INT8
+    #: per-channel weight axis where the target departs from the op's default (onnxq.ops), by op type
+    weight_axis: dict[str, int] = field(default_factory=dict)
+    #: quantize the skip input of an Add whose other input comes from a Conv, so Conv+Add fuse in INT8
     residual_add: bool = False
-    # give the inputs of Concat and data-movement ops feeding a quantized tensor that tensor's scale
-    share_scales_through: frozenset[str] = frozenset()
+    #: give the inputs of Concat and data-movement ops (onnxq.ops: ``shares_scale``) feeding a quantized tensor
+    #: that tensor's scale
+    share_scales: bool = False
 
-    def default_setting(self, op_type: str) -> tuple[NodeSetting, str]:
-        if op_type in self.default_skip:
-            return NodeSetting(skip=True), self.default_skip[op_type]
-        return NodeSetting(skip=False, dtype=self.activation_dtype), ""
+    def default_skip_reason(self, op_type: str) -> str | None:
+        """Why the target keeps ``op_type`` float by default, or None when it quantizes it."""
+        return self.default_skip.get(op_type)
 
 
 _CONVTRANSPOSE_REASON = (
@@ -52,39 +41,19 @@ _CONVTRANSPOSE_REASON = (
 TENSORRT = TargetRules(
     name="tensorrt",
     activation_dtype="int8",
-    activation_symmetric=True,
-    quantized_inputs={"Conv": (0, 1), "ConvTranspose": (0, 1), "Gemm": (0, 1), "MatMul": (0, 1)},
     default_skip={"ConvTranspose": _CONVTRANSPOSE_REASON},
     # TensorRT's deconvolution kernels take per-INPUT-channel weight scales: "We don't support per-output-channel
     # quant for ConvTranspose" (NVIDIA/TensorRT#2380); axis 1 gave wrong results (NVIDIA/TensorRT#1694).
-    convtranspose_axis=0,
+    weight_axis={"ConvTranspose": 0},
     residual_add=True,
-    share_scales_through=DATA_MOVEMENT_OPS | {"Concat"},
+    share_scales=True,
 )
 
 ORT_CPU = TargetRules(
     name="ort-cpu",
     activation_dtype="uint8",
-    activation_symmetric=False,
-    quantized_inputs={"Conv": (0, 1), "ConvTranspose": (0, 1), "Gemm": (0, 1), "MatMul": (0, 1)},
     default_skip={"ConvTranspose": _CONVTRANSPOSE_REASON.replace("TensorRT lacks", "some runtimes lack")},
 )
 
-TARGET_RULES = {r.name: r for r in (TENSORRT, ORT_CPU)}
-
-
-def weight_axis(node: onnx.NodeProto, input_index: int, rank: int, convtranspose_axis: int = 1) -> int | None:
-    """The per-channel axis of a weight input (output channels, except ConvTranspose on TensorRT), or None when
-    it should be quantized per tensor."""
-    if rank < 2:
-        return None
-    if node.op_type == "Conv" and input_index == 1:
-        return 0
-    if node.op_type == "ConvTranspose" and input_index == 1:
-        return convtranspose_axis
-    if node.op_type == "Gemm" and input_index == 1:
-        trans_b = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "transB"), 0)
-        return 0 if trans_b else 1
-    if node.op_type == "MatMul" and input_index == 1:
-        return rank - 1
-    return None
+#: every target by name (the command line's --target choices)
+TARGET_RULES: dict[str, TargetRules] = {r.name: r for r in (TENSORRT, ORT_CPU)}

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import onnx
 import pytest
@@ -55,8 +52,3 @@ def cnn_dir(tmp_path):
     for i in range(2):
         np.savez(tmp_path / "val" / f"{i:03d}.npz", x=rng.standard_normal((2, 3, 16, 16)).astype(np.float32))
     return tmp_path
-
-
-def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnxq.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
+import os
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -58,3 +63,30 @@ def op_types(model: onnx.ModelProto) -> list[str]:
 
 def node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
     return next(n for n in model.graph.node if n.name == name)
+
+
+@dataclasses.dataclass(frozen=True)
+class CliResult:
+    """What a command-line run left behind (the fields tests read from subprocess.CompletedProcess)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: object, cwd: str | os.PathLike | None = None) -> CliResult:
+    """``onnxq ARGS`` in this process (``onnxq.cli.main``) with stdout and stderr captured; argparse's exits
+    (``--help``, usage errors) become return codes as in a real process."""
+    from onnxq.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(contextlib.redirect_stderr(err))
+        if cwd is not None:
+            stack.enter_context(contextlib.chdir(cwd))
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return CliResult(code, out.getvalue(), err.getvalue())

@@ -7,10 +7,8 @@ range.
 
 from __future__ import annotations
 
-from onnxq.calib.base import register
 from onnxq.calib.mse import MseCalibrator
 
 
-@register
 class AutoCalibrator(MseCalibrator):
     method = "auto"

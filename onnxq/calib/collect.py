@@ -9,19 +9,16 @@ are split into groups and the data is read once per group.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 
-import onnxq.calib.methods  # noqa: F401  (fills the calibrator registry)
-from onnxq.calib.base import CalibOptions, Calibrator, make_calibrator
-from onnxq.calib.data import Batch, InputSpec, model_inputs
+from onnxq.calib.base import CalibOptions, Calibrator
+from onnxq.calib.methods import make_calibrator
+from onnxq.data import Batch, InputSpec, model_inputs
 from onnxq.errors import OnnxqError
-from onnxq.graph import serialize_for_session
-from onnxq.plan import TensorPlan
+from onnxq.runtime import SessionSettings, make_session, output_names, run_batch
 
 log = logging.getLogger(__name__)
 
@@ -30,67 +27,29 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class CollectSettings:
-    options: CalibOptions
+    """How statistics are collected (what is collected is the per-tensor :class:`CalibOptions`)."""
+
     memory_budget_mb: int = 4096
-    threads: int = 0  # 0: onnxruntime's default
+    session: SessionSettings = SessionSettings()
 
 
-def session_options(threads: int = 0) -> ort.SessionOptions:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    return so
-
-
-def make_session(model: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
-    try:
-        return ort.InferenceSession(serialize_for_session(model), session_options(threads),
-                                    providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for invalid models
-        raise OnnxqError(f"onnxruntime cannot load the model: {str(exc).strip().splitlines()[0]}") from exc
-
-
-def expose(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph outputs also include ``names``."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    present = {o.name for o in exposed.graph.output}
-    for name in names:
-        if name not in present:
-            exposed.graph.output.append(onnx.ValueInfoProto(name=name))
-    return exposed
-
-
-def calibrator_options(tensor: TensorPlan, base: CalibOptions) -> CalibOptions:
-    """The run's options with the tensor's own method and percentile (from per-node settings) laid over them."""
-    return replace(base, method=tensor.method or base.method,
-                   percentile=tensor.percentile if tensor.percentile is not None else base.percentile)
-
-
-def run_batch(session: ort.InferenceSession, batch: Batch, label: str) -> list[np.ndarray]:
-    try:
-        return session.run(None, batch)
-    except Exception as exc:
-        raise OnnxqError(f"onnxruntime failed on {label}: {str(exc).strip().splitlines()[0]}") from exc
-
-
-def collect_statistics(model: onnx.ModelProto, activations: list[TensorPlan], data: Iterable[Batch],
-                       settings: CollectSettings,
+def collect_statistics(model: onnx.ModelProto, tensors: Mapping[str, CalibOptions], data: Iterable[Batch],
+                       settings: CollectSettings | None = None,
                        progress: Progress | None = None) -> tuple[dict[str, Calibrator], int]:
-    """One calibrator per planned activation, fed every batch of ``data``; also returns the number of batches."""
-    calibrators = {t.name: make_calibrator(calibrator_options(t, settings.options)) for t in activations}
+    """One calibrator per tensor of ``tensors`` (name -> its algorithm's options), fed every batch of ``data``;
+    also returns the number of batches."""
+    settings = settings or CollectSettings()
+    calibrators = {name: make_calibrator(options) for name, options in tensors.items()}
     if not calibrators:
         return calibrators, 0
-    groups = plan_groups(model, [t.name for t in activations], settings.memory_budget_mb, data)
+    groups = plan_groups(model, list(calibrators), settings.memory_budget_mb, data)
     if len(groups) > 1:
         log.info("calibrating in %d groups of tensors to stay within %d MB", len(groups), settings.memory_budget_mb)
     batches_seen = 0
     for group in groups:
-        session = make_session(expose(model, group), settings.threads)
-        out_names = [o.name for o in session.get_outputs()]
-        wanted = [(i, n) for i, n in enumerate(out_names) if n in calibrators and n in group]
+        session = make_session(model, outputs=group, settings=settings.session)
+        in_group = set(group)
+        wanted = [(i, n) for i, n in enumerate(output_names(session)) if n in in_group]
         count = 0
         for count, batch in enumerate(data, start=1):
             outputs = run_batch(session, batch, f"batch {count}")

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxq.calib.base import register
 from onnxq.calib.histogram import HistogramCalibrator, StreamingHistogram, resample_abs
 
 
@@ -90,7 +89,6 @@ def entropy_threshold_bin(hist: np.ndarray, levels: int = 128) -> int:
     return int(candidates[best])
 
 
-@register
 class EntropyCalibrator(HistogramCalibrator):
     method = "entropy"
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxq.calib.base import CalibOptions, Calibrator, finite_values_and_range, register
+from onnxq.calib.base import CalibOptions, Calibrator, finite_values_and_range
 from onnxq.errors import OnnxqError
 
 
-@register
 class MinMaxCalibrator(Calibrator):
     method = "minmax"
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxq.calib.base import register
 from onnxq.calib.histogram import HistogramCalibrator, StreamingHistogram
 
 _CHUNK = 64  # candidates per vectorised step
@@ -108,7 +107,6 @@ def signed_moments(hist: StreamingHistogram) -> BinMoments:
     return BinMoments(edges, counts)
 
 
-@register
 class MseCalibrator(HistogramCalibrator):
     method = "mse"
 

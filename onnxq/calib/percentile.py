@@ -10,11 +10,9 @@ never outside the observed ``[min, max]``. ``p = 100`` gives exactly the min-max
 
 from __future__ import annotations
 
-from onnxq.calib.base import register
 from onnxq.calib.histogram import HistogramCalibrator, StreamingHistogram
 
 
-@register
 class PercentileCalibrator(HistogramCalibrator):
     method = "percentile"
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-import onnxq.calib.methods  # noqa: F401  (fills the calibrator registry)
-from onnxq.calib.base import CALIBRATORS, CalibOptions, Calibrator
+from onnxq.calib.base import CalibOptions, Calibrator
+from onnxq.calib.methods import CALIBRATORS
 from onnxq.errors import OnnxqError
 
 FORMAT = "onnxq-stats"

@@ -25,10 +25,14 @@ FINE_OFFSETS = np.arange(-10, 11) * 0.0025
 _BLOCK_VALUES = 1 << 16  # weight values per block of channels (float32 temporaries stay in cache)
 
 
-def weight_amax(w: np.ndarray, axis: int | None, method: str, *, num_bits: int = 8) -> np.ndarray:
-    """One ``amax`` per channel along ``axis`` (a 0-d array when ``axis`` is None), as float64."""
+def check_weight_method(method: str) -> None:
     if method not in WEIGHT_METHODS:
         raise OnnxqError(f"unknown weight method {method!r}; choose one of {', '.join(WEIGHT_METHODS)}")
+
+
+def weight_amax(w: np.ndarray, axis: int | None, method: str, *, num_bits: int = 8) -> np.ndarray:
+    """One ``amax`` per channel along ``axis`` (a 0-d array when ``axis`` is None), as float64."""
+    check_weight_method(method)
     w = np.asarray(w, dtype=np.float32)
     if w.size == 0:
         raise OnnxqError("cannot compute the range of an empty weight tensor")

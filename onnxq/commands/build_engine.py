@@ -6,10 +6,6 @@ import argparse
 from pathlib import Path
 
 from onnxq.errors import OnnxqError
-from onnxq.graph import load_model
-from onnxq.trt.build import BuildOptions, build_engine, installed_trt_major, precision_mode
-from onnxq.trt.shapes import build_profile, parse_shapes
-from onnxq.trt.trtexec import format_command, trtexec_command
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +29,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from onnxq.graph import load_model
+    from onnxq.trt.build import BuildOptions, build_engine, installed_trt_major, precision_mode
+    from onnxq.trt.shapes import build_profile, parse_shapes
+    from onnxq.trt.trtexec import format_command, trtexec_command
+
     if args.workspace is not None and args.workspace <= 0:
         raise OnnxqError(f"--workspace must be a positive number of MiB, got {args.workspace}")
     model = load_model(args.model)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 from dataclasses import replace
 import sys
 from collections.abc import Callable, Iterator
+
+from onnxq.rules import TARGET_RULES, TENSORRT
 
 
 @contextlib.contextmanager
@@ -21,10 +24,20 @@ def progress_bar(total: int | None, desc: str) -> Iterator[Callable[[int], None]
         yield bar.update
 
 
+def add_json_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--json``: the same flag in every command that has it -- print ``what`` as JSON on stdout instead of text."""
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout instead of text")
+
+
+def print_result(args: argparse.Namespace, text: str, payload: dict) -> None:
+    """``payload`` as JSON when ``--json`` was given, else ``text``."""
+    print(json.dumps(payload, indent=2) if args.json else text)
+
+
 def add_selection_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("what to quantize")
-    g.add_argument("--target", choices=("tensorrt", "ort-cpu"), default="tensorrt",
-                   help="deployment target whose rules the plan follows (default: tensorrt)")
+    g.add_argument("--target", choices=tuple(TARGET_RULES),
+                   help=f"deployment target whose rules the plan follows (default: {TENSORRT.name})")
     g.add_argument("--include-op", action="append", default=[], metavar="OP",
                    help="quantize this op type even if the target skips it by default (repeatable)")
     g.add_argument("--exclude-op", action="append", default=[], metavar="OP",
@@ -48,8 +61,8 @@ def add_calib_flags(parser: argparse.ArgumentParser) -> None:
                    help="minmax: average per-batch min/max with this momentum (e.g. 0.9) instead of the extremes")
     g.add_argument("--input-method", default="minmax",
                    help="calibration of the model's inputs (default minmax; 'same' follows --method)")
-    g.add_argument("--weight-method", default="minmax", choices=("minmax", "mse"),
-                   help="per-channel weight range: minmax, or mse clip search")
+    g.add_argument("--weight-method",
+                   help="per-channel weight range: minmax (default), or mse clip search")
     g.add_argument("--calib-batches", type=int, metavar="N", help="use at most N calibration batches")
     g.add_argument("--batch-size", type=int, default=8, help="batch size when cutting an .npz stack of samples")
     g.add_argument("--memory-budget-mb", type=int, default=4096,
@@ -98,13 +111,12 @@ def config_from_args(args: argparse.Namespace):
     if getattr(args, "config", None):
         overrides, run = load_config_file(args.config)
     flags = Overrides.from_flags(args.include_op, args.exclude_op, args.exclude_node, args.include_node)
-    target = args.target if args.target != "tensorrt" or "target" not in run else run["target"]
+    target = args.target or run.get("target", TENSORRT.name)
     return QuantConfig(
         target=target,
         calib=CalibOptions(method=args.method or DEFAULT_ACTIVATION_METHOD, percentile=args.percentile, num_bins=args.num_bins,
                            momentum=args.moving_average),
-        weight_method=run.get("weight_method", args.weight_method) if args.weight_method == "minmax"
-        else args.weight_method,
+        weight_method=args.weight_method or run.get("weight_method", QuantConfig.weight_method),
         input_method=None if args.input_method == "same" else args.input_method,
         per_channel_weights=not args.per_tensor_weights and run.get("per_channel_weights", True),
         overrides=overrides.merged(flags),

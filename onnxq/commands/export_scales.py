@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from onnxq.graph import load_model
-from onnxq.scales.io import FORMATS, save_scales
-from onnxq.scales.qdq_reader import read_qdq
-from onnxq.scales.trt_cache import ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_VERSION
+from onnxq.scales.formats import FORMATS, TRT_CACHE_ALGORITHMS, TRT_CACHE_DEFAULT_ALGORITHM, TRT_CACHE_DEFAULT_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +18,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=FORMATS, required=True,
                    help="json (onnxq), trt-cache (TensorRT calibration cache, per-tensor only), aimet (0.6.1)")
     p.add_argument("-o", "--output", required=True, help="file to write")
-    p.add_argument("--trt-version", default=DEFAULT_VERSION,
-                   help=f"version number in the calibration cache header (default {DEFAULT_VERSION})")
-    p.add_argument("--algorithm", choices=ALGORITHMS, default=DEFAULT_ALGORITHM,
+    p.add_argument("--trt-version", default=TRT_CACHE_DEFAULT_VERSION,
+                   help=f"version number in the calibration cache header (default {TRT_CACHE_DEFAULT_VERSION})")
+    p.add_argument("--algorithm", choices=TRT_CACHE_ALGORITHMS, default=TRT_CACHE_DEFAULT_ALGORITHM,
                    help="calibrator name in the calibration cache header")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from onnxq.graph import load_model
+    from onnxq.scales.io import save_scales
+    from onnxq.scales.qdq_reader import read_qdq
+
     model = load_model(args.model)
     entries = read_qdq(model)
     table = {name: entry.params for name, entry in entries.items()}

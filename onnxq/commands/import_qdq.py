@@ -3,7 +3,7 @@ fake-quant model (torch.fake_quantize_* through the legacy exporter, pytorch-qua
 
 Without ``--fp32`` the keys are the Q/DQ model's tensor names (see :mod:`onnxq.scales.qdq_reader`). With ``--fp32``
 (the float export of the same model, the one to quantize) they are re-keyed to that model's planned tensors by
-value (:mod:`onnxq.qat.qdq_keys`), so that ``onnxq quantize MODEL.onnx --scales scales.json`` finds them.
+value (:mod:`onnxq.scales.qdq_keys`), so that ``onnxq quantize MODEL.onnx --scales scales.json`` finds them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import logging
 
 from onnxq.errors import OnnxqError
+from onnxq.rules import TARGET_RULES, TENSORRT
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="scales file to write (onnxq JSON)")
     p.add_argument("--fp32", metavar="MODEL", help="the FP32 export of the same model: key the scales by its "
                    "planned tensor names (matched by value) and record its fingerprint")
-    p.add_argument("--target", choices=("tensorrt", "ort-cpu"), default="tensorrt",
+    p.add_argument("--target", choices=tuple(TARGET_RULES), default=TENSORRT.name,
                    help="with --fp32: the target whose plan the scales are matched to (default: tensorrt)")
     p.add_argument("--strict", action="store_true", help="with --fp32: fail unless every planned tensor gets a scale")
     p.set_defaults(func=run)
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {len(table)} tensor scale(s) to {args.output}, keyed by the Q/DQ model's tensor names")
         return 0
 
-    from onnxq.qat.qdq_keys import match_to_fp32
+    from onnxq.scales.qdq_keys import match_to_fp32
 
     config = QuantConfig(target=args.target)
     fp32 = load_model(args.fp32)

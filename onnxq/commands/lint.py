@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from onnxq.graph import load_model
-from onnxq.trt.lint import LintOptions, findings_json, format_findings, has_errors, lint_model
+from onnxq.commands.common import add_json_flag, print_result
+
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -16,12 +16,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--target", choices=["tensorrt"], default="tensorrt", help="rules to check (default tensorrt)")
     p.add_argument("--allow-int8-convtranspose", action="store_true",
                    help="accept quantized ConvTranspose (TensorRT lacks INT8 kernels for many configurations)")
-    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    add_json_flag(p, "the findings")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from onnxq.graph import load_model
+    from onnxq.trt.lint import LintOptions, findings_payload, format_findings, has_errors, lint_model
+
     model = load_model(args.model)
     findings = lint_model(model, LintOptions(allow_int8_convtranspose=args.allow_int8_convtranspose))
-    print(findings_json(findings) if args.json else format_findings(findings))
+    print_result(args, format_findings(findings), findings_payload(findings))
     return 1 if has_errors(findings) else 0

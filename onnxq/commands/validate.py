@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from onnxq.commands.common import progress_bar
+from onnxq.commands.common import add_json_flag, print_result, progress_bar
 
 
 def add_parser(subparsers) -> None:
@@ -18,13 +18,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batches", type=int, metavar="N", help="use at most N batches")
     p.add_argument("--per-layer", action="store_true", help="also compare every shared intermediate tensor")
     p.add_argument("--min-sqnr", type=float, metavar="DB", help="exit 1 when an output's SQNR is lower")
-    p.add_argument("--json", metavar="PATH", help="also write the metrics as JSON")
+    add_json_flag(p, "the metrics")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from onnxq.atomic import write_json_atomic
-    from onnxq.calib.data import BatchSource
+    from onnxq.data import BatchSource
     from onnxq.graph import load_model
     from onnxq.report import validation_lines
     from onnxq.validate import compare_models
@@ -34,10 +33,7 @@ def run(args: argparse.Namespace) -> int:
     data = BatchSource(reference, args.data, max_batches=args.batches)
     with progress_bar(len(data), "validating") as progress:
         report = compare_models(reference, quantized, data, per_layer=args.per_layer, progress=progress)
-    for line in validation_lines(report, worst=10):
-        print(line)
-    if args.json:
-        write_json_atomic(args.json, report.as_dict())
+    print_result(args, "\n".join(validation_lines(report, worst=10)), report.as_dict())
     if args.min_sqnr is not None and report.min_sqnr_db < args.min_sqnr:
         print(f"SQNR {report.min_sqnr_db:.2f} dB is below --min-sqnr {args.min_sqnr}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ import numpy as np
 
 from onnxq.models import registry
 from onnxq.models.registry import get_model
+from onnxq.models.tasks import bev
 
 # steps, batch size, training set size, peak learning rate
 CONFIG = {
@@ -46,8 +47,6 @@ def task_loss(torch, name: str, outputs, labels: dict[str, np.ndarray]):
     if name == "pointnext":
         return f.cross_entropy(outputs, torch.from_numpy(labels["label"]), label_smoothing=0.1)
     if name in ("centerpoint", "bevfusion"):
-        from onnxq.models.tasks import bev
-
         t = {k: torch.from_numpy(v) for k, v in bev.targets(labels).items()}
         heat = outputs[0].clamp(1e-4, 1 - 1e-4)
         gt = t["heatmap"]

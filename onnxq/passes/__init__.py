@@ -21,4 +21,5 @@ def prepare_passes(*, per_channel: bool = True, strip_qdq: bool = False) -> list
     return passes
 
 
-__all__ = ["Pass", "PassManager", "PassResult", "prepare_passes"]
+__all__ = ["ConstantsToInitializers", "FoldBatchNorm", "InferShapes", "Pass", "PassManager", "PassResult", "StripQDQ",
+           "UpgradeOpset", "prepare_passes"]

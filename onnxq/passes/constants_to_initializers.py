@@ -34,6 +34,8 @@ def constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
 
 class ConstantsToInitializers(Pass):
     name = "constants-to-initializers"
+    in_place = True
+    changes_input = True
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
-from onnxq.graph import GraphIndex, all_names, unique_name
+from onnxq.graph import GraphIndex, all_names, attr, node_name, unique_name
 from onnxq.passes.base import Pass, PassResult
 
 FOLDABLE_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
@@ -29,19 +29,12 @@ class _Skip(Exception):
     """This BN cannot be folded; the message says why."""
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _bn_scale_shift(index: GraphIndex, bn: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
     names = list(bn.input[1:5])
     if len(names) != 4 or not all(index.is_initializer(n) for n in names):
         raise _Skip("BN parameters are not all initializers")
     gamma, beta, mean, var = (index.array(n).astype(np.float64) for n in names)
-    eps = float(_attr(bn, "epsilon", 1e-5))
+    eps = float(attr(bn, "epsilon", 1e-5))
     s = gamma / np.sqrt(var + eps)
     return s, beta - s * mean
 
@@ -54,7 +47,7 @@ def _scaled_weight(op: onnx.NodeProto, w: np.ndarray, s: np.ndarray) -> tuple[np
             raise _Skip(f"BN has {s.size} channels but the Conv has {channels} output channels")
         return w * s.reshape((-1,) + (1,) * (w.ndim - 1)), channels
     if op.op_type == "ConvTranspose":
-        group = int(_attr(op, "group", 1))
+        group = int(attr(op, "group", 1))
         cin, per_group = w.shape[0], w.shape[1]
         channels = per_group * group
         if s.size != channels:
@@ -62,7 +55,7 @@ def _scaled_weight(op: onnx.NodeProto, w: np.ndarray, s: np.ndarray) -> tuple[np
         grouped = w.reshape((group, cin // group, per_group) + w.shape[2:])
         factor = s.reshape((group, 1, per_group) + (1,) * (w.ndim - 2))
         return (grouped * factor).reshape(w.shape), channels
-    trans_b = int(_attr(op, "transB", 0))
+    trans_b = int(attr(op, "transB", 0))
     channels = w.shape[0] if trans_b else w.shape[1]
     if s.size != channels:
         raise _Skip(f"BN has {s.size} channels but the Gemm has {channels} outputs")
@@ -75,7 +68,7 @@ def _gemm_bias(index: GraphIndex, op: onnx.NodeProto, channels: int) -> np.ndarr
         return np.zeros(channels)
     if not index.is_initializer(op.input[2]):
         raise _Skip("Gemm bias C is not an initializer")
-    c = index.array(op.input[2]).astype(np.float64) * float(_attr(op, "beta", 1.0))
+    c = index.array(op.input[2]).astype(np.float64) * float(attr(op, "beta", 1.0))
     if c.size == 1:
         return np.full(channels, c.item())
     if c.size == channels and c.shape[-1] == channels:
@@ -85,7 +78,7 @@ def _gemm_bias(index: GraphIndex, op: onnx.NodeProto, channels: int) -> np.ndarr
 
 def _fold_one(index: GraphIndex, bn: onnx.NodeProto, taken: set[str]) -> tuple[onnx.NodeProto, list]:
     """Returns the producer node rewritten, and the new initializers; raises _Skip when it cannot fold."""
-    if len([o for o in bn.output if o]) != 1 or int(_attr(bn, "training_mode", 0)):
+    if len([o for o in bn.output if o]) != 1 or int(attr(bn, "training_mode", 0)):
         raise _Skip("BN is in training mode (it has running-statistics outputs)")
     op = index.producer.get(bn.input[0])
     if op is None or op.op_type not in FOLDABLE_PRODUCERS or op.domain not in ("", "ai.onnx"):
@@ -102,7 +95,7 @@ def _fold_one(index: GraphIndex, bn: onnx.NodeProto, taken: set[str]) -> tuple[o
         raise _Skip(f"the weights of {op.op_type} {op.name!r} are not floating point")
     new_w, channels = _scaled_weight(op, w.astype(np.float64), s)
     if op.op_type == "Gemm":
-        alpha = float(_attr(op, "alpha", 1.0))
+        alpha = float(attr(op, "alpha", 1.0))
         bias = _gemm_bias(index, op, channels)
         new_b = s * bias + shift
         new_w = new_w * alpha
@@ -113,7 +106,7 @@ def _fold_one(index: GraphIndex, bn: onnx.NodeProto, taken: set[str]) -> tuple[o
         bias = index.array(op.input[2]).astype(np.float64) if has_bias else np.zeros(channels)
         new_b = s * bias + shift
     w_name = unique_name(taken, f"{op.input[1]}_bnfolded")
-    b_name = unique_name(taken, f"{op.name or op.output[0]}_bias_bnfolded")
+    b_name = unique_name(taken, f"{node_name(op)}_bias_bnfolded")
     inits = [numpy_helper.from_array(new_w.astype(w.dtype), w_name),
              numpy_helper.from_array(new_b.astype(w.dtype), b_name)]
     folded = onnx.NodeProto()
@@ -129,6 +122,8 @@ def _fold_one(index: GraphIndex, bn: onnx.NodeProto, taken: set[str]) -> tuple[o
 
 class FoldBatchNorm(Pass):
     name = "fold-batchnorm"
+    in_place = True
+    changes_input = True
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph
@@ -145,7 +140,7 @@ class FoldBatchNorm(Pass):
             try:
                 folded, inits = _fold_one(index, bn, taken)
             except _Skip as why:
-                notes.append(f"BatchNormalization {bn.name or bn.output[0]!r} not folded: {why}")
+                notes.append(f"BatchNormalization {node_name(bn)!r} not folded: {why}")
                 continue
             producer = index.producer[bn.input[0]]
             replaced[id(producer)] = folded

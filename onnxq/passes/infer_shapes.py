@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 class InferShapes(Pass):
     name = "infer-shapes"
+    in_place = False  # returns a new model
+    changes_input = False
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         try:

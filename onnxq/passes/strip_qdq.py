@@ -12,7 +12,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxq.errors import OnnxqError
-from onnxq.graph import QDQ_OPS, GraphIndex
+from onnxq.graph import QDQ_OPS, GraphIndex, attr
 from onnxq.passes.base import Pass, PassResult
 
 
@@ -20,7 +20,7 @@ def _dequantize(index: GraphIndex, dq: onnx.NodeProto) -> np.ndarray:
     q = index.array(dq.input[0]).astype(np.float64)
     scale = index.array(dq.input[1]).astype(np.float64)
     zp = index.array(dq.input[2]).astype(np.float64) if len(dq.input) > 2 and dq.input[2] else np.zeros_like(scale)
-    axis = next((helper.get_attribute_value(a) for a in dq.attribute if a.name == "axis"), 1)
+    axis = attr(dq, "axis", 1)
     if scale.ndim == 1 and scale.size > 1:
         shape = [1] * q.ndim
         shape[axis] = -1
@@ -30,6 +30,8 @@ def _dequantize(index: GraphIndex, dq: onnx.NodeProto) -> np.ndarray:
 
 class StripQDQ(Pass):
     name = "strip-qdq"
+    in_place = True
+    changes_input = True
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph

@@ -23,6 +23,8 @@ MIN_QDQ_AXIS_OPSET = 13
 
 class UpgradeOpset(Pass):
     name = "upgrade-opset"
+    in_place = False  # returns a new model
+    changes_input = False
 
     def __init__(self, min_opset: int = MIN_QDQ_AXIS_OPSET) -> None:
         self.min_opset = min_opset

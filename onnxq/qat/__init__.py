@@ -7,13 +7,15 @@
     qat.export(qmodel, "model.onnx", "qat_scales.json")         # FP32 ONNX of the fine-tuned weights + scales
     # then: onnxq quantize model.onnx --scales qat_scales.json
 
-Attributes are imported lazily, so ``onnxq.qat.qdq_keys`` (used by ``onnxq import-qdq``) works without torch.
+Attributes are imported lazily, so importing ``onnxq.qat`` needs no torch until an attribute is used.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from onnxq.errors import OnnxqError
 
 _EXPORTS = {
     "prepare": "onnxq.qat.api",
@@ -40,7 +42,5 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(module), name)
     except ImportError as exc:
         if exc.name == "torch":
-            from onnxq.errors import OnnxqError
-
             raise OnnxqError("onnxq.qat needs torch; install it with pip install 'onnxq[torch]'") from exc
         raise

@@ -31,14 +31,17 @@ from torch import nn
 
 from onnxq.atomic import write_text_atomic
 from onnxq.config import QuantConfig
+from onnxq.data import model_inputs
 from onnxq.errors import OnnxqError
 from onnxq.graph import fingerprint, save_model
+from onnxq.insert.qdq import InsertQDQ
 from onnxq.pipeline import calibrate, weight_arrays
 from onnxq.pipeline import prepare as onnx_prepare
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.qat.mapping import build_mapping
 from onnxq.qat.model import ExportSpec, QATModel, QATState, as_numpy_batch
 from onnxq.qat.trace import record
+from onnxq.runtime import make_session
 from onnxq.scales.compute import compute_scales
 from onnxq.scales.io import check_scales, dumps_scales
 
@@ -117,11 +120,11 @@ def prepare(model: nn.Module, example_inputs: Any, calib: Iterable[Any] | str | 
     if weight_scales not in ("dynamic", "fixed", "learned"):
         raise OnnxqError(f"weight_scales must be dynamic, fixed or learned, got {weight_scales!r}")
     exported = export_onnx(model, inputs, spec)
-    names = [v.name for v in exported.graph.input if v.name not in {i.name for i in exported.graph.initializer}]
+    names = [s.name for s in model_inputs(exported)]
     if len(names) != len(inputs):
         raise OnnxqError(f"the exported graph has {len(names)} input(s) but {len(inputs)} example input(s) were "
                          "given; inputs the model does not use are dropped by the exporter")
-    prepared, notes = onnx_prepare(copy.deepcopy(exported), config)
+    prepared, notes = onnx_prepare(exported, config)
     for note in notes:
         log.info("prepare: %s", note)
     plan = build_plan(prepared, config)
@@ -158,7 +161,7 @@ def replan(qmodel: QATModel) -> tuple[onnx.ModelProto, onnx.ModelProto, QuantPla
     state = qmodel.state
     device = next((p.device for p in qmodel.model.parameters()), torch.device("cpu"))
     exported = export_onnx(qmodel.model, tuple(x.to(device) for x in state.example_inputs), state.spec)
-    prepared, _ = onnx_prepare(copy.deepcopy(exported), state.config)
+    prepared, _ = onnx_prepare(exported, state.config)
     plan = build_plan(prepared, state.config)
     if fingerprint(prepared) != state.fingerprint or _plan_key(plan) != _plan_key(state.plan):
         raise OnnxqError("the exported graph differs from the one planned at qat.prepare (the model's structure or "
@@ -207,13 +210,10 @@ def verify(qmodel: QATModel, example_inputs: Any = None) -> float:
     """Largest difference, relative to the largest output, between the fake-quant forward and onnxruntime running
     onnxq's Q/DQ model built from the current weights and scales (basic graph optimisations: reference Q/DQ
     arithmetic). About 1e-7 when every planned tensor is mapped; unmapped tensors show up here."""
-    from onnxq.calib.collect import make_session
-    from onnxq.passes.insert_qdq import InsertQDQ
-
     inputs = _as_tuple(example_inputs) if example_inputs is not None else qmodel.state.example_inputs
     _, prepared, plan = replan(qmodel)
-    qdq = InsertQDQ(plan, qmodel.scale_table()).call(copy.deepcopy(prepared)).model
-    names = [v.name for v in prepared.graph.input if v.name not in {i.name for i in prepared.graph.initializer}]
+    qdq = InsertQDQ(plan, qmodel.scale_table()).run(prepared).model
+    names = [s.name for s in model_inputs(prepared)]
     ort_out = make_session(qdq).run(None, as_numpy_batch(names, inputs))
     was = qmodel.training
     qmodel.eval()

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from onnxq.scales.types import QMIN_QMAX, SYMMETRIC_INT8_QMAX, QuantParams
+from onnxq.dtypes import INT8, quant_dtype
+from onnxq.scales.types import QuantParams
 
 TINY = float(np.finfo(np.float32).tiny)
 
@@ -55,7 +56,7 @@ class ActQuantizer(nn.Module):
             raise ValueError(f"activation {tensor!r}: per-channel activation scales are not supported")
         self.tensor = tensor
         self.dtype = params.dtype
-        self.qmin, self.qmax = QMIN_QMAX[params.dtype]
+        self.qmin, self.qmax = quant_dtype(params.dtype).qmin, quant_dtype(params.dtype).qmax
         scale = torch.tensor(float(params.scale), dtype=torch.float32)
         self.scale = nn.Parameter(scale, requires_grad=learn_scale) if learn_scale else nn.Parameter(
             scale, requires_grad=False)
@@ -108,15 +109,15 @@ class WeightQuantizer(nn.Module):
             amax = w.abs().max()
         else:
             amax = w.abs().transpose(0, self.torch_axis).reshape(w.shape[self.torch_axis], -1).max(dim=1).values
-        return torch.where(amax > 0, amax.clamp_min(TINY * SYMMETRIC_INT8_QMAX) / SYMMETRIC_INT8_QMAX,
+        return torch.where(amax > 0, amax.clamp_min(TINY * INT8.qmax) / INT8.qmax,
                            torch.ones_like(amax))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return w
         scale = self.current_scale(w).to(w.dtype)
-        factor = 1.0 / math.sqrt(max(w.numel(), 1) * SYMMETRIC_INT8_QMAX) if self.mode == "learned" else None
-        return fake_quantize(w, scale, 0.0, -SYMMETRIC_INT8_QMAX, SYMMETRIC_INT8_QMAX, self.torch_axis, factor)
+        factor = 1.0 / math.sqrt(max(w.numel(), 1) * INT8.qmax) if self.mode == "learned" else None
+        return fake_quantize(w, scale, 0.0, -INT8.qmax, INT8.qmax, self.torch_axis, factor)
 
     def params(self, w: torch.Tensor) -> QuantParams:
         scale = self.current_scale(w).detach().cpu().numpy().astype(np.float32)

@@ -33,9 +33,9 @@ import numpy as np
 import onnx
 from torch import nn
 
-from onnxq.calib.collect import expose, make_session, run_batch
-from onnxq.graph import GraphIndex
+from onnxq.graph import GraphIndex, node_name
 from onnxq.plan import QuantPlan
+from onnxq.runtime import make_session, run_named
 from onnxq.qat.trace import BATCHNORM, ONNX_TO_KIND, WEIGHTED, Recording
 
 log = logging.getLogger(__name__)
@@ -130,10 +130,8 @@ def onnx_values(prepared: onnx.ModelProto, names: list[str], batch: dict[str, np
             values[n] = batch[n]
     computed = [n for n in computed if n not in graph_inputs]
     if computed:
-        session = make_session(expose(prepared, computed))
-        outs = run_batch(session, batch, "the example inputs")
-        out_names = [o.name for o in session.get_outputs()]
-        values.update({n: v for n, v in zip(out_names, outs) if n in computed})
+        got = run_named(make_session(prepared, outputs=computed), batch, "the example inputs")
+        values.update({n: v for n, v in got.items() if n in computed})
     return values
 
 
@@ -141,7 +139,7 @@ def build_mapping(plan: QuantPlan, prepared: onnx.ModelProto, model: nn.Module, 
                   batch: dict[str, np.ndarray]) -> Mapping:
     mapping = Mapping()
     index = GraphIndex.build(prepared.graph)
-    nodes = {n.name or n.output[0]: n for n in prepared.graph.node}
+    nodes = {node_name(n): n for n in prepared.graph.node}
     modules = dict(model.named_modules())
     _map_weights(plan, index, nodes, model, modules, rec, mapping)
 

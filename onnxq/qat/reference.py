@@ -29,6 +29,7 @@ from onnxq.models import registry
 from onnxq.models.evaluate import evaluate_onnx
 from onnxq.models.export import export_onnx, write_data
 from onnxq.models.registry import get_model
+from onnxq.models.train import task_loss
 from onnxq.pipeline import quantize
 from onnxq.qat.api import export, prepare
 from onnxq.qat.model import ExportSpec
@@ -60,8 +61,7 @@ RECIPES = {
 
 
 def _task_loss(name: str):
-    from onnxq.models.train import task_loss  # the loss the reference model was trained with
-
+    # the loss the reference model was trained with
     return lambda outputs, labels: task_loss(torch, name, outputs, labels)
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from onnxq.errors import OnnxqError
+from onnxq.qat.api import teacher_copy
 from onnxq.qat.model import QATModel
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,6 @@ def finetune(qmodel: QATModel, loader: Iterable[Any], loss_fn: Callable[[Any, An
     split = split or default_split
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if config.kd_alpha is not None and config.kd_alpha < 1.0 and teacher is None:
-        from onnxq.qat.api import teacher_copy
-
         teacher = teacher_copy(qmodel)
     kd_loss = kd_loss or mse_kd
     qmodel.to(device)

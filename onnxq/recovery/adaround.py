@@ -25,7 +25,8 @@ from onnx import helper
 
 from onnxq.errors import OnnxqError
 from onnxq.recovery.layers import Layer, fake_quantize
-from onnxq.scales.types import QMIN_QMAX, QuantParams, ScaleTable
+from onnxq.dtypes import quant_dtype
+from onnxq.scales.types import QuantParams, ScaleTable
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def learn_rounding(layer: Layer, x_quantized: np.ndarray, target: np.ndarray, pa
         shape = [1] * w.ndim
         shape[params.axis] = -1
         scale = scale.reshape(shape)
-    qmin, qmax = QMIN_QMAX[params.dtype]
+    qmin, qmax = quant_dtype(params.dtype).clip_range()
     floor = torch.floor(w / scale)
     rest = (w / scale - floor).clamp(0.01, 0.99)
     v = torch.nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))

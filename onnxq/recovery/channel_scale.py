@@ -22,9 +22,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxq.calib.collect import expose, make_session, run_batch
-from onnxq.calib.data import Batch
+from onnxq.data import Batch
 from onnxq.graph import GraphIndex, all_names, unique_name
+from onnxq.runtime import make_session, run_batch
 
 HOMOGENEOUS_OPS = ("Relu", "LeakyRelu", "PRelu", "Identity")
 
@@ -42,7 +42,7 @@ def channel_ranges(model: onnx.ModelProto, targets: list[ChannelTarget], data: I
                    batches: int) -> dict[str, np.ndarray]:
     """Largest |value| per channel of every target tensor over the first ``batches`` batches (one float pass)."""
     axes = {t.tensor: t.axis for t in targets}
-    session = make_session(expose(model, list(axes)))
+    session = make_session(model, outputs=list(axes))
     names = [o.name for o in session.get_outputs()]
     found: dict[str, np.ndarray] = {}
     for count, batch in enumerate(data, start=1):

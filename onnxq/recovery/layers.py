@@ -20,10 +20,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxq.calib.collect import expose, make_session, run_batch
-from onnxq.calib.data import Batch
+from onnxq.data import Batch
 from onnxq.graph import GraphIndex
-from onnxq.scales.types import QMIN_QMAX, QuantParams
+from onnxq.dtypes import quant_dtype
+from onnxq.runtime import make_session, run_batch
+from onnxq.scales.types import QuantParams
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ def fake_quantize(x: np.ndarray, params: QuantParams) -> np.ndarray:
         shape = [1] * x.ndim
         shape[params.axis] = -1
         scale, zp = scale.reshape(shape), zp.reshape(shape)
-    qmin, qmax = QMIN_QMAX[params.dtype]
+    dtype = quant_dtype(params.dtype)
+    qmin, qmax = dtype.qmin, dtype.qmax  # QuantizeLinear saturates to the full integer range
     q = np.clip(np.rint(x / scale) + zp, qmin, qmax)
     return ((q - zp) * scale).astype(np.float32)
 
@@ -109,7 +111,7 @@ def capture_inputs(model: onnx.ModelProto, names: list[str], data: Iterable[Batc
                    crop: int) -> dict[str, np.ndarray]:
     """The float values of ``names`` over the first ``batches`` batches of ``data``, concatenated on axis 0 and
     centre-cropped (4-D tensors); one onnxruntime session, one pass over those batches."""
-    session = make_session(expose(model, names))
+    session = make_session(model, outputs=names)
     out_names = [o.name for o in session.get_outputs()]
     wanted = [(i, n) for i, n in enumerate(out_names) if n in set(names)]
     kept: dict[str, list[np.ndarray]] = {n: [] for n in names}

@@ -22,8 +22,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from onnxq.calib.base import CALIBRATORS, Calibrator
+from onnxq.calib.base import Calibrator
 from onnxq.calib.histogram import HistogramCalibrator
+from onnxq.calib.methods import CALIBRATORS
 from onnxq.plan import QuantPlan, TensorPlan
 from onnxq.recovery.layers import Layer, fake_quantize, relative_error
 from onnxq.scales.compute import fill_shared_scales

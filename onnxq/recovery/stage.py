@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import onnx
 
 from onnxq.calib.base import Calibrator
-from onnxq.calib.data import Batch
+from onnxq.data import Batch
 from onnxq.config import RecoveryOptions
 from onnxq.graph import GraphIndex
 from onnxq.plan import QuantPlan

@@ -1,5 +1,5 @@
-"""Quantization parameters (scales and zero points) and their interchange formats."""
+"""Quantization parameters (scales and zero points) and their interchange formats.
 
-from onnxq.scales.types import QuantParams, ScaleTable
-
-__all__ = ["QuantParams", "ScaleTable"]
+:mod:`onnxq.scales.types` holds :class:`~onnxq.scales.types.QuantParams` and ``ScaleTable``;
+:mod:`onnxq.scales.formats` the format names (light: the command line reads them without numpy).
+"""

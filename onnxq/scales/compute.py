@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxq.calib import weights as weight_methods
 from onnxq.calib.base import Calibrator
+from onnxq.dtypes import quant_dtype
 from onnxq.errors import OnnxqError
 from onnxq.plan import QuantPlan, TensorPlan
 from onnxq.scales.types import QuantParams, ScaleTable, asymmetric_params, symmetric_params
@@ -16,14 +18,12 @@ def activation_params(tensor: TensorPlan, calibrator: Calibrator) -> QuantParams
     except OnnxqError as exc:
         raise OnnxqError(f"activation {tensor.name!r}: {exc}") from exc
     if tensor.symmetric:
-        return symmetric_params(max(abs(lo), abs(hi)))
-    return asymmetric_params(lo, hi)
+        return symmetric_params(max(abs(lo), abs(hi)), dtype=tensor.dtype)
+    return asymmetric_params(lo, hi, dtype=tensor.dtype)
 
 
 def weight_amax(w: np.ndarray, axis: int | None, method: str) -> np.ndarray:
     """Largest magnitude per output channel (``axis``) or of the whole tensor (``axis`` None)."""
-    from onnxq.calib import weights as weight_methods
-
     return weight_methods.weight_amax(w, axis, method)
 
 
@@ -55,7 +55,8 @@ def fill_shared_scales(plan: QuantPlan, table: ScaleTable) -> ScaleTable:
 def representable_range(params: QuantParams) -> tuple[float, float]:
     """The float interval a per-tensor Q/DQ pair represents without saturating."""
     scale, zp = float(params.scale), float(params.zero_point)
-    qmin, qmax = (-128, 127) if params.dtype == "int8" else (0, 255)
+    t = quant_dtype(params.dtype)
+    qmin, qmax = t.qmin, t.qmax
     return (qmin - zp) * scale, (qmax - zp) * scale
 
 

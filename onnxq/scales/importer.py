@@ -59,8 +59,8 @@ def match_to_plan(table: ScaleTable, plan: QuantPlan, prepared: onnx.ModelProto,
     for f in findings:
         if f.severity == "error":
             continue
-        if f.rule == "missing-tensor" and f.tensor in weights:  # e.g. a TensorRT cache never holds weights
-            log.info("%s has no scale for weight %r: per-channel min-max from its values", source, f.tensor)
+        if f.rule == "missing-tensor" and f.subject in weights:  # e.g. a TensorRT cache never holds weights
+            log.info("%s has no scale for weight %r: per-channel min-max from its values", source, f.subject)
         else:
             log.warning("%s: %s", source, f)
     if errors:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,12 @@ import numpy as np
 
 from onnxq.atomic import write_text_atomic
 from onnxq.errors import OnnxqError
+from onnxq.findings import Finding
 from onnxq.scales import aimet, json_format, trt_cache
+from onnxq.scales.formats import DEFAULT_EXTENSIONS, FORMATS
 from onnxq.scales.types import ScaleTable
 
-FORMATS = ("json", "trt-cache", "aimet")
 _MODULES = {"json": json_format, "trt-cache": trt_cache, "aimet": aimet}
-DEFAULT_EXTENSIONS = {"json": ".json", "trt-cache": ".cache", "aimet": ".encodings"}
 
 
 def _read_text(path: Path) -> str:
@@ -87,23 +86,7 @@ def save_scales(table: ScaleTable, path: str | os.PathLike, format: str, **meta:
     return write_text_atomic(path, text)
 
 
-@dataclass(frozen=True)
-class ScaleFinding:
-    """One problem found when matching imported scales to the tensors a plan quantizes."""
-
-    severity: str  # "error" | "warning"
-    rule: str  # unknown-tensor | missing-tensor | channel-mismatch | per-tensor-for-channels | invalid-scale
-    tensor: str
-    message: str
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        return f"{self.severity}: [{self.rule}] {self.tensor}: {self.message}"
-
-
-def check_scales(table: ScaleTable, expected: Mapping[str, int | None], strict: bool = False) -> list[ScaleFinding]:
+def check_scales(table: ScaleTable, expected: Mapping[str, int | None], strict: bool = False) -> list[Finding]:
     """Compare imported ``table`` with ``expected`` (planned tensor -> channel count, or None for per-tensor).
 
     * ``unknown-tensor``: a name in the file that the plan does not quantize (error when ``strict``, else warning);
@@ -117,28 +100,28 @@ def check_scales(table: ScaleTable, expected: Mapping[str, int | None], strict: 
       loaders already refuse them).
     """
     level = "error" if strict else "warning"
-    findings: list[ScaleFinding] = []
+    findings: list[Finding] = []
     for name, params in table.items():
         scale = np.asarray(params.scale, dtype=np.float64)
         if not np.all(np.isfinite(scale)) or not np.all(scale > 0):
-            findings.append(ScaleFinding("error", "invalid-scale", name, "scales must be finite and positive"))
+            findings.append(Finding("error", "invalid-scale", name, "scales must be finite and positive"))
         if name not in expected:
-            findings.append(ScaleFinding(level, "unknown-tensor", name, "in the scales file but not a tensor the "
+            findings.append(Finding(level, "unknown-tensor", name, "in the scales file but not a tensor the "
                                          "plan quantizes (renamed or skipped?)"))
             continue
         channels = expected[name]
         if params.per_channel:
             if channels is None:
-                findings.append(ScaleFinding("error", "channel-mismatch", name, f"{params.channels} per-channel "
+                findings.append(Finding("error", "channel-mismatch", name, f"{params.channels} per-channel "
                                              "scales, but the plan quantizes it per tensor"))
             elif params.channels != channels:
-                findings.append(ScaleFinding("error", "channel-mismatch", name,
+                findings.append(Finding("error", "channel-mismatch", name,
                                              f"{params.channels} per-channel scales, but the tensor has {channels} "
                                              f"channels"))
         elif channels is not None and channels > 1:
-            findings.append(ScaleFinding("warning", "per-tensor-for-channels", name,
+            findings.append(Finding("warning", "per-tensor-for-channels", name,
                                          f"one scale for a tensor planned per channel ({channels} channels)"))
     for name in expected:
         if name not in table:
-            findings.append(ScaleFinding(level, "missing-tensor", name, "planned for quantization but not in the file"))
+            findings.append(Finding(level, "missing-tensor", name, "planned for quantization but not in the file"))
     return findings

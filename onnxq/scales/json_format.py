@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxq.dtypes import QUANT_DTYPES
 from onnxq.errors import OnnxqError
 from onnxq.scales.types import QuantParams, ScaleTable
 
@@ -101,8 +102,8 @@ def _entry_params(name: str, entry: Any, source: str) -> QuantParams:
     if not isinstance(entry, Mapping):
         raise OnnxqError(f"{where}: expected an object with dtype, axis, scale, zero_point")
     dtype = entry.get("dtype", "int8")
-    if dtype not in ("int8", "uint8"):
-        raise OnnxqError(f"{where}: dtype must be \"int8\" or \"uint8\", got {dtype!r}")
+    if dtype not in QUANT_DTYPES:
+        raise OnnxqError(f"{where}: dtype must be one of {', '.join(QUANT_DTYPES)}, got {dtype!r}")
     axis = entry.get("axis")
     if axis is not None and (not isinstance(axis, int) or isinstance(axis, bool)):
         raise OnnxqError(f"{where}: axis must be null or an integer, got {axis!r}")
@@ -127,7 +128,7 @@ def _entry_params(name: str, entry: Any, source: str) -> QuantParams:
     if not all(math.isfinite(s) and s > 0 for s in scale_arr.ravel()):
         bad = [float(s) for s in scale_arr.ravel() if not (math.isfinite(s) and s > 0)][:3]
         raise OnnxqError(f"{where}: scales must be finite and positive, found {bad}")
-    lo, hi = (-128, 127) if dtype == "int8" else (0, 255)
+    lo, hi = QUANT_DTYPES[dtype].qmin, QUANT_DTYPES[dtype].qmax
     if zp_arr.size and (zp_arr.min() < lo or zp_arr.max() > hi):
         raise OnnxqError(f"{where}: zero_point out of the {dtype} range [{lo}, {hi}]")
     try:

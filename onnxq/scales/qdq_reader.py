@@ -28,13 +28,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxq.errors import OnnxqError
-from onnxq.graph import GraphIndex, default_opset
+from onnxq.dtypes import BY_ONNX_TYPE
+from onnxq.graph import GraphIndex, default_opset, node_name
 from onnxq.scales.types import QuantParams, ScaleTable
 
 log = logging.getLogger(__name__)
 
 ORT_QUANTIZED_SUFFIX = "_quantized"
-_INT_DTYPES = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8"}
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class QDQParams:
 
     @property
     def dtype_name(self) -> str | None:
-        return _INT_DTYPES.get(self.elem_type)
+        return dt.name if (dt := BY_ONNX_TYPE.get(self.elem_type)) else None
 
     @property
     def per_channel(self) -> bool:
@@ -173,7 +173,7 @@ def read_qdq(model: onnx.ModelProto) -> dict[str, QDQEntry]:
     entries: dict[str, QDQEntry] = {}
 
     def add(name: str, entry_params: QDQParams, role: str, node: onnx.NodeProto, rank_of: str) -> None:
-        where = f"{node.op_type} node {node.name or node.output[0]!r} (tensor {name!r})"
+        where = f"{node.op_type} node {node_name(node)!r} (tensor {name!r})"
         if entry_params.dtype_name is None:
             type_name = onnx.TensorProto.DataType.Name(entry_params.elem_type)
             # int32 DequantizeLinear is how onnxruntime stores quantized biases: expected, not worth a warning
@@ -186,7 +186,7 @@ def read_qdq(model: onnx.ModelProto) -> dict[str, QDQEntry]:
                 log.warning("tensor %r is quantized twice with different parameters; keeping those of %s",
                             name, entries[name].node)
             return
-        entries[name] = QDQEntry(name, params, role, node.name or node.output[0])
+        entries[name] = QDQEntry(name, params, role, node_name(node))
 
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear" and node.domain in ("", "ai.onnx"):

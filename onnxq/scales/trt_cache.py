@@ -25,13 +25,10 @@ from typing import Any
 import numpy as np
 
 from onnxq.errors import OnnxqError
+from onnxq.scales.formats import TRT_CACHE_ALGORITHMS, TRT_CACHE_DEFAULT_ALGORITHM, TRT_CACHE_DEFAULT_VERSION
 from onnxq.scales.types import QuantParams, ScaleTable
 
 log = logging.getLogger(__name__)
-
-ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
-DEFAULT_ALGORITHM = "EntropyCalibration2"
-DEFAULT_VERSION = "8601"  # TensorRT 8.6.1's NV_TENSORRT_VERSION, as in "TRT-8601-..."
 
 
 def float_to_hex(value: float) -> str:
@@ -51,10 +48,12 @@ def looks_like(text: str) -> bool:
     return text.lstrip("\ufeff").startswith("TRT-")
 
 
-def dumps(table: ScaleTable, *, trt_version: str | int = DEFAULT_VERSION, algorithm: str = DEFAULT_ALGORITHM,
+def dumps(table: ScaleTable, *, trt_version: str | int = TRT_CACHE_DEFAULT_VERSION,
+          algorithm: str = TRT_CACHE_DEFAULT_ALGORITHM,
           **_: Any) -> str:
-    if algorithm not in ALGORITHMS:
-        raise OnnxqError(f"unknown calibration algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+    if algorithm not in TRT_CACHE_ALGORITHMS:
+        raise OnnxqError(f"unknown calibration algorithm {algorithm!r}; choose one of "
+                         f"{', '.join(TRT_CACHE_ALGORITHMS)}")
     version = str(trt_version)
     if not version.isdigit():
         raise OnnxqError(f"TensorRT version for the cache header must be digits like 8601, got {version!r}")
@@ -102,7 +101,7 @@ def loads(text: str, *, source: str = "calibration cache", **_: Any) -> ScaleTab
         _, algorithm = header(text)
     except OnnxqError as exc:
         raise OnnxqError(f"{source}: {exc}") from exc
-    if algorithm not in ALGORITHMS:
+    if algorithm not in TRT_CACHE_ALGORITHMS:
         log.warning("%s: unknown calibration algorithm %r in the header; reading it anyway", source, algorithm)
     table: ScaleTable = {}
     for lineno, raw in enumerate(text.lstrip("\ufeff").splitlines()[1:], start=2):

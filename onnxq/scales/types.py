@@ -8,18 +8,10 @@ import/export format (onnxq JSON, TensorRT calibration cache, AIMET encodings, Q
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
 
+from onnxq.dtypes import INT8, UINT8, quant_dtype
 from onnxq.errors import OnnxqError
-
-IntDType = Literal["int8", "uint8"]
-
-QMIN_QMAX: dict[str, tuple[int, int]] = {"int8": (-128, 127), "uint8": (0, 255)}
-# Symmetric int8 uses the restricted range [-127, 127] so that -amax and +amax are both representable
-# (TensorRT's convention: scale = amax / 127).
-SYMMETRIC_INT8_QMAX = 127
 
 
 @dataclass(frozen=True)
@@ -32,10 +24,11 @@ class QuantParams:
 
     scale: np.ndarray
     zero_point: np.ndarray
-    dtype: IntDType = "int8"
+    dtype: str = INT8.name  # a key of onnxq.dtypes.QUANT_DTYPES
     axis: int | None = None
 
     def __post_init__(self) -> None:
+        quant_dtype(self.dtype)
         scale = np.asarray(self.scale, dtype=np.float32)
         zp = np.asarray(self.zero_point, dtype=np.dtype(self.dtype))
         object.__setattr__(self, "scale", scale)
@@ -59,11 +52,11 @@ class QuantParams:
 
     @property
     def symmetric(self) -> bool:
-        return self.dtype == "int8" and bool(np.all(self.zero_point == 0))
+        return quant_dtype(self.dtype).symmetric and bool(np.all(self.zero_point == 0))
 
     def amax(self) -> np.ndarray:
-        """The largest magnitude representable, for symmetric int8 parameters: scale * 127."""
-        return self.scale.astype(np.float64) * SYMMETRIC_INT8_QMAX
+        """The largest magnitude representable, for symmetric parameters: scale * qmax (127 for int8)."""
+        return self.scale.astype(np.float64) * quant_dtype(self.dtype).qmax
 
     def equals(self, other: QuantParams) -> bool:
         return (
@@ -77,19 +70,24 @@ class QuantParams:
 ScaleTable = dict[str, QuantParams]
 
 
-def symmetric_params(amax: np.ndarray | float, axis: int | None = None) -> QuantParams:
-    """Symmetric int8 parameters for a range [-amax, amax]; a zero or tiny range keeps a finite positive scale."""
+def symmetric_params(amax: np.ndarray | float, axis: int | None = None, dtype: str = INT8.name) -> QuantParams:
+    """Symmetric parameters for a range [-amax, amax] (``scale = amax / qmax``, zero point 0); a zero or tiny range
+    keeps a finite positive scale."""
+    qmax = quant_dtype(dtype).qmax
     amax = np.asarray(amax, dtype=np.float64)
-    scale = np.maximum(amax, np.finfo(np.float32).tiny * SYMMETRIC_INT8_QMAX) / SYMMETRIC_INT8_QMAX
+    scale = np.maximum(amax, np.finfo(np.float32).tiny * qmax) / qmax
     scale = np.where(amax > 0, scale, 1.0)
-    return QuantParams(scale.astype(np.float32), np.zeros(scale.shape, np.int8), "int8", axis)
+    return QuantParams(scale.astype(np.float32), np.zeros(scale.shape, dtype), dtype, axis)
 
 
-def asymmetric_params(lo: np.ndarray | float, hi: np.ndarray | float, axis: int | None = None) -> QuantParams:
-    """Asymmetric uint8 parameters for a range [lo, hi]; the range is widened to include 0 (exactly representable)."""
+def asymmetric_params(lo: np.ndarray | float, hi: np.ndarray | float, axis: int | None = None,
+                      dtype: str = UINT8.name) -> QuantParams:
+    """Asymmetric parameters for a range [lo, hi] (``scale = (hi - lo) / (qmax - qmin)``, ``zero_point = qmin -
+    round(lo / scale)``); the range is widened to include 0 (exactly representable)."""
+    t = quant_dtype(dtype)
     lo = np.minimum(np.asarray(lo, dtype=np.float64), 0.0)
     hi = np.maximum(np.asarray(hi, dtype=np.float64), 0.0)
     width = hi - lo
-    scale = np.where(width > 0, width / 255.0, 1.0)
-    zero_point = np.clip(np.round(-lo / scale), 0, 255)
-    return QuantParams(scale.astype(np.float32), zero_point.astype(np.uint8), "uint8", axis)
+    scale = np.where(width > 0, width / (t.qmax - t.qmin), 1.0)
+    zero_point = np.clip(t.qmin + np.round(-lo / scale), t.qmin, t.qmax)
+    return QuantParams(scale.astype(np.float32), zero_point.astype(dtype), dtype, axis)

@@ -30,36 +30,22 @@ it reads a constant (weights stored quantized). Rule ids (severity):
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper
 
-from onnxq.graph import GraphIndex, default_opset
+from onnxq.findings import Finding, findings_payload, has_errors
+from onnxq.graph import GraphIndex, attr, default_opset
+from onnxq.ops import WEIGHTED_OPS, weight_axis
+from onnxq.rules import TENSORRT
 from onnxq.scales.qdq_reader import QDQParams, constant_array, is_constant, node_params, tensor_rank
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+__all__ = ["Finding", "LintOptions", "findings_payload", "format_findings", "has_errors", "lint_model"]
 # Single-input data-movement ops a DequantizeLinear may reach a weighted op through (TensorRT moves DQ past them).
 PASS_THROUGH_OPS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
 FUSABLE_AFTER_CONV = frozenset({"BatchNormalization", "Relu"})
 _DEFAULT_DOMAINS = ("", "ai.onnx")
-
-
-@dataclass(frozen=True)
-class Finding:
-    severity: str  # "error" | "warning"
-    rule: str
-    node: str
-    message: str
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        return f"{self.severity}: [{self.rule}] {self.node}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -71,27 +57,10 @@ def node_label(node: onnx.NodeProto) -> str:
     return node.name or f"{node.op_type}({node.output[0] if node.output else '?'})"
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def expected_weight_axis(node: onnx.NodeProto, rank: int) -> int | None:
-    """TensorRT's per-channel axis for input 1 of a weighted op (None: per-tensor only).
-
-    Conv: 0 (output channels). ConvTranspose: 0 -- TensorRT quantizes deconvolution weights per *input* channel
-    (weight shape (C_in, C_out/g, k...)) and does not support per-output-channel (axis 1); NVIDIA/TensorRT#2380.
-    Gemm: 0 when transB=1 (B is (N, K)), else 1. MatMul: the last axis (N of a (K, N) weight).
-    """
-    if node.op_type in ("Conv", "ConvTranspose"):
-        return 0
-    if node.op_type == "Gemm":
-        return 0 if _attr(node, "transB", 0) else 1
-    if node.op_type == "MatMul":
-        return rank - 1 if rank >= 2 else None
-    return None
+    """TensorRT's per-channel axis for input 1 of a weighted op (None: per-tensor only): the tensorrt target's rule
+    (:func:`onnxq.ops.weight_axis`; ConvTranspose per *input* channel, NVIDIA/TensorRT#2380)."""
+    return weight_axis(node, 1, rank, TENSORRT)
 
 
 class _Linter:
@@ -266,7 +235,7 @@ class _Linter:
         axis = p.axis + rank if p.axis < 0 else p.axis
         channels = weight.shape[axis] if weight is not None and axis < weight.ndim else None
         for t in between:  # follow the channel axis through Transposes: output axis j reads input axis perm[j]
-            perm = list(_attr(t, "perm", list(range(rank - 1, -1, -1))))
+            perm = list(attr(t, "perm", list(range(rank - 1, -1, -1))))
             axis = perm.index(axis) if axis in perm else axis
         expected = expected_weight_axis(node, rank)
         if expected is None:
@@ -364,10 +333,6 @@ def lint_model(model: onnx.ModelProto, options: LintOptions | None = None) -> li
     return _Linter(model, options or LintOptions()).run()
 
 
-def has_errors(findings: Iterable[Finding]) -> bool:
-    return any(f.severity == "error" for f in findings)
-
-
 def format_findings(findings: list[Finding]) -> str:
     if not findings:
         return "no findings: the model follows TensorRT's Q/DQ rules"
@@ -376,8 +341,3 @@ def format_findings(findings: list[Finding]) -> str:
     lines.append(f"{errors} error(s), {len(findings) - errors} warning(s)")
     return "\n".join(lines)
 
-
-def findings_json(findings: list[Finding]) -> str:
-    errors = sum(f.severity == "error" for f in findings)
-    return json.dumps({"errors": errors, "warnings": len(findings) - errors,
-                       "findings": [f.to_dict() for f in findings]}, indent=2)

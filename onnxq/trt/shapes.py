@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import onnx
 
+from onnxq.data import model_inputs
 from onnxq.errors import OnnxqError
 
 Shape = tuple[int, ...]
@@ -58,22 +59,10 @@ def _quote(name: str) -> str:
     return f"'{name}'" if any(c in name for c in ",:' ") else name
 
 
-def model_inputs(model: onnx.ModelProto) -> dict[str, Dims]:
-    """Real graph inputs (initializers listed as inputs excluded) and their dims, None where dynamic."""
-    initializers = {init.name for init in model.graph.initializer}
-    inputs: dict[str, Dims] = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor_type = value.type.tensor_type
-        if not tensor_type.HasField("shape"):
-            inputs[value.name] = ()  # unknown rank: treated as dynamic below
-            continue
-        dims: list[int | None] = []
-        for d in tensor_type.shape.dim:
-            dims.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None)
-        inputs[value.name] = tuple(dims)
-    return inputs
+def input_dims(model: onnx.ModelProto) -> dict[str, Dims]:
+    """Real graph inputs (:func:`onnxq.data.model_inputs`) and their dims, None where dynamic (an input of unknown
+    rank has no dims; it is treated as dynamic)."""
+    return {spec.name: tuple(d if isinstance(d, int) else None for d in spec.shape) for spec in model_inputs(model)}
 
 
 def is_dynamic(dims: Dims, has_shape: bool = True) -> bool:
@@ -106,7 +95,7 @@ def build_profile(model: onnx.ModelProto, shapes: Mapping[str, Shape] | None = N
     may be left out (TensorRT needs no profile entry for them).
     """
     shapes, min_shapes, max_shapes = dict(shapes or {}), dict(min_shapes or {}), dict(max_shapes or {})
-    inputs = model_inputs(model)
+    inputs = input_dims(model)
     typed = {v.name: v.type.tensor_type.HasField("shape") for v in model.graph.input}
     for option, given in (("--shapes", shapes), ("--min-shapes", min_shapes), ("--max-shapes", max_shapes)):
         unknown = sorted(set(given) - set(inputs))

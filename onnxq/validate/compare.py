@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from onnxq.calib.collect import expose, make_session, run_batch
-from onnxq.calib.data import Batch, BatchSource, DataSource, model_inputs
+from onnxq.data import Batch, BatchSource, DataSource, model_inputs
 from onnxq.errors import OnnxqError
 from onnxq.graph import QDQ_OPS, load_model
+from onnxq.runtime import make_session, output_names, run_batch
 from onnxq.validate.metrics import ErrorAccumulator
 
 log = logging.getLogger(__name__)
@@ -90,10 +90,10 @@ def compare_models(reference: onnx.ModelProto | str, quantized: onnx.ModelProto 
     if isinstance(data, (str, os.PathLike)):
         data = BatchSource(reference, data)
     layers = shared_layer_tensors(reference, quantized) if per_layer else []
-    ref_session = make_session(expose(reference, layers))
-    q_session = make_session(expose(quantized, layers))
-    names = [o.name for o in ref_session.get_outputs()]
-    q_pos = {o.name: i for i, o in enumerate(q_session.get_outputs())}
+    ref_session = make_session(reference, outputs=layers)
+    q_session = make_session(quantized, outputs=layers)
+    names = output_names(ref_session)
+    q_pos = {name: i for i, name in enumerate(output_names(q_session))}
     accs = {n: ErrorAccumulator() for n in names}
     batches = 0
     for batches, batch in enumerate(data, start=1):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxq.calib.base import CalibOptions, make_calibrator
+from onnxq.calib.base import CalibOptions
+from onnxq.calib.methods import make_calibrator
 from onnxq.calib.entropy import entropy_threshold_bin
 from onnxq.calib.histogram import resample_abs
 from tests.calib.calib_reference import (

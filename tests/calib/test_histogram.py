@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-import onnxq.calib.methods  # noqa: F401
-from onnxq.calib.base import CALIBRATORS, CalibOptions, make_calibrator
+from onnxq.calib.base import CalibOptions
+from onnxq.calib.methods import CALIBRATORS, make_calibrator
 from onnxq.calib.histogram import E_MIN, StreamingHistogram, fine_bins, grid_exponent, regrid
+from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
 from onnxq.scales.types import asymmetric_params, symmetric_params
 
@@ -218,7 +219,9 @@ def test_percentile_out_of_bounds_raises(percentile):
 def test_option_checks():
     CalibOptions(method="percentile", percentile=100.0)
     with pytest.raises(OnnxqError, match="unknown calibration method"):
-        CalibOptions(method="kl")
+        make_calibrator(CalibOptions(method="kl"))
+    with pytest.raises(OnnxqError, match="unknown calibration method"):
+        QuantConfig(calib=CalibOptions(method="kl"))
     with pytest.raises(OnnxqError, match="num-bins"):
         CalibOptions(method="entropy", num_bins=100)
     with pytest.raises(OnnxqError, match="momentum"):
@@ -229,7 +232,8 @@ def test_option_checks():
 
 def test_options_work_with_only_base_imported():
     code = (
-        "from onnxq.calib.base import CalibOptions, make_calibrator\n"
+        "from onnxq.calib.base import CalibOptions\n"
+        "from onnxq.calib.methods import make_calibrator\n"
         "import numpy as np\n"
         "for m in ('minmax', 'percentile', 'entropy', 'mse'):\n"
         "    c = make_calibrator(CalibOptions(method=m)); c.collect(np.ones(3, np.float32)); c.compute_range(True)\n"

@@ -11,7 +11,7 @@ from torch import nn
 
 from onnxq import qat
 from onnxq.errors import OnnxqError
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.qat.conftest import prepared
 from tests.qat.nets import Tiny, TinyAttention
 

@@ -15,7 +15,7 @@ from onnxq.graph import fingerprint, load_model
 from onnxq.pipeline import prepare as onnx_prepare
 from onnxq.scales.io import load_scales
 from onnxq.scales.qdq_reader import read_qdq_scales
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 from tests.qat.conftest import WITH_CONVTRANSPOSE, prepared, train_steps
 from tests.qat.nets import Tiny
 

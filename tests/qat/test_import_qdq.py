@@ -17,7 +17,7 @@ from onnxq.config import QuantConfig
 from onnxq.pipeline import build_plan
 from onnxq.pipeline import prepare as onnx_prepare
 from onnxq.scales.io import load_scales
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 ACT_AMAX = {"x": 3.0, "h": 2.0, "p": 1.5}
 

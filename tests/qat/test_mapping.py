@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from onnxq.calib.collect import make_session
 from onnxq.config import QuantConfig
-from onnxq.passes.insert_qdq import InsertQDQ
+from onnxq.insert.qdq import InsertQDQ
 from onnxq.qat.api import replan
+from onnxq.runtime import make_session
 from tests.qat.conftest import WITH_CONVTRANSPOSE, prepared, train_steps
 from tests.qat.nets import Tiny, TinyAttention
 
@@ -20,7 +18,7 @@ from tests.qat.nets import Tiny, TinyAttention
 def _qdq_outputs(qmodel, x: torch.Tensor) -> np.ndarray:
     """onnxruntime on onnxq's Q/DQ model built from the re-exported weights and the model's current scales."""
     _, prepared_model, plan = replan(qmodel)
-    q = InsertQDQ(plan, qmodel.scale_table()).call(copy.deepcopy(prepared_model)).model
+    q = InsertQDQ(plan, qmodel.scale_table()).run(prepared_model).model
     return make_session(q).run(None, {"x": x.numpy()})[0]  # basic optimisations: reference Q/DQ arithmetic
 
 

@@ -147,11 +147,11 @@ def test_deterministic_output():
 def test_check_scales_findings():
     t = table()
     expected = {"input": None, "conv.weight": 4, "relu:0": 3, "planned_only": None, "asym": None}
-    got = [(f.severity, f.rule, f.tensor) for f in check_scales(t, expected, strict=False)]
+    got = [(f.severity, f.rule, f.subject) for f in check_scales(t, expected, strict=False)]
     assert got == [("warning", "per-tensor-for-channels", "relu:0"),
                    ("error", "channel-mismatch", "conv.weight"),
                    ("warning", "missing-tensor", "planned_only")]
-    strict = [(f.severity, f.rule, f.tensor) for f in check_scales({"extra": symmetric_params(1.0)}, {}, strict=True)]
+    strict = [(f.severity, f.rule, f.subject) for f in check_scales({"extra": symmetric_params(1.0)}, {}, strict=True)]
     assert strict == [("error", "unknown-tensor", "extra")]
     per_tensor_plan = check_scales({"w": symmetric_params(np.ones(2), axis=0)}, {"w": None})
     assert [f.rule for f in per_tensor_plan] == ["channel-mismatch"]

@@ -10,7 +10,7 @@ import pytest
 from onnxq.errors import OnnxqError
 from onnxq.trt import build
 from onnxq.trt.build import BuildOptions, precision_mode, summarize_layers
-from onnxq.trt.shapes import build_profile, model_inputs, parse_shapes
+from onnxq.trt.shapes import build_profile, input_dims, parse_shapes
 from onnxq.trt.trtexec import format_command, trtexec_command
 
 
@@ -33,7 +33,7 @@ def test_parse_shapes():
 
 
 def test_model_inputs_mark_dynamic_dims():
-    assert model_inputs(dynamic_model()) == {"images": (None, 3, None, None), "fixed": (1, 10)}
+    assert input_dims(dynamic_model()) == {"images": (None, 3, None, None), "fixed": (1, 10)}
 
 
 def test_profile_from_shapes():

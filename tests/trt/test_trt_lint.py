@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from trt_golden import Graph, clean_model, conv_block
+from tests.trt.trt_golden import Graph, clean_model, conv_block
 
 from onnxq.trt.lint import LintOptions, has_errors, lint_model
 
 
 def found(model: onnx.ModelProto, **options) -> list[tuple[str, str, str]]:
-    return [(f.severity, f.rule, f.node) for f in lint_model(model, LintOptions(**options))]
+    return [(f.severity, f.rule, f.subject) for f in lint_model(model, LintOptions(**options))]
 
 
 def test_clean_model_has_no_findings():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from trt_golden import Graph
+from tests.trt.trt_golden import Graph
 
 from onnxq.scales.qdq_reader import read_qdq
 from onnxq.trt.lint import lint_model
@@ -50,7 +50,7 @@ def ort_quantize(tmp_path, name: str, **kwargs) -> onnx.ModelProto:
 def test_ort_uint8_activations_are_errors(tmp_path):
     quantization = pytest.importorskip("onnxruntime.quantization")
     model = ort_quantize(tmp_path, "u8.onnx", activation_type=quantization.QuantType.QUInt8)
-    found = {(f.rule, f.node) for f in lint_model(model) if f.severity == "error"}
+    found = {(f.rule, f.subject) for f in lint_model(model) if f.severity == "error"}
     assert found == {("uint8", "x_QuantizeLinear"), ("uint8", "relu1_out_QuantizeLinear"),
                      ("uint8", "conv2_out_QuantizeLinear"), ("uint8", "add_out_QuantizeLinear")}
     entries = read_qdq(model)
@@ -63,7 +63,7 @@ def test_ort_uint8_activations_are_errors(tmp_path):
 def test_ort_asymmetric_int8_activations_are_errors(tmp_path):
     quantization = pytest.importorskip("onnxruntime.quantization")
     model = ort_quantize(tmp_path, "a8.onnx", activation_type=quantization.QuantType.QInt8)
-    found = {(f.rule, f.node) for f in lint_model(model) if f.severity == "error"}
+    found = {(f.rule, f.subject) for f in lint_model(model) if f.severity == "error"}
     assert ("zero-point", "x_QuantizeLinear") in found
     assert {rule for rule, _ in found} == {"zero-point"}
 
@@ -77,7 +77,7 @@ def test_ort_symmetric_int8_per_channel_passes(tmp_path):
     assert [f for f in findings if f.severity == "error"] == []
     # onnxruntime puts Q/DQ between Conv and Relu and between Conv and the residual Add, and stores the bias as an
     # int32 DequantizeLinear
-    assert {(f.rule, f.node) for f in findings} == {("qdq-blocks-fusion", "conv1_out_QuantizeLinear"),
+    assert {(f.rule, f.subject) for f in findings} == {("qdq-blocks-fusion", "conv1_out_QuantizeLinear"),
                                                    ("residual-add", "add"),
                                                    ("qdq-dtype", "conv1.bias_DequantizeLinear")}
     entries = read_qdq(model)

@@ -1,20 +1,14 @@
-"""`onnxq lint` and `onnxq build-engine` through the command line (subprocess)."""
+"""`onnxq lint` and `onnxq build-engine` through the command line (in process)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
-from trt_golden import Graph, clean_model
-
-
-def onnxq(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnxq.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
+from tests.helpers import run_cli
+from tests.trt.trt_golden import Graph, clean_model
 
 
 @pytest.fixture()
@@ -31,25 +25,25 @@ def bad_model(tmp_path):
 def test_lint_clean_model_exits_0(tmp_path):
     path = tmp_path / "clean.onnx"
     onnx.save(clean_model(), str(path))
-    result = onnxq("lint", path, "--target", "tensorrt")
+    result = run_cli("lint", path, "--target", "tensorrt")
     assert result.returncode == 0, result.stderr
     assert "no findings" in result.stdout
 
 
 def test_lint_errors_exit_1_with_text_and_json(bad_model):
-    result = onnxq("lint", bad_model)
+    result = run_cli("lint", bad_model)
     assert result.returncode == 1
     assert "error: [zero-point] in_Q:" in result.stdout
     assert "warning: [float-weighted-op] conv:" in result.stdout
-    result = onnxq("lint", bad_model, "--json")
+    result = run_cli("lint", bad_model, "--json")
     assert result.returncode == 1
     doc = json.loads(result.stdout)
-    assert doc["errors"] == 1 and [(f["rule"], f["node"]) for f in doc["findings"]] == [
+    assert doc["errors"] == 1 and [(f["rule"], f["subject"]) for f in doc["findings"]] == [
         ("zero-point", "in_Q"), ("float-weighted-op", "conv")]
 
 
 def test_lint_missing_file_is_one_line_exit_2(tmp_path):
-    result = onnxq("lint", tmp_path / "nope.onnx")
+    result = run_cli("lint", tmp_path / "nope.onnx")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("onnxq: error:")
 
@@ -73,7 +67,7 @@ def test_build_engine_without_tensorrt_is_one_line_exit_2(tmp_path):
         pytest.skip("tensorrt is installed")
     except ImportError:
         pass
-    result = onnxq("build-engine", dynamic_model_path(tmp_path), "-o", tmp_path / "m.plan", "--shapes",
+    result = run_cli("build-engine", dynamic_model_path(tmp_path), "-o", tmp_path / "m.plan", "--shapes",
                    "images:1x4x64x64")
     assert result.returncode == 2
     assert result.stderr == ("onnxq: error: tensorrt is not installed; pip install 'onnxq[trt]' on a machine with "
@@ -83,7 +77,7 @@ def test_build_engine_without_tensorrt_is_one_line_exit_2(tmp_path):
 
 def test_build_engine_print_trtexec(tmp_path):
     model = dynamic_model_path(tmp_path)
-    result = onnxq("build-engine", model, "-o", tmp_path / "m.plan", "--fp16", "--shapes", "images:4x4x640x640",
+    result = run_cli("build-engine", model, "-o", tmp_path / "m.plan", "--fp16", "--shapes", "images:4x4x640x640",
                    "--min-shapes", "images:1x4x320x320", "--max-shapes", "images:8x4x1280x1280",
                    "--workspace", "1024", "--print-trtexec", "--trt-version", "10")
     assert result.returncode == 0, result.stderr
@@ -91,12 +85,12 @@ def test_build_engine_print_trtexec(tmp_path):
     assert line.startswith(f"trtexec --onnx={model} --saveEngine={tmp_path / 'm.plan'} --int8 --fp16 ")
     assert "--minShapes=images:1x4x320x320 --optShapes=images:4x4x640x640 --maxShapes=images:8x4x1280x1280" in line
     assert "--memPoolSize=workspace:1024" in line
-    strong = onnxq("build-engine", model, "-o", tmp_path / "m.plan", "--shapes", "images:1x4x64x64",
+    strong = run_cli("build-engine", model, "-o", tmp_path / "m.plan", "--shapes", "images:1x4x64x64",
                    "--print-trtexec", "--trt-version", "10")
     assert "--stronglyTyped" in strong.stdout and "--int8" not in strong.stdout
 
 
 def test_build_engine_dynamic_input_without_shapes_is_a_clear_error(tmp_path):
-    result = onnxq("build-engine", dynamic_model_path(tmp_path), "-o", tmp_path / "m.plan", "--print-trtexec")
+    result = run_cli("build-engine", dynamic_model_path(tmp_path), "-o", tmp_path / "m.plan", "--print-trtexec")
     assert result.returncode == 2
     assert "dynamic input(s) need a shape" in result.stderr and "--shapes images:1x4x1x1" in result.stderr

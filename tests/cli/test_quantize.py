@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def listing(folder):

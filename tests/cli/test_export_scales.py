@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import onnx
 import pytest
@@ -12,6 +9,7 @@ from onnx import numpy_helper
 
 from onnxq.scales.io import load_scales
 from onnxq.scales.qdq_reader import read_qdq_scales
+from tests.helpers import run_cli
 
 MODEL = """
 <ir_version: 8, opset_import: ["" : 13]>
@@ -37,15 +35,10 @@ def model_path(tmp_path):
     return path
 
 
-def onnxq(*args):
-    return subprocess.run([sys.executable, "-m", "onnxq.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
-
-
 @pytest.mark.parametrize("fmt, n", [("json", 2), ("aimet", 2), ("trt-cache", 1)])
 def test_export_scales(tmp_path, model_path, fmt, n):
     out = tmp_path / f"scales.{fmt}"
-    result = onnxq("export-scales", model_path, "--format", fmt, "-o", out)
+    result = run_cli("export-scales", model_path, "--format", fmt, "-o", out)
     assert result.returncode == 0, result.stderr
     assert f"wrote {n} tensor scale(s)" in result.stdout
     table = load_scales(out)
@@ -57,7 +50,7 @@ def test_export_scales(tmp_path, model_path, fmt, n):
 
 def test_export_scales_trt_cache_header_and_warning(tmp_path, model_path):
     out = tmp_path / "calib.cache"
-    result = onnxq("export-scales", model_path, "--format", "trt-cache", "-o", out, "--trt-version", "100300",
+    result = run_cli("export-scales", model_path, "--format", "trt-cache", "-o", out, "--trt-version", "100300",
                    "--algorithm", "MinMaxCalibration")
     assert result.returncode == 0
     assert out.read_text().splitlines() == ["TRT-100300-MinMaxCalibration", "x: 3d4ccccd"]
@@ -66,7 +59,7 @@ def test_export_scales_trt_cache_header_and_warning(tmp_path, model_path):
 
 def test_export_scales_json_has_roles_and_no_fingerprint(tmp_path, model_path):
     out = tmp_path / "s.json"
-    assert onnxq("export-scales", model_path, "--format", "json", "-o", out).returncode == 0
+    assert run_cli("export-scales", model_path, "--format", "json", "-o", out).returncode == 0
     import json
 
     doc = json.loads(out.read_text())
@@ -76,5 +69,5 @@ def test_export_scales_json_has_roles_and_no_fingerprint(tmp_path, model_path):
 
 
 def test_export_scales_bad_output_folder_is_exit_2(tmp_path, model_path):
-    result = onnxq("export-scales", model_path, "--format", "json", "-o", tmp_path / "no" / "s.json")
+    result = run_cli("export-scales", model_path, "--format", "json", "-o", tmp_path / "no" / "s.json")
     assert result.returncode == 2 and "output folder does not exist" in result.stderr

@@ -24,21 +24,20 @@ Keys that match nothing and planned tensors left without a scale are reported.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
-from onnxq.calib.collect import expose, make_session, run_batch
-from onnxq.calib.data import RandomSource
+from onnxq.data import RandomSource
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, count_qdq
 from onnxq.passes.strip_qdq import StripQDQ
 from onnxq.pipeline import prepare
 from onnxq.plan import QuantPlan, build_plan
+from onnxq.runtime import make_session, run_named
 from onnxq.scales.qdq_reader import QDQEntry, read_qdq
 from onnxq.scales.types import QuantParams, ScaleTable
 
@@ -78,9 +77,7 @@ def _best(target: np.ndarray, candidates: dict[str, np.ndarray], prefer: str | N
 
 
 def _values(model: onnx.ModelProto, names: list[str], batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    session = make_session(expose(model, names))
-    outs = run_batch(session, batch, "a random input")
-    got = dict(zip([o.name for o in session.get_outputs()], outs))
+    got = run_named(make_session(model, outputs=names), batch, "a random input")
     return {n: got[n] for n in names if n in got}
 
 
@@ -94,10 +91,9 @@ def match_to_fp32(qdq: onnx.ModelProto, fp32: onnx.ModelProto, config: QuantConf
     entries = read_qdq(qdq)
     if not entries:
         raise OnnxqError("the Q/DQ model has no int8/uint8 Q/DQ to read")
-    raw = copy.deepcopy(qdq)
-    q_index = GraphIndex.build(StripQDQ().call(raw).model.graph)  # float weights by key, before any BN folding
-    stripped, _ = prepare(copy.deepcopy(qdq), QuantConfig(target=config.target, requantize=True))
-    prepared, _ = prepare(copy.deepcopy(fp32), config)
+    q_index = GraphIndex.build(StripQDQ().run(qdq).model.graph)  # float weights by key, before any BN folding
+    stripped, _ = prepare(qdq, QuantConfig(target=config.target, requantize=True))
+    prepared, _ = prepare(fp32, config)
     plan = build_plan(prepared, config)
     s_index, f_index = GraphIndex.build(stripped.graph), GraphIndex.build(prepared.graph)
     in_f = [v.name for v in prepared.graph.input if v.name not in f_index.initializers]

@@ -7,7 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex
-from onnxq.passes.insert_qdq import InsertQDQ, quantize_array
+from onnxq.insert.qdq import InsertQDQ, quantize_array
 from onnxq.plan import build_plan
 from onnxq.scales.types import QuantParams, symmetric_params
 from tests.helpers import init, make_model, op_types, rng_feeds, run

@@ -6,13 +6,14 @@ import pytest
 import onnxq
 from onnxq.calib.collect import CollectSettings, collect_statistics
 from onnxq.calib.base import CalibOptions
-from onnxq.calib.data import BatchSource
+from onnxq.data import BatchSource
 from onnxq.config import Overrides, QuantConfig
 from onnxq.config_file import load_config_file, unmatched_rules
 from onnxq.errors import OnnxqError
 from onnxq.pipeline import prepare
 from onnxq.plan import build_plan
-from tests.conftest import run_cli, small_cnn
+from tests.conftest import small_cnn
+from tests.helpers import run_cli
 
 CONFIG = '''
 target = "tensorrt"
@@ -78,10 +79,10 @@ def test_memory_budget_splits_calibration_into_groups_with_equal_results(cnn_dir
     prepared, _ = prepare(small_cnn(), QuantConfig())
     plan = build_plan(prepared, QuantConfig())
     data = BatchSource(prepared, cnn_dir / "calib")
-    opts = CalibOptions(method="percentile")
-    one, n1 = collect_statistics(prepared, plan.calibrated_activations(), data, CollectSettings(opts, 4096))
+    tensors = {t.name: CalibOptions(method="percentile") for t in plan.calibrated_activations()}
+    one, n1 = collect_statistics(prepared, tensors, data, CollectSettings(memory_budget_mb=4096))
     # x is 4x3x16x16 floats = 12 KB: a 0 MB budget forces one tensor per group
-    many, n2 = collect_statistics(prepared, plan.calibrated_activations(), data, CollectSettings(opts, 0))
+    many, n2 = collect_statistics(prepared, tensors, data, CollectSettings(memory_budget_mb=0))
     assert n1 == n2 == 6
     for name in one:
         assert one[name].compute_range(True) == many[name].compute_range(True)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from onnxq.calib.data import BatchSource, RandomSource, model_inputs
+from onnxq.data import BatchSource, RandomSource, model_inputs
 from onnxq.errors import OnnxqError
 from tests.conftest import small_cnn
 from tests.helpers import make_model

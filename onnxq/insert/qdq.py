@@ -14,11 +14,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxq.dtypes import quant_dtype
 from onnxq.errors import OnnxqError
-from onnxq.graph import GraphIndex, all_names, unique_name
+from onnxq.graph import GraphIndex, all_names, node_name, unique_name
 from onnxq.passes.base import Pass, PassResult
 from onnxq.plan import QuantPlan, TensorPlan
-from onnxq.scales.types import SYMMETRIC_INT8_QMAX, QuantParams, ScaleTable
+from onnxq.scales.types import QuantParams, ScaleTable
 
 
 def quantize_array(x: np.ndarray, params: QuantParams) -> np.ndarray:
@@ -28,13 +29,15 @@ def quantize_array(x: np.ndarray, params: QuantParams) -> np.ndarray:
         shape = [1] * x.ndim
         shape[params.axis] = -1
         scale, zp = scale.reshape(shape), zp.reshape(shape)
-    lo, hi = (-SYMMETRIC_INT8_QMAX, SYMMETRIC_INT8_QMAX) if params.dtype == "int8" else (0, 255)
+    lo, hi = quant_dtype(params.dtype).clip_range()
     q = np.clip(np.rint(x.astype(np.float32) / scale) + zp, lo, hi)
     return q.astype(np.dtype(params.dtype))
 
 
 class InsertQDQ(Pass):
     name = "insert-qdq"
+    in_place = True
+    changes_input = True
 
     def __init__(self, plan: QuantPlan, scales: ScaleTable) -> None:
         self.plan = plan
@@ -47,7 +50,7 @@ class InsertQDQ(Pass):
         graph = model.graph
         index = GraphIndex.build(graph)
         taken = all_names(graph)
-        by_name = {n.name or n.output[0]: n for n in graph.node}
+        by_name = {node_name(n): n for n in graph.node}
         after: dict[str, list[onnx.NodeProto]] = {}  # producer output -> Q/DQ nodes to place after it
         first: list[onnx.NodeProto] = []  # Q/DQ of graph inputs and weights, placed before every node
         new_inits: list[onnx.TensorProto] = []

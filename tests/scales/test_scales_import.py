@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def quantize(cnn_dir, *extra):

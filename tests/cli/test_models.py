@@ -1,24 +1,12 @@
-"""``onnxq models`` and ``onnxq demo`` through the console entry point (subprocess)."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""``onnxq models`` and ``onnxq demo`` through the command line (in process)."""
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def onnxq(*args, cwd=None):
-    # the repository first on the path, so that the subprocess imports this checkout from any cwd
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONPATH=path)
-    return subprocess.run([sys.executable, "-m", "onnxq.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, check=False)
+from tests.helpers import run_cli
 
 
 def test_models_list():
-    out = onnxq("models", "list")
+    out = run_cli("models", "list")
     assert out.returncode == 0, out.stderr
     for name in ("pointnext", "centerpoint", "bevfusion", "vit"):
         assert name in out.stdout
@@ -33,7 +21,7 @@ def test_models_list():
     ],
 )
 def test_unknown_model_is_one_line_exit_2(args, tmp_path):
-    out = onnxq(*args, cwd=tmp_path)
+    out = run_cli(*args, cwd=tmp_path)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown model 'nope'" in lines[0], out.stderr
@@ -42,7 +30,7 @@ def test_unknown_model_is_one_line_exit_2(args, tmp_path):
 
 def test_eval_missing_data_is_a_user_error(tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"")
-    out = onnxq("models", "eval", "vit", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "none"))
+    out = run_cli("models", "eval", "vit", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "none"))
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
@@ -50,12 +38,12 @@ def test_eval_missing_data_is_a_user_error(tmp_path):
 def test_export_then_eval(tmp_path):
     pytest.importorskip("torch")
     target = tmp_path / "pn"
-    out = onnxq("models", "export", "pointnext", "-o", str(target), "--calib-batches", "2", "--val-batches", "2")
+    out = run_cli("models", "export", "pointnext", "-o", str(target), "--calib-batches", "2", "--val-batches", "2")
     assert out.returncode == 0, out.stderr
     assert (target / "model.onnx").is_file()
     assert sorted(p.name for p in (target / "calib").glob("*.npz")) == ["000.npz", "001.npz"]
     assert sorted(p.name for p in (target / "val" / "labels").glob("*.npz")) == ["000.npz", "001.npz"]
-    out = onnxq("models", "eval", "pointnext", str(target / "model.onnx"), "--data", str(target / "val"))
+    out = run_cli("models", "eval", "pointnext", str(target / "model.onnx"), "--data", str(target / "val"))
     assert out.returncode == 0, out.stderr
     assert "accuracy = " in out.stdout and "on 32 samples" in out.stdout
 
@@ -65,6 +53,6 @@ def test_export_into_a_file_is_refused(tmp_path):
     pytest.importorskip("torch")
     target = tmp_path / "file"
     target.write_text("x")
-    out = onnxq("models", "export", "pointnext", "-o", str(target))
+    out = run_cli("models", "export", "pointnext", "-o", str(target))
     assert out.returncode == 2 and "not a folder" in out.stderr
     assert target.read_text() == "x"

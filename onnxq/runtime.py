@@ -1,0 +1,123 @@
+"""onnxruntime sessions for onnxq: one way to build a session over any model, run a batch, expose tensors.
+
+Every caller (calibration, verification after Q/DQ insertion, validation, QAT checks, import-qdq) builds its
+session with :func:`make_session`, so session options, providers and error messages are the same everywhere.
+
+A model is given either as an ``onnx.ModelProto`` or as a path. A path without extra outputs goes to onnxruntime
+as it is (onnxruntime reads the file and its external data itself, nothing is copied); a ModelProto is serialized
+once. Extra outputs (intermediate tensors to expose) are appended to the *serialized* model without copying the
+ModelProto: protobuf merges a message parsed from concatenated encodings, and repeated fields (``graph.output``)
+are concatenated ("Merging" in https://protobuf.dev/programming-guides/encoding/#last-one-wins), so
+``model bytes + ModelProto(graph=GraphProto(output=[...])) bytes`` is the model with those outputs added.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxq.data import Batch
+from onnxq.errors import OnnxqError
+from onnxq.graph import EXTERNAL_DATA_THRESHOLD
+
+#: What a session can be built from: the model itself or the path of an ``.onnx`` file.
+ModelSource = onnx.ModelProto | str | os.PathLike
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Typed onnxruntime session settings shared by every caller."""
+
+    #: intra-op threads; 0 keeps onnxruntime's default (one per physical core)
+    threads: int = 0
+    #: graph optimisation: "basic" keeps Q/DQ arithmetic as the reference (no QLinear fusion), "all" is fastest
+    optimization: str = "basic"
+
+    def to_ort(self) -> ort.SessionOptions:
+        levels = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+        if self.optimization not in levels:
+            raise OnnxqError(f"unknown onnxruntime optimization level {self.optimization!r}; choose one of "
+                             f"{', '.join(levels)}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = levels[self.optimization]
+        options.log_severity_level = 3
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        return options
+
+
+def session_options(threads: int = 0) -> ort.SessionOptions:
+    """onnxq's default session options (basic optimisations, warnings off) with ``threads`` intra-op threads."""
+    return SessionSettings(threads=threads).to_ort()
+
+
+def make_session(model: ModelSource, *, outputs: Iterable[str] = (), threads: int = 0,
+                 settings: SessionSettings | None = None) -> ort.InferenceSession:
+    """An onnxruntime CPU session over ``model`` whose outputs are the graph outputs followed by ``outputs``
+    (intermediate tensors to expose; names already among the graph outputs are not repeated)."""
+    settings = settings or SessionSettings(threads=threads)
+    source = _session_source(model, list(outputs))
+    try:
+        return ort.InferenceSession(source, settings.to_ort(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for invalid models
+        raise OnnxqError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
+
+
+def run_batch(session: ort.InferenceSession, batch: Batch, label: str) -> list[np.ndarray]:
+    """All outputs of ``session`` on one batch; an onnxruntime failure is an OnnxqError naming ``label``."""
+    try:
+        return session.run(None, batch)
+    except Exception as exc:
+        raise OnnxqError(f"onnxruntime failed on {label}: {first_line(exc)}") from exc
+
+
+def run_named(session: ort.InferenceSession, batch: Batch, label: str) -> dict[str, np.ndarray]:
+    """:func:`run_batch` keyed by output name."""
+    return dict(zip(output_names(session), run_batch(session, batch, label)))
+
+
+def output_names(session: ort.InferenceSession) -> list[str]:
+    return [o.name for o in session.get_outputs()]
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _session_source(model: ModelSource, outputs: Sequence[str]) -> str | bytes:
+    if not isinstance(model, onnx.ModelProto):
+        if not outputs:
+            return str(Path(model))
+        model = onnx.load(str(model), load_external_data=True)
+    present = {o.name for o in model.graph.output}
+    extra = [name for name in dict.fromkeys(outputs) if name not in present]
+    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
+        return _save_for_session(model, extra)
+    data = model.SerializeToString()
+    if extra:
+        data += onnx.ModelProto(graph=onnx.GraphProto(output=[onnx.ValueInfoProto(name=n) for n in extra]))\
+            .SerializeToString()
+    return data
+
+
+def _save_for_session(model: onnx.ModelProto, extra: Sequence[str]) -> str:
+    """A model past protobuf's 2 GB limit, saved with external data to a temporary folder for onnxruntime."""
+    if extra:
+        exposed = onnx.ModelProto()
+        exposed.CopyFrom(model)
+        exposed.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra)
+        model = exposed
+    path = os.path.join(tempfile.mkdtemp(prefix="onnxq-session-"), "model.onnx")
+    onnx.save(model, path, save_as_external_data=True, location="model.data")
+    return path
