@@ -85,5 +85,7 @@ def correct_biases(model: onnx.ModelProto, table: ScaleTable, layers: dict[str, 
             node.input[2] = name
         rms = float(np.sqrt(np.mean(reference[layer.name].astype(np.float64) ** 2))) or 1.0
         done.append(BiasShift(layer.name, float(np.abs(shift).mean()), float(np.abs(shift).mean()) / rms))
+        log.debug("bias correction of %r: mean |shift| %.3g = %.3g of the output RMS", layer.name,
+                  done[-1].mean_abs_shift, done[-1].relative_shift)
     log.info("bias correction: %d layer(s) corrected", len(done))
     return done

@@ -9,13 +9,17 @@ from onnx import TensorProto, helper
 from tests.helpers import init, make_model
 
 
-def gemm_model(k: int = 16, n: int = 8, seed: int = 0):
+def gemm_model(k: int = 16, n: int = 8, seed: int = 0, input_relu: bool = False):
+    """Gemm ``x -> fc``; with ``input_relu`` the graph input is ``x0`` and ``x = Relu(x0)`` (an activation that is
+    not a graph input, so it follows ``--method``)."""
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((n, k)) * rng.uniform(0.05, 1.0, (n, 1))).astype(np.float32)
     b = rng.standard_normal(n).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1)]
+    if input_relu:
+        nodes.insert(0, helper.make_node("Relu", ["x0"], ["x"], name="act"))
     graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1)], "gemm",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", k])],
+        nodes, "gemm", [helper.make_tensor_value_info("x0" if input_relu else "x", TensorProto.FLOAT, ["n", k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [init("w", w), init("b", b)])
     return make_model(graph)
 
