@@ -272,6 +272,9 @@ class HistogramCalibrator(Calibrator):
 
     def collect(self, x: np.ndarray) -> None:
         values, lo, hi = finite_values_and_range(x)
+        cap = self.options.sample_per_batch
+        if cap is not None and values.size > cap:
+            values = values[:: -(-values.size // cap)]  # an even stride; lo and hi stay those of every value
         self.hist.add(values, lo, hi)
 
     def compute_range(self, symmetric: bool) -> tuple[float, float]:

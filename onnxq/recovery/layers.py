@@ -122,13 +122,20 @@ def capture_inputs(model: onnx.ModelProto, names: list[str], data: Iterable[Batc
         del outputs
         if count >= batches:
             break
-    found = {n: np.concatenate(v, axis=0) for n, v in kept.items() if v and _same_tail(v)}
-    log.info("recovery: captured %d tensor(s) over %d batch(es)", len(found), min(batches, count if kept else 0))
+    found = {n: _stack(v) for n, v in kept.items() if v}
+    log.info("recovery: captured %d tensor(s)", len(found))
     return found
 
 
-def _same_tail(arrays: list[np.ndarray]) -> bool:
-    return all(a.shape[1:] == arrays[0].shape[1:] for a in arrays)
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """Batches of one tensor on axis 0; NCHW batches of different sizes (dynamic width) are centre-cropped to the
+    smallest, other batches whose shape differs from the first one's are dropped."""
+    if arrays[0].ndim == 4:
+        h = min(a.shape[2] for a in arrays)
+        w = min(a.shape[3] for a in arrays)
+        arrays = [a[:, :, (a.shape[2] - h) // 2 : (a.shape[2] - h) // 2 + h,
+                    (a.shape[3] - w) // 2 : (a.shape[3] - w) // 2 + w] for a in arrays]
+    return np.concatenate([a for a in arrays if a.shape[1:] == arrays[0].shape[1:]], axis=0)
 
 
 def relative_error(reference: np.ndarray, approx: np.ndarray) -> float:
