@@ -106,12 +106,16 @@ class RecoveryOptions:
     adaround_iterations: int = 300
     #: calibration batches the layer-local algorithms cache (float inputs of the weighted layers)
     batches: int = 2
+    #: calibration batches whose per-channel maxima choose the equalization / SmoothQuant scales (one float pass)
+    equalize_batches: int = 1
     #: NCHW inputs are centre-cropped to at most crop x crop pixels when cached
     crop: int = 64
 
     def __post_init__(self) -> None:
         if self.smoothquant_alpha is not None and not 0.0 < self.smoothquant_alpha < 1.0:
             raise OnnxqError(f"--smoothquant alpha must be in (0, 1), got {self.smoothquant_alpha}")
+        if self.equalize_batches < 1:
+            raise OnnxqError(f"equalize_batches must be at least 1, got {self.equalize_batches}")
         if self.batches < 1:
             raise OnnxqError(f"--recovery-batches must be at least 1, got {self.batches}")
         if self.crop < 4:

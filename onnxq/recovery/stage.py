@@ -39,7 +39,7 @@ def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: Reco
         (smoothquant_targets(model) if options.smoothquant_alpha is not None else [])
     if not targets:
         return notes
-    ranges = channel_ranges(model, targets, data, options.batches)
+    ranges = channel_ranges(model, targets, data, options.equalize_batches)
     if options.equalize:
         notes.append(equalize_model(model, ranges))
     if options.smoothquant_alpha is not None:

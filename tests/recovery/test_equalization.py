@@ -21,7 +21,7 @@ def test_equalization_leaves_fp32_outputs_unchanged_and_balances_depthwise_input
     data = image_batches()
     before = channel_ranges(model, [ChannelTarget("dw", "h1", 1)], data, 4)["h1"]
     equalized = copy.deepcopy(model)
-    notes = equalize(equalized, data, RecoveryOptions(equalize=True, bias_correction=False, batches=4))
+    notes = equalize(equalized, data, RecoveryOptions(equalize=True, bias_correction=False, equalize_batches=4))
     # pairs: dw -> conv3 (identity), conv3 -> Relu -> conv4, conv4 -> PRelu -> conv5
     assert "3 Conv pair(s)" in notes[0] and "1 depthwise input(s) (0 folded" in notes[0], notes
     # HardSwish is not positive-homogeneous: a Mul after it; Relu and PRelu joins fold into the Convs (no Mul)
@@ -50,7 +50,7 @@ def test_smoothquant_is_exact_and_follows_its_formula() -> None:
         model = matmul_model(gemm=gemm)
         data = outlier_batches(gemm=gemm)
         smoothed = copy.deepcopy(model)
-        notes = equalize(smoothed, data, RecoveryOptions(equalize=False, smoothquant_alpha=0.5, batches=3))
+        notes = equalize(smoothed, data, RecoveryOptions(equalize=False, smoothquant_alpha=0.5, equalize_batches=3))
         assert notes == ["SmoothQuant (alpha 0.5): 1 MatMul/Gemm input(s)"]
         for batch in data:
             assert_equivalent(model, smoothed, batch, rtol=1e-5)
