@@ -37,8 +37,8 @@ def main(paths: list[str]) -> None:
 
     for path in paths:
         model = onnx.load(path)
-        gs_ms = median_ms(lambda: gs.export_onnx(gs.import_onnx(model)))
-        index_ms = median_ms(lambda: GraphIndex.build(model.graph))
+        gs_ms = median_ms(lambda m=model: gs.export_onnx(gs.import_onnx(m)))
+        index_ms = median_ms(lambda m=model: GraphIndex.build(m.graph))
         print(f"{path.rsplit('/', 1)[-1]}: {len(model.graph.node)} nodes; graphsurgeon import+export "
               f"{gs_ms:.1f} ms, GraphIndex.build {index_ms:.1f} ms ({gs_ms / index_ms:.0f}x)")
 

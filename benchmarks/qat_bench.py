@@ -1,6 +1,8 @@
 """QAT vs PTQ on the reference models, every metric measured in onnxruntime on the exported graphs.
 
     python benchmarks/qat_bench.py [pointnext centerpoint bevfusion vit] [-o benchmarks/out/qat]
+    python benchmarks/qat_bench.py --step-cost 8          # QAT step / float step, medians, side by side
+    python benchmarks/qat_bench.py centerpoint --imbalance 8 --inits minmax   # a model where PTQ loses
 
 Prints (and writes to OUT/qat_results.md / .json) one row per model and QAT start: FP32, PTQ with each onnxq
 calibration method, QAT started from the best method's ranges (the issue's comparison) and from the worst's, and the

@@ -1,8 +1,8 @@
-"""onnxq: quantize neural networks at the ONNX-graph level, after export.
+r"""onnxq: quantize neural networks at the ONNX-graph level, after export.
 
     import onnxq
     result = onnxq.quantize("model.onnx", calib="calib/", output="model.int8.onnx")
-    print("\\n".join(result.report.summary_lines()))
+    print("\n".join(result.report.summary_lines()))
 
 The public names are imported on first use (PEP 562 module ``__getattr__``), so ``import onnxq`` (and the command
 line's ``--help``) does not load onnx, onnxruntime or numpy.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from onnxq.version import __version__
 
 _EXPORTS = {
     "CalibOptions": "onnxq.calib.base",

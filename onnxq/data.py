@@ -13,7 +13,8 @@ file and input named.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,15 +58,32 @@ def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
 class BatchSource:
     """A re-iterable sequence of checked batches (iterate it once per calibration pass)."""
 
-    def __init__(self, model: onnx.ModelProto, path: str | Path, *, max_batches: int | None = None,
-                 batch_size: int = 8) -> None:
+    def __init__(self, model: onnx.ModelProto, path: str | os.PathLike, *, max_batches: int | None = None,
+                 batch_size: int = 8, files: Sequence[str | Path] | None = None) -> None:
+        """``files``: read only these files of the folder ``path`` (one shard of it), in the order given."""
         self.specs = model_inputs(model)
         self.path = Path(path)
         self.max_batches = max_batches
         self.batch_size = batch_size
         if not self.path.exists():
             raise OnnxqError(f"data path not found: {self.path}")
-        self._files = self._list_files()
+        self._files = self._list_files() if files is None else self._shard_files(files)
+
+    @property
+    def files(self) -> list[Path]:
+        """The data files read, in reading order (a folder's files sorted by name; one file for a stack)."""
+        return list(self._files)
+
+    def _shard_files(self, files: Sequence[str | Path]) -> list[Path]:
+        paths = [Path(f) for f in files]
+        if not paths:
+            raise OnnxqError(f"an empty shard of {self.path}: give at least one file")
+        for path in paths:
+            if not path.is_file():
+                raise OnnxqError(f"data file not found: {path} (is {self.path} on storage this machine sees?)")
+        if self.path.is_file() and paths != [self.path]:
+            raise OnnxqError(f"{self.path} is one .npz stack; it cannot be read as a shard of other files")
+        return paths
 
     def _list_files(self) -> list[Path]:
         if self.path.is_file():

@@ -18,6 +18,8 @@ from onnxq.errors import OnnxqError
 
 @dataclass(frozen=True)
 class QuantDType:
+    """One integer type: its name (also the numpy dtype), ONNX type, range and onnxq's symmetry convention."""
+
     name: str  # also the numpy dtype name of the integer values
     onnx_type: int  # onnx.TensorProto data type of the integer side of QuantizeLinear/DequantizeLinear
     qmin: int

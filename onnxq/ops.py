@@ -24,6 +24,8 @@ AxisRule = Callable[[onnx.NodeProto, int], int | None]  # (node, weight rank) ->
 
 @dataclass(frozen=True)
 class OpHandler:
+    """How onnxq quantizes one op type (see the module docstring)."""
+
     op_type: str
     #: inputs that get Q/DQ when the op is quantized
     quantized_inputs: tuple[int, ...] = ()
@@ -34,6 +36,7 @@ class OpHandler:
     shares_scale: str | None = None
 
     def scale_sharing_inputs(self, node: onnx.NodeProto) -> range:
+        """The inputs of ``node`` that take the scale of its output (none unless a data-movement op)."""
         if self.shares_scale == "all":
             return range(len(node.input))
         return range(1) if self.shares_scale == "first" else range(0)

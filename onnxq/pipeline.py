@@ -17,28 +17,45 @@ from pathlib import Path
 
 import onnx
 
-from onnxq.calib.base import Calibrator
+from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.collect import CollectSettings, collect_statistics
 from onnxq.calib.stats import expand_stats_paths, merge_stats
 from onnxq.config import QuantConfig
 from onnxq.data import Batch, BatchSource, DataSource, RandomSource
 from onnxq.errors import OnnxqError
-from onnxq.graph import GraphIndex, check_model, count_qdq, fingerprint, load_model, save_model
+from onnxq.graph import (
+    GraphIndex,
+    check_model,
+    count_qdq,
+    fingerprint,
+    load_model,
+    save_model,
+)
 from onnxq.passes import PassManager, prepare_passes
 from onnxq.insert import InsertQDQ
+from onnxq.insert.quantize_bias import QuantizeBias
+from onnxq.passes.decompose_hard_activations import DecomposeHardActivations
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.stage import equalize, recover
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
+from onnxq.rules import TARGET_RULES
 from onnxq.runtime import make_session, run_batch
 from onnxq.scales.compute import clipped_fractions, compute_scales
 from onnxq.scales.types import ScaleTable
 from onnxq.validate.compare import compare_models
+from onnxq.validate.latency import LatencySettings, measure_latency
 
 log = logging.getLogger(__name__)
 
+ONE_SOURCE = ("give exactly one source of ranges: calibration data (--calib), statistics (--stats) or scales "
+              "(--scales)")
 ModelLike = str | os.PathLike | onnx.ModelProto
 DataLike = str | os.PathLike | DataSource | Iterable[Batch]
 ScaleImporter = Callable[[QuantPlan, onnx.ModelProto], ScaleTable]
+#: Computes the statistics of ``calib``: :func:`calibrate` in this process, or e.g.
+#: :class:`onnxq.distributed.ray_calibrate.RayCalibration` on a cluster; same arguments, same result.
+Collector = Callable[[onnx.ModelProto, QuantPlan, DataLike, QuantConfig, Callable[[int], None] | None],
+                     tuple[dict[str, Calibrator], int]]
 
 
 @dataclass
@@ -71,7 +88,12 @@ def prepare(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.ModelProt
     manager = PassManager(prepare_passes(per_channel=config.per_channel_weights, strip_qdq=has_qdq),
                           debug=config.debug_passes)
     prepared, results = manager.run(model)
-    return prepared, [note for r in results for note in r.notes]
+    notes = [note for r in results for note in r.notes]
+    decompose = TARGET_RULES[config.target].decompose_activations
+    if decompose:
+        result = DecomposeHardActivations(decompose).run(prepared)
+        prepared, notes = result.model, notes + result.notes
+    return prepared, notes
 
 
 def data_source(model: onnx.ModelProto, data: DataLike, config: QuantConfig) -> DataSource | Iterable[Batch]:
@@ -88,8 +110,13 @@ def calibrate(prepared: onnx.ModelProto, plan: QuantPlan, data: DataLike, config
               progress: Callable[[int], None] | None = None) -> tuple[dict[str, Calibrator], int]:
     """Statistics of every planned activation over the calibration data."""
     source = data_source(prepared, data, config)
-    tensors = {t.name: t.calib_options(config.calib) for t in plan.calibrated_activations()}
-    return collect_statistics(prepared, tensors, source, CollectSettings(config.memory_budget_mb), progress)
+    return collect_statistics(prepared, calibration_targets(plan, config), source,
+                              CollectSettings(config.memory_budget_mb), progress)
+
+
+def calibration_targets(plan: QuantPlan, config: QuantConfig) -> dict[str, CalibOptions]:
+    """Each activation that needs a range of its own, with its calibration options (per-node settings applied)."""
+    return {t.name: t.calib_options(config.calib) for t in plan.calibrated_activations()}
 
 
 def weight_arrays(prepared: onnx.ModelProto, plan: QuantPlan) -> dict:
@@ -145,8 +172,10 @@ class Ranges:
 
 def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, calib: DataLike | None,
            stats: list[str] | None, scales: ScaleImporter | None,
-           progress: Callable[[int], None] | None) -> Ranges:
-    """The scale table from exactly one source (calibration data, statistics files or imported scales)."""
+           progress: Callable[[int], None] | None, collector: Collector | None = None) -> Ranges:
+    """The scale table from exactly one source (calibration data, statistics files or imported scales);
+    ``collector`` computes the statistics of calibration data (default: :func:`calibrate`, in this process).
+    """
     if scales is not None:
         return Ranges(scales(plan, prepared), 0, "imported scales")
     if stats is not None:
@@ -156,9 +185,11 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
             raise OnnxqError(f"the statistics cover no activation {missing[0]!r} (and {len(missing) - 1} more); "
                              "calibrate with the same model and settings")
         source = "merged statistics"
-    else:
-        calibrators, batches = calibrate(prepared, plan, calib, config, progress)
+    elif calib is not None:
+        calibrators, batches = (collector or calibrate)(prepared, plan, calib, config, progress)
         source = "calibration"
+    else:
+        raise OnnxqError(ONE_SOURCE)
     table = compute_scales(plan, calibrators, weight_arrays(prepared, plan))
     clipping = clipped_fractions(plan, calibrators, table)
     for name, fraction in sorted(clipping.items(), key=lambda kv: -kv[1]):
@@ -171,17 +202,20 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
 def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfig | None = None,
              output: str | os.PathLike | None = None, *, stats: list[str] | None = None,
              scales: ScaleImporter | None = None, val: DataLike | None = None, per_layer: bool = False,
-             progress: Callable[[int], None] | None = None) -> QuantizeResult:
+             progress: Callable[[int], None] | None = None, collector: Collector | None = None,
+             latency: LatencySettings | None = None) -> QuantizeResult:
     """Quantize ``model`` to INT8 Q/DQ form and (when ``output`` is given) save it atomically.
 
     Ranges come from exactly one of: ``calib`` (a data folder, an .npz stack, ``"random"`` or a re-iterable sequence
     of batches), ``stats`` (statistics files of ``onnxq calibrate``, merged) or ``scales`` (an importer giving a
-    ScaleTable, see :func:`onnxq.scales.importer.scale_importer`).
+    ScaleTable, see :func:`onnxq.scales.importer.scale_importer`). ``collector`` computes the statistics of ``calib``
+    elsewhere (e.g. :class:`onnxq.distributed.ray_calibrate.RayCalibration`); default: in this process. With ``val``
+    and ``latency``, the report also holds the latency of both models, timed side by side on the first validation
+    batch.
     """
     config = config or QuantConfig()
     if sum(s is not None for s in (calib, stats, scales)) != 1:
-        raise OnnxqError("give exactly one source of ranges: calibration data (--calib), statistics (--stats) or "
-                         "scales (--scales)")
+        raise OnnxqError(ONE_SOURCE)
     clock = _Stopwatch()
     with clock("prepare"):
         original, input_path = _load(model)
@@ -197,13 +231,17 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             raise OnnxqError("nothing to quantize: no Conv, ConvTranspose, Gemm or MatMul node is planned for "
                              "quantization (check --exclude-op/--exclude-node)")
     with clock("ranges"):
-        found = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales, progress=progress)
+        found = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales, progress=progress,
+                       collector=collector)
     with clock("recover"):
         table, recovery_notes = recover(prepared, plan, found.table, found.calibrators, calib_data, config.recovery)
         found = replace(found, table=table)
         notes += recovery_notes
     with clock("insert+verify"):
         quantized = InsertQDQ(plan, found.table).run(prepared).model
+        int32_bias = TARGET_RULES[config.target].int32_bias
+        if int32_bias:
+            quantized = QuantizeBias(int32_bias).run(quantized, keep_input=False).model
         verify(quantized, next(iter(data_source(prepared, calib, config)), None) if calib is not None else None)
     report = QuantReport(plan, notes, original.ByteSize(), quantized.ByteSize(), found.batches, found.source,
                          clipping=found.clipping)
@@ -212,6 +250,10 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             reference = prepared if count_qdq(original) else original  # a re-quantized input: its float form
             val_data = data_source(prepared, val, replace(config, calib_batches=None))
             report.validation = compare_models(reference, quantized, val_data, per_layer=per_layer)
+        if latency is not None:
+            with clock("latency"):
+                batch = next(iter(data_source(prepared, val, replace(config, calib_batches=None))))
+                report.latency = measure_latency(reference, quantized, batch, latency)
     report.seconds = clock.seconds
     output_path = save_model(quantized, output, input_path=input_path) if output is not None else None
     return QuantizeResult(quantized, plan, found.table, report, output_path)

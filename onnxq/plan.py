@@ -17,7 +17,8 @@ from onnxq.calib.base import CalibOptions
 from onnxq.config import NodeSetting, QuantConfig
 from onnxq.dtypes import INT8, quant_dtype
 from onnxq.graph import GraphIndex, node_name
-from onnxq.ops import handler, quantized_ops, weight_axis
+from onnxq.integer_region import data_inputs, feeding_nodes, integer_region
+from onnxq.ops import WEIGHTED_OPS, handler, quantized_ops, weight_axis
 from onnxq.rules import TARGET_RULES, TargetRules
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,67 @@ class _Planner:
         if self.rules.share_scales:
             for tensor in list(self.plan.activations()):
                 self._share_scale_upstream(tensor.name, tensor.name)
+        if self.rules.integer_kernels:
+            self._integer_region()
         return self.plan
+
+    def _allowed(self, node: onnx.NodeProto) -> bool:
+        setting, _ = self.config.overrides.resolve(node.op_type, node_name(node), NodeSetting(skip=False))
+        return not setting.skip
+
+    def _integer_region(self) -> None:
+        """Quantize inputs AND outputs of the ops onnxruntime's CPU provider runs in integer, so each node unit
+        fuses into one QLinear kernel (onnxq/integer_region.py, docs/ort_cpu_rules.md)."""
+        graph = self.model.graph
+        quantized = {d.node for d in self.plan.nodes if d.quantized}
+        seeds = [n for n in graph.node if node_name(n) in quantized and n.op_type in self.rules.integer_kernels]
+        upstream = feeding_nodes(self.index, seeds)
+        for conv in [n for n in seeds if n.op_type in self.rules.float_when_writing_graph_output
+                     and node_name(n) not in upstream]:
+            self._unplan(conv, "feeds only the float tail after the last weighted op (a head): stays float")
+            quantized.discard(node_name(conv))
+            seeds.remove(conv)
+        region = integer_region(graph, self.index, self.rules, seeds, self._is_float_activation, self._allowed,
+                                {t.name for t in self.plan.activations()})
+        for node in graph.node:
+            name = node_name(node)
+            if name not in region.members:
+                continue
+            kernel = self.rules.integer_kernels[node.op_type]
+            setting, _ = self.config.overrides.resolve(node.op_type, name, NodeSetting(skip=False))
+            if name not in quantized:
+                for i, tensor in data_inputs(node, kernel):
+                    self._add_tensor(node, name, i, tensor, setting)
+                self.plan.nodes.append(NodeDecision(name, node.op_type, True, "quantized"))
+            for out in region.outputs[name]:
+                readers = [(r, i) for r, i in self.index.consumers.get(out, []) if i >= 0]
+                if out in self.index.graph_outputs or not readers:
+                    continue  # a node unit that writes a graph output cannot fuse; keep that output float
+                if kernel.output_optional and not any(node_name(r) in region.members for r, _ in readers):
+                    continue
+                for reader, i in readers:
+                    self._add_tensor(reader, node_name(reader), i, out, setting)
+                if kernel.same_scale:
+                    self.plan.tensors[out].shares_scale_with = self._scale_root(node.input[0])
+        for node in graph.node:
+            if node_name(node) in region.absorbed:
+                self.plan.nodes.append(NodeDecision(node_name(node), node.op_type, True,
+                                                    "fused into its producer's node unit"))
+
+    def _unplan(self, node: onnx.NodeProto, reason: str) -> None:
+        """Take back the quantization ``_decide`` planned for ``node`` (its weight and its input's consumer entry)."""
+        name = node_name(node)
+        for tensor in list(self.plan.tensors.values()):
+            tensor.consumers = [c for c in tensor.consumers if c.node != name]
+            if not tensor.consumers:
+                del self.plan.tensors[tensor.name]
+        self.plan.nodes = [d for d in self.plan.nodes if d.node != name]
+        self.plan.nodes.append(NodeDecision(name, node.op_type, False, reason))
+
+    def _scale_root(self, tensor: str) -> str:
+        while (shared := self.plan.tensors[tensor].shares_scale_with) is not None:
+            tensor = shared
+        return tensor
 
     def _is_float_activation(self, name: str) -> bool:
         return bool(name) and not self.index.is_initializer(name) and \
@@ -174,6 +235,9 @@ class _Planner:
         name = node_name(node)
         inputs = h.quantized_inputs
         default_reason = self.rules.default_skip_reason(node.op_type) or ""
+        if not default_reason and node.op_type in self.rules.float_when_writing_graph_output and \
+                any(o in self.index.graph_outputs for o in node.output):
+            default_reason = f"writes a graph output: on {self.rules.name} that node unit cannot fuse, so it stays float"
         default = NodeSetting(skip=True) if default_reason else \
             NodeSetting(skip=False, dtype=self.rules.activation_dtype)
         setting, decided_by = self.config.overrides.resolve(node.op_type, name, default)
@@ -204,6 +268,11 @@ class _Planner:
             if existing is not None and existing.axis != axis:
                 log.info("weight %s is shared with different axes; quantizing it per tensor", tensor)
                 existing.axis, existing.channels = None, None
+            elif existing is None and node.op_type in self.rules.integer_kernels and \
+                    node.op_type not in WEIGHTED_OPS:
+                # a constant operand of an integer Add/Mul: the same type as the activations it meets
+                dtype = setting.dtype or self.rules.activation_dtype
+                existing = TensorPlan(tensor, "weight", dtype, quant_dtype(dtype).symmetric, None, None, "minmax")
             elif existing is None:
                 existing = TensorPlan(tensor, "weight", INT8.name, INT8.symmetric, axis,
                                       dims[axis] if axis is not None else None, self.config.weight_method)
@@ -212,7 +281,8 @@ class _Planner:
             dtype = setting.dtype or self.rules.activation_dtype
             existing = TensorPlan(tensor, "activation", dtype, quant_dtype(dtype).symmetric, None, None, method,
                                   setting.percentile)
-        existing.consumers.append(Consumer(consumer, i))
+        if Consumer(consumer, i) not in existing.consumers:
+            existing.consumers.append(Consumer(consumer, i))
         self.plan.tensors[tensor] = existing
 
 

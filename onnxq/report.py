@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from onnxq.plan import QuantPlan
 from onnxq.validate.compare import ComparisonReport
+from onnxq.validate.latency import LatencyReport
 
 # a calibrated range that saturates more than this share of its calibration values is called out in the summary
 CLIP_WARNING_FRACTION = 0.01
@@ -23,6 +24,7 @@ class QuantReport:
     seconds: dict[str, float] = field(default_factory=dict)
     validation: ComparisonReport | None = None
     clipping: dict[str, float] = field(default_factory=dict)  # activation -> share of calibration values clipped
+    latency: LatencyReport | None = None
 
     @property
     def compression(self) -> float:
@@ -42,6 +44,8 @@ class QuantReport:
         lines += self.clipping_lines()
         if self.validation is not None:
             lines += validation_lines(self.validation)
+        if self.latency is not None:
+            lines += self.latency.lines()
         if self.seconds:
             lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()))
         return lines
@@ -67,6 +71,7 @@ class QuantReport:
             "size_after": self.size_after,
             "seconds": self.seconds,
             "validation": self.validation.as_dict() if self.validation else None,
+            "latency": self.latency.as_dict() if self.latency else None,
         }
 
 

@@ -11,6 +11,53 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class IntegerKernel:
+    """An op type whose ``DQ -> op -> Q`` node unit onnxruntime's CPU provider fuses into an integer kernel
+    (docs/ort_cpu_rules.md, section 2)."""
+
+    fused_as: str  # the kernel the node unit becomes
+    # indices of the float data inputs the node unit needs behind a DQ; None: every input (Concat)
+    data_inputs: tuple[int, ...] | None = (0,)
+    # the Q/DQ pair around the op is dropped, so its output must keep its input's scale and zero point
+    same_scale: bool = False
+    # the op fuses without a Q on its output too (MatMul -> MatMulIntegerToFloat), so its output is quantized only
+    # when an integer consumer reads it
+    output_optional: bool = False
+    # a float constant (initializer) may be a data input: it is stored quantized like the activations
+    constant_inputs: bool = False
+    # the output is a part of the input (Gather, Slice, Split): with the same scale, the part would get the whole's
+    # range, so the region does not grow back through it (docs/ort_cpu_rules.md 3.2)
+    selects_part: bool = False
+
+
+# The CPU provider's QDQ selector/action table (onnxruntime qdq_selector_action_transformer.cc, 1.32; what fuses
+# was checked on this onnxruntime by reading the optimized graph, tests/pipeline/test_ort_cpu_fusion.py).
+ORT_CPU_KERNELS: dict[str, IntegerKernel] = {
+    "Conv": IntegerKernel("QLinearConv"),
+    "MatMul": IntegerKernel("QLinearMatMul", (0, 1), output_optional=True),
+    "Gemm": IntegerKernel("QGemm", (0,), output_optional=True),
+    "Add": IntegerKernel("QLinearAdd", (0, 1), constant_inputs=True),
+    "Mul": IntegerKernel("QLinearMul", (0, 1), constant_inputs=True),
+    "Concat": IntegerKernel("QLinearConcat", None),
+    "AveragePool": IntegerKernel("QLinearAveragePool"),
+    "GlobalAveragePool": IntegerKernel("QLinearGlobalAveragePool"),
+    "Sigmoid": IntegerKernel("QLinearSigmoid"),
+    "LeakyRelu": IntegerKernel("QLinearLeakyRelu"),
+    "Softmax": IntegerKernel("QLinearSoftmax"),
+    "Where": IntegerKernel("QLinearWhere", (1, 2)),
+    "MaxPool": IntegerKernel("MaxPool (uint8)", same_scale=True),
+    "Resize": IntegerKernel("Resize (uint8)", same_scale=True),
+    **{op: IntegerKernel(f"{op} (uint8)", same_scale=True)
+       for op in ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Tile")},
+    **{op: IntegerKernel(f"{op} (uint8)", same_scale=True, selects_part=True) for op in ("Slice", "Gather", "Split")},
+}
+
+# Relu/Clip between a fused op and its Q vanish into the node unit when the Q's zero point is the integer type's
+# minimum (qdq_selectors.cc, GetQDQSelection: "redundant clip node"); the Relu output is then the quantized tensor.
+ORT_CPU_ABSORBED = frozenset({"Relu", "Clip"})
+
+
+@dataclass(frozen=True)
 class TargetRules:
     name: str
     #: integer type of activations (a key of onnxq.dtypes.QUANT_DTYPES; its entry says whether it is symmetric)
@@ -27,6 +74,20 @@ class TargetRules:
     #: give the inputs of Concat and data-movement ops (onnxq.ops: ``shares_scale``) feeding a quantized tensor
     #: that tensor's scale
     share_scales: bool = False
+    #: ops with integer kernels: when set, the plan quantizes whole integer regions (inputs AND outputs of these
+    #: ops) so every node unit fuses, instead of only the inputs of weighted ops (onnxq/integer_region.py)
+    integer_kernels: dict[str, IntegerKernel] = field(default_factory=dict)
+    #: activations that disappear into the fused producer when they sit between it and its Q
+    absorbed_activations: frozenset[str] = frozenset()
+    #: weighted ops kept float when they write a graph output or feed only the float tail after the last weighted
+    #: op (a head): such a node unit cannot fuse or adds error for little gain, and DQ'd weights would be
+    #: dequantized again on every run
+    float_when_writing_graph_output: frozenset[str] = frozenset()
+    #: store the bias of these ops as int32 (scale = input scale x weight scale) behind a DQ: QGemm fuses only when
+    #: every input, bias included, comes through a DQ
+    int32_bias: frozenset[str] = frozenset()
+    #: activation functions rewritten into ops with integer kernels before planning (passes/decompose_hard_activations)
+    decompose_activations: frozenset[str] = frozenset()
 
     def default_skip_reason(self, op_type: str) -> str | None:
         """Why the target keeps ``op_type`` float by default, or None when it quantizes it."""
@@ -53,6 +114,16 @@ ORT_CPU = TargetRules(
     name="ort-cpu",
     activation_dtype="uint8",
     default_skip={"ConvTranspose": _CONVTRANSPOSE_REASON.replace("TensorRT lacks", "some runtimes lack")},
+    # uint8 activations: on x86 the QDQ selectors fuse Conv/MatMul only with uint8 activations
+    # (QDQIsInt8Allowed() is false off ARM; docs/ort_cpu_rules.md 1.1)
+    integer_kernels=ORT_CPU_KERNELS,
+    absorbed_activations=ORT_CPU_ABSORBED,
+    float_when_writing_graph_output=frozenset({"Conv"}),
+    int32_bias=frozenset({"Gemm"}),
+    # HardSwish/HardSigmoid stay float between integer ops: rewritten into integer Add/Clip/Mul they MEASURED slower
+    # on MobileNetV3-Small (0.73x vs 0.91x FP32 at 1 thread, 0.76x vs 0.81x at 2; docs/ort_cpu_rules.md 3.7):
+    # three small integer kernels cost more than one DQ + float op + Q
+    decompose_activations=frozenset(),
 )
 
 #: every target by name (the command line's --target choices)

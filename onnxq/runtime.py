@@ -39,8 +39,14 @@ class SessionSettings:
     threads: int = 0
     #: graph optimisation: "basic" keeps Q/DQ arithmetic as the reference (no QLinear fusion), "all" is fastest
     optimization: str = "basic"
+    #: also write the graph onnxruntime runs after its optimisations here (``optimized_model_filepath``)
+    optimized_model_path: str | None = None
+    #: let idle intra-op threads spin-wait for work (onnxruntime's default); off when several sessions take turns
+    #: in one process, where one session's spinning threads steal the cores the other one runs on
+    allow_spinning: bool = True
 
     def to_ort(self) -> ort.SessionOptions:
+        """These settings as onnxruntime SessionOptions."""
         levels = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -53,6 +59,10 @@ class SessionSettings:
         options.log_severity_level = 3
         if self.threads:
             options.intra_op_num_threads = self.threads
+        if self.optimized_model_path is not None:
+            options.optimized_model_filepath = self.optimized_model_path
+        if not self.allow_spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options
 
 
@@ -70,7 +80,8 @@ def make_session(model: ModelSource, *, outputs: Iterable[str] = (), threads: in
     try:
         return ort.InferenceSession(source, settings.to_ort(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for invalid models
-        raise OnnxqError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
+        what = "the model" if isinstance(model, onnx.ModelProto) else str(model)
+        raise OnnxqError(f"onnxruntime cannot load {what}: {first_line(exc)}") from exc
 
 
 def run_batch(session: ort.InferenceSession, batch: Batch, label: str) -> list[np.ndarray]:
@@ -87,10 +98,12 @@ def run_named(session: ort.InferenceSession, batch: Batch, label: str) -> dict[s
 
 
 def output_names(session: ort.InferenceSession) -> list[str]:
+    """The session's output names, in the order :func:`run_batch` returns the arrays."""
     return [o.name for o in session.get_outputs()]
 
 
 def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (onnxruntime's are long), or its type's name."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

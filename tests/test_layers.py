@@ -2,7 +2,7 @@
 
 Layers, bottom to top (DESIGN.md "Layers", adjusted to the real package; an import may go down or stay level):
 
-0. errors, atomic, findings, dtypes, rules, scales.formats -- pure data and helpers, no onnxq imports above them
+0. errors, version, atomic, findings, dtypes, rules, scales.formats -- pure data and helpers
 1. graph, runtime, data, ops -- load/save/index, onnxruntime sessions, readers, per-op handlers
 2. calib -- statistics algorithms (know nothing of plans)
 3. config, config_file, plan
@@ -24,14 +24,14 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "onnxq"
 
 LAYERS = {
-    "onnxq.errors": 0, "onnxq.atomic": 0, "onnxq.findings": 0, "onnxq.dtypes": 0, "onnxq.rules": 0,
+    "onnxq.errors": 0, "onnxq.version": 0, "onnxq.atomic": 0, "onnxq.findings": 0, "onnxq.dtypes": 0, "onnxq.rules": 0,
     "onnxq.scales.formats": 0,
     "onnxq.graph": 1, "onnxq.runtime": 1, "onnxq.data": 1, "onnxq.ops": 1,
     "onnxq.calib": 2,
-    "onnxq.config": 3, "onnxq.config_file": 3, "onnxq.plan": 3,
+    "onnxq.config": 3, "onnxq.config_file": 3, "onnxq.plan": 3, "onnxq.integer_region": 3,
     "onnxq.scales": 4, "onnxq.validate": 4, "onnxq.report": 4,
     "onnxq.passes": 5, "onnxq.insert": 5,
-    "onnxq.pipeline": 6, "onnxq.recovery": 6, "onnxq.scales.qdq_keys": 6,
+    "onnxq.pipeline": 6, "onnxq.dynamic": 6, "onnxq.recovery": 6, "onnxq.scales.qdq_keys": 6,
     "onnxq.handoff_report": 7, "onnxq.inspect_model": 7, "onnxq.trt": 7, "onnxq.qat": 7, "onnxq.models": 7,
     "onnxq.compare": 7, "onnxq.distributed": 7,
     "onnxq.commands": 8, "onnxq.cli": 8, "onnxq": 8,

@@ -100,24 +100,25 @@ def estimate_bytes(model: onnx.ModelProto, names: list[str], data: Iterable[Batc
         if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape"):
             shapes[v.name] = list(v.type.tensor_type.shape.dim)
     first_batch = max((s.shape[0] for s in (first or {}).values() if s.ndim), default=1)
-    sizes: dict[str, int | None] = {}
-    for name in names:
-        dims = shapes.get(name)
-        if dims is None:
-            sizes[name] = None
-            continue
-        n = 1
-        for i, d in enumerate(dims):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                n *= d.dim_value
-            elif d.dim_param in bindings:
-                n *= bindings[d.dim_param]
-            elif i == 0:
-                n *= first_batch
-            else:
-                n = None
-                break
-        sizes[name] = None if n is None else 4 * n
-    known = [s for s in sizes.values() if s is not None]
+    sizes = {name: _numel(shapes.get(name), bindings, first_batch) for name in names}
+    known = [4 * s for s in sizes.values() if s is not None]
     fallback = max(known) if known else 0
-    return {k: (v if v is not None else fallback) for k, v in sizes.items()}
+    return {k: (4 * v if v is not None else fallback) for k, v in sizes.items()}
+
+
+def _numel(dims: list | None, bindings: dict[str, int], first_batch: int) -> int | None:
+    """Elements of a tensor of inferred ``dims``: dynamic dims bound by name or (axis 0) to the first batch's size;
+    None when a dim stays unknown."""
+    if dims is None:
+        return None
+    n = 1
+    for i, d in enumerate(dims):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            n *= d.dim_value
+        elif d.dim_param in bindings:
+            n *= bindings[d.dim_param]
+        elif i == 0:
+            n *= first_batch
+        else:
+            return None
+    return n

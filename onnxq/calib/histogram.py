@@ -208,11 +208,11 @@ class StreamingHistogram:
     # ---- state
     def state(self) -> dict[str, np.ndarray]:
         return {
-            "exponent": np.int64(self.exponent),
+            "exponent": np.array(self.exponent, np.int64),
             "pos": self.pos.copy(),
             "neg": self.neg.copy(),
-            "lo": np.float64(self.lo),
-            "hi": np.float64(self.hi),
+            "lo": np.array(self.lo, np.float64),
+            "hi": np.array(self.hi, np.float64),
         }
 
     @classmethod

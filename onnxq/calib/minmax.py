@@ -67,7 +67,8 @@ class MinMaxCalibrator(Calibrator):
         self.batches += other.batches
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"lo": np.float64(self.lo), "hi": np.float64(self.hi), "batches": np.int64(self.batches)}
+        return {"lo": np.array(self.lo, np.float64), "hi": np.array(self.hi, np.float64),
+                "batches": np.array(self.batches, np.int64)}
 
     @classmethod
     def from_state(cls, state: dict[str, np.ndarray], options: CalibOptions) -> MinMaxCalibrator:

@@ -39,7 +39,7 @@ def save_stats(path: str | os.PathLike, calibrators: dict[str, Calibrator], fing
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent if str(path.parent) else ".")
     os.close(fd)
     try:
-        np.savez(tmp, **arrays)
+        np.savez(tmp, allow_pickle=False, **arrays)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -87,12 +87,20 @@ def merge_stats(paths: list[Path], fingerprint: str) -> tuple[dict[str, Calibrat
     for path in paths:
         calibrators, n = load_stats(path, fingerprint)
         batches += n
-        if merged and calibrators.keys() != merged.keys():
-            raise OnnxqError(f"{path} covers other tensors than the shards before it; calibrate every shard with "
-                             "the same settings")
-        for name, cal in calibrators.items():
-            if name in merged:
-                merged[name].merge(cal)
-            else:
-                merged[name] = cal
+        merge_into(merged, calibrators, str(path))
     return merged, batches
+
+
+def merge_into(merged: dict[str, Calibrator], calibrators: dict[str, Calibrator], source: str) -> None:
+    """Fold one shard's calibrators into ``merged`` (empty for the first shard), exactly and in any order.
+
+    ``source`` names the shard in the error raised when it covers other tensors than the shards before it.
+    """
+    if merged and calibrators.keys() != merged.keys():
+        raise OnnxqError(f"{source} covers other tensors than the shards before it; calibrate every shard with "
+                         "the same settings")
+    for name, cal in calibrators.items():
+        if name in merged:
+            merged[name].merge(cal)
+        else:
+            merged[name] = cal

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from onnxq.commands.common import add_model_and_output
 from onnxq.errors import OnnxqError
 
 
@@ -13,8 +14,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description="Build a TensorRT engine with explicit quantization (the model's Q/DQ "
                               "scales; no calibrator). Needs the tensorrt package and an NVIDIA GPU, unless "
                               "--print-trtexec.")
-    p.add_argument("model", help="Q/DQ ONNX model")
-    p.add_argument("-o", "--output", required=True, help="engine file to write (e.g. model.plan)")
+    add_model_and_output(p, "Q/DQ ONNX model", "engine file to write (e.g. model.plan)")
     p.add_argument("--fp16", action="store_true", help="let unquantized layers run in FP16")
     p.add_argument("--shapes", action="append", metavar="NAME:DxD..",
                    help="input shapes, e.g. x:1x3x640x640 (the opt shape; also min and max unless given)")

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from onnxq.commands.common import add_calib_flags, add_selection_flags, config_from_args, progress_bar
+from onnxq.commands.common import (
+    add_calib_flags,
+    add_model_and_output,
+    add_ray_flags,
+    add_selection_flags,
+    config_from_args,
+    progress_bar,
+    ray_collector,
+    shard_progress_bar,
+)
 from onnxq.errors import OnnxqError
 
 
@@ -12,11 +21,11 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("calibrate", help="collect calibration statistics of a data shard (mergeable)",
                               description="Run the calibration of one shard and save its statistics (not its "
                               "ranges); 'onnxq quantize MODEL --stats \"stats_*.npz\"' merges any number of them.")
-    p.add_argument("model", help="FP32 ONNX model")
+    add_model_and_output(p, "FP32 ONNX model", "statistics file to write (.npz)")
     p.add_argument("--calib", required=True, metavar="DATA", help="this shard's data (folder or .npz stack)")
-    p.add_argument("-o", "--output", required=True, help="statistics file to write (.npz)")
     add_calib_flags(p)
     add_selection_flags(p)
+    add_ray_flags(p)
     p.add_argument("--requantize", action="store_true", help="strip the Q/DQ of an already quantized model first")
     p.set_defaults(func=run)
 
@@ -30,10 +39,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.output.endswith(".npz"):
         raise OnnxqError(f"statistics files end in .npz, got {args.output}")
     config = config_from_args(args)
-    prepared, _ = prepare(load_model(args.model), config)
-    plan = build_plan(prepared, config)
-    with progress_bar(None, "calibrating") as progress:
-        calibrators, batches = calibrate(prepared, plan, args.calib, config, progress)
+    bar = shard_progress_bar("calibrating on Ray") if args.ray is not None else progress_bar(None, "calibrating")
+    with bar as progress:
+        # before any work, so a missing ray fails at once
+        collector = ray_collector(args, progress if args.ray is not None else None)
+        prepared, _ = prepare(load_model(args.model), config)
+        plan = build_plan(prepared, config)
+        if collector is not None:
+            calibrators, batches = collector(prepared, plan, args.calib, config, None)
+        else:
+            calibrators, batches = calibrate(prepared, plan, args.calib, config, progress)
     save_stats(args.output, calibrators, fingerprint(prepared), batches)
     print(f"wrote statistics of {len(calibrators)} tensor(s) over {batches} batch(es) to {args.output}")
     return 0

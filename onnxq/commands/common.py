@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from onnxq.rules import TARGET_RULES, TENSORRT
 
@@ -22,6 +23,12 @@ def progress_bar(total: int | None, desc: str) -> Iterator[Callable[[int], None]
 
     with tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr) as bar:
         yield bar.update
+
+
+def add_model_and_output(parser: argparse.ArgumentParser, model: str, output: str, *, required: bool = True) -> None:
+    """The input model (positional) and ``-o/--output``: the same two arguments in every command that writes a file."""
+    parser.add_argument("model", help=model)
+    parser.add_argument("-o", "--output", required=required, help=output)
 
 
 def add_json_flag(parser: argparse.ArgumentParser, what: str) -> None:
@@ -107,7 +114,7 @@ def config_from_args(args: argparse.Namespace):
     from onnxq.config import DEFAULT_ACTIVATION_METHOD, Overrides, QuantConfig
     from onnxq.config_file import load_config_file
 
-    overrides, run = Overrides(), {}
+    overrides, run = Overrides(), dict[str, Any]()
     if getattr(args, "config", None):
         overrides, run = load_config_file(args.config)
     flags = Overrides.from_flags(args.include_op, args.exclude_op, args.exclude_node, args.include_node)
@@ -128,3 +135,55 @@ def config_from_args(args: argparse.Namespace):
         debug_passes=getattr(args, "debug_passes", False),
         recovery=recovery_from_args(args),
     )
+
+
+@contextlib.contextmanager
+def shard_progress_bar(desc: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A tqdm bar of shards done / total on a terminal (stderr), nothing otherwise; yields ``update(done, total)``."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=None, desc=desc, unit="shard", leave=False, file=sys.stderr) as bar:
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        yield update
+
+
+def add_ray_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group('Ray cluster (optional: pip install "onnxq[ray]")')
+    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="calibrate on Ray: one task per shard of the data files, each reading its files by path, "
+                   "merged exactly (same ranges as one local run). ADDRESS: the cluster's (auto, HOST:PORT); "
+                   "without it RAY_ADDRESS, else a new local Ray instance")
+    g.add_argument("--shards", type=int, metavar="N", help="with --ray: number of shards (default: one per CPU)")
+    g.add_argument("--ray-runtime-env", metavar="JSON",
+                   help="with --ray: Ray runtime_env of the tasks, e.g. '{\"env_vars\": {\"OMP_NUM_THREADS\": \"1\"}}'")
+
+
+def ray_collector(args: argparse.Namespace, progress: Callable[[int, int], None] | None):
+    """The Ray calibration the flags ask for, or None to calibrate in this process."""
+    import json
+
+    from onnxq.errors import OnnxqError
+
+    if args.ray is None:
+        if args.shards is not None or args.ray_runtime_env is not None:
+            raise OnnxqError("--shards and --ray-runtime-env need --ray")
+        return None
+    from onnxq.distributed.ray_calibrate import RayCalibration, RayOptions
+
+    runtime_env = None
+    if args.ray_runtime_env is not None:
+        try:
+            runtime_env = json.loads(args.ray_runtime_env)
+        except json.JSONDecodeError as exc:
+            raise OnnxqError(f"--ray-runtime-env is not JSON: {exc}") from exc
+        if not isinstance(runtime_env, dict):
+            raise OnnxqError("--ray-runtime-env must be a JSON object, e.g. '{\"working_dir\": \".\"}'")
+    options = RayOptions(address=args.ray or None, shards=args.shards, runtime_env=runtime_env)
+    return RayCalibration(args.model, options, progress=progress)

@@ -39,10 +39,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "compare FP32 and INT8 outputs (SQNR), and evaluate both on the task metric.",
     )
     p.add_argument("--models", default=None, help="comma-separated subset (default: all; see onnxq models list)")
-    p.add_argument("--workdir", type=Path, default=None, help="keep the exported and quantized files here (default: a temporary folder)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="keep the exported and quantized files here (default: a temporary folder)")
     p.add_argument("--calib-batches", type=int, default=16, help="calibration batches of 8 samples (default 16)")
     p.add_argument("--val-batches", type=int, default=16, help="validation batches of 16 samples (default 16)")
-    p.add_argument("--fast", action="store_true", help="4 calibration and 4 validation batches (a smoke test; noisy metrics)")
+    p.add_argument("--fast", action="store_true",
+                   help="4 calibration and 4 validation batches (a smoke test; noisy metrics)")
     p.set_defaults(func=run)
 
 
@@ -56,13 +58,14 @@ def run_model(name: str, workdir: Path, calib_batches: int, val_batches: int) ->
     exp = export_model(name, workdir / name, calib_batches=calib_batches, val_batches=val_batches)
     int8_path = exp.model_path.with_name("model.int8.onnx")
     result = onnxq.quantize(str(exp.model_path), calib=str(exp.calib_dir), output=str(int8_path))
-    int8_path = Path(result.output_path)
+    int8_path = result.output_path or int8_path
     report = compare_models(str(exp.model_path), str(int8_path), data=str(exp.val_dir))
     fp32 = evaluate_onnx(name, exp.model_path, exp.val_dir)
     int8 = evaluate_onnx(name, int8_path, exp.val_dir)
     worst = min(report.outputs, key=lambda o: o.sqnr_db)
     for o in report.outputs:
-        log.info("%s output %s: SQNR %.1f dB, cosine %.5f, MAE %.4g, max error %.4g", name, o.name, o.sqnr_db, o.cosine, o.mae, o.max_abs_error)
+        log.info("%s output %s: SQNR %.1f dB, cosine %.5f, MAE %.4g, max error %.4g", name, o.name, o.sqnr_db,
+                 o.cosine, o.mae, o.max_abs_error)
     return DemoRow(
         name, fp32.metric, fp32.higher_is_better, fp32.baseline, fp32.value, int8.value, worst.sqnr_db, worst.name,
         min(o.cosine for o in report.outputs), time.perf_counter() - start,
@@ -70,7 +73,8 @@ def run_model(name: str, workdir: Path, calib_batches: int, val_batches: int) ->
 
 
 def format_table(rows: list[DemoRow]) -> str:
-    header = ("model", "metric", "baseline", "FP32", "INT8", "INT8-FP32", "min SQNR dB (output)", "min cosine", "time s")
+    header = ("model", "metric", "baseline", "FP32", "INT8", "INT8-FP32", "min SQNR dB (output)", "min cosine",
+              "time s")
     lines = [header]
     for r in rows:
         arrow = "↑" if r.higher_is_better else "↓"

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import sys
 
+from onnxq.commands.common import add_model_and_output
 from onnxq.scales.formats import FORMATS, TRT_CACHE_ALGORITHMS, TRT_CACHE_DEFAULT_ALGORITHM, TRT_CACHE_DEFAULT_VERSION
-
-log = logging.getLogger(__name__)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export-scales", help="write a Q/DQ model's scales as JSON, TensorRT cache or AIMET",
                               description="Read the scales of a Q/DQ ONNX model (keyed by the quantized tensor's "
                               "name) and write them in another toolchain's format.")
-    p.add_argument("model", help="Q/DQ ONNX model")
+    add_model_and_output(p, "Q/DQ ONNX model", "file to write")
     p.add_argument("--format", choices=FORMATS, required=True,
                    help="json (onnxq), trt-cache (TensorRT calibration cache, per-tensor only), aimet (0.6.1)")
-    p.add_argument("-o", "--output", required=True, help="file to write")
     p.add_argument("--trt-version", default=TRT_CACHE_DEFAULT_VERSION,
                    help=f"version number in the calibration cache header (default {TRT_CACHE_DEFAULT_VERSION})")
     p.add_argument("--algorithm", choices=TRT_CACHE_ALGORITHMS, default=TRT_CACHE_DEFAULT_ALGORITHM,
@@ -39,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
             "aimet": {"param_names": params},
             "trt-cache": {"trt_version": args.trt_version, "algorithm": args.algorithm}}[args.format]
     if not table:
-        log.warning("%s has no int8/uint8 Q/DQ nodes; writing an empty scales file", args.model)
+        print(f"warning: {args.model} has no int8/uint8 Q/DQ nodes; writing an empty scales file", file=sys.stderr)
     save_scales(table, args.output, args.format, **meta)
     written = sum(1 for p in table.values() if not p.per_channel and p.symmetric) if args.format == "trt-cache" \
         else len(table)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from onnxq.commands.common import add_model_and_output
 from onnxq.errors import OnnxqError
 from onnxq.rules import TARGET_RULES, TENSORRT
 
@@ -21,8 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("import-qdq", help="read a torch fake-quant Q/DQ export's scales into onnxq JSON",
                               description="Read the QuantizeLinear/DequantizeLinear scales of a Q/DQ ONNX model "
                               "exported from torch fake quant and write them as an onnxq scales file.")
-    p.add_argument("model", help="Q/DQ ONNX model (torch fake-quant export, opset >= 13)")
-    p.add_argument("-o", "--output", required=True, help="scales file to write (onnxq JSON)")
+    add_model_and_output(p, "Q/DQ ONNX model (torch fake-quant export, opset >= 13)",
+                         "scales file to write (onnxq JSON)")
     p.add_argument("--fp32", metavar="MODEL", help="the FP32 export of the same model: key the scales by its "
                    "planned tensor names (matched by value) and record its fingerprint")
     p.add_argument("--target", choices=tuple(TARGET_RULES), default=TENSORRT.name,

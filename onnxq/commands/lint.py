@@ -7,7 +7,6 @@ import argparse
 from onnxq.commands.common import add_json_flag, print_result
 
 
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("lint", help="check a Q/DQ model against TensorRT's explicit-quantization rules",
                               description="Check a Q/DQ ONNX model against TensorRT's explicit-quantization rules. "

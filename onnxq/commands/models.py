@@ -49,9 +49,22 @@ def run_qat(args: argparse.Namespace) -> int:
 
     get_model(args.name)  # unknown names fail before torch is imported
     import_torch()
+    import sys
+    import time
+
+    from onnxq.qat.progress import ConsoleProgress
     from onnxq.qat.reference import render_table, run_models_qat
 
-    record = run_models_qat(args.name, args.output, seed=args.seed)
+    started = time.perf_counter()
+
+    def stage(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.0f} s] {message}", file=sys.stderr, flush=True)
+
+    console = ConsoleProgress()
+    try:
+        record = run_models_qat(args.name, args.output, seed=args.seed, stage=stage, progress=console)
+    finally:
+        console.close()
     print(render_table([record]), end="")
     print(f"wrote {args.output / f'qat_{args.name}.md'}")
     return 0

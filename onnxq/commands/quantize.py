@@ -8,8 +8,18 @@ import sys
 from pathlib import Path
 
 from onnxq.atomic import write_json_atomic, write_text_atomic
-from onnxq.commands.common import (add_calib_flags, add_recovery_flags, add_selection_flags, config_from_args,
-                                   progress_bar)
+from onnxq.commands.common import (
+    add_calib_flags,
+    add_recovery_flags,
+    add_model_and_output,
+    add_ray_flags,
+    add_selection_flags,
+    config_from_args,
+    progress_bar,
+    ray_collector,
+    shard_progress_bar,
+)
+from onnxq.commands.latency_flags import add_latency_flags, latency_settings
 from onnxq.errors import OnnxqError
 
 log = logging.getLogger(__name__)
@@ -18,8 +28,7 @@ log = logging.getLogger(__name__)
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("quantize", help="quantize an FP32 ONNX model to INT8 Q/DQ form",
                               description="Fold BatchNorm, plan, calibrate, insert Q/DQ, verify and save.")
-    p.add_argument("model", help="FP32 ONNX model")
-    p.add_argument("-o", "--output", help="output path (default: MODEL.int8.onnx beside the input)")
+    add_model_and_output(p, "FP32 ONNX model", "output path (default: MODEL.int8.onnx beside the input)", required=False)
     src = p.add_argument_group("ranges (exactly one)")
     src.add_argument("--calib", metavar="DATA", help="calibration data: folder of .npy/.npz batches, an .npz "
                      "stack, or 'random' (meaningless scales, for toolchain tests only)")
@@ -28,14 +37,19 @@ def add_parser(subparsers) -> None:
     src.add_argument("--scales", metavar="FILE", help="take the scales from a file (onnxq JSON, TensorRT "
                      "calibration cache or AIMET encodings) instead of calibrating")
     src.add_argument("--strict", action="store_true", help="with --scales: any mismatch with the plan is an error")
+    src.add_argument("--dynamic", action="store_true", help="dynamic quantization instead: MatMul weights INT8 "
+                     "ahead of time, activations quantized at run time (no calibration data; for transformers on "
+                     "CPU)")
     add_calib_flags(p)
     add_selection_flags(p)
     add_recovery_flags(p)
+    add_ray_flags(p)
     v = p.add_argument_group("validation and reports")
     v.add_argument("--val", metavar="DATA", help="validate against FP32 on this data right after quantizing")
     v.add_argument("--per-layer", action="store_true", help="with --val: per-layer SQNR to find the culprits")
     v.add_argument("--min-sqnr", type=float, metavar="DB", help="with --val: exit 1 when an output's SQNR is lower")
     v.add_argument("--report", metavar="PATH", help="write a JSON (.json) or Markdown (.md) report")
+    add_latency_flags(v, default_on=True)
     p.add_argument("--requantize", action="store_true", help="strip the Q/DQ of an already quantized model first")
     p.add_argument("--debug-passes", action="store_true", help="check the model after every pass")
     p.set_defaults(func=run)
@@ -50,10 +64,18 @@ def run(args: argparse.Namespace) -> int:
         raise OnnxqError("--min-sqnr needs --val DATA")
     config = config_from_args(args)
     output = Path(args.output) if args.output else default_output_path(args.model)
+    latency = latency_settings(args) if args.val else None
+    if args.dynamic:
+        return run_dynamic(args, config, output, latency)
     importer = scale_importer(args.scales, strict=args.strict) if args.scales else None
-    with progress_bar(None, "calibrating") as progress:
+    if args.ray is not None and not args.calib:
+        raise OnnxqError("--ray calibrates --calib DATA; it does not apply to --stats or --scales")
+    bar = shard_progress_bar("calibrating on Ray") if args.ray is not None else progress_bar(None, "calibrating")
+    with bar as progress:
+        collector = ray_collector(args, progress if args.ray is not None else None)
         result = quantize(args.model, calib=args.calib, config=config, output=output, stats=args.stats,
-                          scales=importer, val=args.val, per_layer=args.per_layer, progress=progress)
+                          scales=importer, val=args.val, per_layer=args.per_layer,
+                          progress=None if collector else progress, collector=collector, latency=latency)
     for line in result.report.summary_lines():
         print(line)
     for warning in unmatched_rules(config.overrides, result.model):
@@ -69,8 +91,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_dynamic(args: argparse.Namespace, config, output: Path, latency) -> int:
+    from onnxq.dynamic import quantize_dynamic
+
+    if args.calib or args.stats or args.scales:
+        raise OnnxqError("--dynamic needs no ranges: drop --calib/--stats/--scales")
+    if args.report:
+        raise OnnxqError("--report is not available with --dynamic yet; use --val for the comparison")
+    result = quantize_dynamic(args.model, output, config, val=args.val, latency=latency)
+    for line in result.summary_lines():
+        print(line)
+    print(f"wrote {result.output_path}")
+    validation = result.validation
+    if args.min_sqnr is not None and validation is not None and validation.min_sqnr_db < args.min_sqnr:
+        print(f"SQNR {validation.min_sqnr_db:.2f} dB is below --min-sqnr {args.min_sqnr}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def write_report(path: Path, result) -> None:
-    from onnxq.handoff_report import report_payload, render_markdown
+    from onnxq.handoff_report import render_markdown, report_payload
 
     payload = report_payload(result)
     if path.suffix == ".md":

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from onnxq.commands.common import add_json_flag, print_result, progress_bar
+from onnxq.commands.latency_flags import add_latency_flags, latency_settings
 
 
 def add_parser(subparsers) -> None:
@@ -19,6 +20,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--per-layer", action="store_true", help="also compare every shared intermediate tensor")
     p.add_argument("--min-sqnr", type=float, metavar="DB", help="exit 1 when an output's SQNR is lower")
     add_json_flag(p, "the metrics")
+    add_latency_flags(p.add_argument_group("latency"), default_on=False)
     p.set_defaults(func=run)
 
 
@@ -28,12 +30,19 @@ def run(args: argparse.Namespace) -> int:
     from onnxq.report import validation_lines
     from onnxq.validate import compare_models
 
+    settings = latency_settings(args)
     reference = load_model(args.reference)
     quantized = load_model(args.quantized)
     data = BatchSource(reference, args.data, max_batches=args.batches)
     with progress_bar(len(data), "validating") as progress:
         report = compare_models(reference, quantized, data, per_layer=args.per_layer, progress=progress)
-    print_result(args, "\n".join(validation_lines(report, worst=10)), report.as_dict())
+    lines, payload = validation_lines(report, worst=10), report.as_dict()
+    if settings is not None:
+        from onnxq.validate.latency import measure_latency
+
+        latency = measure_latency(reference, quantized, next(iter(data)), settings)
+        lines, payload = lines + latency.lines(), {**payload, "latency": latency.as_dict()}
+    print_result(args, "\n".join(lines), payload)
     if args.min_sqnr is not None and report.min_sqnr_db < args.min_sqnr:
         print(f"SQNR {report.min_sqnr_db:.2f} dB is below --min-sqnr {args.min_sqnr}", file=sys.stderr)
         return 1

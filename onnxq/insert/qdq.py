@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -17,7 +19,7 @@ from onnx import helper, numpy_helper
 from onnxq.dtypes import quant_dtype
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, all_names, node_name, unique_name
-from onnxq.passes.base import Pass, PassResult
+from onnxq.passes.base import InPlacePass, PassResult
 from onnxq.plan import QuantPlan, TensorPlan
 from onnxq.scales.types import QuantParams, ScaleTable
 
@@ -34,10 +36,8 @@ def quantize_array(x: np.ndarray, params: QuantParams) -> np.ndarray:
     return q.astype(np.dtype(params.dtype))
 
 
-class InsertQDQ(Pass):
+class InsertQDQ(InPlacePass):
     name = "insert-qdq"
-    in_place = True
-    changes_input = True
 
     def __init__(self, plan: QuantPlan, scales: ScaleTable) -> None:
         self.plan = plan
@@ -61,7 +61,7 @@ class InsertQDQ(Pass):
             scale = unique_name(taken, f"{base}_scale")
             zp = unique_name(taken, f"{base}_zero_point")
             new_inits += [numpy_helper.from_array(params.scale, scale), numpy_helper.from_array(params.zero_point, zp)]
-            axis = {} if params.axis is None else {"axis": params.axis}
+            axis: dict[str, Any] = {} if params.axis is None else {"axis": params.axis}
             dq_out = unique_name(taken, f"{base}_dequantized")
             if tensor.role == "weight":
                 q_init = unique_name(taken, f"{base}_quantized")

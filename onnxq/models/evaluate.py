@@ -11,6 +11,7 @@ import numpy as np
 from onnxq.errors import OnnxqError
 from onnxq.models import registry
 from onnxq.models.registry import get_model
+from onnxq.runtime import SessionSettings, make_session
 
 
 @dataclass
@@ -31,7 +32,10 @@ class EvalResult:
         )
 
 
-def load_data(data_dir: str | Path, *, labels: bool = True) -> Iterator[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+Sample = tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]  # (file stem, inputs, labels)
+
+
+def load_data(data_dir: str | Path, *, labels: bool = True) -> Iterator[Sample]:
     """Yield ``(stem, inputs, labels)`` per ``*.npz`` batch in ``data_dir`` (labels from ``data_dir/labels``)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -54,18 +58,11 @@ def load_data(data_dir: str | Path, *, labels: bool = True) -> Iterator[tuple[st
 
 def evaluate_onnx(name: str, model_path: str | Path, data_dir: str | Path) -> EvalResult:
     """The task metric of an ONNX model (FP32 or quantized) of the named reference model."""
-    import onnxruntime as ort
-
     info = get_model(name)
     model_path = Path(model_path)
     if not model_path.is_file():
         raise OnnxqError(f"model file {model_path} does not exist")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise OnnxqError(f"onnxruntime cannot load {model_path}: {exc}") from exc
+    sess = make_session(model_path, settings=SessionSettings(optimization="all"))  # onnxruntime's default level
     in_names = [i.name for i in sess.get_inputs()]
     out_names = [o.name for o in sess.get_outputs()]
     if sorted(in_names) != sorted(info.inputs) or not set(info.outputs) <= set(out_names):

@@ -44,7 +44,7 @@ def _check_dir(path: Path) -> None:
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, allow_pickle=False, **arrays)
     write_bytes_atomic(path, buf.getvalue())
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from onnxq.passes.base import Pass, PassManager, PassResult
+from onnxq.passes.base import FunctionalPass, InPlacePass, Pass, PassManager, PassResult
 from onnxq.passes.batchnorm_to_mul_add import BatchNormToMulAdd
 from onnxq.passes.constants_to_initializers import ConstantsToInitializers
 from onnxq.passes.fold_bias_add import FoldBiasAdd
@@ -21,5 +21,5 @@ def prepare_passes(*, per_channel: bool = True, strip_qdq: bool = False) -> list
     return passes
 
 
-__all__ = ["ConstantsToInitializers", "FoldBatchNorm", "InferShapes", "Pass", "PassManager", "PassResult", "StripQDQ",
-           "UpgradeOpset", "prepare_passes"]
+__all__ = ["BatchNormToMulAdd", "ConstantsToInitializers", "FoldBatchNorm", "FoldBiasAdd", "FunctionalPass", "InPlacePass", "InferShapes", "Pass",
+           "PassManager", "PassResult", "StripQDQ", "UpgradeOpset", "prepare_passes"]

@@ -53,6 +53,20 @@ class Pass(ABC):
         return self.call(copy_model(model) if keep_input and self.changes_input else model)
 
 
+class InPlacePass(Pass):
+    """A pass that modifies the model it is given and returns it (onnx-ir's ``InPlacePass``)."""
+
+    in_place = True
+    changes_input = True
+
+
+class FunctionalPass(Pass):
+    """A pass that returns a new model and leaves its input alone (onnx-ir's ``FunctionalPass``)."""
+
+    in_place = False
+    changes_input = False
+
+
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     copied = onnx.ModelProto()
     copied.CopyFrom(model)

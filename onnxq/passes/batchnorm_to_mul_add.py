@@ -15,7 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxq.graph import GraphIndex, all_names, unique_name
-from onnxq.passes.base import Pass, PassResult
+from onnxq.passes.base import InPlacePass, PassResult
 
 
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
@@ -28,7 +28,7 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
             if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
 
 
-class BatchNormToMulAdd(Pass):
+class BatchNormToMulAdd(InPlacePass):
     name = "batchnorm-to-mul-add"
 
     def call(self, model: onnx.ModelProto) -> PassResult:

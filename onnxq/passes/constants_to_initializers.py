@@ -2,6 +2,9 @@
 
 Exporters such as tf2onnx and paddle2onnx (and torch for some ops) hold weights in Constant nodes; the planner
 recognises weights by their being initializers, so this pass makes them so. Subgraph constants stay as they are.
+
+It also resolves ``Identity(initializer)``: torch's exporter de-duplicates equal parameters (say the zero biases of
+two BatchNorms) into one initializer read through Identity nodes, which hides them from BatchNorm folding.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxq.passes.base import Pass, PassResult
+from onnxq.passes.base import InPlacePass, PassResult
 
 _SCALAR_ATTRS = {
     "value_float": (np.float32, False),
@@ -32,17 +35,21 @@ def constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
     return None
 
 
-class ConstantsToInitializers(Pass):
+class ConstantsToInitializers(InPlacePass):
     name = "constants-to-initializers"
-    in_place = True
-    changes_input = True
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph
         kept: list[onnx.NodeProto] = []
         moved = 0
+        initializers = {i.name: i for i in graph.initializer}
+        graph_inputs = {v.name for v in graph.input}
+        graph_outputs = {v.name for v in graph.output}
         for node in graph.node:
             tensor = constant_tensor(node) if node.op_type == "Constant" and node.domain in ("", "ai.onnx") else None
+            if (node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.input[0] in initializers
+                    and node.input[0] not in graph_inputs and node.output[0] not in graph_outputs):
+                tensor = initializers[node.input[0]]
             if tensor is None:
                 kept.append(node)
                 continue
@@ -54,5 +61,5 @@ class ConstantsToInitializers(Pass):
         if moved:
             del graph.node[:]
             graph.node.extend(kept)
-        notes = [f"moved {moved} Constant node(s) to initializers"] if moved else []
+        notes = [f"moved {moved} Constant/Identity-of-initializer node(s) to initializers"] if moved else []
         return PassResult(model, bool(moved), notes)

@@ -20,7 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxq.graph import GraphIndex, all_names, attr, node_name, unique_name
-from onnxq.passes.base import Pass, PassResult
+from onnxq.passes.base import InPlacePass, PassResult
 
 FOLDABLE_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
 
@@ -120,10 +120,8 @@ def _fold_one(index: GraphIndex, bn: onnx.NodeProto, taken: set[str]) -> tuple[o
     return folded, inits
 
 
-class FoldBatchNorm(Pass):
+class FoldBatchNorm(InPlacePass):
     name = "fold-batchnorm"
-    in_place = True
-    changes_input = True
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph

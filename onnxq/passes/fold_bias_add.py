@@ -15,7 +15,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxq.graph import GraphIndex, all_names, unique_name
-from onnxq.passes.base import Pass, PassResult
+from onnxq.passes.base import InPlacePass, PassResult
 
 WEIGHTED = ("Conv", "ConvTranspose")
 
@@ -40,7 +40,7 @@ def _per_channel(value: np.ndarray, channels: int, rank: int) -> np.ndarray | No
     return value.reshape(channels).astype(np.float64)
 
 
-class FoldBiasAdd(Pass):
+class FoldBiasAdd(InPlacePass):
     name = "fold-bias-add"
 
     def call(self, model: onnx.ModelProto) -> PassResult:

@@ -13,15 +13,13 @@ import tempfile
 import onnx
 
 from onnxq.graph import EXTERNAL_DATA_THRESHOLD
-from onnxq.passes.base import Pass, PassResult
+from onnxq.passes.base import FunctionalPass, PassResult
 
 log = logging.getLogger(__name__)
 
 
-class InferShapes(Pass):
+class InferShapes(FunctionalPass):
     name = "infer-shapes"
-    in_place = False  # returns a new model
-    changes_input = False
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         try:

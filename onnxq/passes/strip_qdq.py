@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 
 from onnxq.errors import OnnxqError
 from onnxq.graph import QDQ_OPS, GraphIndex, attr
-from onnxq.passes.base import Pass, PassResult
+from onnxq.passes.base import InPlacePass, PassResult
 
 
 def _dequantize(index: GraphIndex, dq: onnx.NodeProto) -> np.ndarray:
@@ -28,10 +28,8 @@ def _dequantize(index: GraphIndex, dq: onnx.NodeProto) -> np.ndarray:
     return ((q - zp) * scale).astype(np.float32)
 
 
-class StripQDQ(Pass):
+class StripQDQ(InPlacePass):
     name = "strip-qdq"
-    in_place = True
-    changes_input = True
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph

@@ -14,17 +14,15 @@ from onnx import version_converter
 
 from onnxq.errors import OnnxqError
 from onnxq.graph import default_opset
-from onnxq.passes.base import Pass, PassResult
+from onnxq.passes.base import FunctionalPass, PassResult
 
 log = logging.getLogger(__name__)
 
 MIN_QDQ_AXIS_OPSET = 13
 
 
-class UpgradeOpset(Pass):
+class UpgradeOpset(FunctionalPass):
     name = "upgrade-opset"
-    in_place = False  # returns a new model
-    changes_input = False
 
     def __init__(self, min_opset: int = MIN_QDQ_AXIS_OPSET) -> None:
         self.min_opset = min_opset

@@ -28,10 +28,12 @@ _EXPORTS = {
     "Mapping": "onnxq.qat.mapping",
     "finetune": "onnxq.qat.train",
     "FinetuneConfig": "onnxq.qat.train",
+    "ConsoleProgress": "onnxq.qat.progress",
+    "StepReport": "onnxq.qat.progress",
 }
 
-__all__ = ["ExportSpec", "FinetuneConfig", "Mapping", "QATModel", "export", "export_onnx", "finetune", "prepare",
-           "teacher_copy", "verify"]
+__all__ = ["ConsoleProgress", "ExportSpec", "FinetuneConfig", "Mapping", "QATModel", "StepReport", "export",
+           "export_onnx", "finetune", "prepare", "teacher_copy", "verify"]
 
 
 def __getattr__(name: str) -> Any:

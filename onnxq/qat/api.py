@@ -38,10 +38,12 @@ from onnxq.insert.qdq import InsertQDQ
 from onnxq.pipeline import calibrate, weight_arrays
 from onnxq.pipeline import prepare as onnx_prepare
 from onnxq.plan import QuantPlan, build_plan
+from onnxq.qat.attention import no_mha_fastpath
 from onnxq.qat.mapping import build_mapping
 from onnxq.qat.model import ExportSpec, QATModel, QATState, as_numpy_batch
+from onnxq.qat.structure import GraphStructure, structure_difference, unshare_initializers
 from onnxq.qat.trace import record
-from onnxq.runtime import make_session
+from onnxq.runtime import SessionSettings, make_session
 from onnxq.scales.compute import compute_scales
 from onnxq.scales.io import check_scales, dumps_scales
 
@@ -57,7 +59,8 @@ def _as_tuple(inputs: Any) -> tuple[torch.Tensor, ...]:
 
 
 def export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], spec: ExportSpec) -> onnx.ModelProto:
-    """The FP32 ONNX export of ``model`` in eval mode (legacy exporter, constant folding on)."""
+    """The FP32 ONNX export of ``model`` in eval mode (legacy exporter, constant folding on), with initializers the
+    exporter shared because their values were equal given back one copy each (:mod:`onnxq.qat.structure`)."""
     was_training = model.training
     model.eval()
     buf = io.BytesIO()
@@ -67,7 +70,7 @@ def export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], spec: Export
     if spec.dynamic_batch and input_names:
         dynamic = {n: {0: "batch"} for n in input_names + (output_names or [])}
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), no_mha_fastpath(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based exporter": chosen
             torch.onnx.export(model, inputs, buf, dynamo=False, opset_version=spec.opset, input_names=input_names,
                               output_names=output_names, dynamic_axes=dynamic, do_constant_folding=True)
@@ -77,7 +80,11 @@ def export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], spec: Export
                          "legacy (TorchScript) exporter can export") from exc
     finally:
         model.train(was_training)
-    return onnx.load_from_string(buf.getvalue())
+    exported = onnx.load_from_string(buf.getvalue())
+    unshared = unshare_initializers(exported)
+    if unshared:
+        log.debug("export: %d initializer(s) shared by value given their own copy", unshared)
+    return exported
 
 
 class _Batches:
@@ -109,11 +116,13 @@ def to_batch(item: Any, names: list[str]) -> dict[str, np.ndarray]:
 
 def prepare(model: nn.Module, example_inputs: Any, calib: Iterable[Any] | str | os.PathLike | None = None, *,
             config: QuantConfig | None = None, spec: ExportSpec | None = None, learn_scales: bool = False,
-            weight_scales: str = "dynamic") -> QATModel:
+            weight_scales: str = "dynamic", strict: bool = False) -> QATModel:
     """Export ``model`` to ONNX, plan it with onnxq, map the plan onto the torch model, initialise the fake quant from
     onnxq's PTQ ranges on ``calib`` (batches of model inputs, or an onnxq data folder / .npz; None: the example
     inputs only). ``weight_scales``: ``dynamic`` (per-channel max of the current weights), ``fixed`` or ``learned``
-    (LSQ); ``learn_scales`` makes activation scales learnable (LSQ)."""
+    (LSQ); ``learn_scales`` makes activation scales learnable (LSQ). ``strict``: refuse a model with planned
+    tensors the mapping cannot place in torch (otherwise they are listed in ``qmodel.mapping.unmapped`` and keep
+    their PTQ scales, and the fake-quant model differs from the deployed one there)."""
     config = config or QuantConfig()
     spec = spec or ExportSpec()
     inputs = _as_tuple(example_inputs)
@@ -150,9 +159,13 @@ def prepare(model: nn.Module, example_inputs: Any, calib: Iterable[Any] | str | 
         model.train(was_training)
     mapping = build_mapping(plan, prepared, model, rec, batch)
     log.info("QAT mapping: %s", mapping.summary())
-    state = QATState(config, spec, plan, ptq, fingerprint(prepared), tuple(x.detach().clone() for x in inputs),
+    if strict and mapping.unmapped:
+        listed = "; ".join(f"{name} ({why})" for name, why in mapping.unmapped.items())
+        raise OnnxqError(f"{len(mapping.unmapped)} planned tensor(s) have no place in the torch model: {listed}; "
+                         "prepare without strict=True to fine-tune anyway (they keep their PTQ scales)")
+    state = QATState(config, spec, plan, ptq, GraphStructure.of(prepared), tuple(x.detach().clone() for x in inputs),
                      prepared, {k: len(v) for k, v in rec.calls.items()},
-                     {k: len(v) for k, v in rec.module_inputs.items()})
+                     {k: len(v) for k, v in rec.module_inputs.items()} | {k: len(v) for k, v in rec.leaf_outputs.items()})
     return QATModel(model, mapping, state, learn_scales=learn_scales, weight_scales=weight_scales)
 
 
@@ -163,9 +176,12 @@ def replan(qmodel: QATModel) -> tuple[onnx.ModelProto, onnx.ModelProto, QuantPla
     exported = export_onnx(qmodel.model, tuple(x.to(device) for x in state.example_inputs), state.spec)
     prepared, _ = onnx_prepare(exported, state.config)
     plan = build_plan(prepared, state.config)
-    if fingerprint(prepared) != state.fingerprint or _plan_key(plan) != _plan_key(state.plan):
-        raise OnnxqError("the exported graph differs from the one planned at qat.prepare (the model's structure or "
-                         "export settings changed); prepare the model again")
+    changed = structure_difference(state.structure, GraphStructure.of(prepared))
+    if changed is None and _plan_key(plan) != _plan_key(state.plan):
+        changed = "the plan of the same graph differs (the quantization config changed?)"
+    if changed is not None:
+        raise OnnxqError(f"the exported graph differs from the one planned at qat.prepare ({changed}); the model's "
+                         "structure or export settings changed: prepare the model again")
     return exported, prepared, plan
 
 
@@ -208,13 +224,10 @@ def export(qmodel: QATModel, model_path: str | os.PathLike, scales_path: str | o
 
 def verify(qmodel: QATModel, example_inputs: Any = None) -> float:
     """Largest difference, relative to the largest output, between the fake-quant forward and onnxruntime running
-    onnxq's Q/DQ model built from the current weights and scales (basic graph optimisations: reference Q/DQ
-    arithmetic). About 1e-7 when every planned tensor is mapped; unmapped tensors show up here."""
+    onnxq's Q/DQ model built from the current weights and scales (:func:`reference_outputs`). About 1e-7 when every
+    planned tensor is mapped; unmapped tensors show up here."""
     inputs = _as_tuple(example_inputs) if example_inputs is not None else qmodel.state.example_inputs
-    _, prepared, plan = replan(qmodel)
-    qdq = InsertQDQ(plan, qmodel.scale_table()).run(prepared).model
-    names = [s.name for s in model_inputs(prepared)]
-    ort_out = make_session(qdq).run(None, as_numpy_batch(names, inputs))
+    ort_out = reference_outputs(qmodel, inputs)
     was = qmodel.training
     qmodel.eval()
     device = next((p.device for p in qmodel.model.parameters()), torch.device("cpu"))
@@ -229,6 +242,21 @@ def verify(qmodel: QATModel, example_inputs: Any = None) -> float:
         ref = max(float(np.abs(o).max()), 1e-12)
         worst = max(worst, float(np.abs(t.detach().cpu().numpy() - o).max()) / ref)
     return worst
+
+
+def reference_outputs(qmodel: QATModel, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+    """onnxruntime's outputs of onnxq's Q/DQ model built from the re-exported weights and the current scales, with
+    graph optimisations off, so every QuantizeLinear/DequantizeLinear runs as the operator specifies.
+
+    Off, not "basic": measured on a ResNet BasicBlock stack (tests/qat), the basic level's rewrites of the Q/DQ
+    graph change a Conv output by 2e-5 (7e-6 of its range) against float64, while the same graph unoptimised is
+    within 7e-7, as close as torch's own convolution; a difference that size moves values across rounding
+    boundaries of the next QuantizeLinear, one quantization step each."""
+    _, prepared, plan = replan(qmodel)
+    qdq = InsertQDQ(plan, qmodel.scale_table()).run(prepared).model
+    names = [s.name for s in model_inputs(prepared)]
+    session = make_session(qdq, settings=SessionSettings(optimization="disabled"))
+    return session.run(None, as_numpy_batch(names, inputs))
 
 
 def teacher_copy(qmodel: QATModel) -> nn.Module:

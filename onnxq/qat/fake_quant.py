@@ -32,6 +32,35 @@ def _grad_scale(s: torch.Tensor, factor: float) -> torch.Tensor:
     return (s - s * factor).detach() + s * factor
 
 
+class _FixedScaleFakeQuant(torch.autograd.Function):
+    """Quantize-dequantize with a scale that gets no gradient: one buffer, in-place steps, a saved boolean mask, and
+    the straight-through gradient ``grad * (qmin <= x / scale + zero_point <= qmax)`` (what the composite
+    ``clamp(round_ste(x / s) + z)`` gives, at a fraction of its memory traffic)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | float, qmin: int,
+                qmax: int) -> torch.Tensor:
+        shifted = not isinstance(zero_point, float) or zero_point != 0.0
+        q = torch.div(x, scale)
+        q.round_()  # half to even, as onnxruntime's QuantizeLinear
+        if shifted:
+            q.add_(zero_point)
+        if ctx.needs_input_grad[0]:
+            clamped = q.clamp(qmin, qmax)
+            ctx.save_for_backward(torch.eq(clamped, q))  # inside the range: where clamping changed nothing
+            q = clamped
+        else:
+            q.clamp_(qmin, qmax)
+        if shifted:
+            q.sub_(zero_point)
+        return q.mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None
+
+
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | float, qmin: int, qmax: int,
                   axis: int | None = None, grad_factor: float | None = None) -> torch.Tensor:
     """Quantize-dequantize ``x``; ``scale``/``zero_point`` are 0-d, or 1-d along ``axis`` (per channel)."""
@@ -41,7 +70,9 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
         scale = scale.reshape(shape)
         if isinstance(zero_point, torch.Tensor):
             zero_point = zero_point.reshape(shape)
-    if grad_factor is not None and scale.requires_grad:
+    if not scale.requires_grad and not (isinstance(zero_point, torch.Tensor) and zero_point.requires_grad):
+        return _FixedScaleFakeQuant.apply(x, scale, zero_point, qmin, qmax)
+    if grad_factor is not None:
         scale = _grad_scale(scale, grad_factor)
     q = torch.clamp(_round_ste(x / scale) + zero_point, qmin, qmax)
     return (q - zero_point) * scale
@@ -61,6 +92,7 @@ class ActQuantizer(nn.Module):
         self.scale = nn.Parameter(scale, requires_grad=learn_scale) if learn_scale else nn.Parameter(
             scale, requires_grad=False)
         self.register_buffer("zero_point", torch.tensor(float(params.zero_point), dtype=torch.float32))
+        self._zero_point = float(params.zero_point)  # the same, as a number (no tensor op per call when it is 0)
         self.enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,7 +100,8 @@ class ActQuantizer(nn.Module):
             return x
         scale = self.scale.abs().clamp_min(TINY)
         factor = 1.0 / math.sqrt(max(x.numel(), 1) * self.qmax) if self.scale.requires_grad else None
-        return fake_quantize(x, scale.to(x.dtype), self.zero_point.to(x.dtype), self.qmin, self.qmax, None, factor)
+        zero_point = self._zero_point if factor is None else self.zero_point.to(x.dtype)
+        return fake_quantize(x, scale.to(x.dtype), zero_point, self.qmin, self.qmax, None, factor)
 
     def params(self) -> QuantParams:
         scale = np.asarray(self.scale.detach().abs().clamp_min(TINY).cpu().numpy(), dtype=np.float32)
@@ -106,9 +139,9 @@ class WeightQuantizer(nn.Module):
             return self.scale.abs().clamp_min(TINY)
         w = w.detach()
         if self.torch_axis is None:
-            amax = w.abs().max()
+            amax = w.abs().amax()
         else:
-            amax = w.abs().transpose(0, self.torch_axis).reshape(w.shape[self.torch_axis], -1).max(dim=1).values
+            amax = w.abs().amax(dim=[d for d in range(w.dim()) if d != self.torch_axis])
         return torch.where(amax > 0, amax.clamp_min(TINY * INT8.qmax) / INT8.qmax,
                            torch.ones_like(amax))
 

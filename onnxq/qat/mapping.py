@@ -35,8 +35,8 @@ from torch import nn
 
 from onnxq.graph import GraphIndex, node_name
 from onnxq.plan import QuantPlan
+from onnxq.qat.trace import BATCHNORM, ONNX_TO_KINDS, WEIGHTED, Recording
 from onnxq.runtime import make_session, run_named
-from onnxq.qat.trace import BATCHNORM, ONNX_TO_KIND, WEIGHTED, Recording
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,10 @@ class WeightSite:
 class ActSite:
     tensor: str  # calibrated planned activation
     node: str  # the ONNX consumer
-    kind: str  # "module" (its input) | "matmul" | "add" (an argument) | "move" (an output of a data-movement call)
-    target: str  # module name for kind "module", else the function kind
+    # "module" (its input) | "matmul" | "add" (an argument) | "move" (an output of a data-movement call) |
+    # "module_out" (an output of a torch.nn data-movement module: MaxPool2d, Flatten, Upsample, ...)
+    kind: str
+    target: str  # module name for kinds "module" and "module_out", else the function kind
     call: int  # call index (of that module, or of that kind of function) within one forward pass
     arg: int  # argument index; for "move", output index
 
@@ -167,8 +169,9 @@ def build_mapping(plan: QuantPlan, prepared: onnx.ModelProto, model: nn.Module, 
         for c in t.consumers:
             node = nodes[c.node]
             weight = next((param_owner[i] for i in node.input if i in param_owner), None)
-            if weight is not None and weight.module is not None and c.input_index == 0:
-                calls = [k for k, x in enumerate(rec.module_inputs.get(weight.module, []))
+            called = weight is not None and weight.module is not None and rec.module_inputs.get(weight.module)
+            if called and c.input_index == 0:
+                calls = [k for k, x in enumerate(rec.module_inputs[weight.module])
                          if x is not None and _rel_err(x.cpu().numpy(), values[t.name]) <= ACT_TOL]
                 if calls:
                     sites += [ActSite(t.name, c.node, "module", weight.module, k, 0) for k in calls]
@@ -176,23 +179,36 @@ def build_mapping(plan: QuantPlan, prepared: onnx.ModelProto, model: nn.Module, 
                     problems.setdefault(t.name, []).append(
                         f"the input of module {weight.module!r} does not equal it in torch")
                 continue
-            kind = ONNX_TO_KIND.get(node.op_type)
-            if kind is None:
+            kinds = ONNX_TO_KINDS.get(node.op_type, ())
+            if not kinds:
                 problems.setdefault(t.name, []).append(
                     f"consumer {c.node!r} ({node.op_type}) has no mapped torch module or function")
                 continue
             inputs = [values.get(i) for i in node.input]
-            calls = [k for k, (args, _) in enumerate(rec.calls.get(kind, [])) if _args_match(list(args), inputs)]
-            if calls:
-                sites += [ActSite(t.name, c.node, kind, kind, k, c.input_index) for k in calls]
+            found = []
+            for kind in kinds:
+                for k, (args, _) in enumerate(rec.calls.get(kind, [])):
+                    if kind == "linear":  # F.linear(x, W, b): only x is an activation (W^T in a MatMul)
+                        hit = c.input_index == 0 and weight is not None and _args_match(list(args[:1]), inputs[:1])
+                    else:
+                        hit = _args_match(list(args), inputs)
+                    if hit:
+                        found.append(ActSite(t.name, c.node, kind, kind, k, c.input_index))
+            if found:
+                sites += [s for s in found if s not in sites]
             else:
-                problems.setdefault(t.name, []).append(f"no torch {kind} call has the inputs of {c.node!r}")
+                problems.setdefault(t.name, []).append(
+                    f"no torch {' or '.join(kinds)} call has the inputs of {c.node!r}")
     for out, root in moved.items():
-        found = [(k, j) for k, (_, outs) in enumerate(rec.calls.get("move", [])) for j, o in enumerate(outs)
+        found = [ActSite(root, out, "move", "move", k, j)
+                 for k, (_, outs) in enumerate(rec.calls.get("move", [])) for j, o in enumerate(outs)
                  if o is not None and _rel_err(o.cpu().numpy(), values[out]) <= ACT_TOL]
+        found += [ActSite(root, out, "module_out", name, k, j)
+                  for name, calls in rec.leaf_outputs.items() for k, outs in enumerate(calls)
+                  for j, o in enumerate(outs) if o is not None and _rel_err(o.cpu().numpy(), values[out]) <= ACT_TOL]
         if found:
-            mapping.activations.setdefault(root, []).extend(
-                ActSite(root, out, "move", "move", k, j) for k, j in found)
+            have = mapping.activations.setdefault(root, [])
+            have += [s for s in found if s not in have]
         else:
             problems.setdefault(root, []).append(f"no torch data-movement call produces {out!r} (shares its scale)")
     for name, why in problems.items():

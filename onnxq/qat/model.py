@@ -25,9 +25,11 @@ from torch.func import functional_call
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
 from onnxq.plan import QuantPlan
+from onnxq.qat.attention import no_mha_fastpath
 from onnxq.qat.fake_quant import ActQuantizer, WeightQuantizer
+from onnxq.qat.structure import GraphStructure
 from onnxq.qat.mapping import Mapping, divide_output_channels, scale_output_channels
-from onnxq.qat.trace import BATCHNORM, CallCounter
+from onnxq.qat.trace import BATCHNORM, EXACT_MOVES, CallCounter, is_in_place
 from onnxq.scales.types import ScaleTable
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ class QATState:
     spec: ExportSpec
     plan: QuantPlan
     ptq_scales: ScaleTable
-    fingerprint: str  # onnxq.graph.fingerprint of the prepared graph
+    structure: GraphStructure  # of the prepared graph: a re-export must have the same
     example_inputs: tuple[torch.Tensor, ...]
     prepared: onnx.ModelProto
     expected_calls: dict[str, int] = field(default_factory=dict)
@@ -74,24 +76,36 @@ class QATModel(nn.Module):
             WeightQuantizer(s.tensor, table[s.tensor], s.torch_axis, weight_scales) for s in self.weight_sites)
         position = {n: i for i, n in enumerate(self.act_names)}
         self._module_sites: dict[tuple[str, int], int] = {}
+        self._out_sites: dict[tuple[str, int], list[tuple[int, int]]] = {}
         self._func_sites: dict[tuple[str, int], list[tuple[int, int]]] = {}
         for name, sites in mapping.activations.items():
             for s in sites:
                 if s.kind == "module":
                     self._module_sites[(s.target, s.call)] = position[name]
+                elif s.kind == "module_out":
+                    self._out_sites.setdefault((s.target, s.call), []).append((s.arg, position[name]))
                 else:
                     self._func_sites.setdefault((s.kind, s.call), []).append((s.arg, position[name]))
         self._quant = True
         self._active = False
+        # id -> (quantizer, tensor, its version) of this forward's fake-quant outputs and exact moves of them
+        self._on_grid: dict[int, tuple[int, torch.Tensor, int]] = {}
         self._bn_frozen = False
         self._module_calls: Counter = Counter()
         self._counter = CallCounter(self._on_call)
-        self._hooks = [model.register_forward_pre_hook(self._root_enter),
-                       model.register_forward_hook(self._root_exit)]
-        self._hooks += self._counter.attach(model)
+        # the function mode (and its pause hooks on every torch.nn module) only where function sites need it: a
+        # Python call per torch function is the largest fixed cost of a QAT step on small models
+        self._uses_mode = bool(self._func_sites)
+        self._hooks = []
+        if self._uses_mode:
+            self._hooks += [model.register_forward_pre_hook(self._root_enter),
+                            model.register_forward_hook(self._root_exit)]
+            self._hooks += self._counter.attach(model)
         modules = dict(model.named_modules())
         for name in sorted({s.target for v in mapping.activations.values() for s in v if s.kind == "module"}):
             self._hooks.append(modules[name].register_forward_pre_hook(self._module_hook(name)))
+        for name in sorted({name for name, _ in self._out_sites}):
+            self._hooks.append(modules[name].register_forward_hook(self._module_out_hook(name)))
 
     # -- switches -------------------------------------------------------------------------------------------------
     def enable_quant(self, enabled: bool = True) -> QATModel:
@@ -141,15 +155,17 @@ class QATModel(nn.Module):
             return self.model(*args, **kwargs)
         overrides = self.quantized_weights()
         self._module_calls.clear()
+        self._on_grid.clear()
         self._counter.counts.clear()
         self._counter.paused = 0
         self._active = True
         try:
-            with self._counter:
+            with no_mha_fastpath(), (self._counter if self._uses_mode else contextlib.nullcontext()):
                 out = functional_call(self.model, overrides, args, kwargs, strict=False)
         finally:
             self._active = False
             self._counter.active = False
+            self._on_grid.clear()
         self._check_calls()
         return out
 
@@ -183,11 +199,61 @@ class QATModel(nn.Module):
                 return None
             was, self._counter.active = self._counter.active, False
             try:
-                x = self.act_quantizers[qi](inputs[0])
+                x = self._quantize(qi, inputs[0])
             finally:
                 self._counter.active = was
             return (x, *inputs[1:])
         return hook
+
+    def _grid_of(self, args: tuple) -> int | None:
+        """The quantizer whose output every floating-point tensor argument is, or None."""
+        found = None
+        for a in args:
+            items = a if isinstance(a, (tuple, list)) else (a,)
+            for t in items:
+                if isinstance(t, torch.Tensor) and t.is_floating_point():
+                    seen = self._on_grid.get(id(t))
+                    # the same tensor, not modified in place since (an in-place op bumps its version)
+                    if (seen is None or seen[1] is not t or seen[2] != t._version
+                            or (found is not None and seen[0] != found)):
+                        return None
+                    found = seen[0]
+        return found
+
+    def _module_out_hook(self, name: str):
+        def hook(module, inputs, output):
+            if not self._active:
+                return None
+            k = self._module_calls[("out", name)]
+            self._module_calls[("out", name)] += 1
+            sites = self._out_sites.get((name, k))
+            if sites is None:
+                return None
+            was, self._counter.active = self._counter.active, False
+            try:
+                return self._quantize_outputs(output, sites)
+            finally:
+                self._counter.active = was
+        return hook
+
+    def _quantize_outputs(self, out: Any, sites: list[tuple[int, int]]) -> Any:
+        if isinstance(out, torch.Tensor):
+            return self._quantize(sites[0][1], out)
+        items = list(out)
+        for j, qi in sites:
+            items[j] = self._quantize(qi, items[j])
+        return type(out)(items) if isinstance(out, tuple) else items
+
+    def _quantize(self, qi: int, x: torch.Tensor) -> torch.Tensor:
+        """Fake-quantize ``x`` with quantizer ``qi``, unless it already is the output of that quantizer (or of exact
+        data movement of it): fake quant with one scale is idempotent, forward and backward (every value of its
+        output lies inside the range, so the straight-through mask is all ones)."""
+        if self._grid_of((x,)) == qi:
+            return x
+        y = self.act_quantizers[qi](x)
+        if self.act_quantizers[qi].enabled:
+            self._on_grid[id(y)] = (qi, y, y._version)
+        return y
 
     def _on_call(self, kind: str, index: int, func, args: tuple, kwargs: dict) -> Any:
         sites = self._func_sites.get((kind, index))
@@ -195,16 +261,24 @@ class QATModel(nn.Module):
             return func(*args, **kwargs)
         if kind == "move":
             out = func(*args, **kwargs)
-            if isinstance(out, torch.Tensor):
-                return self.act_quantizers[sites[0][1]](out)
-            items = list(out)
-            for j, qi in sites:
-                items[j] = self.act_quantizers[qi](items[j])
-            return type(out)(items) if isinstance(out, tuple) else items
+            qi = self._grid_of(args) if getattr(func, "__name__", "") in EXACT_MOVES else None
+            if qi is not None and all(q == qi for _, q in sites):  # moved values of one quantizer: on its grid
+                for o in (out if isinstance(out, (tuple, list)) else (out,)):
+                    if isinstance(o, torch.Tensor):
+                        self._on_grid[id(o)] = (qi, o, o._version)
+                return out
+            return self._quantize_outputs(out, sites)
         args = list(args)
+        in_place = is_in_place(func)
         for arg, qi in sites:
             if arg < len(args) and isinstance(args[arg], torch.Tensor):
-                args[arg] = self.act_quantizers[qi](args[arg])
+                if arg == 0 and in_place:
+                    # ``out += identity`` / ``out.add_(y)``: the model keeps using ``out``, so it must hold the
+                    # result; quantize a copy (autograd may not save the tensor about to be overwritten), write it
+                    # back, then let the in-place op run on it
+                    args[0].copy_(self.act_quantizers[qi](args[0].clone()))
+                else:
+                    args[arg] = self._quantize(qi, args[arg])
         return func(*args, **kwargs)
 
     def _check_calls(self) -> None:
@@ -215,9 +289,11 @@ class QATModel(nn.Module):
                     f"this forward made {self._counter.counts[kind]} {kind} call(s), the mapping run "
                     f"{self.state.expected_calls.get(kind, 0)}: the model's control flow changed (train vs eval, input "
                     "shape?), so the fake quant of function sites would land on the wrong calls")
-        for (name, _) in self._module_sites:
+        checked = {(name, name) for name, _ in self._module_sites} | {(("out", name), name) for name, _ in
+                                                                        self._out_sites}
+        for key, name in checked:
             expected = self.state.expected_module_calls.get(name, 0)
-            if self._module_calls[name] != expected:
+            if self._module_calls[key] != expected:
                 raise OnnxqError(f"module {name!r} ran {self._module_calls[name]} time(s) in this forward, "
                                  f"{expected} in the mapping run; its fake quant would land on the wrong call")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from torch import nn
 from onnxq.errors import OnnxqError
 from onnxq.qat.api import teacher_copy
 from onnxq.qat.model import QATModel
+from onnxq.qat.progress import StepReport
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +85,18 @@ def _to(x: Any, device: torch.device) -> Any:
 def finetune(qmodel: QATModel, loader: Iterable[Any], loss_fn: Callable[[Any, Any], torch.Tensor],
              config: FinetuneConfig | None = None, *, teacher: nn.Module | None = None,
              kd_loss: Callable[[Any, Any], torch.Tensor] | None = None,
-             split: Callable[[Any], tuple[tuple[torch.Tensor, ...], Any]] | None = None) -> dict[str, Any]:
+             split: Callable[[Any], tuple[tuple[torch.Tensor, ...], Any]] | None = None,
+             progress: Callable[[StepReport], None] | None = None) -> dict[str, Any]:
     """Fine-tune ``qmodel`` in place; returns the history (mean loss per epoch, steps). With ``config.kd_alpha`` set
-    and no ``teacher``, the teacher is a frozen FP32 copy of the model as it is now."""
+    and no ``teacher``, the teacher is a frozen FP32 copy of the model as it is now. ``progress`` is called after
+    every step (e.g. :class:`onnxq.qat.progress.ConsoleProgress`); without it, progress is logged at INFO about
+    every tenth of the run. Planned tensors the mapping could not place are listed (WARNING) before the first step."""
     if not isinstance(qmodel, QATModel):
         raise OnnxqError(f"finetune needs the model returned by qat.prepare, got {type(qmodel).__name__}")
+    if qmodel.mapping.unmapped:
+        log.warning("QAT: %d planned tensor(s) are not fake-quantized in torch (they keep their PTQ scales): %s",
+                    len(qmodel.mapping.unmapped),
+                    "; ".join(f"{n} ({why})" for n, why in qmodel.mapping.unmapped.items()))
     config = config or FinetuneConfig()
     split = split or default_split
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -111,6 +120,8 @@ def finetune(qmodel: QATModel, loader: Iterable[Any], loss_fn: Callable[[Any, An
     base = [g["lr"] for g in optimizer.param_groups]
     history: dict[str, Any] = {"epoch_loss": [], "steps": 0}
     step = 0
+    started = time.perf_counter()
+    every = max(1, (total or 100) // 10)
     quant_was = qmodel.quant_enabled
     try:
         for epoch in range(config.epochs):
@@ -143,6 +154,12 @@ def finetune(qmodel: QATModel, loader: Iterable[Any], loss_fn: Callable[[Any, An
                 optimizer.step()
                 losses.append(float(loss.detach()))
                 step += 1
+                report = StepReport(step, total, epoch, losses[-1], sum(losses) / len(losses),
+                                    time.perf_counter() - started)
+                if progress is not None:
+                    progress(report)
+                elif step % every == 0 or step == total:
+                    log.info("%s", report.format())
             mean = sum(losses) / max(len(losses), 1)
             history["epoch_loss"].append(mean)
             log.info("QAT epoch %d: loss %.4f over %d step(s)%s", epoch, mean, len(losses),

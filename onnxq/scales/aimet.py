@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxq.dtypes import INT8, UINT8, quant_dtype
 from onnxq.errors import OnnxqError
 from onnxq.scales.types import QuantParams, ScaleTable
 
@@ -49,14 +50,19 @@ def looks_like(doc: Any) -> bool:
     return isinstance(doc, Mapping) and ("activation_encodings" in doc or "param_encodings" in doc)
 
 
+# AIMET's 8-bit grid is onnxq's uint8 range; int8 values are that grid shifted by int8's qmin
+GRID_MAX = UINT8.qmax
+SIGNED_SHIFT = -INT8.qmin
+
+
 def _encoding(scale: float, zero_point: int, dtype: str) -> dict[str, Any]:
-    offset = -zero_point if dtype == "uint8" else -(zero_point + 128)
+    offset = -zero_point if dtype == UINT8.name else -(zero_point + SIGNED_SHIFT)
     scale = float(np.float32(scale))
     return {
         "bitwidth": 8,
         "dtype": "int",
-        "is_symmetric": "True" if (dtype == "int8" and zero_point == 0) else "False",
-        "max": float((255 + offset) * scale),
+        "is_symmetric": "True" if (quant_dtype(dtype).symmetric and zero_point == 0) else "False",
+        "max": float((GRID_MAX + offset) * scale),
         "min": float(offset * scale),
         "offset": int(offset),
         "scale": scale,
@@ -144,17 +150,17 @@ def _params(name: str, encodings: Any, axis: int, where: str) -> QuantParams:
             if "scale" in enc:
                 scale = float(enc["scale"])
             else:
-                scale = (float(enc["max"]) - float(enc["min"])) / 255.0
+                scale = (float(enc["max"]) - float(enc["min"])) / GRID_MAX
         except (KeyError, TypeError, ValueError) as exc:
             raise OnnxqError(f"{where}: encoding {i} needs numeric scale (or min/max) and offset: {exc}") from exc
         if not (math.isfinite(scale) and scale > 0):
             raise OnnxqError(f"{where}: encoding {i} has scale {scale}; scales must be finite and positive")
-        if not -255 <= offset <= 0:
+        if not -GRID_MAX <= offset <= 0:
             raise OnnxqError(f"{where}: encoding {i} has offset {offset}, outside the 8-bit range [-255, 0]")
         scales.append(scale)
         offsets.append(offset)
         symmetric.append(str(enc.get("is_symmetric", "False")).lower() == "true")
-    if all(symmetric) and all(o == -128 for o in offsets):
+    if all(symmetric) and all(o == -SIGNED_SHIFT for o in offsets):
         dtype, zps = "int8", [0] * len(offsets)
     else:
         dtype, zps = "uint8", [-o for o in offsets]

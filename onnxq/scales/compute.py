@@ -30,6 +30,8 @@ def weight_amax(w: np.ndarray, axis: int | None, method: str) -> np.ndarray:
 def weight_params(tensor: TensorPlan, w: np.ndarray) -> QuantParams:
     if not np.isfinite(w).all():
         raise OnnxqError(f"weight {tensor.name!r} holds NaN or Inf values")
+    if tensor.dtype == "uint8":  # a constant operand of an integer Add/Mul on ort-cpu: asymmetric, per tensor
+        return asymmetric_params(float(w.min()), float(w.max()))
     return symmetric_params(weight_amax(w.astype(np.float32), tensor.axis, tensor.method), tensor.axis)
 
 

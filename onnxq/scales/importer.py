@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 
+from onnxq.dtypes import quant_dtype
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, fingerprint
 from onnxq.plan import QuantPlan
@@ -78,7 +79,7 @@ def match_to_plan(table: ScaleTable, plan: QuantPlan, prepared: onnx.ModelProto,
             del plan.tensors[tensor.name]
             continue
         if params.dtype != tensor.dtype:
-            tensor.dtype, tensor.symmetric = params.dtype, params.dtype == "int8"
+            tensor.dtype, tensor.symmetric = params.dtype, quant_dtype(params.dtype).symmetric
         if tensor.role == "weight" and params.axis is None and tensor.axis is not None:
             tensor.axis = None
         matched[tensor.name] = params

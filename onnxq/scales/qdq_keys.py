@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxq.data import RandomSource
 from onnxq.config import QuantConfig
+from onnxq.data import RandomSource
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, count_qdq
 from onnxq.passes.strip_qdq import StripQDQ
@@ -153,9 +153,10 @@ def _match_weights(entries: dict[str, QDQEntry], plan: QuantPlan, s_index: Graph
         key, folded = origin[cand]
         params = entries[key].params
         if folded:
-            params = _through_fold(t.name, key, params, q_index, candidates[cand], result)
-            if params is None:
+            through = _through_fold(t.name, key, params, q_index, candidates[cand], result)
+            if through is None:
                 continue
+            params = through
         if params.per_channel and (params.axis != t.axis or params.channels != t.channels):
             result.notes.append(f"weight {t.name!r}: scales of {key!r} are on axis {params.axis}, the plan wants "
                                 f"axis {t.axis}; left to onnxq's min-max")

@@ -98,7 +98,7 @@ def loads(text: str, *, source: str = "calibration cache", **_: Any) -> ScaleTab
         raise OnnxqError(f"{source} is binary, not a TensorRT calibration cache (text); onnxruntime's flatbuffer "
                          "calibration tables are not supported")
     try:
-        _, algorithm = header(text)
+        _version, algorithm = header(text)
     except OnnxqError as exc:
         raise OnnxqError(f"{source}: {exc}") from exc
     if algorithm not in TRT_CACHE_ALGORITHMS:
@@ -121,7 +121,7 @@ def loads(text: str, *, source: str = "calibration cache", **_: Any) -> ScaleTab
                              "and positive (regenerate the cache)")
         if name in table:
             log.warning("%s: tensor %r appears twice; keeping the last value", source, name)
-        table[name] = QuantParams(np.float32(scale), np.int8(0), "int8", None)
+        table[name] = QuantParams(np.array(scale, np.float32), np.array(0, np.int8), "int8", None)
     return table
 
 

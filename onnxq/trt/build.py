@@ -25,8 +25,6 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
 from onnxq.atomic import write_bytes_atomic
 from onnxq.errors import OnnxqError
 from onnxq.trt.shapes import Profile
@@ -37,18 +35,10 @@ NOT_INSTALLED = ("tensorrt is not installed; pip install 'onnxq[trt]' on a machi
                  "or use --print-trtexec")
 
 
-def import_tensorrt() -> Any:
-    try:
-        import tensorrt  # noqa: PLC0415 - optional dependency, imported lazily
-    except ImportError as exc:
-        raise OnnxqError(NOT_INSTALLED) from exc
-    return tensorrt
-
-
 def installed_trt_major() -> int | None:
     """The installed TensorRT's major version, or None when it cannot be imported."""
     try:
-        import tensorrt  # noqa: PLC0415
+        import tensorrt
     except ImportError:
         return None
     return version_tuple(tensorrt.__version__)[0]
@@ -148,8 +138,17 @@ def summarize_layers(info_json: str) -> list[LayerPrecision]:
 
 def build_engine(model_path: str | os.PathLike, engine_path: str | os.PathLike, profile: Profile,
                  options: BuildOptions = BuildOptions()) -> BuildReport:
-    """Parse ``model_path``, build an engine with explicit quantization and write it to ``engine_path``."""
-    trt = import_tensorrt()
+    """Parse ``model_path``, build an engine with explicit quantization and write it to ``engine_path``.
+
+    Every TensorRT name used here is type-checked against the tensorrt-stubs package (TensorRT 10.x API; mypy,
+    scripts/install_trt_stubs.py). Names TensorRT 11 removed ("Removed Python APIs and Replacements", 10.x -> 11.x
+    migration guide) are reached only on the versions that have them: ``EXPLICIT_BATCH`` below 10, the ``INT8`` and
+    ``FP16`` builder flags below 11 (:func:`precision_mode` never picks ``weakly-typed`` on 11).
+    """
+    try:
+        import tensorrt as trt  # optional dependency, imported on use
+    except ImportError as exc:
+        raise OnnxqError(NOT_INSTALLED) from exc
     model_path, engine_path = Path(model_path), Path(engine_path)
     major = version_tuple(trt.__version__)[0]
     mode = precision_mode(major, options.fp16)
@@ -157,7 +156,7 @@ def build_engine(model_path: str | os.PathLike, engine_path: str | os.PathLike, 
     builder = trt.Builder(logger)
 
     flags = 0
-    if major < 10:
+    if major < 10:  # EXPLICIT_BATCH: needed before 10, implied (deprecated) in 10, removed in 11
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     if mode == "strongly-typed" and major < 11:  # always on (and the flag deprecated) from TensorRT 11
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
@@ -168,7 +167,7 @@ def build_engine(model_path: str | os.PathLike, engine_path: str | os.PathLike, 
         raise OnnxqError(f"TensorRT's ONNX parser rejected {model_path}: {errors} (run `onnxq lint` on it)")
 
     config = builder.create_builder_config()
-    if mode == "weakly-typed":
+    if mode == "weakly-typed":  # TensorRT < 11 only: 11 has no INT8/FP16 builder flags
         config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: no calibrator is set
         if options.fp16:
             config.set_flag(trt.BuilderFlag.FP16)
@@ -178,7 +177,8 @@ def build_engine(model_path: str | os.PathLike, engine_path: str | os.PathLike, 
     if not profile.empty:
         trt_profile = builder.create_optimization_profile()
         for name in profile.inputs():
-            trt_profile.set_shape(name, profile.min[name], profile.opt[name], profile.max[name])
+            trt_profile.set_shape(name, trt.Dims(list(profile.min[name])), trt.Dims(list(profile.opt[name])),
+                                  trt.Dims(list(profile.max[name])))
         config.add_optimization_profile(trt_profile)
 
     log.info("building a TensorRT %s engine (%s%s)", trt.__version__, mode, ", FP16 fallback" if options.fp16 else "")

@@ -31,6 +31,7 @@ it reads a constant (weights stored quantized). Rule ids (severity):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import numpy as np
 import onnx
@@ -81,7 +82,7 @@ class _Linter:
             self._params[key] = node_params(self.index, node)
         return self._params[key]
 
-    def is_qdq(self, node: onnx.NodeProto | None, op: str) -> bool:
+    def is_qdq(self, node: onnx.NodeProto | None, op: str) -> TypeGuard[onnx.NodeProto]:
         return node is not None and node.op_type == op and node.domain in _DEFAULT_DOMAINS
 
     def dq_path(self, tensor: str) -> tuple[onnx.NodeProto | None, list[onnx.NodeProto]]:
@@ -249,7 +250,7 @@ class _Linter:
                      f"weight {weight_name!r} is quantized along axis {axis}, TensorRT expects axis {expected} for "
                      f"{node.op_type}{hint}")
             return
-        if channels is not None and channels != p.scale.size:
+        if channels is not None and p.scale is not None and channels != p.scale.size:
             self.add("error", "per-channel-axis", node,
                      f"weight {weight_name!r} has {channels} channels on axis {axis} but {p.scale.size} scales")
 
@@ -315,6 +316,8 @@ class _Linter:
                      "too so TensorRT fuses the Add into the Conv in INT8")
         elif all(from_dq):
             for dq in dqs:
+                if dq is None:
+                    continue
                 q = self.index.producer.get(dq.input[0])
                 if not self.is_qdq(q, "QuantizeLinear") or self.index.only_consumer(dq.output[0]) is None:
                     continue

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from onnxq.calib.base import CalibOptions
-from onnxq.calib.methods import make_calibrator
 from onnxq.calib.entropy import entropy_threshold_bin
 from onnxq.calib.histogram import resample_abs
+from onnxq.calib.methods import make_calibrator
 from tests.calib.calib_reference import (
     entropy_reference_bin,
     fake_quant_asymmetric,

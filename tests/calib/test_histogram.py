@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from onnxq.calib.base import CalibOptions
-from onnxq.calib.methods import CALIBRATORS, make_calibrator
 from onnxq.calib.histogram import E_MIN, StreamingHistogram, fine_bins, grid_exponent, regrid
+from onnxq.calib.methods import CALIBRATORS, make_calibrator
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
 from onnxq.scales.types import asymmetric_params, symmetric_params

@@ -155,3 +155,21 @@ def test_stats_from_another_model_are_refused(cnn_dir, tmp_path):
     before = listing(cnn_dir)
     r = run_cli("quantize", cnn_dir / "other.onnx", "--stats", cnn_dir / "stats.npz", "-o", cnn_dir / "o.onnx")
     assert_clean_failure(r, cnn_dir, before, "holds statistics of another model")
+
+
+def test_validate_and_quantize_report_latency(cnn_dir):
+    """--latency on validate, and quantize --val: median/p90 of both models and the speed ratio."""
+    out = cnn_dir / "q.onnx"
+    r = run_cli("quantize", cnn_dir / "model.onnx", "--calib", cnn_dir / "calib", "-o", out, "--val",
+                cnn_dir / "val", "--target", "ort-cpu", "--threads", "1", "--latency-runs", "3",
+                "--latency-seconds", "0")
+    assert r.returncode == 0, r.stderr
+    assert "latency (1 thread(s), median / p90 of 3 interleaved runs):" in r.stdout and "x FP32" in r.stdout
+    r = run_cli("validate", cnn_dir / "model.onnx", out, "--data", cnn_dir / "val", "--latency", "--threads", "1",
+                "--latency-runs", "3", "--latency-seconds", "0", "--json")
+    assert r.returncode == 0, r.stderr
+    latency = json.loads(r.stdout)["latency"]
+    assert latency["reference"]["runs"] == 3 and latency["quantized"]["median_ms"] > 0
+    assert latency["speedup"] == latency["reference"]["median_ms"] / latency["quantized"]["median_ms"]
+    r = run_cli("validate", cnn_dir / "model.onnx", out, "--data", cnn_dir / "val", "--latency", "--threads", "-1")
+    assert r.returncode == 2 and "--threads" in r.stderr

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+
 from tests.helpers import run_cli
 from tests.trt.trt_golden import Graph, clean_model
 

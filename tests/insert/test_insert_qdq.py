@@ -89,12 +89,16 @@ def test_channel_count_mismatch_is_an_error():
 
 
 def test_uint8_activation_for_ort_cpu():
-    model = two_branch_model()
-    plan = build_plan(model, QuantConfig(target="ort-cpu"))
+    from onnxq.scales.compute import weight_params
     from onnxq.scales.types import asymmetric_params
+    from tests.pipeline.test_ort_cpu_fusion import conv_relu_add_conv
 
-    table = scales_for(plan, model)
-    table["x"] = asymmetric_params(-1.0, 3.0)
+    model = conv_relu_add_conv()
+    plan = build_plan(model, QuantConfig(target="ort-cpu"))
+    index = GraphIndex.build(model.graph)
+    table = {t.name: weight_params(t, index.array(t.name)) for t in plan.weights()}
+    for t in plan.activations():
+        table[t.name] = asymmetric_params(-1.0, 3.0)
     out = InsertQDQ(plan, table).call(model).model
     zp = numpy_helper.to_array(next(i for i in out.graph.initializer if i.name == "x_zero_point"))
     assert zp.dtype == np.uint8 and int(zp) == 64

@@ -12,8 +12,9 @@ from onnxq.cli import main
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 
-def test_demo_fast_all_models(tmp_path, capsys):
-    assert main(["demo", "--fast", "--workdir", str(tmp_path)]) == 0
+def test_demo_all_models(tmp_path, capsys):
+    # one calibration and one validation batch: the run is the same as --fast (4 and 4) or the default (16 and 16)
+    assert main(["demo", "--calib-batches", "1", "--val-batches", "1", "--workdir", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     for name in ("pointnext", "centerpoint", "bevfusion", "vit"):
         assert name in table

@@ -61,7 +61,8 @@ def test_gemm_fold_with_alpha_beta(trans_b, with_c):
                             alpha=0.7, beta=1.3)
     graph = helper.make_graph([gemm, bn_node("n", "y", "out")], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", k])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits + bn_params("n", m))
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              inits + bn_params("n", m))
     model = make_model(graph)
     reference = make_model(model.graph)
     folded = FoldBatchNorm().call(model).model

@@ -129,3 +129,21 @@ def test_weights_shared_by_two_convs_fold_separately():
     prepared, _ = PassManager(prepare_passes()).run(model)
     assert op_types(prepared) == ["Conv", "Conv"]
     assert_equivalent(reference, prepared, rng_feeds(reference, {"x": (1, 3, 4, 4)}))
+
+
+def test_identity_of_shared_parameter_becomes_an_initializer_and_bn_folds():
+    """torch de-duplicates equal BatchNorm parameters into Identity(initializer); they still fold."""
+    rng = np.random.default_rng(0)
+    inits = [init("w", rng.standard_normal((4, 3, 3, 3)).astype(np.float32)),
+             init("gamma", rng.uniform(0.5, 1.5, 4).astype(np.float32)), init("zeros", np.zeros(4, np.float32)),
+             init("var", rng.uniform(0.5, 1.5, 4).astype(np.float32))]
+    nodes = [helper.make_node("Identity", ["zeros"], ["beta"]), helper.make_node("Identity", ["zeros"], ["mean"]),
+             helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"], name="bn")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = make_model(graph)
+    prepared, _ = PassManager(prepare_passes(per_channel=True)).run(onnx.ModelProto.FromString(
+        model.SerializeToString()))
+    assert op_types(prepared) == ["Conv"]
+    assert_equivalent(model, prepared, rng_feeds(model, {"x": (1, 3, 6, 6)}))

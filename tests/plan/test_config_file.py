@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 import onnxq
-from onnxq.calib.collect import CollectSettings, collect_statistics
 from onnxq.calib.base import CalibOptions
-from onnxq.data import BatchSource
+from onnxq.calib.collect import CollectSettings, collect_statistics
 from onnxq.config import Overrides, QuantConfig
 from onnxq.config_file import load_config_file, unmatched_rules
+from onnxq.data import BatchSource
 from onnxq.errors import OnnxqError
 from onnxq.pipeline import prepare
 from onnxq.plan import build_plan

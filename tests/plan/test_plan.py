@@ -134,10 +134,25 @@ def test_tensorrt_concat_and_maxpool_inputs_share_the_concat_scale():
     assert plan.tensors["r"].consumers == [Consumer("conv_b", 0)]
 
 
-def test_ort_cpu_has_no_tensorrt_placement_rules():
+def test_ort_cpu_quantizes_the_integer_region():
+    """ort-cpu wraps inputs AND outputs of every op with an integer kernel (docs/ort_cpu_rules.md)."""
+    from tests.pipeline.test_ort_cpu_fusion import conv_relu_add_conv
+
+    plan = build_plan(conv_relu_add_conv(), QuantConfig(target="ort-cpu"))
+    # the Relus are absorbed (their outputs are the quantized tensors), every reader of r1 reads the DQ
+    assert {t.name for t in plan.activations()} == {"x", "r1", "c2", "r2", "c3", "s", "f"}
+    assert plan.tensors["r1"].consumers == [Consumer("conv2", 0), Consumer("add", 1)]
+    assert plan.tensors["f"].shares_scale_with == "s"  # Flatten keeps its input's scale
+    assert {t.name for t in plan.calibrated_activations()} == {"x", "r1", "c2", "r2", "c3", "s"}
+
+
+def test_ort_cpu_heads_stay_float():
+    """conv_c writes the graph output and conv_b feeds only the float tail before it: both stay float, and so do
+    the ops of that tail (MaxPool, Concat) and the Add whose only weighted reader was conv_b."""
     plan = build_plan(residual_concat_model(), QuantConfig(target="ort-cpu"))
-    assert set(plan.tensors) == {"x", "wa", "r", "wb", "cat", "wc"}
-    assert plan.tensors["x"].consumers == [Consumer("conv_a", 0)]
+    assert set(plan.tensors) == {"x", "wa", "a"}
+    decided = {d.node: d.quantized for d in plan.nodes}
+    assert decided["conv_a"] and not decided["conv_b"] and not decided["conv_c"]
 
 
 def test_no_qdq_between_conv_and_its_activation():

@@ -57,3 +57,55 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
             m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
     return model
+
+
+class InPlaceForms(nn.Module):
+    """The ways models write residual adds, activations and reshapes: ``+=``, ``torch.add``, ``operator.iadd``,
+    ``x.add_()``, ``F.relu(inplace=True)``, ``torch.cat``, ``flatten``/``view``/``reshape``,
+    ``F.adaptive_avg_pool2d``, an SE-style multiply, hardswish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Hardswish())
+        self.a = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.b = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.c = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8))
+        self.d = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8))
+        self.se1 = nn.Conv2d(8, 4, 1)
+        self.se2 = nn.Conv2d(4, 8, 1)
+        self.merge = nn.Conv2d(16, 8, 1)
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import operator
+
+        import torch.nn.functional as F
+
+        x = self.stem(x)
+        y = self.a(x)
+        y += x
+        x = F.relu(y, inplace=True)
+        x = F.relu(torch.add(self.b(x), x))
+        z = self.c(x)
+        z = operator.iadd(z, x)
+        w = self.d(z)
+        w.add_(z)
+        w = F.hardswish(w)
+        s = F.hardsigmoid(self.se2(F.relu(self.se1(F.adaptive_avg_pool2d(w, 1)))))
+        w = w * s
+        x = self.merge(torch.cat([w, x], dim=1))
+        x = F.adaptive_avg_pool2d(x, 4)
+        x = x.flatten(1).view(x.shape[0], -1).reshape(x.shape[0], -1)
+        return self.fc(x)
+
+
+class DispatcherAdd(nn.Module):
+    """A residual add written as a raw ATen call, which no torch-function hook sees: stays unmapped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.head = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.ops.aten.add.Tensor(self.conv(x), x))

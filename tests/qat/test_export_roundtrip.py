@@ -85,3 +85,23 @@ def test_finetune_runs_with_warmup_kd_and_bn_freeze():
     assert qmodel.quant_enabled and not bn.training
     qmodel.train()
     assert not bn.training  # stays frozen after train()
+
+
+def test_finetune_reports_progress_per_step():
+    import io
+
+    _, _, qmodel = prepared(Tiny)
+    g = torch.Generator().manual_seed(3)
+    data = [(torch.randn(4, 3, 16, 16, generator=g), torch.randint(0, 5, (4,), generator=g)) for _ in range(3)]
+    reports = []
+    qat.finetune(qmodel, data, torch.nn.functional.cross_entropy, qat.FinetuneConfig(epochs=2, lr=1e-3),
+                 progress=reports.append)
+    assert [r.step for r in reports] == [1, 2, 3, 4, 5, 6] and {r.total for r in reports} == {6}
+    assert reports[-1].eta == 0 and reports[0].eta > 0 and all(np.isfinite(r.loss) for r in reports)
+    stream = io.StringIO()  # not a terminal: plain lines, the last one always
+    console = qat.ConsoleProgress(stream, interval=3600)
+    for r in reports:
+        console(r)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("QAT step 1/6 (epoch 0), loss") and lines[-1].startswith("QAT step 6/6 (epoch 1)")
+    assert len(lines) == 2

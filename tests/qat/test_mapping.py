@@ -93,3 +93,13 @@ def test_quant_off_is_the_float_model():
         assert torch.equal(qmodel(x), net(x))
     with torch.no_grad():
         assert torch.equal(qmodel.model(x), net(x))  # the wrapped model itself stays float
+
+
+def test_per_tensor_weights_follow_the_plan():
+    from onnxq import qat
+
+    _, _, qmodel = prepared(Tiny, QuantConfig(per_channel_weights=False))
+    assert all(w.torch_axis is None for w in qmodel.mapping.weights.values())
+    train_steps(qmodel)
+    assert all(qmodel.scale_table()[n].scale.shape == () for n in qmodel.mapping.weights)
+    assert qat.verify(qmodel) <= 1e-6

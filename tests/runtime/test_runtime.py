@@ -37,7 +37,7 @@ def test_exposed_outputs_follow_the_graph_outputs_and_leave_the_model_alone(tmp_
 
 
 def test_errors_name_the_problem():
-    with pytest.raises(OnnxqError, match="onnxruntime cannot load"):
+    with pytest.raises(OnnxqError, match="onnxruntime cannot load the model"):
         make_session(onnx.ModelProto())
     session = make_session(small_cnn())
     with pytest.raises(OnnxqError, match="onnxruntime failed on batch 3"):

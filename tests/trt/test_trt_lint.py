@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from tests.trt.trt_golden import Graph, clean_model, conv_block
 
 from onnxq.trt.lint import LintOptions, has_errors, lint_model
+from tests.trt.trt_golden import Graph, clean_model, conv_block
 
 
 def found(model: onnx.ModelProto, **options) -> list[tuple[str, str, str]]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from tests.trt.trt_golden import Graph
 
 from onnxq.scales.qdq_reader import read_qdq
 from onnxq.trt.lint import lint_model
+from tests.trt.trt_golden import Graph
 
 
 def float_model(path) -> str:

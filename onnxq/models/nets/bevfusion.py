@@ -25,7 +25,8 @@ class ConvFuser(nn.Sequential):
 class BEVFusion(nn.Module):
     OUTPUT_NAMES = ("heatmap", "reg", "height", "dim", "rot")
 
-    def __init__(self, camera_channels: int = 8, lidar_channels: int = 5, num_classes: int = 3, fused: int = 32) -> None:
+    def __init__(self, camera_channels: int = 8, lidar_channels: int = 5, num_classes: int = 3,
+                 fused: int = 32) -> None:
         super().__init__()
         self.fuser = ConvFuser(camera_channels + lidar_channels, fused)
         self.decoder_backbone = SECOND(fused)

@@ -38,7 +38,8 @@ class SECFPN(nn.Module):
     def __init__(self, channels=(24, 48, 96), out_channels: int = 32, up_strides=(1, 2, 4)) -> None:
         super().__init__()
         self.ups = nn.ModuleList(
-            nn.Sequential(nn.ConvTranspose2d(c, out_channels, s, s, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU())
+            nn.Sequential(nn.ConvTranspose2d(c, out_channels, s, s, bias=False), nn.BatchNorm2d(out_channels),
+                          nn.ReLU())
             for c, s in zip(channels, up_strides)
         )
 
@@ -55,7 +56,8 @@ class CenterHead(nn.Module):
         self.heatmap = nn.Sequential(conv_bn_relu(channels, channels), nn.Conv2d(channels, num_classes, 1))
         self.heatmap[-1].bias.data.fill_(-2.19)  # prior probability 0.1, as CenterPoint
         self.branches = nn.ModuleDict(
-            {name: nn.Sequential(conv_bn_relu(channels, channels), nn.Conv2d(channels, n, 1)) for name, n in self.HEADS.items()}
+            {name: nn.Sequential(conv_bn_relu(channels, channels), nn.Conv2d(channels, n, 1))
+             for name, n in self.HEADS.items()}
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -22,7 +22,8 @@ def knn_group(xyz: torch.Tensor, centres: torch.Tensor, feats: torch.Tensor, k: 
     """
     b, n, _ = xyz.shape
     m = centres.shape[1]
-    dist = (centres * centres).sum(-1, keepdim=True) - 2 * centres @ xyz.transpose(1, 2) + (xyz * xyz).sum(-1).unsqueeze(1)
+    dist = ((centres * centres).sum(-1, keepdim=True) - 2 * centres @ xyz.transpose(1, 2)
+            + (xyz * xyz).sum(-1).unsqueeze(1))
     idx = dist.topk(k, dim=-1, largest=False).indices  # (B, M, k)
     offset = (torch.arange(b, device=xyz.device) * n).view(b, 1, 1)
     flat = (idx + offset).reshape(-1)
@@ -60,7 +61,8 @@ class InvResMLP(nn.Module):
         super().__init__()
         self.k, self.radius = k, radius
         self.local = conv_bn(channels + 3, channels)
-        self.pw = nn.Sequential(conv_bn(channels, channels * expansion, dim=1), conv_bn(channels * expansion, channels, relu=False, dim=1))
+        self.pw = nn.Sequential(conv_bn(channels, channels * expansion, dim=1),
+                                conv_bn(channels * expansion, channels, relu=False, dim=1))
         self.act = nn.ReLU()
 
     def forward(self, xyz: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
@@ -84,7 +86,8 @@ class PointNeXt(nn.Module):
             self.blocks.append(InvResMLP(w, k=k, radius=r))
             cin = w
         self.head = nn.Sequential(
-            nn.Linear(cin, 128, bias=False), nn.BatchNorm1d(128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, num_classes)
+            nn.Linear(cin, 128, bias=False), nn.BatchNorm1d(128), nn.ReLU(), nn.Dropout(0.3),
+            nn.Linear(128, num_classes)
         )
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:

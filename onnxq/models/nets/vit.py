@@ -53,8 +53,10 @@ class DPTHead(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.project = nn.ModuleList(nn.Conv2d(dim, features, 1) for _ in range(taps))
         self.fuse = nn.Sequential(nn.Conv2d(features * taps, features, 3, padding=1), nn.ReLU())
-        self.up1 = nn.Sequential(nn.ConvTranspose2d(features, features, 2, 2), nn.ReLU(), nn.Conv2d(features, features, 3, padding=1), nn.ReLU())
-        self.up2 = nn.Sequential(nn.ConvTranspose2d(features, 16, 2, 2), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
+        self.up1 = nn.Sequential(nn.ConvTranspose2d(features, features, 2, 2), nn.ReLU(),
+                                 nn.Conv2d(features, features, 3, padding=1), nn.ReLU())
+        self.up2 = nn.Sequential(nn.ConvTranspose2d(features, 16, 2, 2), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                                 nn.ReLU())
         self.up3 = nn.Sequential(nn.ConvTranspose2d(16, 16, 2, 2), nn.ReLU(), nn.Conv2d(16, 1, 3, padding=1))
 
     def forward(self, tokens: list[torch.Tensor]) -> torch.Tensor:
@@ -68,7 +70,8 @@ class DPTHead(nn.Module):
 
 
 class DepthViT(nn.Module):
-    def __init__(self, image_size: int = 64, patch: int = 8, dim: int = 80, depth: int = 4, heads: int = 4, registers: int = 2) -> None:
+    def __init__(self, image_size: int = 64, patch: int = 8, dim: int = 80, depth: int = 4, heads: int = 4,
+                 registers: int = 2) -> None:
         super().__init__()
         self.grid = image_size // patch
         self.special = 1 + registers

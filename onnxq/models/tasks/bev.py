@@ -78,26 +78,26 @@ def make_scene(rng: np.random.Generator) -> Scene:
     for kind in wanted:
         (l0, l1), (w0, w1), (h0, h1) = _SIZES[kind]
         for _ in range(20):  # rejection sampling against overlap
-            l, w, h = rng.uniform(l0, l1), rng.uniform(w0, w1), rng.uniform(h0, h1)
-            margin = 1.0 + l / 2
+            length, w, h = rng.uniform(l0, l1), rng.uniform(w0, w1), rng.uniform(h0, h1)
+            margin = 1.0 + length / 2
             x, y = rng.uniform(-HALF_EXTENT + margin, HALF_EXTENT - margin, size=2)
             if np.hypot(x, y) < 3.0:  # keep clear of the ego vehicle
                 continue
-            radius = np.hypot(l, w) / 2
+            radius = np.hypot(length, w) / 2
             if all(np.hypot(x - b[0], y - b[1]) > radius + np.hypot(b[3], b[4]) / 2 + 0.3 for b in boxes):
                 kinds.append(kind)
-                boxes.append([x, y, h / 2, l, w, h, rng.uniform(-np.pi, np.pi)])
+                boxes.append([x, y, h / 2, length, w, h, rng.uniform(-np.pi, np.pi)])
                 break
     return Scene(kinds, np.asarray(boxes, dtype=np.float64).reshape(-1, 7))
 
 
 def _footprint(box: np.ndarray) -> np.ndarray:
-    x, y, _, l, w, _, yaw = box
+    x, y, _, length, w, _, yaw = box
     dx, dy = _XS - x, _YS - y
     c, s = np.cos(yaw), np.sin(yaw)
     u, v = c * dx + s * dy, -s * dx + c * dy
     # half a cell of slack so that small objects still cover at least one cell
-    return (np.abs(u) <= l / 2 + 0.25 * CELL) & (np.abs(v) <= w / 2 + 0.25 * CELL)
+    return (np.abs(u) <= length / 2 + 0.25 * CELL) & (np.abs(v) <= w / 2 + 0.25 * CELL)
 
 
 def render_lidar(scene: Scene, rng: np.random.Generator, *, intensity: bool = True, density: float = 1.0) -> np.ndarray:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxq.models.tasks.metric import MeanMetric
+
 SIZE = 64
 FOV = np.deg2rad(60.0)
 CAM_HEIGHT = 1.5
@@ -101,21 +103,13 @@ def make_batch(rng: np.random.Generator, batch_size: int) -> tuple[dict[str, np.
     return {"image": np.stack([s[0] for s in samples])}, {"depth": np.stack([s[1] for s in samples])}
 
 
-class AbsRel:
+class AbsRel(MeanMetric):
     """Mean absolute relative depth error over all pixels of all samples."""
 
     name = "AbsRel"
     higher_is_better = False
 
-    def __init__(self) -> None:
-        self.total = 0.0
-        self.count = 0
-
-    def update(self, outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> None:
+    def batch(self, outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> tuple[float, int]:
         pred = np.asarray(outputs["depth"], dtype=np.float64)
         gt = np.asarray(labels["depth"], dtype=np.float64)
-        self.total += float((np.abs(pred - gt) / gt).sum())
-        self.count += gt.size
-
-    def compute(self) -> float:
-        return self.total / self.count if self.count else float("nan")
+        return float((np.abs(pred - gt) / gt).sum()), int(gt.size)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxq.models.tasks.metric import MeanMetric
+
 CLASSES = ("sphere", "cube", "cylinder", "cone", "torus", "pyramid", "disk", "capsule")
 NUM_POINTS = 256
 
@@ -137,24 +139,16 @@ def make_batch(rng: np.random.Generator, batch_size: int) -> tuple[dict[str, np.
     return {"points": points}, {"label": labels.astype(np.int64)}
 
 
-class Accuracy:
+class Accuracy(MeanMetric):
     """Overall accuracy of ``argmax(logits)`` against ``label``."""
 
     name = "accuracy"
     higher_is_better = True
 
-    def __init__(self) -> None:
-        self.correct = 0
-        self.total = 0
-
-    def update(self, outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> None:
+    def batch(self, outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> tuple[float, int]:
         pred = np.asarray(outputs["logits"]).argmax(axis=1)
         target = np.asarray(labels["label"]).reshape(-1)
-        self.correct += int((pred == target).sum())
-        self.total += int(target.size)
-
-    def compute(self) -> float:
-        return self.correct / self.total if self.total else float("nan")
+        return float((pred == target).sum()), int(target.size)
 
 
 def baseline() -> tuple[float, str]:

@@ -1,0 +1,129 @@
+"""Two CPU benchmark CNNs built in torch and exported to ONNX (random weights, BatchNorm left unfused):
+
+- ``resnet18``: the dense ResNet-18 layout (7x7 stem, max-pool, 4 stages of two BasicBlocks, 64-512 channels,
+  global average pool, fully connected), 3x224x224.
+- ``mobilenet_v3_small``: the MobileNetV3-Small layout (depthwise-separable inverted residuals, HardSwish,
+  squeeze-and-excitation with HardSigmoid), 3x224x224.
+
+Written from the published architectures (He et al. 2015; Howard et al. 2019), not copied from torchvision.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+
+def _torch():
+    import torch
+    from torch import nn
+    return torch, nn
+
+
+def _resnet18():
+    torch, nn = _torch()
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.down = None
+            if stride != 1 or cin != cout:
+                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            y = torch.relu(self.bn1(self.conv1(x)))
+            y = self.bn2(self.conv2(y))
+            return torch.relu(y + (x if self.down is None else self.down(x)))
+
+    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+    cin = 64
+    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [Block(cin, cout, stride), Block(cout, cout, 1)]
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000)]
+    return nn.Sequential(*layers)
+
+
+def _mobilenet_v3_small():
+    torch, nn = _torch()
+
+    class SqueezeExcite(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            mid = max(8, (c // 4 + 4) // 8 * 8)
+            self.fc1, self.fc2 = nn.Conv2d(c, mid, 1), nn.Conv2d(mid, c, 1)
+
+        def forward(self, x):
+            s = nn.functional.adaptive_avg_pool2d(x, 1)
+            return x * nn.functional.hardsigmoid(self.fc2(torch.relu(self.fc1(s))))
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, cin: int, k: int, exp: int, cout: int, se: bool, hs: bool, stride: int) -> None:
+            super().__init__()
+            act = nn.Hardswish if hs else nn.ReLU
+            layers = []
+            if exp != cin:
+                layers += [nn.Conv2d(cin, exp, 1, bias=False), nn.BatchNorm2d(exp), act()]
+            layers += [nn.Conv2d(exp, exp, k, stride, k // 2, groups=exp, bias=False), nn.BatchNorm2d(exp), act()]
+            if se:
+                layers.append(SqueezeExcite(exp))
+            layers += [nn.Conv2d(exp, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+            self.body = nn.Sequential(*layers)
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x):
+            y = self.body(x)
+            return x + y if self.residual else y
+
+    # (kernel, expansion, out, SE, HardSwish, stride) of MobileNetV3-Small, table 2 of Howard et al. 2019
+    config = [(3, 16, 16, True, False, 2), (3, 72, 24, False, False, 2), (3, 88, 24, False, False, 1),
+              (5, 96, 40, True, True, 2), (5, 240, 40, True, True, 1), (5, 240, 40, True, True, 1),
+              (5, 120, 48, True, True, 1), (5, 144, 48, True, True, 1), (5, 288, 96, True, True, 2),
+              (5, 576, 96, True, True, 1), (5, 576, 96, True, True, 1)]
+    layers = [nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish()]
+    cin = 16
+    for k, exp, cout, se, hs, stride in config:
+        layers.append(InvertedResidual(cin, k, exp, cout, se, hs, stride))
+        cin = cout
+    layers += [nn.Conv2d(cin, 576, 1, bias=False), nn.BatchNorm2d(576), nn.Hardswish(), nn.AdaptiveAvgPool2d(1),
+               nn.Flatten(), nn.Linear(576, 1024), nn.Hardswish(), nn.Linear(1024, 1000)]
+    return nn.Sequential(*layers)
+
+
+BUILDERS = {"resnet18": _resnet18, "mobilenet_v3_small": _mobilenet_v3_small}
+
+
+def export_cnn(name: str, path: str | Path, seed: int = 0) -> Path:
+    """Export the named CNN (random weights from ``seed``, BatchNorm statistics randomised so folding matters)."""
+    torch, nn = _torch()
+    torch.manual_seed(seed)
+    net = BUILDERS[name]().eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+    buf = io.BytesIO()
+    torch.onnx.export(net, (torch.randn(1, 3, 224, 224),), buf, dynamo=False, opset_version=17,
+                      input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch"}},
+                      do_constant_folding=False, training=torch.onnx.TrainingMode.EVAL)
+    model = onnx.load_from_string(buf.getvalue())
+    path = Path(path)
+    onnx.save(model, path)
+    return path
+
+
+def smooth_images(rng: np.random.Generator, n: int, channels: int, height: int, width: int) -> np.ndarray:
+    """Low-frequency random images (coarse noise upsampled, plus fine noise): roughly natural-image statistics."""
+    ch, cw = max(1, height // 16), max(1, width // 16)
+    coarse = rng.standard_normal((n, channels, ch, cw)).astype(np.float32)
+    img = np.repeat(np.repeat(coarse, -(-height // ch), axis=2), -(-width // cw), axis=3)[:, :, :height, :width]
+    return np.ascontiguousarray(img + 0.3 * rng.standard_normal(img.shape).astype(np.float32))

@@ -1,0 +1,80 @@
+"""HardSwish/HardSigmoid rewritten into Add, Clip and Mul: numerically equal, and integer on ort-cpu."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxq.passes.decompose_hard_activations import DecomposeHardActivations
+from onnxq.validate.latency import op_counts, optimized_model
+from tests.helpers import assert_equivalent, make_model, op_types, rng_feeds
+
+
+def hard_model() -> onnx.ModelProto:
+    """Conv -> HardSwish -> Conv (the 1/6 goes into its weights); HardSwish -> GAP; HardSigmoid(alpha 0.2) ->
+    Flatten -> MatMul."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((8, 8, 1, 1)).astype(np.float32), "w2"),
+             numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "w3")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1] * 4),
+             helper.make_node("HardSwish", ["c1"], ["h1"], name="hs1"),
+             helper.make_node("Conv", ["h1", "w2"], ["c2"], name="conv2"),
+             helper.make_node("HardSwish", ["c2"], ["h2"], name="hs2"),
+             helper.make_node("GlobalAveragePool", ["h2"], ["g"], name="gap"),
+             helper.make_node("HardSigmoid", ["g"], ["p"], name="hsig", alpha=0.2, beta=0.4),
+             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "w3"], ["y"], name="fc")]
+    graph = helper.make_graph(nodes, "hard", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return make_model(graph)
+
+
+def test_rewrite_is_numerically_equal_and_folds_the_sixth_into_conv_weights():
+    model = hard_model()
+    rewritten = DecomposeHardActivations().call(onnx.ModelProto.FromString(model.SerializeToString())).model
+    ops = op_types(rewritten)
+    assert "HardSwish" not in ops and "HardSigmoid" not in ops
+    # hs1 feeds only conv2: Add, Clip, Mul; hs2 feeds a pool: Add, Clip, Mul, Mul; HardSigmoid: Add, Clip, Mul
+    assert ops.count("Mul") == 1 + 2 + 1 and ops.count("Add") == 3 and ops.count("Clip") == 3
+    w2 = numpy_helper.to_array(next(i for i in rewritten.graph.initializer if i.name == "w2"))
+    w2_before = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w2"))
+    np.testing.assert_allclose(w2, w2_before / 6, rtol=1e-6)
+    assert_equivalent(model, rewritten, rng_feeds(model, {"x": (1, 3, 8, 8)}), rtol=1e-4, atol=1e-5)
+
+
+def test_rewritten_activations_run_in_integer(monkeypatch):
+    """With the rewrite switched on (the ort-cpu rules leave it off: it measured slower), every piece fuses."""
+    import dataclasses
+
+    from onnxq import rules
+    from onnxq.config import QuantConfig
+    from onnxq.pipeline import quantize
+
+    monkeypatch.setitem(rules.TARGET_RULES, "ort-cpu", dataclasses.replace(
+        rules.ORT_CPU, decompose_activations=frozenset({"HardSwish", "HardSigmoid"})))
+    model = hard_model()
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    quantized = quantize(model, calib=calib, config=QuantConfig(target="ort-cpu")).model
+    counts = op_counts(optimized_model(quantized))
+    assert counts.get("com.microsoft.QLinearConv") == 2
+    # three Adds (Clip absorbed) and four Muls in integer, nothing left in float
+    assert counts.get("com.microsoft.QLinearAdd") == 3 and counts.get("com.microsoft.QLinearMul") == 4
+    assert counts.get("com.microsoft.MatMulIntegerToFloat") == 1
+    for float_op in ("HardSwish", "HardSigmoid", "Clip", "Mul", "Add", "DequantizeLinear"):
+        assert float_op not in counts, counts
+
+
+def test_ort_cpu_keeps_hardswish_float_between_integer_convs():
+    from onnxq.config import QuantConfig
+    from onnxq.pipeline import quantize
+
+    rng = np.random.default_rng(1)
+    calib = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    quantized = quantize(hard_model(), calib=calib, config=QuantConfig(target="ort-cpu")).model
+    counts = op_counts(optimized_model(quantized))
+    # conv1's output is quantized so conv1 fuses; the HardSwish runs in float and is quantized again for conv2
+    assert counts.get("com.microsoft.QLinearConv") == 2
+    assert "HardSwish" in counts or "HardSigmoid" in counts
