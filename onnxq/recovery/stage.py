@@ -37,9 +37,8 @@ def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: Reco
     notes: list[str] = []
     targets = (equalization_targets(model) if options.equalize else []) + \
         (smoothquant_targets(model) if options.smoothquant_alpha is not None else [])
-    if not targets:
-        return notes
-    ranges = channel_ranges(model, targets, data, options.equalize_batches)
+    # the Conv pairs of cross-layer equalization need no data: only the per-channel targets cost a float pass
+    ranges = channel_ranges(model, targets, data, options.equalize_batches) if targets else {}
     if options.equalize:
         notes.append(equalize_model(model, ranges))
     if options.smoothquant_alpha is not None:
