@@ -14,7 +14,17 @@ import logging
 import sys
 from collections.abc import Iterator
 
+from onnxq import progress
+from onnxq.commands.console import ConsoleListener
+from onnxq.atomic import Terminated, terminate_cleanly
 from onnxq.errors import OnnxqError
+from onnxq.version import __version__
+
+
+def one_line(message: str) -> str:
+    """The message on one line: newlines folded, other control characters escaped."""
+    text = " ".join(part.strip() for part in message.strip().splitlines() if part.strip())
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 COMMAND_MODULES = (
     "quantize",
@@ -30,10 +40,41 @@ COMMAND_MODULES = (
 )
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Help texts end with the option's default where it has a meaningful one and the text does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or default in (None, False, True, [], argparse.SUPPRESS)
+                or "default" in text or "%(default)" in text):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _add_output_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """-v/-q, accepted before or after the sub-command (after it, they do not reset what was given before)."""
+    default = (lambda value: value) if top else (lambda value: argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", action="count", default=default(0), help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                        help="errors and results only: no progress, no summary, no warnings")
+
+
+def _finish_subparsers(parser: argparse.ArgumentParser) -> None:
+    """Every (nested) sub-command gets the output flags and the help formatter."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                sub.formatter_class = HelpFormatter
+                _add_output_flags(sub, top=False)
+                _finish_subparsers(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onnxq", description="Quantize ONNX models after export.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    parser = argparse.ArgumentParser(prog="onnxq", description="Quantize ONNX models after export.",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_output_flags(parser, top=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:
@@ -43,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_parser(subparsers)
+    _finish_subparsers(parser)
     return parser
 
 
@@ -57,26 +99,41 @@ def cli_logging(verbose: int, quiet: bool) -> Iterator[None]:
     previous = root.level
     root.addHandler(handler)
     root.setLevel(level)
+    # Python warnings (numpy, onnx, torch) go to the log, shown with -v only: stderr stays one line per problem
+    warnings_logger = logging.getLogger("py.warnings")
+    previous_warnings = warnings_logger.level
+    logging.captureWarnings(True)
+    warnings_logger.setLevel(logging.DEBUG if verbose else logging.ERROR)
     try:
         yield
     finally:
         root.removeHandler(handler)
         root.setLevel(previous)
+        logging.captureWarnings(False)
+        warnings_logger.setLevel(previous_warnings)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with cli_logging(args.verbose, args.quiet):
+    with cli_logging(args.verbose, args.quiet), progress.listening(ConsoleListener(quiet=args.quiet)):
         return run_command(args)
 
 
 def run_command(args: argparse.Namespace) -> int:
+    import numpy as np
+
     try:
-        return int(args.func(args) or 0)
+        # numpy floating-point warnings (overflow, invalid) never leak as extra stderr lines (onnxq checks values
+        # itself); SIGTERM removes temporary files and ends with one line
+        with terminate_cleanly(), np.errstate(all="ignore"):
+            return int(args.func(args) or 0)
     except OnnxqError as exc:
-        print(f"onnxq: error: {exc}", file=sys.stderr)
+        print(f"onnxq: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("onnxq: terminated; no output written", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("onnxq: interrupted", file=sys.stderr)
         return 130

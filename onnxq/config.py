@@ -7,19 +7,19 @@ the value of the level below; ``skip = true`` keeps a node in float.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, fields, replace
 
+from onnxq import node_regex
 from onnxq.calib.base import CalibOptions
 from onnxq.calib.methods import check_method
 from onnxq.calib.weights import check_weight_method
 from onnxq.errors import OnnxqError
+from onnxq.node_regex import compile_node_regex
 from onnxq.rules import TARGET_RULES, TENSORRT
 
 #: activation calibration of quantize by default: MSE over the streaming histogram (measured on the public real
 #: models in README "Accuracy recovery": common_det 7.1 dB with min-max -> 22.6 dB)
 DEFAULT_ACTIVATION_METHOD = "mse"
-
 
 @dataclass(frozen=True)
 class NodeSetting:
@@ -46,10 +46,7 @@ class Overrides:
 
     def __post_init__(self) -> None:
         for pattern, _ in self.by_regex:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise OnnxqError(f"invalid node-name regex {pattern!r}: {exc}") from exc
+            compile_node_regex(pattern)  # linear-time engine; raises for invalid patterns
 
     def resolve(self, op_type: str, node_name: str, default: NodeSetting) -> tuple[NodeSetting, str]:
         """The effective setting of a node and the level that decided ``skip`` (for the report)."""
@@ -60,7 +57,7 @@ class Overrides:
             setting = self.by_op[op_type].over(setting)
             decided_by = f"op type {op_type}" if self.by_op[op_type].skip is not None else decided_by
         for pattern, rule in self.by_regex:
-            if re.search(pattern, node_name):
+            if node_regex.search(pattern, node_name):
                 setting = rule.over(setting)
                 decided_by = f"node regex {pattern!r}" if rule.skip is not None else decided_by
         if node_name in self.by_name:

@@ -22,18 +22,19 @@ over the file. Unknown keys are errors; op types, regexes and names that match n
 
 from __future__ import annotations
 
-import re
 import tomllib
 from dataclasses import fields
 from pathlib import Path
 
 import onnx
 
+from onnxq import node_regex, safe_read
 from onnxq.calib.methods import check_method
 from onnxq.config import NodeSetting, Overrides
 from onnxq.dtypes import QUANT_DTYPES
 from onnxq.errors import OnnxqError
 from onnxq.graph import node_name
+from onnxq.safe_read import check_nesting, read_bytes
 
 SETTING_KEYS = {f.name for f in fields(NodeSetting)}
 RUN_KEYS = {"target", "weight_method", "per_channel_weights"}
@@ -62,10 +63,10 @@ def load_config_file(path: str | Path) -> tuple[Overrides, dict]:
     """The overrides of a TOML file, and its top-level run settings."""
     path = Path(path)
     try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise OnnxqError(f"config file not found: {path}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = read_bytes(path, "config file", safe_read.MAX_CONFIG_BYTES).decode("utf-8")
+        check_nesting(text, f"config file {path}")
+        doc = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise OnnxqError(f"{path} is not valid TOML: {exc}") from exc
     unknown = sorted(doc.keys() - SECTIONS - RUN_KEYS)
     if unknown:
@@ -87,6 +88,6 @@ def unmatched_rules(overrides: Overrides, model: onnx.ModelProto) -> list[str]:
     ops = {n.op_type for n in model.graph.node}
     found = [f"op type {op!r} is not in the model" for op in overrides.by_op if op not in ops]
     found += [f"regex {p!r} matches no node name" for p, _ in overrides.by_regex
-              if not any(re.search(p, n) for n in names)]
+              if not any(node_regex.search(p, n) for n in names)]
     found += [f"node {n!r} is not in the model" for n in overrides.by_name if n not in names]
     return found

@@ -23,6 +23,8 @@ import onnx
 from onnx import helper
 
 from onnxq.errors import OnnxqError
+from onnxq.graph import printable
+from onnxq.safe_read import NpzArchive, load_npy
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,14 @@ def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
         if value.name in inits:
             continue
         tensor = value.type.tensor_type
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        if not value.type.HasField("tensor_type") or tensor.elem_type == onnx.TensorProto.UNDEFINED:
+            raise OnnxqError(f"model input {printable(value.name)!r} has no tensor element type; re-export the model "
+                             "with typed inputs (or set the type with onnx.helper.make_tensor_value_info)")
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise OnnxqError(f"model input {printable(value.name)!r} has element type {tensor.elem_type}, which "
+                             "onnxq cannot feed from numpy data") from exc
         dims: list[int | str | None] = []
         for d in tensor.shape.dim:
             if d.HasField("dim_value") and d.dim_value > 0:
@@ -90,7 +99,13 @@ class BatchSource:
             if self.path.suffix != ".npz":
                 raise OnnxqError(f"a single data file must be an .npz stack, got {self.path.name}")
             return [self.path]
-        files = sorted(p for p in self.path.iterdir() if p.is_file() and p.suffix in (".npy", ".npz"))
+        if not self.path.is_dir():
+            raise OnnxqError(f"data path {self.path} is neither a folder nor a regular .npz file (a FIFO or device?)")
+        try:
+            entries = list(self.path.iterdir())
+        except OSError as exc:
+            raise OnnxqError(f"cannot list data folder {self.path}: {exc.strerror}") from exc
+        files = sorted(p for p in entries if p.suffix in (".npy", ".npz") and p.is_file())
         if not files:
             raise OnnxqError(f"no .npy or .npz files in {self.path}")
         if any(p.suffix == ".npy" for p in files):
@@ -113,26 +128,25 @@ class BatchSource:
                 yield batch
 
     def __len__(self) -> int:
-        """Number of batches (counted without reading arrays where the layout allows)."""
+        """Number of batches (counted from array headers, without reading the data)."""
         if self.path.is_file():
-            with np.load(self.path) as npz:
+            with NpzArchive(self.path) as npz:
                 first = self.specs[0]
-                if first.name not in npz.files:
-                    raise OnnxqError(f"{self.path.name} has no array for input {first.name!r}")
-                n = _stack_length(npz[first.name], first, self.batch_size)
+                if first.name not in npz:
+                    raise OnnxqError(f"{self.path.name} has no array for input {printable(first.name)!r}")
+                shape, _ = npz.header(first.name)
+                n = _stack_length_of(shape, first, self.batch_size)
         else:
             n = len(self._files)
         return min(n, self.max_batches) if self.max_batches is not None else n
 
     def _read(self, file: Path) -> Iterator[tuple[str, Batch]]:
-        try:
-            if file.suffix == ".npy":
-                yield file.name, {self.specs[0].name: np.load(file, allow_pickle=False)}
-                return
-            with np.load(file, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except (ValueError, OSError, EOFError) as exc:
-            raise OnnxqError(f"cannot read {file}: {exc}") from exc
+        """Arrays checked from their headers (dtype, size, truncation) before their data is read."""
+        if file.suffix == ".npy":
+            yield file.name, {self.specs[0].name: load_npy(file)}
+            return
+        with NpzArchive(file) as npz:
+            arrays = {k: npz[k] for k in npz.files}
         if self.path.is_file():
             yield from _split_stack(file.name, arrays, self.specs, self.batch_size)
         else:
@@ -140,13 +154,25 @@ class BatchSource:
 
 
 def _stack_length(array: np.ndarray, spec: InputSpec, batch_size: int) -> int:
-    if array.ndim == len(spec.shape) + 1:
-        return array.shape[0]
-    return -(-array.shape[0] // batch_size)
+    return _stack_length_of(array.shape, spec, batch_size)
+
+
+def _stack_length_of(shape: tuple[int, ...], spec: InputSpec, batch_size: int) -> int:
+    if not shape:
+        raise OnnxqError(f"input {printable(spec.name)!r}: a stack of samples needs at least one axis, got a scalar")
+    if len(shape) == len(spec.shape) + 1:
+        return shape[0]
+    return -(-shape[0] // batch_size)
 
 
 def _split_stack(label: str, arrays: Batch, specs: list[InputSpec], batch_size: int) -> Iterator[tuple[str, Batch]]:
     _check_names(arrays, specs, label)
+    for spec in specs:
+        static_batch = spec.shape[0] if spec.shape else None
+        if (arrays[spec.name].ndim == len(spec.shape) and isinstance(static_batch, int)
+                and static_batch != batch_size):
+            raise OnnxqError(f"{label}: input {spec.name!r} has a static batch of {static_batch}, but the stack of "
+                             f"samples is cut into batches of {batch_size}; pass --batch-size {static_batch}")
     first = specs[0]
     n = _stack_length(arrays[first.name], first, batch_size)
     for i in range(n):
@@ -164,10 +190,10 @@ def _check_names(batch: Batch, specs: list[InputSpec], label: str) -> None:
     if missing or extra:
         parts = []
         if missing:
-            parts.append(f"missing input(s) {', '.join(missing)}")
+            parts.append(f"missing input(s) {', '.join(map(printable, missing))}")
         if extra:
-            parts.append(f"unknown key(s) {', '.join(extra)}")
-        raise OnnxqError(f"{label}: {'; '.join(parts)} (model inputs: {', '.join(sorted(expected))})")
+            parts.append(f"unknown key(s) {', '.join(map(printable, extra))}")
+        raise OnnxqError(f"{label}: {'; '.join(parts)} (model inputs: {', '.join(map(printable, sorted(expected)))})")
 
 
 def check_batch(batch: Batch, specs: list[InputSpec], label: str) -> None:

@@ -6,10 +6,13 @@ place, refuses to overwrite the model it was read from, and moves weights to ext
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import stat
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,101 +21,386 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
+from onnx.external_data_helper import load_external_data_for_model
 
-from onnxq.atomic import write_bytes_atomic
+from onnxq.atomic import AtomicGroup
 from onnxq.errors import OnnxqError
+from onnxq.outputs import Output, check_outputs
 
 log = logging.getLogger(__name__)
 
 PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2  # leave headroom under protobuf's 2 GB limit
+EXTERNAL_TENSOR_MIN_BYTES = 1024  # tensors at least this large go to the external-data file
+EXTERNAL_DATA_ALIGNMENT = 4096  # offsets aligned to pages, so onnxruntime can memory-map them
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
-def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load an ONNX model (with its external data) and check it; any problem is an :class:`OnnxqError`."""
-    path = Path(path)
-    if not path.exists():
-        raise OnnxqError(f"model file not found: {path}")
-    if path.is_dir():
-        raise OnnxqError(f"expected an .onnx model file, got a directory: {path}")
-    if path.stat().st_size == 0:
-        raise OnnxqError(f"model file is empty: {path}")
+def _regular_input_file(path: Path, what: str) -> None:
+    """A readable regular file: not missing, a folder, a FIFO (would hang), a device (/dev/zero) or unreadable."""
     try:
-        model = onnx.load(str(path), load_external_data=True)
-    except (DecodeError, RuntimeError, ValueError) as exc:
-        raise OnnxqError(f"{path} is not a readable ONNX model (truncated or not ONNX?): {exc}") from exc
-    except (FileNotFoundError, onnx.checker.ValidationError) as exc:
-        detail = exc.filename if isinstance(exc, FileNotFoundError) else str(exc).strip().splitlines()[0]
-        raise OnnxqError(f"external data of {path} cannot be read: {detail}") from exc
+        st = os.stat(path)
+    except FileNotFoundError as exc:
+        raise OnnxqError(f"{what} not found: {path}") from exc
+    except OSError as exc:
+        raise OnnxqError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise OnnxqError(f"expected an .onnx model file, got a directory: {path}")
+    if not stat.S_ISREG(st.st_mode):
+        raise OnnxqError(f"{what} {path} is not a regular file (a FIFO, device or socket); give a file")
+    if not os.access(path, os.R_OK):
+        raise OnnxqError(f"cannot read {what} {path}: permission denied")
+    if st.st_size == 0:
+        raise OnnxqError(f"{what} is empty: {path}")
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Load an ONNX model (with its external data, whose locations are checked first) and check it; any problem is
+    an :class:`OnnxqError`. The file is opened read-only and never written."""
+    path = Path(path)
+    _regular_input_file(path, "model file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except PermissionError as exc:
+        raise OnnxqError(f"cannot read model file {path}: permission denied") from exc
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        raise OnnxqError(f"{path} is not a readable ONNX model (truncated or not ONNX?): "
+                         f"{printable(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)}"
+                         ) from exc
     if not model.graph.node or not model.opset_import:
         raise OnnxqError(f"{path} is not an ONNX model: it has no graph nodes or no opset")
-    check_model(model, what=str(path))
+    files = checked_external_files(model, path)
+    large = needs_external_data(model)  # sizes of external tensors come from their recorded lengths
+    if files:
+        try:
+            if large:  # weights stay in the file, read one at a time when needed (tensor_array): one copy in memory
+                _reference_external_data(model, path.parent.resolve())
+            else:
+                load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+            raise OnnxqError(f"external data of {path} cannot be read: {printable(str(exc).splitlines()[0])}") from exc
+    if large:  # the checker reads the file itself: no temporary copy of the weights
+        try:
+            onnx.checker.check_model(str(path))
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            raise OnnxqError(f"{path} fails the ONNX checker: {printable(_first_line(exc))}") from exc
+    else:
+        check_model(model, what=str(path))
     return model
 
 
-def check_model(model: onnx.ModelProto, what: str = "model", full: bool = False) -> None:
-    """Run the ONNX checker (``full`` adds strict shape inference); failures are errors, not warnings."""
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+LAZY_TENSOR_MIN_BYTES = 1024**2  # external tensors of a large model at least this large stay on disk
+
+
+def _reference_external_data(model: onnx.ModelProto, folder: Path) -> None:
+    """Large external tensors keep pointing at the input's files, by absolute path (in memory only: nothing is
+    written back); small ones are read in."""
+    for tensor in all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = _external_entries(tensor)
+        location = str(folder / entries["location"])
+        _set_external(tensor, location, int(entries.get("offset", 0) or 0), tensor_nbytes(tensor))
+        if tensor_nbytes(tensor) < min(LAZY_TENSOR_MIN_BYTES, EXTERNAL_DATA_THRESHOLD // 64):
+            raw = _read_external(tensor)
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = raw
+
+
+def _set_external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def _read_external(tensor: onnx.TensorProto) -> bytes:
+    entries = _external_entries(tensor)
+    offset = int(entries.get("offset", 0) or 0)
+    with open(entries["location"], "rb") as f:
+        f.seek(offset)
+        return f.read(tensor_nbytes(tensor))
+
+
+def tensor_bytes(tensor: onnx.TensorProto) -> bytes:
+    """The little-endian bytes of a tensor's data, read from disk for a tensor left there by :func:`load_model`."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        if not os.path.isabs(_external_entries(tensor).get("location", "")):
+            raise OnnxqError(f"tensor {printable(tensor.name)!r} still points to external data; load the model "
+                             "with onnxq.graph.load_model")
+        return _read_external(tensor)
+    if tensor.HasField("raw_data"):
+        return tensor.raw_data
+    return numpy_helper.to_array(tensor).tobytes()
+
+
+def tensor_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """A tensor's values; a weight left on disk by :func:`load_model` is read from there."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(tensor)
+    tensor_bytes(tensor) if not os.path.isabs(_external_entries(tensor).get("location", "")) else None  # checks
+    entries = _external_entries(tensor)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+    count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+    array = np.fromfile(entries["location"], dtype=dtype, count=count, offset=int(entries.get("offset", 0) or 0))
+    if array.size != count:
+        raise OnnxqError(f"external data of tensor {printable(tensor.name)!r} is truncated")
+    return array.reshape(tuple(tensor.dims)).astype(dtype.newbyteorder("="), copy=False)
+
+
+def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of a model: initializers and tensor attributes, in subgraphs too."""
+    def of_graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("g"):
+                    yield from of_graph(attr.g)
+                for sub in attr.graphs:
+                    yield from of_graph(sub)
+    yield from of_graph(model.graph)
+
+
+def _external_entries(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def checked_external_files(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """The external-data files of ``model`` (read from ``path``), each checked: a relative location inside the
+    model's folder, no symlink leading out of it, a regular file, offsets and lengths within the file.
+
+    onnx before 1.21 follows a symlinked location and copies whatever it points at into the output model; onnxq
+    checks this itself rather than relying on the installed onnx version.
+    """
+    folder = path.parent.resolve()
+    files: dict[Path, int] = {}
+    for tensor in all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = _external_entries(tensor)
+        location = entries.get("location", "")
+        name = printable(tensor.name)
+        if not location or os.path.isabs(location) or ".." in Path(location).parts:
+            raise OnnxqError(f"{path}: tensor {name!r} has external-data location {printable(location)!r}, which is "
+                             "not a relative path inside the model's folder; refusing to read it")
+        target = path.parent / location
+        try:
+            resolved = target.resolve(strict=True)
+        except (OSError, RuntimeError) as exc:
+            raise OnnxqError(f"external data of {path} cannot be read: {printable(location)} not found beside "
+                             "the model") from exc
+        if not resolved.is_relative_to(folder):
+            raise OnnxqError(f"{path}: external-data location {printable(location)!r} leads out of the model's "
+                             "folder (a symlink?); refusing to read it")
+        if not resolved.is_file():
+            raise OnnxqError(f"{path}: external-data location {printable(location)!r} is not a regular file")
+        size = files.setdefault(resolved, resolved.stat().st_size)
+        try:
+            offset = int(entries.get("offset", 0) or 0)
+            length = int(entries["length"]) if "length" in entries else size - offset
+        except ValueError as exc:
+            raise OnnxqError(f"{path}: tensor {name!r} has a non-numeric external-data offset or length") from exc
+        if offset < 0 or length < 0 or offset + length > size:
+            raise OnnxqError(f"{path}: tensor {name!r} reads bytes {offset}..{offset + length} of "
+                             f"{printable(location)}, which has {size} bytes (truncated external data?)")
+    return list(files)
+
+
+def model_files(path: str | os.PathLike) -> list[Path]:
+    """The files a model consists of: the .onnx file and its external-data files (for the output guard)."""
+    path = Path(path)
     try:
-        if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
-            with tempfile.TemporaryDirectory() as tmp:
-                tmp_path = os.path.join(tmp, "model.onnx")
-                onnx.save(model, tmp_path, save_as_external_data=True, location="model.data")
-                onnx.checker.check_model(tmp_path, full_check=full)
+        if not path.is_file():
+            return [path]
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # an unreadable model: load_model names the problem later; guard the file itself
+        return [path]
+    files = {path}
+    for tensor in all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = _external_entries(tensor).get("location")
+            if location:
+                files.add(path.parent / location)
+    return sorted(files)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, for messages that show names read from a model or a file."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def tensor_nbytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data, from its dims and type (no serialization)."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        length = _external_entries(tensor).get("length")
+        if length and length.isdigit():
+            return int(length)
+    if tensor.HasField("raw_data"):
+        return len(tensor.raw_data)
+    count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+    try:
+        itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        itemsize = 8
+    return count * max(itemsize, 1)
+
+
+def estimated_size(model: onnx.ModelProto) -> int:
+    """An upper estimate of the serialized size, from tensor sizes plus the graph's structure; never serializes
+    the whole model (``ByteSize()`` itself fails past 2 GB)."""
+    data = sum(tensor_nbytes(t) for t in all_tensors(model))
+    return data + 256 * (len(model.graph.node) + len(model.graph.value_info)) + 64 * 1024
+
+
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    """Past the protobuf limit, or holding weights still on disk (a large model loaded by :func:`load_model`)."""
+    return estimated_size(model) > EXTERNAL_DATA_THRESHOLD or any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def check_model(model: onnx.ModelProto, what: str = "model", full: bool = False) -> None:
+    """Run the ONNX checker (``full`` adds strict shape inference); failures are errors, not warnings.
+
+    A model past the protobuf limit cannot be handed to the checker whole (it serializes it): its :func:`skeleton`
+    is checked instead (the same graph, nodes, types and shapes, its large weights declared as typed inputs), with
+    no copy of the weights; files on disk are checked by path (:func:`load_model`, ``benchmarks/large_model.py``).
+    The in-memory model is never modified."""
+    try:
+        if needs_external_data(model):
+            onnx.checker.check_model(skeleton(model), full_check=full)
         else:
             onnx.checker.check_model(model, full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OnnxqError(f"{what} fails the ONNX checker: {first_line}") from exc
+        raise OnnxqError(f"{what} fails the ONNX checker: {printable(first_line)}") from exc
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | os.PathLike | None = None) -> Path:
-    """Write ``model`` to ``path`` atomically; weights go to ``<name>.data`` when the model passes 2 GB."""
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, input_path: str | os.PathLike | None = None,
+               group: AtomicGroup | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically; past the protobuf limit the weights go to ``<name>.data`` beside it.
+
+    With ``group`` the files are only staged; they appear when the group commits (so a command's outputs appear
+    together or not at all). The in-memory model is never modified."""
     path = Path(path)
-    if input_path is not None and _same_file(path, Path(input_path)):
-        raise OnnxqError(f"refusing to overwrite the input model {input_path}; choose another output path with -o")
-    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
-        return _save_with_external_data(model, path)
-    return write_bytes_atomic(path, model.SerializeToString(deterministic=True))
-
-
-def _save_with_external_data(model: onnx.ModelProto, path: Path) -> Path:
-    """The weights to ``<name>.data`` and the graph to ``path``, each written to a temporary name and renamed."""
-    if path.is_dir() or not path.parent.exists():
-        raise OnnxqError(f"cannot write {path}: it is a directory or its folder does not exist")
-    data_name = path.name + ".data"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_data = path.parent / f".{data_name}.tmp"
+    if input_path is not None:
+        check_outputs(model_outputs("-o", path), {"the input model": model_files(input_path)})
+    own_group = group is None
+    group = group or AtomicGroup()
     try:
-        model = onnx.ModelProto.FromString(model.SerializeToString())  # onnx.save mutates: keep the caller's
-        onnx.save(model, tmp_name, save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=tmp_data.name, size_threshold=1024)
-        _relocate_external_data(tmp_name, tmp_data.name, data_name)
-        os.replace(tmp_data, path.parent / data_name)
-        os.replace(tmp_name, path)
-    finally:
-        for leftover in (tmp_name, tmp_data):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
+        if needs_external_data(model):
+            data_path = external_data_path(path)
+            model_tmp = group.temp_for(path)
+            data_tmp = group.temp_for(data_path)
+            write_model_files(model, model_tmp, data_tmp, data_path.name)
+        else:
+            group.write_bytes(path, model.SerializeToString(deterministic=True))
+    except BaseException:
+        group.abort()
+        raise
+    if own_group:
+        with group:
+            pass
     return path
 
 
-def _relocate_external_data(model_file: str, old_location: str, new_location: str) -> None:
-    model = onnx.load(model_file, load_external_data=False)
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location" and entry.value == old_location:
-                entry.value = new_location
+def model_outputs(flag: str, path: str | os.PathLike) -> list[Output]:
+    """A model output and the external-data file that may be written beside it, for the output guard."""
+    if path is None or not str(path).strip():
+        return [Output(flag, path)]
+    return [Output(flag, path), Output(f"{flag} (its external data)", external_data_path(Path(path)))]
+
+
+def external_data_path(path: Path) -> Path:
+    """Where :func:`save_model` puts the weights of a model past the protobuf limit: ``<path>.data``."""
+    return path.with_name(path.name + ".data")
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    """Copy every set field of message ``src`` into ``dst`` except ``skip`` (no copy of the skipped field)."""
+    for desc, value in src.ListFields():
+        if desc.name == skip:
+            continue
+        if desc.is_repeated:
+            getattr(dst, desc.name).extend(value)
+        elif desc.type == desc.TYPE_MESSAGE:
+            getattr(dst, desc.name).CopyFrom(value)
+        else:
+            setattr(dst, desc.name, value)
+
+
+def write_model_files(model: onnx.ModelProto, model_file: str, data_file: str, location: str,
+                      extra_outputs: Iterable[str] = ()) -> None:
+    """Write ``model`` as a small .onnx file plus one external-data file, tensor by tensor.
+
+    Unlike ``onnx.save(..., save_as_external_data=True)`` this neither modifies ``model`` nor serializes it whole,
+    so it works past 2 GB and holds at most one tensor's bytes in memory besides the model."""
+    header = onnx.ModelProto()
+    _copy_fields(model, header, skip="graph")
+    _copy_fields(model.graph, header.graph, skip="initializer")
+    present = {o.name for o in header.graph.output}
+    header.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(extra_outputs) if n not in present)
+    offset = 0
+    with open(data_file, "wb") as data:
+        for tensor in model.graph.initializer:
+            nbytes = tensor_nbytes(tensor)
+            external = tensor.data_location == onnx.TensorProto.EXTERNAL
+            if not external and (nbytes < EXTERNAL_TENSOR_MIN_BYTES or tensor.data_type == onnx.TensorProto.STRING):
+                header.graph.initializer.add().CopyFrom(tensor)
+                continue
+            raw = tensor_bytes(tensor)
+            pad = -offset % EXTERNAL_DATA_ALIGNMENT
+            data.write(b"\0" * pad)
+            offset += pad
+            data.write(raw)
+            stub = header.graph.initializer.add()
+            _copy_fields(tensor, stub, skip="raw_data")
+            for field_name in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                stub.ClearField(field_name)
+            _set_external(stub, location, offset, len(raw))
+            offset += len(raw)
+            del raw
     with open(model_file, "wb") as f:
-        f.write(model.SerializeToString(deterministic=True))
+        f.write(header.SerializeToString(deterministic=True))
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
+def skeleton(model: onnx.ModelProto, max_tensor_bytes: int | None = None) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers past ``max_tensor_bytes`` are declared as typed graph inputs instead
+    (no data): enough for shape inference and the version converter, and small whatever the model's size."""
+    if max_tensor_bytes is None:
+        max_tensor_bytes = min(1024**2, EXTERNAL_DATA_THRESHOLD // 64)
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip="graph")
+    _copy_fields(model.graph, out.graph, skip="initializer")
+    declared = {v.name for v in out.graph.input}
+    for tensor in model.graph.initializer:
+        if tensor_nbytes(tensor) < max_tensor_bytes:
+            out.graph.initializer.add().CopyFrom(tensor)
+        elif tensor.name not in declared:
+            out.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    return out
+
+
+@contextlib.contextmanager
+def model_on_disk(model: onnx.ModelProto, workdir: str | None = None,
+                  extra_outputs: Iterable[str] = ()) -> Iterator[str]:
+    """A temporary .onnx path holding ``model`` with external data (for onnxruntime and the checker by path), with
+    ``extra_outputs`` appended to its graph outputs; removed on exit. ``model`` itself is not changed."""
+    with tempfile.TemporaryDirectory(prefix="onnxq-model-", dir=workdir) as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        write_model_files(model, path, os.path.join(tmp, "model.onnx.data"), "model.onnx.data", extra_outputs)
+        yield path
 
 
 def fingerprint(model: onnx.ModelProto) -> str:
@@ -182,7 +470,7 @@ class GraphIndex:
         return index
 
     def array(self, name: str) -> np.ndarray:
-        return numpy_helper.to_array(self.initializers[name])
+        return tensor_array(self.initializers[name])
 
     def is_initializer(self, name: str) -> bool:
         return name in self.initializers
@@ -208,6 +496,14 @@ def subgraph_outer_references(node: onnx.NodeProto) -> set[str]:
                 names.update(n for n in subgraph_outer_references(inner) if n not in local)
             names.update(o.name for o in sub.output if o.name not in local)
     return names
+
+
+def remove_initializers(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Delete the initializers named ``names`` where they are, without re-adding the others: ``del
+    graph.initializer[:]`` followed by ``extend(kept)`` copies every kept weight (measured: a second copy of 0.75
+    GB of weights that protobuf's arena never gives back)."""
+    for i in reversed([i for i, t in enumerate(graph.initializer) if t.name in names]):
+        del graph.initializer[i]
 
 
 def unique_name(taken: set[str], base: str) -> str:

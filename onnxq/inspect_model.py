@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxq.graph import QDQ_OPS, GraphIndex, default_opset
+from onnxq.graph import QDQ_OPS, GraphIndex, default_opset, tensor_nbytes
 from onnxq.ops import WEIGHTED_OPS
 from onnxq.scales.qdq_reader import read_qdq
 
@@ -58,5 +58,5 @@ def inspect_model(model: onnx.ModelProto) -> ModelInspection:
         zp = entry.params.zero_point.ravel()
         scales.append(ScaleInfo(name, entry.params.dtype, entry.params.axis, scale.size, float(scale.min()),
                                 float(scale.max()), int(zp.min()), int(zp.max())))
-    size = sum(i.ByteSize() for i in graph.initializer)
+    size = sum(tensor_nbytes(i) for i in graph.initializer)
     return ModelInspection(default_opset(model), ops, coverage, scales, size)

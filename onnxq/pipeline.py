@@ -1,8 +1,8 @@
 """``quantize()``: the whole post-training quantization, as named stages in order.
 
-    load -> prepare (strip Q/DQ?, opset, constants, fold BN, shapes) -> equalize (SmoothQuant, cross-layer) -> plan
-    -> ranges (calibrate | statistics | imported scales) -> scales -> recover (auto ranges, AdaRound, bias
-    correction) -> insert Q/DQ -> verify (checker + onnxruntime) -> validate? -> save
+load -> prepare (strip Q/DQ?, opset, constants, fold BN, shapes) -> equalize (cross-layer, SmoothQuant) -> plan ->
+ranges (calibrate | statistics | imported scales) -> scales -> recover (auto ranges, AdaRound, bias correction) ->
+insert Q/DQ -> verify (checker + onnxruntime) -> validate? -> save
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 
+from onnxq import progress
 from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.collect import CollectSettings, collect_statistics
 from onnxq.calib.stats import expand_stats_paths, merge_stats
@@ -27,13 +29,18 @@ from onnxq.graph import (
     GraphIndex,
     check_model,
     count_qdq,
+    estimated_size,
     fingerprint,
     load_model,
+    model_files,
+    model_outputs,
+    needs_external_data,
     save_model,
 )
-from onnxq.passes import PassManager, prepare_passes
 from onnxq.insert import InsertQDQ
 from onnxq.insert.quantize_bias import QuantizeBias
+from onnxq.outputs import check_outputs
+from onnxq.passes import PassManager, prepare_passes
 from onnxq.passes.decompose_hard_activations import DecomposeHardActivations
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.stage import equalize, recover
@@ -78,7 +85,8 @@ def _load(model: ModelLike) -> tuple[onnx.ModelProto, Path | None]:
     return load_model(model), Path(model)
 
 
-def prepare(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.ModelProto, list[str]]:
+def prepare(model: onnx.ModelProto, config: QuantConfig, *,
+            in_place: bool = False) -> tuple[onnx.ModelProto, list[str]]:
     """Float-to-float passes (``model`` itself is left unchanged); refuses a model that already holds Q/DQ unless
     ``config.requantize``."""
     has_qdq = count_qdq(model) > 0
@@ -87,7 +95,7 @@ def prepare(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.ModelProt
                          "strip them and quantize again")
     manager = PassManager(prepare_passes(per_channel=config.per_channel_weights, strip_qdq=has_qdq),
                           debug=config.debug_passes)
-    prepared, results = manager.run(model)
+    prepared, results = manager.run(model, keep_input=not in_place)  # in_place: a model the caller owns
     notes = [note for r in results for note in r.notes]
     decompose = TARGET_RULES[config.target].decompose_activations
     if decompose:
@@ -96,11 +104,14 @@ def prepare(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.ModelProt
     return prepared, notes
 
 
-def data_source(model: onnx.ModelProto, data: DataLike, config: QuantConfig) -> DataSource | Iterable[Batch]:
+def data_source(model: onnx.ModelProto, data: DataLike, config: QuantConfig, *,
+                warn: bool = True) -> DataSource | Iterable[Batch]:
+    """The batches ``data`` names; ``warn=False`` for a second reading of the same data (no repeated warning)."""
     if isinstance(data, (str, os.PathLike)):
         if str(data) == "random":
-            log.warning("calibrating on RANDOM data: the scales mean nothing for real inputs; use it only to "
-                        "test the toolchain")
+            if warn:
+                log.warning("calibrating on RANDOM data: the scales mean nothing for real inputs; use it only "
+                            "to test the toolchain")
             return RandomSource(model, batches=config.calib_batches or 8, seed=config.seed)
         return BatchSource(model, data, max_batches=config.calib_batches, batch_size=config.batch_size)
     return data
@@ -119,9 +130,28 @@ def calibration_targets(plan: QuantPlan, config: QuantConfig) -> dict[str, Calib
     return {t.name: t.calib_options(config.calib) for t in plan.calibrated_activations()}
 
 
-def weight_arrays(prepared: onnx.ModelProto, plan: QuantPlan) -> dict:
-    index = GraphIndex.build(prepared.graph)
-    return {t.name: index.array(t.name) for t in plan.weights()}
+def weight_arrays(prepared: onnx.ModelProto, plan: QuantPlan) -> Mapping[str, np.ndarray]:
+    """The planned weights' values, each read when it is looked up (one weight in memory at a time, not a second
+    copy of every weight: that matters past 2 GB)."""
+    return LazyArrays(GraphIndex.build(prepared.graph), [t.name for t in plan.weights()])
+
+
+class LazyArrays(Mapping):
+    """Initializer arrays by name, converted on access."""
+
+    def __init__(self, index: GraphIndex, names: list[str]) -> None:
+        self._index, self._names, self._known = index, names, set(names)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._known:
+            raise KeyError(name)
+        return self._index.array(name)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def verify(model: onnx.ModelProto, batch: Batch | None) -> None:
@@ -132,18 +162,15 @@ def verify(model: onnx.ModelProto, batch: Batch | None) -> None:
         run_batch(session, batch, "the first batch (quantized model)")
 
 
-def check_output_path(output: Path, input_path: Path) -> None:
-    """Fail before any work when the output would overwrite the input or cannot be written."""
-    if output.resolve() == input_path.resolve() or (output.exists() and os.path.samefile(output, input_path)):
-        raise OnnxqError(f"refusing to overwrite the input model {input_path}; choose another output with -o")
-    if output.is_dir():
-        raise OnnxqError(f"output path is a directory: {output}")
-    if not output.parent.exists():
-        raise OnnxqError(f"output folder does not exist: {output.parent}")
+def check_output_path(output: Path, input_path: Path | None) -> None:
+    """Fail before any work when the output model (or the external data beside it) would overwrite the input or
+    cannot be written: the output-path guard, :mod:`onnxq.outputs`."""
+    check_outputs(model_outputs("output", output),
+                  {"the input model": model_files(input_path) if input_path is not None else []})
 
 
 class _Stopwatch:
-    """Seconds spent in each named stage: ``with clock("stage"): ...``."""
+    """Seconds spent in each named stage: ``with clock("stage"): ...``; each stage is also reported as progress."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -151,7 +178,8 @@ class _Stopwatch:
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         start = time.perf_counter()
-        yield
+        with progress.stage(stage):
+            yield
         self.seconds[stage] = time.perf_counter() - start
 
 
@@ -176,7 +204,7 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
     """The scale table from exactly one source (calibration data, statistics files or imported scales);
     ``collector`` computes the statistics of calibration data (default: :func:`calibrate`, in this process).
     """
-    if scales is not None:
+    if scales is not None:  # the caller derives the inserted plan: plan.for_scales(table, ...)
         return Ranges(scales(plan, prepared), 0, "imported scales")
     if stats is not None:
         calibrators, batches = merge_stats(expand_stats_paths(stats), fingerprint(prepared))
@@ -218,13 +246,18 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
         raise OnnxqError(ONE_SOURCE)
     clock = _Stopwatch()
     with clock("prepare"):
+        if output is not None:
+            check_output_path(Path(output), None if isinstance(model, onnx.ModelProto) else Path(model))
         original, input_path = _load(model)
-        if output is not None and input_path is not None:
-            check_output_path(Path(output), input_path)
-        prepared, notes = prepare(original, config)
-    calib_data = data_source(prepared, calib, config) if calib is not None else None
+        size_before = estimated_size(original)
+        # a model onnxq loaded itself and that needs external data is prepared and quantized in place: one copy of
+        # the weights in memory; validation then compares against the prepared (numerically equal) float model
+        owned = input_path is not None and needs_external_data(original)
+        prepared, notes = prepare(original, config, in_place=owned)
+    calib_data = data_source(prepared, calib, config, warn=False) if calib is not None else None
     with clock("equalize"):
-        notes += equalize(prepared, calib_data, config.recovery)
+        if not owned:  # float rewrites of a model past 2 GB (weights on disk) are not supported yet
+            notes += equalize(prepared, calib_data, config.recovery)
     with clock("plan"):
         plan = build_plan(prepared, config)
         if not plan.tensors:
@@ -233,26 +266,32 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
     with clock("ranges"):
         found = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales, progress=progress,
                        collector=collector)
+        if scales is not None:  # the plan actually inserted: tensors without a scale dropped, reasons recorded
+            plan = plan.for_scales(found.table, "the scales file")
+            found = replace(found, table={name: found.table[name] for name in plan.tensors})
     with clock("recover"):
         table, recovery_notes = recover(prepared, plan, found.table, found.calibrators, calib_data, config.recovery)
         found = replace(found, table=table)
         notes += recovery_notes
     with clock("insert+verify"):
-        quantized = InsertQDQ(plan, found.table).run(prepared).model
+        first_batch = (next(iter(data_source(prepared, calib, config, warn=False)), None)
+                       if calib is not None else None)
+        float_reference = None if owned and val is None else prepared if count_qdq(original) or owned else original
+        quantized = InsertQDQ(plan, found.table).run(prepared, keep_input=float_reference is prepared).model
         int32_bias = TARGET_RULES[config.target].int32_bias
         if int32_bias:
             quantized = QuantizeBias(int32_bias).run(quantized, keep_input=False).model
-        verify(quantized, next(iter(data_source(prepared, calib, config)), None) if calib is not None else None)
-    report = QuantReport(plan, notes, original.ByteSize(), quantized.ByteSize(), found.batches, found.source,
+        verify(quantized, first_batch)
+    report = QuantReport(plan, notes, size_before, estimated_size(quantized), found.batches, found.source,
                          clipping=found.clipping)
     if val is not None:
         with clock("validate"):
-            reference = prepared if count_qdq(original) else original  # a re-quantized input: its float form
-            val_data = data_source(prepared, val, replace(config, calib_batches=None))
+            reference = float_reference  # a re-quantized input: its float form
+            val_data = data_source(reference, val, replace(config, calib_batches=None))
             report.validation = compare_models(reference, quantized, val_data, per_layer=per_layer)
         if latency is not None:
             with clock("latency"):
-                batch = next(iter(data_source(prepared, val, replace(config, calib_batches=None))))
+                batch = next(iter(data_source(reference, val, replace(config, calib_batches=None))))
                 report.latency = measure_latency(reference, quantized, batch, latency)
     report.seconds = clock.seconds
     output_path = save_model(quantized, output, input_path=input_path) if output is not None else None

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 import onnx
@@ -49,6 +50,11 @@ class TensorPlan:
     # the tensor whose scale this one reuses (Concat and data-movement inputs), or None for its own range
     shares_scale_with: str | None = None
 
+    def __setattr__(self, name: str, value) -> None:
+        if self.__dict__.get("_frozen"):
+            raise AttributeError(f"tensor plan {self.name!r} is frozen: derive a changed plan with a QuantPlan method")
+        object.__setattr__(self, name, value)
+
     def calib_options(self, base: CalibOptions) -> CalibOptions:
         """The run's calibration options with this tensor's own method and percentile (per-node settings) laid
         over them."""
@@ -80,12 +86,96 @@ class QuantPlan:
     def weights(self) -> list[TensorPlan]:
         return [t for t in self.tensors.values() if t.role == "weight"]
 
+    def freeze(self) -> QuantPlan:
+        """Make the plan read-only (done once it is built): changes go through methods that return a copy."""
+        for tensor in self.tensors.values():
+            if not tensor.__dict__.get("_frozen"):
+                tensor.consumers = _FrozenList(tensor.consumers)
+                tensor.__dict__["_frozen"] = True
+        self.tensors = _FrozenDict(self.tensors)
+        self.nodes = _FrozenList(self.nodes)
+        self.__dict__["_frozen"] = True
+        return self
+
+    def __setattr__(self, name: str, value) -> None:
+        if self.__dict__.get("_frozen"):
+            raise AttributeError("the QuantPlan is frozen: derive a changed plan with a QuantPlan method")
+        object.__setattr__(self, name, value)
+
+    def for_scales(self, scales: Mapping, source: str) -> QuantPlan:
+        """A copy of the plan restricted to the tensors ``scales`` (name -> parameters with ``dtype`` and ``axis``)
+        covers, each node's decision and reason recorded.
+
+        A planned activation without a scale is dropped, and with it the weights whose every consumer lost its
+        activation scale (those nodes stay float, reason "no scale for ... in SOURCE"); a scale's integer type
+        wins over the plan's, and a per-tensor weight scale makes the weight per tensor."""
+        kept: dict[str, TensorPlan] = {}
+        lost: dict[str, str] = {}  # node -> the first activation it lost
+        for tensor in self.tensors.values():
+            if tensor.name not in scales and tensor.role == "activation":
+                for c in tensor.consumers:
+                    lost.setdefault(c.node, tensor.name)
+                continue
+            kept[tensor.name] = tensor
+        live_nodes = {c.node for t in kept.values() if t.role == "activation" for c in t.consumers}
+        derived = QuantPlan(target=self.target)
+        for tensor in kept.values():
+            if tensor.role == "weight" and lost and not any(c.node in live_nodes for c in tensor.consumers):
+                continue
+            params = scales.get(tensor.name)
+            changes = {}
+            if params is not None and params.dtype != tensor.dtype:
+                changes.update(dtype=params.dtype, symmetric=quant_dtype(params.dtype).symmetric)
+            if params is not None and tensor.role == "weight" and params.axis is None and tensor.axis is not None:
+                changes.update(axis=None, channels=None)
+            derived.tensors[tensor.name] = _copy_tensor(tensor, **changes)
+        planned_nodes = {c.node for t in derived.tensors.values() for c in t.consumers}
+        for decision in self.nodes:
+            if decision.quantized and decision.node not in planned_nodes:
+                why = lost.get(decision.node)
+                reason = f"no scale for {why!r} in {source}" if why else f"no scale in {source}"
+                decision = NodeDecision(decision.node, decision.op_type, False, reason)
+            derived.nodes.append(decision)
+        return derived.freeze()
+
     def summary(self) -> dict[str, Counter]:
         """Per op type: how many nodes were quantized, and how many skipped for each reason."""
         table: dict[str, Counter] = {}
         for d in self.nodes:
             table.setdefault(d.op_type, Counter())["quantized" if d.quantized else d.reason] += 1
         return table
+
+
+class _FrozenDict(dict):
+    """A dict that refuses changes (and still pickles and deep-copies, unlike ``MappingProxyType``)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("the QuantPlan is frozen: derive a changed plan with a QuantPlan method")
+
+    __setitem__ = __delitem__ = pop = popitem = clear = update = setdefault = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (_FrozenDict, (dict(self),))
+
+
+class _FrozenList(list):
+    """A list that refuses changes (equal to a plain list with the same items)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("the QuantPlan is frozen: derive a changed plan with a QuantPlan method")
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse  # type: ignore[assignment]
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (_FrozenList, (list(self),))
+
+
+def _copy_tensor(tensor: TensorPlan, **changes) -> TensorPlan:
+    values = {f.name: getattr(tensor, f.name) for f in fields(TensorPlan)}
+    values.update(changes)
+    values["consumers"] = list(values["consumers"])
+    return TensorPlan(**values)
 
 
 def _elem_type(model: onnx.ModelProto, name: str) -> int | None:
@@ -123,6 +213,11 @@ class _Planner:
         return self.plan
 
     def _allowed(self, node: onnx.NodeProto) -> bool:
+        """The node may join the integer region: neither the user nor the target's rules keep it float."""
+        if any(d.node == node_name(node) and not d.quantized for d in self.plan.nodes):
+            return False
+        if node.op_type in WEIGHTED_OPS:
+            return False  # weighted ops join only as seeds (decided by _decide with the target's rules)
         setting, _ = self.config.overrides.resolve(node.op_type, node_name(node), NodeSetting(skip=False))
         return not setting.skip
 
@@ -164,6 +259,14 @@ class _Planner:
             if node_name(node) in region.absorbed:
                 self.plan.nodes.append(NodeDecision(node_name(node), node.op_type, True,
                                                     "fused into its producer's node unit"))
+
+    def _is_depthwise(self, node: onnx.NodeProto) -> bool:
+        """A grouped Conv with one input channel per group (MobileNet's depthwise 3x3/5x5)."""
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if node.op_type != "Conv" or group <= 1 or len(node.input) < 2 or not self.index.is_initializer(node.input[1]):
+            return False
+        dims = self.index.initializers[node.input[1]].dims
+        return len(dims) > 1 and dims[1] == 1
 
     def _unplan(self, node: onnx.NodeProto, reason: str) -> None:
         """Take back the quantization ``_decide`` planned for ``node`` (its weight and its input's consumer entry)."""
@@ -235,6 +338,8 @@ class _Planner:
         name = node_name(node)
         inputs = h.quantized_inputs
         default_reason = self.rules.default_skip_reason(node.op_type) or ""
+        if not default_reason and self.rules.float_depthwise and self._is_depthwise(node):
+            default_reason = self.rules.float_depthwise
         if not default_reason and node.op_type in self.rules.float_when_writing_graph_output and \
                 any(o in self.index.graph_outputs for o in node.output):
             default_reason = f"writes a graph output: on {self.rules.name} that node unit cannot fuse, so it stays float"
@@ -288,6 +393,6 @@ class _Planner:
 
 def build_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
     """Decide, for the prepared float model, which tensors get Q/DQ and how."""
-    plan = _Planner(model, config).build()
+    plan = _Planner(model, config).build().freeze()
     log.info("plan: %d activation(s), %d weight(s) to quantize", len(plan.activations()), len(plan.weights()))
     return plan

@@ -75,13 +75,36 @@ class QuantReport:
         }
 
 
+def short_names(names: list[str], width: int) -> list[str]:
+    """``names`` cut to ``width`` characters by eliding part of their middle, still pairwise distinct: of the ways
+    to keep a head and a tail, the one with the longest tail that tells every name apart (names that cannot be told
+    apart within ``width`` are kept whole)."""
+    def cut(name: str, head: int) -> str:
+        return name if len(name) <= width else name[:head] + "…" + name[len(name) - (width - 1 - head):]
+
+    short = names
+    for head in range(width // 3, width - 1):  # a third of the width for the head first, then more
+        short = [cut(n, head) for n in names]
+        if len(set(short)) == len(set(names)):
+            return short
+    counts: dict[str, int] = {}
+    for s in short:
+        counts[s] = counts.get(s, 0) + 1
+    return [s if counts[s] == 1 else n for s, n in zip(short, names)]
+
+
 def validation_lines(report: ComparisonReport, worst: int = 5) -> list[str]:
+    outputs = short_names([o.name for o in report.outputs], 40)
+    col = max([len("output"), *map(len, outputs)])
     lines = [f"validation on {report.batches} batch(es):",
-             f"  {'output':<28} {'SQNR dB':>8} {'cosine':>9} {'MAE':>10} {'max err':>10}"]
-    for o in report.outputs:
-        lines.append(f"  {o.name[:28]:<28} {o.sqnr_db:8.2f} {o.cosine:9.6f} {o.mae:10.4g} {o.max_abs_error:10.4g}")
+             f"  {'output':<{col}} {'SQNR dB':>8} {'cosine':>9} {'MAE':>10} {'max err':>10}"]
+    for o, name in zip(report.outputs, outputs):
+        lines.append(f"  {name:<{col}} {o.sqnr_db:8.2f} {o.cosine:9.6f} {o.mae:10.4g} {o.max_abs_error:10.4g}")
     if report.layers:
         lines.append(f"  lowest-SQNR layers (of {len(report.layers)}):")
-        for m in report.worst_layers(worst):
-            lines.append(f"    {m.name[:40]:<40} {m.sqnr_db:8.2f} dB  cosine {m.cosine:.5f}")
+        layers = report.worst_layers(worst)
+        names = short_names([m.name for m in layers], 60)
+        col = max(map(len, names))
+        for m, name in zip(layers, names):
+            lines.append(f"    {name:<{col}} {m.sqnr_db:8.2f} dB  cosine {m.cosine:.5f}")
     return lines

@@ -88,6 +88,8 @@ class TargetRules:
     int32_bias: frozenset[str] = frozenset()
     #: activation functions rewritten into ops with integer kernels before planning (passes/decompose_hard_activations)
     decompose_activations: frozenset[str] = frozenset()
+    #: why depthwise Convs (one input channel per group) stay float on this target, or None to quantize them
+    float_depthwise: str | None = None
 
     def default_skip_reason(self, op_type: str) -> str | None:
         """Why the target keeps ``op_type`` float by default, or None when it quantizes it."""
@@ -124,6 +126,8 @@ ORT_CPU = TargetRules(
     # on MobileNetV3-Small (0.73x vs 0.91x FP32 at 1 thread, 0.76x vs 0.81x at 2; docs/ort_cpu_rules.md 3.7):
     # three small integer kernels cost more than one DQ + float op + Q
     decompose_activations=frozenset(),
+    float_depthwise=("depthwise Conv stays float on ort-cpu: onnxruntime's uint8 depthwise QLinearConv measured "
+                     "slower than its float kernel (docs/ort_cpu_rules.md 3.9)"),
 )
 
 #: every target by name (the command line's --target choices)

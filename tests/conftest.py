@@ -52,3 +52,10 @@ def cnn_dir(tmp_path):
     for i in range(2):
         np.savez(tmp_path / "val" / f"{i:03d}.npz", x=rng.standard_normal((2, 3, 16, 16)).astype(np.float32))
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _no_progress_lines(monkeypatch):
+    """Progress shows only for stages that run longer than this: on a loaded machine a slow stage must not add
+    lines to the stderr that tests compare (tests of the progress display pass their own delay)."""
+    monkeypatch.setenv("ONNXQ_PROGRESS_DELAY", "1e9")

@@ -18,6 +18,7 @@ from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.methods import make_calibrator
 from onnxq.data import Batch, InputSpec, model_inputs
 from onnxq.errors import OnnxqError
+from onnxq.progress import stage, total_of
 from onnxq.runtime import SessionSettings, make_session, output_names, run_batch
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,20 @@ def collect_statistics(model: onnx.ModelProto, tensors: Mapping[str, CalibOption
     if len(groups) > 1:
         log.info("calibrating in %d groups of tensors to stay within %d MB", len(groups), settings.memory_budget_mb)
     batches_seen = 0
+    per_pass = total_of(data)
+    with stage("calibration", total=per_pass * len(groups) if per_pass is not None else None, unit="batch") as advance:
+        batches_seen = _collect_groups(model, groups, calibrators, data, settings, progress, advance)
+    if batches_seen == 0:
+        raise OnnxqError("the calibration data holds no batches")
+    log.info("calibrated %d activation(s) over %d batch(es)", len(calibrators), batches_seen)
+    return calibrators, batches_seen
+
+
+def _collect_groups(model: onnx.ModelProto, groups: list[list[str]], calibrators: dict[str, Calibrator],
+                    data: Iterable[Batch], settings: CollectSettings, progress: Progress | None,
+                    advance: Callable[..., None]) -> int:
+    """Feed every batch of ``data`` to the calibrators, one pass per group of tensors; the batches per pass."""
+    batches_seen = 0
     for group in groups:
         session = make_session(model, outputs=group, settings=settings.session)
         in_group = set(group)
@@ -56,13 +71,11 @@ def collect_statistics(model: onnx.ModelProto, tensors: Mapping[str, CalibOption
             for i, name in wanted:
                 calibrators[name].collect(outputs[i])
             del outputs
+            advance()
             if progress is not None:
                 progress(1)
         batches_seen = max(batches_seen, count)
-    if batches_seen == 0:
-        raise OnnxqError("the calibration data holds no batches")
-    log.info("calibrated %d activation(s) over %d batch(es)", len(calibrators), batches_seen)
-    return calibrators, batches_seen
+    return batches_seen
 
 
 def plan_groups(model: onnx.ModelProto, names: list[str], budget_mb: int, data: Iterable[Batch]) -> list[list[str]]:

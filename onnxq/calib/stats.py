@@ -10,15 +10,17 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from onnxq.atomic import AtomicGroup
 from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.methods import CALIBRATORS
 from onnxq.errors import OnnxqError
+from onnxq.graph import printable
+from onnxq.safe_read import NpzArchive
 
 FORMAT = "onnxq-stats"
 VERSION = 1
@@ -36,38 +38,83 @@ def save_stats(path: str | os.PathLike, calibrators: dict[str, Calibrator], fing
     arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
     if path.suffix != ".npz":
         raise OnnxqError(f"statistics files end in .npz, got {path.name}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    try:
-        np.savez(tmp, allow_pickle=False, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with AtomicGroup() as group:
+        group.write_with(path, lambda tmp: np.savez(tmp, allow_pickle=False, **arrays), suffix=".npz")
     return path
 
 
+MAX_META_BYTES = 64 * 1024**2
+
+
 def load_stats(path: str | os.PathLike, fingerprint: str) -> tuple[dict[str, Calibrator], int]:
+    """Statistics of one shard, every part checked: array headers before their data, the metadata's types and
+    shape, every number finite (a NaN would silently become a scale of 1.0), each state accepted by its
+    calibrator."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
+    with NpzArchive(path) as npz:
+        if "meta" not in npz:
+            raise OnnxqError(f"{path} is not an onnxq statistics file (no meta entry)")
+        shape, dtype = npz.header("meta")
+        if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_META_BYTES:
+            raise OnnxqError(f"{path}: the meta entry is not JSON bytes (dtype {dtype}, shape {shape})")
+        try:
             meta = json.loads(bytes(npz["meta"]).decode())
-            arrays = {k: npz[k] for k in npz.files if k != "meta"}
-    except (OSError, ValueError, KeyError, EOFError, json.JSONDecodeError) as exc:
-        raise OnnxqError(f"{path} is not an onnxq statistics file: {exc}") from exc
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise OnnxqError(f"{path} is not an onnxq statistics file of version {VERSION}")
+        except (ValueError, RecursionError) as exc:
+            raise OnnxqError(f"{path}: the meta entry is not valid JSON: {str(exc)[:200]}") from exc
+        _check_meta(meta, path)
+        arrays = {k: npz[k] for k in npz.files if k != "meta"}
     if meta["fingerprint"] != fingerprint:
-        raise OnnxqError(f"{path} holds statistics of another model (fingerprint {meta['fingerprint']}, this model "
-                         f"{fingerprint}); calibrate the shards with the same model and settings")
+        raise OnnxqError(f"{path} holds statistics of another model (fingerprint {printable(meta['fingerprint'])}, "
+                         f"this model {fingerprint}); calibrate the shards with the same model and settings")
+    for key, value in arrays.items():
+        _check_array(path, key, value)
     calibrators: dict[str, Calibrator] = {}
     for i, entry in enumerate(meta["tensors"]):
+        name = printable(entry["name"])
         cls = CALIBRATORS.get(entry["method"])
         if cls is None:
-            raise OnnxqError(f"{path}: unknown calibration method {entry['method']!r}")
+            raise OnnxqError(f"{path}: unknown calibration method {printable(str(entry['method']))!r}")
         state = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(f"t{i}/")}
-        calibrators[entry["name"]] = cls.from_state(state, CalibOptions(**entry["options"]))
-    return calibrators, int(meta["batches"])
+        try:
+            options = CalibOptions(**entry["options"])
+            calibrators[entry["name"]] = cls.from_state(state, options)
+        except OnnxqError as exc:
+            raise OnnxqError(f"{path}: tensor {name!r}: {exc}") from exc
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
+            raise OnnxqError(f"{path}: tensor {name!r} has malformed statistics ({type(exc).__name__}: "
+                             f"{str(exc)[:100]}); calibrate again") from exc
+    return calibrators, meta["batches"]
+
+
+def _check_meta(meta, path: Path) -> None:
+    """Types and shape of the metadata document (see the module docstring)."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise OnnxqError(f"{path} is not an onnxq statistics file of version {VERSION}")
+    if not isinstance(meta.get("fingerprint"), str):
+        raise OnnxqError(f"{path}: \"fingerprint\" must be a string")
+    batches = meta.get("batches")
+    if not isinstance(batches, int) or isinstance(batches, bool) or batches < 0:
+        raise OnnxqError(f"{path}: \"batches\" must be a non-negative integer, got {str(batches)[:40]!r}")
+    tensors = meta.get("tensors")
+    if not isinstance(tensors, list):
+        raise OnnxqError(f"{path}: \"tensors\" must be a list")
+    for i, entry in enumerate(tensors):
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("method"), str)
+                and isinstance(entry.get("options"), dict)):
+            raise OnnxqError(f"{path}: tensors[{i}] must be an object with a string name and method and an options "
+                             "object")
+
+
+def _check_array(path: Path, key: str, value: np.ndarray) -> None:
+    if not (np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
+        raise OnnxqError(f"{path}: {key} has dtype {value.dtype}, not numbers")
+    if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+        if key.endswith(("/lo", "/hi")) and value.ndim == 0 and np.isinf(value):
+            return  # +inf / -inf: the "no values seen" start of a min/max, checked by its calibrator
+        raise OnnxqError(f"{path}: {key} holds NaN or Inf; the statistics are corrupt, calibrate again")
+    if np.issubdtype(value.dtype, np.floating) and value.size and key.endswith(("/lo", "/hi")) and \
+            np.isfinite(value).all() and np.abs(value).max() > np.finfo(np.float32).max:
+        raise OnnxqError(f"{path}: {key} is outside float32's range; the statistics are corrupt, calibrate again")
 
 
 def expand_stats_paths(patterns: list[str]) -> list[Path]:

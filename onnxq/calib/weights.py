@@ -30,12 +30,26 @@ def check_weight_method(method: str) -> None:
         raise OnnxqError(f"unknown weight method {method!r}; choose one of {', '.join(WEIGHT_METHODS)}")
 
 
+def _minmax_amax(w: np.ndarray, axis: int | None) -> np.ndarray:
+    """max |w| per channel from per-channel max and min (a NaN or Inf anywhere shows in them)."""
+    if axis is not None and not -w.ndim <= axis < w.ndim:
+        raise OnnxqError(f"channel axis {axis} is out of range for a weight of shape {w.shape}")
+    others = None if axis is None else tuple(i for i in range(w.ndim) if i != axis % w.ndim)
+    hi, lo = w.max(axis=others), w.min(axis=others)
+    if not (np.isfinite(hi).all() and np.isfinite(lo).all()):
+        raise OnnxqError("weight tensor has NaN or infinite values; fix the model before quantizing it")
+    amax = np.maximum(hi.astype(np.float64), -lo.astype(np.float64))
+    return amax.reshape(()) if axis is None else amax
+
+
 def weight_amax(w: np.ndarray, axis: int | None, method: str, *, num_bits: int = 8) -> np.ndarray:
     """One ``amax`` per channel along ``axis`` (a 0-d array when ``axis`` is None), as float64."""
     check_weight_method(method)
     w = np.asarray(w, dtype=np.float32)
     if w.size == 0:
         raise OnnxqError("cannot compute the range of an empty weight tensor")
+    if method == "minmax":  # reductions only: no full-size temporary (weights can be GBs)
+        return _minmax_amax(w, axis)
     if not np.isfinite(w).all():
         raise OnnxqError("weight tensor has NaN or infinite values; fix the model before quantizing it")
     if axis is None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onnxq.commands.common import add_model_and_output
+from onnxq.commands.common import add_model_and_output, guard
 from onnxq.errors import OnnxqError
+from onnxq.outputs import Output
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workspace is not None and args.workspace <= 0:
         raise OnnxqError(f"--workspace must be a positive number of MiB, got {args.workspace}")
+    if not args.print_trtexec:
+        guard([Output("-o", args.output)], model=args.model)
     model = load_model(args.model)
     profile = build_profile(model, parse_shapes(args.shapes, "--shapes"), parse_shapes(args.min_shapes, "--min-shapes"),
                             parse_shapes(args.max_shapes, "--max-shapes"))

@@ -10,11 +10,12 @@ from onnxq.commands.common import (
     add_ray_flags,
     add_selection_flags,
     config_from_args,
-    progress_bar,
+    guard,
     ray_collector,
-    shard_progress_bar,
+    shard_progress,
 )
 from onnxq.errors import OnnxqError
+from onnxq.outputs import Output
 
 
 def add_parser(subparsers) -> None:
@@ -38,17 +39,17 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.output.endswith(".npz"):
         raise OnnxqError(f"statistics files end in .npz, got {args.output}")
+    guard([Output("-o", args.output)], model=args.model, calib=args.calib, config=args.config)
     config = config_from_args(args)
-    bar = shard_progress_bar("calibrating on Ray") if args.ray is not None else progress_bar(None, "calibrating")
-    with bar as progress:
+    with shard_progress() as shards:
         # before any work, so a missing ray fails at once
-        collector = ray_collector(args, progress if args.ray is not None else None)
+        collector = ray_collector(args, shards)
         prepared, _ = prepare(load_model(args.model), config)
         plan = build_plan(prepared, config)
         if collector is not None:
             calibrators, batches = collector(prepared, plan, args.calib, config, None)
         else:
-            calibrators, batches = calibrate(prepared, plan, args.calib, config, progress)
+            calibrators, batches = calibrate(prepared, plan, args.calib, config)
     save_stats(args.output, calibrators, fingerprint(prepared), batches)
     print(f"wrote statistics of {len(calibrators)} tensor(s) over {batches} batch(es) to {args.output}")
     return 0

@@ -1,4 +1,4 @@
-"""Pieces shared by sub-commands: progress bars, config from flags, JSON output."""
+"""Pieces shared by sub-commands: config from flags, JSON output, Ray flags and their progress."""
 
 from __future__ import annotations
 
@@ -10,19 +10,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from onnxq import progress
 from onnxq.rules import TARGET_RULES, TENSORRT
-
-
-@contextlib.contextmanager
-def progress_bar(total: int | None, desc: str) -> Iterator[Callable[[int], None] | None]:
-    """A tqdm bar on a terminal (stderr), nothing otherwise; yields the callback to advance it."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=total, desc=desc, unit="batch", leave=False, file=sys.stderr) as bar:
-        yield bar.update
 
 
 def add_model_and_output(parser: argparse.ArgumentParser, model: str, output: str, *, required: bool = True) -> None:
@@ -137,19 +126,56 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
-@contextlib.contextmanager
-def shard_progress_bar(desc: str) -> Iterator[Callable[[int, int], None] | None]:
-    """A tqdm bar of shards done / total on a terminal (stderr), nothing otherwise; yields ``update(done, total)``."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from tqdm import tqdm
+def guard(outputs: list, **inputs) -> None:
+    """The output-path guard (:mod:`onnxq.outputs`) for a command, before any work. ``outputs``: Output entries
+    (None entries are ignored); ``inputs``: keyword -> path or list of paths; ``model=`` paths are expanded to their
+    external-data files."""
+    from pathlib import Path
 
-    with tqdm(total=None, desc=desc, unit="shard", leave=False, file=sys.stderr) as bar:
+    from onnxq.graph import model_files
+    from onnxq.outputs import check_outputs
+
+    read: dict[str, list] = {}
+    for key, value in inputs.items():
+        paths = value if isinstance(value, (list, tuple)) else [value]
+        paths = [p for p in paths if p is not None and str(p) != "random"]
+        if key.startswith("model"):
+            read[f"the input model ({', '.join(map(str, paths))})" if len(paths) > 1 else "the input model"] = \
+                [f for p in paths for f in model_files(p)]
+        else:  # a data folder: the files in it are inputs too
+            read["--" + key.replace("_", "-")] = [f for p in map(Path, paths)
+                                                  for f in ([p, *_files_in(p)] if p.is_dir() else [p])]
+    check_outputs([o for o in outputs if o is not None], read)
+
+
+def _files_in(folder, depth: int = 2) -> list:
+    """Regular files in ``folder`` and its subfolders down to ``depth`` (data folders hold labels/ beside batches)."""
+    found = []
+    try:
+        for entry in folder.iterdir():
+            if entry.is_dir() and depth > 1:
+                found += _files_in(entry, depth - 1)
+            elif entry.is_file():
+                found.append(entry)
+    except OSError:
+        pass
+    return found
+
+
+@contextlib.contextmanager
+def shard_progress() -> Iterator[Callable[[int, int], None]]:
+    """``update(shards_done, shards_total)`` for a Ray calibration, shown as the progress stage "calibration on Ray"
+    (its total is known once the data is split into shards)."""
+    with contextlib.ExitStack() as stack:
+        advance: Callable[..., None] | None = None
+        shown = 0
+
         def update(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
+            nonlocal advance, shown
+            if advance is None:
+                advance = stack.enter_context(progress.stage("calibration on Ray", total=total, unit="shard"))
+            advance(done - shown)
+            shown = done
 
         yield update
 

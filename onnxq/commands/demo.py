@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from onnxq import progress
 from onnxq.errors import OnnxqError
 
 log = logging.getLogger(__name__)
@@ -55,13 +56,19 @@ def run_model(name: str, workdir: Path, calib_batches: int, val_batches: int) ->
     from onnxq.validate import compare_models
 
     start = time.perf_counter()
-    exp = export_model(name, workdir / name, calib_batches=calib_batches, val_batches=val_batches)
-    int8_path = exp.model_path.with_name("model.int8.onnx")
-    result = onnxq.quantize(str(exp.model_path), calib=str(exp.calib_dir), output=str(int8_path))
-    int8_path = result.output_path or int8_path
-    report = compare_models(str(exp.model_path), str(int8_path), data=str(exp.val_dir))
-    fp32 = evaluate_onnx(name, exp.model_path, exp.val_dir)
-    int8 = evaluate_onnx(name, int8_path, exp.val_dir)
+    with progress.stage(f"demo {name}", total=5, unit="step") as advance:
+        exp = export_model(name, workdir / name, calib_batches=calib_batches, val_batches=val_batches)
+        advance()
+        int8_path = exp.model_path.with_name("model.int8.onnx")
+        result = onnxq.quantize(str(exp.model_path), calib=str(exp.calib_dir), output=str(int8_path))
+        int8_path = result.output_path or int8_path
+        advance()
+        report = compare_models(str(exp.model_path), str(int8_path), data=str(exp.val_dir))
+        advance()
+        fp32 = evaluate_onnx(name, exp.model_path, exp.val_dir)
+        advance()
+        int8 = evaluate_onnx(name, int8_path, exp.val_dir)
+        advance()
     worst = min(report.outputs, key=lambda o: o.sqnr_db)
     for o in report.outputs:
         log.info("%s output %s: SQNR %.1f dB, cosine %.5f, MAE %.4g, max error %.4g", name, o.name, o.sqnr_db,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from onnxq.commands.common import add_model_and_output
+from onnxq.commands.common import add_model_and_output, guard
+from onnxq.outputs import Output
 from onnxq.scales.formats import FORMATS, TRT_CACHE_ALGORITHMS, TRT_CACHE_DEFAULT_ALGORITHM, TRT_CACHE_DEFAULT_VERSION
 
 
@@ -24,6 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    guard([Output("-o", args.output)], model=args.model)
     from onnxq.graph import load_model
     from onnxq.scales.io import save_scales
     from onnxq.scales.qdq_reader import read_qdq

@@ -34,12 +34,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from onnxq.atomic import write_text_atomic
+    from onnxq.commands.common import guard
     from onnxq.config import QuantConfig
     from onnxq.graph import fingerprint, load_model
+    from onnxq.outputs import Output
     from onnxq.pipeline import prepare
     from onnxq.scales.io import dumps_scales
     from onnxq.scales.qdq_reader import read_qdq
 
+    guard([Output("-o", args.output)], model=[args.model, args.fp32] if args.fp32 else args.model)
     qdq = load_model(args.model)
     if args.fp32 is None:
         entries = read_qdq(qdq)

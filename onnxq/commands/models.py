@@ -48,6 +48,10 @@ def run_qat(args: argparse.Namespace) -> int:
     from onnxq.models.registry import get_model, import_torch
 
     get_model(args.name)  # unknown names fail before torch is imported
+    from onnxq.commands.common import guard
+    from onnxq.outputs import Output
+
+    guard([Output("-o", args.output, folder=True)])
     import_torch()
     import sys
     import time
@@ -83,8 +87,11 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from onnxq.commands.common import guard
     from onnxq.models.export import export_model
+    from onnxq.outputs import Output
 
+    guard([Output("-o", args.output, folder=True)], weights=args.weights)
     res = export_model(
         args.name, args.output, calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size,
         val_batches=args.val_batches, val_batch_size=args.val_batch_size, seed=args.seed, weights=args.weights,

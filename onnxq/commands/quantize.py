@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from onnxq.atomic import write_json_atomic, write_text_atomic
+from onnxq.atomic import AtomicGroup, json_text
 from onnxq.commands.common import (
     add_calib_flags,
     add_recovery_flags,
@@ -15,12 +15,13 @@ from onnxq.commands.common import (
     add_ray_flags,
     add_selection_flags,
     config_from_args,
-    progress_bar,
+    guard,
     ray_collector,
-    shard_progress_bar,
+    shard_progress,
 )
 from onnxq.commands.latency_flags import add_latency_flags, latency_settings
 from onnxq.errors import OnnxqError
+from onnxq.outputs import Output
 
 log = logging.getLogger(__name__)
 
@@ -56,33 +57,44 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from onnxq.calib.stats import expand_stats_paths
     from onnxq.config_file import unmatched_rules
+    from onnxq.graph import model_outputs, printable, save_model
     from onnxq.pipeline import default_output_path, quantize
     from onnxq.scales.importer import scale_importer
 
     if args.min_sqnr is not None and not args.val:
         raise OnnxqError("--min-sqnr needs --val DATA")
+    guard(model_outputs("-o", args.output) if args.output is not None else [])  # -o "" before it becomes "."
+    output = Path(args.output) if args.output is not None else default_output_path(args.model)
+    stats = expand_stats_paths(args.stats) if args.stats else None
+    report = Output("--report", args.report) if args.report is not None else None
+    guard([*model_outputs("-o", output), report], model=args.model, calib=args.calib, val=args.val,
+          scales=args.scales, config=args.config, stats=stats)
     config = config_from_args(args)
-    output = Path(args.output) if args.output else default_output_path(args.model)
     latency = latency_settings(args) if args.val else None
     if args.dynamic:
         return run_dynamic(args, config, output, latency)
     importer = scale_importer(args.scales, strict=args.strict) if args.scales else None
     if args.ray is not None and not args.calib:
         raise OnnxqError("--ray calibrates --calib DATA; it does not apply to --stats or --scales")
-    bar = shard_progress_bar("calibrating on Ray") if args.ray is not None else progress_bar(None, "calibrating")
-    with bar as progress:
-        collector = ray_collector(args, progress if args.ray is not None else None)
-        result = quantize(args.model, calib=args.calib, config=config, output=output, stats=args.stats,
-                          scales=importer, val=args.val, per_layer=args.per_layer,
-                          progress=None if collector else progress, collector=collector, latency=latency)
-    for line in result.report.summary_lines():
-        print(line)
-    for warning in unmatched_rules(config.overrides, result.model):
-        print(f"warning: {warning}", file=sys.stderr)
-    print(f"wrote {result.output_path}")
+    with shard_progress() as shards:
+        collector = ray_collector(args, shards)
+        result = quantize(args.model, calib=args.calib, config=config, stats=[str(p) for p in stats or []] or None,
+                          scales=importer, val=args.val, per_layer=args.per_layer, collector=collector,
+                          latency=latency)
+    result.output_path = output
+    with AtomicGroup() as group:  # the model and its report appear together or not at all
+        save_model(result.model, output, group=group)
+        if args.report:
+            stage_report(group, Path(args.report), result)
+    if not args.quiet:
+        for line in result.report.summary_lines():
+            print(line)
+    for warning in [] if args.quiet else unmatched_rules(config.overrides, result.model):
+        print(f"warning: {printable(warning)}", file=sys.stderr)
+    print(f"wrote {output}")
     if args.report:
-        write_report(Path(args.report), result)
         print(f"wrote {args.report}")
     validation = result.report.validation
     if args.min_sqnr is not None and validation is not None and validation.min_sqnr_db < args.min_sqnr:
@@ -99,8 +111,9 @@ def run_dynamic(args: argparse.Namespace, config, output: Path, latency) -> int:
     if args.report:
         raise OnnxqError("--report is not available with --dynamic yet; use --val for the comparison")
     result = quantize_dynamic(args.model, output, config, val=args.val, latency=latency)
-    for line in result.summary_lines():
-        print(line)
+    if not args.quiet:
+        for line in result.summary_lines():
+            print(line)
     print(f"wrote {result.output_path}")
     validation = result.validation
     if args.min_sqnr is not None and validation is not None and validation.min_sqnr_db < args.min_sqnr:
@@ -109,11 +122,9 @@ def run_dynamic(args: argparse.Namespace, config, output: Path, latency) -> int:
     return 0
 
 
-def write_report(path: Path, result) -> None:
+def stage_report(group: AtomicGroup, path: Path, result) -> None:
     from onnxq.handoff_report import render_markdown, report_payload
 
     payload = report_payload(result)
-    if path.suffix == ".md":
-        write_text_atomic(path, render_markdown(payload))
-    else:
-        write_json_atomic(path, payload)
+    text = render_markdown(payload) if path.suffix == ".md" else json_text(payload)
+    group.write_bytes(path, text.encode())

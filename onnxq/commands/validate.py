@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from onnxq.commands.common import add_json_flag, print_result, progress_bar
+from onnxq.commands.common import add_json_flag, print_result
 from onnxq.commands.latency_flags import add_latency_flags, latency_settings
 
 
@@ -34,8 +34,7 @@ def run(args: argparse.Namespace) -> int:
     reference = load_model(args.reference)
     quantized = load_model(args.quantized)
     data = BatchSource(reference, args.data, max_batches=args.batches)
-    with progress_bar(len(data), "validating") as progress:
-        report = compare_models(reference, quantized, data, per_layer=args.per_layer, progress=progress)
+    report = compare_models(reference, quantized, data, per_layer=args.per_layer)
     lines, payload = validation_lines(report, worst=10), report.as_dict()
     if settings is not None:
         from onnxq.validate.latency import measure_latency

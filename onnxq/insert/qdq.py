@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 
 from onnxq.dtypes import quant_dtype
 from onnxq.errors import OnnxqError
-from onnxq.graph import GraphIndex, all_names, node_name, unique_name
+from onnxq.graph import GraphIndex, all_names, node_name, remove_initializers, unique_name
 from onnxq.passes.base import InPlacePass, PassResult
 from onnxq.plan import QuantPlan, TensorPlan
 from onnxq.scales.types import QuantParams, ScaleTable
@@ -32,7 +32,11 @@ def quantize_array(x: np.ndarray, params: QuantParams) -> np.ndarray:
         shape[params.axis] = -1
         scale, zp = scale.reshape(shape), zp.reshape(shape)
     lo, hi = quant_dtype(params.dtype).clip_range()
-    q = np.clip(np.rint(x.astype(np.float32) / scale) + zp, lo, hi)
+    q = x.astype(np.float32, copy=True)  # one float working copy, updated in place (weights can be GBs)
+    q /= scale
+    np.rint(q, out=q)
+    q += zp
+    np.clip(q, lo, hi, out=q)
     return q.astype(np.dtype(params.dtype))
 
 
@@ -119,7 +123,4 @@ def _drop_replaced_weights(graph: onnx.GraphProto, plan: QuantPlan) -> None:
     graph_inputs = {v.name for v in graph.input}
     dead = {t.name for t in plan.weights()
             if t.name not in index.consumers and t.name not in graph_inputs and t.name not in index.graph_outputs}
-    if dead:
-        kept = [i for i in graph.initializer if i.name not in dead]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+    remove_initializers(graph, dead)

@@ -77,11 +77,11 @@ def write_data(name: str, folder: str | Path, *, split: str, batches: int, batch
     return folder
 
 
-def export_onnx(name: str, path: str | Path, *, weights: str | Path | None = None) -> Path:
+def export_onnx(name: str, path: str | Path, *, weights: str | Path | None = None, net=None) -> Path:
     """Export the (trained) torch model to ONNX (legacy TorchScript exporter, opset 17, dynamic batch)."""
     torch = registry.import_torch()
     info = get_model(name)
-    net = registry.load_network(name, weights)
+    net = net if net is not None else registry.load_network(name, weights)
     inputs, _ = info.make_batch(registry.data_rng(name, "test", 0), 2)
     args = tuple(torch.from_numpy(inputs[k]) for k in info.inputs)
     path = Path(path)
@@ -115,8 +115,9 @@ def export_model(
     for n, v in (("calib_batches", calib_batches), ("calib_batch_size", calib_batch_size), ("val_batches", val_batches), ("val_batch_size", val_batch_size)):
         if v < 1:
             raise OnnxqError(f"{n} must be at least 1, got {v}")
+    net = registry.load_network(name, weights)  # bad weights fail before any folder is created
     out.mkdir(parents=True, exist_ok=True)
-    model_path = export_onnx(name, out / "model.onnx", weights=weights)
+    model_path = export_onnx(name, out / "model.onnx", net=net)
     log.info("exported %s to %s", name, model_path)
     calib = write_data(name, out / "calib", split="calib", batches=calib_batches, batch_size=calib_batch_size, seed=seed, labels=False)
     val = write_data(name, out / "val", split="val", batches=val_batches, batch_size=val_batch_size, seed=seed, labels=True)

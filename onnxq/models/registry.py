@@ -117,10 +117,29 @@ def load_network(name: str, weights: str | Path | None = None) -> Any:
     path = Path(weights) if weights is not None else info.weights_path
     if not path.is_file():
         raise OnnxqError(f"no weights for {name!r} at {path}; train them with python scripts/train_reference_models.py --models {name}")
+    if path.stat().st_size > MAX_WEIGHTS_BYTES:
+        raise OnnxqError(f"weights file {path} is {path.stat().st_size / 1e9:.1f} GB, more than a reference model's "
+                         f"{MAX_WEIGHTS_BYTES / 1e9:.0f} GB limit; is it the right file?")
     net = build_network(name)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors for files that are not state_dicts
+        raise OnnxqError(f"{path} is not a torch state_dict file: {_first_line(exc)}") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise OnnxqError(f"{path} is not a state_dict (a mapping of names to tensors) for {name!r}")
+    try:
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as exc:
+        raise OnnxqError(f"{path} does not fit {name!r}: {_first_line(exc)}") from exc
     return net.eval()
+
+
+MAX_WEIGHTS_BYTES = 2 * 1024**3
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def baseline_metric(name: str, labels: list[dict[str, np.ndarray]]) -> float:

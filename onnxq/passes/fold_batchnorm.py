@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxq.graph import GraphIndex, all_names, attr, node_name, unique_name
+from onnxq.graph import GraphIndex, all_names, attr, node_name, remove_initializers, tensor_array, unique_name
 from onnxq.passes.base import InPlacePass, PassResult
 
 FOLDABLE_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
@@ -90,7 +90,7 @@ def _fold_one(index: GraphIndex, bn: onnx.NodeProto, taken: set[str]) -> tuple[o
         raise _Skip(f"the weights of {op.op_type} {op.name!r} are not an initializer")
     s, shift = _bn_scale_shift(index, bn)
     w_proto = index.initializers[op.input[1]]
-    w = numpy_helper.to_array(w_proto)
+    w = tensor_array(w_proto)
     if not np.issubdtype(w.dtype, np.floating):
         raise _Skip(f"the weights of {op.op_type} {op.name!r} are not floating point")
     new_w, channels = _scaled_weight(op, w.astype(np.float64), s)
@@ -162,8 +162,6 @@ class FoldBatchNorm(InPlacePass):
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
     index = GraphIndex.build(graph)
     inputs = {v.name for v in graph.input}
-    used = [i for i in graph.initializer if i.name in index.consumers or i.name in inputs
-            or i.name in index.graph_outputs]
-    if len(used) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(used)
+    unused = {i.name for i in graph.initializer if i.name not in index.consumers and i.name not in inputs
+              and i.name not in index.graph_outputs}
+    remove_initializers(graph, unused)

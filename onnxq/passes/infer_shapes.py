@@ -7,12 +7,10 @@ Dynamic dimensions are normal in exported models; onnxruntime's ``quant_pre_proc
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 
 import onnx
 
-from onnxq.graph import EXTERNAL_DATA_THRESHOLD
+from onnxq.graph import needs_external_data, skeleton
 from onnxq.passes.base import FunctionalPass, PassResult
 
 log = logging.getLogger(__name__)
@@ -22,20 +20,22 @@ class InferShapes(FunctionalPass):
     name = "infer-shapes"
 
     def call(self, model: onnx.ModelProto) -> PassResult:
+        before = len(model.graph.value_info)
         try:
             inferred = _infer(model)
         except Exception as exc:  # inference is advisory: any failure leaves the model as it was
             log.warning("shape inference failed, continuing without it: %s", str(exc).splitlines()[0])
             return PassResult(model, False, ["shape inference failed; continuing without it"])
         known = len(inferred.graph.value_info)
-        return PassResult(inferred, known != len(model.graph.value_info), [f"{known} tensor shapes known"])
+        return PassResult(inferred, known != before, [f"{known} tensor shapes known"])
 
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
-    if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+    if not needs_external_data(model):
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "out.onnx")
-        onnx.save(model, src, save_as_external_data=True, location="in.data")
-        onnx.shape_inference.infer_shapes_path(src, dst, strict_mode=False, data_prop=True)
-        return onnx.load(dst, load_external_data=True)
+    # past the protobuf limit: infer on a skeleton whose large weights are typed inputs, copy the shapes back
+    inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=False, data_prop=True)
+    known = {v.name for v in model.graph.initializer}
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(v for v in inferred.graph.value_info if v.name not in known)
+    return model

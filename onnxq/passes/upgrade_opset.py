@@ -40,5 +40,7 @@ class UpgradeOpset(FunctionalPass):
                 "Re-export at opset >= 13, or quantize weights per tensor with --per-tensor-weights"
             ) from exc
         # the converter may lower the IR version below what the original declared; keep the larger one
-        upgraded.ir_version = max(upgraded.ir_version, model.ir_version)
+        # and at least the IR version the new opset needs (an IR-3 model would keep initializers-must-be-inputs)
+        needed = onnx.helper.find_min_ir_version_for(list(upgraded.opset_import), ignore_unknown=True)
+        upgraded.ir_version = max(upgraded.ir_version, model.ir_version, needed)
         return PassResult(upgraded, True, [f"opset {current} -> {self.min_opset}"])

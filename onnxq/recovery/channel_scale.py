@@ -58,19 +58,28 @@ def channel_ranges(model: onnx.ModelProto, targets: list[ChannelTarget], data: I
     return found
 
 
-def _scale_conv_rows(model: onnx.ModelProto, index: GraphIndex, conv: onnx.NodeProto, inv: np.ndarray,
-                     taken: set[str]) -> None:
-    """Multiply output channel c of ``conv`` (weights and bias) by ``inv[c]``, on fresh initializers."""
+def set_input_initializer(model: onnx.ModelProto, node: onnx.NodeProto, i: int, value: np.ndarray, suffix: str,
+                          index: GraphIndex | None = None) -> None:
+    """Make input ``i`` of ``node`` hold ``value``: in place (same name) when ``node`` is the initializer's only
+    user, else on a fresh initializer (a shared one is never edited)."""
+    index = index or GraphIndex.build(model.graph)
+    name = node.input[i]
+    if len(index.consumers.get(name, [])) == 1 and name not in index.graph_outputs:
+        index.initializers[name].CopyFrom(numpy_helper.from_array(value, name))
+        return
+    fresh = unique_name(all_names(model.graph), f"{name}_{suffix}")
+    model.graph.initializer.append(numpy_helper.from_array(value, fresh))
+    node.input[i] = fresh
+
+
+def _scale_conv_rows(model: onnx.ModelProto, index: GraphIndex, conv: onnx.NodeProto, inv: np.ndarray) -> None:
+    """Multiply output channel c of ``conv`` (weights and bias) by ``inv[c]``."""
     w = index.array(conv.input[1])
-    new_w = (w.astype(np.float64) * inv.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype)
-    w_name = unique_name(taken, f"{conv.input[1]}_eq")
-    model.graph.initializer.append(numpy_helper.from_array(new_w, w_name))
-    conv.input[1] = w_name
+    set_input_initializer(model, conv, 1, (w.astype(np.float64) * inv.reshape((-1,) + (1,) * (w.ndim - 1)))
+                          .astype(w.dtype), "eq", index)
     if len(conv.input) > 2 and conv.input[2]:
         b = index.array(conv.input[2])
-        b_name = unique_name(taken, f"{conv.input[2]}_eq")
-        model.graph.initializer.append(numpy_helper.from_array((b.astype(np.float64) * inv).astype(b.dtype), b_name))
-        conv.input[2] = b_name
+        set_input_initializer(model, conv, 2, (b.astype(np.float64) * inv).astype(b.dtype), "eq", index)
 
 
 def foldable_producer(index: GraphIndex, tensor: str, channels: int) -> onnx.NodeProto | None:
@@ -103,7 +112,7 @@ def rescale_input(model: onnx.ModelProto, target: ChannelTarget, scale: np.ndarr
     # a Conv's output channels are axis 1 (NCHW): only a channel-axis-1 target can fold into one
     producer = foldable_producer(index, target.tensor, scale.size) if target.axis == 1 else None
     if producer is not None:
-        _scale_conv_rows(model, index, producer, inv, taken)
+        _scale_conv_rows(model, index, producer, inv)
         return "folded"
     consumer = next(n for n in model.graph.node if (n.name or n.output[0]) == target.node)
     shape = [scale.size] + [1] * (rank - 1 - (target.axis % rank)) if target.axis >= 0 else [scale.size]
@@ -118,11 +127,8 @@ def rescale_input(model: onnx.ModelProto, target: ChannelTarget, scale: np.ndarr
 
 
 def replace_weight(model: onnx.ModelProto, node: onnx.NodeProto, value: np.ndarray, suffix: str) -> None:
-    """Give ``node`` a fresh weight initializer (input 1) holding ``value`` (never edits a shared initializer)."""
-    taken = all_names(model.graph)
-    name = unique_name(taken, f"{node.input[1]}_{suffix}")
-    model.graph.initializer.append(numpy_helper.from_array(value, name))
-    node.input[1] = name
+    """Set the weight (input 1) of ``node`` to ``value`` (see :func:`set_input_initializer`)."""
+    set_input_initializer(model, node, 1, value, suffix)
 
 
 def drop_unused_initializers(model: onnx.ModelProto) -> None:

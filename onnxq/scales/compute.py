@@ -28,11 +28,15 @@ def weight_amax(w: np.ndarray, axis: int | None, method: str) -> np.ndarray:
 
 
 def weight_params(tensor: TensorPlan, w: np.ndarray) -> QuantParams:
-    if not np.isfinite(w).all():
-        raise OnnxqError(f"weight {tensor.name!r} holds NaN or Inf values")
     if tensor.dtype == "uint8":  # a constant operand of an integer Add/Mul on ort-cpu: asymmetric, per tensor
+        if not np.isfinite(w).all():
+            raise OnnxqError(f"weight {tensor.name!r} holds NaN or Inf values")
         return asymmetric_params(float(w.min()), float(w.max()))
-    return symmetric_params(weight_amax(w.astype(np.float32), tensor.axis, tensor.method), tensor.axis)
+    try:  # weight_amax refuses NaN/Inf without a full-size temporary
+        amax = weight_amax(np.asarray(w, dtype=np.float32), tensor.axis, tensor.method)
+    except OnnxqError as exc:
+        raise OnnxqError(f"weight {tensor.name!r}: {exc}") from exc
+    return symmetric_params(amax, tensor.axis)
 
 
 def compute_scales(plan: QuantPlan, calibrators: dict[str, Calibrator], weights: dict[str, np.ndarray]) -> ScaleTable:

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import onnx
 
-from onnxq.dtypes import quant_dtype
 from onnxq.errors import OnnxqError
-from onnxq.graph import GraphIndex, fingerprint
+from onnxq.findings import Finding
+from onnxq.graph import GraphIndex, fingerprint, printable
 from onnxq.plan import QuantPlan
 from onnxq.scales.compute import weight_params
 from onnxq.scales.io import check_scales, load_scales
+from onnxq.scales.io import read_text as read_scales_text
 from onnxq.scales.json_format import model_fingerprint
 from onnxq.scales.types import ScaleTable
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 def scale_importer(path: str, *, strict: bool = False,
                    fmt: str | None = None) -> Callable[[QuantPlan, onnx.ModelProto], ScaleTable]:
     def import_scales(plan: QuantPlan, prepared: onnx.ModelProto) -> ScaleTable:
+        """The file's scales for the plan's tensors (planned weights it misses: from their values). Planned
+        activations it misses are absent: ``plan.for_scales(table, path)`` derives the plan that is inserted."""
         axes = {t.name: t.axis for t in plan.weights() if t.axis is not None}
         table = load_scales(path, fmt, channel_axes=axes)
         check_fingerprint(path, fingerprint(prepared), strict=strict)
@@ -40,7 +43,7 @@ def scale_importer(path: str, *, strict: bool = False,
 def check_fingerprint(path: str, expected: str, *, strict: bool) -> None:
     """An onnxq JSON file that names its model (QAT exports do) must name this one: a warning, an error if strict."""
     try:
-        recorded = model_fingerprint(Path(path).read_text())
+        recorded = model_fingerprint(read_scales_text(Path(path)))
     except (ValueError, UnicodeDecodeError):
         return  # not JSON: the TensorRT cache and AIMET formats carry no fingerprint
     if recorded is None or recorded == expected:
@@ -55,45 +58,49 @@ def check_fingerprint(path: str, expected: str, *, strict: bool) -> None:
 def match_to_plan(table: ScaleTable, plan: QuantPlan, prepared: onnx.ModelProto, *, strict: bool,
                   source: str) -> ScaleTable:
     findings = check_scales(table, {t.name: t.channels for t in plan.tensors.values()}, strict)
+    findings += axis_findings(table, plan)
     errors = [f for f in findings if f.severity == "error"]
     weights = {t.name for t in plan.weights()}
-    for f in findings:
-        if f.severity == "error":
-            continue
-        if f.rule == "missing-tensor" and f.subject in weights:  # e.g. a TensorRT cache never holds weights
-            log.info("%s has no scale for weight %r: per-channel min-max from its values", source, f.subject)
-        else:
-            log.warning("%s: %s", source, f)
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise OnnxqError(f"{source}: {errors[0]}{more}")
+        raise OnnxqError(f"{source}: {printable(str(errors[0]))}{more}")
     index = GraphIndex.build(prepared.graph)
     matched: ScaleTable = {}
-    for tensor in list(plan.tensors.values()):
+    for tensor in plan.tensors.values():
         params = table.get(tensor.name)
         if params is None and tensor.role == "weight":
             matched[tensor.name] = weight_params(tensor, index.array(tensor.name))
-            continue
-        if params is None:
-            log.warning("%s has no scale for activation %r: its consumers stay float", source, tensor.name)
-            del plan.tensors[tensor.name]
-            continue
-        if params.dtype != tensor.dtype:
-            tensor.dtype, tensor.symmetric = params.dtype, quant_dtype(params.dtype).symmetric
-        if tensor.role == "weight" and params.axis is None and tensor.axis is not None:
-            tensor.axis = None
-        matched[tensor.name] = params
-    if not plan.tensors:
-        raise OnnxqError(f"{source} covers none of the tensors the plan quantizes")
-    _drop_orphan_weights(plan)
-    return {name: matched[name] for name in plan.tensors}
+        elif params is not None:
+            matched[tensor.name] = params
+    if not any(t.role == "activation" for t in plan.tensors.values() if t.name in matched):
+        raise OnnxqError(f"{source} covers none of the activations the plan quantizes (its names: "
+                         f"{_examples(table)}); was it written for another model or with other node names?")
+    by_rule: dict[str, list[str]] = {}
+    for f in findings:
+        if f.rule == "missing-tensor" and f.subject in weights:  # e.g. a TensorRT cache never holds weights
+            log.info("%s has no scale for weight %r: per-channel min-max from its values", source, f.subject)
+        else:
+            by_rule.setdefault(f.rule, []).append(f.subject)
+    for rule, names in by_rule.items():  # one line per kind of mismatch, however many names
+        shown = ", ".join(repr(printable(n)) for n in names[:3])
+        consequence = "; their consumers stay float" if rule == "missing-tensor" else ""
+        log.warning("%s: %d tensor(s) [%s], e.g. %s%s", source, len(names), rule, shown, consequence)
+    return matched
 
 
-def _drop_orphan_weights(plan: QuantPlan) -> None:
-    """A weight whose every consumer lost its activation scale stays float with them."""
-    quantized_nodes = {c.node for t in plan.activations() for c in t.consumers}
-    for tensor in plan.weights():
-        if not any(c.node in quantized_nodes for c in tensor.consumers):
-            del plan.tensors[tensor.name]
+def axis_findings(table: ScaleTable, plan: QuantPlan) -> list[Finding]:
+    """Per-channel scales on another axis than the plan's: an error (the output would fail onnxq's own lint)."""
+    found = []
+    for tensor in plan.tensors.values():
+        params = table.get(tensor.name)
+        if params is not None and params.axis is not None and tensor.axis is not None and params.axis != tensor.axis:
+            found.append(Finding("error", "axis-mismatch", tensor.name, f"per-channel scales on axis "
+                                      f"{params.axis}, but the plan quantizes it on axis {tensor.axis}"))
+    return found
 
 
+def _examples(table: ScaleTable) -> str:
+    names = [repr(printable(n)) for n in list(table)[:3]]
+    if not names:
+        return "none"
+    return ", ".join(names) + (f" and {len(table) - 3} more" if len(table) > 3 else "")

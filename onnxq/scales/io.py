@@ -16,29 +16,34 @@ from typing import Any
 
 import numpy as np
 
+from onnxq import safe_read
 from onnxq.atomic import write_text_atomic
 from onnxq.errors import OnnxqError
 from onnxq.findings import Finding
+from onnxq.safe_read import check_nesting, read_bytes
 from onnxq.scales import aimet, json_format, trt_cache
-from onnxq.scales.formats import DEFAULT_EXTENSIONS, FORMATS
+from onnxq.scales.formats import FORMATS
 from onnxq.scales.types import ScaleTable
 
 _MODULES = {"json": json_format, "trt-cache": trt_cache, "aimet": aimet}
 
 
+def read_text(path: Path) -> str:
+    """The text of a scales file: a regular file, bounded in size and nesting depth."""
+    return _read_text(path)
+
+
 def _read_text(path: Path) -> str:
-    if not path.exists():
-        raise OnnxqError(f"scales file not found: {path}")
-    if path.is_dir():
-        raise OnnxqError(f"expected a scales file, got a directory: {path}")
-    data = path.read_bytes()
+    data = read_bytes(path, "scales file", safe_read.MAX_TEXT_BYTES)
     if not data.strip():
         raise OnnxqError(f"scales file is empty: {path}")
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise OnnxqError(f"{path} is not a text scales file (json, TensorRT calibration cache or AIMET encodings): "
                          f"{exc.reason} at byte {exc.start}") from exc
+    check_nesting(text, f"scales file {path}")
+    return text
 
 
 def detect_format(text: str, source: str = "scales file") -> str:
@@ -49,7 +54,7 @@ def detect_format(text: str, source: str = "scales file") -> str:
     if stripped.startswith("{"):
         try:
             doc = json.loads(stripped)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise OnnxqError(f"{source} looks like JSON but does not parse: {exc}") from exc
         if json_format.looks_like(doc):
             return "json"

@@ -68,14 +68,17 @@ def looks_like(doc: Any) -> bool:
 def loads(text: str, *, source: str = "scales file", **_: Any) -> ScaleTable:
     try:
         doc = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise OnnxqError(f"{source} is not valid JSON: {exc}") from exc
     return from_document(doc, source=source)
 
 
 def model_fingerprint(text: str) -> str | None:
     """The fingerprint recorded in an onnxq scales file, if any."""
-    doc = json.loads(text)
+    try:
+        doc = json.loads(text)
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
     model = doc.get("model") if isinstance(doc, Mapping) else None
     return model.get("fingerprint") if isinstance(model, Mapping) else None
 
@@ -97,6 +100,19 @@ def from_document(doc: Any, *, source: str = "scales file") -> ScaleTable:
     return table
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _entry_params(name: str, entry: Any, source: str) -> QuantParams:
     where = f"{source}: tensor {name!r}"
     if not isinstance(entry, Mapping):
@@ -116,15 +132,24 @@ def _entry_params(name: str, entry: Any, source: str) -> QuantParams:
         raise OnnxqError(f"{where}: scale must be {kind}")
     if per_channel and not isinstance(zp, list):
         zp = [zp] * len(scale)
+    if not all(_is_number(v) for v in (scale if isinstance(scale, list) else [scale])):
+        raise OnnxqError(f"{where}: scale must be numbers, got {_short(scale)}")
+    if not all(_is_integer(v) for v in (zp if isinstance(zp, list) else [zp])):
+        raise OnnxqError(f"{where}: zero_point must be integers, got {_short(zp)}")
     try:
         scale_arr = np.asarray(scale, dtype=np.float64)
         zp_arr = np.asarray(zp, dtype=np.int64)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise OnnxqError(f"{where}: scale and zero_point must be numbers: {exc}") from exc
     if per_channel and scale_arr.ndim != 1:
         raise OnnxqError(f"{where}: per-channel scale must be a flat list of numbers")
     if scale_arr.shape != zp_arr.shape:
         raise OnnxqError(f"{where}: scale has {scale_arr.size} entries but zero_point has {zp_arr.size}")
+    f32 = np.finfo(np.float32)
+    out_of_range = (np.abs(scale_arr) > f32.max) | ((scale_arr > 0) & (scale_arr < f32.tiny))
+    if np.any(out_of_range):
+        bad = [float(s) for s in scale_arr[out_of_range].ravel()[:3]]
+        raise OnnxqError(f"{where}: scales must be within float32's normal range, found {bad}")
     if not all(math.isfinite(s) and s > 0 for s in scale_arr.ravel()):
         bad = [float(s) for s in scale_arr.ravel() if not (math.isfinite(s) and s > 0)][:3]
         raise OnnxqError(f"{where}: scales must be finite and positive, found {bad}")

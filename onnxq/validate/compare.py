@@ -17,6 +17,7 @@ import onnx
 from onnxq.data import Batch, BatchSource, DataSource, model_inputs
 from onnxq.errors import OnnxqError
 from onnxq.graph import QDQ_OPS, load_model
+from onnxq.progress import stage, total_of
 from onnxq.runtime import make_session, output_names, run_batch
 from onnxq.validate.metrics import ErrorAccumulator
 
@@ -96,13 +97,15 @@ def compare_models(reference: onnx.ModelProto | str, quantized: onnx.ModelProto 
     q_pos = {name: i for i, name in enumerate(output_names(q_session))}
     accs = {n: ErrorAccumulator() for n in names}
     batches = 0
-    for batches, batch in enumerate(data, start=1):
-        ref = run_batch(ref_session, batch, f"batch {batches} (FP32 model)")
-        got = run_batch(q_session, batch, f"batch {batches} (quantized model)")
-        for i, name in enumerate(names):
-            accs[name].add(ref[i], got[q_pos[name]])
-        if progress is not None:
-            progress(1)
+    with stage("per-layer validation" if per_layer else "validation", total=total_of(data), unit="batch") as advance:
+        for batches, batch in enumerate(data, start=1):
+            ref = run_batch(ref_session, batch, f"batch {batches} (FP32 model)")
+            got = run_batch(q_session, batch, f"batch {batches} (quantized model)")
+            for i, name in enumerate(names):
+                accs[name].add(ref[i], got[q_pos[name]])
+            advance()
+            if progress is not None:
+                progress(1)
     if batches == 0:
         raise OnnxqError("the validation data holds no batches")
     return ComparisonReport(
