@@ -46,7 +46,8 @@ def test_quantize_reports_every_stage_with_known_totals(cnn_dir):
     recorder = Recorder()
     with progress.listening(recorder):
         onnxq.quantize(str(cnn_dir / "model.onnx"), calib=str(cnn_dir / "calib"), val=str(cnn_dir / "val"))
-    assert [s["name"] for s in recorder.stages if s["total"] is None][:3] == ["prepare", "ranges", "insert+verify"]
+    assert [s["name"] for s in recorder.stages if s["total"] is None][:6] == [
+        "prepare", "equalize", "plan", "ranges", "recover", "insert+verify"]
     calibration = recorder.stage("calibration")
     assert (calibration["total"], calibration["done"], calibration["unit"]) == (6, 6, "batch")
     validation = recorder.stage("validation")
