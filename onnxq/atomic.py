@@ -160,11 +160,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_bytes_atomic(path, text.encode())
 
 
-def json_text(payload: dict) -> str:
+def json_text(payload: object) -> str:
     return json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
 
 
-def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
+def write_json_atomic(path: str | os.PathLike, payload: object) -> Path:
     return write_text_atomic(path, json_text(payload))
 
 

@@ -15,8 +15,8 @@ import sys
 from collections.abc import Iterator
 
 from onnxq import progress
-from onnxq.commands.console import ConsoleListener
 from onnxq.atomic import Terminated, terminate_cleanly
+from onnxq.commands.console import ConsoleListener
 from onnxq.errors import OnnxqError
 from onnxq.version import __version__
 
@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "import_qdq",
     "models",
     "demo",
+    "sensitivity",
 )
 
 

@@ -13,7 +13,7 @@ from onnxq import node_regex
 from onnxq.calib.base import CalibOptions
 from onnxq.calib.methods import check_method
 from onnxq.calib.weights import check_weight_method
-from onnxq.errors import OnnxqError
+from onnxq.errors import OnnxqError, require_at_least
 from onnxq.node_regex import compile_node_regex
 from onnxq.rules import TARGET_RULES, TENSORRT
 
@@ -32,7 +32,8 @@ class NodeSetting:
 
     def over(self, base: NodeSetting) -> NodeSetting:
         """This setting laid over ``base``: every field this one sets wins."""
-        return replace(base, **{f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None})
+        given = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return replace(base, **given)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class Overrides:
 
     @classmethod
     def from_flags(cls, include_ops=(), exclude_ops=(), exclude_nodes=(), include_nodes=()) -> Overrides:
+        """The overrides of --include-op/--exclude-op (by op type) and --exclude-node/--include-node (regexes)."""
         by_op = {op: NodeSetting(skip=False) for op in include_ops}
         by_op.update({op: NodeSetting(skip=True) for op in exclude_ops})
         regex = tuple((p, NodeSetting(skip=False)) for p in include_nodes)
@@ -153,7 +155,6 @@ class QuantConfig:
         if self.input_method is not None:
             check_method(self.input_method)
         check_weight_method(self.weight_method)
-        if self.calib_batches is not None and self.calib_batches < 1:
-            raise OnnxqError(f"--calib-batches must be at least 1, got {self.calib_batches}")
-        if self.batch_size < 1:
-            raise OnnxqError(f"--batch-size must be at least 1, got {self.batch_size}")
+        require_at_least("--calib-batches", self.calib_batches, 1)
+        require_at_least("--batch-size", self.batch_size, 1)
+        require_at_least("--memory-budget-mb", self.memory_budget_mb, 1)

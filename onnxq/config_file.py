@@ -1,4 +1,4 @@
-"""Per-node configuration files (TOML).
+r"""Per-node configuration files (TOML).
 
     target = "tensorrt"            # optional top-level run settings
     weight_method = "minmax"

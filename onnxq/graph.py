@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from onnx.external_data_helper import load_external_data_for_model
 from onnxq.atomic import AtomicGroup
 from onnxq.errors import OnnxqError
 from onnxq.outputs import Output, check_outputs
+from onnxq.safe_read import regular_file
 
 log = logging.getLogger(__name__)
 
@@ -37,26 +37,19 @@ QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
 def _regular_input_file(path: Path, what: str) -> None:
-    """A readable regular file: not missing, a folder, a FIFO (would hang), a device (/dev/zero) or unreadable."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError as exc:
-        raise OnnxqError(f"{what} not found: {path}") from exc
-    except OSError as exc:
-        raise OnnxqError(f"cannot read {what} {path}: {exc.strerror}") from exc
-    if stat.S_ISDIR(st.st_mode):
-        raise OnnxqError(f"expected an .onnx model file, got a directory: {path}")
-    if not stat.S_ISREG(st.st_mode):
-        raise OnnxqError(f"{what} {path} is not a regular file (a FIFO, device or socket); give a file")
-    if not os.access(path, os.R_OK):
-        raise OnnxqError(f"cannot read {what} {path}: permission denied")
+    """A readable regular file (:func:`onnxq.safe_read.regular_file`) that is not empty."""
+    st = regular_file(path, what)
     if st.st_size == 0:
         raise OnnxqError(f"{what} is empty: {path}")
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Load an ONNX model (with its external data, whose locations are checked first) and check it; any problem is
-    an :class:`OnnxqError`. The file is opened read-only and never written."""
+    an :class:`OnnxqError`. The file is opened read-only and never written.
+
+    A model past the protobuf limit keeps its tensors over 1 MB on disk: they point at the input's external-data
+    file by absolute path (in memory only) and are read one at a time by :func:`tensor_array`; save such a model
+    with :func:`save_model` (``onnx.save`` would write those absolute references as they are)."""
     path = Path(path)
     _regular_input_file(path, "model file")
     try:
@@ -417,6 +410,7 @@ def fingerprint(model: onnx.ModelProto) -> str:
 
 
 def default_opset(model: onnx.ModelProto) -> int:
+    """The model's ai.onnx opset version."""
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx"):
             return opset.version
@@ -438,6 +432,7 @@ def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
 
 
 def count_qdq(model: onnx.ModelProto) -> int:
+    """How many QuantizeLinear/DequantizeLinear nodes the main graph holds."""
     return sum(node.op_type in QDQ_OPS for node in model.graph.node)
 
 
@@ -454,6 +449,7 @@ class GraphIndex:
 
     @classmethod
     def build(cls, graph: onnx.GraphProto) -> GraphIndex:
+        """The index of ``graph`` as it is now (rebuild it after changing the graph)."""
         index = cls(graph)
         index.initializers = {init.name: init for init in graph.initializer}
         index.graph_inputs = {v.name for v in graph.input if v.name not in index.initializers}
@@ -470,12 +466,15 @@ class GraphIndex:
         return index
 
     def array(self, name: str) -> np.ndarray:
+        """The value of initializer ``name``."""
         return tensor_array(self.initializers[name])
 
     def is_initializer(self, name: str) -> bool:
+        """Whether ``name`` is an initializer of the graph."""
         return name in self.initializers
 
     def only_consumer(self, name: str) -> onnx.NodeProto | None:
+        """The one node reading ``name``, or None when several (or none) do or it is a graph output."""
         users = self.consumers.get(name, [])
         if len(users) != 1 or name in self.graph_outputs:
             return None
@@ -517,6 +516,7 @@ def unique_name(taken: set[str], base: str) -> str:
 
 
 def all_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor and node name in the main graph (to make new names unique)."""
     names = {v.name for v in graph.input} | {v.name for v in graph.output} | {i.name for i in graph.initializer}
     for node in graph.node:
         names.update(node.input)

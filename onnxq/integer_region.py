@@ -138,7 +138,9 @@ class _RegionBuilder:
         """The tensor is written by a member whose node unit fuses without a Q (MatMul, Gemm), and nothing else
         quantizes it."""
         producer = self.index.producer.get(tensor)
-        kernel = self.kernel(producer) if producer is not None else None
+        if producer is None:
+            return False
+        kernel = self.kernel(producer)
         return kernel is not None and kernel.output_optional and node_name(producer) in self.region.members \
             and tensor not in self.quantized
 

@@ -43,6 +43,7 @@ from onnxq.outputs import check_outputs
 from onnxq.passes import PassManager, prepare_passes
 from onnxq.passes.decompose_hard_activations import DecomposeHardActivations
 from onnxq.plan import QuantPlan, build_plan
+from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target, verify_final
 from onnxq.recovery.stage import equalize, recover
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
 from onnxq.rules import TARGET_RULES
@@ -67,6 +68,8 @@ Collector = Callable[[onnx.ModelProto, QuantPlan, DataLike, QuantConfig, Callabl
 
 @dataclass
 class QuantizeResult:
+    """What :func:`quantize` produced: the Q/DQ model, its plan and scales, the report, and where it was saved."""
+
     model: onnx.ModelProto
     plan: QuantPlan
     scales: ScaleTable
@@ -75,6 +78,7 @@ class QuantizeResult:
 
 
 def default_output_path(model_path: str | os.PathLike) -> Path:
+    """``MODEL.int8.onnx`` beside ``MODEL.onnx``."""
     path = Path(model_path)
     return path.with_name(f"{path.stem}.int8.onnx")
 
@@ -227,11 +231,23 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
     return Ranges(table, batches, source, clipping, calibrators)
 
 
+def mixed_precision(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, config: QuantConfig,
+                    val: DataLike | None, target, tolerable_loss: float | None):
+    """The mixed-precision stage: which nodes stay float for the accuracy target, and the plan without them."""
+    accuracy = accuracy_target(target, tolerable_loss)
+    if val is None:
+        raise OnnxqError("an accuracy target needs validation data: pass --val DATA (val= in Python)")
+    val_data = data_source(prepared, val, replace(config, calib_batches=None))
+    plan, table, result, batches = keep_float_for_target(prepared, plan, table, config, val_data, accuracy)
+    return plan, table, result, batches, accuracy
+
+
 def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfig | None = None,
              output: str | os.PathLike | None = None, *, stats: list[str] | None = None,
              scales: ScaleImporter | None = None, val: DataLike | None = None, per_layer: bool = False,
              progress: Callable[[int], None] | None = None, collector: Collector | None = None,
-             latency: LatencySettings | None = None) -> QuantizeResult:
+             latency: LatencySettings | None = None, target=None,
+             tolerable_loss: float | None = None) -> QuantizeResult:
     """Quantize ``model`` to INT8 Q/DQ form and (when ``output`` is given) save it atomically.
 
     Ranges come from exactly one of: ``calib`` (a data folder, an .npz stack, ``"random"`` or a re-iterable sequence
@@ -240,6 +256,11 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
     elsewhere (e.g. :class:`onnxq.distributed.ray_calibrate.RayCalibration`); default: in this process. With ``val``
     and ``latency``, the report also holds the latency of both models, timed side by side on the first validation
     batch.
+
+    ``target`` turns on automatic mixed precision on the ``val`` data (:mod:`onnxq.recovery.mixed_precision`): a
+    worst-output SQNR in dB, a metric ``callable(session) -> float`` (higher is better) that may drop at most
+    ``tolerable_loss`` below FP32, or an :class:`~onnxq.recovery.mixed_precision.AccuracyTarget`. The fewest,
+    cheapest nodes stay float until it holds; ``result.report.mixed_precision`` says which and whether it held.
     """
     config = config or QuantConfig()
     if sum(s is not None for s in (calib, stats, scales)) != 1:
@@ -270,23 +291,35 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             plan = plan.for_scales(found.table, "the scales file")
             found = replace(found, table={name: found.table[name] for name in plan.tensors})
     with clock("recover"):
-        table, recovery_notes = recover(prepared, plan, found.table, found.calibrators, calib_data, config.recovery)
+        recovered, table, recovery_notes = recover(prepared, plan, found.table, found.calibrators, calib_data,
+                                                   config.recovery)
         found = replace(found, table=table)
         notes += recovery_notes
+    table, mixed = found.table, None
+    if target is not None:
+        with clock("mixed-precision"):
+            plan, table, mixed, mixed_batches, accuracy = mixed_precision(prepared, plan, table, config, val, target,
+                                                                          tolerable_loss)
     with clock("insert+verify"):
         first_batch = (next(iter(data_source(prepared, calib, config, warn=False)), None)
                        if calib is not None else None)
         float_reference = None if owned and val is None else prepared if count_qdq(original) or owned else original
-        quantized = InsertQDQ(plan, found.table).run(prepared, keep_input=float_reference is prepared).model
+        keep_prepared = float_reference is prepared or mixed is not None  # mixed precision verifies against it
+        quantized = InsertQDQ(plan, table).run(recovered, keep_input=keep_prepared and recovered is prepared).model
         int32_bias = TARGET_RULES[config.target].int32_bias
         if int32_bias:
             quantized = QuantizeBias(int32_bias).run(quantized, keep_input=False).model
         verify(quantized, first_batch)
+    if mixed is not None:
+        with clock("mixed-precision verify"):
+            verify_final(mixed, prepared, quantized, mixed_batches, accuracy)
     report = QuantReport(plan, notes, size_before, estimated_size(quantized), found.batches, found.source,
                          clipping=found.clipping)
+    report.mixed_precision = mixed
     if val is not None:
         with clock("validate"):
-            reference = float_reference  # a re-quantized input: its float form
+            # the float model (a re-quantized input: its float form); never None when val is given
+            reference = prepared if float_reference is None else float_reference
             val_data = data_source(reference, val, replace(config, calib_batches=None))
             report.validation = compare_models(reference, quantized, val_data, per_layer=per_layer)
         if latency is not None:
@@ -295,4 +328,4 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
                 report.latency = measure_latency(reference, quantized, batch, latency)
     report.seconds = clock.seconds
     output_path = save_model(quantized, output, input_path=input_path) if output is not None else None
-    return QuantizeResult(quantized, plan, found.table, report, output_path)
+    return QuantizeResult(quantized, plan, table, report, output_path)

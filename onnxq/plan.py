@@ -10,7 +10,7 @@ import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal
+from typing import Any, Literal
 
 import onnx
 
@@ -123,7 +123,7 @@ class QuantPlan:
             if tensor.role == "weight" and lost and not any(c.node in live_nodes for c in tensor.consumers):
                 continue
             params = scales.get(tensor.name)
-            changes = {}
+            changes: dict[str, Any] = {}
             if params is not None and params.dtype != tensor.dtype:
                 changes.update(dtype=params.dtype, symmetric=quant_dtype(params.dtype).symmetric)
             if params is not None and tensor.role == "weight" and params.axis is None and tensor.axis is not None:
@@ -152,7 +152,7 @@ class _FrozenDict(dict):
     def _refuse(self, *args, **kwargs):
         raise TypeError("the QuantPlan is frozen: derive a changed plan with a QuantPlan method")
 
-    __setitem__ = __delitem__ = pop = popitem = clear = update = setdefault = _refuse  # type: ignore[assignment]
+    __setitem__ = __delitem__ = pop = popitem = clear = update = setdefault = _refuse
 
     def __reduce__(self):
         return (_FrozenDict, (dict(self),))
@@ -164,8 +164,8 @@ class _FrozenList(list):
     def _refuse(self, *args, **kwargs):
         raise TypeError("the QuantPlan is frozen: derive a changed plan with a QuantPlan method")
 
-    append = extend = insert = remove = pop = clear = sort = reverse = _refuse  # type: ignore[assignment]
-    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse  # type: ignore[assignment]
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
 
     def __reduce__(self):
         return (_FrozenList, (list(self),))
@@ -342,7 +342,8 @@ class _Planner:
             default_reason = self.rules.float_depthwise
         if not default_reason and node.op_type in self.rules.float_when_writing_graph_output and \
                 any(o in self.index.graph_outputs for o in node.output):
-            default_reason = f"writes a graph output: on {self.rules.name} that node unit cannot fuse, so it stays float"
+            default_reason = (f"writes a graph output: on {self.rules.name} that node unit cannot fuse, so it stays "
+                              "float")
         default = NodeSetting(skip=True) if default_reason else \
             NodeSetting(skip=False, dtype=self.rules.activation_dtype)
         setting, decided_by = self.config.overrides.resolve(node.op_type, name, default)

@@ -24,6 +24,9 @@ class QuantReport:
     seconds: dict[str, float] = field(default_factory=dict)
     validation: ComparisonReport | None = None
     clipping: dict[str, float] = field(default_factory=dict)  # activation -> share of calibration values clipped
+    # onnxq.recovery.mixed_precision.MixedPrecisionResult when an accuracy target was given (typed loosely: the
+    # report sits below recovery in the layers)
+    mixed_precision: object | None = None
     latency: LatencyReport | None = None
 
     @property
@@ -44,6 +47,8 @@ class QuantReport:
         lines += self.clipping_lines()
         if self.validation is not None:
             lines += validation_lines(self.validation)
+        if self.mixed_precision is not None:
+            lines += self.mixed_precision.summary_lines()
         if self.latency is not None:
             lines += self.latency.lines()
         if self.seconds:
@@ -71,6 +76,7 @@ class QuantReport:
             "size_after": self.size_after,
             "seconds": self.seconds,
             "validation": self.validation.as_dict() if self.validation else None,
+            "mixed_precision": self.mixed_precision.as_dict() if self.mixed_precision is not None else None,
             "latency": self.latency.as_dict() if self.latency else None,
         }
 

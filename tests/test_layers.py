@@ -25,8 +25,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "onnxq"
 
 LAYERS = {
-    "onnxq.errors": 0, "onnxq.version": 0, "onnxq.progress": 0, "onnxq.atomic": 0, "onnxq.outputs": 0, "onnxq.safe_read": 0,
-    "onnxq.node_regex": 0, "onnxq.findings": 0, "onnxq.dtypes": 0, "onnxq.rules": 0,
+    "onnxq.errors": 0, "onnxq.version": 0, "onnxq.progress": 0, "onnxq.atomic": 0, "onnxq.outputs": 0,
+    "onnxq.safe_read": 0, "onnxq.node_regex": 0, "onnxq.findings": 0, "onnxq.dtypes": 0, "onnxq.rules": 0,
     "onnxq.scales.formats": 0,
     "onnxq.graph": 1, "onnxq.runtime": 1, "onnxq.data": 1, "onnxq.ops": 1,
     "onnxq.calib": 2,

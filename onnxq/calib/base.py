@@ -1,11 +1,10 @@
-"""The calibrator interface and the registry of algorithms by name.
+"""The calibrator interface (the algorithms by name: :mod:`onnxq.calib.methods`).
 
-A calibrator watches one tensor (the algorithms by name: :mod:`onnxq.calib.methods`). Collecting statistics (:meth:`Calibrator.collect`) is separate from turning them
-into a range (:meth:`Calibrator.compute_range`), as in torch.ao's observers. Statistics are bounded in memory,
-mergeable (:meth:`Calibrator.merge`) and serialisable (:meth:`Calibrator.state` / :meth:`Calibrator.from_state`),
-so shards calibrated on different machines combine into exactly the ranges of one run over all the data.
+A calibrator watches one tensor. Collecting statistics (:meth:`Calibrator.collect`) is separate from turning them into
+a range (:meth:`Calibrator.compute_range`), as in torch.ao's observers. Statistics are bounded in memory, mergeable
+(:meth:`Calibrator.merge`) and serialisable (:meth:`Calibrator.state` / :meth:`Calibrator.from_state`), so shards
+calibrated on different machines combine into exactly the ranges of one run over all the data.
 """
-
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -21,8 +20,8 @@ from onnxq.errors import OnnxqError
 class CalibOptions:
     """Typed options of the calibration algorithms (not every algorithm reads every field)."""
 
-    #: the algorithm, a key of :data:`onnxq.calib.methods.CALIBRATORS` (checked by :func:`~onnxq.calib.methods.make_calibrator`
-    #: and by QuantConfig)
+    #: the algorithm, a key of :data:`onnxq.calib.methods.CALIBRATORS` (checked by
+    #: :func:`~onnxq.calib.methods.make_calibrator` and by QuantConfig)
     method: str = "minmax"
     #: percentile of |x| kept inside the range (method ``percentile``), in (0, 100].
     percentile: float = 99.99

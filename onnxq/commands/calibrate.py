@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from onnxq.commands.common import (
-    add_calib_flags,
-    add_model_and_output,
-    add_ray_flags,
-    add_selection_flags,
-    config_from_args,
-    guard,
-    ray_collector,
-    shard_progress,
-)
+from onnxq.commands.common import add_calibration_flags, add_model_and_output, config_from_args, guard, ray_calibration
 from onnxq.errors import OnnxqError
 from onnxq.outputs import Output
 
@@ -24,9 +15,7 @@ def add_parser(subparsers) -> None:
                               "ranges); 'onnxq quantize MODEL --stats \"stats_*.npz\"' merges any number of them.")
     add_model_and_output(p, "FP32 ONNX model", "statistics file to write (.npz)")
     p.add_argument("--calib", required=True, metavar="DATA", help="this shard's data (folder or .npz stack)")
-    add_calib_flags(p)
-    add_selection_flags(p)
-    add_ray_flags(p)
+    add_calibration_flags(p)
     p.add_argument("--requantize", action="store_true", help="strip the Q/DQ of an already quantized model first")
     p.set_defaults(func=run)
 
@@ -41,9 +30,7 @@ def run(args: argparse.Namespace) -> int:
         raise OnnxqError(f"statistics files end in .npz, got {args.output}")
     guard([Output("-o", args.output)], model=args.model, calib=args.calib, config=args.config)
     config = config_from_args(args)
-    with shard_progress() as shards:
-        # before any work, so a missing ray fails at once
-        collector = ray_collector(args, shards)
+    with ray_calibration(args) as collector:
         prepared, _ = prepare(load_model(args.model), config)
         plan = build_plan(prepared, config)
         if collector is not None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-from dataclasses import replace
-import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from onnxq import progress
@@ -189,6 +188,21 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--shards", type=int, metavar="N", help="with --ray: number of shards (default: one per CPU)")
     g.add_argument("--ray-runtime-env", metavar="JSON",
                    help="with --ray: Ray runtime_env of the tasks, e.g. '{\"env_vars\": {\"OMP_NUM_THREADS\": \"1\"}}'")
+
+
+def add_calibration_flags(parser: argparse.ArgumentParser) -> None:
+    """Calibration, selection and Ray flags: what every command that calibrates takes."""
+    add_calib_flags(parser)
+    add_selection_flags(parser)
+    add_ray_flags(parser)
+
+
+@contextlib.contextmanager
+def ray_calibration(args: argparse.Namespace) -> Iterator[Any | None]:
+    """The Ray calibration the flags ask for, or None to calibrate in this process; its progress is the stage
+    "calibration on Ray". Enter it before any work, so that a missing ray fails at once."""
+    with shard_progress() as shards:
+        yield ray_collector(args, shards)
 
 
 def ray_collector(args: argparse.Namespace, progress: Callable[[int, int], None] | None):

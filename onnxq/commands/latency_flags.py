@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from onnxq.errors import OnnxqError
+from onnxq.errors import require_at_least
 
 
 def add_latency_flags(group, *, default_on: bool) -> None:
@@ -32,10 +32,7 @@ def latency_settings(args: argparse.Namespace):
 
     if not args.latency:
         return None
-    if args.threads < 0:
-        raise OnnxqError(f"--threads must be 0 (onnxruntime's choice) or more, got {args.threads}")
-    if args.latency_runs < 1:
-        raise OnnxqError(f"--latency-runs must be at least 1, got {args.latency_runs}")
-    if args.latency_seconds < 0:
-        raise OnnxqError(f"--latency-seconds must be 0 or more, got {args.latency_seconds}")
+    require_at_least("--threads (0: onnxruntime's choice)", args.threads, 0)
+    require_at_least("--latency-runs", args.latency_runs, 1)
+    require_at_least("--latency-seconds", args.latency_seconds, 0)
     return LatencySettings(threads=args.threads, runs=args.latency_runs, min_seconds=args.latency_seconds)

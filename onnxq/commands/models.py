@@ -12,7 +12,8 @@ log = logging.getLogger(__name__)
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "models", help="reference models with synthetic data: list, export, eval, qat",
-        description="Reference models of 3D-perception families (PointNeXt, CenterPoint, BEVFusion, ViT) with seeded synthetic tasks.",
+        description="Reference models of 3D-perception families (PointNeXt, CenterPoint, BEVFusion, ViT) with "
+        "seeded synthetic tasks.",
     )
     sub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
 
@@ -33,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="run an ONNX model of a reference model in onnxruntime and print its task metric")
     p.add_argument("name", help="model name")
     p.add_argument("model", type=Path, help="the .onnx file (FP32 or quantized)")
-    p.add_argument("--data", type=Path, required=True, help="folder of .npz batches with labels/ (the val/ of an export)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="folder of .npz batches with labels/ (the val/ of an export)")
     p.set_defaults(func=run_eval)
 
 
@@ -96,7 +98,8 @@ def run_export(args: argparse.Namespace) -> int:
         args.name, args.output, calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size,
         val_batches=args.val_batches, val_batch_size=args.val_batch_size, seed=args.seed, weights=args.weights,
     )
-    print(f"wrote {res.model_path}, {res.calib_dir}/ ({args.calib_batches} batches), {res.val_dir}/ ({args.val_batches} batches, labels in {res.labels_dir}/)")
+    print(f"wrote {res.model_path}, {res.calib_dir}/ ({args.calib_batches} batches), {res.val_dir}/ "
+          f"({args.val_batches} batches, labels in {res.labels_dir}/)")
     return 0
 
 

@@ -9,15 +9,12 @@ from pathlib import Path
 
 from onnxq.atomic import AtomicGroup, json_text
 from onnxq.commands.common import (
-    add_calib_flags,
-    add_recovery_flags,
+    add_calibration_flags,
     add_model_and_output,
-    add_ray_flags,
-    add_selection_flags,
+    add_recovery_flags,
     config_from_args,
     guard,
-    ray_collector,
-    shard_progress,
+    ray_calibration,
 )
 from onnxq.commands.latency_flags import add_latency_flags, latency_settings
 from onnxq.errors import OnnxqError
@@ -29,7 +26,8 @@ log = logging.getLogger(__name__)
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("quantize", help="quantize an FP32 ONNX model to INT8 Q/DQ form",
                               description="Fold BatchNorm, plan, calibrate, insert Q/DQ, verify and save.")
-    add_model_and_output(p, "FP32 ONNX model", "output path (default: MODEL.int8.onnx beside the input)", required=False)
+    add_model_and_output(p, "FP32 ONNX model", "output path (default: MODEL.int8.onnx beside the input)",
+                         required=False)
     src = p.add_argument_group("ranges (exactly one)")
     src.add_argument("--calib", metavar="DATA", help="calibration data: folder of .npy/.npz batches, an .npz "
                      "stack, or 'random' (meaningless scales, for toolchain tests only)")
@@ -41,16 +39,24 @@ def add_parser(subparsers) -> None:
     src.add_argument("--dynamic", action="store_true", help="dynamic quantization instead: MatMul weights INT8 "
                      "ahead of time, activations quantized at run time (no calibration data; for transformers on "
                      "CPU)")
-    add_calib_flags(p)
-    add_selection_flags(p)
+    add_calibration_flags(p)
     add_recovery_flags(p)
-    add_ray_flags(p)
     v = p.add_argument_group("validation and reports")
     v.add_argument("--val", metavar="DATA", help="validate against FP32 on this data right after quantizing")
     v.add_argument("--per-layer", action="store_true", help="with --val: per-layer SQNR to find the culprits")
     v.add_argument("--min-sqnr", type=float, metavar="DB", help="with --val: exit 1 when an output's SQNR is lower")
     v.add_argument("--report", metavar="PATH", help="write a JSON (.json) or Markdown (.md) report")
     add_latency_flags(v, default_on=True)
+    m = p.add_argument_group("mixed precision (keep the fewest, cheapest nodes float until a target holds)")
+    m.add_argument("--target-sqnr", type=float, metavar="DB",
+                   help="with --val: worst-output SQNR the quantized model must reach against FP32; nodes stay float "
+                   "(FP16 in TensorRT) until it holds; exit 1 when it cannot within --max-float-share")
+    m.add_argument("--max-float-share", type=float, default=0.1, metavar="SHARE",
+                   help="with --target-sqnr: at most this share of the weighted nodes' MACs may stay float "
+                   "(default 0.1)")
+    m.add_argument("--target-val-batches", type=int, default=4, metavar="N",
+                   help="with --target-sqnr: search and verify on the first N validation batches (default 4; the "
+                   "search costs about one run over them per quantized node)")
     p.add_argument("--requantize", action="store_true", help="strip the Q/DQ of an already quantized model first")
     p.add_argument("--debug-passes", action="store_true", help="check the model after every pass")
     p.set_defaults(func=run)
@@ -65,6 +71,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.min_sqnr is not None and not args.val:
         raise OnnxqError("--min-sqnr needs --val DATA")
+    if args.target_sqnr is not None and not args.val:
+        raise OnnxqError("--target-sqnr needs --val DATA (the data the target is measured on)")
+    if args.target_sqnr is not None and args.dynamic:
+        raise OnnxqError("--target-sqnr applies to static quantization; drop --dynamic or --target-sqnr")
+    if args.target_val_batches < 1:
+        raise OnnxqError(f"--target-val-batches must be at least 1, got {args.target_val_batches}")
     guard(model_outputs("-o", args.output) if args.output is not None else [])  # -o "" before it becomes "."
     output = Path(args.output) if args.output is not None else default_output_path(args.model)
     stats = expand_stats_paths(args.stats) if args.stats else None
@@ -76,13 +88,18 @@ def run(args: argparse.Namespace) -> int:
     if args.dynamic:
         return run_dynamic(args, config, output, latency)
     importer = scale_importer(args.scales, strict=args.strict) if args.scales else None
+    target = None
+    if args.target_sqnr is not None:
+        from onnxq.recovery.mixed_precision import AccuracyTarget
+
+        target = AccuracyTarget(sqnr_db=args.target_sqnr, max_float_share=args.max_float_share,
+                                val_batches=args.target_val_batches)
     if args.ray is not None and not args.calib:
         raise OnnxqError("--ray calibrates --calib DATA; it does not apply to --stats or --scales")
-    with shard_progress() as shards:
-        collector = ray_collector(args, shards)
+    with ray_calibration(args) as collector:
         result = quantize(args.model, calib=args.calib, config=config, stats=[str(p) for p in stats or []] or None,
                           scales=importer, val=args.val, per_layer=args.per_layer, collector=collector,
-                          latency=latency)
+                          latency=latency, target=target)
     result.output_path = output
     with AtomicGroup() as group:  # the model and its report appear together or not at all
         save_model(result.model, output, group=group)
@@ -96,6 +113,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {output}")
     if args.report:
         print(f"wrote {args.report}")
+    mixed = result.report.mixed_precision
+    if mixed is not None and not mixed.ok:
+        for line in mixed.summary_lines():
+            print(line, file=sys.stderr)
+        return 1
     validation = result.report.validation
     if args.min_sqnr is not None and validation is not None and validation.min_sqnr_db < args.min_sqnr:
         print(f"SQNR {validation.min_sqnr_db:.2f} dB is below --min-sqnr {args.min_sqnr}", file=sys.stderr)

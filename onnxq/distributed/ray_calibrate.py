@@ -42,7 +42,7 @@ from onnxq.calib.stats import merge_into
 from onnxq.config import QuantConfig
 from onnxq.data import BatchSource
 from onnxq.distributed.shards import Shard, split_files
-from onnxq.errors import OnnxqError
+from onnxq.errors import OnnxqError, require_at_least
 from onnxq.graph import fingerprint, load_model
 from onnxq.pipeline import calibration_targets, prepare
 from onnxq.plan import QuantPlan
@@ -74,12 +74,9 @@ class RayOptions:
     runtime_env: dict[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
-        if self.shards is not None and self.shards < 1:
-            raise OnnxqError(f"--shards must be at least 1, got {self.shards}")
-        if self.cpus_per_task < 1:
-            raise OnnxqError(f"CPUs per Ray task must be at least 1, got {self.cpus_per_task}")
-        if self.max_retries < 0:
-            raise OnnxqError(f"Ray task retries must be 0 or more, got {self.max_retries}")
+        require_at_least("--shards", self.shards, 1)
+        require_at_least("CPUs per Ray task", self.cpus_per_task, 1)
+        require_at_least("Ray task retries", self.max_retries, 0)
 
 
 @dataclass(frozen=True)

@@ -20,47 +20,35 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq.graph import GraphIndex, all_names, unique_name
-from onnxq.passes.base import InPlacePass, PassResult
+from onnxq.graph import GraphIndex, node_name, unique_name
+from onnxq.passes.rewrite import NodeRewritePass, Rewrite
 from onnxq.scales.types import symmetric_params
 
 
-class DynamicQuantizeMatMul(InPlacePass):
+class DynamicQuantizeMatMul(NodeRewritePass):
     name = "dynamic-quantize-matmul"
 
     def __init__(self, per_channel: bool = True, skip_nodes: frozenset[str] = frozenset()) -> None:
         self.per_channel = per_channel
         self.skip_nodes = skip_nodes
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
-        graph = model.graph
-        index = GraphIndex.build(graph)
-        taken = all_names(graph)
-        new_nodes: list[onnx.NodeProto] = []
-        new_inits: list[onnx.TensorProto] = []
-        replaced: set[str] = set()
-        for node in graph.node:
-            weight = self._weight(node, index)
-            if weight is None:
-                new_nodes.append(node)
-                continue
-            nodes, inits = self._rewrite(node, weight, index.array(weight), taken)
-            new_nodes += nodes
-            new_inits += inits
-            replaced.add(weight)
-        if not replaced:
-            return PassResult(model, False, ["no MatMul with a constant 2-D float weight to quantize dynamically"])
-        del graph.node[:]
-        graph.node.extend(new_nodes)
-        graph.initializer.extend(new_inits)
-        _drop_unread(graph, replaced)
-        count = sum(n.op_type == "MatMulInteger" for n in graph.node)
-        return PassResult(model, True, [f"dynamically quantized {count} MatMul node(s)"])
+    def unchanged(self) -> list[str]:
+        return ["no MatMul with a constant 2-D float weight to quantize dynamically"]
+
+    def summary(self, count: int) -> str:
+        return f"dynamically quantized {count} MatMul node(s)"
+
+    def rewrite(self, node: onnx.NodeProto, ctx: Rewrite) -> list[onnx.NodeProto] | None:
+        weight = self._weight(node, ctx.index)
+        if weight is None:
+            return None
+        ctx.replaced.add(weight)
+        return self._nodes(node, ctx.index.array(weight), ctx)
 
     def _weight(self, node: onnx.NodeProto, index: GraphIndex) -> str | None:
         if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
             return None
-        if (node.name or node.output[0]) in self.skip_nodes:
+        if node_name(node) in self.skip_nodes:
             return None
         w = node.input[1]
         if not index.is_initializer(w) or w in index.graph_inputs:
@@ -70,9 +58,9 @@ class DynamicQuantizeMatMul(InPlacePass):
             return None
         return w
 
-    def _rewrite(self, node: onnx.NodeProto, weight: str, w: np.ndarray,
-                 taken: set[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-        base = node.name or node.output[0]
+    def _nodes(self, node: onnx.NodeProto, w: np.ndarray, ctx: Rewrite) -> list[onnx.NodeProto]:
+        base = node_name(node)
+        taken = ctx.taken
         amax = np.abs(w).max(axis=0) if self.per_channel else np.abs(w).max()
         params = symmetric_params(amax, 1 if self.per_channel else None)
         scale = params.scale.astype(np.float32)
@@ -80,7 +68,7 @@ class DynamicQuantizeMatMul(InPlacePass):
         names = {k: unique_name(taken, f"{base}_{k}") for k in
                  ("A_quantized", "A_scale", "A_zero_point", "W_quantized", "W_scale", "W_zero_point", "int32",
                   "float", "scale")}
-        inits = [numpy_helper.from_array(w_q, names["W_quantized"]),
+        ctx.initializers += [numpy_helper.from_array(w_q, names["W_quantized"]),
                  numpy_helper.from_array(scale, names["W_scale"]),
                  numpy_helper.from_array(np.zeros(scale.shape, np.int8), names["W_zero_point"])]
         nodes = [
@@ -97,14 +85,4 @@ class DynamicQuantizeMatMul(InPlacePass):
             helper.make_node("Mul", [names["float"], names["scale"]], [node.output[0]],
                              name=unique_name(taken, f"{base}_output_Mul")),
         ]
-        return nodes, inits
-
-
-def _drop_unread(graph: onnx.GraphProto, weights: set[str]) -> None:
-    """Remove the float weights nothing reads any more (their int8 copies replace them)."""
-    index = GraphIndex.build(graph)
-    graph_inputs = {v.name for v in graph.input}
-    dead = {w for w in weights if w not in index.consumers and w not in graph_inputs and w not in index.graph_outputs}
-    kept = [i for i in graph.initializer if i.name not in dead]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+        return nodes

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxq.atomic import write_bytes_atomic
-from onnxq.errors import OnnxqError
+from onnxq.errors import OnnxqError, require_at_least
 from onnxq.models import registry
 from onnxq.models.registry import get_model
 
@@ -48,7 +48,8 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     write_bytes_atomic(path, buf.getvalue())
 
 
-def write_data(name: str, folder: str | Path, *, split: str, batches: int, batch_size: int, seed: int = 0, labels: bool) -> Path:
+def write_data(name: str, folder: str | Path, *, split: str, batches: int, batch_size: int, seed: int = 0,
+               labels: bool) -> Path:
     """Write ``batches`` batches of the model's synthetic data to ``folder`` (and labels to ``folder/labels``).
 
     Stale ``*.npz`` files of an earlier export in that folder are removed so that the folder holds exactly
@@ -112,15 +113,17 @@ def export_model(
     out = Path(output_dir)
     _check_dir(out)
     registry.import_torch()
-    for n, v in (("calib_batches", calib_batches), ("calib_batch_size", calib_batch_size), ("val_batches", val_batches), ("val_batch_size", val_batch_size)):
-        if v < 1:
-            raise OnnxqError(f"{n} must be at least 1, got {v}")
+    for n, v in (("calib_batches", calib_batches), ("calib_batch_size", calib_batch_size),
+                 ("val_batches", val_batches), ("val_batch_size", val_batch_size)):
+        require_at_least(n, v, 1)
     net = registry.load_network(name, weights)  # bad weights fail before any folder is created
     out.mkdir(parents=True, exist_ok=True)
     model_path = export_onnx(name, out / "model.onnx", net=net)
     log.info("exported %s to %s", name, model_path)
-    calib = write_data(name, out / "calib", split="calib", batches=calib_batches, batch_size=calib_batch_size, seed=seed, labels=False)
-    val = write_data(name, out / "val", split="val", batches=val_batches, batch_size=val_batch_size, seed=seed, labels=True)
+    calib = write_data(name, out / "calib", split="calib", batches=calib_batches, batch_size=calib_batch_size,
+                       seed=seed, labels=False)
+    val = write_data(name, out / "val", split="val", batches=val_batches, batch_size=val_batch_size, seed=seed,
+                     labels=True)
     stale_labels = calib / "labels"
     if stale_labels.is_dir():
         shutil.rmtree(stale_labels)

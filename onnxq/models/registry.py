@@ -35,7 +35,8 @@ class ModelInfo:
     def task(self) -> Any:
         return importlib.import_module(f"onnxq.models.tasks.{self.task_module}")
 
-    def make_batch(self, rng: np.random.Generator, batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def make_batch(self, rng: np.random.Generator,
+                   batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         return getattr(self.task, self.batch_fn)(rng, batch_size)
 
     def make_metric(self) -> Any:
@@ -58,22 +59,28 @@ MODELS: dict[str, ModelInfo] = {
     m.name: m
     for m in (
         ModelInfo(
-            "pointnext", "point-cloud classification", "PointNeXt-S-style: set abstraction (kNN via TopK/Gather), InvResMLP, 8 procedural shapes",
+            "pointnext", "point-cloud classification",
+            "PointNeXt-S-style: set abstraction (kNN via TopK/Gather), InvResMLP, 8 procedural shapes",
             ("points",), ("logits",), "shapes", "make_batch", "Accuracy", "pointnext:PointNeXt", "chance, 1/8",
         ),
         ModelInfo(
-            "centerpoint", "LiDAR BEV detection", "CenterPoint-PointPillars-style: SECOND backbone, SECFPN neck (ConvTranspose), CenterHead",
+            "centerpoint", "LiDAR BEV detection",
+            "CenterPoint-PointPillars-style: SECOND backbone, SECFPN neck (ConvTranspose), CenterHead",
             ("pillars",), ("heatmap", "reg", "height", "dim", "rot"), "bev", "make_batch_lidar", "DetectionAP",
             "centerpoint:CenterPoint", "random heatmap scores",
         ),
         ModelInfo(
-            "bevfusion", "camera+LiDAR BEV fusion detection", "BEVFusion-style: camera BEV + LiDAR BEV, ConvFuser, SECOND+SECFPN decoder, heatmap head",
-            ("camera_bev", "lidar_bev"), ("heatmap", "reg", "height", "dim", "rot"), "bev", "make_batch_fusion", "DetectionAP",
+            "bevfusion", "camera+LiDAR BEV fusion detection",
+            "BEVFusion-style: camera BEV + LiDAR BEV, ConvFuser, SECOND+SECFPN decoder, heatmap head",
+            ("camera_bev", "lidar_bev"), ("heatmap", "reg", "height", "dim", "rot"), "bev", "make_batch_fusion",
+            "DetectionAP",
             "bevfusion:BEVFusion", "random heatmap scores",
         ),
         ModelInfo(
-            "vit", "monocular depth", "VGGT-style ViT: patch-embed Conv, camera/register tokens, 4 transformer blocks, DPT-style depth head",
-            ("image",), ("depth",), "depth", "make_batch", "AbsRel", "vit:DepthViT", "per-pixel mean depth of the evaluation set",
+            "vit", "monocular depth",
+            "VGGT-style ViT: patch-embed Conv, camera/register tokens, 4 transformer blocks, DPT-style depth head",
+            ("image",), ("depth",), "depth", "make_batch", "AbsRel", "vit:DepthViT",
+            "per-pixel mean depth of the evaluation set",
         ),
     )
 }
@@ -116,7 +123,8 @@ def load_network(name: str, weights: str | Path | None = None) -> Any:
     info = get_model(name)
     path = Path(weights) if weights is not None else info.weights_path
     if not path.is_file():
-        raise OnnxqError(f"no weights for {name!r} at {path}; train them with python scripts/train_reference_models.py --models {name}")
+        raise OnnxqError(f"no weights for {name!r} at {path}; train them with "
+                         f"python scripts/train_reference_models.py --models {name}")
     if path.stat().st_size > MAX_WEIGHTS_BYTES:
         raise OnnxqError(f"weights file {path} is {path.stat().st_size / 1e9:.1f} GB, more than a reference model's "
                          f"{MAX_WEIGHTS_BYTES / 1e9:.0f} GB limit; is it the right file?")

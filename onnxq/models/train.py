@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +22,22 @@ from onnxq.models import registry
 from onnxq.models.registry import get_model
 from onnxq.models.tasks import bev
 
-# steps, batch size, training set size, peak learning rate
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Steps, batch size, training set size and peak learning rate of one reference model."""
+
+    steps: int
+    batch: int
+    n_train: int
+    lr: float
+
+
 CONFIG = {
-    "pointnext": {"steps": 260, "batch": 32, "n_train": 4096, "lr": 3e-3},
-    "centerpoint": {"steps": 360, "batch": 16, "n_train": 2048, "lr": 3e-3},
-    "bevfusion": {"steps": 360, "batch": 16, "n_train": 2048, "lr": 3e-3},
-    "vit": {"steps": 700, "batch": 32, "n_train": 2048, "lr": 1e-3},
+    "pointnext": TrainConfig(steps=260, batch=32, n_train=4096, lr=3e-3),
+    "centerpoint": TrainConfig(steps=360, batch=16, n_train=2048, lr=3e-3),
+    "bevfusion": TrainConfig(steps=360, batch=16, n_train=2048, lr=3e-3),
+    "vit": TrainConfig(steps=700, batch=32, n_train=2048, lr=1e-3),
 }
 VAL_BATCHES, VAL_BATCH_SIZE = 16, 16  # the defaults of `onnxq models export`
 
@@ -90,26 +101,26 @@ def train(name: str, out_dir: Path, seed: int = 0, log=print) -> dict:
     cfg = CONFIG[name]
     torch.manual_seed(seed)
     start = time.perf_counter()
-    train_batches = _generate(name, "train", cfg["n_train"] // 64, 64, seed)
+    train_batches = _generate(name, "train", cfg.n_train // 64, 64, seed)
     inputs, labels = _cat(train_batches, 0), _cat(train_batches, 1)
     val = _generate(name, "val", VAL_BATCHES, VAL_BATCH_SIZE)
     t_data = time.perf_counter() - start
     net = registry.build_network(name)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=1e-4)
-    warmup = max(1, cfg["steps"] // 20)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    warmup = max(1, cfg.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, cfg["steps"]) / cfg["steps"]))
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps))
     )
     perm_rng = np.random.default_rng(seed)
-    n = cfg["n_train"]
+    n = cfg.n_train
     order = perm_rng.permutation(n)
     pos = 0
     net.train()
-    for step in range(cfg["steps"]):
-        if pos + cfg["batch"] > n:
+    for step in range(cfg.steps):
+        if pos + cfg.batch > n:
             order, pos = perm_rng.permutation(n), 0
-        idx = np.sort(order[pos : pos + cfg["batch"]])
-        pos += cfg["batch"]
+        idx = np.sort(order[pos : pos + cfg.batch])
+        pos += cfg.batch
         x = [torch.from_numpy(inputs[k][idx]) for k in info.inputs]
         y = {k: v[idx] for k, v in labels.items()}
         loss = task_loss(torch, name, net(*x), y)
@@ -117,7 +128,7 @@ def train(name: str, out_dir: Path, seed: int = 0, log=print) -> dict:
         loss.backward()
         opt.step()
         sched.step()
-        if step % 50 == 0 or step == cfg["steps"] - 1:
+        if step % 50 == 0 or step == cfg.steps - 1:
             log(f"{name} step {step:4d} loss {loss.item():.4f} ({time.perf_counter() - start:.0f}s)")
     seconds = time.perf_counter() - start
     net.eval()
@@ -137,8 +148,8 @@ def train(name: str, out_dir: Path, seed: int = 0, log=print) -> dict:
         "baseline_is": info.baseline,
         "train_seconds": round(seconds, 1),
         "data_seconds": round(t_data, 1),
-        "steps": cfg["steps"],
-        "batch": cfg["batch"],
+        "steps": cfg.steps,
+        "batch": cfg.batch,
         "params": sum(p.numel() for p in net.parameters()),
         "weights_bytes": (out_dir / f"{name}.pt").stat().st_size,
         "torch_threads": torch.get_num_threads(),

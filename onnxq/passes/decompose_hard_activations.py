@@ -19,61 +19,45 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxq.graph import GraphIndex, all_names, unique_name
-from onnxq.passes.base import InPlacePass, PassResult
+from onnxq.graph import GraphIndex, attr, node_name
+from onnxq.passes.rewrite import NodeRewritePass, Rewrite
 
 
-def _attr(node: onnx.NodeProto, name: str, default: float) -> float:
-    return next((float(helper.get_attribute_value(a)) for a in node.attribute if a.name == name), default)
-
-
-class DecomposeHardActivations(InPlacePass):
+class DecomposeHardActivations(NodeRewritePass):
     name = "decompose-hard-activations"
 
     def __init__(self, op_types: frozenset[str] = frozenset({"HardSwish", "HardSigmoid"})) -> None:
         self.op_types = op_types
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
-        graph = model.graph
-        index = GraphIndex.build(graph)
-        taken = all_names(graph)
-        nodes: list[onnx.NodeProto] = []
-        inits: list[onnx.TensorProto] = []
-        count = 0
-        for node in graph.node:
-            alpha, beta = (1 / 6, 0.5) if node.op_type == "HardSwish" else (_attr(node, "alpha", 0.2),
-                                                                            _attr(node, "beta", 0.5))
-            if node.op_type not in self.op_types or node.domain not in ("", "ai.onnx") or alpha <= 0:
-                nodes.append(node)
-                continue
-            nodes += _Rewriter(node, taken, inits).rewrite(alpha, beta, index)
-            count += 1
-        if not count:
-            return PassResult(model, False, [])
-        del graph.node[:]
-        graph.node.extend(nodes)
-        graph.initializer.extend(inits)
-        return PassResult(model, True, [f"rewrote {count} HardSwish/HardSigmoid node(s) as Add, Clip and Mul"])
+    def summary(self, count: int) -> str:
+        return f"rewrote {count} HardSwish/HardSigmoid node(s) as Add, Clip and Mul"
+
+    def rewrite(self, node: onnx.NodeProto, ctx: Rewrite) -> list[onnx.NodeProto] | None:
+        if node.op_type not in self.op_types or node.domain not in ("", "ai.onnx"):
+            return None
+        alpha, beta = (1 / 6, 0.5) if node.op_type == "HardSwish" else (float(attr(node, "alpha", 0.2)),
+                                                                        float(attr(node, "beta", 0.5)))
+        if alpha <= 0:
+            return None
+        return _Rewriter(node, ctx).rewrite(alpha, beta)
 
 
 class _Rewriter:
     """The Add/Clip/Mul nodes replacing one HardSwish or HardSigmoid, with names derived from it."""
 
-    def __init__(self, node: onnx.NodeProto, taken: set[str], inits: list[onnx.TensorProto]) -> None:
+    def __init__(self, node: onnx.NodeProto, ctx: Rewrite) -> None:
         self.node = node
-        self.base = node.name or node.output[0]
-        self.taken = taken
-        self.inits = inits
+        self.base = node_name(node)
+        self.ctx = ctx
 
     def const(self, suffix: str, value: float) -> str:
-        name = unique_name(self.taken, f"{self.base}_{suffix}")
-        self.inits.append(numpy_helper.from_array(np.array(value, np.float32), name))
-        return name
+        return self.ctx.constant(self.base, suffix, np.array(value, np.float32))
 
     def out(self, suffix: str) -> str:
-        return unique_name(self.taken, f"{self.base}_{suffix}")
+        return self.ctx.name(self.base, suffix)
 
-    def rewrite(self, alpha: float, beta: float, index: GraphIndex) -> list[onnx.NodeProto]:
+    def rewrite(self, alpha: float, beta: float) -> list[onnx.NodeProto]:
+        index = self.ctx.index
         x, y = self.node.input[0], self.node.output[0]
         shifted, clipped = self.out("shifted"), self.out("clipped")
         nodes = [helper.make_node("Add", [x, self.const("offset", beta / alpha)], [shifted], name=self.out("Add")),

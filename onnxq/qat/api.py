@@ -72,7 +72,8 @@ def export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], spec: Export
     try:
         with torch.no_grad(), no_mha_fastpath(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based exporter": chosen
-            torch.onnx.export(model, inputs, buf, dynamo=False, opset_version=spec.opset, input_names=input_names,
+            torch.onnx.export(model, inputs, buf,  # type: ignore[arg-type]  # any binary file object is accepted
+                              dynamo=False, opset_version=spec.opset, input_names=input_names,
                               output_names=output_names, dynamic_axes=dynamic, do_constant_folding=True)
     except Exception as exc:  # the exporter raises many types; all mean the same to the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -165,7 +166,8 @@ def prepare(model: nn.Module, example_inputs: Any, calib: Iterable[Any] | str | 
                          "prepare without strict=True to fine-tune anyway (they keep their PTQ scales)")
     state = QATState(config, spec, plan, ptq, GraphStructure.of(prepared), tuple(x.detach().clone() for x in inputs),
                      prepared, {k: len(v) for k, v in rec.calls.items()},
-                     {k: len(v) for k, v in rec.module_inputs.items()} | {k: len(v) for k, v in rec.leaf_outputs.items()})
+                     {k: len(v) for k, v in rec.module_inputs.items()}
+                     | {k: len(v) for k, v in rec.leaf_outputs.items()})
     return QATModel(model, mapping, state, learn_scales=learn_scales, weight_scales=weight_scales)
 
 

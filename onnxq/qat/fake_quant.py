@@ -81,6 +81,8 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
 class ActQuantizer(nn.Module):
     """Per-tensor fake quant of one planned activation; every consumer of the tensor uses this one module."""
 
+    zero_point: torch.Tensor  # a buffer (registered in __init__)
+
     def __init__(self, tensor: str, params: QuantParams, learn_scale: bool = False) -> None:
         super().__init__()
         if params.per_channel:

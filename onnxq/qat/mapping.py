@@ -147,15 +147,15 @@ def build_mapping(plan: QuantPlan, prepared: onnx.ModelProto, model: nn.Module, 
 
     calibrated = plan.calibrated_activations()
     shared = [t for t in plan.activations() if t.shares_scale_with is not None]
-    for t in shared:
-        mapping.shared[t.name] = t.shares_scale_with
+    mapping.shared.update({t.name: t.shares_scale_with for t in shared if t.shares_scale_with is not None})
     # outputs of the Concat/data-movement nodes that read a shared tensor's Q/DQ: fake-quantized for every reader
     moved: dict[str, str] = {}  # ONNX tensor -> root
     for t in shared:
+        root = t.shares_scale_with
         for c in t.consumers:
             for out in nodes[c.node].output:
-                if out:
-                    moved.setdefault(out, t.shares_scale_with)
+                if out and root is not None:
+                    moved.setdefault(out, root)
     wanted = {t.name for t in calibrated} | set(moved)
     for t in calibrated:
         for c in t.consumers:
@@ -169,15 +169,14 @@ def build_mapping(plan: QuantPlan, prepared: onnx.ModelProto, model: nn.Module, 
         for c in t.consumers:
             node = nodes[c.node]
             weight = next((param_owner[i] for i in node.input if i in param_owner), None)
-            called = weight is not None and weight.module is not None and rec.module_inputs.get(weight.module)
-            if called and c.input_index == 0:
-                calls = [k for k, x in enumerate(rec.module_inputs[weight.module])
+            module = weight.module if weight is not None else None
+            if module is not None and rec.module_inputs.get(module) and c.input_index == 0:
+                calls = [k for k, x in enumerate(rec.module_inputs[module])
                          if x is not None and _rel_err(x.cpu().numpy(), values[t.name]) <= ACT_TOL]
                 if calls:
-                    sites += [ActSite(t.name, c.node, "module", weight.module, k, 0) for k in calls]
+                    sites += [ActSite(t.name, c.node, "module", module, k, 0) for k in calls]
                 else:
-                    problems.setdefault(t.name, []).append(
-                        f"the input of module {weight.module!r} does not equal it in torch")
+                    problems.setdefault(t.name, []).append(f"the input of module {module!r} does not equal it in torch")
                 continue
             kinds = ONNX_TO_KINDS.get(node.op_type, ())
             if not kinds:
@@ -250,14 +249,14 @@ def _map_weights(plan: QuantPlan, index: GraphIndex, nodes: dict, model: nn.Modu
         if not p.is_floating_point() or p.dim() < 1:
             continue
         w = p.detach().double().cpu().numpy()
-        forms = [(False, None, w)]
+        forms: list[tuple[bool, str | None, np.ndarray]] = [(False, None, w)]
         mname = owner.get(pname)
         bn_name = rec.bn_after.get(mname) if mname is not None else None
         if bn_name is not None:
             s = _bn_factor(modules[bn_name])
             if s is not None and s.size == _out_channels(modules[mname]):
                 forms.append((False, bn_name, scale_output_channels(modules[mname], w, s)))
-        for transposed, bn, arr in list(forms):
+        for _, bn, arr in list(forms):
             if arr.ndim == 2:
                 forms.append((True, bn, arr.T))
         for transposed, bn, arr in forms:
@@ -292,4 +291,4 @@ def _map_weights(plan: QuantPlan, index: GraphIndex, nodes: dict, model: nn.Modu
 def _out_channels(module: nn.Module) -> int:
     if isinstance(module, nn.Linear):
         return module.out_features
-    return module.out_channels
+    return int(module.out_channels)  # type: ignore[arg-type]  # a conv: an int attribute

@@ -14,7 +14,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -27,8 +27,8 @@ from onnxq.errors import OnnxqError
 from onnxq.plan import QuantPlan
 from onnxq.qat.attention import no_mha_fastpath
 from onnxq.qat.fake_quant import ActQuantizer, WeightQuantizer
-from onnxq.qat.structure import GraphStructure
 from onnxq.qat.mapping import Mapping, divide_output_channels, scale_output_channels
+from onnxq.qat.structure import GraphStructure
 from onnxq.qat.trace import BATCHNORM, EXACT_MOVES, CallCounter, is_in_place
 from onnxq.scales.types import ScaleTable
 
@@ -62,6 +62,11 @@ class QATState:
 
 
 class QATModel(nn.Module):
+    """The user's torch model with fake quant where onnxq's plan quantizes (see onnxq.qat.prepare)."""
+
+    act_quantizers: nn.ModuleList
+    weight_quantizers: nn.ModuleList
+
     def __init__(self, model: nn.Module, mapping: Mapping, state: QATState, *, learn_scales: bool = False,
                  weight_scales: str = "dynamic") -> None:
         super().__init__()
@@ -268,18 +273,18 @@ class QATModel(nn.Module):
                         self._on_grid[id(o)] = (qi, o, o._version)
                 return out
             return self._quantize_outputs(out, sites)
-        args = list(args)
+        call_args = list(args)
         in_place = is_in_place(func)
         for arg, qi in sites:
-            if arg < len(args) and isinstance(args[arg], torch.Tensor):
+            if arg < len(call_args) and isinstance(call_args[arg], torch.Tensor):
                 if arg == 0 and in_place:
                     # ``out += identity`` / ``out.add_(y)``: the model keeps using ``out``, so it must hold the
                     # result; quantize a copy (autograd may not save the tensor about to be overwritten), write it
                     # back, then let the in-place op run on it
-                    args[0].copy_(self.act_quantizers[qi](args[0].clone()))
+                    call_args[0].copy_(self.act_quantizers[qi](call_args[0].clone()))
                 else:
-                    args[arg] = self._quantize(qi, args[arg])
-        return func(*args, **kwargs)
+                    call_args[arg] = self._quantize(qi, call_args[arg])
+        return func(*call_args, **kwargs)
 
     def _check_calls(self) -> None:
         kinds = {k for k, _ in self._func_sites}
@@ -305,13 +310,13 @@ class QATModel(nn.Module):
         table: ScaleTable = {}
         with torch.no_grad():
             for name, q in zip(self.act_names, self.act_quantizers):
-                table[name] = q.params()
+                table[name] = cast(ActQuantizer, q).params()
             modules = dict(self.model.named_modules())
             for site, q in zip(self.weight_sites, self.weight_quantizers):
                 p = self.model.get_parameter(site.param)
                 w = p if site.bn is None else scale_output_channels(modules[site.module], p,
                                                                     bn_factor(modules[site.bn]))
-                table[site.tensor] = q.params(w)
+                table[site.tensor] = cast(WeightQuantizer, q).params(w)
         plan = self.state.plan
         out: ScaleTable = {}
         for t in plan.tensors.values():
@@ -327,9 +332,9 @@ class QATModel(nn.Module):
 
 def bn_factor(bn: nn.Module) -> torch.Tensor:
     """gamma / sqrt(running_var + eps): differentiable in gamma, running statistics detached; never zero."""
-    var = bn.running_var.detach()
-    gamma = bn.weight if bn.weight is not None else torch.ones_like(var)
-    s = gamma / torch.sqrt(var + bn.eps)
+    var = torch.as_tensor(bn.running_var).detach()
+    gamma = torch.as_tensor(bn.weight) if bn.weight is not None else torch.ones_like(var)
+    s = gamma / torch.sqrt(var + float(bn.eps))  # type: ignore[arg-type]  # a BatchNorm: eps is a float
     tiny = torch.finfo(s.dtype).tiny
     return torch.where(s.abs() < tiny, torch.full_like(s, tiny), s)
 

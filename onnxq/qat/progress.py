@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class ConsoleProgress:
         self.stream = stream or sys.stderr
         self.interval = interval
         self.desc = desc
-        self._bar = None
+        self._bar: Any = None  # a tqdm bar once drawn
         self._last = float("-inf")
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
 

@@ -17,8 +17,8 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +246,8 @@ def render_table(records: list[dict[str, Any]]) -> str:
             lines.append(f"| {model} | {r['metric']} {arrow} | {_fmt(r['fp32'])} | {ptq} | "
                          f"{run['init']} ({run['init_method']}) | {_fmt(run['ptq'])} | {_fmt(run['qat'])} | "
                          f"{_fmt(run['qat_fp32_weights'])} | "
-                         f"{'no PTQ loss' if rec is None else f'{rec:.0%}'} | {run['qat_steps']} | {run['qat_seconds']} |")
+                         f"{'no PTQ loss' if rec is None else f'{rec:.0%}'} | {run['qat_steps']} | "
+                         f"{run['qat_seconds']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -271,7 +272,8 @@ def step_cost(name: str, steps: int = 8, seed: int = 0) -> dict[str, Any]:
 
 
 def render_step_costs(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | batch | float step (ms, median) | QAT step (ms, median) | QAT / float |", "|---|---|---|---|---|"]
+    lines = ["| model | batch | float step (ms, median) | QAT step (ms, median) | QAT / float |",
+             "|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['batch']} | {r['float_ms']} | {r['qat_ms']} | {r['ratio']:.2f} |" for r in rows]
     return "\n".join(lines) + "\n"
 

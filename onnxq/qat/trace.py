@@ -144,7 +144,7 @@ class CallCounter(TorchFunctionMode):
 class Recording:
     """Values seen in one eval-mode forward pass of the float torch model."""
 
-    module_inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # module -> input 0 per call
+    module_inputs: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)  # module -> input 0 per call
     # kind -> per call: (float tensor arguments, float outputs); "move" calls keep only their outputs
     calls: dict[str, list[tuple[tuple[torch.Tensor | None, ...], list[torch.Tensor | None]]]] = field(
         default_factory=dict)

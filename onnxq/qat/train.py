@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from onnxq.errors import OnnxqError
+from onnxq.errors import OnnxqError, require_at_least
 from onnxq.qat.api import teacher_copy
 from onnxq.qat.model import QATModel
 from onnxq.qat.progress import StepReport
@@ -38,8 +38,7 @@ class FinetuneConfig:
     device: str | None = None  # default: cuda when available, else cpu
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise OnnxqError(f"epochs must be at least 1, got {self.epochs}")
+        require_at_least("epochs", self.epochs, 1)
         if not self.lr > 0:
             raise OnnxqError(f"lr must be positive, got {self.lr}")
         if self.kd_alpha is not None and not 0.0 <= self.kd_alpha <= 1.0:

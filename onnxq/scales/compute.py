@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from onnxq.calib import weights as weight_methods
@@ -39,7 +41,8 @@ def weight_params(tensor: TensorPlan, w: np.ndarray) -> QuantParams:
     return symmetric_params(amax, tensor.axis)
 
 
-def compute_scales(plan: QuantPlan, calibrators: dict[str, Calibrator], weights: dict[str, np.ndarray]) -> ScaleTable:
+def compute_scales(plan: QuantPlan, calibrators: dict[str, Calibrator],
+                   weights: Mapping[str, np.ndarray]) -> ScaleTable:
     """Parameters for every tensor of the plan; activations need a calibrator, weights their values."""
     table: ScaleTable = {}
     for tensor in plan.tensors.values():

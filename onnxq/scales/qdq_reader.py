@@ -27,8 +27,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxq.errors import OnnxqError
 from onnxq.dtypes import BY_ONNX_TYPE
+from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, default_opset, node_name
 from onnxq.scales.types import QuantParams, ScaleTable
 

@@ -8,6 +8,7 @@ import/export format (onnxq JSON, TensorRT calibration cache, AIMET encodings, Q
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 
 from onnxq.dtypes import INT8, UINT8, quant_dtype

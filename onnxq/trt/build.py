@@ -25,6 +25,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from onnxq.atomic import write_bytes_atomic
 from onnxq.errors import OnnxqError
 from onnxq.trt.shapes import Profile

@@ -6,7 +6,6 @@ insertion) is exposed and compared, so the layers where the error grows stand ou
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -21,11 +20,11 @@ from onnxq.progress import stage, total_of
 from onnxq.runtime import make_session, output_names, run_batch
 from onnxq.validate.metrics import ErrorAccumulator
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class OutputMetrics:
+    """The error of one output (or layer) of the quantized model against the FP32 one, over all batches."""
+
     name: str
     sqnr_db: float
     cosine: float

@@ -18,31 +18,16 @@ import onnx
 import onnxruntime as ort
 
 from onnxq.data import Batch
-from onnxq.errors import OnnxqError
+from onnxq.errors import OnnxqError, require_at_least
 from onnxq.runtime import SessionSettings, make_session
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class LatencySettings:
-    threads: int = 0  # 0: onnxruntime's default (one per physical core)
-    warmup: int = 5
-    runs: int = 30  # at least this many timed runs of each model
-    # keep running past ``runs`` until both models ran this long in total (more runs for fast models, whose
-    # medians a shared machine disturbs most), but stop once they ran ``budget_seconds``
-    min_seconds: float = 3.0
-    budget_seconds: float = 60.0
-
-    def __post_init__(self) -> None:
-        if self.threads < 0:
-            raise OnnxqError(f"--threads must be 0 (onnxruntime's default) or more, got {self.threads}")
-        if self.runs < 1:
-            raise OnnxqError(f"the number of timed runs must be at least 1, got {self.runs}")
-
-
-@dataclass(frozen=True)
 class Timing:
+    """The timed runs of one model: median and 90th percentile in milliseconds."""
+
     median_ms: float
     p90_ms: float
     runs: int
@@ -55,6 +40,8 @@ class Timing:
 
 @dataclass(frozen=True)
 class LatencyReport:
+    """The FP32 and quantized models timed side by side, and how (threads, the ops each ran)."""
+
     reference: Timing
     quantized: Timing
     threads: int
@@ -76,6 +63,23 @@ class LatencyReport:
             return {"median_ms": t.median_ms, "p90_ms": t.p90_ms, "runs": t.runs}
         return {"threads": self.threads, "reference": timing(self.reference), "quantized": timing(self.quantized),
                 "speedup": self.speedup}
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """How both models are timed: onnxruntime threads, warm-up runs, and how many timed runs or seconds."""
+
+    threads: int = 0  # 0: onnxruntime's default (one per physical core)
+    warmup: int = 5
+    runs: int = 30  # at least this many timed runs of each model
+    # keep running past ``runs`` until both models ran this long in total (more runs for fast models, whose
+    # medians a shared machine disturbs most), but stop once they ran ``budget_seconds``
+    min_seconds: float = 3.0
+    budget_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        require_at_least("--threads (0: onnxruntime's default)", self.threads, 0)
+        require_at_least("the number of timed runs", self.runs, 1)
 
 
 def deployment_session(model: onnx.ModelProto | str, threads: int = 0,

@@ -89,3 +89,22 @@ def test_loaded_model_is_not_mutated_by_a_large_save(tmp_path, protobuf_limit):
     graph.check_model(model, full=True)
     assert [bytes(t.raw_data) for t in model.graph.initializer] == before
     assert (tmp_path / "m.onnx.data").exists()
+
+
+@pytest.fixture
+def opset11_model(tmp_path):
+    model = small_cnn()
+    model.opset_import[0].version = 11
+    model.ir_version = 7
+    onnx.save(model, tmp_path / "old.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="old.onnx.data", size_threshold=0)
+
+
+def test_large_opset11_model_is_upgraded_on_the_large_path(tmp_path, opset11_model, protobuf_limit):
+    """The version converter runs on the in-memory graph, whose large weights stay on disk."""
+    code, stdout, err = _run(["quantize", str(tmp_path / "old.onnx"), "--calib", str(tmp_path / "calib"),
+                              "--val", str(tmp_path / "calib"), "-o", str(tmp_path / "q.onnx")])
+    assert code == 0, err
+    assert protobuf_limit == []
+    assert onnx.load(str(tmp_path / "q.onnx"), load_external_data=False).opset_import[0].version == 13
+    assert "opset 11 -> 13" in stdout

@@ -309,6 +309,19 @@ def _ort_rejects(ws: Path) -> str:
     return str(ws / "ortbad.onnx")
 
 
+def _ort_fails_at_run(ws: Path) -> list[str]:
+    """A MatMul with a dynamic inner dimension fed data of the wrong width: onnxruntime fails while running and
+    would print its own coloured "[E:onnxruntime:...]" line at its default log severity."""
+    w = onnx.numpy_helper.from_array(np.ones((4, 8), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "K"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], [w])
+    onnx.save(make_model(graph), ws / "mm.onnx")
+    (ws / "wide").mkdir()
+    np.save(ws / "wide" / "0.npy", np.ones((2, 5), np.float32))
+    return ["quantize", str(ws / "mm.onnx"), "--calib", str(ws / "wide"), "-o", str(ws / "mm.q.onnx")]
+
+
 def _many_unknown(ws: Path) -> str:
     def edit(doc):
         for i in range(5000):
@@ -426,6 +439,9 @@ CASES = [
     Case("external-data-truncated", lambda ws: (_write(ws, "ext.onnx.data", (ws / "ext.onnx.data").read_bytes()[:100]),
                                                 ["inspect", str(ws / "ext.onnx")])[-1], "truncated"),
     # 7. everything else: one line and exit 2
+    Case("memory-budget-not-positive", lambda ws: q(ws, "--memory-budget-mb", "0"), "--memory-budget-mb"),
+    Case("o-is-dev-null", lambda ws: q(ws, "-o", "/dev/null"), "not a regular file"),
+    Case("config-is-dev-null", lambda ws: q(ws, "--config", "/dev/null"), "not a regular file"),
     Case("model-missing", lambda ws: ["inspect", str(ws / "nope.onnx")], "not found"),
     Case("model-unreadable", lambda ws: (os.chmod(ws / "model.onnx", 0), ["inspect", str(ws / "model.onnx")])[-1],
          "permission denied", skip_root=True),
@@ -434,6 +450,7 @@ CASES = [
         ws, "u.onnx", _undefined_input_type)).name), "no tensor element type"),
     Case("onnxruntime-rejects", lambda ws: ["validate", _ort_rejects(ws), _ort_rejects(ws), "--data",
                                             str(ws / "val")], "onnxruntime cannot load the model", process=True),
+    Case("onnxruntime-fails-at-run", _ort_fails_at_run, "onnxruntime failed on batch 1", process=True),
     Case("control-characters-in-names", lambda ws: ["quantize", _model_with(ws, "cc.onnx", _control_chars),
                                                     "--calib", str(ws / "val")], "x\\x1b[31m\\n\\rred"),
     Case("opset7-upgraded", lambda ws: ["quantize", _opset7(ws), "--calib", "random", "-o", str(ws / "o7.onnx")],
@@ -511,7 +528,8 @@ def test_missing_activation_scale_is_reported_as_float(ws: Path) -> None:
     conv2 = next(n for n in model.graph.node if n.name == "conv2")
     assert conv2.input[0] == "r1" and conv2.input[1] == "w2"  # float input, float weight: nothing inserted
     report = json.loads((ws / "r.json").read_text())
-    assert "r1" not in json.dumps(report.get("tensors", report))  or "no scale" in json.dumps(report)
+    assert "r1" not in report["tensors"] and "w2" not in report["tensors"]  # what was inserted, nothing else
+    assert {"node": "conv2", "op_type": "Conv", "reason": "no scale for 'r1' in the scales file"} in report["skipped"]
 
 
 def test_thousands_of_unknown_names_give_one_summary_line(ws: Path) -> None:

@@ -21,7 +21,8 @@ def opset11_model() -> onnx.ModelProto:
     w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
     nodes = [
         helper.make_node("Constant", [], ["w"], value=helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())),
-        helper.make_node("Constant", [], ["b"], value=helper.make_tensor("b", TensorProto.FLOAT, [4], [.1, -.2, .3, 0])),
+        helper.make_node("Constant", [], ["b"],
+                         value=helper.make_tensor("b", TensorProto.FLOAT, [4], [.1, -.2, .3, 0])),
         helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c"], ["r"], name="relu"),
         helper.make_node("Unsqueeze", ["r"], ["u"], name="unsq", axes=[0]),
@@ -123,7 +124,8 @@ def test_weights_shared_by_two_convs_fold_separately():
                   helper.make_node("BatchNormalization", [f"c{i}", f"{p}_g", f"{p}_b", f"{p}_m", f"{p}_v"],
                                    [f"y{i}"], name=p)]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(2)], inits)
+                              [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(2)],
+                              inits)
     model = make_model(graph)
     reference = make_model(model.graph)
     prepared, _ = PassManager(prepare_passes()).run(model)

@@ -9,8 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxq.dynamic import quantize_dynamic
 from onnxq.insert.dynamic_matmul import DynamicQuantizeMatMul
 from onnxq.validate.latency import op_counts, optimized_model
-from tests.helpers import run_cli
-from tests.helpers import make_model, run
+from tests.helpers import make_model, run, run_cli
 
 
 def mlp() -> onnx.ModelProto:

@@ -157,8 +157,8 @@ def test_ort_cpu_heads_stay_float():
 
 def test_no_qdq_between_conv_and_its_activation():
     """Conv -> BN -> Relu -> Conv: BN folds, and the only activation Q/DQ is after the Relu (tensorrt_rules 3.2)."""
-    from tests.conftest import small_cnn
     from onnxq.pipeline import prepare
+    from tests.conftest import small_cnn
 
     prepared, _ = prepare(small_cnn(), QuantConfig())
     plan = build_plan(prepared, QuantConfig())

@@ -53,8 +53,10 @@ class CenterHead(nn.Module):
     def __init__(self, cin: int, num_classes: int, channels: int = 32) -> None:
         super().__init__()
         self.shared = conv_bn_relu(cin, channels)
-        self.heatmap = nn.Sequential(conv_bn_relu(channels, channels), nn.Conv2d(channels, num_classes, 1))
-        self.heatmap[-1].bias.data.fill_(-2.19)  # prior probability 0.1, as CenterPoint
+        heatmap = nn.Conv2d(channels, num_classes, 1)
+        with torch.no_grad():  # prior probability 0.1, as CenterPoint
+            heatmap.bias.fill_(-2.19)  # type: ignore[union-attr]  # bias=True: a Tensor
+        self.heatmap = nn.Sequential(conv_bn_relu(channels, channels), heatmap)
         self.branches = nn.ModuleDict(
             {name: nn.Sequential(conv_bn_relu(channels, channels), nn.Conv2d(channels, n, 1))
              for name, n in self.HEADS.items()}

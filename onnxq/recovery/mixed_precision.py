@@ -1,0 +1,307 @@
+"""Automatic mixed precision: keep the fewest, cheapest nodes in float until an accuracy target holds.
+
+The target is either a worst-output SQNR against FP32 (``--target-sqnr DB``) or a user metric of a session, higher
+is better, allowed to drop at most ``tolerable_loss`` below its FP32 value (Intel Neural Compressor's accuracy-aware
+tuning: "tolerable_loss" and fallback to float; NNCF's ``quantize_with_accuracy_control`` reverts the most harmful
+quantizers until a metric holds). The search runs in one gated session (:mod:`onnxq.recovery.gated`):
+
+1. all nodes quantized; if the target holds, nothing stays float;
+2. rank: for every quantized node, the output noise removed by leaving only it in float (one run over a quarter
+   of the batches each), per unit of cost = its share of the weighted nodes' MACs (plus a floor, so free nodes do
+   not all come first);
+3. gallop over prefixes of the ranking (1, 2, 4, ... nodes) while their MAC share fits ``max_float_share``, then
+   bisect between the last failing and the first passing prefix;
+4. prune: put each float node back to quantized (least useful first) where the target still holds.
+
+Each step is a run over the validation batches. The pipeline then rebuilds the plan with the float nodes skipped,
+inserts Q/DQ and verifies the final model on the same data by actually running it. On the tensorrt target a float
+node means a TensorRT layer left to FP16/FP32 (build the engine with FP16 enabled); the lint reports it as the
+``float-weighted-op`` warning, never an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from itertools import islice
+
+import numpy as np
+import onnxruntime as ort
+
+from onnxq import progress
+from onnxq.config import NodeSetting, Overrides
+from onnxq.errors import OnnxqError
+from onnxq.plan import build_plan
+from onnxq.recovery.gated import GatedSession, noise_ratios, worst
+from onnxq.recovery.macs import node_macs
+from onnxq.runtime import make_session
+from onnxq.validate.compare import compare_models
+
+log = logging.getLogger(__name__)
+
+Metric = Callable[[object], float]
+COST_FLOOR = 1e-3  # added to each node's MAC share when ranking by gain per cost
+
+
+@dataclass(frozen=True)
+class AccuracyTarget:
+    """What the mixed-precision search must reach. Give ``sqnr_db`` or ``metric`` (with ``tolerable_loss``)."""
+
+    sqnr_db: float | None = None
+    metric: Metric | None = None
+    tolerable_loss: float = 0.01  # absolute drop of ``metric`` below its FP32 value that is acceptable
+    max_float_share: float = 0.1  # at most this share of the weighted nodes' MACs may stay float
+    val_batches: int | None = None  # validation batches used by the search (None: all)
+
+    def __post_init__(self) -> None:
+        if (self.sqnr_db is None) == (self.metric is None):
+            raise OnnxqError("give exactly one accuracy target: a target SQNR (--target-sqnr) or a metric callable")
+        if not 0.0 <= self.max_float_share <= 1.0:
+            raise OnnxqError(f"--max-float-share must be between 0 and 1, got {self.max_float_share}")
+        if self.tolerable_loss < 0:
+            raise OnnxqError(f"tolerable_loss must be >= 0, got {self.tolerable_loss}")
+
+
+class GatedView:
+    """A read-only onnxruntime-session look-alike of the gated model with a fixed set of nodes quantized, for user
+    metrics: ``get_inputs()``, ``get_outputs()`` and ``run(output_names, feeds)`` hide the gate inputs."""
+
+    def __init__(self, gated: GatedSession, quantized: Iterable[str]) -> None:
+        self._gated, self._quantized = gated, frozenset(quantized)
+        gates = set(gated.gates.values())
+        self._inputs = [i for i in gated.session.get_inputs() if i.name not in gates]
+        self._outputs = gated.session.get_outputs()[:len(gated.output_names)]
+
+    def get_inputs(self) -> list:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list:
+        return list(self._outputs)
+
+    def run(self, output_names, input_feed, run_options: ort.RunOptions | None = None) -> list[np.ndarray]:
+        outputs = self._gated.run(input_feed, self._quantized)
+        if output_names is None:
+            return outputs
+        position = {o.name: i for i, o in enumerate(self._outputs)}
+        return [outputs[position[n]] for n in output_names]
+
+
+@dataclass(frozen=True)
+class FloatNode:
+    node: str
+    op_type: str
+    mac_share: float
+    gain: float  # measured: the goal's score with only this node float minus the fully quantized score
+
+
+@dataclass
+class MixedPrecisionResult:
+    goal: str
+    threshold: float
+    reached: bool
+    all_quantized_score: float
+    searched_score: float  # the score of the chosen configuration in the gated session
+    float_nodes: list[FloatNode]
+    max_float_share: float
+    evaluations: int
+    seconds: float
+    verified_score: float | None = None  # the final, really quantized model's score (set by the pipeline)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def float_mac_share(self) -> float:
+        return sum(n.mac_share for n in self.float_nodes)
+
+    @property
+    def ok(self) -> bool:
+        """The target holds: on the final model when it was measured (it decides), else in the search."""
+        if self.verified_score is not None:
+            return self.verified_score >= self.threshold
+        return self.reached and self.searched_score >= self.threshold
+
+    def summary_lines(self) -> list[str]:
+        state = "reached" if self.ok else "NOT reached"
+        lines = [f"mixed precision: target {self.goal} >= {self.threshold:.4g} {state}; fully quantized "
+                 f"{self.all_quantized_score:.4g}, with {len(self.float_nodes)} node(s) float "
+                 f"({100 * self.float_mac_share:.2f}% of MACs, limit {100 * self.max_float_share:.1f}%): "
+                 f"{self.searched_score:.4g}"
+                 + (f", final model {self.verified_score:.4g}" if self.verified_score is not None else "")
+                 + f" ({self.evaluations} evaluations, {self.seconds:.1f}s)"]
+        for n in self.float_nodes:
+            lines.append(f"  float: {n.node} ({n.op_type}, {100 * n.mac_share:.2f}% of MACs, gain alone "
+                         f"{n.gain:+.4g})")
+        lines += [f"  {note}" for note in self.notes]
+        return lines
+
+    def as_dict(self) -> dict:
+        def num(x):
+            return x if x is None or math.isfinite(x) else ("inf" if x > 0 else "-inf")
+        return {"goal": self.goal, "threshold": self.threshold, "reached": self.ok,
+                "all_quantized_score": num(self.all_quantized_score), "searched_score": num(self.searched_score),
+                "verified_score": num(self.verified_score), "float_mac_share": self.float_mac_share,
+                "max_float_share": self.max_float_share, "evaluations": self.evaluations, "seconds": self.seconds,
+                "float_nodes": [{"node": n.node, "op_type": n.op_type, "mac_share": n.mac_share, "gain": num(n.gain)}
+                                for n in self.float_nodes], "notes": self.notes}
+
+
+class _Scorer:
+    """The goal's score of a set of float nodes, memoised, with an evaluation count."""
+
+    def __init__(self, gated: GatedSession, target: AccuracyTarget) -> None:
+        self.gated, self.target = gated, target
+        self.units = list(gated.units)
+        self.cache: dict[frozenset[str], float] = {}
+        self.noise: dict[frozenset[str], float] = {}
+        if target.metric is not None:
+            self.goal = "metric"
+            reference = float(target.metric(GatedView(gated, ())))
+            self.threshold = reference - target.tolerable_loss
+        else:
+            self.goal = "worst-output SQNR dB"
+            self.threshold = float(target.sqnr_db)
+
+    def score(self, floats: Iterable[str]) -> float:
+        key = frozenset(floats)
+        if key not in self.cache:
+            quantized = [u for u in self.units if u not in key]
+            accs = self.gated.error(quantized)
+            self.noise[key] = max(noise_ratios(accs))
+            if self.target.metric is not None:
+                self.cache[key] = float(self.target.metric(GatedView(self.gated, quantized)))
+            else:
+                self.cache[key] = worst(accs)[0]
+        return self.cache[key]
+
+    def holds(self, floats: Iterable[str]) -> bool:
+        return self.score(floats) >= self.threshold
+
+
+def search(gated: GatedSession, target: AccuracyTarget, op_types: dict[str, str]) -> MixedPrecisionResult:
+    """The fewest, cheapest float nodes for which ``target`` holds on the gated session's batches."""
+    start = time.perf_counter()
+    scorer = _Scorer(gated, target)
+    macs = node_macs(gated.prepared, gated.batches[0])
+    total = sum(macs.values()) or 1
+    share = {u: macs.get(u, 0) / total for u in scorer.units}
+    base = scorer.score(())
+    if base >= scorer.threshold:
+        return _result(scorer, (), share, op_types, True, start)
+    # rank by noise removed per cost (worst-output noise / signal power, relative to the fully quantized model), on
+    # a quarter of the batches: the ranking only orders the search, every decision is measured on all of them
+    rank_batches = max(1, len(gated.batches) // 4)
+    base_noise = max(noise_ratios(gated.error(scorer.units, rank_batches)))
+    removed = {}
+    with progress.stage("mixed-precision ranking", total=len(scorer.units), unit="node") as advance:
+        for unit in scorer.units:
+            alone_float = [u for u in scorer.units if u != unit]
+            removed[unit] = base_noise - max(noise_ratios(gated.error(alone_float, rank_batches)))
+            advance()
+    order = sorted(scorer.units, key=lambda u: (-removed[u] / (share[u] + COST_FLOOR), share[u], u))
+    order = [u for u in order if share[u] <= target.max_float_share]
+    prefix_share = np.cumsum([share[u] for u in order]) if order else np.zeros(0)
+    limit = int(np.searchsorted(prefix_share, target.max_float_share + 1e-12, side="right"))
+    found = _gallop(scorer, order, limit)
+    if found is None:
+        best = min(range(1, limit + 1), key=lambda k: -scorer.cache.get(frozenset(order[:k]), -math.inf),
+                   default=0)
+        return _result(scorer, order[:best], share, op_types, False, start,
+                       [f"the target needs more than {100 * target.max_float_share:.1f}% of MACs in float "
+                        f"(best within the limit: {scorer.score(order[:best]):.4g}); raise --max-float-share, "
+                        "lower the target, or try another --method"])
+    chosen = _prune(scorer, order[:found], removed, share)
+    return _result(scorer, chosen, share, op_types, True, start)
+
+
+def _gallop(scorer: _Scorer, order: list[str], limit: int) -> int | None:
+    """Smallest prefix length k <= limit whose float set meets the target (prefix scores assumed monotone)."""
+    if limit == 0:
+        return None
+    lo, k = 0, 1
+    while True:
+        k = min(k, limit)
+        if scorer.holds(order[:k]):
+            break
+        if k == limit:
+            return None
+        lo, k = k, k * 2
+    hi = k
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if scorer.holds(order[:mid]):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _prune(scorer: _Scorer, floats: list[str], removed: dict[str, float], share: dict[str, float]) -> list[str]:
+    """Quantize again every float node the target does not need (least noise removed per cost first)."""
+    kept = list(floats)
+    for unit in sorted(floats, key=lambda u: removed[u] / (share[u] + COST_FLOOR)):
+        trial = [u for u in kept if u != unit]
+        if trial and scorer.holds(trial):
+            kept = trial
+    return kept
+
+
+def _result(scorer: _Scorer, floats, share, op_types, reached: bool, start: float,
+            notes: list[str] | None = None) -> MixedPrecisionResult:
+    base = scorer.score(())
+    nodes = [FloatNode(u, op_types.get(u, "?"), share[u], scorer.score((u,)) - base) for u in floats]
+    return MixedPrecisionResult(scorer.goal, scorer.threshold, reached, base, scorer.score(floats), nodes,
+                                scorer.target.max_float_share, len(scorer.cache), time.perf_counter() - start,
+                                notes=notes or [])
+
+
+def accuracy_target(target: AccuracyTarget | Metric | float | int, tolerable_loss: float | None = None,
+                    max_float_share: float | None = None) -> AccuracyTarget:
+    """An :class:`AccuracyTarget` from what ``onnxq.quantize(target=...)`` accepts: a target, a target SQNR in dB,
+    or a metric ``callable(session) -> float`` (higher is better) with ``tolerable_loss``."""
+    extra = {} if max_float_share is None else {"max_float_share": max_float_share}
+    if isinstance(target, AccuracyTarget):
+        return target
+    if isinstance(target, (int, float)) and not isinstance(target, bool):
+        return AccuracyTarget(sqnr_db=float(target), **extra)
+    if callable(target):
+        loss = {} if tolerable_loss is None else {"tolerable_loss": tolerable_loss}
+        return AccuracyTarget(metric=target, **loss, **extra)
+    raise OnnxqError(f"target must be a target SQNR in dB or a callable(session) -> float, got {type(target).__name__}")
+
+
+def keep_float_for_target(prepared, plan, scales, config, val: Iterable, target: AccuracyTarget):
+    """The pipeline stage: search, then the plan rebuilt with the float nodes skipped and its scales.
+
+    Returns ``(plan, scales, result, batches)``; ``batches`` are the validation batches the search used (the
+    pipeline verifies the final model on them).
+    """
+    batches = list(islice(iter(val), target.val_batches)) if target.val_batches else list(val)
+    if not batches:
+        raise OnnxqError("the validation data for the accuracy target holds no batches")
+    gated = GatedSession(prepared, plan, scales)
+    gated.set_data(batches)
+    result = search(gated, target, {d.node: d.op_type for d in plan.nodes})
+    if not result.float_nodes:
+        return plan, scales, result, batches
+    if config.target == "tensorrt":
+        result.notes.append("the float nodes run in FP16 on TensorRT 10 with `onnxq build-engine --fp16` (else FP32)")
+    skip = Overrides(by_name={n.node: NodeSetting(skip=True) for n in result.float_nodes})
+    new_plan = build_plan(prepared, replace(config, overrides=config.overrides.merged(skip)))
+    missing = [t for t in new_plan.tensors if t not in scales]
+    if missing:
+        raise OnnxqError(f"mixed precision: the plan with float nodes needs a range for {missing[0]!r} that "
+                         "calibration did not produce; report this model")
+    return new_plan, {t: scales[t] for t in new_plan.tensors}, result, batches
+
+
+def verify_final(result: MixedPrecisionResult, reference, quantized, batches: list, target: AccuracyTarget) -> None:
+    """Measure the goal on the really quantized model (a plain onnxruntime session) and record it."""
+    if target.metric is not None:
+        result.verified_score = float(target.metric(make_session(quantized)))
+    else:
+        result.verified_score = compare_models(reference, quantized, batches).min_sqnr_db
+    if result.ok and not result.reached:  # the final plan (re-planned without the float nodes) does better
+        result.notes = [f"the search's gated estimate was {result.searched_score:.4g}; the final model reaches "
+                        f"{result.verified_score:.4g}"] + [n for n in result.notes if not n.startswith("the target")]

@@ -1,0 +1,51 @@
+"""The gated session: any set of nodes quantized in one session, equal to separately quantized models."""
+
+import numpy as np
+import pytest
+
+from onnxq import Overrides, QuantConfig, quantize
+from onnxq.config import NodeSetting
+from onnxq.recovery.gated import GatedSession
+from onnxq.recovery.sensitivity import calibrate_model
+from onnxq.runtime import make_session
+from tests.recovery.nets import NODES, batches, fragile_chain
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = fragile_chain()
+    calib = batches(4, seed=1)
+    calibrated = calibrate_model(model, calib, QuantConfig())
+    return model, calib, calibrated, GatedSession(calibrated.prepared, calibrated.plan, calibrated.scales)
+
+
+@pytest.mark.parametrize("quantized", [NODES, ("conv_frag",), ("conv_a", "conv_c"), ()])
+def test_gated_equals_separately_quantized_model(setup, quantized):
+    model, calib, _, gated = setup
+    skip = Overrides(by_name={n: NodeSetting(skip=True) for n in NODES if n not in quantized})
+    batch = batches(1, seed=7)[0]
+    if quantized:
+        separate = quantize(model, calib=calib, config=QuantConfig(overrides=skip)).model
+        expected = make_session(separate).run(None, batch)
+    else:
+        expected = make_session(model).run(None, batch)
+    got = gated.run(batch, quantized)
+    for e, g in zip(expected, got, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * float(np.abs(e).max()))
+        if quantized:  # the If branches compute the very tensors the Q/DQ model computes
+            assert np.array_equal(g, e)
+
+
+def test_gates_are_inputs_and_one_per_quantized_node(setup):
+    _, _, calibrated, gated = setup
+    assert gated.units == list(NODES)
+    names = {i.name for i in gated.session.get_inputs()}
+    assert set(gated.gates.values()) <= names and "x" in names
+    assert len([n for n in gated.model.graph.node if n.op_type == "If"]) == 2 * len(NODES)  # data + weight
+
+
+def test_error_against_cached_reference(setup):
+    _, _, _, gated = setup
+    gated.set_data(batches(2, seed=3))
+    assert all(acc.noise == 0 for acc in gated.error(()))
+    assert all(acc.noise > 0 for acc in gated.error(NODES))

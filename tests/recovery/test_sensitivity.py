@@ -1,0 +1,55 @@
+"""Sensitivity analysis ranks a deliberately fragile node first; the command writes its table, JSON and plot."""
+
+import json
+
+import numpy as np
+import onnx
+
+from onnxq import QuantConfig
+from onnxq.calib.base import CalibOptions
+from onnxq.config import RecoveryOptions
+from onnxq.recovery.sensitivity import analyze, calibrate_model
+from tests.helpers import run_cli
+from tests.recovery.nets import NODES, batches, fragile_chain
+
+# plain min-max: the default MSE + equalization already rescues the fragile node of this chain
+MINMAX = QuantConfig(calib=CalibOptions(method="minmax"), recovery=RecoveryOptions(equalize=False))
+
+
+def test_fragile_node_ranked_first():
+    calibrated = calibrate_model(fragile_chain(), batches(4, seed=1), MINMAX)
+    report, _ = analyze(calibrated, batches(2, seed=2))
+    ranked = report.ranked()
+    assert [n.node for n in ranked][0] == "conv_frag"
+    by_name = {n.node: n for n in report.nodes}
+    assert set(by_name) == set(NODES)
+    frag = by_name["conv_frag"]
+    others = [n for n in report.nodes if n.node != "conv_frag"]
+    # alone it costs at least 10 dB more than any other node, and leaving it float buys the most
+    assert frag.sqnr_only_quantized + 10 < min(n.sqnr_only_quantized for n in others)
+    assert frag.gain_db == max(n.gain_db for n in report.nodes) and frag.gain_db > 10
+    assert frag.sqnr_only_float > report.all_quantized_sqnr
+    assert report.all_quantized_sqnr < min(n.sqnr_only_quantized for n in others)
+    assert 0 < frag.macs and report.total_macs == sum(n.macs for n in report.nodes)
+
+
+def test_sensitivity_command(tmp_path):
+    onnx.save(fragile_chain(), tmp_path / "model.onnx")
+    for split, seed in (("calib", 1), ("val", 2)):
+        (tmp_path / split).mkdir()
+        for i, b in enumerate(batches(2, seed=seed)):
+            np.savez(tmp_path / split / f"{i}.npz", **b)
+    r = run_cli("sensitivity", tmp_path / "model.onnx", "--calib", tmp_path / "calib", "--val", tmp_path / "val",
+                "--method", "minmax", "--no-equalize", "-o", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert rows[0][1] == "conv_frag"
+    payload = json.loads((tmp_path / "out" / "sensitivity.json").read_text())
+    assert payload["nodes"][0]["node"] == "conv_frag" and len(payload["nodes"]) == 4
+    assert (tmp_path / "out" / "sensitivity.png").exists() or "pip install 'onnxq[plots]'" in r.stderr
+
+
+def test_sensitivity_needs_existing_data(tmp_path):
+    onnx.save(fragile_chain(), tmp_path / "model.onnx")
+    r = run_cli("sensitivity", tmp_path / "model.onnx", "--calib", tmp_path / "nope", "--val", tmp_path / "nope")
+    assert r.returncode == 2 and r.stderr.startswith("onnxq: error:")
