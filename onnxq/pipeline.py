@@ -277,7 +277,9 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
         prepared, notes = prepare(original, config, in_place=owned)
     calib_data = data_source(prepared, calib, config, warn=False) if calib is not None else None
     with clock("equalize"):
-        if not owned:  # float rewrites of a model past 2 GB (weights on disk) are not supported yet
+        if collector is not None:  # Ray shards prepare the model by path and would not see the rewrite
+            notes.append("equalization/SmoothQuant skipped: calibration runs elsewhere (--ray)")
+        elif not owned:  # float rewrites of a model past 2 GB (weights on disk) are not supported yet
             notes += equalize(prepared, calib_data, config.recovery)
     with clock("plan"):
         plan = build_plan(prepared, config)
