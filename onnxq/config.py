@@ -95,7 +95,7 @@ class RecoveryOptions:
 
     #: scale the input channels of depthwise convolutions (and Conv pairs joined by ReLU/PReLU/identity) to
     #: equal ranges before calibration; exact in float (onnxq.recovery.equalization)
-    equalize: bool = True
+    equalize: bool = False
     #: SmoothQuant migration strength for MatMul/Gemm activations, None: off (onnxq.recovery.smoothquant)
     smoothquant_alpha: float | None = None
     #: fold each layer's expected output shift into its bias (onnxq.recovery.bias_correction)
@@ -124,6 +124,7 @@ class RecoveryOptions:
 
     @property
     def needs_layers(self) -> bool:
+        """Whether a recovery algorithm needs the cached inputs of the weighted layers."""
         return self.bias_correction or self.adaround
 
 
@@ -147,6 +148,10 @@ class QuantConfig:
     memory_budget_mb: int = 4096
     debug_passes: bool = False
     recovery: RecoveryOptions = RecoveryOptions()
+    # With statistics files (--stats): False uses the method each tensor was calibrated with; True re-reads them
+    # with this config's calibration method and options (the CLI sets it when a calibration flag is given), or
+    # refuses where they cannot give that method (onnxq.calib.stats.rechoose_methods).
+    rechoose_stats_method: bool = False
 
     def __post_init__(self) -> None:
         if self.target not in TARGET_RULES:

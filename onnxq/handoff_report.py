@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from onnxq.pipeline import QuantizeResult
-from onnxq.trt.lint import LintOptions, lint_model
+from onnxq.trt.lint import lint_model
 
 
 def _scale_entry(params) -> dict:
@@ -31,7 +31,7 @@ def report_payload(result: QuantizeResult) -> dict:
     payload["skipped"] = [{"node": d.node, "op_type": d.op_type, "reason": d.reason}
                           for d in result.plan.nodes if not d.quantized]
     if result.plan.target == "tensorrt":
-        findings = lint_model(result.model, LintOptions(allow_int8_convtranspose=True))
+        findings = lint_model(result.model)  # the settings of `onnxq lint` without flags: one lint, one result
         payload["lint"] = [f.to_dict() for f in findings]
     payload["compression"] = result.report.compression
     return payload
@@ -43,7 +43,9 @@ def _fmt(x) -> str:
     return str(x)
 
 
-def render_markdown(payload: dict) -> str:
+def render_markdown(payload: dict, plot: str | None = None, plot_note: str | None = None) -> str:
+    """The Markdown report; ``plot`` (a PNG path relative to the report) is embedded under Validation, or
+    ``plot_note`` (one line: why there is no picture) is shown there instead."""
     lines = ["# onnxq quantization report", "",
              f"- target: `{payload['target']}`; ranges from {payload['ranges_from']} "
              f"({payload['calib_batches']} batches)",
@@ -58,6 +60,10 @@ def render_markdown(payload: dict) -> str:
             lines.append(f"| {o['name']} | {_fmt(o['sqnr_db'])} | {o['cosine']:.6f} | {_fmt(o['mae'])} | "
                          f"{_fmt(o['max_abs_error'])} |")
         lines.append("")
+        if plot:
+            lines += [f"![per-layer SQNR along the network]({plot})", ""]
+        elif plot_note:
+            lines += [f"_{plot_note}_", ""]
     lines += ["## Skipped nodes", ""]
     lines += [f"- `{s['node']}` ({s['op_type']}): {s['reason']}" for s in payload["skipped"]] or ["- none"]
     lines += ["", "## Quantized tensors", "", "| tensor | role | dtype | axis | scale | consumers |",
@@ -68,6 +74,6 @@ def render_markdown(payload: dict) -> str:
         lines.append(f"| `{name}` | {t['role']} | {t['dtype']} | {t['axis']} | {shown} | {len(t['consumers'])} |")
     if "lint" in payload:
         lines += ["", "## TensorRT lint", ""]
-        lines += [f"- {f['severity']}: [{f['rule']}] `{f['node']}`: {f['message']}" for f in payload["lint"]] or [
+        lines += [f"- {f['severity']}: [{f['rule']}] `{f['subject']}`: {f['message']}" for f in payload["lint"]] or [
             "- no findings"]
     return "\n".join(lines) + "\n"

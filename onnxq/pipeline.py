@@ -8,6 +8,7 @@ insert Q/DQ -> verify (checker + onnxruntime) -> validate? -> save
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import time
@@ -21,7 +22,7 @@ import onnx
 from onnxq import progress
 from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.collect import CollectSettings, collect_statistics
-from onnxq.calib.stats import expand_stats_paths, merge_stats
+from onnxq.calib.stats import expand_stats_paths, merge_stats, rechoose_methods
 from onnxq.config import QuantConfig
 from onnxq.data import Batch, BatchSource, DataSource, RandomSource
 from onnxq.errors import OnnxqError
@@ -129,6 +130,15 @@ def calibrate(prepared: onnx.ModelProto, plan: QuantPlan, data: DataLike, config
                               CollectSettings(config.memory_budget_mb), progress)
 
 
+def float_rewrites(prepared: onnx.ModelProto, calib_data: DataSource | Iterable[Batch] | None, config: QuantConfig,
+                   *, owned: bool) -> list[str]:
+    """The data-dependent float-to-float rewrites (equalization, SmoothQuant) of ``prepared``, in place; the same
+    call on the same model and data gives the same model (Ray workers repeat it to calibrate the driver's model)."""
+    if owned:  # float rewrites of a model past 2 GB (weights on disk) are not supported yet
+        return []
+    return equalize(prepared, calib_data, config.recovery)
+
+
 def calibration_targets(plan: QuantPlan, config: QuantConfig) -> dict[str, CalibOptions]:
     """Each activation that needs a range of its own, with its calibration options (per-node settings applied)."""
     return {t.name: t.calib_options(config.calib) for t in plan.calibrated_activations()}
@@ -212,6 +222,9 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
         return Ranges(scales(plan, prepared), 0, "imported scales")
     if stats is not None:
         calibrators, batches = merge_stats(expand_stats_paths(stats), fingerprint(prepared))
+        if config.rechoose_stats_method:
+            calibrators = rechoose_methods(calibrators, {t.name: t.calib_options(config.calib)
+                                                         for t in plan.calibrated_activations()})
         missing = [t.name for t in plan.calibrated_activations() if t.name not in calibrators]
         if missing:
             raise OnnxqError(f"the statistics cover no activation {missing[0]!r} (and {len(missing) - 1} more); "
@@ -277,10 +290,14 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
         prepared, notes = prepare(original, config, in_place=owned)
     calib_data = data_source(prepared, calib, config, warn=False) if calib is not None else None
     with clock("equalize"):
-        if collector is not None:  # Ray shards prepare the model by path and would not see the rewrite
-            notes.append("equalization/SmoothQuant skipped: calibration runs elsewhere (--ray)")
-        elif not owned:  # float rewrites of a model past 2 GB (weights on disk) are not supported yet
-            notes += equalize(prepared, calib_data, config.recovery)
+        if stats is not None:
+            # `onnxq calibrate` shards collect statistics on the prepared model without these data-dependent
+            # rewrites (each shard would rescale by its own data): the ranges must belong to the model they serve
+            if config.recovery.equalize or config.recovery.smoothquant_alpha is not None:
+                notes.append("equalization/SmoothQuant skipped: the statistics come from shards calibrated on the "
+                             "model without them")
+        else:
+            notes += float_rewrites(prepared, calib_data, config, owned=owned)
     with clock("plan"):
         plan = build_plan(prepared, config)
         if not plan.tensors:
@@ -292,29 +309,31 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
         if scales is not None:  # the plan actually inserted: tensors without a scale dropped, reasons recorded
             plan = plan.for_scales(found.table, "the scales file")
             found = replace(found, table={name: found.table[name] for name in plan.tensors})
-    with clock("recover"):
-        recovered, table, recovery_notes = recover(prepared, plan, found.table, found.calibrators, calib_data,
-                                                   config.recovery)
-        found = replace(found, table=table)
-        notes += recovery_notes
+    # the float model outputs are compared with (a re-quantized input: its float form); recovery edits ``prepared``
+    float_reference = (None if owned and val is None and target is None
+                       else prepared if count_qdq(original) or owned else original)
+    if float_reference is prepared and not owned and calib is not None and config.recovery.needs_layers:
+        float_reference = copy.deepcopy(prepared)
     table, mixed = found.table, None
-    if target is not None:
+    if target is not None:  # decided on the plain quantization; recovery below only lowers the error further
         with clock("mixed-precision"):
             plan, table, mixed, mixed_batches, accuracy = mixed_precision(prepared, plan, table, config, val, target,
                                                                           tolerable_loss)
+    with clock("recover"):
+        if not owned:  # layer-local rewrites of a model past 2 GB (weights on disk) are not supported yet
+            table, recovery_notes = recover(prepared, plan, table, found.calibrators, calib_data, config.recovery)
+            notes += recovery_notes
     with clock("insert+verify"):
         first_batch = (next(iter(data_source(prepared, calib, config, warn=False)), None)
                        if calib is not None else None)
-        float_reference = None if owned and val is None else prepared if count_qdq(original) or owned else original
-        keep_prepared = float_reference is prepared or mixed is not None  # mixed precision verifies against it
-        quantized = InsertQDQ(plan, table).run(recovered, keep_input=keep_prepared and recovered is prepared).model
+        quantized = InsertQDQ(plan, table).run(prepared, keep_input=float_reference is prepared).model
         int32_bias = TARGET_RULES[config.target].int32_bias
         if int32_bias:
             quantized = QuantizeBias(int32_bias).run(quantized, keep_input=False).model
         verify(quantized, first_batch)
     if mixed is not None:
         with clock("mixed-precision verify"):
-            verify_final(mixed, prepared, quantized, mixed_batches, accuracy)
+            verify_final(mixed, float_reference, quantized, mixed_batches, accuracy)
     report = QuantReport(plan, notes, size_before, estimated_size(quantized), found.batches, found.source,
                          clipping=found.clipping)
     report.mixed_precision = mixed

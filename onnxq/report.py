@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from onnxq.plan import QuantPlan
 from onnxq.validate.compare import ComparisonReport
@@ -11,6 +12,17 @@ from onnxq.validate.latency import LatencyReport
 
 # a calibrated range that saturates more than this share of its calibration values is called out in the summary
 CLIP_WARNING_FRACTION = 0.01
+
+
+class MixedPrecisionSummary(Protocol):
+    """What the report reads of a mixed-precision result (onnxq.recovery.mixed_precision.MixedPrecisionResult)."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    def summary_lines(self) -> list[str]: ...
+
+    def as_dict(self) -> dict: ...
 
 
 @dataclass
@@ -24,9 +36,9 @@ class QuantReport:
     seconds: dict[str, float] = field(default_factory=dict)
     validation: ComparisonReport | None = None
     clipping: dict[str, float] = field(default_factory=dict)  # activation -> share of calibration values clipped
-    # onnxq.recovery.mixed_precision.MixedPrecisionResult when an accuracy target was given (typed loosely: the
+    # onnxq.recovery.mixed_precision.MixedPrecisionResult when an accuracy target was given (a protocol here: the
     # report sits below recovery in the layers)
-    mixed_precision: object | None = None
+    mixed_precision: MixedPrecisionSummary | None = None
     latency: LatencyReport | None = None
 
     @property

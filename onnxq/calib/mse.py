@@ -64,7 +64,7 @@ class BinMoments:
 
     def below(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Count, sum and sum of squares of the values below ``x`` (any shape)."""
-        edges, nbins = self.edges, self.counts.size
+        edges = self.edges
         j = self._bin_index(x)
         a, w, n = edges[j], self.width[j], self.counts[j]
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -17,7 +17,9 @@ import numpy as np
 
 from onnxq.atomic import AtomicGroup
 from onnxq.calib.base import CalibOptions, Calibrator
+from onnxq.calib.histogram import HistogramCalibrator, fine_bins
 from onnxq.calib.methods import CALIBRATORS
+from onnxq.calib.minmax import MinMaxCalibrator
 from onnxq.errors import OnnxqError
 from onnxq.graph import printable
 from onnxq.safe_read import NpzArchive
@@ -151,3 +153,42 @@ def merge_into(merged: dict[str, Calibrator], calibrators: dict[str, Calibrator]
             merged[name].merge(cal)
         else:
             merged[name] = cal
+
+
+def rechoose_methods(calibrators: dict[str, Calibrator], wanted: dict[str, CalibOptions],
+                     source: str = "the statistics") -> dict[str, Calibrator]:
+    """The merged statistics re-read with the method and options each tensor asks for now (``quantize --stats
+    --method ...``): choosing the method after calibrating once.
+
+    What statistics can give: a histogram (collected for ``percentile``, ``entropy`` or ``mse``) holds everything any
+    histogram method reads, so it yields any of them with any ``percentile``, as long as ``num_bins`` (which fixes
+    the histogram's layout) is the one it was collected with; its exact min and max also give ``minmax`` (without a
+    moving average). Min/max statistics give min/max only. Anything else is refused with the flag to change.
+    """
+    chosen: dict[str, Calibrator] = {}
+    for name, cal in calibrators.items():
+        want = wanted.get(name)
+        if want is None or (want.method == cal.method and want == cal.options) or (
+                isinstance(cal, MinMaxCalibrator) and want.method == cal.method
+                and want.momentum == cal.options.momentum):  # the histogram options do not touch min/max
+            chosen[name] = cal
+            continue
+        cls = CALIBRATORS.get(want.method)
+        if isinstance(cal, HistogramCalibrator) and cls is not None and issubclass(cls, HistogramCalibrator):
+            if fine_bins(want.num_bins) != fine_bins(cal.options.num_bins):
+                raise OnnxqError(f"{source} hold {cal.options.num_bins}-bin histograms ({name!r}); "
+                                 f"--num-bins {want.num_bins} needs new statistics: pass --num-bins "
+                                 f"{cal.options.num_bins} or recalibrate")
+            chosen[name] = cls.from_state(cal.state(), want)
+        elif isinstance(cal, HistogramCalibrator) and cls is MinMaxCalibrator and want.momentum is None:
+            hist = cal.hist
+            seen = hist.lo <= hist.hi
+            chosen[name] = MinMaxCalibrator.from_state(
+                {"lo": np.array(hist.lo), "hi": np.array(hist.hi), "batches": np.array(1 if seen else 0)}, want)
+        else:
+            raise OnnxqError(
+                f"{source} hold {cal.method} statistics ({name!r}), which cannot give {want.method}"
+                + (" with a moving average" if want.method == "minmax" else "")
+                + f" ranges; drop the calibration flags to use {cal.method}, or calibrate with a histogram method "
+                "(percentile, entropy or mse: any of them gives every histogram method at merge time)")
+    return chosen

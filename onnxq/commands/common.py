@@ -47,14 +47,16 @@ def add_selection_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_calib_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("calibration")
-    g.add_argument("--method", default=None,
-                   help="activation calibration: minmax | percentile | entropy | mse | auto (default mse; "
-                   "auto: per activation, the candidate range that minimises the consuming layer's output error)")
-    g.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
-    g.add_argument("--num-bins", type=int, default=2048, help="histogram bins of the histogram methods")
+    # Defaults are None here (filled in by config_from_args) so that a flag the user gave can be told from one they
+    # did not: with --stats, a given flag re-chooses the method from the statistics (or is refused).
+    g.add_argument("--method", help="activation calibration: minmax | percentile | entropy | mse | auto (default mse; "
+                   "auto: per activation, the candidate range that minimises the consuming layer's output error; "
+                   "with --stats: the method the statistics were collected with)")
+    g.add_argument("--percentile", type=float, help="for --method percentile (default 99.99)")
+    g.add_argument("--num-bins", type=int, help="histogram bins of the histogram methods (default 2048)")
     g.add_argument("--moving-average", type=float, metavar="MOMENTUM",
                    help="minmax: average per-batch min/max with this momentum (e.g. 0.9) instead of the extremes")
-    g.add_argument("--input-method", default="minmax",
+    g.add_argument("--input-method",
                    help="calibration of the model's inputs (default minmax; 'same' follows --method)")
     g.add_argument("--weight-method",
                    help="per-channel weight range: minmax (default), or mse clip search")
@@ -109,10 +111,11 @@ def config_from_args(args: argparse.Namespace):
     target = args.target or run.get("target", TENSORRT.name)
     return QuantConfig(
         target=target,
-        calib=CalibOptions(method=args.method or DEFAULT_ACTIVATION_METHOD, percentile=args.percentile, num_bins=args.num_bins,
-                           momentum=args.moving_average),
+        calib=CalibOptions(method=args.method or DEFAULT_ACTIVATION_METHOD,
+                           percentile=CalibOptions.percentile if args.percentile is None else args.percentile,
+                           num_bins=args.num_bins or CalibOptions.num_bins, momentum=args.moving_average),
         weight_method=args.weight_method or run.get("weight_method", QuantConfig.weight_method),
-        input_method=None if args.input_method == "same" else args.input_method,
+        input_method=None if args.input_method == "same" else (args.input_method or QuantConfig.input_method),
         per_channel_weights=not args.per_tensor_weights and run.get("per_channel_weights", True),
         overrides=overrides.merged(flags),
         calib_batches=args.calib_batches,
@@ -122,7 +125,16 @@ def config_from_args(args: argparse.Namespace):
         memory_budget_mb=args.memory_budget_mb,
         debug_passes=getattr(args, "debug_passes", False),
         recovery=recovery_from_args(args),
+        rechoose_stats_method=bool(getattr(args, "stats", None)) and bool(calib_flags_given(args)),
     )
+
+
+CALIB_FLAGS = ("method", "percentile", "num_bins", "moving_average", "input_method")
+
+
+def calib_flags_given(args: argparse.Namespace) -> list[str]:
+    """The calibration flags given on the command line (their defaults are None)."""
+    return ["--" + f.replace("_", "-") for f in CALIB_FLAGS if getattr(args, f, None) is not None]
 
 
 def guard(outputs: list, **inputs) -> None:

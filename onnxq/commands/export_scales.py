@@ -37,11 +37,13 @@ def run(args: argparse.Namespace) -> int:
     # no fingerprint: it identifies the float model the scales are for, which a Q/DQ model cannot name
     meta = {"json": {"param_names": params},
             "aimet": {"param_names": params},
-            "trt-cache": {"trt_version": args.trt_version, "algorithm": args.algorithm}}[args.format]
+            "trt-cache": {"trt_version": args.trt_version, "algorithm": args.algorithm, "param_names": params},
+            }[args.format]
     if not table:
         print(f"warning: {args.model} has no int8/uint8 Q/DQ nodes; writing an empty scales file", file=sys.stderr)
     save_scales(table, args.output, args.format, **meta)
-    written = sum(1 for p in table.values() if not p.per_channel and p.symmetric) if args.format == "trt-cache" \
+    written = sum(1 for n, p in table.items() if not p.per_channel and p.symmetric and n not in params) \
+        if args.format == "trt-cache" \
         else len(table)
     print(f"wrote {written} tensor scale(s) to {args.output} ({args.format})")
     return 0

@@ -58,7 +58,7 @@ def run_qat(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from onnxq.qat.progress import ConsoleProgress
+    from onnxq.qat.progress import StageProgress
     from onnxq.qat.reference import render_table, run_models_qat
 
     started = time.perf_counter()
@@ -66,7 +66,7 @@ def run_qat(args: argparse.Namespace) -> int:
     def stage(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.0f} s] {message}", file=sys.stderr, flush=True)
 
-    console = ConsoleProgress()
+    console = StageProgress()  # drawn by the CLI's progress listener, like every other stage
     try:
         record = run_models_qat(args.name, args.output, seed=args.seed, stage=stage, progress=console)
     finally:

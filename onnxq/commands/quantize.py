@@ -12,6 +12,7 @@ from onnxq.commands.common import (
     add_calibration_flags,
     add_model_and_output,
     add_recovery_flags,
+    calib_flags_given,
     config_from_args,
     guard,
     ray_calibration,
@@ -71,6 +72,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.min_sqnr is not None and not args.val:
         raise OnnxqError("--min-sqnr needs --val DATA")
+    if args.scales and calib_flags_given(args):
+        raise OnnxqError(f"{calib_flags_given(args)[0]} sets calibration; --scales imports ranges: drop it")
+    if args.stats and args.method is None and calib_flags_given(args):
+        raise OnnxqError(f"{calib_flags_given(args)[0]} with --stats re-reads the statistics with a method: name it "
+                         "with --method (percentile, entropy, mse or minmax)")
+    if (args.stats or args.scales) and args.calib_batches is not None:
+        raise OnnxqError("--calib-batches caps calibration data; with --stats or --scales there is none: drop it")
     if args.target_sqnr is not None and not args.val:
         raise OnnxqError("--target-sqnr needs --val DATA (the data the target is measured on)")
     if args.target_sqnr is not None and args.dynamic:
@@ -81,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output is not None else default_output_path(args.model)
     stats = expand_stats_paths(args.stats) if args.stats else None
     report = Output("--report", args.report) if args.report is not None else None
-    guard([*model_outputs("-o", output), report], model=args.model, calib=args.calib, val=args.val,
+    plot = Output("--report (its plot)", report_plot_path(Path(args.report))) \
+        if args.report is not None and args.per_layer and Path(args.report).suffix == ".md" else None
+    guard([*model_outputs("-o", output), report, plot], model=args.model, calib=args.calib, val=args.val,
           scales=args.scales, config=args.config, stats=stats)
     config = config_from_args(args)
     latency = latency_settings(args) if args.val else None
@@ -113,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {output}")
     if args.report:
         print(f"wrote {args.report}")
+        if plot is not None and report_plot_path(Path(args.report)).exists():
+            print(f"wrote {report_plot_path(Path(args.report))}")
     mixed = result.report.mixed_precision
     if mixed is not None and not mixed.ok:
         for line in mixed.summary_lines():
@@ -144,9 +156,29 @@ def run_dynamic(args: argparse.Namespace, config, output: Path, latency) -> int:
     return 0
 
 
+def report_plot_path(report: Path) -> Path:
+    """Where the Markdown report's per-layer SQNR picture goes: beside it, ``<report stem>-sqnr.png``."""
+    return report.with_name(report.stem + "-sqnr.png")
+
+
 def stage_report(group: AtomicGroup, path: Path, result) -> None:
     from onnxq.handoff_report import render_markdown, report_payload
 
     payload = report_payload(result)
-    text = render_markdown(payload) if path.suffix == ".md" else json_text(payload)
-    group.write_bytes(path, text.encode())
+    if path.suffix != ".md":
+        group.write_bytes(path, json_text(payload).encode())
+        return
+    plot, note = None, None
+    validation = result.report.validation
+    if validation is not None and validation.layers:
+        from onnxq.validate.plot import HOW_TO_GET_PLOTS, layer_sqnr_png, plots_available
+
+        if plots_available():
+            png = report_plot_path(path)
+            group.write_bytes(png, layer_sqnr_png(validation))
+            plot = png.name
+        else:
+            note = f"no per-layer SQNR plot: {HOW_TO_GET_PLOTS}"
+    elif validation is not None:
+        note = "per-layer SQNR plot: add --per-layer"
+    group.write_bytes(path, render_markdown(payload, plot, note).encode())

@@ -6,7 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from onnxq.commands.common import add_calib_flags, add_recovery_flags, add_selection_flags, config_from_args, guard
+from onnxq.commands.common import (
+    add_calib_flags,
+    add_ray_flags,
+    add_selection_flags,
+    config_from_args,
+    guard,
+    ray_collector,
+    shard_progress,
+)
 from onnxq.errors import OnnxqError
 from onnxq.outputs import Output
 
@@ -28,6 +36,7 @@ def add_parser(subparsers) -> None:
     add_calib_flags(p)
     add_recovery_flags(p)
     add_selection_flags(p)
+    add_ray_flags(p)
     p.set_defaults(func=run)
 
 
@@ -43,9 +52,11 @@ def run(args: argparse.Namespace) -> int:
     guard([Output("-o", out_dir, folder=True)] if out_dir is not None else [], model=args.model, calib=args.calib,
           val=args.val, config=args.config)
     config = config_from_args(args)
-    model = load_model(args.model)
-    val = BatchSource(model, args.val, max_batches=args.val_batches, batch_size=config.batch_size)
-    calibrated = calibrate_model(model, args.calib, config)
+    with shard_progress() as shards:
+        collector = ray_collector(args, shards)  # the calibration runs on Ray; the per-node sweep stays local
+        model = load_model(args.model)
+        val = BatchSource(model, args.val, max_batches=args.val_batches, batch_size=config.batch_size)
+        calibrated = calibrate_model(model, args.calib, config, collector)
     report, _ = analyze(calibrated, val)
     for line in table_lines(report, args.top):
         print(line)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+from onnx import numpy_helper
 
 from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.collect import CollectSettings, collect_statistics
@@ -43,8 +44,8 @@ from onnxq.config import QuantConfig
 from onnxq.data import BatchSource
 from onnxq.distributed.shards import Shard, split_files
 from onnxq.errors import OnnxqError, require_at_least
-from onnxq.graph import fingerprint, load_model
-from onnxq.pipeline import calibration_targets, prepare
+from onnxq.graph import fingerprint, load_model, needs_external_data
+from onnxq.pipeline import calibration_targets, float_rewrites, prepare
 from onnxq.plan import QuantPlan
 from onnxq.runtime import SessionSettings
 from onnxq.version import __version__
@@ -87,6 +88,7 @@ class ShardJob:
     model_path: str
     model_sha256: str
     fingerprint: str
+    weights_sha256: str  # of the driver's prepared weights: equalization changes values, not the graph
     onnxq_version: str
     config: QuantConfig
     tensors: dict[str, CalibOptions]  # activation name -> its calibration options
@@ -122,6 +124,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def weights_sha256(model: onnx.ModelProto) -> str:
+    """A digest of every initializer's name, type, shape and values (in graph order)."""
+    digest = hashlib.sha256()
+    for init in model.graph.initializer:
+        array = numpy_helper.to_array(init)
+        digest.update(f"{init.name}|{array.dtype}|{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def calibrate_shard(job: ShardJob) -> ShardResult:
     """Run on a worker: the statistics of one shard's files, after checking the worker sees the driver's model.
 
@@ -151,6 +163,14 @@ def _driver_model(job: ShardJob) -> onnx.ModelProto:
         raise OnnxqError(f"the model {path} here differs from the driver's (sha256); every node must read the same "
                          "file")
     prepared, _ = prepare(load_model(path), job.config)
+    if weights_sha256(prepared) != job.weights_sha256:
+        # the driver equalized its model: the same rewrite on the same first batches of the whole data set
+        first_batches = BatchSource(prepared, job.data_path, max_batches=job.config.calib_batches,
+                                    batch_size=job.config.batch_size)
+        float_rewrites(prepared, first_batches, job.config, owned=needs_external_data(prepared))
+        if weights_sha256(prepared) != job.weights_sha256:
+            raise OnnxqError(f"{path} prepares to other weights here than on the driver; check the onnx/onnxruntime "
+                             "versions match the driver's")
     if fingerprint(prepared) != job.fingerprint:
         raise OnnxqError(f"{path} prepares to another graph here (fingerprint {fingerprint(prepared)}, driver "
                          f"{job.fingerprint}); check the onnx/onnxruntime versions match the driver's")
@@ -241,13 +261,14 @@ class RayCalibration:
         tensors = calibration_targets(plan, config)
         if not tensors:
             return {}, 0
-        digest, graph = file_sha256(self.model_path), fingerprint(prepared)
+        digest, graph, weights = file_sha256(self.model_path), fingerprint(prepared), weights_sha256(prepared)
         data_path = str(Path(str(data)).resolve())
         with ray_session(self.ray, self.options) as cpus:
             shards = split_files(files, self.options.shards or max(1, cpus // self.options.cpus_per_task))
             log.info("calibrating %d file(s) in %d shard(s) on a Ray cluster of %d CPU(s)", len(files),
                      len(shards), cpus)
             jobs = [ShardJob(shard=shard, model_path=str(self.model_path), model_sha256=digest, fingerprint=graph,
+                             weights_sha256=weights,
                              onnxq_version=__version__, config=config, tensors=tensors, data_path=data_path,
                              max_batches=max_batches, threads=self.options.cpus_per_task) for shard in shards]
             return self._run(jobs)

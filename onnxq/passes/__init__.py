@@ -7,6 +7,7 @@ from onnxq.passes.batchnorm_to_mul_add import BatchNormToMulAdd
 from onnxq.passes.constants_to_initializers import ConstantsToInitializers
 from onnxq.passes.fold_bias_add import FoldBiasAdd
 from onnxq.passes.fold_batchnorm import FoldBatchNorm
+from onnxq.passes.fold_bias_add import FoldBiasAdd
 from onnxq.passes.infer_shapes import InferShapes
 from onnxq.passes.strip_qdq import StripQDQ
 from onnxq.passes.upgrade_opset import UpgradeOpset
@@ -21,5 +22,6 @@ def prepare_passes(*, per_channel: bool = True, strip_qdq: bool = False) -> list
     return passes
 
 
-__all__ = ["BatchNormToMulAdd", "ConstantsToInitializers", "FoldBatchNorm", "FoldBiasAdd", "FunctionalPass", "InPlacePass", "InferShapes", "Pass",
-           "PassManager", "PassResult", "StripQDQ", "UpgradeOpset", "prepare_passes"]
+__all__ = ["BatchNormToMulAdd", "ConstantsToInitializers", "FoldBatchNorm", "FoldBiasAdd", "FunctionalPass",
+           "InPlacePass", "InferShapes", "Pass", "PassManager", "PassResult", "StripQDQ", "UpgradeOpset",
+           "prepare_passes"]

@@ -50,7 +50,8 @@ class FoldBiasAdd(InPlacePass):
         for add in model.graph.node:
             if add.op_type != "Add" or len(add.input) != 2:
                 continue
-            users = index.consumers.get(add.output[0], [])
+            add_output = add.output[0]
+            users = index.consumers.get(add_output, [])
             if not users or any(u.op_type != "BatchNormalization" for u, _ in users):
                 continue
             for data_i in (0, 1):
@@ -73,7 +74,7 @@ class FoldBiasAdd(InPlacePass):
                 while len(op.input) < 3:
                     op.input.append("")
                 op.input[2] = name
-                op.output[0] = add.output[0]
+                op.output[0] = add_output
                 removed.add(id(add))
                 break
         if not removed:

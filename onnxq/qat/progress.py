@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -69,3 +70,44 @@ class ConsoleProgress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class StageProgress:
+    """A callable for ``finetune(progress=...)`` that reports the steps as the :mod:`onnxq.progress` stage
+    ``"QAT fine-tuning"`` (total = planned steps), so ``onnxq models qat`` draws it like every other long stage (a tqdm
+    bar with ETA on a terminal, plain lines with ETA in logs); the loss goes to the log (INFO, ``-v``) every
+    ``interval`` seconds and after the last step."""
+
+    def __init__(self, name: str = "QAT fine-tuning", interval: float = 10.0) -> None:
+        import contextlib
+
+        self.name = name
+        self.interval = interval
+        self._stack = contextlib.ExitStack()
+        self._advance: Callable[..., None] | None = None
+        self._shown = 0
+        self._last = float("-inf")
+
+    def __call__(self, report: StepReport) -> None:
+        import logging
+
+        from onnxq import progress
+
+        advance = self._advance
+        if advance is None:
+            advance = self._advance = self._stack.enter_context(progress.stage(self.name, total=report.total,
+                                                                                unit="step"))
+        advance(report.step - self._shown)
+        self._shown = report.step
+        now = time.monotonic()
+        last = bool(report.total and report.step >= report.total)
+        if now - self._last >= self.interval or last:
+            self._last = now
+            logging.getLogger(__name__).info("%s", report.format())
+        if last:
+            self.close()
+
+    def close(self) -> None:
+        self._stack.close()
+        self._advance = None
+        self._shown = 0

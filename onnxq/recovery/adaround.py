@@ -23,9 +23,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxq.dtypes import quant_dtype
 from onnxq.errors import OnnxqError
 from onnxq.recovery.layers import Layer, fake_quantize
-from onnxq.dtypes import quant_dtype
 from onnxq.scales.types import QuantParams, ScaleTable
 
 log = logging.getLogger(__name__)

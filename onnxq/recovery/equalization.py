@@ -33,8 +33,13 @@ import onnx
 from onnx import helper
 
 from onnxq.graph import GraphIndex
-from onnxq.recovery.channel_scale import (ChannelTarget, drop_unused_initializers, foldable_producer, replace_weight,
-                                          rescale_input)
+from onnxq.recovery.channel_scale import (
+    ChannelTarget,
+    drop_unused_initializers,
+    foldable_producer,
+    replace_weight,
+    rescale_input,
+)
 
 log = logging.getLogger(__name__)
 

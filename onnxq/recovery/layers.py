@@ -21,8 +21,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxq.data import Batch
-from onnxq.graph import GraphIndex
 from onnxq.dtypes import quant_dtype
+from onnxq.graph import GraphIndex
 from onnxq.runtime import make_session, run_batch
 from onnxq.scales.types import QuantParams
 
@@ -72,7 +72,7 @@ class Layer:
         feed = {"x": np.asarray(x, np.float32), "w": np.asarray(self.weight if weight is None else weight, np.float32)}
         if self.bias is not None:
             feed["b"] = np.asarray(self.bias if bias is None else bias, np.float32)
-        return run_batch(self.session, feed, f"layer {self.name!r}")[0]  # type: ignore[arg-type]
+        return run_batch(self.session, feed, f"layer {self.name!r}")[0]
 
 
 def is_layer(node: onnx.NodeProto, index: GraphIndex) -> bool:

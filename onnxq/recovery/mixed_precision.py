@@ -161,7 +161,7 @@ class _Scorer:
             self.threshold = reference - target.tolerable_loss
         else:
             self.goal = "worst-output SQNR dB"
-            self.threshold = float(target.sqnr_db)
+            self.threshold = float(target.sqnr_db if target.sqnr_db is not None else 0.0)
 
     def score(self, floats: Iterable[str]) -> float:
         key = frozenset(floats)
@@ -260,14 +260,14 @@ def accuracy_target(target: AccuracyTarget | Metric | float | int, tolerable_los
                     max_float_share: float | None = None) -> AccuracyTarget:
     """An :class:`AccuracyTarget` from what ``onnxq.quantize(target=...)`` accepts: a target, a target SQNR in dB,
     or a metric ``callable(session) -> float`` (higher is better) with ``tolerable_loss``."""
-    extra = {} if max_float_share is None else {"max_float_share": max_float_share}
     if isinstance(target, AccuracyTarget):
         return target
+    share = AccuracyTarget.max_float_share if max_float_share is None else max_float_share
     if isinstance(target, (int, float)) and not isinstance(target, bool):
-        return AccuracyTarget(sqnr_db=float(target), **extra)
+        return AccuracyTarget(sqnr_db=float(target), max_float_share=share)
     if callable(target):
-        loss = {} if tolerable_loss is None else {"tolerable_loss": tolerable_loss}
-        return AccuracyTarget(metric=target, **loss, **extra)
+        loss = AccuracyTarget.tolerable_loss if tolerable_loss is None else tolerable_loss
+        return AccuracyTarget(metric=target, tolerable_loss=loss, max_float_share=share)
     raise OnnxqError(f"target must be a target SQNR in dB or a callable(session) -> float, got {type(target).__name__}")
 
 

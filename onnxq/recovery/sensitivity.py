@@ -94,8 +94,9 @@ class Calibrated:
     cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def calibrate_model(model: onnx.ModelProto, calib, config: QuantConfig) -> Calibrated:
-    """Prepare, plan and calibrate once (the pipeline's own stages)."""
+def calibrate_model(model: onnx.ModelProto, calib, config: QuantConfig, collector=None) -> Calibrated:
+    """Prepare, plan and calibrate once (the pipeline's own stages); ``collector`` computes the statistics elsewhere
+    (e.g. :class:`onnxq.distributed.ray_calibrate.RayCalibration`), default in this process."""
     clock = _Clock()
     with clock("prepare"):
         prepared, _ = prepare(model, config)
@@ -105,8 +106,8 @@ def calibrate_model(model: onnx.ModelProto, calib, config: QuantConfig) -> Calib
     if not plan.tensors:
         raise OnnxqError("nothing to quantize: no node is planned for quantization")
     with clock("calibrate"):
-        found = ranges(prepared, plan, config, calib=calib, stats=None, scales=None, progress=None)
-        prepared, table, _ = recover(prepared, plan, found.table, found.calibrators, data, config.recovery)
+        table = ranges(prepared, plan, config, calib=calib, stats=None, scales=None, progress=None,
+                       collector=collector).table
     return Calibrated(prepared, plan, table, clock.wall, clock.cpu)
 
 

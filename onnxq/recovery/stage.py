@@ -14,10 +14,9 @@ from collections.abc import Iterable
 import onnx
 
 from onnxq.calib.base import Calibrator
-from onnxq.data import Batch
 from onnxq.config import RecoveryOptions
+from onnxq.data import Batch
 from onnxq.graph import GraphIndex
-from onnxq.passes.base import copy_model
 from onnxq.plan import QuantPlan
 from onnxq.recovery.layers import build_layer, capture_inputs, is_layer
 from onnxq.scales.types import ScaleTable
@@ -48,18 +47,15 @@ def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: Reco
 
 
 def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calibrators: dict[str, Calibrator],
-            data: Iterable[Batch] | None, options: RecoveryOptions
-            ) -> tuple[onnx.ModelProto, ScaleTable, list[str]]:
-    """Layer-local recovery after the ranges: the model to insert Q/DQ into (``prepared`` itself, or a copy with
-    AdaRound weights and corrected biases: ``prepared`` stays the float reference), the table, and notes."""
+            data: Iterable[Batch] | None, options: RecoveryOptions) -> tuple[ScaleTable, list[str]]:
+    """Layer-local recovery after the ranges: the (possibly changed) table and notes; ``prepared`` is changed in
+    place (AdaRound weights, corrected biases)."""
     auto = [t for t in plan.calibrated_activations() if t.method == "auto"]
     if not (auto or options.needs_layers):
-        return prepared, table, []
+        return table, []
     if data is None:
-        return prepared, table, ["layer-local recovery skipped: it needs calibration data (--calib); auto ranges "
-                                 "fall back to mse"]
-    if options.needs_layers:
-        prepared = copy_model(prepared)
+        return table, ["layer-local recovery skipped: it needs calibration data (--calib); auto ranges fall back "
+                       "to mse"]
     index = GraphIndex.build(prepared.graph)
     planned = {c.node for t in plan.weights() for c in t.consumers}
     nodes = [n for n in prepared.graph.node if is_layer(n, index) and (n.name or n.output[0]) in planned
@@ -86,4 +82,4 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
 
         shifts = correct_biases(prepared, table, layers, inputs, reference)
         notes.append(f"bias correction: {len(shifts)} layer(s)")
-    return prepared, table, notes
+    return table, notes

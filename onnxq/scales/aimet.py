@@ -116,6 +116,10 @@ def from_document(doc: Any, *, source: str = "AIMET encodings",
         raise OnnxqError(f"{source}: AIMET encodings version {version} is not supported; export with version 0.6.1 "
                          "(the per-tensor-name format)")
     axes = dict(channel_axes or {})
+    args = doc.get("quantizer_args") if isinstance(doc.get("quantizer_args"), Mapping) else {}
+    # With per-channel quantization on, a parameter's list holds one encoding per channel, so a one-element list of a
+    # weight planned per channel is per channel (one channel), not per tensor: the round trip stays exact.
+    per_channel_params = str(args.get("per_channel_quantization", "False")).lower() == "true"
     table: ScaleTable = {}
     for section in ("activation_encodings", "param_encodings"):
         entries = doc.get(section) or {}
@@ -127,11 +131,12 @@ def from_document(doc: Any, *, source: str = "AIMET encodings",
             if name in table:
                 log.warning("%s: tensor %r is in both activation and param encodings; keeping the first", source, name)
                 continue
-            table[name] = _params(name, encodings, axes.get(name, 0), f"{source}: tensor {name!r}")
+            one_channel = per_channel_params and section == "param_encodings" and name in axes
+            table[name] = _params(name, encodings, axes.get(name, 0), f"{source}: tensor {name!r}", one_channel)
     return table
 
 
-def _params(name: str, encodings: Any, axis: int, where: str) -> QuantParams:
+def _params(name: str, encodings: Any, axis: int, where: str, one_channel: bool = False) -> QuantParams:
     if isinstance(encodings, Mapping):
         encodings = [encodings]
     if not isinstance(encodings, list) or not encodings:
@@ -164,7 +169,7 @@ def _params(name: str, encodings: Any, axis: int, where: str) -> QuantParams:
         dtype, zps = "int8", [0] * len(offsets)
     else:
         dtype, zps = "uint8", [-o for o in offsets]
-    per_channel = len(scales) > 1
+    per_channel = len(scales) > 1 or one_channel
     scale_arr = np.asarray(scales if per_channel else scales[0], dtype=np.float32)
     zp_arr = np.asarray(zps if per_channel else zps[0]).astype(dtype)
     try:

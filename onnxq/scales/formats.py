@@ -5,6 +5,9 @@ from __future__ import annotations
 
 #: scale-file formats: onnxq JSON, TensorRT calibration cache, AIMET 0.6.1 encodings
 FORMATS = ("json", "trt-cache", "aimet")
+#: formats that carry no weight scales (a TensorRT calibration cache: TensorRT computes weight scales itself). For
+#: them ``--strict`` checks the activations only; weights always come from their values.
+WEIGHTLESS_FORMATS = frozenset({"trt-cache"})
 DEFAULT_EXTENSIONS = {"json": ".json", "trt-cache": ".cache", "aimet": ".encodings"}
 
 #: calibrator names a TensorRT calibration cache header may carry ("TRT-8601-EntropyCalibration2")

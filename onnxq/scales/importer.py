@@ -1,9 +1,10 @@
 """``quantize --scales FILE``: take the ranges from a file instead of calibrating.
 
 The file's scales are matched to the plan by ONNX tensor name. Mismatches are reported (``--strict`` makes every
-one an error): names the plan does not quantize are ignored; planned weights the file does not cover get per-channel
-min-max scales from their values; planned activations it does not cover are dropped from the plan, so their
-consumers read float (a warning names them). A file's integer type wins over the target's default for a tensor.
+one an error; a TensorRT cache, which carries no weights, is asked for the activations only): names the plan does
+not quantize are ignored; planned weights the file does not cover get per-channel min-max scales from their values;
+planned activations it does not cover are dropped from the plan, so their consumers read float (a warning names
+them). A file's integer type wins over the target's default for a tensor.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from onnxq.findings import Finding
 from onnxq.graph import GraphIndex, fingerprint, printable
 from onnxq.plan import QuantPlan
 from onnxq.scales.compute import weight_params
-from onnxq.scales.io import check_scales, load_scales
+from onnxq.scales.formats import WEIGHTLESS_FORMATS
+from onnxq.scales.io import check_scales, load_scales, scales_format
 from onnxq.scales.io import read_text as read_scales_text
 from onnxq.scales.json_format import model_fingerprint
 from onnxq.scales.types import ScaleTable
@@ -33,9 +35,11 @@ def scale_importer(path: str, *, strict: bool = False,
         """The file's scales for the plan's tensors (planned weights it misses: from their values). Planned
         activations it misses are absent: ``plan.for_scales(table, path)`` derives the plan that is inserted."""
         axes = {t.name: t.axis for t in plan.weights() if t.axis is not None}
-        table = load_scales(path, fmt, channel_axes=axes)
+        found_format = scales_format(path, fmt)
+        table = load_scales(path, found_format, channel_axes=axes)
         check_fingerprint(path, fingerprint(prepared), strict=strict)
-        return match_to_plan(table, plan, prepared, strict=strict, source=path)
+        return match_to_plan(table, plan, prepared, strict=strict, source=path,
+                             weights_in_file=found_format not in WEIGHTLESS_FORMATS)
 
     return import_scales
 
@@ -56,8 +60,13 @@ def check_fingerprint(path: str, expected: str, *, strict: bool) -> None:
 
 
 def match_to_plan(table: ScaleTable, plan: QuantPlan, prepared: onnx.ModelProto, *, strict: bool,
-                  source: str) -> ScaleTable:
-    findings = check_scales(table, {t.name: t.channels for t in plan.tensors.values()}, strict)
+                  source: str, weights_in_file: bool = True) -> ScaleTable:
+    """``table`` fitted to ``plan``. ``strict``: every mismatch is an error -- a planned tensor the file should hold
+    but does not, a name the plan does not quantize, a channel count that differs. What "should hold" means per
+    format: every planned tensor for json / AIMET; every planned activation for a TensorRT cache
+    (``weights_in_file`` False), whose weights always come from their values."""
+    expected = {t.name: t.channels for t in plan.tensors.values() if weights_in_file or t.role != "weight"}
+    findings = check_scales(table, expected, strict)
     findings += axis_findings(table, plan)
     errors = [f for f in findings if f.severity == "error"]
     weights = {t.name for t in plan.weights()}

@@ -72,6 +72,11 @@ def _check_format(fmt: str) -> str:
     return fmt
 
 
+def scales_format(path: str | os.PathLike, format: str | None = None) -> str:
+    """The format of a scales file: ``format`` when given (checked), else detected from its content."""
+    return _check_format(format) if format else detect_format(_read_text(Path(path)), str(path))
+
+
 def load_scales(path: str | os.PathLike, format: str | None = None, **options: Any) -> ScaleTable:
     """Read a scales file. ``format`` None detects it. ``options`` go to the reader (AIMET: ``channel_axes``)."""
     path = Path(path)

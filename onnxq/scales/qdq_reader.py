@@ -47,6 +47,7 @@ class QDQParams:
     elem_type: int  # onnx.TensorProto data type of the integer side
     axis: int  # as written (default 1), not normalised
     block_size: int
+    axis_given: bool = False  # the node has an ``axis`` attribute
 
     @property
     def dtype_name(self) -> str | None:
@@ -54,7 +55,12 @@ class QDQParams:
 
     @property
     def per_channel(self) -> bool:
-        return self.scale is not None and self.scale.ndim >= 1 and self.scale.size > 1
+        """A 1-D scale is per axis (ONNX QuantizeLinear: "a 1-D tensor for per-axis quantization"), also with one
+        channel when the node names its axis (onnxq writes a one-channel weight that way); a one-element scale
+        without an ``axis`` attribute is read as per tensor, as other exporters mean it."""
+        if self.scale is None or self.scale.ndim < 1:
+            return False
+        return self.scale.size > 1 or (self.scale.ndim == 1 and self.axis_given)
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,7 @@ def node_params(index: GraphIndex, node: onnx.NodeProto) -> QDQParams:
         zero_point_given=bool(zp_name),
         elem_type=elem,
         axis=int(attrs.get("axis", 1)),
+        axis_given="axis" in attrs,
         block_size=int(attrs.get("block_size", 0)),
     )
 

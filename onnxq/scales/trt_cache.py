@@ -10,9 +10,11 @@ scale in 32-bit single precision IEEE754 format", example ``TRT-7103-EntropyCali
 The value is the *scale*: the dynamic range (amax) is ``scale * 127`` (onnxruntime multiplies by 127.0 when it reads
 the file). TensorRT quantization is symmetric int8, so entries become ``QuantParams(scale, 0, "int8")``.
 
-Limits of the format: one scale per tensor. Per-channel (weight) parameters are not part of a calibration cache --
-TensorRT computes weight scales itself -- and asymmetric/uint8 parameters cannot be expressed; both are left out on
-export with a warning naming how many were dropped.
+Limits of the format: one scale per tensor, activations only. Weights are not part of a calibration cache -- TensorRT
+computes weight scales itself -- so weights (named by the exporter, and any per-channel entry) are left out, as are
+asymmetric/uint8 parameters, which cannot be expressed (a warning names how many). Importing a cache therefore gives
+activations only; ``quantize --scales X.cache --strict`` asks it for every planned activation and computes the
+weights from their values (``onnxq.scales.formats.WEIGHTLESS_FORMATS``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -49,8 +52,11 @@ def looks_like(text: str) -> bool:
 
 
 def dumps(table: ScaleTable, *, trt_version: str | int = TRT_CACHE_DEFAULT_VERSION,
-          algorithm: str = TRT_CACHE_DEFAULT_ALGORITHM,
+          algorithm: str = TRT_CACHE_DEFAULT_ALGORITHM, param_names: Iterable[str] = (),
           **_: Any) -> str:
+    """The cache text: activations only. Weights (``param_names``, and every per-channel entry) are left out --
+    TensorRT computes weight scales from the weights itself."""
+    params = set(param_names)
     if algorithm not in TRT_CACHE_ALGORITHMS:
         raise OnnxqError(f"unknown calibration algorithm {algorithm!r}; choose one of "
                          f"{', '.join(TRT_CACHE_ALGORITHMS)}")
@@ -60,6 +66,8 @@ def dumps(table: ScaleTable, *, trt_version: str | int = TRT_CACHE_DEFAULT_VERSI
     lines = [f"TRT-{version}-{algorithm}"]
     per_channel, asymmetric = [], []
     for name, p in table.items():
+        if name in params:
+            continue
         if p.per_channel:
             per_channel.append(name)
             continue

@@ -26,8 +26,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onnxq import progress
 from onnxq.atomic import write_bytes_atomic
 from onnxq.errors import OnnxqError
+from onnxq.trt.build_progress import progress_monitor
 from onnxq.trt.shapes import Profile
 
 log = logging.getLogger(__name__)
@@ -183,7 +185,15 @@ def build_engine(model_path: str | os.PathLike, engine_path: str | os.PathLike, 
         config.add_optimization_profile(trt_profile)
 
     log.info("building a TensorRT %s engine (%s%s)", trt.__version__, mode, ", FP16 fallback" if options.fp16 else "")
-    plan = builder.build_serialized_network(network, config)
+    monitor = progress_monitor(trt)
+    if monitor is not None:
+        config.progress_monitor = monitor  # TensorRT >= 10: its phases become progress stages
+    try:
+        with progress.stage("engine build"):
+            plan = builder.build_serialized_network(network, config)
+    finally:
+        if monitor is not None:
+            monitor.close()
     if plan is None:
         raise OnnxqError("TensorRT could not build the engine; rerun with -v to see TensorRT's log")
     write_bytes_atomic(engine_path, bytes(plan))

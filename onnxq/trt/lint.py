@@ -14,7 +14,8 @@ it reads a constant (weights stored quantized). Rule ids (severity):
 * ``per-channel-axis`` (error): per-channel weight scales on the wrong axis for the op consuming the weight, or a
   channel count that does not match the weight.
 * ``per-channel-activation`` (error): per-channel scales on an activation (TensorRT: activations per tensor).
-* ``int8-convtranspose`` (error): a quantized ConvTranspose, unless allowed.
+* ``int8-convtranspose`` (warning): a quantized ConvTranspose (TensorRT before 8.5 lacks kernels for some), unless
+  allowed; its weight axis is checked by ``per-channel-axis`` like any weighted op.
 * ``qdq-mismatch`` (warning): a DequantizeLinear whose scale or type differs from its QuantizeLinear's.
 * ``dangling-q`` / ``dangling-dq`` (error): a QuantizeLinear not followed by DequantizeLinear, or a DequantizeLinear
   whose input is neither a QuantizeLinear output nor a constant.
@@ -189,9 +190,15 @@ class _Linter:
         if node.op_type == "ConvTranspose" and not self.options.allow_int8_convtranspose:
             quantized = [i for i in (0, 1) if len(node.input) > i and self.dq_source(node.input[i]) is not None]
             if quantized:
-                self.add("error", "int8-convtranspose", node,
-                         "ConvTranspose is quantized; TensorRT lacks INT8 kernels for many ConvTranspose "
-                         "configurations -- leave it float or pass --allow-int8-convtranspose")
+                # A warning, not an error: with per-input-channel (axis 0) or per-tensor weight scales, which the
+                # per-channel-axis rule checks, TensorRT >= 8.5 builds it (NVIDIA/TensorRT#2280); older versions and
+                # some configurations lack kernels (NVIDIA/TensorRT#1519). docs/tensorrt_rules.md 3.5.
+                self.add("warning", "int8-convtranspose", node,
+                         "ConvTranspose is quantized; TensorRT before 8.5 lacks INT8 kernels for some ConvTranspose "
+                         "configurations -- build the engine to confirm, leave it float, or pass "
+                         "--allow-int8-convtranspose to accept it")
+        if node.op_type == "ConvTranspose" and not any(
+                len(node.input) > i and self.dq_source(node.input[i]) is not None for i in (0, 1)):
             return
         missing = []
         for i, role in ((0, "activation input"), (1, "weight")):

@@ -198,7 +198,7 @@ def test_shards_are_runs_of_consecutive_files_of_near_equal_size(tmp_path):
 
 def test_a_worker_that_sees_another_model_file_refuses_it(model_and_data):
     """What the task checks before calibrating (run here in-process: the check does not need Ray)."""
-    from onnxq.distributed.ray_calibrate import ShardJob, calibrate_shard, file_sha256
+    from onnxq.distributed.ray_calibrate import ShardJob, calibrate_shard, file_sha256, weights_sha256
     from onnxq.distributed.shards import split_files
     from onnxq.graph import fingerprint
     from onnxq.version import __version__
@@ -207,7 +207,8 @@ def test_a_worker_that_sees_another_model_file_refuses_it(model_and_data):
     config = QuantConfig()
     prepared, plan = prepared_and_plan(model_path, config)
     job = ShardJob(shard=split_files(sorted(data.iterdir()), 4)[0], model_path=str(model_path),
-                   model_sha256=file_sha256(model_path), fingerprint=fingerprint(prepared), onnxq_version=__version__,
+                   model_sha256=file_sha256(model_path), fingerprint=fingerprint(prepared),
+                   weights_sha256=weights_sha256(prepared), onnxq_version=__version__,
                    config=config, tensors=calibration_targets(plan, config), data_path=str(data),
                    max_batches=None, threads=1)
     result = calibrate_shard(job)
@@ -283,3 +284,20 @@ def test_an_npz_stack_is_one_shard_and_keeps_the_batch_limit(model_and_data, tmp
     prepared, _ = prepared_and_plan(model_path, config)
     assert shard_files(prepared, str(stack), config) == ([stack], 3)
     assert "runs as a single Ray task" in caplog.text
+
+
+@pytest.mark.slow  # a local Ray instance: ~10-15 s to start on 2 cores, once per session
+def test_sensitivity_with_ray_gives_the_local_report(ray_instance, model_and_data, tmp_path):
+    import json
+
+    from tests.helpers import run_cli
+
+    model_path, data = model_and_data
+    reports = {}
+    for name, extra in (("local", []), ("ray", ["--ray", "--shards", "4"])):
+        r = run_cli("sensitivity", model_path, "--calib", data, "--val", data, "--method", "entropy",
+                    "--num-bins", "256", *extra, "-o", tmp_path / name)
+        assert r.returncode == 0, r.stderr
+        reports[name] = json.loads((tmp_path / name / "sensitivity.json").read_text())
+    for key in ("all_quantized", "nodes", "batches"):
+        assert reports["ray"][key] == reports["local"][key]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from onnxq.calib.base import CalibOptions
 from onnxq.config import QuantConfig
 from onnxq.insert.qdq import InsertQDQ
 from onnxq.qat.api import replan
@@ -53,8 +56,14 @@ def test_attention_mapping_uses_function_sites():
     assert {w.param for w in transposed} == {"qkv.weight", "proj.weight"}  # Linear on 3-d input -> MatMul(x, W^T)
 
 
-@pytest.mark.parametrize("net_cls,config", [(Tiny, WITH_CONVTRANSPOSE), (TinyAttention, QuantConfig()),
-                                            (Tiny, QuantConfig(target="ort-cpu"))])
+# min-max initial ranges: with the default mse ranges one activation of Tiny sits on a rounding boundary, where
+# float noise flips one quantization step between torch and onnxruntime (see onnxq/qat/README.md, "verify")
+MINMAX = CalibOptions(method="minmax")
+
+
+@pytest.mark.parametrize("net_cls,config", [(Tiny, replace(WITH_CONVTRANSPOSE, calib=MINMAX)),
+                                            (TinyAttention, QuantConfig(calib=MINMAX)),
+                                            (Tiny, QuantConfig(target="ort-cpu", calib=MINMAX))])
 def test_fake_quant_forward_equals_onnxruntime_qdq(net_cls, config):
     _, _, qmodel = prepared(net_cls, config, learn_scales=True)
     train_steps(qmodel)  # BN in training mode, learned scales moved

@@ -138,6 +138,7 @@ def mobilenet_hardswish(seed: int = 0, width: int = 16, blocks: int = 3):
     inits.extend([init("fc_w", (rng.standard_normal((10, width)) * 0.5).astype(np.float32)),
                   init("fc_b", np.zeros(10, np.float32))])
     nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1))
-    graph = helper.make_graph(nodes, "mobilenet_hs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 32, 32])],
+    graph = helper.make_graph(nodes, "mobilenet_hs",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 32, 32])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], inits)
     return make_model(graph)

@@ -12,8 +12,13 @@ from onnxq.recovery.equalization import MIN_SCALE, cle_scales
 from onnxq.recovery.smoothquant import smooth_scales
 from onnxq.recovery.stage import equalize
 from tests.helpers import assert_equivalent, op_types
-from tests.recovery.nets_recovery import (image_batches, matmul_model, mobilenet_hardswish, outlier_batches,
-                                          separable_block)
+from tests.recovery.nets_recovery import (
+    image_batches,
+    matmul_model,
+    mobilenet_hardswish,
+    outlier_batches,
+    separable_block,
+)
 
 
 def test_equalization_leaves_fp32_outputs_unchanged_and_balances_depthwise_inputs() -> None:

@@ -1,5 +1,5 @@
-"""A MobileNet-style depthwise + HardSwish network built in code: the default recovery settings beat plain min-max
-by a measured margin (README "Accuracy recovery")."""
+"""A MobileNet-style depthwise + HardSwish network built in code: the default (MSE ranges) and --equalize beat plain
+min-max by measured margins (README "Accuracy recovery")."""
 
 from __future__ import annotations
 
@@ -25,15 +25,14 @@ def _sqnr(model, quantized, batches) -> float:
     return acc.sqnr_db
 
 
-def test_default_recovery_beats_plain_minmax_on_a_depthwise_hardswish_network() -> None:
+def test_default_and_equalization_beat_plain_minmax_on_a_depthwise_hardswish_network() -> None:
     model = mobilenet_hardswish()
     calib, val = image_batches(count=4, size=32, seed=10), image_batches(count=3, size=32, seed=20)
     plain = _sqnr(model, quantize(model, calib=calib, config=PLAIN_MINMAX).model, val)
     default = _sqnr(model, quantize(model, calib=calib).model, val)
-    no_equalization = _sqnr(model, quantize(model, calib=calib, config=replace(
-        QuantConfig(), recovery=replace(QuantConfig().recovery, equalize=False))).model, val)
-    print(f"plain min-max {plain:.2f} dB, default without equalization {no_equalization:.2f} dB, default {default:.2f} dB")
-    # measured: plain min-max 26.37 dB, default without equalization 27.58 dB, default 31.68 dB
-    assert default > plain + 4.0, (plain, default)
-    assert default > no_equalization + 3.0, (no_equalization, default)  # equalization's own share
-    assert np.isfinite(default)
+    equalized = _sqnr(model, quantize(model, calib=calib, config=replace(
+        QuantConfig(), recovery=replace(QuantConfig().recovery, equalize=True))).model, val)
+    # measured: plain min-max 26.37 dB, default (mse ranges) 27.58 dB, default + --equalize 31.68 dB
+    assert default > plain + 0.5, (plain, default)
+    assert equalized > default + 3.0, (default, equalized)  # equalization's own share
+    assert np.isfinite(equalized)
