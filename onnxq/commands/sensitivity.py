@@ -34,7 +34,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("-o", "--output-dir", metavar="DIR", help="write sensitivity.json and sensitivity.png here")
     p.add_argument("--top", type=int, metavar="N", help="print only the N most harmful nodes")
     add_calib_flags(p)
-    add_recovery_flags(p)
     add_selection_flags(p)
     add_ray_flags(p)
     p.set_defaults(func=run)

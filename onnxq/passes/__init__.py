@@ -5,7 +5,6 @@ from __future__ import annotations
 from onnxq.passes.base import FunctionalPass, InPlacePass, Pass, PassManager, PassResult
 from onnxq.passes.batchnorm_to_mul_add import BatchNormToMulAdd
 from onnxq.passes.constants_to_initializers import ConstantsToInitializers
-from onnxq.passes.fold_bias_add import FoldBiasAdd
 from onnxq.passes.fold_batchnorm import FoldBatchNorm
 from onnxq.passes.fold_bias_add import FoldBiasAdd
 from onnxq.passes.infer_shapes import InferShapes

@@ -25,8 +25,7 @@ from onnxq import progress
 from onnxq.config import QuantConfig
 from onnxq.data import Batch
 from onnxq.errors import OnnxqError
-from onnxq.pipeline import data_source, prepare, ranges
-from onnxq.recovery.stage import equalize, recover
+from onnxq.pipeline import prepare, ranges
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.gated import GatedSession, noise_ratios, worst
 from onnxq.recovery.macs import node_macs
@@ -100,8 +99,6 @@ def calibrate_model(model: onnx.ModelProto, calib, config: QuantConfig, collecto
     clock = _Clock()
     with clock("prepare"):
         prepared, _ = prepare(model, config)
-        data = data_source(prepared, calib, config, warn=False)
-        equalize(prepared, data, config.recovery)  # the quantize pipeline's equalize stage, so nodes match
         plan = build_plan(prepared, config)
     if not plan.tensors:
         raise OnnxqError("nothing to quantize: no node is planned for quantization")

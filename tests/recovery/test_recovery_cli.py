@@ -10,7 +10,7 @@ from tests.helpers import run_cli
 def test_all_recovery_flags_run_and_are_reported(cnn_dir) -> None:
     pytest.importorskip("torch")
     r = run_cli("quantize", cnn_dir / "model.onnx", "--calib", cnn_dir / "calib", "--method", "auto",
-                "--bias-correction", "--smoothquant", "0.5", "--adaround", "--adaround-iterations", "20",
+                "--equalize", "--bias-correction", "--smoothquant", "0.5", "--adaround", "--adaround-iterations", "20",
                 "-o", cnn_dir / "r.onnx", "--val", cnn_dir / "val")
     assert r.returncode == 0, r.stderr
     for name in ("equalization:", "SmoothQuant (alpha 0.5): 1", "auto ranges:", "AdaRound:", "bias correction:"):

@@ -6,18 +6,13 @@ import numpy as np
 import onnx
 
 from onnxq import QuantConfig
-from onnxq.calib.base import CalibOptions
-from onnxq.config import RecoveryOptions
 from onnxq.recovery.sensitivity import analyze, calibrate_model
 from tests.helpers import run_cli
 from tests.recovery.nets import NODES, batches, fragile_chain
 
-# plain min-max: the default MSE + equalization already rescues the fragile node of this chain
-MINMAX = QuantConfig(calib=CalibOptions(method="minmax"), recovery=RecoveryOptions(equalize=False))
-
 
 def test_fragile_node_ranked_first():
-    calibrated = calibrate_model(fragile_chain(), batches(4, seed=1), MINMAX)
+    calibrated = calibrate_model(fragile_chain(), batches(4, seed=1), QuantConfig())
     report, _ = analyze(calibrated, batches(2, seed=2))
     ranked = report.ranked()
     assert [n.node for n in ranked][0] == "conv_frag"
@@ -40,7 +35,7 @@ def test_sensitivity_command(tmp_path):
         for i, b in enumerate(batches(2, seed=seed)):
             np.savez(tmp_path / split / f"{i}.npz", **b)
     r = run_cli("sensitivity", tmp_path / "model.onnx", "--calib", tmp_path / "calib", "--val", tmp_path / "val",
-                "--method", "minmax", "--no-equalize", "-o", tmp_path / "out")
+                "-o", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     rows = [line.split() for line in r.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert rows[0][1] == "conv_frag"
