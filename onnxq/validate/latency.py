@@ -21,8 +21,6 @@ from onnxq.data import Batch
 from onnxq.errors import OnnxqError, require_at_least
 from onnxq.runtime import SessionSettings, make_session
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class Timing:
@@ -80,6 +78,9 @@ class LatencySettings:
     def __post_init__(self) -> None:
         require_at_least("--threads (0: onnxruntime's default)", self.threads, 0)
         require_at_least("the number of timed runs", self.runs, 1)
+
+
+log = logging.getLogger(__name__)
 
 
 def deployment_session(model: onnx.ModelProto | str, threads: int = 0,
