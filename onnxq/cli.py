@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "models",
     "demo",
     "sensitivity",
+    "compare",
 )
 
 

@@ -8,18 +8,24 @@ the value of the level below; ``skip = true`` keeps a node in float.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import Literal
 
 from onnxq import node_regex
 from onnxq.calib.base import CalibOptions
 from onnxq.calib.methods import check_method
 from onnxq.calib.weights import check_weight_method
 from onnxq.errors import OnnxqError, require_at_least
+from onnxq.formats import Format, check_block_size, parse_format
 from onnxq.node_regex import compile_node_regex
 from onnxq.rules import TARGET_RULES, TENSORRT
 
 #: activation calibration of quantize by default: MSE over the streaming histogram (measured on the public real
 #: models in README "Accuracy recovery": common_det 7.1 dB with min-max -> 22.6 dB)
 DEFAULT_ACTIVATION_METHOD = "mse"
+
+# a precision format name of onnxq.formats.FORMATS ("int8", "int8-asym", "uint8", "fp8", "w8", "int4", "int4-asym")
+FormatName = str
+FloatRest = Literal["fp32", "fp16"]
 
 @dataclass(frozen=True)
 class NodeSetting:
@@ -28,7 +34,10 @@ class NodeSetting:
     skip: bool | None = None
     method: str | None = None
     percentile: float | None = None
-    dtype: str | None = None  # a key of onnxq.dtypes.QUANT_DTYPES
+    # the precision format (onnxq.formats): "int8" | "int8-asym" | "uint8" | "fp8" | "w8" | "int4" | "int4-asym"
+    dtype: FormatName | None = None
+    # block size of block-wise formats (int4): 16 | 32 | 64 | 128 | 256
+    block_size: int | None = None
 
     def over(self, base: NodeSetting) -> NodeSetting:
         """This setting laid over ``base``: every field this one sets wins."""
@@ -65,6 +74,10 @@ class Overrides:
             setting = self.by_name[node_name].over(setting)
             decided_by = f"node name {node_name!r}" if self.by_name[node_name].skip is not None else decided_by
         return setting, decided_by
+
+    def settings(self) -> list[NodeSetting]:
+        """Every setting of every level, for checks that do not depend on the node."""
+        return [self.global_setting, *self.by_op.values(), *(s for _, s in self.by_regex), *self.by_name.values()]
 
     def merged(self, other: Overrides) -> Overrides:
         """``other`` laid over this one (command-line flags over a config file)."""
@@ -152,6 +165,8 @@ class QuantConfig:
     # with this config's calibration method and options (the CLI sets it when a calibration flag is given), or
     # refuses where they cannot give that method (onnxq.calib.stats.rechoose_methods).
     rechoose_stats_method: bool = False
+    # what stays float: kept FP32, or converted to FP16 with Casts at its borders (onnxq.passes.float16)
+    float_rest: FloatRest = "fp32"
 
     def __post_init__(self) -> None:
         if self.target not in TARGET_RULES:
@@ -163,3 +178,22 @@ class QuantConfig:
         require_at_least("--calib-batches", self.calib_batches, 1)
         require_at_least("--batch-size", self.batch_size, 1)
         require_at_least("--memory-budget-mb", self.memory_budget_mb, 1)
+        if self.float_rest not in ("fp32", "fp16"):
+            raise OnnxqError(f"--float-rest must be fp32 or fp16, got {self.float_rest!r}")
+        for setting in self.overrides.settings():
+            if setting.dtype is not None:
+                parse_format(setting.dtype, setting.block_size)
+            elif setting.block_size is not None:
+                check_block_size(setting.block_size)
+
+    def formats_used(self) -> list[Format]:
+        """Every format a node of this run may get: the target's default and each one the overrides name."""
+        names = {TARGET_RULES[self.target].activation_dtype}
+        names |= {s.dtype for s in self.overrides.settings() if s.dtype is not None}
+        return [parse_format(n).format for n in sorted(names)]
+
+    def min_opset(self) -> int:
+        """The opset the quantized model needs for the formats of this run (13 for int8 per channel, 19 for
+        fp8, 21 for block-wise int4; 19 with ``float_rest="fp16"``, where QuantizeLinear/DequantizeLinear take
+        FP16 inputs and scales)."""
+        return max([f.min_opset for f in self.formats_used()] + [19 if self.float_rest == "fp16" else 13])

@@ -10,6 +10,10 @@ r"""Per-node configuration files (TOML).
     [op.ConvTranspose]             # by op type
     skip = false
 
+    [op.MatMul]                    # precision format (onnxq.formats): int8 | int8-asym | uint8 | fp8 | w8 |
+    dtype = "int4"                 # int4 | int4-asym; block_size for the block-wise ones (default 128)
+    block_size = 64
+
     [regex."^backbone\\."]         # by node-name regex (file order; later wins)
     method = "entropy"
 
@@ -31,13 +35,13 @@ import onnx
 from onnxq import node_regex, safe_read
 from onnxq.calib.methods import check_method
 from onnxq.config import NodeSetting, Overrides
-from onnxq.dtypes import QUANT_DTYPES
 from onnxq.errors import OnnxqError
+from onnxq.formats import FORMATS, check_block_size, parse_format
 from onnxq.graph import node_name
 from onnxq.safe_read import check_nesting, read_bytes
 
 SETTING_KEYS = {f.name for f in fields(NodeSetting)}
-RUN_KEYS = {"target", "weight_method", "per_channel_weights"}
+RUN_KEYS = {"target", "weight_method", "per_channel_weights", "float_rest"}
 SECTIONS = {"global", "op", "regex", "node"}
 
 
@@ -49,8 +53,20 @@ def _setting(where: str, table: dict) -> NodeSetting:
         raise OnnxqError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(SETTING_KEYS))})")
     if "skip" in table and not isinstance(table["skip"], bool):
         raise OnnxqError(f"{where}: skip must be true or false")
-    if "dtype" in table and table["dtype"] not in QUANT_DTYPES:
-        raise OnnxqError(f"{where}: dtype must be one of {', '.join(QUANT_DTYPES)}, got {table['dtype']!r}")
+    if "dtype" in table:
+        if not isinstance(table["dtype"], str):
+            raise OnnxqError(f"{where}: dtype must be a format name ({', '.join(FORMATS)}), got {table['dtype']!r}")
+        try:
+            parse_format(table["dtype"], table.get("block_size"))
+        except OnnxqError as exc:
+            raise OnnxqError(f"{where}: {exc}") from exc
+    if "block_size" in table:
+        if not isinstance(table["block_size"], int) or isinstance(table["block_size"], bool):
+            raise OnnxqError(f"{where}: block_size must be an integer, got {table['block_size']!r}")
+        try:
+            check_block_size(table["block_size"])
+        except OnnxqError as exc:
+            raise OnnxqError(f"{where}: {exc}") from exc
     if "percentile" in table and not (isinstance(table["percentile"], (int, float))
                                       and 0 < table["percentile"] <= 100):
         raise OnnxqError(f"{where}: percentile must be in (0, 100], got {table['percentile']!r}")

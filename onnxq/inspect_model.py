@@ -23,6 +23,7 @@ class ScaleInfo:
     scale_max: float
     zero_point_min: int
     zero_point_max: int
+    block_size: int | None = None  # block-wise (int4) parameters: elements per scale along ``axis``
 
 
 @dataclass
@@ -57,6 +58,6 @@ def inspect_model(model: onnx.ModelProto) -> ModelInspection:
         scale = entry.params.scale.astype(np.float64).ravel()
         zp = entry.params.zero_point.ravel()
         scales.append(ScaleInfo(name, entry.params.dtype, entry.params.axis, scale.size, float(scale.min()),
-                                float(scale.max()), int(zp.min()), int(zp.max())))
+                                float(scale.max()), int(zp.min()), int(zp.max()), entry.params.block_size))
     size = sum(tensor_nbytes(i) for i in graph.initializer)
     return ModelInspection(default_opset(model), ops, coverage, scales, size)

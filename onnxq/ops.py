@@ -34,6 +34,8 @@ class OpHandler:
     weight_axis: AxisRule | None = None
     #: which inputs carry the data of a data-movement op ("first" | "all"); None: not a data-movement op
     shares_scale: str | None = None
+    #: the axis of the weight the op sums over, where block-wise (int4) scales run; None: no block-wise weights
+    reduction_axis: AxisRule | None = None
 
     def scale_sharing_inputs(self, node: onnx.NodeProto) -> range:
         """The inputs of ``node`` that take the scale of its output (none unless a data-movement op)."""
@@ -46,8 +48,12 @@ def _gemm_axis(node: onnx.NodeProto, rank: int) -> int:
     return 0 if attr(node, "transB", 0) else 1  # B is (N, K) with transB, else (K, N): N is the output channel
 
 
-def _weighted(op_type: str, axis: AxisRule) -> OpHandler:
-    return OpHandler(op_type, quantized_inputs=(0, 1), weight_input=1, weight_axis=axis)
+def _gemm_reduction_axis(node: onnx.NodeProto, rank: int) -> int:
+    return 1 if attr(node, "transB", 0) else 0  # the K of B: (N, K) with transB, else (K, N)
+
+
+def _weighted(op_type: str, axis: AxisRule, reduction: AxisRule | None = None) -> OpHandler:
+    return OpHandler(op_type, quantized_inputs=(0, 1), weight_input=1, weight_axis=axis, reduction_axis=reduction)
 
 
 def _data_movement(op_type: str, inputs: str = "first") -> OpHandler:
@@ -55,10 +61,10 @@ def _data_movement(op_type: str, inputs: str = "first") -> OpHandler:
 
 
 OP_HANDLERS: dict[str, OpHandler] = {h.op_type: h for h in (
-    _weighted("Conv", lambda node, rank: 0),  # W is (C_out, C_in/group, k...)
+    _weighted("Conv", lambda node, rank: 0, lambda node, rank: 1),  # W is (C_out, C_in/group, k...)
     _weighted("ConvTranspose", lambda node, rank: 1),  # W is (C_in, C_out/group, k...)
-    _weighted("Gemm", _gemm_axis),
-    _weighted("MatMul", lambda node, rank: rank - 1),  # the N of a (..., K, N) weight
+    _weighted("Gemm", _gemm_axis, _gemm_reduction_axis),
+    _weighted("MatMul", lambda node, rank: rank - 1, lambda node, rank: rank - 2),  # W is (..., K, N)
     _data_movement("Concat", "all"),
     *(_data_movement(op) for op in ("MaxPool", "Resize", "Reshape", "Transpose", "Slice", "Flatten", "Squeeze",
                                     "Unsqueeze", "Identity", "Gather", "Pad", "Split", "DepthToSpace",
@@ -89,3 +95,12 @@ def weight_axis(node: onnx.NodeProto, input_index: int, rank: int, rules: Target
         return None
     override = rules.weight_axis.get(node.op_type)
     return override if override is not None else h.weight_axis(node, rank)
+
+
+def reduction_axis(node: onnx.NodeProto, input_index: int, rank: int) -> int | None:
+    """The axis of weight input ``input_index`` that ``node`` sums over (where block-wise scales run: MatMul's and
+    Gemm's K, Conv's input channels), or None when the op has no block-wise weights."""
+    h = handler(node)
+    if h is None or h.reduction_axis is None or input_index != h.weight_input or rank < 2:
+        return None
+    return h.reduction_axis(node, rank)

@@ -43,6 +43,7 @@ from onnxq.insert.quantize_bias import QuantizeBias
 from onnxq.outputs import check_outputs
 from onnxq.passes import PassManager, prepare_passes
 from onnxq.passes.decompose_hard_activations import DecomposeHardActivations
+from onnxq.passes.float16 import ConvertFloatToFP16
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target, verify_final
 from onnxq.recovery.stage import equalize, recover
@@ -90,15 +91,16 @@ def _load(model: ModelLike) -> tuple[onnx.ModelProto, Path | None]:
     return load_model(model), Path(model)
 
 
-def prepare(model: onnx.ModelProto, config: QuantConfig, *,
-            in_place: bool = False) -> tuple[onnx.ModelProto, list[str]]:
+def prepare(model: onnx.ModelProto, config: QuantConfig, *, in_place: bool = False,
+            min_opset: int | None = None) -> tuple[onnx.ModelProto, list[str]]:
     """Float-to-float passes (``model`` itself is left unchanged); refuses a model that already holds Q/DQ unless
-    ``config.requantize``."""
+    ``config.requantize``. The opset is raised to what ``config``'s formats need, or to ``min_opset``."""
     has_qdq = count_qdq(model) > 0
     if has_qdq and not config.requantize:
         raise OnnxqError("the model already holds QuantizeLinear/DequantizeLinear nodes; pass --requantize to "
                          "strip them and quantize again")
-    manager = PassManager(prepare_passes(per_channel=config.per_channel_weights, strip_qdq=has_qdq),
+    manager = PassManager(prepare_passes(per_channel=config.per_channel_weights, strip_qdq=has_qdq,
+                                         min_opset=max(config.min_opset(), min_opset or 0)),
                           debug=config.debug_passes)
     prepared, results = manager.run(model, keep_input=not in_place)  # in_place: a model the caller owns
     notes = [note for r in results for note in r.notes]
@@ -330,6 +332,8 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
         int32_bias = TARGET_RULES[config.target].int32_bias
         if int32_bias:
             quantized = QuantizeBias(int32_bias).run(quantized, keep_input=False).model
+        if config.float_rest == "fp16":
+            quantized = ConvertFloatToFP16().run(quantized, keep_input=False).model
         verify(quantized, first_batch)
     if mixed is not None:
         with clock("mixed-precision verify"):

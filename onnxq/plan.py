@@ -16,10 +16,11 @@ import onnx
 
 from onnxq.calib.base import CalibOptions
 from onnxq.config import NodeSetting, QuantConfig
-from onnxq.dtypes import INT8, quant_dtype
+from onnxq.dtypes import quant_dtype
+from onnxq.formats import FormatChoice, parse_format
 from onnxq.graph import GraphIndex, node_name
 from onnxq.integer_region import data_inputs, feeding_nodes, integer_region
-from onnxq.ops import WEIGHTED_OPS, handler, quantized_ops, weight_axis
+from onnxq.ops import WEIGHTED_OPS, handler, quantized_ops, reduction_axis, weight_axis
 from onnxq.rules import TARGET_RULES, TargetRules
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ class TensorPlan:
     consumers: list[Consumer] = field(default_factory=list)
     # the tensor whose scale this one reuses (Concat and data-movement inputs), or None for its own range
     shares_scale_with: str | None = None
+    # block-wise weights (int4): elements per scale along ``axis`` (DequantizeLinear opset 21 ``block_size``)
+    block_size: int | None = None
+    # the precision format (onnxq.formats) of the node that planned this tensor, for reports
+    format: str = "int8"
 
     def __setattr__(self, name: str, value) -> None:
         if self.__dict__.get("_frozen"):
@@ -226,7 +231,9 @@ class _Planner:
         fuses into one QLinear kernel (onnxq/integer_region.py, docs/ort_cpu_rules.md)."""
         graph = self.model.graph
         quantized = {d.node for d in self.plan.nodes if d.quantized}
-        seeds = [n for n in graph.node if node_name(n) in quantized and n.op_type in self.rules.integer_kernels]
+        # weight-only formats (w8, int4) keep activations float: their nodes seed no integer region
+        seeds = [n for n in graph.node if node_name(n) in quantized and n.op_type in self.rules.integer_kernels
+                 and any(self._activation_planned(t) for t in n.input)]
         upstream = feeding_nodes(self.index, seeds)
         for conv in [n for n in seeds if n.op_type in self.rules.float_when_writing_graph_output
                      and node_name(n) not in upstream]:
@@ -241,6 +248,8 @@ class _Planner:
                 continue
             kernel = self.rules.integer_kernels[node.op_type]
             setting, _ = self.config.overrides.resolve(node.op_type, name, NodeSetting(skip=False))
+            if self._format(setting).format.weight_only:
+                continue
             if name not in quantized:
                 for i, tensor in data_inputs(node, kernel):
                     self._add_tensor(node, name, i, tensor, setting)
@@ -294,13 +303,14 @@ class _Planner:
         quantized_nodes = {d.node for d in self.plan.nodes if d.quantized}
         from_conv = [(p := self.index.producer.get(n)) is not None and p.op_type == "Conv"
                      and node_name(p) in quantized_nodes and self.index.only_consumer(n) is add
+                     and self._activation_planned(p.input[0])
                      for n in add.input]
         if from_conv.count(True) != 1:
             return
         skip = add.input[from_conv.index(False)]
         name = node_name(add)
         setting, _ = self.config.overrides.resolve("Add", name, NodeSetting(skip=False))
-        if setting.skip:
+        if setting.skip or self._format(setting).format.weight_only:
             return
         self._add_tensor(add, name, from_conv.index(False), skip, setting)
         self.plan.nodes.append(NodeDecision(name, "Add", True, "quantized"))
@@ -314,7 +324,7 @@ class _Planner:
             return
         name = node_name(producer)
         setting, _ = self.config.overrides.resolve(producer.op_type, name, NodeSetting(skip=False))
-        if setting.skip:
+        if setting.skip or self._format(setting).format.weight_only:
             return
         added = False
         for i in h.scale_sharing_inputs(producer):
@@ -356,9 +366,56 @@ class _Planner:
         if not_float:
             self.plan.nodes.append(NodeDecision(name, node.op_type, False, f"input {not_float[0]!r} is not float"))
             return
+        choice = self._format(setting)
+        if choice.format.weight_only:
+            wanted, reason = self._weight_only_inputs(node, wanted, choice)
+            if not wanted:
+                self.plan.nodes.append(NodeDecision(name, node.op_type, False, reason))
+                return
         for i, tensor in wanted:
             self._add_tensor(node, name, i, tensor, setting)
         self.plan.nodes.append(NodeDecision(name, node.op_type, True, "quantized"))
+
+    def _format(self, setting: NodeSetting) -> FormatChoice:
+        return parse_format(setting.dtype or self.rules.activation_dtype, setting.block_size)
+
+    def _activation_planned(self, tensor: str) -> bool:
+        planned = self.plan.tensors.get(tensor)
+        return planned is not None and planned.role == "activation"
+
+    def _weight_only_inputs(self, node: onnx.NodeProto, wanted: list[tuple[int, str]],
+                            choice: FormatChoice) -> tuple[list[tuple[int, str]], str]:
+        """The weight inputs a weight-only format quantizes, or none and the reason."""
+        fmt = choice.format
+        if fmt.weight_ops is not None and node.op_type not in fmt.weight_ops:
+            return [], f"format {choice.label} applies to {', '.join(sorted(fmt.weight_ops))} only"
+        weights = [(i, t) for i, t in wanted if self.index.is_initializer(t)]
+        if not weights:
+            return [], f"no constant weight input (format {choice.label} is weight-only)"
+        if fmt.blockwise:
+            weights = [(i, t) for i, t in weights
+                       if reduction_axis(node, i, len(self.index.initializers[t].dims)) is not None]
+            if not weights:
+                return [], f"no weight with a reduction axis to block (format {choice.label})"
+        return weights, ""
+
+    def _weight_plan(self, node: onnx.NodeProto, i: int, tensor: str, choice: FormatChoice) -> TensorPlan:
+        dims = tuple(self.index.initializers[tensor].dims)
+        fmt = choice.format
+        if fmt.blockwise:
+            axis = reduction_axis(node, i, len(dims))
+            if axis is not None and dims[axis] <= (choice.block_size or 0):
+                # one block would span the whole reduction axis: that is per-output-channel quantization, written
+                # as such (one scale per output channel instead of one per (channel, kernel position) on Conv)
+                out_axis = weight_axis(node, i, len(dims), self.rules)
+                return TensorPlan(tensor, "weight", fmt.weight_dtype, fmt.weight_symmetric, out_axis,
+                                  dims[out_axis] if out_axis is not None else None, "minmax", format=choice.label)
+            return TensorPlan(tensor, "weight", fmt.weight_dtype, fmt.weight_symmetric, axis, None, "minmax",
+                              block_size=choice.block_size, format=choice.label)
+        axis = (weight_axis(node, i, len(dims), self.rules)
+                if self.config.per_channel_weights else None)
+        return TensorPlan(tensor, "weight", fmt.weight_dtype, fmt.weight_symmetric, axis,
+                          dims[axis] if axis is not None else None, self.config.weight_method, format=choice.label)
 
     def _default_method(self, tensor: str) -> str:
         """Graph inputs use ``config.input_method`` (min-max by default), everything else ``config.calib.method``."""
@@ -368,25 +425,30 @@ class _Planner:
 
     def _add_tensor(self, node: onnx.NodeProto, consumer: str, i: int, tensor: str, setting: NodeSetting) -> None:
         existing = self.plan.tensors.get(tensor)
+        choice = self._format(setting)
         if self.index.is_initializer(tensor):
-            dims = tuple(self.index.initializers[tensor].dims)
-            axis = weight_axis(node, i, len(dims), self.rules) if self.config.per_channel_weights else None
-            if existing is not None and existing.axis != axis:
-                log.info("weight %s is shared with different axes; quantizing it per tensor", tensor)
-                existing.axis, existing.channels = None, None
-            elif existing is None and node.op_type in self.rules.integer_kernels and \
-                    node.op_type not in WEIGHTED_OPS:
+            wanted = self._weight_plan(node, i, tensor, choice)
+            if existing is None and node.op_type in self.rules.integer_kernels and node.op_type not in WEIGHTED_OPS:
                 # a constant operand of an integer Add/Mul: the same type as the activations it meets
-                dtype = setting.dtype or self.rules.activation_dtype
-                existing = TensorPlan(tensor, "weight", dtype, quant_dtype(dtype).symmetric, None, None, "minmax")
+                fmt = choice.format
+                existing = TensorPlan(tensor, "weight", fmt.activation_dtype or self.rules.activation_dtype,
+                                      fmt.activation_symmetric, None, None, "minmax", format=choice.label)
             elif existing is None:
-                existing = TensorPlan(tensor, "weight", INT8.name, INT8.symmetric, axis,
-                                      dims[axis] if axis is not None else None, self.config.weight_method)
+                existing = wanted
+            elif (existing.dtype, existing.block_size) != (wanted.dtype, wanted.block_size):
+                log.info("weight %s is shared by nodes of formats %s and %s; it keeps %s", tensor,
+                         existing.format, wanted.format, existing.format)
+            elif existing.axis != wanted.axis:
+                log.info("weight %s is shared with different axes; quantizing it per tensor", tensor)
+                existing.axis, existing.channels, existing.block_size = None, None, None
         elif existing is None:
             method = setting.method or self._default_method(tensor)
-            dtype = setting.dtype or self.rules.activation_dtype
-            existing = TensorPlan(tensor, "activation", dtype, quant_dtype(dtype).symmetric, None, None, method,
-                                  setting.percentile)
+            fmt = choice.format
+            existing = TensorPlan(tensor, "activation", fmt.activation_dtype or "int8", fmt.activation_symmetric,
+                                  None, None, method, setting.percentile, format=choice.label)
+        elif existing.format != choice.label:
+            log.info("activation %s is read by nodes of formats %s and %s; it keeps %s", tensor, existing.format,
+                     choice.label, existing.format)
         if Consumer(consumer, i) not in existing.consumers:
             existing.consumers.append(Consumer(consumer, i))
         self.plan.tensors[tensor] = existing
@@ -395,5 +457,10 @@ class _Planner:
 def build_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
     """Decide, for the prepared float model, which tensors get Q/DQ and how."""
     plan = _Planner(model, config).build().freeze()
+    if config.target == "tensorrt":
+        asymmetric = sorted({t.format for t in plan.tensors.values() if not t.symmetric})
+        if asymmetric:
+            log.warning("format(s) %s quantize asymmetrically, which TensorRT cannot run (symmetric Q/DQ only; "
+                        "'onnxq lint' reports each node); use them with --target ort-cpu", ", ".join(asymmetric))
     log.info("plan: %d activation(s), %d weight(s) to quantize", len(plan.activations()), len(plan.weights()))
     return plan

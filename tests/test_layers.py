@@ -2,8 +2,8 @@
 
 Layers, bottom to top (DESIGN.md "Layers", adjusted to the real package; an import may go down or stay level):
 
-0. errors, version, atomic, outputs, safe_read, node_regex, findings, dtypes, rules, scales.formats -- pure data
-   and helpers
+0. errors, version, atomic, outputs, safe_read, node_regex, findings, dtypes, formats, rules, scales.formats --
+   pure data and helpers
 1. graph, runtime, data, ops -- load/save/index, onnxruntime sessions, readers, per-op handlers
 2. calib -- statistics algorithms (know nothing of plans)
 3. config, config_file, plan
@@ -27,6 +27,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "onnxq"
 LAYERS = {
     "onnxq.errors": 0, "onnxq.version": 0, "onnxq.progress": 0, "onnxq.atomic": 0, "onnxq.outputs": 0,
     "onnxq.safe_read": 0, "onnxq.node_regex": 0, "onnxq.findings": 0, "onnxq.dtypes": 0, "onnxq.rules": 0,
+    "onnxq.formats": 0,
     "onnxq.scales.formats": 0,
     "onnxq.graph": 1, "onnxq.runtime": 1, "onnxq.data": 1, "onnxq.ops": 1,
     "onnxq.calib": 2,

@@ -16,7 +16,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               "scales; no calibrator). Needs the tensorrt package and an NVIDIA GPU, unless "
                               "--print-trtexec.")
     add_model_and_output(p, "Q/DQ ONNX model", "engine file to write (e.g. model.plan)")
-    p.add_argument("--fp16", action="store_true", help="let unquantized layers run in FP16")
+    p.add_argument("--fp16", action="store_true", help="let unquantized layers run in FP16 (TensorRT 11: the "
+                   "graph's own FP16 layers, from 'onnxq quantize --float-rest fp16')")
     p.add_argument("--shapes", action="append", metavar="NAME:DxD..",
                    help="input shapes, e.g. x:1x3x640x640 (the opt shape; also min and max unless given)")
     p.add_argument("--min-shapes", action="append", metavar="NAME:DxD..", help="minimum shapes of dynamic inputs")
@@ -31,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from onnxq.graph import load_model
-    from onnxq.trt.build import BuildOptions, build_engine, installed_trt_major, precision_mode
+    from onnxq.trt.build import BuildOptions, build_engine, has_fp16_tensors, installed_trt_major, precision_mode
     from onnxq.trt.shapes import build_profile, parse_shapes
     from onnxq.trt.trtexec import format_command, trtexec_command
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
                             parse_shapes(args.max_shapes, "--max-shapes"))
     if args.print_trtexec:
         major = args.trt_version or installed_trt_major() or 10
-        mode = precision_mode(major, args.fp16)
+        mode = precision_mode(major, args.fp16, has_fp16_tensors(model))
         cmd = trtexec_command(args.model, args.output, mode=mode, fp16=args.fp16, profile=profile,
                               workspace_mib=args.workspace, trt_major=major,
                               layer_info=Path(args.output).with_suffix(".layers.json"))

@@ -42,6 +42,15 @@ def add_selection_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--include-node", action="append", default=[], metavar="REGEX",
                    help="quantize nodes whose name matches REGEX even if skipped by op type (repeatable)")
     g.add_argument("--per-tensor-weights", action="store_true", help="one scale per weight tensor, not per channel")
+    g.add_argument("--format", "--dtype", dest="format", metavar="FORMAT",
+                   help="precision format of every quantized node: int8 | int8-asym | uint8 | fp8 | w8 | int4 | "
+                        "int4-asym (per op type / node: dtype in --config); default: the target's (int8 on "
+                        "tensorrt, uint8 on ort-cpu)")
+    g.add_argument("--block-size", type=int, metavar="N",
+                   help="block size of block-wise formats (int4): 16 | 32 | 64 | 128 | 256 (default 128)")
+    g.add_argument("--float-rest", choices=("fp32", "fp16"), default=None,
+                   help="what stays float: fp32 (default) or fp16 with Casts at its borders (model inputs and "
+                        "outputs and precision-sensitive ops stay fp32)")
     g.add_argument("--config", metavar="TOML", help="per-node configuration file (see README)")
 
 
@@ -101,13 +110,15 @@ def recovery_from_args(args: argparse.Namespace):
 def config_from_args(args: argparse.Namespace):
     """QuantConfig from the flags laid over the --config file (flags win)."""
     from onnxq.calib.base import CalibOptions
-    from onnxq.config import DEFAULT_ACTIVATION_METHOD, Overrides, QuantConfig
+    from onnxq.config import DEFAULT_ACTIVATION_METHOD, NodeSetting, Overrides, QuantConfig
     from onnxq.config_file import load_config_file
 
     overrides, run = Overrides(), dict[str, Any]()
     if getattr(args, "config", None):
         overrides, run = load_config_file(args.config)
     flags = Overrides.from_flags(args.include_op, args.exclude_op, args.exclude_node, args.include_node)
+    if getattr(args, "format", None) or getattr(args, "block_size", None):
+        flags = replace(flags, global_setting=NodeSetting(dtype=args.format, block_size=args.block_size))
     target = args.target or run.get("target", TENSORRT.name)
     return QuantConfig(
         target=target,
@@ -126,6 +137,7 @@ def config_from_args(args: argparse.Namespace):
         debug_passes=getattr(args, "debug_passes", False),
         recovery=recovery_from_args(args),
         rechoose_stats_method=bool(getattr(args, "stats", None)) and bool(calib_flags_given(args)),
+        float_rest=getattr(args, "float_rest", None) or run.get("float_rest", "fp32"),
     )
 
 

@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from onnxq.graph import load_model
     from onnxq.scales.io import save_scales
     from onnxq.scales.qdq_reader import read_qdq
+    from onnxq.scales.trt_cache import skipped_on_export
 
     model = load_model(args.model)
     entries = read_qdq(model)
@@ -40,10 +41,11 @@ def run(args: argparse.Namespace) -> int:
             "trt-cache": {"trt_version": args.trt_version, "algorithm": args.algorithm, "param_names": params},
             }[args.format]
     if not table:
-        print(f"warning: {args.model} has no int8/uint8 Q/DQ nodes; writing an empty scales file", file=sys.stderr)
+        print(f"warning: {args.model} has no Q/DQ nodes onnxq reads; writing an empty scales file", file=sys.stderr)
     save_scales(table, args.output, args.format, **meta)
-    written = sum(1 for n, p in table.items() if not p.per_channel and p.symmetric and n not in params) \
-        if args.format == "trt-cache" \
-        else len(table)
+    skipped = set(skipped_on_export(table)) | set(params)
+    left_out = {"trt-cache": sum(1 for name in table if name in skipped),
+                "aimet": sum(1 for p in table.values() if p.dtype not in ("int8", "uint8") or p.blockwise)}
+    written = len(table) - left_out.get(args.format, 0)
     print(f"wrote {written} tensor scale(s) to {args.output} ({args.format})")
     return 0

@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
         shown = info.scales if args.scales == 0 else info.scales[: args.scales]
         print(f"scales ({len(info.scales)} quantized tensors):")
         for s in shown:
-            where = f"per-channel axis {s.axis} x{s.channels}" if s.axis is not None else "per-tensor"
+            where = (f"block-wise axis {s.axis} block {s.block_size} x{s.channels}" if s.block_size
+                     else f"per-channel axis {s.axis} x{s.channels}" if s.axis is not None else "per-tensor")
             rng = f"{s.scale_min:.4g}" if s.scale_min == s.scale_max else f"{s.scale_min:.4g}..{s.scale_max:.4g}"
             zp = f"{s.zero_point_min}" if s.zero_point_min == s.zero_point_max else \
                 f"{s.zero_point_min}..{s.zero_point_max}"

@@ -12,11 +12,12 @@ from onnxq.passes.strip_qdq import StripQDQ
 from onnxq.passes.upgrade_opset import UpgradeOpset
 
 
-def prepare_passes(*, per_channel: bool = True, strip_qdq: bool = False) -> list[Pass]:
-    """Float in, float out, numerically equal: what runs before the plan is built."""
+def prepare_passes(*, per_channel: bool = True, strip_qdq: bool = False, min_opset: int = 13) -> list[Pass]:
+    """Float in, float out, numerically equal: what runs before the plan is built. ``min_opset`` is what the
+    run's formats need (19 for fp8, 21 for block-wise int4; :meth:`onnxq.config.QuantConfig.min_opset`)."""
     passes: list[Pass] = [StripQDQ()] if strip_qdq else []
-    if per_channel:
-        passes.append(UpgradeOpset())
+    if per_channel or min_opset > 13:
+        passes.append(UpgradeOpset(min_opset))
     passes += [ConstantsToInitializers(), FoldBiasAdd(), FoldBatchNorm(), BatchNormToMulAdd(), InferShapes()]
     return passes
 

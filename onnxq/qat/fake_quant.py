@@ -61,7 +61,7 @@ class _FixedScaleFakeQuant(torch.autograd.Function):
         return grad * inside, None, None, None, None
 
 
-def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | float, qmin: int, qmax: int,
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | float, qmin: float, qmax: float,
                   axis: int | None = None, grad_factor: float | None = None) -> torch.Tensor:
     """Quantize-dequantize ``x``; ``scale``/``zero_point`` are 0-d, or 1-d along ``axis`` (per channel)."""
     if axis is not None:

@@ -74,7 +74,14 @@ def dumps(table: ScaleTable, *, param_names: Iterable[str] | None = None, **_: A
     params_set = set(param_names) if param_names is not None else None
     activations: dict[str, list[dict[str, Any]]] = {}
     params: dict[str, list[dict[str, Any]]] = {}
+    unsupported = sorted(name for name, p in table.items() if p.dtype not in ("int8", "uint8") or p.blockwise)
+    if unsupported:
+        log.warning("%d tensor(s) of other formats (fp8, int4, block-wise) left out of the AIMET encodings (onnxq "
+                    "writes AIMET 0.6.1 8-bit integer encodings, which have no float8 type and no block layout): %s",
+                    len(unsupported), ", ".join(unsupported[:5]) + (" ..." if len(unsupported) > 5 else ""))
     for name, p in table.items():
+        if name in unsupported:
+            continue
         scales = p.scale.reshape(-1)
         zps = p.zero_point.reshape(-1)
         entries = [_encoding(float(s), int(z), p.dtype) for s, z in zip(scales, zps)]

@@ -29,16 +29,41 @@ def weight_amax(w: np.ndarray, axis: int | None, method: str) -> np.ndarray:
     return weight_methods.weight_amax(w, axis, method)
 
 
+def block_view(w: np.ndarray, axis: int, block_size: int) -> np.ndarray:
+    """``w`` with ``axis`` split into (blocks, block_size) at positions (axis, axis + 1); the last block is padded
+    by repeating the last element along ``axis`` (which changes no block's min, max or amax)."""
+    length = w.shape[axis]
+    blocks = -(-length // block_size)
+    pad = blocks * block_size - length
+    if pad:
+        edge = np.take(w, [length - 1] * pad, axis=axis)
+        w = np.concatenate([w, edge], axis=axis)
+    return w.reshape(w.shape[:axis] + (blocks, block_size) + w.shape[axis + 1:])
+
+
+def blockwise_params(tensor: TensorPlan, w: np.ndarray) -> QuantParams:
+    """Block-wise parameters of a weight: one scale (and zero point) per ``block_size`` elements along the plan's
+    axis, laid out as DequantizeLinear (opset 21) wants: the weight's shape with that axis divided, rounded up."""
+    assert tensor.axis is not None and tensor.block_size is not None
+    blocks = block_view(w.astype(np.float64), tensor.axis, tensor.block_size)
+    if tensor.symmetric:
+        amax = np.abs(blocks).max(axis=tensor.axis + 1)
+        return symmetric_params(amax, tensor.axis, tensor.dtype, tensor.block_size)
+    lo, hi = blocks.min(axis=tensor.axis + 1), blocks.max(axis=tensor.axis + 1)
+    return asymmetric_params(lo, hi, tensor.axis, tensor.dtype, tensor.block_size)
+
+
 def weight_params(tensor: TensorPlan, w: np.ndarray) -> QuantParams:
-    if tensor.dtype == "uint8":  # a constant operand of an integer Add/Mul on ort-cpu: asymmetric, per tensor
-        if not np.isfinite(w).all():
-            raise OnnxqError(f"weight {tensor.name!r} holds NaN or Inf values")
-        return asymmetric_params(float(w.min()), float(w.max()))
-    try:  # weight_amax refuses NaN/Inf without a full-size temporary
-        amax = weight_amax(np.asarray(w, dtype=np.float32), tensor.axis, tensor.method)
-    except OnnxqError as exc:
-        raise OnnxqError(f"weight {tensor.name!r}: {exc}") from exc
-    return symmetric_params(amax, tensor.axis)
+    if not np.isfinite(w).all():
+        raise OnnxqError(f"weight {tensor.name!r} holds NaN or Inf values")
+    if tensor.block_size is not None:
+        return blockwise_params(tensor, w)
+    if not tensor.symmetric:
+        axes = tuple(i for i in range(w.ndim) if i != tensor.axis)
+        lo = w.min(axis=axes) if tensor.axis is not None else w.min()
+        hi = w.max(axis=axes) if tensor.axis is not None else w.max()
+        return asymmetric_params(lo, hi, tensor.axis, tensor.dtype)
+    return symmetric_params(weight_amax(w.astype(np.float32), tensor.axis, tensor.method), tensor.axis, tensor.dtype)
 
 
 def compute_scales(plan: QuantPlan, calibrators: dict[str, Calibrator],
@@ -63,10 +88,9 @@ def fill_shared_scales(plan: QuantPlan, table: ScaleTable) -> ScaleTable:
 
 def representable_range(params: QuantParams) -> tuple[float, float]:
     """The float interval a per-tensor Q/DQ pair represents without saturating."""
-    scale, zp = float(params.scale), float(params.zero_point)
-    t = quant_dtype(params.dtype)
-    qmin, qmax = t.qmin, t.qmax
-    return (qmin - zp) * scale, (qmax - zp) * scale
+    scale, zp = float(params.scale), float(params.zero_point.astype(np.float32))
+    d = quant_dtype(params.dtype)
+    return (d.qmin - zp) * scale, (d.qmax - zp) * scale
 
 
 def clipped_fractions(plan: QuantPlan, calibrators: dict[str, Calibrator], table: ScaleTable) -> dict[str, float]:

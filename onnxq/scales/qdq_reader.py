@@ -153,12 +153,18 @@ def to_quant_params(params: QDQParams, rank: int | None, where: str) -> QuantPar
     dtype = params.dtype_name
     if dtype is None:
         type_name = onnx.TensorProto.DataType.Name(params.elem_type)
-        raise OnnxqError(f"{where}: only int8/uint8 Q/DQ is supported, got {type_name}")
-    if params.block_size:
-        raise OnnxqError(f"{where}: blocked quantization (block_size={params.block_size}) is not supported")
+        known = "/".join(t.name for t in BY_ONNX_TYPE.values())
+        raise OnnxqError(f"{where}: only {known} Q/DQ is supported, got {type_name}")
     scale = params.scale
-    zp = params.zero_point if params.zero_point is not None else np.zeros(scale.shape, dtype=dtype)
+    zp = params.zero_point if params.zero_point is not None else np.zeros(scale.shape)
     zp = np.asarray(zp)
+    axis: int | None
+    if params.block_size:
+        axis = params.axis + scale.ndim if params.axis < 0 else params.axis
+        try:
+            return QuantParams(scale.astype(np.float32), zp, dtype, axis, params.block_size)
+        except OnnxqError as exc:
+            raise OnnxqError(f"{where}: {exc}") from exc
     if params.per_channel:
         axis = params.axis
         if rank is not None and axis < 0:
@@ -166,9 +172,9 @@ def to_quant_params(params: QDQParams, rank: int | None, where: str) -> QuantPar
         scale, zp = scale.reshape(-1), np.broadcast_to(zp, scale.shape).reshape(-1)
     else:
         axis = None
-        scale, zp = scale.reshape(()), zp.reshape(-1)[:1].reshape(()) if zp.size else np.zeros((), dtype)
+        scale, zp = scale.reshape(()), zp.reshape(-1)[:1].reshape(()) if zp.size else np.zeros(())
     try:
-        return QuantParams(scale.astype(np.float32), zp.astype(dtype), dtype, axis)
+        return QuantParams(scale.astype(np.float32), zp, dtype, axis)
     except OnnxqError as exc:
         raise OnnxqError(f"{where}: {exc}") from exc
 

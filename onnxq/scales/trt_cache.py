@@ -64,9 +64,12 @@ def dumps(table: ScaleTable, *, trt_version: str | int = TRT_CACHE_DEFAULT_VERSI
     if not version.isdigit():
         raise OnnxqError(f"TensorRT version for the cache header must be digits like 8601, got {version!r}")
     lines = [f"TRT-{version}-{algorithm}"]
-    per_channel, asymmetric = [], []
+    per_channel, asymmetric, not_int8 = [], [], []
     for name, p in table.items():
         if name in params:
+            continue
+        if p.dtype not in ("int8", "uint8") or p.blockwise:
+            not_int8.append(name)
             continue
         if p.per_channel:
             per_channel.append(name)
@@ -80,6 +83,10 @@ def dumps(table: ScaleTable, *, trt_version: str | int = TRT_CACHE_DEFAULT_VERSI
     if per_channel:
         log.warning("%d per-channel tensor(s) left out of the TensorRT calibration cache (the format holds one scale "
                     "per tensor; TensorRT computes weight scales itself): %s", len(per_channel), _short(per_channel))
+    if not_int8:
+        log.warning("%d tensor(s) of other formats (fp8, int4, block-wise) left out of the TensorRT calibration cache "
+                    "(the cache holds int8 scales only; use the Q/DQ model itself): %s", len(not_int8),
+                    _short(not_int8))
     if asymmetric:
         log.warning("%d asymmetric/uint8 tensor(s) left out of the TensorRT calibration cache (TensorRT is symmetric "
                     "int8 only): %s", len(asymmetric), _short(asymmetric))
@@ -87,8 +94,9 @@ def dumps(table: ScaleTable, *, trt_version: str | int = TRT_CACHE_DEFAULT_VERSI
 
 
 def skipped_on_export(table: ScaleTable) -> list[str]:
-    """Names :func:`dumps` leaves out (per-channel or asymmetric)."""
-    return [name for name, p in table.items() if p.per_channel or not p.symmetric]
+    """Names :func:`dumps` leaves out (per-channel, asymmetric, or not int8)."""
+    return [name for name, p in table.items()
+            if p.per_channel or not p.symmetric or p.dtype != "int8" or p.blockwise]
 
 
 def header(text: str) -> tuple[str, str]:

@@ -52,14 +52,20 @@ def version_tuple(version: str) -> tuple[int, int, int]:
     return tuple(parts + [0] * (3 - len(parts)))  # type: ignore[return-value]
 
 
-def precision_mode(trt_major: int, fp16: bool) -> str:
-    """``strongly-typed`` or ``weakly-typed`` (INT8 flag, plus FP16 with ``fp16``) for this TensorRT version."""
+def precision_mode(trt_major: int, fp16: bool, graph_has_fp16: bool | None = None) -> str:
+    """``strongly-typed`` or ``weakly-typed`` (INT8 flag, plus FP16 with ``fp16``) for this TensorRT version.
+
+    TensorRT 11 networks are always strongly typed (its Python bindings have no FP16/INT8 builder flags), so there
+    ``fp16`` means "the FP16 layers of this graph": the model must hold them (``onnxq quantize --float-rest fp16``),
+    and the build is the strongly-typed one. ``graph_has_fp16`` None means unknown (not checked).
+    """
     if trt_major < 8:
         raise OnnxqError(f"TensorRT {trt_major}.x cannot build explicitly quantized (Q/DQ) networks; use 8.0 or newer")
     if trt_major >= 11:
-        if fp16:
-            raise OnnxqError("TensorRT 11 removed the FP16 builder flag (networks are strongly typed); drop --fp16, "
-                             "or convert the model's float layers to FP16 first (e.g. ModelOpt AutoCast)")
+        if fp16 and graph_has_fp16 is not True:
+            raise OnnxqError("TensorRT 11 removed the FP16 builder flag (networks are strongly typed): --fp16 means "
+                             "the graph's own FP16 layers, and this model has none; quantize it with "
+                             "'onnxq quantize --float-rest fp16' (or drop --fp16)")
         return "strongly-typed"
     if trt_major >= 10 and not fp16:
         return "strongly-typed"
@@ -154,7 +160,12 @@ def build_engine(model_path: str | os.PathLike, engine_path: str | os.PathLike, 
         raise OnnxqError(NOT_INSTALLED) from exc
     model_path, engine_path = Path(model_path), Path(engine_path)
     major = version_tuple(trt.__version__)[0]
-    mode = precision_mode(major, options.fp16)
+    graph_fp16 = None
+    if options.fp16 and major >= 11:
+        from onnxq.graph import load_model
+
+        graph_fp16 = has_fp16_tensors(load_model(model_path))
+    mode = precision_mode(major, options.fp16, graph_fp16)
     logger = trt.Logger(trt.Logger.VERBOSE if options.verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
 
@@ -208,3 +219,12 @@ def build_engine(model_path: str | os.PathLike, engine_path: str | os.PathLike, 
     except (AttributeError, RuntimeError, TypeError) as exc:  # the inspector is missing on old versions
         log.warning("layer precision report unavailable: %s", exc)
     return report
+
+
+def has_fp16_tensors(model) -> bool:
+    """Whether the graph computes in FP16 anywhere (an FP16 initializer or Cast to FP16)."""
+    import onnx
+
+    return (any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+            or any(n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)
+                   for n in model.graph.node))

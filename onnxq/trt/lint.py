@@ -159,8 +159,8 @@ class _Linter:
             self.add("warning", "qdq-dtype", node,
                      f"{onnx.TensorProto.DataType.Name(p.elem_type)} Q/DQ is not checked by this lint")
         elif p.zero_point is not None and np.any(p.zero_point != 0):
-            self.add("error", "zero-point", node, "int8 zero point must be 0: TensorRT supports symmetric "
-                     "quantization only")
+            self.add("error", "zero-point", node, f"{dtype} zero point must be 0: TensorRT supports symmetric "
+                     "quantization only (formats int8-asym and int4-asym are for onnxruntime)")
         elif p.zero_point is None and p.zero_point_given:
             self.add("warning", "zero-point", node, "the zero point is not a constant; TensorRT needs it to be 0")
 
@@ -227,8 +227,8 @@ class _Linter:
 
     def check_weight_axis(self, node: onnx.NodeProto, dq: onnx.NodeProto, between: list[onnx.NodeProto]) -> None:
         p = self.params(dq)
-        if not p.per_channel:
-            return
+        if not p.per_channel or p.block_size:
+            return  # block-wise (INT4 weight-only) scales run along the reduction axis by design
         if self.opset < 13:
             return  # no axis attribute before opset 13 (reported as qdq-opset)
         if any(n.op_type not in ("Transpose", "Identity") for n in between):

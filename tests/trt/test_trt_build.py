@@ -67,6 +67,10 @@ def test_precision_mode_per_version():
     assert precision_mode(11, fp16=False) == "strongly-typed"
     with pytest.raises(OnnxqError, match="TensorRT 11 removed the FP16"):
         precision_mode(11, fp16=True)
+    with pytest.raises(OnnxqError, match="--float-rest fp16"):
+        precision_mode(11, fp16=True, graph_has_fp16=False)
+    # on TensorRT 11, --fp16 means "this graph's FP16 layers": a strongly typed build of an FP16 graph
+    assert precision_mode(11, fp16=True, graph_has_fp16=True) == "strongly-typed"
     with pytest.raises(OnnxqError, match="8.0 or newer"):
         precision_mode(7, fp16=False)
 
