@@ -69,11 +69,7 @@ class ErrorAccumulator:
 
     @property
     def sqnr_db(self) -> float:
-        if self.noise == 0.0:
-            return math.inf
-        if self.signal == 0.0:
-            return -math.inf
-        return 10.0 * math.log10(self.signal / self.noise)
+        return sqnr_from_energies(self.signal, self.noise)
 
     @property
     def cosine(self) -> float:
@@ -91,3 +87,12 @@ def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
     acc = ErrorAccumulator()
     acc.add(reference, approx)
     return acc.sqnr_db
+
+
+def sqnr_from_energies(signal: float, noise: float) -> float:
+    """10 log10(signal / noise): inf without noise, -inf for a zero signal with noise."""
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
