@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxq.compare.ssim import ssim
-from onnxq.validate.metrics import ErrorAccumulator
+from onnxq.validate.metrics import ErrorAccumulator, sqnr_from_powers
 
 ERROR_SAMPLE = 200_000
 
@@ -82,11 +82,7 @@ class LayerAccumulator:
 
     @property
     def sqnr_db(self) -> float:
-        if self.noise == 0.0:
-            return math.inf
-        if self.signal == 0.0:
-            return -math.inf
-        return 10.0 * math.log10(self.signal / self.noise)
+        return sqnr_from_powers(self.signal, self.noise)
 
 
 @dataclass(frozen=True)
