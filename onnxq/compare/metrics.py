@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxq.compare.ssim import ssim
-from onnxq.validate.metrics import ErrorAccumulator, sqnr_from_energies
+from onnxq.validate.metrics import ErrorAccumulator, sqnr_from_powers
 
 ERROR_SAMPLE = 200_000
 
@@ -82,7 +82,7 @@ class LayerAccumulator:
 
     @property
     def sqnr_db(self) -> float:
-        return sqnr_from_energies(self.signal, self.noise)
+        return sqnr_from_powers(self.signal, self.noise)
 
 
 @dataclass(frozen=True)

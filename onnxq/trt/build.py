@@ -198,8 +198,7 @@ def build_engine(model_path: str | os.PathLike, engine_path: str | os.PathLike, 
     log.info("building a TensorRT %s engine (%s%s)", trt.__version__, mode, ", FP16 fallback" if options.fp16 else "")
     monitor = progress_monitor(trt)
     if monitor is not None:
-        # TensorRT >= 10: its phases become progress stages (a PhaseStages with trt.IProgressMonitor mixed in)
-        config.progress_monitor = monitor  # type: ignore[assignment]
+        config.progress_monitor = monitor  # TensorRT >= 10: its phases become progress stages
     try:
         with progress.stage("engine build"):
             plan = builder.build_serialized_network(network, config)

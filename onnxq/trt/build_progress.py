@@ -55,8 +55,9 @@ class PhaseStages:
             stack.close()
 
 
-def progress_monitor(trt: Any) -> PhaseStages | None:
-    """A monitor object for ``config.progress_monitor``, or None when this TensorRT has no IProgressMonitor."""
+def progress_monitor(trt: Any) -> Any:
+    """A monitor object for ``config.progress_monitor`` (a PhaseStages that is also a ``trt.IProgressMonitor``, a
+    class made at run time, hence ``Any``), or None when this TensorRT has no IProgressMonitor."""
     base = getattr(trt, "IProgressMonitor", None)
     if base is None:
         return None

@@ -69,7 +69,7 @@ class ErrorAccumulator:
 
     @property
     def sqnr_db(self) -> float:
-        return sqnr_from_energies(self.signal, self.noise)
+        return sqnr_from_powers(self.signal, self.noise)
 
     @property
     def cosine(self) -> float:
@@ -83,16 +83,16 @@ class ErrorAccumulator:
         return self.abs_err / self.count if self.count else 0.0
 
 
-def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
-    acc = ErrorAccumulator()
-    acc.add(reference, approx)
-    return acc.sqnr_db
-
-
-def sqnr_from_energies(signal: float, noise: float) -> float:
-    """10 log10(signal / noise): inf without noise, -inf for a zero signal with noise."""
+def sqnr_from_powers(signal: float, noise: float) -> float:
+    """``10 log10(signal / noise)`` in dB: +inf without noise, -inf for a zero signal with noise."""
     if noise == 0.0:
         return math.inf
     if signal == 0.0:
         return -math.inf
     return 10.0 * math.log10(signal / noise)
+
+
+def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
+    acc = ErrorAccumulator()
+    acc.add(reference, approx)
+    return acc.sqnr_db
