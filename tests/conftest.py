@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tests.helpers import init, make_model
+from tests.helpers import init, make_model, write_batches
 
 
 def small_cnn(seed: int = 0) -> onnx.ModelProto:
@@ -45,12 +45,8 @@ def cnn_dir(tmp_path):
     """tmp_path with model.onnx, calib/ (6 .npy batches) and val/ (2 .npz batches)."""
     onnx.save(small_cnn(), tmp_path / "model.onnx")
     rng = np.random.default_rng(1)
-    (tmp_path / "calib").mkdir()
-    (tmp_path / "val").mkdir()
-    for i in range(6):
-        np.save(tmp_path / "calib" / f"{i:03d}.npy", rng.standard_normal((4, 3, 16, 16)).astype(np.float32))
-    for i in range(2):
-        np.savez(tmp_path / "val" / f"{i:03d}.npz", x=rng.standard_normal((2, 3, 16, 16)).astype(np.float32))
+    write_batches(tmp_path / "calib", 6, (4, 3, 16, 16), rng)
+    write_batches(tmp_path / "val", 2, (2, 3, 16, 16), rng, npz_key="x")
     return tmp_path
 
 

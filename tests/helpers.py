@@ -90,3 +90,15 @@ def run_cli(*args: object, cwd: str | os.PathLike | None = None) -> CliResult:
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def write_batches(folder: str | os.PathLike, count: int, shape: tuple[int, ...], rng: np.random.Generator,
+                  npz_key: str | None = None) -> None:
+    """``count`` standard-normal float32 batches of ``shape`` as ``000.npy``... (or ``.npz`` under ``npz_key``)."""
+    os.makedirs(folder, exist_ok=True)
+    for i in range(count):
+        batch = rng.standard_normal(shape).astype(np.float32)
+        if npz_key is None:
+            np.save(os.path.join(folder, f"{i:03d}.npy"), batch)
+        else:
+            np.savez(os.path.join(folder, f"{i:03d}.npz"), **{npz_key: batch})

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tests.helpers import init, make_model, run_cli
+from tests.helpers import init, make_model, run_cli, write_batches
 
 
 def deconv_net() -> onnx.ModelProto:
@@ -35,10 +35,7 @@ def deconv_net() -> onnx.ModelProto:
 @pytest.fixture
 def net(tmp_path):
     onnx.save(deconv_net(), tmp_path / "model.onnx")
-    rng = np.random.default_rng(1)
-    (tmp_path / "calib").mkdir()
-    for i in range(4):
-        np.save(tmp_path / "calib" / f"{i:03d}.npy", rng.standard_normal((2, 3, 8, 8)).astype(np.float32))
+    write_batches(tmp_path / "calib", 4, (2, 3, 8, 8), np.random.default_rng(1))
     return tmp_path
 
 
