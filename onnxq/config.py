@@ -8,7 +8,7 @@ the value of the level below; ``skip = true`` keeps a node in float.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal
+from typing import Literal, get_args
 
 from onnxq import node_regex
 from onnxq.calib.base import CalibOptions
@@ -26,6 +26,7 @@ DEFAULT_ACTIVATION_METHOD = "mse"
 # a precision format name of onnxq.formats.FORMATS ("int8", "int8-asym", "uint8", "fp8", "w8", "int4", "int4-asym")
 FormatName = str
 FloatRest = Literal["fp32", "fp16"]
+WeightRounding = Literal["nearest", "gptq"]
 
 @dataclass(frozen=True)
 class NodeSetting:
@@ -116,6 +117,9 @@ class RecoveryOptions:
     #: learned rounding of weights, needs torch (onnxq.recovery.adaround); costs much more time
     adaround: bool = False
     adaround_iterations: int = 300
+    #: how weights are rounded onto the planned grid: "nearest" (QuantizeLinear's own), or "gptq" (GPTQ/OPTQ,
+    #: minimises each layer's output error on the calibration inputs, NumPy; onnxq.recovery.gptq)
+    weight_rounding: WeightRounding = "nearest"
     #: calibration batches the layer-local algorithms cache (float inputs of the weighted layers)
     batches: int = 2
     #: calibration batches whose per-channel maxima choose the equalization / SmoothQuant scales (one float pass)
@@ -132,6 +136,11 @@ class RecoveryOptions:
             raise OnnxqError(f"--recovery-batches must be at least 1, got {self.batches}")
         if self.crop < 4:
             raise OnnxqError(f"the recovery crop must be at least 4 pixels, got {self.crop}")
+        if self.weight_rounding not in get_args(WeightRounding):
+            raise OnnxqError(f"--weight-rounding must be one of {', '.join(get_args(WeightRounding))}, got "
+                             f"{self.weight_rounding!r}")
+        if self.adaround and self.weight_rounding != "nearest":
+            raise OnnxqError("--adaround and --weight-rounding gptq both choose the weight rounding: pick one")
         if self.adaround_iterations < 1:
             raise OnnxqError(f"--adaround-iterations must be at least 1, got {self.adaround_iterations}")
 
@@ -139,6 +148,11 @@ class RecoveryOptions:
     def needs_layers(self) -> bool:
         """Whether a recovery algorithm needs the cached inputs of the weighted layers."""
         return self.bias_correction or self.adaround
+
+    @property
+    def edits_weights(self) -> bool:
+        """Whether a recovery stage after the ranges rewrites the float model's weights or biases."""
+        return self.bias_correction or self.adaround or self.weight_rounding != "nearest"
 
 
 @dataclass(frozen=True)

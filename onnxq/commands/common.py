@@ -88,6 +88,9 @@ def add_recovery_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--adaround", action="store_true",
                    help="learn the rounding of every weight on the calibration data (needs torch; slow)")
     g.add_argument("--adaround-iterations", type=int, metavar="N", help="AdaRound optimizer steps per layer")
+    g.add_argument("--weight-rounding", choices=("nearest", "gptq"),
+                   help="round weights to nearest (default) or by GPTQ, which minimises each layer's output error "
+                   "on the calibration data on the same scales (NumPy, no torch)")
     g.add_argument("--recovery-batches", type=int, metavar="N",
                    help="calibration batches the layer-local algorithms cache (default 2)")
 
@@ -102,6 +105,7 @@ def recovery_from_args(args: argparse.Namespace):
         "smoothquant_alpha": getattr(args, "smoothquant", None),
         "adaround": getattr(args, "adaround", False) or None,
         "adaround_iterations": getattr(args, "adaround_iterations", None),
+        "weight_rounding": getattr(args, "weight_rounding", None),
         "batches": getattr(args, "recovery_batches", None),
     }
     return replace(base, **{k: v for k, v in picked.items() if v is not None})

@@ -50,9 +50,10 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
             data: Iterable[Batch] | None, options: RecoveryOptions) -> tuple[ScaleTable, list[str]]:
     """Layer-local recovery after the ranges: the (possibly changed) table and notes; ``prepared`` is changed in
     place (AdaRound weights, corrected biases)."""
+    rounding = [gptq_rounding(prepared, plan, table, data, options)] if options.weight_rounding == "gptq" else []
     auto = [t for t in plan.calibrated_activations() if t.method == "auto"]
     if not (auto or options.needs_layers):
-        return table, []
+        return table, rounding
     if data is None:
         return table, ["layer-local recovery skipped: it needs calibration data (--calib); auto ranges fall back "
                        "to mse"]
@@ -63,7 +64,7 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
     inputs = capture_inputs(prepared, sorted({n.input[0] for n in nodes}), data, options.batches, options.crop)
     layers = {n.name or n.output[0]: build_layer(prepared, n, index) for n in nodes if n.input[0] in inputs}
     reference = {name: layer.run(inputs[layer.node.input[0]]) for name, layer in layers.items()}
-    notes: list[str] = []
+    notes: list[str] = rounding
     if auto:
         from onnxq.recovery.method_select import select_ranges
 
@@ -83,3 +84,13 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
         shifts = correct_biases(prepared, table, layers, inputs, reference)
         notes.append(f"bias correction: {len(shifts)} layer(s)")
     return table, notes
+
+
+def gptq_rounding(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch] | None,
+                  options: RecoveryOptions) -> str:
+    """``--weight-rounding gptq``: the planned weights of ``prepared`` rounded by GPTQ on the plan's scales."""
+    if data is None:
+        return "GPTQ weight rounding skipped: it needs calibration data (--calib)"
+    from onnxq.recovery.gptq import gptq_model
+
+    return gptq_model(prepared, plan, table, data, options.batches, options.crop)

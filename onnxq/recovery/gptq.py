@@ -1,0 +1,241 @@
+"""GPTQ weight rounding (``--weight-rounding gptq``): per layer, round the weights so that the layer's OUTPUT on the
+calibration data changes least, in NumPy, on the plan's own scales.
+
+Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained Transformers" (OPTQ,
+building on Optimal Brain Quantization, Frantar & Alistarh 2022): for a linear map ``y = W x`` with inputs ``X``
+(rows = samples), the output error of a rounded ``W_q`` is ``tr((W - W_q) H (W - W_q)^T) / 2`` with the Hessian
+``H = 2 X^T X``. Columns (input features) are rounded one at a time in order; the rounding error of column ``i``
+is pushed onto the columns not yet rounded through the inverse Hessian,
+``W[:, i:] -= (w_i - q_i) / U[i, i] * U[i, i:]`` where ``U`` is the upper Cholesky factor of ``H^-1`` (the paper's
+Algorithm 1, with its lazy batch updates of 128 columns and its dampening of 1% of the mean diagonal). Read from
+the authors' reference implementation (github.com/IST-DASLab/gptq, ``gptq.py``: ``add_batch`` and
+``fasterquant``) and Intel Neural Compressor's ONNX weight-only GPTQ (``neural_compressor/adaptor/ox_utils/
+weight_only.py``, MatMul weights ``[K, N]`` taken transposed); re-written here, no code copied.
+
+What differs from the paper, on purpose:
+
+* the scales (and zero points) are exactly those of the plan (min-max / mse per channel, or the int4 blocks), so
+  the Q/DQ graph, the TensorRT engine and the scale files are unchanged: only which integer each weight becomes
+  changes, and the stored float weights are put on that grid (QuantizeLinear then reproduces the integers);
+* convolutions are handled as the matrix product of their im2col patches, one Hessian per group: a depthwise
+  channel has its own ``k*k`` Hessian (grouped layers are rounded as a batch of independent problems);
+* ``X`` is the float model's input of the layer on a few calibration batches (the cache of
+  :mod:`onnxq.recovery.layers`, centre-cropped), and at most :data:`MAX_ROWS` (or ``4 * columns``) patch rows
+  sampled at random (seeded) per layer: ``H`` costs ``rows * columns**2`` and never holds all patches.
+
+Layers whose input is exactly constant along a column (``H[i, i] == 0``) round that column to nearest: it has no
+effect on the output. A weight shared by several layers, ConvTranspose, Conv with ``auto_pad`` and float8 weights
+keep nearest rounding (noted).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from numpy.lib.stride_tricks import sliding_window_view
+from onnx import helper
+
+from onnxq.data import Batch
+from onnxq.dtypes import quant_dtype
+from onnxq.graph import GraphIndex
+from onnxq.insert.qdq import broadcast_params
+from onnxq.plan import QuantPlan
+from onnxq.recovery.layers import capture_inputs, is_layer, replace_initializer
+from onnxq.scales.types import QuantParams, ScaleTable
+
+log = logging.getLogger(__name__)
+
+DAMPENING = 0.01  # of the mean Hessian diagonal, as the paper
+BLOCK = 128  # columns per lazy batch update (the paper's B)
+MAX_ROWS = 8192  # input rows (patches) per layer Hessian, at least 4x its columns
+
+
+@dataclass(frozen=True)
+class LinearView:
+    """How a weighted node is a batch of matrix products ``y_g = W_g x_g``: ``groups`` x ``rows`` x ``columns``."""
+
+    node: onnx.NodeProto
+    groups: int
+    kernel: tuple[int, ...] = ()  # Conv: (kh, kw)
+    strides: tuple[int, ...] = (1, 1)
+    dilations: tuple[int, ...] = (1, 1)
+    pads: tuple[int, ...] = (0, 0, 0, 0)  # top, left, bottom, right
+    transposed: bool = False  # weight stored [in, out] (MatMul, Gemm transB=0)
+
+    def to_matrix(self, w: np.ndarray) -> np.ndarray:
+        """Weight -> ``[groups, rows, columns]`` (Conv columns ordered (channel, kh, kw), as the patches)."""
+        if self.node.op_type == "Conv":
+            return w.reshape(self.groups, w.shape[0] // self.groups, -1)
+        return (w.T if self.transposed else w)[None]
+
+    def from_matrix(self, m: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        if self.node.op_type == "Conv":
+            return m.reshape(shape)
+        return m[0].T if self.transposed else m[0]
+
+    def patches(self, x: np.ndarray, rows: int, rng: np.random.Generator) -> np.ndarray:
+        """At most ``rows`` input rows of the layer, ``[groups, rows, columns]`` (float32), sampled at random."""
+        if self.node.op_type != "Conv":
+            flat = x.reshape(-1, x.shape[-1])
+            if len(flat) > rows:
+                flat = flat[np.sort(rng.choice(len(flat), rows, replace=False))]
+            return flat.astype(np.float32)[None]
+        top, left, bottom, right = self.pads
+        padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
+        span = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
+        windows = sliding_window_view(padded, span, axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
+        n, c, oh, ow = windows.shape[:4]
+        picked = np.arange(n * oh * ow)
+        if len(picked) > rows:
+            picked = np.sort(rng.choice(len(picked), rows, replace=False))
+        b, rest = np.divmod(picked, oh * ow)
+        i, j = np.divmod(rest, ow)
+        cols = windows[b, :, i, j]  # [rows, C, kh, kw]
+        cols = cols.reshape(len(picked), self.groups, c // self.groups * kh * kw)
+        return np.ascontiguousarray(cols.transpose(1, 0, 2), dtype=np.float32)
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def linear_view(node: onnx.NodeProto, weight_shape: tuple[int, ...]) -> LinearView | None:
+    """The node as a (grouped) matrix product, or None where this module does not round it."""
+    if node.op_type == "Conv":
+        if len(weight_shape) != 4 or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID",
+                                                                                 "VALID"):
+            return None
+        pads = tuple(_attr(node, "pads", [0, 0, 0, 0]))
+        return LinearView(node, int(_attr(node, "group", 1)), tuple(weight_shape[2:]),
+                          tuple(_attr(node, "strides", [1, 1])), tuple(_attr(node, "dilations", [1, 1])),
+                          (pads[0], pads[1], pads[2], pads[3]))
+    if len(weight_shape) != 2:
+        return None
+    if node.op_type == "Gemm":
+        if _attr(node, "transA", 0):
+            return None
+        return LinearView(node, 1, transposed=not _attr(node, "transB", 0))
+    return LinearView(node, 1, transposed=True)  # MatMul: x @ W, W [in, out]
+
+
+def hessian(view: LinearView, x: np.ndarray, max_rows: int, seed: int = 0) -> np.ndarray:
+    """``2 X^T X / rows`` per group, ``[groups, columns, columns]`` (float64), from at most ``max_rows`` rows."""
+    rng = np.random.default_rng(seed)
+    cols = view.patches(x, max_rows, rng)
+    h = np.matmul(cols.transpose(0, 2, 1), cols).astype(np.float64)
+    return 2.0 * h / max(1, cols.shape[1])
+
+
+def round_to_grid(w: np.ndarray, scale: np.ndarray, zp: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Nearest rounding on the grid (round half to even, saturated), returned dequantized."""
+    return (np.clip(np.rint(w / scale) + zp, lo, hi) - zp) * scale
+
+
+def inverse_hessian_factor(h: np.ndarray, dampening: float = DAMPENING) -> np.ndarray:
+    """Upper Cholesky factor of ``(H + damp I)^-1`` per group (dead columns get a unit diagonal first)."""
+    h = h.copy()
+    k = h.shape[-1]
+    diag = np.einsum("gii->gi", h)
+    diag[diag <= 0] = 1.0  # an input that is always zero: its column cannot change the output
+    damp = dampening * diag.mean(axis=1, keepdims=True)
+    idx = np.arange(k)
+    h[:, idx, idx] = diag + damp
+    for attempt in range(4):
+        try:
+            inverse = np.linalg.inv(h)
+            return np.swapaxes(np.linalg.cholesky(inverse), 1, 2)
+        except np.linalg.LinAlgError:
+            h[:, idx, idx] += damp * (10.0 ** attempt)  # not positive definite in float: dampen more
+    raise np.linalg.LinAlgError("the layer Hessian is not positive definite even after dampening")
+
+
+def gptq_round(w: np.ndarray, h: np.ndarray, scale: np.ndarray, zp: np.ndarray, lo: float, hi: float,
+               dampening: float = DAMPENING, block: int = BLOCK) -> np.ndarray:
+    """GPTQ of ``w`` ``[groups, rows, columns]`` with Hessians ``h`` ``[groups, columns, columns]`` on the fixed grid
+    ``scale``/``zp`` (broadcast to ``w``'s shape): the dequantized rounded weights (float32)."""
+    u = inverse_hessian_factor(h, dampening).astype(np.float32)
+    w = w.astype(np.float32).copy()
+    scale, zp = np.broadcast_to(scale, w.shape), np.broadcast_to(zp, w.shape)
+    out = np.empty_like(w)
+    columns = w.shape[2]
+    for i1 in range(0, columns, block):
+        i2 = min(i1 + block, columns)
+        w1 = w[:, :, i1:i2].copy()
+        err = np.zeros_like(w1)
+        for i in range(i2 - i1):
+            col = i1 + i
+            q = round_to_grid(w1[:, :, i], scale[:, :, col], zp[:, :, col], lo, hi)
+            out[:, :, col] = q
+            e = (w1[:, :, i] - q) / u[:, i1 + i, col][:, None]
+            w1[:, :, i:] -= e[:, :, None] * u[:, None, col, col:i2]
+            err[:, :, i] = e
+        if i2 < columns:
+            w[:, :, i2:] -= np.matmul(err, u[:, i1:i2, i2:])
+    return out
+
+
+def layer_error(view: LinearView, x: np.ndarray, w: np.ndarray, w_q: np.ndarray) -> float:
+    """``sum(((W - W_q) X)^2) / sum((W X)^2)`` on all of ``x`` (no bias): the objective, for tests and logs."""
+    cols = view.patches(x, 1 << 62, np.random.default_rng(0)).astype(np.float64)
+    a, d = view.to_matrix(w).astype(np.float64), view.to_matrix(w - w_q).astype(np.float64)
+    ref = np.matmul(cols, np.swapaxes(a, 1, 2))
+    diff = np.matmul(cols, np.swapaxes(d, 1, 2))
+    return float((diff ** 2).sum() / max(float((ref ** 2).sum()), 1e-30))
+
+
+def round_layer(view: LinearView, w: np.ndarray, x: np.ndarray, params: QuantParams,
+                max_rows: int = MAX_ROWS) -> np.ndarray:
+    """GPTQ-rounded (dequantized, float32) weights of one layer, in the weight's own layout."""
+    scale, zp = broadcast_params(params, w.shape)
+    d = quant_dtype(params.dtype)
+    lo, hi = d.clip_range(params.symmetric)
+    full = (np.broadcast_to(scale, w.shape), np.broadcast_to(zp, w.shape))
+    m = view.to_matrix(w.astype(np.float32))
+    rows = max(max_rows, 4 * m.shape[2])
+    h = hessian(view, x, rows)
+    q = gptq_round(m, h, view.to_matrix(full[0]), view.to_matrix(full[1]), lo, hi)
+    return view.from_matrix(q, w.shape).astype(np.float32)
+
+
+def gptq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch],
+               batches: int, crop: int) -> str:
+    """GPTQ rounding of every planned integer weight of a Conv/Gemm/MatMul in ``model`` (changed in place: the
+    weights are replaced by their dequantized rounded values, same names); returns a note for the report."""
+    index = GraphIndex.build(model.graph)
+    users: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    planned = {c.node for t in plan.weights() for c in t.consumers}
+    todo: list[tuple[onnx.NodeProto, LinearView]] = []
+    kept = 0
+    for node in model.graph.node:
+        if not is_layer(node, index) or (node.name or node.output[0]) not in planned:
+            continue
+        w_name = node.input[1]
+        params = table.get(w_name)
+        view = linear_view(node, tuple(index.array(w_name).shape))
+        if params is None or quant_dtype(params.dtype).is_float or view is None or users.get(w_name) != 1:
+            kept += 1
+            continue
+        todo.append((node, view))
+    if not todo:
+        return "GPTQ weight rounding: no layer to round"
+    inputs = capture_inputs(model, sorted({n.input[0] for n, _ in todo}), data, batches, crop)
+    done = 0
+    for node, view in todo:
+        x = inputs.get(node.input[0])
+        if x is None or x.dtype.kind != "f":
+            kept += 1
+            continue
+        w = index.array(node.input[1])
+        rounded = round_layer(view, w, x, table[node.input[1]])
+        replace_initializer(model, node.input[1], rounded)  # same name: the plan and its Q/DQ still apply
+        done += 1
+    log.info("GPTQ: %d layer(s) rounded, %d kept nearest rounding", done, kept)
+    return f"GPTQ weight rounding: {done} layer(s)" + (f", {kept} kept nearest rounding" if kept else "")
