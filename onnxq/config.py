@@ -120,6 +120,8 @@ class RecoveryOptions:
     #: how weights are rounded onto the planned grid: "nearest" (QuantizeLinear's own), or "gptq" (GPTQ/OPTQ,
     #: minimises each layer's output error on the calibration inputs, NumPy; onnxq.recovery.gptq)
     weight_rounding: WeightRounding = "nearest"
+    #: calibration batches whose layer inputs (uncropped, rows sampled) build the GPTQ Hessians
+    gptq_batches: int = 4
     #: calibration batches the layer-local algorithms cache (float inputs of the weighted layers)
     batches: int = 2
     #: calibration batches whose per-channel maxima choose the equalization / SmoothQuant scales (one float pass)
@@ -139,6 +141,8 @@ class RecoveryOptions:
         if self.weight_rounding not in get_args(WeightRounding):
             raise OnnxqError(f"--weight-rounding must be one of {', '.join(get_args(WeightRounding))}, got "
                              f"{self.weight_rounding!r}")
+        if self.gptq_batches < 1:
+            raise OnnxqError(f"gptq_batches must be at least 1, got {self.gptq_batches}")
         if self.adaround and self.weight_rounding != "nearest":
             raise OnnxqError("--adaround and --weight-rounding gptq both choose the weight rounding: pick one")
         if self.adaround_iterations < 1:

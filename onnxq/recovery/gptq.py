@@ -19,9 +19,10 @@ What differs from the paper, on purpose:
   changes, and the stored float weights are put on that grid (QuantizeLinear then reproduces the integers);
 * convolutions are handled as the matrix product of their im2col patches, one Hessian per group: a depthwise
   channel has its own ``k*k`` Hessian (grouped layers are rounded as a batch of independent problems);
-* ``X`` is the float model's input of the layer on a few calibration batches (the cache of
-  :mod:`onnxq.recovery.layers`, centre-cropped), and at most :data:`MAX_ROWS` (or ``4 * columns``) patch rows
-  sampled at random (seeded) per layer: ``H`` costs ``rows * columns**2`` and never holds all patches.
+* ``X`` is the float model's input of the layer (whole, not cropped) on the first ``gptq_batches`` calibration
+  batches, streamed: each batch adds at most ``MAX_ROWS / batches`` patch rows sampled at random (seeded; ``2 *
+  columns`` in all at least) to the layer's ``H`` and is dropped, so memory holds Hessians, never activations;
+  ``H`` costs ``rows * columns**2``. Layers with the same input and patch geometry share one ``H``.
 
 Layers whose input is exactly constant along a column (``H[i, i] == 0``) round that column to nearest: it has no
 effect on the output. A weight shared by several layers, ConvTranspose, Conv with ``auto_pad`` and float8 weights
@@ -44,14 +45,15 @@ from onnxq.dtypes import quant_dtype
 from onnxq.graph import GraphIndex
 from onnxq.insert.qdq import broadcast_params
 from onnxq.plan import QuantPlan
-from onnxq.recovery.layers import capture_inputs, is_layer, replace_initializer
+from onnxq.recovery.layers import is_layer, replace_initializer
+from onnxq.runtime import make_session, run_batch
 from onnxq.scales.types import QuantParams, ScaleTable
 
 log = logging.getLogger(__name__)
 
 DAMPENING = 0.01  # of the mean Hessian diagonal, as the paper
 BLOCK = 128  # columns per lazy batch update (the paper's B)
-MAX_ROWS = 8192  # input rows (patches) per layer Hessian, at least 4x its columns
+MAX_ROWS = 8192  # input rows (patches) per layer Hessian, at least 2x its columns
 
 
 @dataclass(frozen=True)
@@ -123,22 +125,15 @@ def linear_view(node: onnx.NodeProto, weight_shape: tuple[int, ...]) -> LinearVi
     return LinearView(node, 1, transposed=True)  # MatMul: x @ W, W [in, out]
 
 
-def hessian(view: LinearView, x: np.ndarray, max_rows: int, seed: int = 0) -> np.ndarray:
-    """``2 X^T X / rows`` per group, ``[groups, columns, columns]`` (float64), from at most ``max_rows`` rows."""
-    rng = np.random.default_rng(seed)
-    cols = view.patches(x, max_rows, rng)
-    h = np.matmul(cols.transpose(0, 2, 1), cols).astype(np.float64)
-    return 2.0 * h / max(1, cols.shape[1])
-
-
 def round_to_grid(w: np.ndarray, scale: np.ndarray, zp: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Nearest rounding on the grid (round half to even, saturated), returned dequantized."""
     return (np.clip(np.rint(w / scale) + zp, lo, hi) - zp) * scale
 
 
 def inverse_hessian_factor(h: np.ndarray, dampening: float = DAMPENING) -> np.ndarray:
-    """Upper Cholesky factor of ``(H + damp I)^-1`` per group (dead columns get a unit diagonal first)."""
-    h = h.copy()
+    """Upper Cholesky factor of ``(H + damp I)^-1`` per group (dead columns get a unit diagonal first), float32 (the
+    dampening keeps it well conditioned; a failure dampens more)."""
+    h = h.astype(np.float32)
     k = h.shape[-1]
     diag = np.einsum("gii->gi", h)
     diag[diag <= 0] = 1.0  # an input that is always zero: its column cannot change the output
@@ -158,7 +153,7 @@ def gptq_round(w: np.ndarray, h: np.ndarray, scale: np.ndarray, zp: np.ndarray, 
                dampening: float = DAMPENING, block: int = BLOCK) -> np.ndarray:
     """GPTQ of ``w`` ``[groups, rows, columns]`` with Hessians ``h`` ``[groups, columns, columns]`` on the fixed grid
     ``scale``/``zp`` (broadcast to ``w``'s shape): the dequantized rounded weights (float32)."""
-    u = inverse_hessian_factor(h, dampening).astype(np.float32)
+    u = inverse_hessian_factor(h, dampening)
     w = w.astype(np.float32).copy()
     scale, zp = np.broadcast_to(scale, w.shape), np.broadcast_to(zp, w.shape)
     out = np.empty_like(w)
@@ -188,22 +183,76 @@ def layer_error(view: LinearView, x: np.ndarray, w: np.ndarray, w_q: np.ndarray)
     return float((diff ** 2).sum() / max(float((ref ** 2).sum()), 1e-30))
 
 
-def round_layer(view: LinearView, w: np.ndarray, x: np.ndarray, params: QuantParams,
-                max_rows: int = MAX_ROWS) -> np.ndarray:
-    """GPTQ-rounded (dequantized, float32) weights of one layer, in the weight's own layout."""
+@dataclass
+class HessianSum:
+    """``2 X^T X`` summed over the batches seen, and the number of rows, for one (input, patch geometry)."""
+
+    view: LinearView
+    rows_per_batch: int
+    total: np.ndarray | None = None
+    rows: int = 0
+
+    def add(self, x: np.ndarray, rng: np.random.Generator) -> None:
+        cols = self.view.patches(x, self.rows_per_batch, rng)
+        h = np.matmul(cols.transpose(0, 2, 1), cols)
+        self.total = h if self.total is None else self.total + h
+        self.rows += cols.shape[1]
+
+    def mean(self) -> np.ndarray:
+        assert self.total is not None
+        return self.total * np.float32(2.0 / max(1, self.rows))
+
+
+def round_layer(view: LinearView, w: np.ndarray, h: np.ndarray, params: QuantParams) -> np.ndarray:
+    """GPTQ-rounded (dequantized, float32) weights of one layer with Hessian ``h``, in the weight's own layout."""
     scale, zp = broadcast_params(params, w.shape)
-    d = quant_dtype(params.dtype)
-    lo, hi = d.clip_range(params.symmetric)
+    lo, hi = quant_dtype(params.dtype).clip_range(params.symmetric)
     full = (np.broadcast_to(scale, w.shape), np.broadcast_to(zp, w.shape))
-    m = view.to_matrix(w.astype(np.float32))
-    rows = max(max_rows, 4 * m.shape[2])
-    h = hessian(view, x, rows)
-    q = gptq_round(m, h, view.to_matrix(full[0]), view.to_matrix(full[1]), lo, hi)
+    q = gptq_round(view.to_matrix(w.astype(np.float32)), h, view.to_matrix(full[0]), view.to_matrix(full[1]),
+                   lo, hi)
     return view.from_matrix(q, w.shape).astype(np.float32)
 
 
+def hessian_key(view: LinearView) -> tuple:
+    """Layers with the same input and patch geometry share one Hessian (e.g. the Q, K, V MatMuls of attention)."""
+    return (view.node.input[0], view.node.op_type == "Conv", view.groups, view.kernel, view.strides,
+            view.dilations, view.pads)
+
+
+def accumulate_hessians(model: onnx.ModelProto, views: list[LinearView], data: Iterable[Batch], batches: int,
+                        max_rows: int = MAX_ROWS, seed: int = 0) -> dict[tuple, HessianSum]:
+    """One float pass over the first ``batches`` batches exposing the layers' inputs (whole, not cropped); each
+    batch adds at most ``max_rows / batches`` sampled rows (``2 * columns / batches`` at least) to each Hessian,
+    and is then dropped: memory holds the Hessians, not the activations."""
+    sums: dict[tuple, HessianSum] = {}
+    for view in views:
+        sums.setdefault(hessian_key(view), HessianSum(view, 0))
+    session = make_session(model, outputs=sorted({v.node.input[0] for v in views}))
+    out_names = [o.name for o in session.get_outputs()]
+    rng = np.random.default_rng(seed)
+    for count, batch in enumerate(data, start=1):
+        outputs = dict(zip(out_names, run_batch(session, batch, f"GPTQ batch {count}"), strict=True))
+        for key, acc in sums.items():
+            x = np.asarray(outputs[key[0]])
+            if x.dtype.kind != "f" or (acc.view.node.op_type == "Conv" and x.ndim != 4):
+                continue
+            if acc.rows_per_batch == 0:
+                acc.rows_per_batch = -(-max(max_rows, 2 * _columns(acc.view, x)) // batches)
+            acc.add(x.astype(np.float32, copy=False), rng)
+        del outputs
+        if count >= batches:
+            break
+    return {k: v for k, v in sums.items() if v.total is not None}
+
+
+def _columns(view: LinearView, x: np.ndarray) -> int:
+    if view.node.op_type == "Conv":
+        return x.shape[1] // view.groups * int(np.prod(view.kernel))
+    return int(x.shape[-1])
+
+
 def gptq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch],
-               batches: int, crop: int) -> str:
+               batches: int) -> str:
     """GPTQ rounding of every planned integer weight of a Conv/Gemm/MatMul in ``model`` (changed in place: the
     weights are replaced by their dequantized rounded values, same names); returns a note for the report."""
     index = GraphIndex.build(model.graph)
@@ -212,7 +261,7 @@ def gptq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data:
         for name in node.input:
             users[name] = users.get(name, 0) + 1
     planned = {c.node for t in plan.weights() for c in t.consumers}
-    todo: list[tuple[onnx.NodeProto, LinearView]] = []
+    todo: list[LinearView] = []
     kept = 0
     for node in model.graph.node:
         if not is_layer(node, index) or (node.name or node.output[0]) not in planned:
@@ -223,19 +272,19 @@ def gptq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data:
         if params is None or quant_dtype(params.dtype).is_float or view is None or users.get(w_name) != 1:
             kept += 1
             continue
-        todo.append((node, view))
+        todo.append(view)
     if not todo:
         return "GPTQ weight rounding: no layer to round"
-    inputs = capture_inputs(model, sorted({n.input[0] for n, _ in todo}), data, batches, crop)
+    hessians = accumulate_hessians(model, todo, data, batches)
     done = 0
-    for node, view in todo:
-        x = inputs.get(node.input[0])
-        if x is None or x.dtype.kind != "f":
+    for view in todo:
+        acc = hessians.get(hessian_key(view))
+        w = index.array(view.node.input[1])
+        if acc is None or acc.mean().shape[-1] != view.to_matrix(w).shape[-1]:
             kept += 1
             continue
-        w = index.array(node.input[1])
-        rounded = round_layer(view, w, x, table[node.input[1]])
-        replace_initializer(model, node.input[1], rounded)  # same name: the plan and its Q/DQ still apply
+        rounded = round_layer(view, w, acc.mean(), table[view.node.input[1]])
+        replace_initializer(model, view.node.input[1], rounded)  # same name: the plan and its Q/DQ still apply
         done += 1
     log.info("GPTQ: %d layer(s) rounded, %d kept nearest rounding", done, kept)
     return f"GPTQ weight rounding: {done} layer(s)" + (f", {kept} kept nearest rounding" if kept else "")

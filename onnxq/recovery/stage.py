@@ -93,4 +93,4 @@ def gptq_rounding(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable,
         return "GPTQ weight rounding skipped: it needs calibration data (--calib)"
     from onnxq.recovery.gptq import gptq_model
 
-    return gptq_model(prepared, plan, table, data, options.batches, options.crop)
+    return gptq_model(prepared, plan, table, data, options.gptq_batches)
