@@ -99,7 +99,7 @@ def recovery_from_args(args: argparse.Namespace):
     from onnxq.config import RecoveryOptions
 
     base = RecoveryOptions()
-    picked = {
+    picked: dict[str, Any] = {
         "equalize": getattr(args, "equalize", None),
         "bias_correction": getattr(args, "bias_correction", None),
         "smoothquant_alpha": getattr(args, "smoothquant", None),
