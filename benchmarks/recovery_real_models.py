@@ -51,6 +51,7 @@ VARIANTS = {
     "default+bc": _default(bias_correction=True),
     "default+sq": _default(smoothquant_alpha=0.5),
     "default+ada": _default(adaround=True),
+    "default+gptq": _default(weight_rounding="gptq"),
     "auto+eq": replace(DEFAULT, calib=CalibOptions(method="auto")),
 }
 
