@@ -22,7 +22,12 @@ What differs from the paper, on purpose:
 * ``X`` is the float model's input of the layer (whole, not cropped) on the first ``gptq_batches`` calibration
   batches, streamed: each batch adds at most ``MAX_ROWS / batches`` patch rows sampled at random (seeded; ``2 *
   columns`` in all at least) to the layer's ``H`` and is dropped, so memory holds Hessians, never activations;
-  ``H`` costs ``rows * columns**2``. Layers with the same input and patch geometry share one ``H``.
+  ``H`` costs ``rows * columns**2``. Layers with the same input and patch geometry share one ``H``. Where the
+  layer's input is quantized too, ``X`` is its fake-quantized value ``Q(x)``, the input the deployed layer reads.
+  Measured: with float ``X`` the error of every layer falls on held-out data (ori: median -5.3 dB) and yet the
+  whole INT8 model got worse (ori 26.3 -> 22.1 dB, det 20.1 -> 13.3 dB): a float ``X`` of nearly constant channels
+  has directions of tiny variance into which GPTQ pushes the rounding error, and the white noise of the input's
+  own quantization excites exactly those directions. ``Q(x)`` carries that noise, so ``H`` sees it.
 
 Layers whose input is exactly constant along a column (``H[i, i] == 0``) round that column to nearest: it has no
 effect on the output. A weight shared by several layers, ConvTranspose, Conv with ``auto_pad`` and float8 weights
@@ -45,7 +50,7 @@ from onnxq.dtypes import quant_dtype
 from onnxq.graph import GraphIndex
 from onnxq.insert.qdq import broadcast_params
 from onnxq.plan import QuantPlan
-from onnxq.recovery.layers import is_layer, replace_initializer
+from onnxq.recovery.layers import fake_quantize, is_layer, replace_initializer
 from onnxq.runtime import make_session, run_batch
 from onnxq.scales.types import QuantParams, ScaleTable
 
@@ -220,10 +225,12 @@ def hessian_key(view: LinearView) -> tuple:
 
 
 def accumulate_hessians(model: onnx.ModelProto, views: list[LinearView], data: Iterable[Batch], batches: int,
-                        max_rows: int = MAX_ROWS, seed: int = 0) -> dict[tuple, HessianSum]:
+                        table: ScaleTable | None = None, max_rows: int = MAX_ROWS,
+                        seed: int = 0) -> dict[tuple, HessianSum]:
     """One float pass over the first ``batches`` batches exposing the layers' inputs (whole, not cropped); each
     batch adds at most ``max_rows / batches`` sampled rows (``2 * columns / batches`` at least) to each Hessian,
-    and is then dropped: memory holds the Hessians, not the activations."""
+    and is then dropped: memory holds the Hessians, not the activations. An input with parameters in ``table``
+    enters fake-quantized, as the deployed layer reads it."""
     sums: dict[tuple, HessianSum] = {}
     for view in views:
         sums.setdefault(hessian_key(view), HessianSum(view, 0))
@@ -238,6 +245,8 @@ def accumulate_hessians(model: onnx.ModelProto, views: list[LinearView], data: I
                 continue
             if acc.rows_per_batch == 0:
                 acc.rows_per_batch = -(-max(max_rows, 2 * _columns(acc.view, x)) // batches)
+            if table is not None and key[0] in table:
+                x = fake_quantize(x, table[key[0]])
             acc.add(x.astype(np.float32, copy=False), rng)
         del outputs
         if count >= batches:
@@ -275,7 +284,7 @@ def gptq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data:
         todo.append(view)
     if not todo:
         return "GPTQ weight rounding: no layer to round"
-    hessians = accumulate_hessians(model, todo, data, batches)
+    hessians = accumulate_hessians(model, todo, data, batches, table)
     done = 0
     for view in todo:
         acc = hessians.get(hessian_key(view))
