@@ -23,8 +23,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxq.data import Batch
+from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, all_names, unique_name
 from onnxq.runtime import make_session, run_batch
+from onnxq.scales.rewrites import ChannelRewrite
 
 HOMOGENEOUS_OPS = ("Relu", "LeakyRelu", "PRelu", "Identity")
 
@@ -129,6 +131,33 @@ def rescale_input(model: onnx.ModelProto, target: ChannelTarget, scale: np.ndarr
 def replace_weight(model: onnx.ModelProto, node: onnx.NodeProto, value: np.ndarray, suffix: str) -> None:
     """Set the weight (input 1) of ``node`` to ``value`` (see :func:`set_input_initializer`)."""
     set_input_initializer(model, node, 1, value, suffix)
+
+
+def apply_rewrite(model: onnx.ModelProto, rewrite: ChannelRewrite) -> str:
+    """Apply one recorded rewrite: the consumer reads ``tensor / scale``, its weight is multiplied by ``scale`` on
+    ``weight_axis``. The one code path of both the calibrated run and a replay from a scales file, so both give the
+    same bits. Returns how the division was placed (``"folded"`` | ``"mul"``)."""
+    consumer = next((n for n in model.graph.node if (n.name or n.output[0]) == rewrite.node), None)
+    index = GraphIndex.build(model.graph)
+    if consumer is None or len(consumer.input) < 2 or consumer.input[0] != rewrite.tensor:
+        raise OnnxqError(f"float rewrite of {rewrite.node!r}: the model has no node of that name reading "
+                         f"{rewrite.tensor!r}; the rewrites were recorded on another model")
+    if not index.is_initializer(consumer.input[1]):
+        raise OnnxqError(f"float rewrite of {rewrite.node!r}: its weight {consumer.input[1]!r} is not a constant")
+    dims = list(index.initializers[consumer.input[1]].dims)
+    axis = rewrite.weight_axis % max(len(dims), 1)
+    if not dims or dims[axis] != rewrite.scale.size:
+        raise OnnxqError(f"float rewrite of {rewrite.node!r}: {rewrite.scale.size} factors, but its weight has "
+                         f"shape {dims}; the rewrites were recorded on another model")
+    how = rescale_input(model, ChannelTarget(rewrite.node, rewrite.tensor, rewrite.axis), rewrite.scale,
+                        rewrite.rank)
+    consumer = next(n for n in model.graph.node if (n.name or n.output[0]) == rewrite.node)
+    w = GraphIndex.build(model.graph).array(consumer.input[1])
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    value = (w.astype(np.float64) * rewrite.scale.reshape(shape)).astype(w.dtype)
+    replace_weight(model, consumer, value, "smooth" if rewrite.kind == "smoothquant" else "eq")
+    return how
 
 
 def drop_unused_initializers(model: onnx.ModelProto) -> None:
