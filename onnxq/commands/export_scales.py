@@ -64,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
     float_path = float_model_path(args.output) if rewritten and args.format != "json" else None
     if float_path is not None and args.float_model is None:
         assert record is not None
-        raise OnnxqError(f"{args.model} was quantized after float rewrites ({record.summary()}), so a {args.format} "
-                         "file fits only the rewritten float model: pass --float-model ORIGINAL.onnx to write that "
+        what = {"trt-cache": "a TensorRT calibration cache", "aimet": "AIMET encodings"}[args.format]
+        raise OnnxqError(f"{args.model} was quantized after float rewrites ({record.summary()}), so {what} of it "
+                         "fits only the rewritten float model: pass --float-model ORIGINAL.onnx to write that "
                          "model beside it, or export --format json (it records the rewrites), or quantize with "
                          "--no-equalize")
     if float_path is not None:

@@ -33,15 +33,16 @@ def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: Reco
     if data is None:
         return ["equalization/SmoothQuant skipped: they need calibration data (--calib)"]
     from onnxq.recovery.channel_scale import channel_ranges, drop_unused_initializers
-    from onnxq.recovery.equalization import equalization_targets, equalize_model
+    from onnxq.recovery.equalization import cle_pairs, equalization_targets, equalize_model
     from onnxq.recovery.smoothquant import smoothquant_model, smoothquant_targets
     from onnxq.scales.rewrites import ChannelRewrite, FloatRewrites, record_in_model, weights_digest
 
     notes: list[str] = []
     done: list[ChannelRewrite] = []
-    before = weights_digest(model)
     targets = (equalization_targets(model) if options.equalize else []) + \
         (smoothquant_targets(model) if options.smoothquant_alpha is not None else [])
+    # the digest of the float weights before, for the record (skipped, with its hashing, when nothing can change)
+    before = weights_digest(model) if targets or (options.equalize and cle_pairs(model)) else ""
     # the Conv pairs of cross-layer equalization need no data: only the per-channel targets cost a float pass
     ranges = channel_ranges(model, targets, data, options.equalize_batches) if targets else {}
     if options.equalize:

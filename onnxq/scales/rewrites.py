@@ -114,7 +114,7 @@ def _rewrite(doc: Any, where: str) -> ChannelRewrite:
     scale = doc.get("scale")
     if (not isinstance(scale, list) or not scale
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)):
-        raise OnnxqError(f"{where}: scale must be a non-empty list of numbers")
+        raise OnnxqError(f"{where}: scale must be a non-empty list of finite, positive numbers")
     if not all(math.isfinite(v) and v > 0 for v in scale):
         raise OnnxqError(f"{where}: scale factors must be finite and positive")
     rank = _int(doc, "rank", where)
