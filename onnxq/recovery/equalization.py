@@ -124,8 +124,11 @@ def equalize_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray]) -> tup
     pairs = cle_pairs(model)
     done = [equalize_pair(model, target) for target in pairs]
     ways: dict[str, int] = {"folded": 0, "mul": 0}
-    for target in equalization_targets(model):
-        if target.tensor in ranges and ranges[target.tensor].size == _channels(model, target):
+    targets = equalization_targets(model)
+    index = GraphIndex.build(model.graph)  # channel counts: rewrites change weight values, never their shapes
+    channels = {t.node: index.initializers[_node(model, t.node).input[1]].dims[0] for t in targets}
+    for target in targets:
+        if target.tensor in ranges and ranges[target.tensor].size == channels[target.node]:
             how, rewrite = equalize_depthwise(model, target, ranges[target.tensor])
             ways[how] += 1
             done.append(rewrite)
@@ -133,8 +136,3 @@ def equalize_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray]) -> tup
             f"{ways['folded'] + ways['mul']} depthwise input(s) ({ways['folded']} folded into the producer, "
             f"{ways['mul']} through a Mul after a non-homogeneous activation)")
     return note, done
-
-
-def _channels(model: onnx.ModelProto, target: ChannelTarget) -> int:
-    node = _node(model, target.node)
-    return GraphIndex.build(model.graph).initializers[node.input[1]].dims[0]
