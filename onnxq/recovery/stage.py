@@ -56,6 +56,8 @@ def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: Reco
     if done:
         drop_unused_initializers(model)
         record_in_model(model, FloatRewrites(tuple(done), before, weights_digest(model)))
+        notes.append("float rewrites recorded in the output model: its scales fit the rewritten float graph "
+                     "(export-scales --format json carries them; trt-cache/aimet need --float-model)")
     return notes
 
 
