@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -173,11 +174,32 @@ def with_channel_sums(model: onnx.ModelProto, targets: list[Target]) -> onnx.Mod
     return out
 
 
+def ancestors_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (changed in place) without the nodes, inputs and initializers its outputs do not depend on."""
+    needed = {o.name for o in model.graph.output}
+    kept = []
+    for node in reversed(model.graph.node):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(kept))
+    inits = [i for i in model.graph.initializer if i.name in needed]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
+    inputs = [i for i in model.graph.input if i.name in needed]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    return model
+
+
 class ChannelMeans:
-    """Per-channel means of the targets' outputs over a fixed list of batches, from one onnxruntime session."""
+    """Per-channel means of the targets' outputs over a fixed list of batches, from one onnxruntime session of the
+    part of ``model`` they depend on."""
 
     def __init__(self, model: onnx.ModelProto, targets: list[Target], batches: list[Batch]) -> None:
-        self.session = make_session(with_channel_sums(model, targets))
+        self.session = make_session(ancestors_only(with_channel_sums(model, targets)))
+        self.inputs = {i.name for i in self.session.get_inputs()}
         self.targets, self.batches = targets, batches
         self.passes = 0
 
@@ -186,7 +208,8 @@ class ChannelMeans:
         sums = {t.node: np.zeros(t.channels) for t in self.targets}
         values = dict.fromkeys(sums, 0)
         for i, batch in enumerate(self.batches, start=1):
-            outputs = run_batch(self.session, {**batch, **(extra or {})}, f"bias correction batch {i}")
+            feed = {k: v for k, v in {**batch, **(extra or {})}.items() if k in self.inputs}
+            outputs = run_batch(self.session, feed, f"bias correction batch {i}")
             for t, total, shape in zip(self.targets, outputs[:count], outputs[count:]):
                 sums[t.node] += total.astype(np.float64)
                 values[t.node] += int(np.prod(shape)) // t.channels
@@ -209,6 +232,13 @@ def with_bias_inputs(quantized: onnx.ModelProto, targets: list[Target]) -> onnx.
     return out
 
 
+def level_chunks(levels: int) -> list[range]:
+    """Levels 1..``levels`` in about sqrt(levels) runs of consecutive levels: a session per run costs its creation
+    (0.2-0.6 s for ddddocr common_det), a longer run executes more of the model than its first levels need."""
+    size = max(1, math.ceil(math.sqrt(levels)))
+    return [range(start, min(start + size, levels + 1)) for start in range(1, levels + 1, size)]
+
+
 def correct_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch],
                    batches: int) -> BiasCorrection:
     """Correct the biases of ``prepared`` (in place) so that, on the first ``batches`` batches of ``data``, each
@@ -220,20 +250,26 @@ def correct_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable
         return BiasCorrection([], 0, len(kept))
     reference = ChannelMeans(prepared, targets, kept).run()
     quantized = InsertQDQ(plan, table).run(prepared, keep_input=True).model
-    means = ChannelMeans(with_bias_inputs(quantized, targets), targets, kept)
+    with_inputs = with_bias_inputs(quantized, targets)
     current = dict(biases)
-    for level in range(1, max(t.level for t in targets) + 1):
-        got = means.run({t.bias_input: current[t.node].astype(np.float32) for t in targets})
-        for t in targets:
-            if t.level == level:
-                current[t.node] = (current[t.node] + (reference[t.node] - got[t.node]) / t.beta).astype(np.float32)
+    passes = 1
+    for chunk in level_chunks(max(t.level for t in targets)):
+        # one session per chunk of levels, pruned to what the chunk's layers depend on: early levels run a prefix
+        means = ChannelMeans(with_inputs, [t for t in targets if t.level in chunk], kept)
+        for level in chunk:
+            got = means.run({t.bias_input: current[t.node].astype(np.float32) for t in targets})
+            for t in means.targets:
+                if t.level == level:
+                    current[t.node] = (current[t.node] + (reference[t.node] - got[t.node]) / t.beta).astype(
+                        np.float32)
+        passes += means.passes
     shifts = []
     for t in targets:
         delta = (current[t.node].astype(np.float64) - biases[t.node]) * t.beta
         scale = float(np.sqrt(np.mean(reference[t.node] ** 2))) or 1.0
         shifts.append(BiasShift(t.node, t.level, float(np.abs(delta).mean()), float(np.abs(delta).mean()) / scale))
     write_biases(prepared, {t.node: current[t.node] for t in targets})
-    result = BiasCorrection(shifts, means.passes + 1, len(kept))
+    result = BiasCorrection(shifts, passes, len(kept))
     log.info("%s", result.note())
     return result
 
