@@ -55,7 +55,7 @@ class CalibOptions:
         if self.sample_per_batch is not None and self.sample_per_batch < 1:
             raise OnnxqError(f"sample_per_batch must be at least 1 or None, got {self.sample_per_batch}")
         if not 0.0 <= self.min_clip_gain < 1.0:
-            raise OnnxqError(f"min_clip_gain must be in [0, 1), got {self.min_clip_gain}")
+            raise OnnxqError(f"--min-clip-gain must be in [0, 1), got {self.min_clip_gain}")
         if not 2 <= self.num_bits <= 8:
             raise OnnxqError(f"num_bits must be in [2, 8], got {self.num_bits}")
 

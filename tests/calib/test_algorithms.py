@@ -199,5 +199,5 @@ def test_mse_clips_where_it_pays(name, symmetric):
 
 
 def test_min_clip_gain_is_checked():
-    with pytest.raises(OnnxqError, match="min_clip_gain"):
+    with pytest.raises(OnnxqError, match="min-clip-gain"):
         CalibOptions(min_clip_gain=1.0)
