@@ -35,6 +35,7 @@ from onnxq.pipeline import quantize  # noqa: E402
 
 REFERENCE = ("pointnext", "centerpoint", "bevfusion", "vit")
 REAL = ("det", "rec", "ori")
+HELD_OUT = ("ppdet", "pprec", "ppcls")  # PP-OCR exports (benchmarks/realdata_ppocr.py); not in the default list
 
 VARIANTS = {
     "minmax": QuantConfig(calib=CalibOptions(method="minmax"),
@@ -76,7 +77,7 @@ def time_model(model: str, calib: str, variants: list[str], runs: int) -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=[*REFERENCE, *REAL], choices=[*REFERENCE, *REAL])
+    parser.add_argument("--models", nargs="+", default=[*REFERENCE, *REAL], choices=[*REFERENCE, *REAL, *HELD_OUT])
     parser.add_argument("--variants", nargs="+", default=["minmax", "default"], choices=list(VARIANTS))
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/onnxq-default-time"))
