@@ -6,12 +6,11 @@ tuning: "tolerable_loss" and fallback to float; NNCF's ``quantize_with_accuracy_
 quantizers until a metric holds). The search runs in one gated session (:mod:`onnxq.recovery.gated`):
 
 1. all nodes quantized; if the target holds, nothing stays float;
-2. rank: for every quantized node, the output noise removed by leaving only it in float (one run over a quarter
-   of the batches each), per unit of cost = its share of the weighted nodes' MACs (plus a floor, so free nodes do
-   not all come first);
-3. gallop over prefixes of the ranking (1, 2, 4, ... nodes) while their MAC share fits ``max_float_share``, then
-   bisect between the last failing and the first passing prefix;
-4. prune: put each float node back to quantized (least useful first) where the target still holds.
+2. greedy with re-ranking (:func:`search`): each round measures every candidate (a node, or the group of nodes that
+   read one shared tensor) on top of the float nodes chosen so far, on a quarter of the batches, and leaves float the
+   one with the largest gain per MAC share (plus a floor, so free nodes do not all come first), until the target
+   holds on all the batches or nothing within ``max_float_share`` helps;
+3. prune: put each float node back to quantized (least useful first) where the target still holds.
 
 Each step is a run over the validation batches. The pipeline then rebuilds the plan with the float nodes skipped,
 inserts Q/DQ and verifies the final model on the same data by actually running it. On the tensorrt target a float
@@ -179,8 +178,19 @@ class _Scorer:
         return self.score(floats) >= self.threshold
 
 
-def search(gated: GatedSession, target: AccuracyTarget, op_types: dict[str, str]) -> MixedPrecisionResult:
-    """The fewest, cheapest float nodes for which ``target`` holds on the gated session's batches."""
+def search(gated: GatedSession, target: AccuracyTarget, op_types: dict[str, str],
+           groups: Iterable[tuple[str, ...]] = ()) -> MixedPrecisionResult:
+    """The fewest, cheapest float nodes for which ``target`` holds on the gated session's batches.
+
+    Greedy with re-ranking: each round measures, for every candidate (a node, or a group of nodes that read the same
+    tensor), the worst-output SQNR with it float *on top of the float nodes chosen so far*, and keeps the candidate
+    with the largest gain per unit of MAC share. Gains are re-measured after every choice because they do not add
+    up: on the ddddocr detector several Convs make the output worse when left float alone (their quantization errors
+    cancel others'), so a ranking measured once, from the fully quantized model, misses the sets that reach the
+    target. A round costs one run per candidate on the ranking batches, each re-computing only the model downstream
+    of the candidate (:mod:`onnxq.recovery.suffix`); every decision is measured on all the batches. Finally each float
+    node is put back to quantized where the target still holds.
+    """
     start = time.perf_counter()
     scorer = _Scorer(gated, target)
     macs = node_macs(gated.prepared, gated.batches[0])
@@ -189,58 +199,75 @@ def search(gated: GatedSession, target: AccuracyTarget, op_types: dict[str, str]
     base = scorer.score(())
     if base >= scorer.threshold:
         return _result(scorer, (), share, op_types, True, start)
-    # rank by noise removed per cost (worst-output noise / signal power, relative to the fully quantized model), on
-    # a quarter of the batches: the ranking only orders the search, every decision is measured on all of them
-    rank_batches = max(1, len(gated.batches) // 4)
-    base_noise = max(noise_ratios(gated.error(scorer.units, rank_batches)))
-    removed = {}
-    with progress.stage("mixed-precision ranking", total=len(scorer.units), unit="node") as advance:
-        for unit in scorer.units:
-            alone_float = [u for u in scorer.units if u != unit]
-            removed[unit] = base_noise - max(noise_ratios(gated.error(alone_float, rank_batches)))
+    ranker = gated.with_data(gated.batches[:max(1, len(gated.batches) // 4)])
+    candidates = _candidates(scorer.units, groups)
+    floats: list[str] = []
+    gains: dict[str, float] = {}
+    rounds = 0
+    with progress.stage("mixed-precision search", total=None, unit="round") as advance:
+        while not scorer.holds(floats):
+            used = sum(share[u] for u in floats)
+            fitting = [c for c in candidates if not set(c) <= set(floats)
+                       and used + sum(share[u] for u in c if u not in floats) <= target.max_float_share + 1e-12]
+            best = _best_candidate(ranker, scorer.units, floats, fitting, share)
+            rounds += 1
             advance()
-    order = sorted(scorer.units, key=lambda u: (-removed[u] / (share[u] + COST_FLOOR), share[u], u))
-    order = [u for u in order if share[u] <= target.max_float_share]
-    prefix_share = np.cumsum([share[u] for u in order]) if order else np.zeros(0)
-    limit = int(np.searchsorted(prefix_share, target.max_float_share + 1e-12, side="right"))
-    found = _gallop(scorer, order, limit)
-    if found is None:
-        best = min(range(1, limit + 1), key=lambda k: -scorer.cache.get(frozenset(order[:k]), -math.inf),
-                   default=0)
-        return _result(scorer, order[:best], share, op_types, False, start,
+            if best is None:
+                break
+            picked, gain = best
+            for unit in picked:
+                if unit not in floats:
+                    floats.append(unit)
+                    gains.setdefault(unit, gain)
+    if not scorer.holds(floats):
+        return _result(scorer, floats, share, op_types, False, start,
                        [f"the target needs more than {100 * target.max_float_share:.1f}% of MACs in float "
-                        f"(best within the limit: {scorer.score(order[:best]):.4g}); raise --max-float-share, "
-                        "lower the target, or try another --method"])
-    chosen = _prune(scorer, order[:found], removed, share)
+                        f"(best within the limit: {scorer.score(floats):.4g} after {rounds} greedy round(s)); raise "
+                        "--max-float-share, lower the target, or try another --method"])
+    chosen = _prune(scorer, floats, gains, share)
     return _result(scorer, chosen, share, op_types, True, start)
 
 
-def _gallop(scorer: _Scorer, order: list[str], limit: int) -> int | None:
-    """Smallest prefix length k <= limit whose float set meets the target (prefix scores assumed monotone)."""
-    if limit == 0:
-        return None
-    lo, k = 0, 1
-    while True:
-        k = min(k, limit)
-        if scorer.holds(order[:k]):
-            break
-        if k == limit:
-            return None
-        lo, k = k, k * 2
-    hi = k
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if scorer.holds(order[:mid]):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+def _candidates(units: list[str], groups: Iterable[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Every unit alone, then every group of two or more units (those reading one shared tensor), without repeats."""
+    known = set(units)
+    out: list[tuple[str, ...]] = [(u,) for u in units]
+    seen = {frozenset(c) for c in out}
+    for group in groups:
+        members = tuple(u for u in dict.fromkeys(group) if u in known)
+        if len(members) >= 2 and frozenset(members) not in seen:
+            seen.add(frozenset(members))
+            out.append(members)
+    return out
 
 
-def _prune(scorer: _Scorer, floats: list[str], removed: dict[str, float], share: dict[str, float]) -> list[str]:
-    """Quantize again every float node the target does not need (least noise removed per cost first)."""
+def _worst_noise_db(accs) -> float:
+    ratio = max(noise_ratios(accs))
+    return math.inf if ratio == 0 else (-math.inf if not math.isfinite(ratio) else -10.0 * math.log10(ratio))
+
+
+def _best_candidate(ranker: GatedSession, units: list[str], floats: list[str], candidates: list[tuple[str, ...]],
+                    share: dict[str, float]) -> tuple[tuple[str, ...], float] | None:
+    """The candidate whose float-on-top-of ``floats`` raises the worst-output SQNR most per MAC share (None when
+    none raises it), and that gain in dB; one suffix run per candidate on ``ranker``'s batches."""
+    current = [u for u in units if u not in floats]
+    snapshot = ranker.snapshot(current)
+    now = _worst_noise_db(ranker.error(current, base=snapshot))
+    best, best_value, best_gain = None, 0.0, 0.0
+    for candidate in candidates:
+        trial = [u for u in current if u not in candidate]
+        gain = _worst_noise_db(ranker.error(trial, base=snapshot)) - now
+        cost = sum(share[u] for u in candidate if u not in floats) + COST_FLOOR * len(candidate)
+        value = gain / cost if math.isfinite(gain) else (math.inf if gain > 0 else -math.inf)
+        if gain > 0 and (best is None or value > best_value):
+            best, best_value, best_gain = candidate, value, gain
+    return None if best is None else (best, best_gain)
+
+
+def _prune(scorer: _Scorer, floats: list[str], gains: dict[str, float], share: dict[str, float]) -> list[str]:
+    """Quantize again every float node the target does not need (least gain per cost first)."""
     kept = list(floats)
-    for unit in sorted(floats, key=lambda u: removed[u] / (share[u] + COST_FLOOR)):
+    for unit in sorted(floats, key=lambda u: gains.get(u, 0.0) / (share[u] + COST_FLOOR)):
         trial = [u for u in kept if u != unit]
         if trial and scorer.holds(trial):
             kept = trial
@@ -254,6 +281,18 @@ def _result(scorer: _Scorer, floats, share, op_types, reached: bool, start: floa
     return MixedPrecisionResult(scorer.goal, scorer.threshold, reached, base, scorer.score(floats), nodes,
                                 scorer.target.max_float_share, len(scorer.cache), time.perf_counter() - start,
                                 notes=notes or [])
+
+
+def shared_input_groups(plan) -> list[tuple[str, ...]]:
+    """The quantized nodes that read each planned activation, where two or more do (e.g. the two 1x1 Convs of a CSP
+    block): leaving such a group float together removes errors that cancel each other."""
+    out = []
+    for tensor in plan.tensors.values():
+        if tensor.role == "activation":
+            nodes = tuple(dict.fromkeys(c.node for c in tensor.consumers))
+            if len(nodes) >= 2:
+                out.append(nodes)
+    return out
 
 
 def accuracy_target(target: AccuracyTarget | Metric | float | int, tolerable_loss: float | None = None,
@@ -282,7 +321,7 @@ def keep_float_for_target(prepared, plan, scales, config, val: Iterable, target:
         raise OnnxqError("the validation data for the accuracy target holds no batches")
     gated = GatedSession(prepared, plan, scales)
     gated.set_data(batches)
-    result = search(gated, target, {d.node: d.op_type for d in plan.nodes})
+    result = search(gated, target, {d.node: d.op_type for d in plan.nodes}, shared_input_groups(plan))
     if not result.float_nodes:
         return plan, scales, result, batches
     if config.target == "tensorrt":
