@@ -108,6 +108,8 @@ class MixedPrecisionResult:
     evaluations: int
     seconds: float
     verified_score: float | None = None  # the final, really quantized model's score (set by the pipeline)
+    rounds: int = 0  # greedy rounds (each measures every candidate on the ranking batches)
+    gated_runs: int = 0  # forward runs of the gated model during the search (full and from a cut)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -128,7 +130,8 @@ class MixedPrecisionResult:
                  f"({100 * self.float_mac_share:.2f}% of MACs, limit {100 * self.max_float_share:.1f}%): "
                  f"{self.searched_score:.4g}"
                  + (f", final model {self.verified_score:.4g}" if self.verified_score is not None else "")
-                 + f" ({self.evaluations} evaluations, {self.seconds:.1f}s)"]
+                 + f" ({self.evaluations} evaluations, {self.rounds} greedy round(s), {self.gated_runs} gated runs, "
+                   f"{self.seconds:.1f}s)"]
         for n in self.float_nodes:
             lines.append(f"  float: {n.node} ({n.op_type}, {100 * n.mac_share:.2f}% of MACs, gain alone "
                          f"{n.gain:+.4g})")
@@ -141,7 +144,8 @@ class MixedPrecisionResult:
         return {"goal": self.goal, "threshold": self.threshold, "reached": self.ok,
                 "all_quantized_score": num(self.all_quantized_score), "searched_score": num(self.searched_score),
                 "verified_score": num(self.verified_score), "float_mac_share": self.float_mac_share,
-                "max_float_share": self.max_float_share, "evaluations": self.evaluations, "seconds": self.seconds,
+                "max_float_share": self.max_float_share, "evaluations": self.evaluations, "rounds": self.rounds,
+                "gated_runs": self.gated_runs, "seconds": self.seconds,
                 "float_nodes": [{"node": n.node, "op_type": n.op_type, "mac_share": n.mac_share, "gain": num(n.gain)}
                                 for n in self.float_nodes], "notes": self.notes}
 
@@ -220,12 +224,14 @@ def search(gated: GatedSession, target: AccuracyTarget, op_types: dict[str, str]
                     floats.append(unit)
                     gains.setdefault(unit, gain)
     if not scorer.holds(floats):
-        return _result(scorer, floats, share, op_types, False, start,
-                       [f"the target needs more than {100 * target.max_float_share:.1f}% of MACs in float "
-                        f"(best within the limit: {scorer.score(floats):.4g} after {rounds} greedy round(s)); raise "
-                        "--max-float-share, lower the target, or try another --method"])
+        failed = _result(scorer, floats, share, op_types, False, start,
+                         [f"the target needs more than {100 * target.max_float_share:.1f}% of MACs in float "
+                          f"(best within the limit: {scorer.score(floats):.4g} after {rounds} greedy round(s)); raise "
+                          "--max-float-share, lower the target, or try another --method"])
+        return replace(failed, rounds=rounds, gated_runs=sum(ranker.runs.values()))
     chosen = _prune(scorer, floats, gains, share)
-    return _result(scorer, chosen, share, op_types, True, start)
+    return replace(_result(scorer, chosen, share, op_types, True, start), rounds=rounds,
+                   gated_runs=sum(ranker.runs.values()))
 
 
 def _candidates(units: list[str], groups: Iterable[tuple[str, ...]]) -> list[tuple[str, ...]]:
