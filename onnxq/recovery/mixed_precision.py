@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 Metric = Callable[[object], float]
 COST_FLOOR = 1e-3  # added to each node's MAC share when ranking by gain per cost
+LAZY_TOP = 12  # a greedy round re-measures only this many candidates, the best by their last measured value ...
+FULL_RERANK_EVERY = 4  # ... except every 4th round (and when none of them helps any more), which measures them all
+MIN_GAIN_DB = 0.02  # a candidate must gain at least this much (dB, or metric units) ...
+MIN_GAIN_SHARE = 0.02  # ... and at least this share of the remaining gap to the target SQNR
 
 
 @dataclass(frozen=True)
@@ -191,9 +195,12 @@ def search(gated: GatedSession, target: AccuracyTarget, op_types: dict[str, str]
     with the largest gain per unit of MAC share. Gains are re-measured after every choice because they do not add
     up: on the ddddocr detector several Convs make the output worse when left float alone (their quantization errors
     cancel others'), so a ranking measured once, from the fully quantized model, misses the sets that reach the
-    target. A round costs one run per candidate on the ranking batches, each re-computing only the model downstream
-    of the candidate (:mod:`onnxq.recovery.suffix`); every decision is measured on all the batches. Finally each float
-    node is put back to quantized where the target still holds.
+    target. A round costs one run per candidate on the ranking batches (half of them), each re-computing only the
+    model downstream of the candidate (:mod:`onnxq.recovery.suffix`). Rounds are lazy: they re-measure the
+    ``LAZY_TOP`` candidates with the best last-measured value, every ``FULL_RERANK_EVERY``-th round (and any round
+    where those no longer help) all of them. A candidate must gain at least ``MIN_GAIN_DB`` and a share of the
+    remaining gap, so noise-level gains do not spend the float budget. Every decision is measured on all the
+    batches. Finally each float node is put back to quantized where the target still holds.
     """
     start = time.perf_counter()
     scorer = _Scorer(gated, target)
@@ -203,17 +210,25 @@ def search(gated: GatedSession, target: AccuracyTarget, op_types: dict[str, str]
     base = scorer.score(())
     if base >= scorer.threshold:
         return _result(scorer, (), share, op_types, True, start)
-    ranker = gated.with_data(gated.batches[:max(1, len(gated.batches) // 4)])
+    ranker = gated.with_data(gated.batches[:max(1, len(gated.batches) // 2)])
     candidates = _candidates(scorer.units, groups)
     floats: list[str] = []
     gains: dict[str, float] = {}
+    values: dict[tuple[str, ...], float] = {}  # each candidate's last measured gain per cost
     rounds = 0
     with progress.stage("mixed-precision search", total=None, unit="round") as advance:
         while not scorer.holds(floats):
             used = sum(share[u] for u in floats)
             fitting = [c for c in candidates if not set(c) <= set(floats)
                        and used + sum(share[u] for u in c if u not in floats) <= target.max_float_share + 1e-12]
-            best = _best_candidate(ranker, scorer.units, floats, fitting, share)
+            fitting.sort(key=lambda c: -values.get(c, math.inf))
+            full = rounds % FULL_RERANK_EVERY == 0
+            min_gain = MIN_GAIN_DB if target.sqnr_db is None else max(
+                MIN_GAIN_DB, MIN_GAIN_SHARE * (scorer.threshold - scorer.score(floats)))
+            measure = _Ranking(ranker, scorer.units, floats, share, values, min_gain)
+            best = measure.best(fitting if full else fitting[:LAZY_TOP])
+            if best is None and not full:  # the stale leaders no longer help: re-measure everything before giving up
+                best = measure.best(fitting[LAZY_TOP:])
             rounds += 1
             advance()
             if best is None:
@@ -252,22 +267,30 @@ def _worst_noise_db(accs) -> float:
     return math.inf if ratio == 0 else (-math.inf if not math.isfinite(ratio) else -10.0 * math.log10(ratio))
 
 
-def _best_candidate(ranker: GatedSession, units: list[str], floats: list[str], candidates: list[tuple[str, ...]],
-                    share: dict[str, float]) -> tuple[tuple[str, ...], float] | None:
-    """The candidate whose float-on-top-of ``floats`` raises the worst-output SQNR most per MAC share (None when
-    none raises it), and that gain in dB; one suffix run per candidate on ``ranker``'s batches."""
-    current = [u for u in units if u not in floats]
-    snapshot = ranker.snapshot(current)
-    now = _worst_noise_db(ranker.error(current, base=snapshot))
-    best, best_value, best_gain = None, 0.0, 0.0
-    for candidate in candidates:
-        trial = [u for u in current if u not in candidate]
-        gain = _worst_noise_db(ranker.error(trial, base=snapshot)) - now
-        cost = sum(share[u] for u in candidate if u not in floats) + COST_FLOOR * len(candidate)
-        value = gain / cost if math.isfinite(gain) else (math.inf if gain > 0 else -math.inf)
-        if gain > 0 and (best is None or value > best_value):
-            best, best_value, best_gain = candidate, value, gain
-    return None if best is None else (best, best_gain)
+class _Ranking:
+    """One greedy round: gains of candidates left float on top of ``floats``, on ``ranker``'s batches, each run from
+    the current configuration's snapshot (only the model downstream of the candidate re-runs)."""
+
+    def __init__(self, ranker: GatedSession, units: list[str], floats: list[str], share: dict[str, float],
+                 values: dict[tuple[str, ...], float], min_gain: float) -> None:
+        self.ranker, self.floats, self.share, self.values, self.min_gain = ranker, floats, share, values, min_gain
+        self.current = [u for u in units if u not in floats]
+        self.snapshot = ranker.snapshot(self.current)
+        self.now = _worst_noise_db(ranker.error(self.current, base=self.snapshot))
+
+    def best(self, candidates: list[tuple[str, ...]]) -> tuple[tuple[str, ...], float] | None:
+        """The candidate with the largest gain per MAC share among those gaining at least ``min_gain`` dB (None
+        when none does), and its gain; records every candidate's value for the next round's order."""
+        best, best_value, best_gain = None, 0.0, 0.0
+        for candidate in candidates:
+            trial = [u for u in self.current if u not in candidate]
+            gain = _worst_noise_db(self.ranker.error(trial, base=self.snapshot)) - self.now
+            cost = sum(self.share[u] for u in candidate if u not in self.floats) + COST_FLOOR * len(candidate)
+            value = gain / cost if math.isfinite(gain) else (math.inf if gain > 0 else -math.inf)
+            self.values[candidate] = value
+            if gain >= self.min_gain and (best is None or value > best_value):
+                best, best_value, best_gain = candidate, value, gain
+        return None if best is None else (best, best_gain)
 
 
 def _prune(scorer: _Scorer, floats: list[str], gains: dict[str, float], share: dict[str, float]) -> list[str]:
