@@ -48,6 +48,7 @@ LAZY_TOP = 12  # a greedy round re-measures only this many candidates, the best 
 FULL_RERANK_EVERY = 4  # ... except every 4th round (and when none of them helps any more), which measures them all
 MIN_GAIN_DB = 0.02  # a candidate must gain at least this much (dB, or metric units) ...
 MIN_GAIN_SHARE = 0.02  # ... and at least this share of the remaining gap to the target SQNR
+ACCEPT_TRIES = 3  # a round accepts the first of this many best-ranked candidates that raises the score on all batches
 REPLAN_ATTEMPTS = 2  # searches on when the re-planned model falls short of the gated estimate
 REPLAN_MARGIN_DB = 0.1  # raise the target by the shortfall plus this
 
@@ -202,9 +203,9 @@ def search(gated: GatedSession, target: AccuracyTarget, op_types: dict[str, str]
     model downstream of the candidate (:mod:`onnxq.recovery.suffix`). Rounds are lazy: they re-measure the
     ``LAZY_TOP`` candidates with the best last-measured value, every ``FULL_RERANK_EVERY``-th round (and any round
     where those no longer help) all of them. A candidate must gain at least ``MIN_GAIN_DB`` and a share of the
-    remaining gap, so noise-level gains do not spend the float budget. Every decision is measured on all the
-    batches. Finally each float node is put back to quantized where the target still holds. ``start``: nodes float
-    from the outset (the greedy search continues from them).
+    remaining gap, so noise-level gains do not spend the float budget, and is taken only if it also raises the score
+    on all the batches (the first of the ``ACCEPT_TRIES`` best that does). Finally each float node is put back to
+    quantized where the target still holds. ``start``: nodes float from the outset (the search continues from them).
     """
     started = time.perf_counter()
     scorer = _Scorer(gated, target)
@@ -230,18 +231,21 @@ def search(gated: GatedSession, target: AccuracyTarget, op_types: dict[str, str]
             min_gain = MIN_GAIN_DB if target.sqnr_db is None else max(
                 MIN_GAIN_DB, MIN_GAIN_SHARE * (scorer.threshold - scorer.score(floats)))
             measure = _Ranking(ranker, scorer.units, floats, share, values, min_gain)
-            best = measure.best(fitting if full else fitting[:LAZY_TOP])
-            if best is None and not full:  # the stale leaders no longer help: re-measure everything before giving up
-                best = measure.best(fitting[LAZY_TOP:])
+            ranked = measure.ranked(fitting if full else fitting[:LAZY_TOP])
+            if not ranked and not full:  # the stale leaders no longer help: re-measure everything before giving up
+                ranked = measure.ranked(fitting[LAZY_TOP:])
             rounds += 1
             advance()
-            if best is None:
+            # the ranking batches only order the candidates: take the first that also raises the score on all
+            now = scorer.score(floats)
+            picked = next(((c, g) for c, g in ranked[:ACCEPT_TRIES]
+                           if scorer.score(floats + [u for u in c if u not in floats]) > now), None)
+            if picked is None:
                 break
-            picked, gain = best
-            for unit in picked:
+            for unit in picked[0]:
                 if unit not in floats:
                     floats.append(unit)
-                    gains.setdefault(unit, gain)
+                    gains.setdefault(unit, picked[1])
     if not scorer.holds(floats):
         failed = _result(scorer, floats, share, op_types, False, started,
                          [f"the target needs more than {100 * target.max_float_share:.1f}% of MACs in float "
@@ -282,19 +286,20 @@ class _Ranking:
         self.snapshot = ranker.snapshot(self.current)
         self.now = _worst_noise_db(ranker.error(self.current, base=self.snapshot))
 
-    def best(self, candidates: list[tuple[str, ...]]) -> tuple[tuple[str, ...], float] | None:
-        """The candidate with the largest gain per MAC share among those gaining at least ``min_gain`` dB (None
-        when none does), and its gain; records every candidate's value for the next round's order."""
-        best, best_value, best_gain = None, 0.0, 0.0
+    def ranked(self, candidates: list[tuple[str, ...]]) -> list[tuple[tuple[str, ...], float]]:
+        """The candidates gaining at least ``min_gain`` dB, best gain per MAC share first, with their gains;
+        records every candidate's value for the next round's order."""
+        found = []
         for candidate in candidates:
             trial = [u for u in self.current if u not in candidate]
             gain = _worst_noise_db(self.ranker.error(trial, base=self.snapshot)) - self.now
             cost = sum(self.share[u] for u in candidate if u not in self.floats) + COST_FLOOR * len(candidate)
             value = gain / cost if math.isfinite(gain) else (math.inf if gain > 0 else -math.inf)
             self.values[candidate] = value
-            if gain >= self.min_gain and (best is None or value > best_value):
-                best, best_value, best_gain = candidate, value, gain
-        return None if best is None else (best, best_gain)
+            if gain >= self.min_gain:
+                found.append((value, candidate, gain))
+        found.sort(key=lambda f: -f[0])
+        return [(c, g) for _, c, g in found]
 
 
 def _prune(scorer: _Scorer, floats: list[str], gains: dict[str, float], share: dict[str, float]) -> list[str]:
@@ -375,7 +380,10 @@ def keep_float_for_target(prepared, plan, scales, config, val: Iterable, target:
                        start=[n.node for n in result.float_nodes])
         note = (f"the re-planned model measured {actual:.4g} against the gated {result.searched_score:.4g}: searched "
                 f"on to {raised:.4g}")
-        result = replace(again, threshold=goal, reached=again.searched_score >= goal, notes=again.notes + [note])
+        if not again.reached:  # keep the first answer (its final model is measured by the pipeline)
+            result.notes.append(note + f", which it could not reach ({again.searched_score:.4g})")
+            break
+        result = replace(again, threshold=goal, notes=again.notes + [note])
         new_plan, new_scales = _replanned(prepared, plan, scales, config, result)
     if result.float_nodes and config.target == "tensorrt":
         result.notes.append("the float nodes run in FP16 on TensorRT 10 with `onnxq build-engine --fp16` (else FP32)")
