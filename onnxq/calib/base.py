@@ -40,6 +40,10 @@ class CalibOptions:
     #: large feature maps (ddddocr's detector: 23 of 38 s); 2**18 values per batch keep every percentile the methods
     #: read well sampled while making the default ``mse`` cost close to ``minmax`` (README "Accuracy recovery").
     sample_per_batch: int | None = 1 << 18
+    #: ``mse`` clips only when that lowers the expected squared error by at least this share of min-max's error;
+    #: otherwise the range stays the min-max range (see :mod:`onnxq.calib.mse`, "Clip only when it pays"). 0: the
+    #: plain MSE optimum.
+    min_clip_gain: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0.0 < self.percentile <= 100.0:
@@ -50,6 +54,8 @@ class CalibOptions:
             raise OnnxqError(f"moving-average momentum must be in [0, 1), got {self.momentum}")
         if self.sample_per_batch is not None and self.sample_per_batch < 1:
             raise OnnxqError(f"sample_per_batch must be at least 1 or None, got {self.sample_per_batch}")
+        if not 0.0 <= self.min_clip_gain < 1.0:
+            raise OnnxqError(f"--min-clip-gain must be in [0, 1), got {self.min_clip_gain}")
         if not 2 <= self.num_bits <= 8:
             raise OnnxqError(f"num_bits must be in [2, 8], got {self.num_bits}")
 

@@ -18,9 +18,22 @@ evaluating each bin at its midpoint.
   ``alpha_k = k / num_bins`` -- ``(alpha * lo, alpha * hi)`` -- and the best ``alpha`` kept; a one-parameter search
   that keeps the observed skew of the tensor.
 
-The search is coarse to fine (:func:`coarse_to_fine`): every 4th candidate, then every candidate around the best
-four of those (real error curves are slightly ragged, so one neighbourhood is not enough); about a quarter of the
-cost of evaluating all of them. Ties go to the smallest range.
+The search is coarse to fine (:func:`coarse_to_fine`): every 16th candidate, then every 4th and then every candidate
+around the best four found so far (real error curves are slightly ragged, so one neighbourhood is not enough); about
+a tenth of the cost of evaluating all of them. Ties go to the smallest range.
+
+Clip only when it pays
+----------------------
+The optimum is kept only when it lowers the expected squared error by at least ``CalibOptions.min_clip_gain`` (5%)
+of the min-max range's error; otherwise the range is min-max. On bell-shaped and heavy-tailed tensors clipping saves
+20-75% of the error (on the public real models ori and rec the median tensor keeps 0.55-0.62 of min-max's error),
+and nothing changes. On flat, bounded
+tensors -- point coordinates, normalised images -- the optimum clips 1-3% of the range to save 2-3% of the error,
+which the tensor's own MSE cannot weigh against what the clipped extremes mean to the network: the outermost points
+of a kNN neighbourhood (TopK over ``p @ p^T``) move. Measured on the PointNeXt reference model: its 7 coordinate
+tensors saved 1.8-2.8% each; keeping them min-max lifted the logit SQNR from 22.6 to 23.0 dB, the top-1 agreement
+with FP32 on 1024 extra samples from 0.979 to 0.985, and the accuracy on its 256 evaluation samples from 0.9648 to
+0.9766 (FP32 0.9727; README "Accuracy recovery").
 """
 
 from __future__ import annotations
@@ -134,7 +147,7 @@ class MseCalibrator(HistogramCalibrator):
             def symmetric_errors(k: np.ndarray) -> np.ndarray:
                 return moments.quantization_errors(k * (hist.amax / num_bins) / qmax, np.zeros(k.size), qmax)
 
-            best = coarse_to_fine(symmetric_errors, num_bins)
+            best = self._worth_clipping(symmetric_errors, coarse_to_fine(symmetric_errors, num_bins))
             amax = hist.amax if best == num_bins else float(best * (hist.amax / num_bins))
             return -amax, amax
 
@@ -148,25 +161,40 @@ class MseCalibrator(HistogramCalibrator):
             zero_points = np.clip(np.rint(-alphas * lo0 / scales), 0, levels)
             return signed.quantization_errors(scales, -zero_points, levels)
 
-        alpha = coarse_to_fine(asymmetric_errors, num_bins) / num_bins
+        alpha = self._worth_clipping(asymmetric_errors, coarse_to_fine(asymmetric_errors, num_bins)) / num_bins
         return float(alpha * lo0), float(alpha * hi0)
 
+    def _worth_clipping(self, errors, best: int) -> int:
+        """``best``, or ``num_bins`` (the min-max range) when clipping to ``best`` saves less than
+        ``min_clip_gain`` of the min-max range's expected error."""
+        num_bins = self.options.num_bins
+        if best == num_bins or self.options.min_clip_gain <= 0.0:
+            return best
+        clipped, full = errors(np.array([best, num_bins]))
+        return best if clipped < (1.0 - self.options.min_clip_gain) * full else num_bins
 
-#: candidates of the coarse pass (every STRIDE-th) and how many of its best are refined at full resolution
-STRIDE = 4
+
+#: strides of the search passes, coarse to fine, and how many of the best candidates so far each pass refines
+STRIDES = (16, 4, 1)
 REFINED = 4
 
 
 def coarse_to_fine(errors, num_bins: int) -> int:
-    """The candidate ``k`` in ``1..num_bins`` with the smallest ``errors(k)``: every ``STRIDE``-th candidate (and the
-    last), then every candidate within ``STRIDE`` of the ``REFINED`` best of those -- about a quarter of the
-    evaluations of the full search; several neighbourhoods are refined because real error curves are ragged.
-    Ties go to the smallest ``k``."""
-    coarse = np.unique(np.append(np.arange(STRIDE, num_bins + 1, STRIDE), [1, num_bins]))
-    coarse_errors = errors(coarse)
-    centres = coarse[np.argsort(coarse_errors, kind="stable")[:REFINED]]
-    fine = np.unique(np.clip((centres[:, None] + np.arange(-STRIDE + 1, STRIDE)[None, :]).ravel(), 1, num_bins))
-    candidates = np.concatenate([coarse, fine])
-    values = np.concatenate([coarse_errors, errors(fine)])
-    order = np.lexsort((candidates, values))
-    return int(candidates[order[0]])
+    """The candidate ``k`` in ``1..num_bins`` with the smallest ``errors(k)``: every ``STRIDES[0]``-th candidate (and
+    the first and last), then every ``STRIDES[i]``-th candidate within ``STRIDES[i-1]`` of the ``REFINED`` best found
+    so far, down to stride 1 -- about a tenth of the evaluations of the full search (2048 bins: 130 + 4 x 7 + 4 x 7).
+    Several neighbourhoods are refined because real error curves are ragged. Ties go to the smallest ``k``.
+
+    The two-pass search before (stride 4, then 1) evaluated 540 candidates; this one gives identical ranges on all
+    398 histogram-calibrated activations of the public real and reference models (det, rec, ori, PP-OCR det/rec/cls,
+    pointnext, centerpoint, bevfusion, vit) in 35-65% of the search time."""
+    candidates = np.unique(np.append(np.arange(STRIDES[0], num_bins + 1, STRIDES[0]), [1, num_bins]))
+    values = errors(candidates)
+    for wide, step in zip(STRIDES, STRIDES[1:]):
+        centres = candidates[np.lexsort((candidates, values))[:REFINED]]
+        near = np.unique(np.clip((centres[:, None] + np.arange(-wide + step, wide, step)[None, :]).ravel(),
+                                 1, num_bins))
+        near = near[~np.isin(near, candidates)]
+        candidates = np.concatenate([candidates, near])
+        values = np.concatenate([values, errors(near)])
+    return int(candidates[np.lexsort((candidates, values))[0]])

@@ -63,6 +63,9 @@ def add_calib_flags(parser: argparse.ArgumentParser) -> None:
                    "with --stats: the method the statistics were collected with)")
     g.add_argument("--percentile", type=float, help="for --method percentile (default 99.99)")
     g.add_argument("--num-bins", type=int, help="histogram bins of the histogram methods (default 2048)")
+    g.add_argument("--min-clip-gain", type=float, metavar="SHARE",
+                   help="mse: clip only when that lowers the expected squared error by this share of min-max's "
+                   "(default 0.05; 0: the plain MSE optimum)")
     g.add_argument("--moving-average", type=float, metavar="MOMENTUM",
                    help="minmax: average per-batch min/max with this momentum (e.g. 0.9) instead of the extremes")
     g.add_argument("--input-method",
@@ -132,7 +135,9 @@ def config_from_args(args: argparse.Namespace):
         target=target,
         calib=CalibOptions(method=args.method or DEFAULT_ACTIVATION_METHOD,
                            percentile=CalibOptions.percentile if args.percentile is None else args.percentile,
-                           num_bins=args.num_bins or CalibOptions.num_bins, momentum=args.moving_average),
+                           num_bins=args.num_bins or CalibOptions.num_bins, momentum=args.moving_average,
+                           min_clip_gain=CalibOptions.min_clip_gain if getattr(args, "min_clip_gain", None) is None
+                           else args.min_clip_gain),
         weight_method=args.weight_method or run.get("weight_method", QuantConfig.weight_method),
         input_method=None if args.input_method == "same" else (args.input_method or QuantConfig.input_method),
         per_channel_weights=not args.per_tensor_weights and run.get("per_channel_weights", True),
@@ -149,7 +154,7 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
-CALIB_FLAGS = ("method", "percentile", "num_bins", "moving_average", "input_method")
+CALIB_FLAGS = ("method", "percentile", "num_bins", "min_clip_gain", "moving_average", "input_method")
 
 
 def calib_flags_given(args: argparse.Namespace) -> list[str]:

@@ -30,7 +30,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--calib", required=True, metavar="DATA", help="calibration data (folder or .npz stack)")
     p.add_argument("--val", required=True, metavar="DATA", help="validation data (folder or .npz stack)")
     p.add_argument("--val-batches", type=int, default=2, metavar="N",
-                   help="validation batches per measurement (default 2; the cost is about 2 x nodes x N runs)")
+                   help="validation batches (default 2): the fully quantized figure and the refined "
+                   "nodes use all of them")
+    p.add_argument("--exhaustive", action="store_true",
+                   help="measure every node on all --val-batches (default: every node on the first --screen-samples "
+                   "sample(s), the most harmful ones again on all batches)")
+    p.add_argument("--screen-samples", type=int, default=1, metavar="N",
+                   help="validation samples every node is measured on first (default 1)")
+    p.add_argument("--refine-top", type=int, default=5, metavar="N",
+                   help="re-measure on all --val-batches the N nodes with the lowest only-Q SQNR and the N with the "
+                   "largest |gain| (default 5)")
     p.add_argument("-o", "--output-dir", metavar="DIR", help="write sensitivity.json and sensitivity.png here")
     p.add_argument("--top", type=int, metavar="N", help="print only the N most harmful nodes")
     p.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None,
@@ -45,10 +54,11 @@ def run(args: argparse.Namespace) -> int:
     from onnxq.atomic import write_json_atomic
     from onnxq.data import BatchSource
     from onnxq.graph import load_model
-    from onnxq.recovery.sensitivity import analyze, calibrate_model, plot, table_lines
+    from onnxq.recovery.sensitivity import SensitivityOptions, analyze, calibrate_model, plot, table_lines
 
     if args.val_batches < 1:
         raise OnnxqError(f"--val-batches must be at least 1, got {args.val_batches}")
+    options = SensitivityOptions(args.exhaustive, args.screen_samples, args.refine_top)
     out_dir = Path(args.output_dir) if args.output_dir else None
     guard([Output("-o", out_dir, folder=True)] if out_dir is not None else [], model=args.model, calib=args.calib,
           val=args.val, config=args.config)
@@ -58,9 +68,10 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.model)
         val = BatchSource(model, args.val, max_batches=args.val_batches, batch_size=config.batch_size)
         calibrated = calibrate_model(model, args.calib, config, collector)
-    report, _ = analyze(calibrated, val)
+    report, _ = analyze(calibrated, val, options=options)
     for line in table_lines(report, args.top):
         print(line)
+    print(f"runs of the gated model: {report.runs.get('full', 0)} full, {report.runs.get('suffix', 0)} from a cut")
     print("time (wall / CPU): " + ", ".join(f"{k} {v:.1f}s / {report.cpu_seconds.get(k, 0):.1f}s"
                                             for k, v in report.seconds.items()))
     if out_dir is not None:

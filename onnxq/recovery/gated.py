@@ -11,7 +11,10 @@ configuration).
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
+import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -23,6 +26,7 @@ from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, all_names, unique_name
 from onnxq.insert import quantize_array
 from onnxq.plan import QuantPlan
+from onnxq.recovery.suffix import Snapshot, plan_cuts, suffix_session
 from onnxq.runtime import make_session, run_batch
 from onnxq.scales.types import ScaleTable
 from onnxq.validate.metrics import ErrorAccumulator
@@ -111,44 +115,122 @@ def _float_branch(tensor: str, selected: str, taken: set[str]) -> onnx.GraphProt
 
 
 class GatedSession:
-    """Run the gated model with any set of nodes quantized; FP32 reference outputs of the data are cached."""
+    """Run the gated model with any set of nodes quantized; FP32 reference outputs of the data are cached.
 
-    def __init__(self, prepared: onnx.ModelProto, plan: QuantPlan, scales: ScaleTable, threads: int = 0) -> None:
+    ``cuts`` suffix sessions (:mod:`onnxq.recovery.suffix`) let :meth:`error` re-run only the part of the model
+    downstream of the nodes whose gates differ from a cached :class:`Snapshot` (0: always the whole model).
+    """
+
+    def __init__(self, prepared: onnx.ModelProto, plan: QuantPlan, scales: ScaleTable, threads: int = 0,
+                 cuts: int = 8) -> None:
         self.prepared = prepared
         self.model, self.gates = build_gated_model(prepared, plan, scales)
-        self.session = make_session(self.model, threads=threads)
+        self.cuts = plan_cuts(self.model, self.gates, cuts)
+        self.threads = threads
+        self._graph_inputs = {i.name for i in prepared.graph.input}
+        self._exposed = [t for t in self.cuts.cut_tensors if t not in self._graph_inputs]
+        started = time.perf_counter()
+        self.session = make_session(self.model, outputs=self._exposed, threads=threads)
+        self.build_seconds = time.perf_counter() - started
+        self._run_seconds: list[float] = []  # wall time of each full run on this session's batches
         self.units = list(self.gates)
         self.output_names = [o.name for o in prepared.graph.output]
         self._true, self._false = np.array(True), np.array(False)
-        self._reference: list[list[np.ndarray]] | None = None
+        self.reference: Snapshot | None = None
         self._batches: list[Batch] = []
+        self.runs = {"full": 0, "suffix": 0}  # forward runs made, by kind
+
+    def _gate_feeds(self, quantized: set[str], names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        wanted = set(self.gates.values()) if names is None else set(names)
+        return {gate: self._true if unit in quantized else self._false for unit, gate in self.gates.items()
+                if gate in wanted}
+
+    def _run_full(self, batch: Batch, quantized: set[str]) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        feeds = dict(batch)
+        feeds.update(self._gate_feeds(quantized))
+        started = time.perf_counter()
+        got = run_batch(self.session, feeds, "a batch (gated model)")
+        self._run_seconds.append(time.perf_counter() - started)
+        self.runs["full"] += 1
+        count = len(self.output_names)
+        cut = dict(zip(self._exposed, got[count:]))
+        cut.update({t: batch[t] for t in self.cuts.cut_tensors if t in self._graph_inputs})
+        return got[:count], cut
 
     def run(self, batch: Batch, quantized: Iterable[str]) -> list[np.ndarray]:
         """The model's outputs on ``batch`` with exactly the nodes in ``quantized`` quantized."""
-        on = set(quantized)
-        feeds = dict(batch)
-        feeds.update({gate: self._true if unit in on else self._false for unit, gate in self.gates.items()})
-        return run_batch(self.session, feeds, "a batch (gated model)")[:len(self.output_names)]
+        return self._run_full(batch, set(quantized))[0]
+
+    def snapshot(self, quantized: Iterable[str], batches: int | None = None) -> Snapshot:
+        """Full runs of a configuration over the first ``batches`` kept batches, with the tensors at every cut."""
+        on = frozenset(quantized)
+        runs = [self._run_full(b, set(on)) for b in self._batches[:batches]]
+        return Snapshot(on, [r[0] for r in runs], [r[1] for r in runs])
 
     def set_data(self, batches: Iterable[Batch]) -> None:
         """Keep the evaluation batches and their FP32 outputs (one run each, all gates off)."""
         self._batches = list(batches)
-        self._reference = [self.run(b, ()) for b in self._batches]
+        self.reference = self.snapshot(())
 
     @property
     def batches(self) -> list[Batch]:
         return self._batches
 
-    def error(self, quantized: Iterable[str], batches: int | None = None) -> list[ErrorAccumulator]:
+    def with_data(self, batches: Iterable[Batch]) -> GatedSession:
+        """The same sessions over other evaluation batches (their own FP32 reference)."""
+        other = copy.copy(self)
+        other._run_seconds = []
+        other.set_data(batches)
+        return other
+
+    def budget_cuts(self, unit_runs: int) -> int:
+        """Use as many cuts as pay for their sessions over ``unit_runs`` coming per-node runs on these batches.
+
+        A run from a cut skips on average half the model (saving ``S = unit_runs x t_run / 2`` in all) and ``k``
+        evenly spread cuts save about ``S k / (k + 1)`` while building them costs about ``k t_build / 2`` (half the
+        model each): the best ``k`` is ``sqrt(2 S / t_build) - 1``. A small model with large weights (the ddddocr
+        recognizer: 0.5 s to build, 30 ms to run) gets none, the detector about 7.
+        """
+        if not self._run_seconds:
+            return len(self.cuts.active)
+        saved = unit_runs * float(np.median(self._run_seconds)) / 2
+        best = int(math.sqrt(2 * saved / max(self.build_seconds, 1e-3))) - 1
+        return self.cuts.use(max(0, best))
+
+    def outputs(self, quantized: Iterable[str], batches: int | None = None,
+                base: Snapshot | None = None) -> list[list[np.ndarray]]:
+        """Per batch, the outputs with ``quantized`` nodes quantized; with ``base``, only the part of the model
+        downstream of the nodes whose gates differ from ``base`` runs, on ``base``'s tensors at the cut."""
+        on = set(quantized)
+        chosen = self._batches[:batches]
+        cut = None if base is None else self.cuts.cut_for(on.symmetric_difference(base.quantized))
+        if base is not None and not on.symmetric_difference(base.quantized) and len(base.outputs) >= len(chosen):
+            return base.outputs[:len(chosen)]
+        if cut is None or base is None or len(base.cut_values) < len(chosen):
+            return [self._run_full(b, on)[0] for b in chosen]
+        session = suffix_session(self.cuts, cut, base, self.threads)
+        gates = self._gate_feeds(on, cut.gates)
+        position = {name: i for i, name in enumerate(cut.outputs)}
+        result = []
+        for i in range(len(chosen)):
+            feeds = {t: base.cut_values[i][t] for t in cut.inputs}
+            feeds.update(gates)
+            got = run_batch(session, feeds, "a batch (gated model suffix)")
+            self.runs["suffix"] += 1
+            result.append([got[position[n]] if n in position else base.outputs[i][k]
+                           for k, n in enumerate(self.output_names)])
+        return result
+
+    def error(self, quantized: Iterable[str], batches: int | None = None,
+              base: Snapshot | None = None) -> list[ErrorAccumulator]:
         """Per-output error against FP32 over the kept batches (the first ``batches`` of them when given) with
-        ``quantized`` nodes quantized."""
-        if self._reference is None:
+        ``quantized`` nodes quantized (``base``: see :meth:`outputs`)."""
+        if self.reference is None:
             raise RuntimeError("call set_data() first")
-        quantized = list(quantized)
         accs = [ErrorAccumulator() for _ in self.output_names]
-        for batch, reference in zip(self._batches[:batches], self._reference[:batches]):
-            for acc, ref, got in zip(accs, reference, self.run(batch, quantized)):
-                acc.add(ref, got)
+        for reference, got in zip(self.reference.outputs, self.outputs(quantized, batches, base)):
+            for acc, ref, out in zip(accs, reference, got):
+                acc.add(ref, out)
         return accs
 
 

@@ -59,7 +59,8 @@ def candidate_ranges(calibrator: HistogramCalibrator, symmetric: bool) -> dict[s
         if method == "minmax":
             found[label] = (-hist.amax, hist.amax) if symmetric else (hist.lo, hist.hi)
             continue
-        options = replace(calibrator.options, method=method,
+        # the plain MSE optimum (min_clip_gain 0): whether a small clip pays is what the layer-output error decides
+        options = replace(calibrator.options, method=method, min_clip_gain=0.0,
                           percentile=percentile if percentile is not None else calibrator.options.percentile)
         solver = CALIBRATORS[method](options)
         assert isinstance(solver, HistogramCalibrator)

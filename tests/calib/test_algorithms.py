@@ -9,6 +9,7 @@ from onnxq.calib.base import CalibOptions
 from onnxq.calib.entropy import entropy_threshold_bin
 from onnxq.calib.histogram import resample_abs
 from onnxq.calib.methods import make_calibrator
+from onnxq.errors import OnnxqError
 from tests.calib.calib_reference import (
     entropy_reference_bin,
     fake_quant_asymmetric,
@@ -153,3 +154,50 @@ def test_mse_trades_clipping_against_rounding():
         x = np.append(stats.norm.ppf((np.arange(n) + 0.5) / n), 40.0).astype(np.float32)
         amax = calibrate("mse", x).compute_range(True)[1]
         assert (amax < 8.0) == clipped, (n, amax)
+
+
+# ---- mse: clip only when it pays (CalibOptions.min_clip_gain)
+
+
+def _coordinates(n: int = 100_000) -> np.ndarray:
+    """U(-1, 1) + N(0, 0.02) from evenly spread quantiles: a flat, bounded distribution (point coordinates with
+    sensor noise)."""
+    from scipy import stats
+
+    u = (np.arange(n) + 0.5) / n
+    noise = np.random.default_rng(2).permutation(stats.norm.ppf(u)) * 0.02
+    return (np.random.default_rng(0).permutation(u * 2 - 1) + noise).astype(np.float32)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_mse_keeps_min_max_when_clipping_saves_little(symmetric):
+    """On a flat distribution the MSE optimum clips a little and saves under 5% of min-max's error (checked by
+    brute-force fake quantization): the default keeps the min-max range, ``min_clip_gain=0`` the plain optimum."""
+    x = _coordinates()
+    lo0, hi0 = float(x.min()), float(x.max())
+    plain = calibrate("mse", x, num_bins=512, min_clip_gain=0.0).compute_range(symmetric)
+    kept = calibrate("mse", x, num_bins=512).compute_range(symmetric)
+    assert kept == ((-max(-lo0, hi0), max(-lo0, hi0)) if symmetric else (lo0, hi0))
+    assert plain[1] < 0.99 * hi0  # the plain optimum does clip
+    if symmetric:
+        err_plain = np.sum((fake_quant_symmetric(x.astype(np.float64), plain[1]) - x) ** 2)
+        err_full = np.sum((fake_quant_symmetric(x.astype(np.float64), hi0) - x) ** 2)
+    else:
+        err_plain = np.sum((fake_quant_asymmetric(x.astype(np.float64), *plain) - x) ** 2)
+        err_full = np.sum((fake_quant_asymmetric(x.astype(np.float64), lo0, hi0) - x) ** 2)
+    assert 0.95 * err_full < err_plain < err_full
+
+
+@pytest.mark.parametrize("name", DISTRIBUTIONS)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_mse_clips_where_it_pays(name, symmetric):
+    """Bell-shaped and heavy-tailed tensors gain far more than 5% from clipping: the default is the plain optimum."""
+    x = STRATIFIED[name]
+    plain = calibrate("mse", x, num_bins=512, min_clip_gain=0.0).compute_range(symmetric)
+    assert calibrate("mse", x, num_bins=512).compute_range(symmetric) == plain
+    assert plain[1] < 0.97 * float(np.abs(x).max() if symmetric else x.max())
+
+
+def test_min_clip_gain_is_checked():
+    with pytest.raises(OnnxqError, match="min-clip-gain"):
+        CalibOptions(min_clip_gain=1.0)

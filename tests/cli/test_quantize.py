@@ -73,7 +73,8 @@ def test_random_calibration_warns(cnn_dir):
 
 
 @pytest.mark.parametrize("case", ["missing", "not_onnx", "truncated", "empty_calib", "wrong_name", "wrong_dtype",
-                                  "wrong_shape", "nan", "same_output", "no_source", "bad_regex", "percentile"])
+                                  "wrong_shape", "nan", "same_output", "no_source", "bad_regex", "percentile",
+                                  "min_clip_gain"])
 def test_bad_input_exits_2_and_writes_nothing(cnn_dir, case):
     model = cnn_dir / "model.onnx"
     calib = cnn_dir / "calib"
@@ -120,6 +121,9 @@ def test_bad_input_exits_2_and_writes_nothing(cnn_dir, case):
     elif case == "percentile":
         args += ["--method", "percentile", "--percentile", "0"]
         match = "--percentile must be in (0, 100]"
+    elif case == "min_clip_gain":
+        args += ["--min-clip-gain", "1"]
+        match = "--min-clip-gain must be in [0, 1)"
     before = listing(cnn_dir)
     assert_clean_failure(run_cli(*args), cnn_dir, before, match)
     assert not any(name.startswith(".") for name in os.listdir(cnn_dir))  # no temporary file left behind

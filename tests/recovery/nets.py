@@ -52,3 +52,31 @@ def fragile_chain(seed: int = 0) -> onnx.ModelProto:
 def batches(count: int, seed: int, size: int = 4) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
     return [{"x": rng.standard_normal((size, 4, 8, 8)).astype(np.float32)} for _ in range(count)]
+
+
+CANCELLING = ("conv_a", "conv_b", "conv_c")
+
+
+def cancelling_pair(seed: int = 0) -> onnx.ModelProto:
+    """y = conv_a(x) + conv_b(x) + conv_c(Sigmoid(x)), input (N, 4, 8, 8), with W_b = -0.7 W_a.
+
+    conv_a and conv_b read the same quantized x and their per-channel weight scales differ by the factor 0.7, so
+    conv_b's quantization error is -0.7 times conv_a's: together they leave 0.3 of it, while leaving either one float
+    alone leaves the other's whole error (the output gets worse). conv_c (small weights, input in [0, 1]) adds little
+    error. Only the pair float together removes the error: a ranking of single nodes never finds it.
+    """
+    rng = np.random.default_rng(seed)
+    w_a = (rng.standard_normal((8, 4, 3, 3)) * 0.3).astype(np.float32)
+    inits = [init("w_a", w_a), init("w_b", (-0.7 * w_a).astype(np.float32)),
+             init("w_c", (rng.standard_normal((8, 4, 1, 1)) * 0.05).astype(np.float32))]
+    nodes = [
+        helper.make_node("Conv", ["x", "w_a"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "w_b"], ["b"], name="conv_b", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["x"], ["s"], name="sigmoid"),
+        helper.make_node("Conv", ["s", "w_c"], ["c"], name="conv_c"),
+        helper.make_node("Sum", ["a", "b", "c"], ["y"], name="sum"),
+    ]
+    graph = helper.make_graph(nodes, "cancelling_pair",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 8])], inits)
+    return make_model(graph)

@@ -49,3 +49,22 @@ def test_error_against_cached_reference(setup):
     gated.set_data(batches(2, seed=3))
     assert all(acc.noise == 0 for acc in gated.error(()))
     assert all(acc.noise > 0 for acc in gated.error(NODES))
+
+
+def test_runs_from_a_cut_equal_full_runs():
+    """Re-running only the part downstream of a changed node, from a snapshot's tensors, gives the full run's
+    outputs bit for bit (only-quantized from the FP32 run, only-float from the fully quantized run)."""
+    model = fragile_chain()
+    calibrated = calibrate_model(model, batches(4, seed=1), QuantConfig())
+    gated = GatedSession(calibrated.prepared, calibrated.plan, calibrated.scales, cuts=3)
+    assert [c.position for c in gated.cuts.cuts] == [gated.cuts.first_gate[u] for u in NODES[1:]]
+    gated.set_data(batches(2, seed=2))
+    everything = gated.snapshot(NODES)
+    for unit in NODES:
+        rest = [u for u in NODES if u != unit]
+        for quantized, base in (([unit], gated.reference), (rest, everything)):
+            full = gated.outputs(quantized)
+            for got, expected in zip(gated.outputs(quantized, base=base), full, strict=True):
+                assert all(np.array_equal(g, e) for g, e in zip(got, expected, strict=True))
+    assert gated.runs["suffix"] > 0
+    assert gated.cuts.use(1) == 1 and gated.cuts.use(0) == 0 and gated.cuts.cut_for({"conv_c"}) is None

@@ -4,13 +4,16 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxq import quantize
+from onnxq import QuantConfig, quantize
 from onnxq.errors import OnnxqError
-from onnxq.recovery.mixed_precision import AccuracyTarget
+from onnxq.recovery.gated import GatedSession, worst
+from onnxq.recovery.macs import node_macs
+from onnxq.recovery.mixed_precision import AccuracyTarget, search, shared_input_groups
+from onnxq.recovery.sensitivity import calibrate_model
 from onnxq.trt.lint import has_errors, lint_model
 from onnxq.validate.compare import compare_models
 from tests.helpers import run_cli
-from tests.recovery.nets import FRAGILE_CONFIG, batches, fragile_chain
+from tests.recovery.nets import CANCELLING, FRAGILE_CONFIG, batches, cancelling_pair, fragile_chain
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +92,35 @@ def test_cli_unreachable_target_exits_1_with_summary(tmp_path, data):
     assert "float: conv_frag" in r.stdout
     r = run_cli("quantize", tmp_path / "model.onnx", "--calib", tmp_path / "calib", "--target-sqnr", "25")
     assert r.returncode == 2 and "--target-sqnr needs --val" in r.stderr
+
+
+def test_greedy_search_finds_a_cancelling_pair_an_additive_ranking_misses():
+    """conv_a and conv_b cancel 70% of each other's error: each one float alone makes the output worse, the pair
+    float together removes the error. A ranking of single-node gains measured once (the previous search: prefixes in
+    order of gain per MAC, within the float budget) cannot reach the target; the greedy search with shared-input
+    groups leaves exactly the pair float."""
+    calibrated = calibrate_model(cancelling_pair(), batches(4, seed=1), QuantConfig())
+    gated = GatedSession(calibrated.prepared, calibrated.plan, calibrated.scales)
+    gated.set_data(batches(4, seed=2))
+    units = gated.units
+    assert set(units) == set(CANCELLING)
+
+    def sqnr(floats) -> float:
+        return worst(gated.error([u for u in units if u not in floats]))[0]
+
+    base, target, budget = sqnr(()), 50.0, 0.95
+    assert base < target <= sqnr(("conv_a", "conv_b"))
+    gain = {u: sqnr((u,)) - base for u in units}
+    assert gain["conv_a"] < -3 and gain["conv_b"] < -3  # each alone makes the output worse
+    macs = node_macs(gated.prepared, gated.batches[0])
+    share = {u: macs[u] / sum(macs.values()) for u in units}
+    additive = sorted(units, key=lambda u: -gain[u] / (share[u] + 1e-3))
+    prefixes = [additive[:k] for k in range(1, len(units) + 1) if sum(share[u] for u in additive[:k]) <= budget]
+    assert prefixes and all(sqnr(p) < target for p in prefixes)  # the additive ranking misses the target
+    assert shared_input_groups(calibrated.plan) == [("conv_a", "conv_b")]
+    result = search(gated, AccuracyTarget(sqnr_db=target, max_float_share=budget), {},
+                    shared_input_groups(calibrated.plan))
+    assert result.ok and sorted(n.node for n in result.float_nodes) == ["conv_a", "conv_b"]
+    assert result.searched_score == pytest.approx(sqnr(("conv_a", "conv_b")))
+    unreachable = search(gated, AccuracyTarget(sqnr_db=target, max_float_share=0.9), {}, [("conv_a", "conv_b")])
+    assert not unreachable.ok and "raise --max-float-share" in unreachable.notes[0]

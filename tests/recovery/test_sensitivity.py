@@ -4,9 +4,10 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 
 from onnxq import QuantConfig
-from onnxq.recovery.sensitivity import analyze, calibrate_model
+from onnxq.recovery.sensitivity import SensitivityOptions, analyze, calibrate_model, split_samples
 from tests.helpers import run_cli
 from tests.recovery.nets import FRAGILE_CONFIG, NODES, batches, fragile_chain
 
@@ -48,6 +49,41 @@ def test_sensitivity_needs_existing_data(tmp_path):
     onnx.save(fragile_chain(), tmp_path / "model.onnx")
     r = run_cli("sensitivity", tmp_path / "model.onnx", "--calib", tmp_path / "nope", "--val", tmp_path / "nope")
     assert r.returncode == 2 and r.stderr.startswith("onnxq: error:")
+
+
+def test_screened_figures_are_the_exhaustive_ones_where_measured_on_all_samples():
+    """Screening every node on the first sample, then the most harmful on all: the refined rows equal the exhaustive
+    analysis exactly (sums over the screening sample plus the others), the rest are the exhaustive analysis of the
+    first sample alone; with as many screening samples as there are, the result is the exhaustive one."""
+    calibrated = calibrate_model(fragile_chain(), batches(4, seed=1), FRAGILE_CONFIG)
+    val = batches(2, seed=2, size=3)
+    exhaustive, _ = analyze(calibrated, val, options=SensitivityOptions(exhaustive=True))
+    screened, _ = analyze(calibrated, val, options=SensitivityOptions(screen_samples=1, refine_top=1))
+    first_only, _ = analyze(calibrated, [{"x": val[0]["x"][:1]}], options=SensitivityOptions(exhaustive=True))
+    assert screened.screen_samples == 1 and screened.samples == exhaustive.samples == 6
+    by = {r.node: r for r in exhaustive.nodes}
+    first = {r.node: r for r in first_only.nodes}
+    refined = [r for r in screened.nodes if r.samples == 6]
+    assert {r.node for r in refined} >= {"conv_frag"} and len(refined) < len(NODES)
+    for row in screened.nodes:
+        expected = by[row.node] if row.samples == 6 else first[row.node]
+        assert row.sqnr_only_quantized == pytest.approx(expected.sqnr_only_quantized, rel=1e-9)
+        assert row.sqnr_only_float == pytest.approx(expected.sqnr_only_float, rel=1e-9)
+    assert screened.all_quantized_sqnr == pytest.approx(exhaustive.all_quantized_sqnr, rel=1e-9)
+    assert screened.agreement is not None and screened.agreement.nodes == len(refined)
+    assert screened.ranked()[0].node == "conv_frag"
+    all_screened, _ = analyze(calibrated, val, options=SensitivityOptions(screen_samples=6))
+    assert [r.as_dict() for r in all_screened.nodes] == [r.as_dict() for r in exhaustive.nodes]
+
+
+def test_split_samples_cuts_a_batch_only_on_a_dynamic_batch_axis():
+    model = fragile_chain()
+    val = batches(2, seed=2, size=3)
+    first, rest = split_samples(model, val, 4)
+    assert [b["x"].shape[0] for b in first] == [3, 1] and [b["x"].shape[0] for b in rest] == [2]
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 3
+    first, rest = split_samples(model, val, 1)
+    assert [b["x"].shape[0] for b in first] == [3] and [b["x"].shape[0] for b in rest] == [3]
 
 
 def test_equalization_repairs_the_fragile_node():

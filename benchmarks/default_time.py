@@ -1,0 +1,105 @@
+"""Wall time of the default `onnxq quantize` against plain min-max, side by side, on reference and real models.
+
+    python benchmarks/default_time.py [--models pointnext centerpoint bevfusion vit det rec ori] [--runs 3]
+                                      [--variants minmax default [auto ...]] [--workdir /tmp/onnxq-default-time]
+
+The issue's budget: the default quantize costs at most 2x min-max on the same model. For each model the variants run
+alternately (minmax, default, minmax, default, ...) ``--runs`` times, each as one ``onnxq.quantize`` call in this
+process (library call, no process start-up; calibration data on disk as the CLI reads it), and the table gives the
+median wall time of each variant and its ratio to min-max's. Variants:
+
+* ``minmax``: ``--method minmax`` with every accuracy-recovery stage off (the old default, the issue's baseline);
+* ``default``: ``QuantConfig()`` -- whatever the defaults are at this commit (``onnxq quantize MODEL --calib DATA``);
+* ``auto``: the defaults with ``--method auto`` (per-tensor range selection on the consuming layers' outputs).
+
+Reference models are exported with ``onnxq models export`` into ``--workdir`` (needs torch); the real models and their
+calibration sets come from ``benchmarks/realdata.py``. The machine is shared: compare ratios within one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+from onnxq.calib.base import CalibOptions  # noqa: E402
+from onnxq.config import QuantConfig, RecoveryOptions  # noqa: E402
+from onnxq.pipeline import quantize  # noqa: E402
+
+REFERENCE = ("pointnext", "centerpoint", "bevfusion", "vit")
+REAL = ("det", "rec", "ori")
+HELD_OUT = ("ppdet", "pprec", "ppcls")  # PP-OCR exports (benchmarks/realdata_ppocr.py); not in the default list
+
+VARIANTS = {
+    "minmax": QuantConfig(calib=CalibOptions(method="minmax"),
+                          recovery=RecoveryOptions(equalize=False, bias_correction=False)),
+    "default": QuantConfig(),
+    "auto": replace(QuantConfig(), calib=replace(QuantConfig().calib, method="auto")),
+}
+COMMANDS = {
+    "minmax": "onnxq quantize MODEL --calib DATA --method minmax --no-equalize --no-bias-correction",
+    "default": "onnxq quantize MODEL --calib DATA",
+    "auto": "onnxq quantize MODEL --calib DATA --method auto",
+}
+
+
+def model_and_data(name: str, workdir: Path) -> tuple[str, str]:
+    """The FP32 model and calibration folder of a reference (exported once into ``workdir``) or real model."""
+    if name in REFERENCE:
+        folder = workdir / name
+        if not (folder / "model.onnx").is_file():
+            from onnxq.models.export import export_model
+
+            export_model(name, folder)
+        return str(folder / "model.onnx"), str(folder / "calib")
+    from realdata import ensure_dataset, model_path
+
+    calib, _ = ensure_dataset(name)
+    return str(model_path(name)), str(calib)
+
+
+def time_model(model: str, calib: str, variants: list[str], runs: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(runs):
+        for variant in variants:
+            start = time.perf_counter()
+            quantize(model, calib=calib, config=VARIANTS[variant])
+            times[variant].append(time.perf_counter() - start)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=[*REFERENCE, *REAL], choices=[*REFERENCE, *REAL, *HELD_OUT])
+    parser.add_argument("--variants", nargs="+", default=["minmax", "default"], choices=list(VARIANTS))
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/onnxq-default-time"))
+    args = parser.parse_args(argv)
+    logging.disable(logging.WARNING)
+    variants = ["minmax", *[v for v in args.variants if v != "minmax"]]
+    header = " | ".join(f"{v} s" for v in variants)
+    ratios = " | ".join(f"{v} / min-max" for v in variants[1:])
+    print(f"| model | {header} | {ratios} |")
+    print("|---|" + "---:|" * (2 * len(variants) - 1))
+    for name in args.models:
+        model, calib = model_and_data(name, args.workdir)
+        times = time_model(model, calib, variants, args.runs)
+        medians = {v: statistics.median(t) for v, t in times.items()}
+        cells = " | ".join(f"{medians[v]:.2f}" for v in variants)
+        ratio_cells = " | ".join(f"{medians[v] / medians['minmax']:.2f}x" for v in variants[1:])
+        print(f"| {name} | {cells} | {ratio_cells} |", flush=True)
+    print(f"\nmedians of {args.runs} alternating runs per variant, one process; commands:")
+    for v in variants:
+        print(f"- {v}: `{COMMANDS[v]}`")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
