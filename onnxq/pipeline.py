@@ -26,6 +26,7 @@ from onnxq.calib.stats import expand_stats_paths, merge_stats, rechoose_methods
 from onnxq.config import QuantConfig
 from onnxq.data import Batch, BatchSource, DataSource, RandomSource
 from onnxq.errors import OnnxqError
+from onnxq.float_stem import float_prefix
 from onnxq.graph import (
     GraphIndex,
     check_model,
@@ -104,9 +105,11 @@ def prepare(model: onnx.ModelProto, config: QuantConfig, *, in_place: bool = Fal
                           debug=config.debug_passes)
     prepared, results = manager.run(model, keep_input=not in_place)  # in_place: a model the caller owns
     notes = [note for r in results for note in r.notes]
-    decompose = TARGET_RULES[config.target].decompose_activations
-    if decompose:
-        result = DecomposeHardActivations(decompose).run(prepared)
+    rules = TARGET_RULES[config.target]
+    if rules.decompose_activations:
+        # the float stem's activations stay whole: MLAS fuses them into the float Conv (onnxq/float_stem.py)
+        keep = float_prefix(prepared.graph, GraphIndex.build(prepared.graph), rules.float_stem_channels)
+        result = DecomposeHardActivations(rules.decompose_activations, frozenset(keep)).run(prepared)
         prepared, notes = result.model, notes + result.notes
     return prepared, notes
 
