@@ -8,9 +8,10 @@ QuantizeLinear over the whole tensor. The same functions in ops that do fuse (ON
     HardSwish(x) = x * HardSigmoid(x; 1/6, 1/2) = (x * Clip(x + 3, 0, 6)) * (1/6)
 
 so ``Add`` (QLinearAdd, with the Clip absorbed into its node unit) and two ``Mul`` (QLinearMul). When every path
-from a HardSwish or HardSigmoid ends in a Conv whose weight nothing else reads, through ops linear in it (pooling,
-reshapes, the squeeze-and-excitation ``Mul``), the final ``* alpha`` goes into those weights instead (a convolution
-is linear in its input and the bias is added after it), saving one integer op and one rounding per activation.
+from a HardSwish or HardSigmoid ends in a Conv, Gemm or MatMul whose weight nothing else reads, through ops linear
+in it (pooling, reshapes, the squeeze-and-excitation ``Mul``), the final ``* alpha`` goes into those weights instead
+(a convolution is linear in its input and the bias is added after it), saving one integer op and one rounding per
+activation.
 Float in, float out, equal up to float rounding. Only for alpha > 0.
 """
 
@@ -80,15 +81,18 @@ class _Rewriter:
         return nodes
 
 
+# ops linear in input 0 whose input 1 is a weight: Conv (bias added after the convolution), Gemm (alpha * A * B +
+# beta * C: scaling A scales the A * B term only), MatMul
+_LINEAR_WEIGHTED = frozenset({"Conv", "Gemm", "MatMul"})
 # ops that pass a positive factor on their data input through to their output (f(a * x) = a * f(x), a > 0)
 _SCALE_PASSING = frozenset({"GlobalAveragePool", "AveragePool", "MaxPool", "Flatten", "Reshape", "Squeeze",
                             "Unsqueeze", "Transpose"})
 
 
 def _scale_reader_weights(index: GraphIndex, tensor: str, alpha: float) -> bool:
-    """Multiply by ``alpha`` the weights of the Convs that ``tensor`` reaches through ops linear in it (pooling,
-    reshapes, a ``Mul`` by another tensor: the squeeze-and-excitation product), when every path ends in such a Conv
-    with a weight of its own (an initializer no other node reads); False (and nothing changed) otherwise."""
+    """Multiply by ``alpha`` the weights of the Conv/Gemm/MatMul nodes that ``tensor`` reaches through ops linear in
+    it (pooling, reshapes, a ``Mul`` by another tensor: the squeeze-and-excitation product), when every path ends in
+    such a node with a weight of its own (an initializer no other node reads); False (and nothing changed) otherwise."""
     weights: list[str] = []
     visited: set[str] = set()
     pending = [tensor]
@@ -102,7 +106,7 @@ def _scale_reader_weights(index: GraphIndex, tensor: str, alpha: float) -> bool:
             if reader.domain not in ("", "ai.onnx") or name in visited:
                 return False  # a node reached twice would be scaled twice (Mul of two scaled tensors)
             visited.add(name)
-            if reader.op_type == "Conv" and i == 0 and len(reader.input) > 1:
+            if reader.op_type in _LINEAR_WEIGHTED and i == 0 and len(reader.input) > 1:
                 w = reader.input[1]
                 if not index.is_initializer(w) or len(index.consumers.get(w, [])) != 1 or w in index.graph_inputs:
                     return False
