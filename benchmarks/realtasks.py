@@ -5,7 +5,10 @@
   one-to-one at IoU >= 0.5 between FP32 and quantized, F1 = 2 * matched / (n_fp32 + n_quant) over the set.
 - ``rec``: greedy CTC (argmax per step, collapse repeats, drop blank 0). Agreement: share of lines whose decoded
   string equals FP32's; also the per-step argmax agreement.
-- ``ori``: top-1 class. Agreement: share of images with the same class as FP32.
+- ``ori``, ``ppcls``: top-1 class. Agreement: share of images with the same class as FP32.
+- ``ppdet``: DB text boxes (``realdata_ppocr.db_boxes``) matched one-to-one at IoU >= 0.5 between FP32 and quantized,
+  F1 as for ``det``; also the IoU of the two binarised maps (probability > 0.3).
+- ``pprec``: greedy CTC over (N, T, C) scores, string agreement as for ``rec``.
 Ground-truth accuracy (from the generated labels; text compared case-insensitively, detections at IoU >= 0.5 with
 the drawn glyph boxes) is reported too, as a check that the inputs are realistic.
 """
@@ -105,21 +108,35 @@ class TaskAgreement:
         self.n_ref = self.n_quant = self.n_matched = 0
         self.ref_correct = self.quant_correct = 0.0
         self.gt_total = 0
+        self.map_inter = self.map_union = 0
+
+    def _add_boxes(self, boxes_r: np.ndarray, boxes_q: np.ndarray) -> None:
+        """One image's detections of FP32 and quantized, matched with each other and with the drawn boxes."""
+        truth = np.asarray(self.labels[self.seen], np.float64).reshape(-1, 4)
+        self.n_ref += len(boxes_r)
+        self.n_quant += len(boxes_q)
+        self.n_matched += matched(boxes_r, boxes_q)
+        self.ref_correct += matched(truth, boxes_r)
+        self.quant_correct += matched(truth, boxes_q)
+        self.gt_total += len(truth)
+        self.seen += 1
 
     def add(self, ref: np.ndarray, quant: np.ndarray) -> None:
         """One batch of the model's first output, FP32 and quantized."""
-        if self.model == "det":
+        if self.model == "pprec":  # (N, T, C) -> the (T, N, C) layout of ddddocr's recogniser
+            ref, quant = ref.transpose(1, 0, 2), quant.transpose(1, 0, 2)
+        if self.model == "ppdet":
+            from realdata_ppocr import db_boxes
+
             for r, q in zip(ref, quant):
-                boxes_r, boxes_q = yolox_decode(r), yolox_decode(q)
-                truth = np.asarray(self.labels[self.seen], np.float64).reshape(-1, 4)
-                self.n_ref += len(boxes_r)
-                self.n_quant += len(boxes_q)
-                self.n_matched += matched(boxes_r, boxes_q)
-                self.ref_correct += matched(truth, boxes_r)
-                self.quant_correct += matched(truth, boxes_q)
-                self.gt_total += len(truth)
-                self.seen += 1
-        elif self.model == "rec":
+                mask_r, mask_q = r[0] > 0.3, q[0] > 0.3
+                self.map_inter += int((mask_r & mask_q).sum())
+                self.map_union += int((mask_r | mask_q).sum())
+                self._add_boxes(db_boxes(r[0]), db_boxes(q[0]))
+        elif self.model == "det":
+            for r, q in zip(ref, quant):
+                self._add_boxes(yolox_decode(r), yolox_decode(q))
+        elif self.model in ("rec", "pprec"):
             for b in range(ref.shape[1]):
                 r, q = ref[:, b], quant[:, b]
                 self.steps += r.shape[0]
@@ -146,11 +163,13 @@ class TaskAgreement:
         """``agreement`` (the headline figure), its name, extra figures, and FP32/quantized accuracy vs labels."""
         gt = max(self.gt_total, 1)
         out = {"fp32_accuracy": self.ref_correct / gt, "quant_accuracy": self.quant_correct / gt}
-        if self.model == "det":
+        if self.model in ("det", "ppdet"):
             out["agreement"] = 2 * self.n_matched / max(self.n_ref + self.n_quant, 1)
             out["agreement_name"] = "det F1 vs FP32"
+            if self.model == "ppdet":
+                out["map_iou"] = self.map_inter / max(self.map_union, 1)
             out["detections_fp32"], out["detections_quant"] = self.n_ref, self.n_quant
-        elif self.model == "rec":
+        elif self.model in ("rec", "pprec"):
             out["agreement"] = self.agree / max(self.seen, 1)
             out["agreement_name"] = "CTC string agreement"
             out["step_agreement"] = self.steps_agree / max(self.steps, 1)

@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from realdata import ddddocr_charset, ensure_dataset, model_path, read_labels  # noqa: E402
+from realdata import charset_of, ensure_dataset, model_path, read_labels  # noqa: E402
 from realtasks import TaskAgreement  # noqa: E402
 
 from onnxq.calib.base import CalibOptions  # noqa: E402
@@ -58,7 +58,7 @@ VARIANTS = {
 def evaluate(name: str, source: str, quantized, evaluation: Path) -> tuple[float, dict]:
     ref_s, q_s = make_session(source), make_session(quantized)
     accs = [ErrorAccumulator() for _ in ref_s.get_outputs()]
-    task = TaskAgreement(name, read_labels(evaluation), ddddocr_charset() if name == "rec" else None)
+    task = TaskAgreement(name, read_labels(evaluation), charset_of(name, model_path(name)))
     for batch in BatchSource(load_model(source), evaluation):
         ref, got = ref_s.run(None, batch), q_s.run(None, batch)
         for acc, r, g in zip(accs, ref, got):
