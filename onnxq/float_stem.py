@@ -42,9 +42,27 @@ def is_depthwise_conv(node: onnx.NodeProto, index: GraphIndex) -> bool:
 
 
 def is_stem_conv(node: onnx.NodeProto, index: GraphIndex, max_channels: int) -> bool:
-    """An ungrouped Conv with at most ``max_channels`` input channels (a Conv over an RGB or grey image)."""
+    """An ungrouped Conv with at most ``max_channels`` input channels that reads a graph input (a Conv over an RGB
+    or grey image; not the narrow second Conv of a squeeze-and-excitation block)."""
     dims = conv_weight_dims(node, index)
-    return dims is not None and len(dims) > 2 and int(attr(node, "group", 1)) == 1 and dims[1] <= max_channels
+    return dims is not None and len(dims) > 2 and int(attr(node, "group", 1)) == 1 and dims[1] <= max_channels \
+        and _reads_graph_input(node.input[0], index)
+
+
+def _reads_graph_input(tensor: str, index: GraphIndex, max_depth: int = 8) -> bool:
+    """``tensor`` is a graph input, or is computed from one by ops with one non-constant input and no weight of
+    their own (a normalisation ``(x - mean) / std``, a Cast)."""
+    for _ in range(max_depth):
+        if tensor in index.graph_inputs:
+            return True
+        producer = index.producer.get(tensor)
+        if producer is None or producer.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
+            return False
+        data = [t for t in producer.input if t and not index.is_initializer(t)]
+        if len(data) != 1:
+            return False
+        tensor = data[0]
+    return False
 
 
 def float_prefix(graph: onnx.GraphProto, index: GraphIndex, max_channels: int) -> set[str]:

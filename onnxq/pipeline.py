@@ -45,6 +45,7 @@ from onnxq.outputs import check_outputs
 from onnxq.passes import PassManager, prepare_passes
 from onnxq.passes.decompose_hard_activations import DecomposeHardActivations
 from onnxq.passes.float16 import ConvertFloatToFP16
+from onnxq.passes.recognize_hardswish import RecognizeHardSwish
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target, verify_final
 from onnxq.recovery.stage import equalize, recover
@@ -107,6 +108,8 @@ def prepare(model: onnx.ModelProto, config: QuantConfig, *, in_place: bool = Fal
     notes = [note for r in results for note in r.notes]
     rules = TARGET_RULES[config.target]
     if rules.decompose_activations:
+        recognized = RecognizeHardSwish().run(prepared)
+        prepared, notes = recognized.model, notes + recognized.notes
         # the float stem's activations stay whole: MLAS fuses them into the float Conv (onnxq/float_stem.py)
         keep = float_prefix(prepared.graph, GraphIndex.build(prepared.graph), rules.float_stem_channels)
         result = DecomposeHardActivations(rules.decompose_activations, frozenset(keep)).run(prepared)

@@ -24,7 +24,8 @@ def _weights(rng: np.random.Generator, name: str, *shape: int) -> onnx.TensorPro
 
 def mobile_model(channels: int) -> onnx.ModelProto:
     """Conv(channels -> 8) -> HardSwish -> depthwise -> HardSwish -> pointwise -> HardSwish -> depthwise -> Relu
-    -> squeeze-and-excitation (GAP, Conv, Relu, Conv, HardSigmoid, Mul) -> pointwise -> Flatten -> MatMul."""
+    -> squeeze-and-excitation (GAP, Conv, Relu, Conv, HardSigmoid, Mul) -> pointwise -> Flatten -> MatMul. The SE's
+    second Conv has 2 input channels but reads no image: it is no stem."""
     rng = np.random.default_rng(3)
     nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="stem", pads=[1] * 4),
              helper.make_node("HardSwish", ["c0"], ["h0"], name="hs0"),
@@ -44,8 +45,8 @@ def mobile_model(channels: int) -> onnx.ModelProto:
              helper.make_node("Flatten", ["p2"], ["flat"], name="flatten"),
              helper.make_node("MatMul", ["flat", "wfc"], ["y"], name="fc")]
     inits = [_weights(rng, "w0", 8, channels, 3, 3), _weights(rng, "wd1", 8, 1, 3, 3),
-             _weights(rng, "wp1", 16, 8, 1, 1), _weights(rng, "wd2", 16, 1, 3, 3), _weights(rng, "wf1", 8, 16, 1, 1),
-             _weights(rng, "wf2", 16, 8, 1, 1), _weights(rng, "wp2", 8, 16, 1, 1), _weights(rng, "wfc", 8 * 36, 5)]
+             _weights(rng, "wp1", 16, 8, 1, 1), _weights(rng, "wd2", 16, 1, 3, 3), _weights(rng, "wf1", 2, 16, 1, 1),
+             _weights(rng, "wf2", 16, 2, 1, 1), _weights(rng, "wp2", 8, 16, 1, 1), _weights(rng, "wfc", 8 * 36, 5)]
     graph = helper.make_graph(nodes, "mobile", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                                              [1, channels, 6, 6])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
