@@ -20,13 +20,14 @@ import numpy as np
 import onnx
 
 from onnxq import progress
+from onnxq.activation_bounds import narrow_to_activation_bounds
 from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.collect import CollectSettings, collect_statistics
 from onnxq.calib.stats import expand_stats_paths, merge_stats, rechoose_methods
 from onnxq.config import QuantConfig
 from onnxq.data import Batch, BatchSource, DataSource, RandomSource
 from onnxq.errors import OnnxqError
-from onnxq.float_stem import float_prefix
+from onnxq.float_nodes import float_prefix
 from onnxq.graph import (
     GraphIndex,
     check_model,
@@ -110,7 +111,7 @@ def prepare(model: onnx.ModelProto, config: QuantConfig, *, in_place: bool = Fal
     if rules.decompose_activations:
         recognized = RecognizeHardSwish().run(prepared)
         prepared, notes = recognized.model, notes + recognized.notes
-        # the float stem's activations stay whole: MLAS fuses them into the float Conv (onnxq/float_stem.py)
+        # the float stem's activations stay whole: MLAS fuses them into the float Conv (onnxq.float_nodes.py)
         keep = float_prefix(prepared.graph, GraphIndex.build(prepared.graph), rules.float_stem_channels)
         result = DecomposeHardActivations(rules.decompose_activations, frozenset(keep)).run(prepared)
         prepared, notes = result.model, notes + result.notes
@@ -244,6 +245,8 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
     else:
         raise OnnxqError(ONE_SOURCE)
     table = compute_scales(plan, calibrators, weight_arrays(prepared, plan))
+    if TARGET_RULES[config.target].narrow_activation_ranges:
+        table = narrow_to_activation_bounds(table, plan, prepared.graph)
     clipping = clipped_fractions(plan, calibrators, table)
     for name, fraction in sorted(clipping.items(), key=lambda kv: -kv[1]):
         if fraction > CLIP_WARNING_FRACTION:

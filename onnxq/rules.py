@@ -89,8 +89,12 @@ class TargetRules:
     #: activation functions rewritten into ops with integer kernels before planning (passes/decompose_hard_activations)
     decompose_activations: frozenset[str] = frozenset()
     #: Convs with at most this many input channels (a Conv over the image) stay float, with the depthwise Convs and
-    #: one-input activations right after them (onnxq/float_stem.py); 0: none
+    #: one-input activations right after them (onnxq.float_nodes.py); 0: none
     float_stem_channels: int = 0
+    #: the 1x1 Convs of squeeze-and-excitation gates stay float (onnxq/float_nodes.py)
+    float_excitation: bool = False
+    #: clamp calibrated ranges of pre-activation tensors to where the activation saturates (onnxq/activation_bounds.py)
+    narrow_activation_ranges: bool = False
 
     def default_skip_reason(self, op_type: str) -> str | None:
         """Why the target keeps ``op_type`` float by default, or None when it quantizes it."""
@@ -129,6 +133,8 @@ ORT_CPU = TargetRules(
     # (docs/ort_cpu_rules.md 3.7, 3.9, 3.10)
     decompose_activations=frozenset({"HardSwish", "HardSigmoid"}),
     float_stem_channels=3,
+    float_excitation=True,
+    narrow_activation_ranges=True,
 )
 
 #: every target by name (the command line's --target choices)
