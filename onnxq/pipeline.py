@@ -49,11 +49,13 @@ from onnxq.passes.float16 import ConvertFloatToFP16
 from onnxq.passes.recognize_hardswish import RecognizeHardSwish
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target, verify_final
+from onnxq.recovery.replay import replay_rewrites
 from onnxq.recovery.stage import equalize, recover
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
 from onnxq.rules import TARGET_RULES
 from onnxq.runtime import make_session, run_batch
 from onnxq.scales.compute import clipped_fractions, compute_scales
+from onnxq.scales.importer import ScaleFileImporter
 from onnxq.scales.types import ScaleTable
 from onnxq.validate.compare import compare_models
 from onnxq.validate.latency import LatencySettings, measure_latency
@@ -146,6 +148,18 @@ def float_rewrites(prepared: onnx.ModelProto, calib_data: DataSource | Iterable[
     if owned:  # float rewrites of a model past 2 GB (weights on disk) are not supported yet
         return []
     return equalize(prepared, calib_data, config.recovery)
+
+
+def imported_rewrites(prepared: onnx.ModelProto, scales: ScaleImporter, *, owned: bool) -> list[str]:
+    """Replay, in place, the float rewrites a scales file records (an onnxq JSON file of version 3)."""
+    record = scales.float_rewrites() if isinstance(scales, ScaleFileImporter) else None
+    if record is None or not record.rewrites:
+        return []
+    assert isinstance(scales, ScaleFileImporter)
+    if owned:
+        raise OnnxqError(f"{scales.path} records float rewrites (equalization), which onnxq cannot replay on a "
+                         "model past 2 GB yet; export the scales of a run with --no-equalize")
+    return [replay_rewrites(prepared, record, source=scales.path, strict=scales.strict)]
 
 
 def calibration_targets(plan: QuantPlan, config: QuantConfig) -> dict[str, CalibOptions]:
@@ -307,6 +321,8 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             if config.recovery.equalize or config.recovery.smoothquant_alpha is not None:
                 notes.append("equalization/SmoothQuant skipped: the statistics come from shards calibrated on the "
                              "model without them")
+        elif scales is not None:  # the float rewrites the scales were calibrated after, if the file records them
+            notes += imported_rewrites(prepared, scales, owned=owned)
         else:
             notes += float_rewrites(prepared, calib_data, config, owned=owned)
     with clock("plan"):

@@ -12,7 +12,9 @@ from onnxq.outputs import Output
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("calibrate", help="collect calibration statistics of a data shard (mergeable)",
                               description="Run the calibration of one shard and save its statistics (not its "
-                              "ranges); 'onnxq quantize MODEL --stats \"stats_*.npz\"' merges any number of them.")
+                              "ranges); 'onnxq quantize MODEL --stats \"stats_*.npz\"' merges any number of them. "
+                              "Shards are calibrated without equalization (each would rescale by its own data): "
+                              "quantize --calib DATA [--ray] equalizes.")
     add_model_and_output(p, "FP32 ONNX model", "statistics file to write (.npz)")
     p.add_argument("--calib", required=True, metavar="DATA", help="this shard's data (folder or .npz stack)")
     add_calibration_flags(p)

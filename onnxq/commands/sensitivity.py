@@ -33,6 +33,8 @@ def add_parser(subparsers) -> None:
                    help="validation batches per measurement (default 2; the cost is about 2 x nodes x N runs)")
     p.add_argument("-o", "--output-dir", metavar="DIR", help="write sensitivity.json and sensitivity.png here")
     p.add_argument("--top", type=int, metavar="N", help="print only the N most harmful nodes")
+    p.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="analyse the model after quantize's equalization (default on, as in quantize)")
     add_calib_flags(p)
     add_selection_flags(p)
     add_ray_flags(p)

@@ -30,7 +30,16 @@ from onnxq.formats import NOT_ON_TENSORRT, FormatChoice, parse_format
 from onnxq.graph import check_model
 from onnxq.insert import InsertQDQ
 from onnxq.passes.float16 import ConvertFloatToFP16
-from onnxq.pipeline import DataLike, ModelLike, _load, calibrate, data_source, prepare, weight_arrays
+from onnxq.pipeline import (
+    DataLike,
+    ModelLike,
+    _load,
+    calibrate,
+    data_source,
+    float_rewrites,
+    prepare,
+    weight_arrays,
+)
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.runtime import SessionSettings, make_session, output_names, run_batch
 from onnxq.scales.compute import compute_scales
@@ -137,6 +146,8 @@ def compare_formats(model: ModelLike, calib: DataLike, val: DataLike, config: Qu
     original, path = _load(model)
     configs = [format_config(config, c) for c in choices]
     prepared, _ = prepare(original, config, min_opset=max(c.min_opset() for c in configs))
+    # quantize's float rewrites (equalization, on by default): every format is compared on the model it would get
+    float_rewrites(prepared, data_source(prepared, calib, config, warn=False), config, owned=False)
     plans = [build_plan(prepared, c) for c in configs]
     seconds["prepare"] = time.perf_counter() - start
 

@@ -23,8 +23,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxq.data import Batch
+from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, all_names, unique_name
 from onnxq.runtime import make_session, run_batch
+from onnxq.scales.rewrites import ChannelRewrite
 
 HOMOGENEOUS_OPS = ("Relu", "LeakyRelu", "PRelu", "Identity")
 
@@ -103,10 +105,12 @@ def foldable_producer(index: GraphIndex, tensor: str, channels: int) -> onnx.Nod
     return None
 
 
-def rescale_input(model: onnx.ModelProto, target: ChannelTarget, scale: np.ndarray, rank: int) -> str:
+def rescale_input(model: onnx.ModelProto, target: ChannelTarget, scale: np.ndarray, rank: int,
+                  index: GraphIndex | None = None) -> str:
     """Make the consumer read ``tensor / scale`` (its weights must be multiplied by ``scale`` by the caller);
-    returns how: ``"folded"`` into the producing Conv, or ``"mul"`` for an inserted Mul."""
-    index = GraphIndex.build(model.graph)
+    returns how: ``"folded"`` into the producing Conv, or ``"mul"`` for an inserted Mul. ``index``: of ``model``
+    as it is now (built when not given)."""
+    index = index or GraphIndex.build(model.graph)
     taken = all_names(model.graph)
     inv = 1.0 / scale
     # a Conv's output channels are axis 1 (NCHW): only a channel-axis-1 target can fold into one
@@ -126,9 +130,33 @@ def rescale_input(model: onnx.ModelProto, target: ChannelTarget, scale: np.ndarr
     return "mul"
 
 
-def replace_weight(model: onnx.ModelProto, node: onnx.NodeProto, value: np.ndarray, suffix: str) -> None:
-    """Set the weight (input 1) of ``node`` to ``value`` (see :func:`set_input_initializer`)."""
-    set_input_initializer(model, node, 1, value, suffix)
+def apply_rewrite(model: onnx.ModelProto, rewrite: ChannelRewrite) -> str:
+    """Apply one recorded rewrite: the consumer reads ``tensor / scale``, its weight is multiplied by ``scale`` on
+    ``weight_axis``. The one code path of both the calibrated run and a replay from a scales file, so both give the
+    same bits. Returns how the division was placed (``"folded"`` | ``"mul"``)."""
+    consumer = next((n for n in model.graph.node if (n.name or n.output[0]) == rewrite.node), None)
+    index = GraphIndex.build(model.graph)  # one index per rewrite: building it dominates the cost on real models
+    if consumer is None or len(consumer.input) < 2 or consumer.input[0] != rewrite.tensor:
+        raise OnnxqError(f"float rewrite of {rewrite.node!r}: the model has no node of that name reading "
+                         f"{rewrite.tensor!r}; the rewrites were recorded on another model")
+    if not index.is_initializer(consumer.input[1]):
+        raise OnnxqError(f"float rewrite of {rewrite.node!r}: its weight {consumer.input[1]!r} is not a constant")
+    dims = list(index.initializers[consumer.input[1]].dims)
+    axis = rewrite.weight_axis % max(len(dims), 1)
+    if not dims or dims[axis] != rewrite.scale.size:
+        raise OnnxqError(f"float rewrite of {rewrite.node!r}: {rewrite.scale.size} factors, but its weight has "
+                         f"shape {dims}; the rewrites were recorded on another model")
+    how = rescale_input(model, ChannelTarget(rewrite.node, rewrite.tensor, rewrite.axis), rewrite.scale,
+                        rewrite.rank, index)
+    # the index is now stale only around the activation (an inserted Mul) and the producer's rows: the consumer's
+    # weight, its initializer and its users are as they were
+    consumer = next(n for n in model.graph.node if (n.name or n.output[0]) == rewrite.node)
+    w = index.array(consumer.input[1])
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    value = (w.astype(np.float64) * rewrite.scale.reshape(shape)).astype(w.dtype)
+    set_input_initializer(model, consumer, 1, value, "smooth" if rewrite.kind == "smoothquant" else "eq", index)
+    return how
 
 
 def drop_unused_initializers(model: onnx.ModelProto) -> None:

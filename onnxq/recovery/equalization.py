@@ -33,13 +33,8 @@ import onnx
 from onnx import helper
 
 from onnxq.graph import GraphIndex
-from onnxq.recovery.channel_scale import (
-    ChannelTarget,
-    drop_unused_initializers,
-    foldable_producer,
-    replace_weight,
-    rescale_input,
-)
+from onnxq.recovery.channel_scale import ChannelTarget, apply_rewrite, foldable_producer
+from onnxq.scales.rewrites import ChannelRewrite
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +82,12 @@ def _node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
     return next(n for n in model.graph.node if (n.name or n.output[0]) == name)
 
 
-def equalize_depthwise(model: onnx.ModelProto, target: ChannelTarget, ranges: np.ndarray) -> str:
-    scale = depthwise_scales(ranges)
-    how = rescale_input(model, target, scale, rank=4)
-    node = _node(model, target.node)
-    w = GraphIndex.build(model.graph).array(node.input[1])
-    replace_weight(model, node, (w.astype(np.float64) * scale.reshape(-1, 1, 1, 1)).astype(w.dtype), "eq")
-    return how
+def equalize_depthwise(model: onnx.ModelProto, target: ChannelTarget,
+                       ranges: np.ndarray) -> tuple[str, ChannelRewrite]:
+    """Scale one depthwise input to equal channel ranges; returns how the division was placed and the record."""
+    # a depthwise weight (C, 1, k, k) holds input channel c in output row c: axis 0 absorbs the factors
+    rewrite = ChannelRewrite("depthwise", target.node, target.tensor, 1, 4, 0, depthwise_scales(ranges))
+    return apply_rewrite(model, rewrite), rewrite
 
 
 def cle_pairs(model: onnx.ModelProto) -> list[ChannelTarget]:
@@ -109,7 +103,8 @@ def cle_pairs(model: onnx.ModelProto) -> list[ChannelTarget]:
     return pairs
 
 
-def equalize_pair(model: onnx.ModelProto, target: ChannelTarget) -> None:
+def equalize_pair(model: onnx.ModelProto, target: ChannelTarget) -> ChannelRewrite:
+    """Nagel's weight-only rule on one Conv pair; returns the record."""
     index = GraphIndex.build(model.graph)
     consumer = _node(model, target.node)
     w2 = index.array(consumer.input[1])
@@ -118,28 +113,26 @@ def equalize_pair(model: onnx.ModelProto, target: ChannelTarget) -> None:
     w1 = index.array(producer.input[1])
     r1 = np.abs(w1.reshape(w1.shape[0], -1)).max(axis=1).astype(np.float64)
     r2 = np.abs(np.moveaxis(w2, 1, 0).reshape(w2.shape[1], -1)).max(axis=1).astype(np.float64)
-    scale = cle_scales(r1, r2)
-    rescale_input(model, target, scale, rank=4)
-    consumer = _node(model, target.node)
-    factor = scale.reshape(1, -1, *([1] * (w2.ndim - 2)))
-    replace_weight(model, consumer, (w2.astype(np.float64) * factor).astype(w2.dtype), "eq")
+    rewrite = ChannelRewrite("cle-pair", target.node, target.tensor, 1, 4, 1, cle_scales(r1, r2))
+    apply_rewrite(model, rewrite)
+    return rewrite
 
 
-def equalize_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray]) -> str:
-    """Both rewrites on ``model`` in place; returns a note for the report."""
+def equalize_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray]) -> tuple[str, list[ChannelRewrite]]:
+    """Both rewrites on ``model`` in place; returns a note for the report and the records, in the order applied
+    (unused initializers are left for the caller to drop)."""
     pairs = cle_pairs(model)
-    for target in pairs:
-        equalize_pair(model, target)
+    done = [equalize_pair(model, target) for target in pairs]
     ways: dict[str, int] = {"folded": 0, "mul": 0}
-    for target in equalization_targets(model):
-        if target.tensor in ranges and ranges[target.tensor].size == _channels(model, target):
-            ways[equalize_depthwise(model, target, ranges[target.tensor])] += 1
-    drop_unused_initializers(model)
-    return (f"equalization: {len(pairs)} Conv pair(s) (Relu/PRelu/identity joins), "
+    targets = equalization_targets(model)
+    index = GraphIndex.build(model.graph)  # channel counts: rewrites change weight values, never their shapes
+    channels = {t.node: index.initializers[_node(model, t.node).input[1]].dims[0] for t in targets}
+    for target in targets:
+        if target.tensor in ranges and ranges[target.tensor].size == channels[target.node]:
+            how, rewrite = equalize_depthwise(model, target, ranges[target.tensor])
+            ways[how] += 1
+            done.append(rewrite)
+    note = (f"equalization: {len(pairs)} Conv pair(s) (Relu/PRelu/identity joins), "
             f"{ways['folded'] + ways['mul']} depthwise input(s) ({ways['folded']} folded into the producer, "
             f"{ways['mul']} through a Mul after a non-homogeneous activation)")
-
-
-def _channels(model: onnx.ModelProto, target: ChannelTarget) -> int:
-    node = _node(model, target.node)
-    return GraphIndex.build(model.graph).initializers[node.input[1]].dims[0]
+    return note, done

@@ -25,7 +25,7 @@ from onnxq import progress
 from onnxq.config import QuantConfig
 from onnxq.data import Batch
 from onnxq.errors import OnnxqError
-from onnxq.pipeline import prepare, ranges
+from onnxq.pipeline import data_source, float_rewrites, prepare, ranges
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.gated import GatedSession, noise_ratios, worst
 from onnxq.recovery.macs import node_macs
@@ -99,6 +99,8 @@ def calibrate_model(model: onnx.ModelProto, calib, config: QuantConfig, collecto
     clock = _Clock()
     with clock("prepare"):
         prepared, _ = prepare(model, config)
+        # the float rewrites quantize makes (equalization, on by default), so the nodes analysed are its nodes
+        float_rewrites(prepared, data_source(prepared, calib, config, warn=False), config, owned=False)
         plan = build_plan(prepared, config)
     if not plan.tensors:
         raise OnnxqError("nothing to quantize: no node is planned for quantization")

@@ -17,7 +17,8 @@ import onnx
 from onnx import helper
 
 from onnxq.graph import GraphIndex
-from onnxq.recovery.channel_scale import ChannelTarget, drop_unused_initializers, replace_weight, rescale_input
+from onnxq.recovery.channel_scale import ChannelTarget, apply_rewrite
+from onnxq.scales.rewrites import ChannelRewrite
 
 #: the scale factors are clipped to [1 / MAX_SCALE, MAX_SCALE] (all-zero channels keep 1)
 MAX_SCALE = 1e4
@@ -50,22 +51,24 @@ def smooth_scales(act_range: np.ndarray, weight_range: np.ndarray, alpha: float)
     return np.where(ok, np.clip(a**alpha / w ** (1.0 - alpha), 1.0 / MAX_SCALE, MAX_SCALE), 1.0)
 
 
-def smooth_one(model: onnx.ModelProto, target: ChannelTarget, act_range: np.ndarray, alpha: float) -> str:
+def smooth_one(model: onnx.ModelProto, target: ChannelTarget, act_range: np.ndarray,
+               alpha: float) -> tuple[str, ChannelRewrite]:
     node = next(n for n in model.graph.node if (n.name or n.output[0]) == target.node)
     w = GraphIndex.build(model.graph).array(node.input[1])
-    rows = w.T if node.op_type == "Gemm" and _attr(node, "transB", 0) else w  # (K, N)
+    transposed = node.op_type == "Gemm" and _attr(node, "transB", 0)
+    rows = w.T if transposed else w  # (K, N)
     scale = smooth_scales(act_range, np.abs(rows).max(axis=1).astype(np.float64), alpha)
-    rank = 2  # the Mul broadcasts a (K,) vector over the last axis whatever the activation's rank
-    how = rescale_input(model, target, scale, rank)
-    node = next(n for n in model.graph.node if (n.name or n.output[0]) == target.node)
-    new_rows = rows.astype(np.float64) * scale[:, None]
-    new_w = new_rows.T if node.op_type == "Gemm" and _attr(node, "transB", 0) else new_rows
-    replace_weight(model, node, new_w.astype(w.dtype), "smooth")
-    return how
+    # the Mul broadcasts a (K,) vector over the last axis whatever the activation's rank (rank 2); W's K axis
+    # absorbs the factors: axis 0 of (K, N), axis 1 of a transB (N, K)
+    rewrite = ChannelRewrite("smoothquant", target.node, target.tensor, target.axis, 2, 1 if transposed else 0, scale)
+    return apply_rewrite(model, rewrite), rewrite
 
 
-def smoothquant_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray], alpha: float) -> str:
-    done = 0
+def smoothquant_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray],
+                      alpha: float) -> tuple[str, list[ChannelRewrite]]:
+    """Every MatMul/Gemm input smoothed in place; a note and the records (unused initializers are left for the
+    caller to drop)."""
+    done: list[ChannelRewrite] = []
     for target in smoothquant_targets(model):
         act = ranges.get(target.tensor)
         node = next(n for n in model.graph.node if (n.name or n.output[0]) == target.node)
@@ -73,7 +76,5 @@ def smoothquant_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray], alp
         k = dims[1] if node.op_type == "Gemm" and _attr(node, "transB", 0) else dims[0]
         if act is None or act.size != k:
             continue
-        smooth_one(model, target, act, alpha)
-        done += 1
-    drop_unused_initializers(model)
-    return f"SmoothQuant (alpha {alpha}): {done} MatMul/Gemm input(s)"
+        done.append(smooth_one(model, target, act, alpha)[1])
+    return f"SmoothQuant (alpha {alpha}): {len(done)} MatMul/Gemm input(s)", done

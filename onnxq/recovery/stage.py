@@ -25,24 +25,37 @@ log = logging.getLogger(__name__)
 
 
 def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: RecoveryOptions) -> list[str]:
-    """Float-to-float channel rescaling of ``model`` in place; returns notes for the report."""
+    """Float-to-float channel rescaling of ``model`` in place; returns notes for the report. Every rewrite is
+    recorded in the model's metadata (:mod:`onnxq.scales.rewrites`), so exported scales can carry it and
+    ``--scales`` can replay it (:mod:`onnxq.recovery.replay`)."""
     if not (options.equalize or options.smoothquant_alpha is not None):
         return []
     if data is None:
         return ["equalization/SmoothQuant skipped: they need calibration data (--calib)"]
-    from onnxq.recovery.channel_scale import channel_ranges
-    from onnxq.recovery.equalization import equalization_targets, equalize_model
+    from onnxq.recovery.channel_scale import channel_ranges, drop_unused_initializers
+    from onnxq.recovery.equalization import cle_pairs, equalization_targets, equalize_model
     from onnxq.recovery.smoothquant import smoothquant_model, smoothquant_targets
+    from onnxq.scales.rewrites import ChannelRewrite, FloatRewrites, record_in_model, weights_digest
 
     notes: list[str] = []
+    done: list[ChannelRewrite] = []
     targets = (equalization_targets(model) if options.equalize else []) + \
         (smoothquant_targets(model) if options.smoothquant_alpha is not None else [])
+    # the digest of the float weights before, for the record (skipped, with its hashing, when nothing can change)
+    before = weights_digest(model) if targets or (options.equalize and cle_pairs(model)) else ""
     # the Conv pairs of cross-layer equalization need no data: only the per-channel targets cost a float pass
     ranges = channel_ranges(model, targets, data, options.equalize_batches) if targets else {}
     if options.equalize:
-        notes.append(equalize_model(model, ranges))
+        note, rewrites = equalize_model(model, ranges)
+        notes.append(note)
+        done += rewrites
     if options.smoothquant_alpha is not None:
-        notes.append(smoothquant_model(model, ranges, options.smoothquant_alpha))
+        note, rewrites = smoothquant_model(model, ranges, options.smoothquant_alpha)
+        notes.append(note)
+        done += rewrites
+    drop_unused_initializers(model)
+    if done:
+        record_in_model(model, FloatRewrites(tuple(done), before, weights_digest(model)))
     return notes
 
 

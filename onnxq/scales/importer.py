@@ -5,12 +5,16 @@ one an error; a TensorRT cache, which carries no weights, is asked for the activ
 not quantize are ignored; planned weights the file does not cover get per-channel min-max scales from their values;
 planned activations it does not cover are dropped from the plan, so their consumers read float (a warning names
 them). A file's integer type wins over the target's default for a tensor.
+
+An onnxq JSON file of version 3 also records the float rewrites (equalization, SmoothQuant) of the run that
+calibrated the scales (:mod:`onnxq.scales.rewrites`); the pipeline replays them on the float model before the plan
+(:mod:`onnxq.recovery.replay`), so the scales meet the graph they were calibrated on.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -23,25 +27,42 @@ from onnxq.scales.compute import weight_params
 from onnxq.scales.formats import WEIGHTLESS_FORMATS
 from onnxq.scales.io import check_scales, load_scales, scales_format
 from onnxq.scales.io import read_text as read_scales_text
+from onnxq.scales.json_format import float_rewrites as json_float_rewrites
 from onnxq.scales.json_format import model_fingerprint
+from onnxq.scales.rewrites import FloatRewrites
 from onnxq.scales.types import ScaleTable
 
 log = logging.getLogger(__name__)
 
 
-def scale_importer(path: str, *, strict: bool = False,
-                   fmt: str | None = None) -> Callable[[QuantPlan, onnx.ModelProto], ScaleTable]:
-    def import_scales(plan: QuantPlan, prepared: onnx.ModelProto) -> ScaleTable:
+@dataclass(frozen=True)
+class ScaleFileImporter:
+    """``quantize --scales FILE``: the file's scales for a plan (a :data:`onnxq.pipeline.ScaleImporter`), and the
+    float rewrites it records (a version-3 onnxq JSON file), which the pipeline replays before the plan."""
+
+    path: str
+    strict: bool = False
+    fmt: str | None = None
+
+    def __call__(self, plan: QuantPlan, prepared: onnx.ModelProto) -> ScaleTable:
         """The file's scales for the plan's tensors (planned weights it misses: from their values). Planned
         activations it misses are absent: ``plan.for_scales(table, path)`` derives the plan that is inserted."""
         axes = {t.name: t.axis for t in plan.weights() if t.axis is not None}
-        found_format = scales_format(path, fmt)
-        table = load_scales(path, found_format, channel_axes=axes)
-        check_fingerprint(path, fingerprint(prepared), strict=strict)
-        return match_to_plan(table, plan, prepared, strict=strict, source=path,
+        found_format = scales_format(self.path, self.fmt)
+        table = load_scales(self.path, found_format, channel_axes=axes)
+        check_fingerprint(self.path, fingerprint(prepared), strict=self.strict)
+        return match_to_plan(table, plan, prepared, strict=self.strict, source=self.path,
                              weights_in_file=found_format not in WEIGHTLESS_FORMATS)
 
-    return import_scales
+    def float_rewrites(self) -> FloatRewrites | None:
+        """The float rewrites the file records (only onnxq JSON can), or None."""
+        if scales_format(self.path, self.fmt) != "json":
+            return None
+        return json_float_rewrites(read_scales_text(Path(self.path)), source=self.path)
+
+
+def scale_importer(path: str, *, strict: bool = False, fmt: str | None = None) -> ScaleFileImporter:
+    return ScaleFileImporter(path, strict, fmt)
 
 
 def check_fingerprint(path: str, expected: str, *, strict: bool) -> None:

@@ -22,6 +22,13 @@ dimension divided by ``block_size`` (rounded up). A file holding only int8/uint8
 still written as version 1, so older readers keep reading it. ``zero_point`` may be omitted (0). ``role``
 (``"weight"`` | ``"activation"``) is optional and informational. Scales are float32 values written as JSON numbers
 that read back bit-exactly. Unknown keys are ignored, so later minor additions stay readable.
+
+Version 3 adds ``"float_rewrites"``: the channel rescalings (cross-layer / depthwise equalization, SmoothQuant) the
+quantization made to the float model before its ranges were taken, with the float weights' digest before and after
+(schema in :mod:`onnxq.scales.rewrites`). ``quantize --scales`` replays them on the original float model before
+inserting Q/DQ, so the result is the calibrated run's model bit for bit. Only a file that records rewrites is
+written as version 3: an older onnxq refuses it (it cannot replay them) instead of applying the scales to a graph
+they do not fit. Versions 1 and 2 are still read.
 """
 
 from __future__ import annotations
@@ -35,10 +42,14 @@ import numpy as np
 
 from onnxq.dtypes import QUANT_DTYPES, quant_dtype
 from onnxq.errors import OnnxqError
+from onnxq.scales import rewrites as rewrites_format
+from onnxq.scales.rewrites import FloatRewrites
 from onnxq.scales.types import QuantParams, ScaleTable
 
 FORMAT_NAME = "onnxq-scales"
-VERSION = 2
+VERSION = 3
+#: the newest version a file without float rewrites needs (dtypes beyond int8/uint8, block sizes)
+TABLE_VERSION = 2
 _V1_DTYPES = ("int8", "uint8")
 
 
@@ -46,7 +57,8 @@ def _number(x: Any) -> float:
     return float(np.float32(x))
 
 
-def dumps(table: ScaleTable, *, fingerprint: str | None = None, param_names: Iterable[str] = (), **_: Any) -> str:
+def dumps(table: ScaleTable, *, fingerprint: str | None = None, param_names: Iterable[str] = (),
+          float_rewrites: FloatRewrites | None = None, **_: Any) -> str:
     params_set = set(param_names)
     tensors: dict[str, dict[str, Any]] = {}
     for name, p in table.items():
@@ -60,10 +72,14 @@ def dumps(table: ScaleTable, *, fingerprint: str | None = None, param_names: Ite
         if params_set:
             entry["role"] = "weight" if name in params_set else "activation"
         tensors[name] = entry
-    version = 1 if all(p.dtype in _V1_DTYPES and not p.blockwise for p in table.values()) else VERSION
+    version = 1 if all(p.dtype in _V1_DTYPES and not p.blockwise for p in table.values()) else TABLE_VERSION
+    if float_rewrites is not None and float_rewrites.rewrites:
+        version = VERSION
     doc: dict[str, Any] = {"format": FORMAT_NAME, "version": version}
     if fingerprint:
         doc["model"] = {"fingerprint": fingerprint}
+    if version == VERSION and float_rewrites is not None:
+        doc["float_rewrites"] = float_rewrites.to_document()
     doc["tensors"] = tensors
     return json.dumps(doc, indent=2) + "\n"
 
@@ -90,7 +106,20 @@ def model_fingerprint(text: str) -> str | None:
     return model.get("fingerprint") if isinstance(model, Mapping) else None
 
 
-def from_document(doc: Any, *, source: str = "scales file") -> ScaleTable:
+def float_rewrites(text: str, *, source: str = "scales file") -> FloatRewrites | None:
+    """The float rewrites an onnxq scales file records (version 3), or None."""
+    try:
+        doc = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise OnnxqError(f"{source} is not valid JSON: {exc}") from exc
+    _check_header(doc, source)
+    if not isinstance(doc, Mapping) or doc.get("float_rewrites") is None:
+        return None
+    return rewrites_format.from_document(doc["float_rewrites"], source)
+
+
+def _check_header(doc: Any, source: str) -> int:
+    """The version of an onnxq scales document (refused: another format, a newer version)."""
     if not looks_like(doc):
         raise OnnxqError(f'{source} is not an onnxq scales file (expected "format": "{FORMAT_NAME}")')
     version = doc.get("version")
@@ -98,6 +127,11 @@ def from_document(doc: Any, *, source: str = "scales file") -> ScaleTable:
         raise OnnxqError(f"{source}: \"version\" must be an integer, got {version!r}")
     if version > VERSION:
         raise OnnxqError(f"{source} has version {version}, written by a newer onnxq; this one reads version {VERSION}")
+    return version
+
+
+def from_document(doc: Any, *, source: str = "scales file") -> ScaleTable:
+    version = _check_header(doc, source)
     tensors = doc.get("tensors")
     if not isinstance(tensors, Mapping):
         raise OnnxqError(f'{source}: "tensors" must be an object mapping tensor names to parameters')

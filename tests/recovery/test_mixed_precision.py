@@ -10,7 +10,7 @@ from onnxq.recovery.mixed_precision import AccuracyTarget
 from onnxq.trt.lint import has_errors, lint_model
 from onnxq.validate.compare import compare_models
 from tests.helpers import run_cli
-from tests.recovery.nets import batches, fragile_chain
+from tests.recovery.nets import FRAGILE_CONFIG, batches, fragile_chain
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +20,10 @@ def data():
 
 def test_target_sqnr_reached_by_leaving_the_fragile_node_float(data):
     model, calib, val = data
-    plain = compare_models(model, quantize(model, calib=calib).model, val).min_sqnr_db
+    plain = compare_models(model, quantize(model, calib=calib, config=FRAGILE_CONFIG).model, val).min_sqnr_db
     assert plain < 25  # the target below is out of reach without mixed precision
-    result = quantize(model, calib=calib, val=val, target=AccuracyTarget(sqnr_db=25, max_float_share=0.7))
+    result = quantize(model, calib=calib, config=FRAGILE_CONFIG, val=val,
+                      target=AccuracyTarget(sqnr_db=25, max_float_share=0.7))
     mixed = result.report.mixed_precision
     assert mixed.ok and [n.node for n in mixed.float_nodes] == ["conv_frag"]
     assert 0.5 < mixed.float_mac_share <= 0.7 and mixed.float_nodes[0].gain > 0
@@ -38,7 +39,7 @@ def test_target_sqnr_reached_by_leaving_the_fragile_node_float(data):
 
 def test_target_already_met_keeps_everything_quantized(data):
     model, calib, val = data
-    result = quantize(model, calib=calib, val=val, target=-10.0)
+    result = quantize(model, calib=calib, config=FRAGILE_CONFIG, val=val, target=-10.0)
     assert result.report.mixed_precision.ok and result.report.mixed_precision.float_nodes == []
 
 
@@ -54,9 +55,10 @@ def test_user_metric_with_tolerable_loss(data):
         return -float(np.mean([np.abs(session.run(None, {name: b["x"]})[0] - r).mean()
                                for b, r in zip(val, reference)]))
 
-    lenient = quantize(model, calib=calib, val=val, target=metric, tolerable_loss=1.0).report.mixed_precision
+    lenient = quantize(model, calib=calib, config=FRAGILE_CONFIG, val=val, target=metric,
+                       tolerable_loss=1.0).report.mixed_precision
     assert lenient.goal == "metric" and lenient.ok and lenient.float_nodes == []
-    result = quantize(model, calib=calib, val=val,
+    result = quantize(model, calib=calib, config=FRAGILE_CONFIG, val=val,
                       target=AccuracyTarget(metric=metric, tolerable_loss=0.05, max_float_share=0.7))
     mixed = result.report.mixed_precision
     assert mixed.goal == "metric" and mixed.ok and mixed.all_quantized_score < -0.05
@@ -67,7 +69,7 @@ def test_user_metric_with_tolerable_loss(data):
 def test_target_needs_val(data):
     model, calib, _ = data
     with pytest.raises(OnnxqError, match="validation data"):
-        quantize(model, calib=calib, target=30.0)
+        quantize(model, calib=calib, config=FRAGILE_CONFIG, target=30.0)
 
 
 def test_cli_unreachable_target_exits_1_with_summary(tmp_path, data):
@@ -77,7 +79,8 @@ def test_cli_unreachable_target_exits_1_with_summary(tmp_path, data):
         (tmp_path / split).mkdir()
         for i, b in enumerate(bs):
             np.savez(tmp_path / split / f"{i}.npz", **b)
-    args = ("quantize", tmp_path / "model.onnx", "--calib", tmp_path / "calib", "--val", tmp_path / "val")
+    args = ("quantize", tmp_path / "model.onnx", "--calib", tmp_path / "calib", "--val", tmp_path / "val",
+            "--no-equalize")
     r = run_cli(*args, "--target-sqnr", "25", "--max-float-share", "0.01")
     assert r.returncode == 1, r.stderr
     assert "NOT reached" in r.stderr and "raise --max-float-share" in r.stderr

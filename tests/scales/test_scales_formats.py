@@ -95,7 +95,7 @@ def test_aimet_reads_spec_example_and_channel_axes():
     ('{"format": "onnxq-scales", "version": 1, "tensors": {"x": {"dtype": "int4", "axis": null, "scale": 1}}}',
      "dtype"),
     ('{"format": "onnxq-scales", "version": 1, "tensors": {"x": {"axis": 0, "scale": 1.0}}}', "must be a list"),
-    ('{"format": "onnxq-scales", "version": 3, "tensors": {}}', "newer onnxq"),
+    ('{"format": "onnxq-scales", "version": 4, "tensors": {}}', "newer onnxq"),
     ('{"format": "onnxq-scales", "version": 1}', "tensors"),
     ('{"format": "onnxq-scales", ', "does not parse"),
     ('{"something": 1}', "neither"),
