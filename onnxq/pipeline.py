@@ -147,7 +147,8 @@ def float_rewrites(prepared: onnx.ModelProto, calib_data: DataSource | Iterable[
     call on the same model and data gives the same model (Ray workers repeat it to calibrate the driver's model)."""
     if owned:  # float rewrites of a model past 2 GB (weights on disk) are not supported yet
         return []
-    return equalize(prepared, calib_data, config.recovery)
+    return equalize(prepared, calib_data, config.recovery,
+                    fold_only=not TARGET_RULES[config.target].equalize_through_activations)
 
 
 def imported_rewrites(prepared: onnx.ModelProto, scales: ScaleImporter, *, owned: bool) -> list[str]:
