@@ -1,6 +1,5 @@
-"""Nodes the ort-cpu target keeps float by the shape of the graph (docs/ort_cpu_rules.md 3.10 and 3.11): the float
-stem of a CNN (the first Conv over the image and what follows it up to the first dense Conv) and the Convs of
-squeeze-and-excitation branches.
+"""Nodes the ort-cpu target keeps float by the shape of the graph (docs/ort_cpu_rules.md 3.10): the float stem of a
+CNN, the first Conv over the image and what follows it up to the first dense Conv.
 
 A Conv over an image has 1-3 input channels, so its GEMM reduces over only ``channels x kh x kw`` (27 for RGB 3x3)
 values: onnxruntime's ``QLinearConv`` gains nothing from its u8s8 kernels there, and quantizing the image costs a
@@ -84,34 +83,3 @@ def float_prefix(graph: onnx.GraphProto, index: GraphIndex, max_channels: int) -
             prefix.add(node_name(node))
     return prefix
 
-
-#: ops a squeeze-and-excitation branch is made of after its global pooling (with constant second operands: the bias
-#: Add of a paddle2onnx Conv, the rewritten HardSigmoid's Add)
-BRANCH_OPS = frozenset({"Conv", "Relu", "Clip", "HardSigmoid", "HardSwish", "Sigmoid", "Add", "Mul", "Div", "Sub"})
-
-
-def excitation_convs(graph: onnx.GraphProto, index: GraphIndex) -> set[str]:
-    """Names of the Convs computed from a ``GlobalAveragePool`` output through ``BRANCH_OPS`` with one non-constant
-    input each: the 1x1 Convs of a squeeze-and-excitation gate, which work on one pixel per channel.
-
-    In integer they gain no time (a matrix-vector product on a 1x1 map), and the gate they compute multiplies every
-    activation of the block, so each rounding in them reaches the whole feature map: measured on PP-OCR's
-    mobile classifier (held-out model), quantizing them cost 6.7 dB of output SQNR.
-    """
-    branch: set[str] = set()  # tensors of a branch
-    convs: set[str] = set()
-    for node in graph.node:  # topological order
-        if node.op_type == "GlobalAveragePool" and node.domain in ("", "ai.onnx"):
-            branch.add(node.output[0])
-            continue
-        if node.op_type not in BRANCH_OPS or node.domain not in ("", "ai.onnx") or not node.output:
-            continue
-        data = [t for t in node.input if t and not index.is_initializer(t)]
-        if len(data) != 1 or data[0] not in branch or (node.op_type == "Conv" and data[0] != node.input[0]):
-            continue
-        if node.op_type == "Conv" and (conv_weight_dims(node, index) is None or int(attr(node, "group", 1)) != 1):
-            continue
-        branch.add(node.output[0])
-        if node.op_type == "Conv":
-            convs.add(node_name(node))
-    return convs

@@ -17,7 +17,7 @@ import onnx
 from onnxq.calib.base import CalibOptions
 from onnxq.config import NodeSetting, QuantConfig
 from onnxq.dtypes import quant_dtype
-from onnxq.float_nodes import excitation_convs, float_prefix, is_stem_conv
+from onnxq.float_nodes import float_prefix, is_stem_conv
 from onnxq.formats import FormatChoice, parse_format
 from onnxq.graph import GraphIndex, node_name
 from onnxq.integer_region import data_inputs, feeding_nodes, integer_region
@@ -204,7 +204,6 @@ class _Planner:
         self.plan = QuantPlan(target=config.target)
         self.quantized_ops = frozenset(quantized_ops(self.rules))
         self.float_prefix = float_prefix(model.graph, self.index, self.rules.float_stem_channels)
-        self.excitation = excitation_convs(model.graph, self.index) if self.rules.float_excitation else set()
 
     def build(self) -> QuantPlan:
         for node in self.model.graph.node:
@@ -345,10 +344,6 @@ class _Planner:
         default_reason = self.rules.default_skip_reason(node.op_type) or ""
         if not default_reason and name in self.float_prefix:
             default_reason = _float_stem_reason(node, self.index, self.rules)
-        if not default_reason and name in self.excitation:
-            default_reason = (f"1x1 Conv of a squeeze-and-excitation gate stays float on {self.rules.name}: no time "
-                              "to gain on a 1x1 map, and its rounding reaches every activation it gates "
-                              "(docs/ort_cpu_rules.md 3.11)")
         if not default_reason and node.op_type in self.rules.float_when_writing_graph_output and \
                 any(o in self.index.graph_outputs for o in node.output):
             default_reason = (f"writes a graph output: on {self.rules.name} that node unit cannot fuse, so it stays "

