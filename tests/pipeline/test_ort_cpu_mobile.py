@@ -23,11 +23,11 @@ def _weights(rng: np.random.Generator, name: str, *shape: int) -> onnx.TensorPro
 
 
 def mobile_model(channels: int) -> onnx.ModelProto:
-    """Conv(channels -> 8) -> HardSwish -> depthwise -> HardSwish -> pointwise -> HardSwish -> depthwise -> Relu
-    -> squeeze-and-excitation (GAP, Conv, Relu, Conv, HardSigmoid, Mul) -> pointwise -> Flatten -> MatMul. The SE's
+    """Conv(channels -> 8, stride 2) -> HardSwish -> depthwise -> HardSwish -> pointwise -> HardSwish -> depthwise
+    -> Relu -> squeeze-and-excitation (GAP, Conv, Relu, Conv, HardSigmoid, Mul) -> pointwise -> Flatten -> MatMul. The SE's
     second Conv has 2 input channels but reads no image: it is no stem."""
     rng = np.random.default_rng(3)
-    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="stem", pads=[1] * 4),
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="stem", pads=[1] * 4, strides=[2, 2]),
              helper.make_node("HardSwish", ["c0"], ["h0"], name="hs0"),
              helper.make_node("Conv", ["h0", "wd1"], ["d1"], name="dw1", group=8, pads=[1] * 4),
              helper.make_node("HardSwish", ["d1"], ["h1"], name="hs1"),
@@ -48,7 +48,7 @@ def mobile_model(channels: int) -> onnx.ModelProto:
              _weights(rng, "wp1", 16, 8, 1, 1), _weights(rng, "wd2", 16, 1, 3, 3), _weights(rng, "wf1", 2, 16, 1, 1),
              _weights(rng, "wf2", 16, 2, 1, 1), _weights(rng, "wp2", 8, 16, 1, 1), _weights(rng, "wfc", 8 * 36, 5)]
     graph = helper.make_graph(nodes, "mobile", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                             [1, channels, 6, 6])],
+                                                                             [1, channels, 12, 12])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     return make_model(graph)
 
@@ -92,3 +92,19 @@ def test_image_stem_stays_float_with_its_depthwise_conv_and_fused_activations():
     reasons = {d.node: d.reason for d in result.plan.nodes if not d.quantized}
     assert set(reasons) == {"stem", "dw1"} and "image" in reasons["stem"] and "stem" in reasons["dw1"]
     assert {"w0", "wd1"} <= {i.name for i in result.model.graph.initializer}  # float weights kept
+
+
+def test_a_stem_whose_output_outgrows_the_image_is_quantized():
+    """ResNet's 7x7 stem (3 -> 64 channels, stride 2: 5.3x the image's values) stays integer: a float stem would
+    move the first Q onto its much larger output (onnxq/float_nodes.py, MAX_STEM_GROWTH)."""
+    from onnxq.float_nodes import is_stem_conv
+    from onnxq.graph import GraphIndex
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="stem", pads=[3] * 4, strides=[2, 2]),
+             helper.make_node("Conv", ["x", "v"], ["z"], name="mobile_stem", pads=[1] * 4, strides=[2, 2])]
+    graph = helper.make_graph(nodes, "stems", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in ("y", "z")],
+                              [_weights(rng, "w", 64, 3, 7, 7), _weights(rng, "v", 16, 3, 3, 3)])
+    index = GraphIndex.build(graph)
+    assert not is_stem_conv(graph.node[0], index, 3) and is_stem_conv(graph.node[1], index, 3)
