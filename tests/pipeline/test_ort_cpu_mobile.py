@@ -23,9 +23,9 @@ def _weights(rng: np.random.Generator, name: str, *shape: int) -> onnx.TensorPro
 
 
 def mobile_model(channels: int) -> onnx.ModelProto:
-    """Conv(channels -> 8, stride 2) -> HardSwish -> depthwise -> HardSwish -> pointwise -> HardSwish -> depthwise
-    -> Relu -> squeeze-and-excitation (GAP, Conv, Relu, Conv, HardSigmoid, Mul) -> pointwise -> Flatten -> MatMul. The SE's
-    second Conv has 2 input channels but reads no image: it is no stem."""
+    """Conv(channels -> 8, stride 2) -> HardSwish -> depthwise -> HardSwish -> pointwise -> HardSwish
+    -> depthwise -> Relu -> squeeze-and-excitation (GAP, Conv, Relu, Conv, HardSigmoid, Mul) -> pointwise
+    -> Flatten -> MatMul. The SE's second Conv has 2 input channels but reads no image: it is no stem."""
     rng = np.random.default_rng(3)
     nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="stem", pads=[1] * 4, strides=[2, 2]),
              helper.make_node("HardSwish", ["c0"], ["h0"], name="hs0"),
