@@ -2,6 +2,7 @@
 
     python benchmarks/equalize_default.py [--models pointnext centerpoint bevfusion vit] [--repeats 3]
                                           [--workdir /tmp/onnxq-eq-ref]
+    python benchmarks/equalize_default.py --models ori rec det ppcls pprec ppdet --repeats 3   # time only
 
 Each reference model (``onnxq models export``: shipped weights, seeded synthetic calib/ 16x8 and val/ 16x16) is
 quantized with three configurations, one ``onnxq.quantize`` call after another in this process, ``--repeats`` times
@@ -12,7 +13,9 @@ in alternating order:
 * ``mse+eq``: MSE ranges with equalization (``--equalize``).
 
 Prints, per model and configuration, the task metric on val/ (FP32 alongside), the median wall time, its ratio to
-min-max, and the median seconds of the ``equalize`` stage. The real models are measured by ``real_models.py``.
+min-max, and the median seconds of the ``equalize`` stage. The public real models of ``real_models.py`` (names of
+``benchmarks/realdata.py``) are timed the same way on their calib/ set; their error and task agreement come from
+``real_models.py --extra-args=--equalize --extra-args=--no-equalize``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO)]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+import onnx  # noqa: E402
 
 from onnxq.calib.base import CalibOptions  # noqa: E402
 from onnxq.config import QuantConfig  # noqa: E402
@@ -59,9 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/onnxq-eq-ref"))
     args = parser.parse_args(argv)
+    from realdata import MODELS as REAL_MODELS
+    from realdata import ensure_dataset, model_path
+
     for name in args.models:
-        folder = exported(name, args.workdir)
-        fp32 = evaluate_onnx(name, folder / "model.onnx", folder / "val").value
+        real = name in REAL_MODELS
+        if real:
+            source, calib = model_path(name), ensure_dataset(name)[0]
+        else:
+            folder = exported(name, args.workdir)
+            source, calib = folder / "model.onnx", folder / "calib"
+        fp32 = float("nan") if real else evaluate_onnx(name, source, folder / "val").value
         times: dict[str, list[float]] = {k: [] for k in CONFIGS}
         stage: dict[str, list[float]] = {k: [] for k in CONFIGS}
         metric: dict[str, float] = {}
@@ -69,13 +82,17 @@ def main(argv: list[str] | None = None) -> int:
         for repeat in range(args.repeats):
             order = list(CONFIGS) if repeat % 2 == 0 else list(reversed(CONFIGS))
             for key in order:
-                out = folder / f"model.{key}.onnx"
                 start = time.perf_counter()
-                result = quantize(folder / "model.onnx", calib=str(folder / "calib"), config=CONFIGS[key], output=out)
+                result = quantize(source, calib=str(calib), config=CONFIGS[key])
                 times[key].append(time.perf_counter() - start)
                 stage[key].append(result.report.seconds.get("equalize", 0.0))
                 if key not in metric:
-                    metric[key] = evaluate_onnx(name, out, folder / "val").value
+                    if real:
+                        metric[key] = float("nan")
+                    else:
+                        out = folder / f"model.{key}.onnx"
+                        onnx.save(result.model, out)
+                        metric[key] = evaluate_onnx(name, out, folder / "val").value
                     notes[key] = "; ".join(n for n in result.report.prepare_notes if n.startswith("equalization"))
         base = statistics.median(times["minmax"])
         print(f"{name}: FP32 {fp32:.4f}", flush=True)

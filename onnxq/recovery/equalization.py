@@ -137,6 +137,8 @@ def equalize_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray],
             how, rewrite = equalize_depthwise(model, target, ranges[target.tensor])
             ways[how] += 1
             done.append(rewrite)
+    if not done:
+        return "equalization: nothing to equalize (no depthwise Conv, no Relu/PRelu/identity-joined Conv pair)", done
     note = (f"equalization: {len(pairs)} Conv pair(s) (Relu/PRelu/identity joins), "
             f"{ways['folded'] + ways['mul']} depthwise input(s) ({ways['folded']} folded into the producer, "
             f"{ways['mul']} through a Mul after a non-homogeneous activation)")

@@ -54,9 +54,11 @@ def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: Reco
         note, rewrites = smoothquant_model(model, ranges, options.smoothquant_alpha)
         notes.append(note)
         done += rewrites
-    drop_unused_initializers(model)
     if done:
+        drop_unused_initializers(model)
         record_in_model(model, FloatRewrites(tuple(done), before, weights_digest(model)))
+        notes.append("float rewrites recorded in the output model: its scales fit the rewritten float graph "
+                     "(export-scales --format json carries them; trt-cache/aimet need --float-model)")
     return notes
 
 

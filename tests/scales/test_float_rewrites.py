@@ -39,21 +39,24 @@ def without_shapes(path) -> bytes:
     return model.SerializeToString()
 
 
-def equalized_run(d):
-    cli("quantize", d / "model.onnx", "--calib", d / "calib", "--equalize", "-o", d / "a.onnx")
+def equalized_run(d, *extra):
+    cli("quantize", d / "model.onnx", "--calib", d / "calib", "--equalize", *extra, "-o", d / "a.onnx")
     return onnx.load(d / "a.onnx")
 
 
-def test_json_scales_record_the_rewrites_and_replay_to_a_bit_identical_model(mobile_dir):
+@pytest.mark.parametrize("extra", [(), ("--smoothquant", "0.5")])
+def test_json_scales_record_the_rewrites_and_replay_to_a_bit_identical_model(mobile_dir, extra):
     d = mobile_dir
-    quantized = equalized_run(d)
+    quantized = equalized_run(d, *extra)
     record = read_from_model(quantized)
-    assert record is not None and {r.kind for r in record.rewrites} == {"depthwise"}
-    assert len(record.rewrites) == 3 and op_types(quantized).count("Mul") == 3  # HardSwish joins: a Mul each
+    kinds = {"depthwise", "smoothquant"} if extra else {"depthwise"}  # SmoothQuant: the Gemm classifier's input
+    assert record is not None and {r.kind for r in record.rewrites} == kinds
+    count = 3 + bool(extra)
+    assert len(record.rewrites) == count and op_types(quantized).count("Mul") == count  # a Mul each (no fold)
     r = cli("export-scales", d / "a.onnx", "--format", "json", "-o", d / "s.json")
     assert "float rewrites" in r.stdout
     doc = json.loads((d / "s.json").read_text())
-    assert doc["version"] == 3 and len(doc["float_rewrites"]["rewrites"]) == 3
+    assert doc["version"] == 3 and len(doc["float_rewrites"]["rewrites"]) == count
     for strict in ((), ("--strict",)):
         r = cli("quantize", d / "model.onnx", "--scales", d / "s.json", *strict, "-o", d / "b.onnx")
         assert "float rewrites replayed" in r.stdout
