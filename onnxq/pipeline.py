@@ -340,7 +340,7 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
     # the float model outputs are compared with (a re-quantized input: its float form); recovery edits ``prepared``
     float_reference = (None if owned and val is None and target is None
                        else prepared if count_qdq(original) or owned else original)
-    if float_reference is prepared and not owned and calib is not None and config.recovery.needs_layers:
+    if float_reference is prepared and not owned and calib is not None and config.recovery.edits_weights:
         float_reference = copy.deepcopy(prepared)
     table, mixed = found.table, None
     if target is not None:  # decided on the plain quantization; recovery below only lowers the error further

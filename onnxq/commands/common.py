@@ -82,7 +82,10 @@ def add_recovery_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None,
                    help="equalize depthwise-conv input channels and Relu-joined Conv pairs (exact in float)")
     g.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
-                   help="fold each layer's expected quantization shift into its bias")
+                   help="fold each quantized Conv/Gemm's mean output shift, measured on the Q/DQ model with the "
+                   "upstream corrections in effect, into its bias (one pass per layer level)")
+    g.add_argument("--bias-correction-batches", type=int, metavar="N",
+                   help="calibration batches whose channel means bias correction matches (default 4)")
     g.add_argument("--smoothquant", type=float, metavar="ALPHA",
                    help="migrate MatMul/Gemm activation outliers into the weights with this strength (e.g. 0.5)")
     g.add_argument("--adaround", action="store_true",
@@ -99,6 +102,7 @@ def recovery_from_args(args: argparse.Namespace):
     picked = {
         "equalize": getattr(args, "equalize", None),
         "bias_correction": getattr(args, "bias_correction", None),
+        "bias_correction_batches": getattr(args, "bias_correction_batches", None),
         "smoothquant_alpha": getattr(args, "smoothquant", None),
         "adaround": getattr(args, "adaround", False) or None,
         "adaround_iterations": getattr(args, "adaround_iterations", None),

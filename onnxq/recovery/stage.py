@@ -3,7 +3,8 @@
 * ``equalize`` (before the plan, float -> float, exact): SmoothQuant migration into MatMul/Gemm weights and
   cross-layer / depthwise-input equalization, from per-channel ranges of one float pass over a few batches;
 * ``recover`` (after the ranges): one float pass caching the inputs of the quantized weighted layers, then
-  ``--method auto`` range selection, AdaRound (learned rounding, torch) and bias correction, each layer-local.
+  ``--method auto`` range selection and AdaRound (learned rounding, torch), each layer-local; last, bias correction
+  on the whole Q/DQ model (one pass per layer level), so it sees the final ranges and weights.
 """
 
 from __future__ import annotations
@@ -67,11 +68,24 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
     """Layer-local recovery after the ranges: the (possibly changed) table and notes; ``prepared`` is changed in
     place (AdaRound weights, corrected biases)."""
     auto = [t for t in plan.calibrated_activations() if t.method == "auto"]
-    if not (auto or options.needs_layers):
+    if not (auto or options.needs_layers or options.bias_correction):
         return table, []
     if data is None:
-        return table, ["layer-local recovery skipped: it needs calibration data (--calib); auto ranges fall back "
-                       "to mse"]
+        return table, ["layer-local recovery and bias correction skipped: they need calibration data (--calib); "
+                       "auto ranges fall back to mse"]
+    notes: list[str] = []
+    if auto or options.needs_layers:
+        table, notes = layer_local(prepared, plan, table, calibrators, data, options, auto)
+    if options.bias_correction:
+        from onnxq.recovery.bias_correction import correct_biases
+
+        notes.append(correct_biases(prepared, plan, table, data, options.bias_correction_batches).note())
+    return table, notes
+
+
+def layer_local(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calibrators: dict[str, Calibrator],
+                data: Iterable[Batch], options: RecoveryOptions, auto: list) -> tuple[ScaleTable, list[str]]:
+    """``--method auto`` and AdaRound on the cached float inputs of the quantized weighted layers."""
     index = GraphIndex.build(prepared.graph)
     planned = {c.node for t in plan.weights() for c in t.consumers}
     nodes = [n for n in prepared.graph.node if is_layer(n, index) and (n.name or n.output[0]) in planned
@@ -93,9 +107,4 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
         from onnxq.recovery.adaround import adaround_model
 
         notes.append(adaround_model(prepared, table, layers, inputs, reference, options.adaround_iterations))
-    if options.bias_correction:
-        from onnxq.recovery.bias_correction import correct_biases
-
-        shifts = correct_biases(prepared, table, layers, inputs, reference)
-        notes.append(f"bias correction: {len(shifts)} layer(s)")
     return table, notes
