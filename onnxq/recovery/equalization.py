@@ -118,9 +118,11 @@ def equalize_pair(model: onnx.ModelProto, target: ChannelTarget) -> ChannelRewri
     return rewrite
 
 
-def equalize_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray]) -> tuple[str, list[ChannelRewrite]]:
+def equalize_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray],
+                   fold_only: bool = False) -> tuple[str, list[ChannelRewrite]]:
     """Both rewrites on ``model`` in place; returns a note for the report and the records, in the order applied
-    (unused initializers are left for the caller to drop)."""
+    (unused initializers are left for the caller to drop). ``fold_only``: skip depthwise inputs whose division
+    would need a Mul after a non-homogeneous activation (the target runs that Mul as one more kernel)."""
     pairs = cle_pairs(model)
     done = [equalize_pair(model, target) for target in pairs]
     ways: dict[str, int] = {"folded": 0, "mul": 0}
@@ -128,6 +130,9 @@ def equalize_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray]) -> tup
     index = GraphIndex.build(model.graph)  # channel counts: rewrites change weight values, never their shapes
     channels = {t.node: index.initializers[_node(model, t.node).input[1]].dims[0] for t in targets}
     for target in targets:
+        if fold_only and foldable_producer(GraphIndex.build(model.graph), target.tensor,
+                                           channels[target.node]) is None:
+            continue
         if target.tensor in ranges and ranges[target.tensor].size == channels[target.node]:
             how, rewrite = equalize_depthwise(model, target, ranges[target.tensor])
             ways[how] += 1

@@ -25,7 +25,8 @@ from onnxq.scales.types import ScaleTable
 log = logging.getLogger(__name__)
 
 
-def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: RecoveryOptions) -> list[str]:
+def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: RecoveryOptions,
+             fold_only: bool = False) -> list[str]:
     """Float-to-float channel rescaling of ``model`` in place; returns notes for the report. Every rewrite is
     recorded in the model's metadata (:mod:`onnxq.scales.rewrites`), so exported scales can carry it and
     ``--scales`` can replay it (:mod:`onnxq.recovery.replay`)."""
@@ -47,7 +48,7 @@ def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: Reco
     # the Conv pairs of cross-layer equalization need no data: only the per-channel targets cost a float pass
     ranges = channel_ranges(model, targets, data, options.equalize_batches) if targets else {}
     if options.equalize:
-        note, rewrites = equalize_model(model, ranges)
+        note, rewrites = equalize_model(model, ranges, fold_only)
         notes.append(note)
         done += rewrites
     if options.smoothquant_alpha is not None:

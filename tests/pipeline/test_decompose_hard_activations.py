@@ -15,7 +15,7 @@ def hard_model() -> onnx.ModelProto:
     """Conv -> HardSwish -> Conv (the 1/6 goes into its weights); HardSwish -> GAP; HardSigmoid(alpha 0.2) ->
     Flatten -> MatMul."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 4, 3, 3)).astype(np.float32), "w1"),
              numpy_helper.from_array(rng.standard_normal((8, 8, 1, 1)).astype(np.float32), "w2"),
              numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "w3")]
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1] * 4),
@@ -26,7 +26,7 @@ def hard_model() -> onnx.ModelProto:
              helper.make_node("HardSigmoid", ["g"], ["p"], name="hsig", alpha=0.2, beta=0.4),
              helper.make_node("Flatten", ["p"], ["f"], name="flat"),
              helper.make_node("MatMul", ["f", "w3"], ["y"], name="fc")]
-    graph = helper.make_graph(nodes, "hard", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+    graph = helper.make_graph(nodes, "hard", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     return make_model(graph)
 
@@ -36,45 +36,64 @@ def test_rewrite_is_numerically_equal_and_folds_the_sixth_into_conv_weights():
     rewritten = DecomposeHardActivations().call(onnx.ModelProto.FromString(model.SerializeToString())).model
     ops = op_types(rewritten)
     assert "HardSwish" not in ops and "HardSigmoid" not in ops
-    # hs1 feeds only conv2: Add, Clip, Mul; hs2 feeds a pool: Add, Clip, Mul, Mul; HardSigmoid: Add, Clip, Mul
-    assert ops.count("Mul") == 1 + 2 + 1 and ops.count("Add") == 3 and ops.count("Clip") == 3
+    # hs1 feeds only conv2: Add, Clip, Mul; hs2 feeds a pool read by a HardSigmoid (not linear): Add, Clip, Mul,
+    # Mul; the HardSigmoid reaches the MatMul through Flatten: Add, Clip (its 0.2 goes into w3)
+    assert ops.count("Mul") == 1 + 2 + 0 and ops.count("Add") == 3 and ops.count("Clip") == 3
+    w3 = numpy_helper.to_array(next(i for i in rewritten.graph.initializer if i.name == "w3"))
+    w3_before = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w3"))
+    np.testing.assert_allclose(w3, w3_before * np.float32(0.2), rtol=1e-6)
     w2 = numpy_helper.to_array(next(i for i in rewritten.graph.initializer if i.name == "w2"))
     w2_before = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w2"))
     np.testing.assert_allclose(w2, w2_before / 6, rtol=1e-6)
-    assert_equivalent(model, rewritten, rng_feeds(model, {"x": (1, 3, 8, 8)}), rtol=1e-4, atol=1e-5)
+    assert_equivalent(model, rewritten, rng_feeds(model, {"x": (1, 4, 8, 8)}), rtol=1e-4, atol=1e-5)
 
 
-def test_rewritten_activations_run_in_integer(monkeypatch):
-    """With the rewrite switched on (the ort-cpu rules leave it off: it measured slower), every piece fuses."""
-    import dataclasses
-
-    from onnxq import rules
+def test_rewritten_activations_run_in_integer():
+    """The ort-cpu rules rewrite HardSwish/HardSigmoid (docs/ort_cpu_rules.md 3.7): every piece fuses."""
     from onnxq.config import QuantConfig
     from onnxq.pipeline import quantize
 
-    monkeypatch.setitem(rules.TARGET_RULES, "ort-cpu", dataclasses.replace(
-        rules.ORT_CPU, decompose_activations=frozenset({"HardSwish", "HardSigmoid"})))
     model = hard_model()
     rng = np.random.default_rng(1)
-    calib = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    calib = [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(4)]
     quantized = quantize(model, calib=calib, config=QuantConfig(target="ort-cpu")).model
     counts = op_counts(optimized_model(quantized))
     assert counts.get("com.microsoft.QLinearConv") == 2
-    # three Adds (Clip absorbed) and four Muls in integer, nothing left in float
-    assert counts.get("com.microsoft.QLinearAdd") == 3 and counts.get("com.microsoft.QLinearMul") == 4
+    # three Adds (Clip absorbed) and three Muls in integer, nothing left in float
+    assert counts.get("com.microsoft.QLinearAdd") == 3 and counts.get("com.microsoft.QLinearMul") == 3
     assert counts.get("com.microsoft.MatMulIntegerToFloat") == 1
     for float_op in ("HardSwish", "HardSigmoid", "Clip", "Mul", "Add", "DequantizeLinear"):
         assert float_op not in counts, counts
 
 
-def test_ort_cpu_keeps_hardswish_float_between_integer_convs():
-    from onnxq.config import QuantConfig
-    from onnxq.pipeline import quantize
+def test_the_sixth_passes_through_pooling_and_the_excitation_mul_into_conv_weights():
+    """HardSwish -> GAP -> Conv and HardSwish -> Mul(x, gate) -> Conv (squeeze-and-excitation): every path ends in
+    a Conv, so the 1/6 of the HardSwish and the alpha of the HardSigmoid gate go into the Conv weights."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8, 1, 1)).astype(np.float32), name)
+             for name in ("w_fc", "w_proj")]
+    nodes = [helper.make_node("HardSwish", ["x"], ["h"], name="hs"),
+             helper.make_node("GlobalAveragePool", ["h"], ["g"], name="gap"),
+             helper.make_node("Conv", ["g", "w_fc"], ["s"], name="fc"),
+             helper.make_node("HardSigmoid", ["s"], ["gate"], name="hsig", alpha=1 / 6, beta=0.5),
+             helper.make_node("Mul", ["h", "gate"], ["m"], name="excite"),
+             helper.make_node("Conv", ["m", "w_proj"], ["y"], name="proj")]
+    graph = helper.make_graph(nodes, "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = make_model(graph)
+    rewritten = DecomposeHardActivations().call(onnx.ModelProto.FromString(model.SerializeToString())).model
+    ops = op_types(rewritten)
+    # each activation: Add, Clip, and the HardSwish's x * Clip(...) Mul; no scaling Mul left
+    assert ops.count("Add") == 2 and ops.count("Clip") == 2 and ops.count("Mul") == 2
+    weights = {i.name: numpy_helper.to_array(i) for i in rewritten.graph.initializer}
+    before = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    np.testing.assert_allclose(weights["w_fc"], before["w_fc"] / 6, rtol=1e-6)
+    np.testing.assert_allclose(weights["w_proj"], before["w_proj"] / 36, rtol=1e-6)  # 1/6 of hs and of hsig
+    assert_equivalent(model, rewritten, rng_feeds(model, {"x": (1, 8, 4, 4)}), rtol=1e-4, atol=1e-5)
 
-    rng = np.random.default_rng(1)
-    calib = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
-    quantized = quantize(hard_model(), calib=calib, config=QuantConfig(target="ort-cpu")).model
-    counts = op_counts(optimized_model(quantized))
-    # conv1's output is quantized so conv1 fuses; the HardSwish runs in float and is quantized again for conv2
-    assert counts.get("com.microsoft.QLinearConv") == 2
-    assert "HardSwish" in counts or "HardSigmoid" in counts
+
+def test_keep_leaves_named_nodes_alone():
+    model = hard_model()
+    rewritten = DecomposeHardActivations(keep=frozenset({"hs1"})).call(
+        onnx.ModelProto.FromString(model.SerializeToString())).model
+    assert op_types(rewritten).count("HardSwish") == 1

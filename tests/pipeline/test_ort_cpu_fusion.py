@@ -186,27 +186,3 @@ def test_head_after_the_last_weighted_op_stays_float():
     # one DQ of the trunk output per float head Conv (onnxruntime gives each node unit its own DQ)
     assert counts.get(MS + "QLinearConv") == 1 and counts.get("DequantizeLinear") == 2
     assert {i.name for i in quantized.graph.initializer} >= {"wa", "wb"}  # head weights stay float
-
-
-def test_depthwise_conv_stays_float():
-    """Pointwise Conv -> depthwise Conv -> HardSwish -> pointwise Conv -> MatMul: the depthwise one keeps float
-    weights and runs in float (uint8 depthwise measured slower on onnxruntime); the pointwise ones fuse."""
-    rng = np.random.default_rng(7)
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="pw1"),
-             helper.make_node("Relu", ["a"], ["ra"], name="relu_a"),
-             helper.make_node("Conv", ["ra", "wd"], ["d"], name="dw", group=8, pads=[1] * 4),
-             helper.make_node("HardSwish", ["d"], ["rd"], name="hswish_d"),
-             helper.make_node("Conv", ["rd", "w2"], ["p"], name="pw2"),
-             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
-             helper.make_node("MatMul", ["f", "wf"], ["y"], name="fc")]
-    graph = helper.make_graph(nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [_weights(rng, "w1", 8, 4, 1, 1), _weights(rng, "wd", 8, 1, 3, 3),
-                               _weights(rng, "w2", 4, 8, 1, 1), _weights(rng, "wf", 144, 3)])
-    counts, quantized = _fused(make_model(graph))
-    assert counts.get(MS + "QLinearConv") == 2
-    assert sum(v for k, v in counts.items() if k.endswith("Conv") and "QLinear" not in k) == 1
-    assert "wd" in {i.name for i in quantized.graph.initializer}  # float depthwise weights
-    plan_reasons = quantize(make_model(graph), calib=_calib((1, 4, 6, 6)),
-                            config=QuantConfig(target="ort-cpu")).plan.nodes
-    assert "depthwise" in next(d.reason for d in plan_reasons if d.node == "dw")
