@@ -50,7 +50,7 @@ from onnxq.passes.recognize_hardswish import RecognizeHardSwish
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target, verify_final
 from onnxq.recovery.replay import replay_rewrites
-from onnxq.recovery.stage import equalize, recover
+from onnxq.recovery.stage import equalize, recover, uses_gptq
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
 from onnxq.rules import TARGET_RULES
 from onnxq.runtime import make_session, run_batch
@@ -340,7 +340,8 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
     # the float model outputs are compared with (a re-quantized input: its float form); recovery edits ``prepared``
     float_reference = (None if owned and val is None and target is None
                        else prepared if count_qdq(original) or owned else original)
-    if float_reference is prepared and not owned and calib is not None and config.recovery.edits_weights:
+    edits = config.recovery.edits_weights or uses_gptq(plan, config.recovery, calib_data)
+    if float_reference is prepared and not owned and calib is not None and edits:
         float_reference = copy.deepcopy(prepared)
     table, mixed = found.table, None
     if target is not None:  # decided on the plain quantization; recovery below only lowers the error further

@@ -12,9 +12,10 @@ the range derived from them does (``compute_range(symmetric)``; fp8 uses the sym
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -24,6 +25,7 @@ from onnxq import progress as stages
 from onnxq.compare.defaults import DEFAULT_FORMATS
 from onnxq.compare.metrics import LayerAccumulator, OutputAccumulator, OutputResult
 from onnxq.config import NodeSetting, QuantConfig
+from onnxq.data import Batch
 from onnxq.dtypes import quant_dtype as qdtype
 from onnxq.errors import OnnxqError
 from onnxq.formats import NOT_ON_TENSORRT, FormatChoice, parse_format
@@ -41,6 +43,7 @@ from onnxq.pipeline import (
     weight_arrays,
 )
 from onnxq.plan import QuantPlan, build_plan
+from onnxq.recovery.stage import gptq_rounding, uses_gptq
 from onnxq.runtime import SessionSettings, make_session, output_names, run_batch
 from onnxq.scales.compute import compute_scales
 from onnxq.scales.types import QuantParams
@@ -122,8 +125,12 @@ def latency_ms(model: onnx.ModelProto, batch: dict[str, np.ndarray], runs: int, 
 
 
 def _quantize_one(prepared: onnx.ModelProto, plan: QuantPlan, calibrators: dict, config: QuantConfig,
-                  first_batch: dict | None) -> tuple[onnx.ModelProto, dict[str, QuantParams]]:
+                  first_batch: dict | None,
+                  calib_data: Iterable[Batch] | None) -> tuple[onnx.ModelProto, dict[str, QuantParams]]:
     table = compute_scales(plan, calibrators, weight_arrays(prepared, plan))
+    if uses_gptq(plan, config.recovery, calib_data):  # as quantize rounds this format's weights (a copy: shared)
+        prepared = copy.deepcopy(prepared)
+        gptq_rounding(prepared, plan, table, calib_data, config.recovery)
     model = InsertQDQ(plan, table).run(prepared).model
     if config.float_rest == "fp16":
         model = ConvertFloatToFP16().run(model, keep_input=False).model
@@ -147,7 +154,8 @@ def compare_formats(model: ModelLike, calib: DataLike, val: DataLike, config: Qu
     configs = [format_config(config, c) for c in choices]
     prepared, _ = prepare(original, config, min_opset=max(c.min_opset() for c in configs))
     # quantize's float rewrites (equalization, on by default): every format is compared on the model it would get
-    float_rewrites(prepared, data_source(prepared, calib, config, warn=False), config, owned=False)
+    calib_data = data_source(prepared, calib, config, warn=False)
+    float_rewrites(prepared, calib_data, config, owned=False)
     plans = [build_plan(prepared, c) for c in configs]
     seconds["prepare"] = time.perf_counter() - start
 
@@ -169,7 +177,7 @@ def compare_formats(model: ModelLike, calib: DataLike, val: DataLike, config: Qu
         t0 = time.perf_counter()
         if not plan.tensors:
             raise OnnxqError(f"format {choice.label}: nothing to quantize in this model")
-        quantized, table = _quantize_one(prepared, plan, calibrators, cfg, first_batch)
+        quantized, table = _quantize_one(prepared, plan, calibrators, cfg, first_batch, calib_data)
         result = FormatResult(choice.label, choice.format.description, quantized, plan,
                               model_bytes=quantized.ByteSize(),
                               tensorrt_ok=choice.format.name not in NOT_ON_TENSORRT)

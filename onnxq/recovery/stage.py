@@ -67,7 +67,7 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
             data: Iterable[Batch] | None, options: RecoveryOptions) -> tuple[ScaleTable, list[str]]:
     """Layer-local recovery after the ranges: the (possibly changed) table and notes; ``prepared`` is changed in
     place (AdaRound weights, corrected biases)."""
-    rounding = [gptq_rounding(prepared, plan, table, data, options)] if options.weight_rounding == "gptq" else []
+    rounding = [gptq_rounding(prepared, plan, table, data, options)] if uses_gptq(plan, options, data) else []
     auto = [t for t in plan.calibrated_activations() if t.method == "auto"]
     if not (auto or options.needs_layers or options.bias_correction):
         return table, rounding
@@ -110,6 +110,15 @@ def layer_local(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, c
 
         notes.append(adaround_model(prepared, table, layers, inputs, reference, options.adaround_iterations))
     return table, notes
+
+
+def uses_gptq(plan: QuantPlan, options: RecoveryOptions, data: Iterable[Batch] | None) -> bool:
+    """Whether the weights are rounded by GPTQ: asked for, or ``auto`` on a weight-only plan with calibration data
+    (AdaRound, when asked for, chooses the rounding instead)."""
+    if options.weight_rounding == "gptq":
+        return True
+    return (options.weight_rounding == "auto" and not options.adaround and data is not None
+            and bool(plan.weights()) and not plan.calibrated_activations())
 
 
 def gptq_rounding(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch] | None,

@@ -53,6 +53,11 @@ def test_calibrates_once_and_matches_separate_quantization(monkeypatch):
     q_alone = sorted(i.raw_data for i in alone.graph.initializer)
     q_compare = sorted(i.raw_data for i in by["fp8"].model.graph.initializer)
     assert q_alone == q_compare
+    # weight-only: quantize rounds by GPTQ by default (weight_rounding "auto"), and compare shows that model too
+    w8_alone = quantize(image_model(), calib=calib,
+                        config=QuantConfig(overrides=Overrides(global_setting=NodeSetting(dtype="w8")))).model
+    assert sorted(i.raw_data for i in w8_alone.graph.initializer) == \
+        sorted(i.raw_data for i in by["w8"].model.graph.initializer)
     out = {f.label: f.outputs[0] for f in result.formats}
     assert all(o.ssim is not None and 0.5 < o.ssim <= 1.0 for o in out.values())
     assert out["w8"].sqnr_db > out["int8"].sqnr_db  # weight-only INT8 loses less than INT8 activations too

@@ -135,7 +135,8 @@ def test_model_keeps_scales_runs_in_onnxruntime_and_loses_less(fmt: str | None, 
     error stays, GPTQ still lowers the total."""
     model, calib = _small_model(), _batches(4, seed=6)
     overrides = Overrides(global_setting=NodeSetting(dtype=fmt)) if fmt else Overrides()
-    nearest_cfg = QuantConfig(overrides=overrides)
+    plain = QuantConfig(overrides=overrides)
+    nearest_cfg = replace(plain, recovery=replace(plain.recovery, weight_rounding="nearest"))
     gptq_cfg = replace(nearest_cfg, recovery=replace(nearest_cfg.recovery, weight_rounding="gptq"))
     nearest = quantize(model, calib=calib, config=nearest_cfg)
     gptq = quantize(model, calib=calib, config=gptq_cfg)
@@ -154,6 +155,21 @@ def test_model_keeps_scales_runs_in_onnxruntime_and_loses_less(fmt: str | None, 
     # the input model is not modified
     assert onnx.numpy_helper.to_array(model.graph.initializer[0]).tobytes() == \
         onnx.numpy_helper.to_array(_small_model().graph.initializer[0]).tobytes()
+
+
+@pytest.mark.parametrize(("fmt", "applied"), [("w8", True), (None, False)])
+def test_auto_rounding_is_gptq_on_weight_only_plans(fmt: str | None, applied: bool) -> None:
+    """The default (``auto``) rounds by GPTQ when only weights are quantized, and to nearest when activations are
+    quantized too (with calibration data in both cases); equal to the explicit choice."""
+    model, calib = _small_model(), _batches(4, seed=6)
+    overrides = Overrides(global_setting=NodeSetting(dtype=fmt)) if fmt else Overrides()
+    auto_cfg = QuantConfig(overrides=overrides)
+    assert auto_cfg.recovery.weight_rounding == "auto"
+    chosen = "gptq" if applied else "nearest"
+    explicit_cfg = replace(auto_cfg, recovery=replace(auto_cfg.recovery, weight_rounding=chosen))
+    auto, explicit = quantize(model, calib=calib, config=auto_cfg), quantize(model, calib=calib, config=explicit_cfg)
+    assert any("GPTQ" in n for n in auto.report.prepare_notes) == applied, auto.report.prepare_notes
+    assert auto.model.SerializeToString() == explicit.model.SerializeToString()
 
 
 def test_options_checked() -> None:
