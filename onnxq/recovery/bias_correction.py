@@ -51,7 +51,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxq.data import Batch
-from onnxq.graph import all_names, unique_name
+from onnxq.graph import all_names, node_name, unique_name
 from onnxq.insert import InsertQDQ
 from onnxq.plan import QuantPlan
 from onnxq.runtime import make_session, run_batch
@@ -98,10 +98,6 @@ class BiasCorrection:
                 f"{self.batches} calibration batch(es)")
 
 
-def node_key(node: onnx.NodeProto) -> str:
-    return node.name or node.output[0]
-
-
 def _output_channels(node: onnx.NodeProto, weights: dict[str, np.ndarray]) -> tuple[int, int, int] | None:
     """(channel axis, output rank, channels) of a Conv/Gemm with a constant weight, or None."""
     w = weights.get(node.input[1]) if len(node.input) > 1 else None
@@ -139,15 +135,15 @@ def find_targets(prepared: onnx.ModelProto, plan: QuantPlan) -> tuple[list[Targe
         upstream = max((level_of.get(name, 0) for name in node.input if name), default=0)
         level = upstream
         shape = (_output_channels(node, weights) if node.op_type in CORRECTED_OPS and node.domain in ("", "ai.onnx")
-                 and node_key(node) in planned and node.input[1] == planned[node_key(node)] else None)
+                 and node_name(node) in planned and node.input[1] == planned[node_name(node)] else None)
         bias = _bias_array(node, inits, shape[2]) if shape is not None else None
         if shape is not None and bias is not None:
             level = upstream + 1
             axis, rank, channels = shape
             beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0) if node.op_type == "Gemm" else 1.0
-            targets.append(Target(node_key(node), node.output[0], axis, rank, channels, level,
-                                  unique_name(taken, f"{node_key(node)}_bias_input"), beta or 1.0))
-            biases[node_key(node)] = bias
+            targets.append(Target(node_name(node), node.output[0], axis, rank, channels, level,
+                                  unique_name(taken, f"{node_name(node)}_bias_input"), beta or 1.0))
+            biases[node_name(node)] = bias
         for name in node.output:
             level_of[name] = level
     return targets, biases
@@ -222,7 +218,7 @@ def with_bias_inputs(quantized: onnx.ModelProto, targets: list[Target]) -> onnx.
     out = copy.deepcopy(quantized)
     by_node = {t.node: t for t in targets}
     for node in out.graph.node:
-        t = by_node.get(node_key(node))
+        t = by_node.get(node_name(node))
         if t is None:
             continue
         while len(node.input) < 3:
@@ -285,7 +281,7 @@ def write_biases(model: onnx.ModelProto, biases: dict[str, np.ndarray]) -> None:
             users[name] = users.get(name, 0) + 1
     inits = {i.name: i for i in model.graph.initializer}
     for node in model.graph.node:
-        new = biases.get(node_key(node))
+        new = biases.get(node_name(node))
         if new is None:
             continue
         has_bias = len(node.input) > 2 and node.input[2] in inits
@@ -295,7 +291,7 @@ def write_biases(model: onnx.ModelProto, biases: dict[str, np.ndarray]) -> None:
         if has_bias and users.get(node.input[2], 0) == 1:
             inits[node.input[2]].CopyFrom(numpy_helper.from_array(value, node.input[2]))
         else:
-            name = unique_name(taken, f"{node_key(node)}_bias_corrected")
+            name = unique_name(taken, f"{node_name(node)}_bias_corrected")
             model.graph.initializer.append(numpy_helper.from_array(value, name))
             while len(node.input) < 3:
                 node.input.append("")

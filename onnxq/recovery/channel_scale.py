@@ -24,7 +24,7 @@ from onnx import helper, numpy_helper
 
 from onnxq.data import Batch
 from onnxq.errors import OnnxqError
-from onnxq.graph import GraphIndex, all_names, unique_name
+from onnxq.graph import GraphIndex, all_names, node_name, unique_name
 from onnxq.runtime import make_session, run_batch
 from onnxq.scales.rewrites import ChannelRewrite
 
@@ -134,7 +134,7 @@ def apply_rewrite(model: onnx.ModelProto, rewrite: ChannelRewrite) -> str:
     """Apply one recorded rewrite: the consumer reads ``tensor / scale``, its weight is multiplied by ``scale`` on
     ``weight_axis``. The one code path of both the calibrated run and a replay from a scales file, so both give the
     same bits. Returns how the division was placed (``"folded"`` | ``"mul"``)."""
-    consumer = next((n for n in model.graph.node if (n.name or n.output[0]) == rewrite.node), None)
+    consumer = next((n for n in model.graph.node if node_name(n) == rewrite.node), None)
     index = GraphIndex.build(model.graph)  # one index per rewrite: building it dominates the cost on real models
     if consumer is None or len(consumer.input) < 2 or consumer.input[0] != rewrite.tensor:
         raise OnnxqError(f"float rewrite of {rewrite.node!r}: the model has no node of that name reading "
@@ -150,7 +150,7 @@ def apply_rewrite(model: onnx.ModelProto, rewrite: ChannelRewrite) -> str:
                         rewrite.rank, index)
     # the index is now stale only around the activation (an inserted Mul) and the producer's rows: the consumer's
     # weight, its initializer and its users are as they were
-    consumer = next(n for n in model.graph.node if (n.name or n.output[0]) == rewrite.node)
+    consumer = next(n for n in model.graph.node if node_name(n) == rewrite.node)
     w = index.array(consumer.input[1])
     shape = [1] * w.ndim
     shape[axis] = -1

@@ -47,11 +47,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from numpy.lib.stride_tricks import sliding_window_view
-from onnx import helper
 
 from onnxq.data import Batch
 from onnxq.dtypes import quant_dtype
-from onnxq.graph import GraphIndex
+from onnxq.graph import GraphIndex, attr, node_name
 from onnxq.insert.qdq import broadcast_params
 from onnxq.plan import QuantPlan
 from onnxq.recovery.layers import fake_quantize, is_layer, replace_initializer
@@ -111,26 +110,22 @@ class LinearView:
         return np.ascontiguousarray(cols.transpose(1, 0, 2), dtype=np.float32)
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
 def linear_view(node: onnx.NodeProto, weight_shape: tuple[int, ...]) -> LinearView | None:
     """The node as a (grouped) matrix product, or None where this module does not round it."""
     if node.op_type == "Conv":
-        if len(weight_shape) != 4 or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID",
+        if len(weight_shape) != 4 or attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID",
                                                                                  "VALID"):
             return None
-        pads = tuple(_attr(node, "pads", [0, 0, 0, 0]))
-        return LinearView(node, int(_attr(node, "group", 1)), tuple(weight_shape[2:]),
-                          tuple(_attr(node, "strides", [1, 1])), tuple(_attr(node, "dilations", [1, 1])),
+        pads = tuple(attr(node, "pads", [0, 0, 0, 0]))
+        return LinearView(node, int(attr(node, "group", 1)), tuple(weight_shape[2:]),
+                          tuple(attr(node, "strides", [1, 1])), tuple(attr(node, "dilations", [1, 1])),
                           (pads[0], pads[1], pads[2], pads[3]))
     if len(weight_shape) != 2:
         return None
     if node.op_type == "Gemm":
-        if _attr(node, "transA", 0):
+        if attr(node, "transA", 0):
             return None
-        return LinearView(node, 1, transposed=not _attr(node, "transB", 0))
+        return LinearView(node, 1, transposed=not attr(node, "transB", 0))
     return LinearView(node, 1, transposed=True)  # MatMul: x @ W, W [in, out]
 
 
@@ -277,7 +272,7 @@ def gptq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data:
     todo: list[LinearView] = []
     kept = 0
     for node in model.graph.node:
-        if not is_layer(node, index) or (node.name or node.output[0]) not in planned:
+        if not is_layer(node, index) or node_name(node) not in planned:
             continue
         w_name = node.input[1]
         params = table.get(w_name)
