@@ -10,7 +10,8 @@ median wall time of each variant and its ratio to min-max's. Variants:
 
 * ``minmax``: ``--method minmax`` with every accuracy-recovery stage off (the old default, the issue's baseline);
 * ``default``: ``QuantConfig()`` -- whatever the defaults are at this commit (``onnxq quantize MODEL --calib DATA``);
-* ``auto``: the defaults with ``--method auto`` (per-tensor range selection on the consuming layers' outputs).
+* ``auto``: the defaults with ``--method auto`` (per-tensor range selection on the consuming layers' outputs);
+* ``bc`` / ``no-bc``: the defaults with bias correction on / off (``--bias-correction`` / ``--no-bias-correction``).
 
 Reference models are exported with ``onnxq models export`` into ``--workdir`` (needs torch); the real models and their
 calibration sets come from ``benchmarks/realdata.py``. The machine is shared: compare ratios within one run only.
@@ -42,11 +43,15 @@ VARIANTS = {
                           recovery=RecoveryOptions(equalize=False, bias_correction=False)),
     "default": QuantConfig(),
     "auto": replace(QuantConfig(), calib=replace(QuantConfig().calib, method="auto")),
+    "bc": replace(QuantConfig(), recovery=replace(QuantConfig().recovery, bias_correction=True)),
+    "no-bc": replace(QuantConfig(), recovery=replace(QuantConfig().recovery, bias_correction=False)),
 }
 COMMANDS = {
     "minmax": "onnxq quantize MODEL --calib DATA --method minmax --no-equalize --no-bias-correction",
     "default": "onnxq quantize MODEL --calib DATA",
     "auto": "onnxq quantize MODEL --calib DATA --method auto",
+    "bc": "onnxq quantize MODEL --calib DATA --bias-correction",
+    "no-bc": "onnxq quantize MODEL --calib DATA --no-bias-correction",
 }
 
 

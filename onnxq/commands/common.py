@@ -89,6 +89,9 @@ def add_recovery_flags(parser: argparse.ArgumentParser) -> None:
                    "upstream corrections in effect, into its bias (one pass per layer level)")
     g.add_argument("--bias-correction-batches", type=int, metavar="N",
                    help="calibration batches whose channel means bias correction matches (default 4)")
+    g.add_argument("--bias-correction-min-t", type=float, metavar="T",
+                   help="bias correction changes a channel only where its mean shift is at least T standard errors "
+                   "across the calibration samples (default 3; 0: every channel)")
     g.add_argument("--smoothquant", type=float, metavar="ALPHA",
                    help="migrate MatMul/Gemm activation outliers into the weights with this strength (e.g. 0.5)")
     g.add_argument("--adaround", action="store_true",
@@ -110,6 +113,7 @@ def recovery_from_args(args: argparse.Namespace):
         "equalize": getattr(args, "equalize", None),
         "bias_correction": getattr(args, "bias_correction", None),
         "bias_correction_batches": getattr(args, "bias_correction_batches", None),
+        "bias_correction_min_t": getattr(args, "bias_correction_min_t", None),
         "smoothquant_alpha": getattr(args, "smoothquant", None),
         "adaround": getattr(args, "adaround", False) or None,
         "adaround_iterations": getattr(args, "adaround_iterations", None),

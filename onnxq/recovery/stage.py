@@ -81,7 +81,8 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
     if options.bias_correction:
         from onnxq.recovery.bias_correction import correct_biases
 
-        notes.append(correct_biases(prepared, plan, table, data, options.bias_correction_batches).note())
+        notes.append(correct_biases(prepared, plan, table, data, options.bias_correction_batches,
+                                    options.bias_correction_min_t).note())
     return table, notes
 
 

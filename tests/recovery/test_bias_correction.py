@@ -17,7 +17,9 @@ from onnxq.validate.metrics import ErrorAccumulator
 from tests.helpers import init, make_model, run
 from tests.recovery.nets_recovery import gemm_batches, gemm_model, image_batches
 
-CORRECTED = QuantConfig(recovery=RecoveryOptions(bias_correction=True, bias_correction_batches=4))
+# the definition, every channel corrected (no significance gate)
+CORRECTED = QuantConfig(recovery=RecoveryOptions(bias_correction=True, bias_correction_batches=4,
+                                                 bias_correction_min_t=0.0))
 PLAIN = QuantConfig(recovery=RecoveryOptions(bias_correction=False))
 
 
@@ -48,7 +50,8 @@ def test_the_mean_output_error_of_a_linear_layer_is_removed_exactly() -> None:
     np.testing.assert_allclose(after, 0.0, atol=1e-5 * np.abs(float_mean).max())
     bias = GraphIndex.build(corrected.model.graph).array("b")
     np.testing.assert_allclose(bias - GraphIndex.build(model.graph).array("b"), -before, rtol=1e-4, atol=1e-5)
-    assert "bias correction: 1 layer(s) in 1 level(s), 2 pass(es) over 4 calibration batch(es)" in \
+    assert "bias correction: 1 layer(s) in 1 level(s), 8 of 8 channel(s) significant, 2 pass(es) over 4 " \
+        "calibration batch(es)" in \
         corrected.report.prepare_notes
     assert GraphIndex.build(model.graph).array("b") is not None  # the input model is unchanged
     np.testing.assert_array_equal(GraphIndex.build(model.graph).array("b"),
@@ -115,3 +118,80 @@ def test_bias_correction_raises_the_sqnr_of_a_silu_cnn() -> None:
     corrected = sqnr(model, quantize(model, calib=calib, config=CORRECTED).model, val)
     # measured: 24.90 dB without, 26.50 dB with bias correction
     assert corrected > plain + 1.0, (plain, corrected)
+
+
+def gemm_shift_model(k: int = 16, n: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """Gemm ``x -> fc`` with weights a step off the INT8 grid in the first half of the output rows (a quantization
+    error the same for every sample: a real mean shift) and on it in the second half."""
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-100, 100, (n, k)).astype(np.float32) / 100.0
+    w[:, 0] = 1.27  # every row's maximum: per-channel step 0.01, so the grid values are exact
+    w[: n // 2, 1:] += 0.004  # 0.4 of a step: rounded back, every sample's output moves by -0.004 * sum(x[1:])
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1)], "gemm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [init("w", w), init("b", np.zeros(n, np.float32))])
+    return make_model(graph)
+
+
+def test_a_pure_noise_shift_is_left_alone_and_a_real_one_corrected_exactly() -> None:
+    # the input quantization error is zero-mean noise in every output row; the rows off the weight grid add a real
+    # shift (every sample's output moves the same way)
+    rng = np.random.default_rng(3)
+    batches = [{"x": rng.uniform(0.0, 4.0, (8, 16)).astype(np.float32)} for _ in range(4)]
+    model = gemm_shift_model()
+    gated = quantize(model, calib=batches, config=QuantConfig(recovery=RecoveryOptions(bias_correction=True)))
+    bias = GraphIndex.build(gated.model.graph).array(
+        next(n for n in gated.model.graph.node if n.name == "fc").input[2])
+    plain = quantize(model, calib=batches, config=PLAIN).model
+    per_sample = np.concatenate([run(model, b)[0] - run(plain, b)[0] for b in batches]).astype(np.float64)
+    shift = per_sample.mean(axis=0)
+    t = np.abs(shift) / (per_sample.std(axis=0, ddof=1) / np.sqrt(len(per_sample)))
+    significant = t >= 3.0
+    assert significant[:4].all() and np.count_nonzero(~significant[4:]) >= 3, t  # the setting is as described
+    np.testing.assert_allclose(bias[significant], shift[significant], rtol=1e-4)  # corrected exactly
+    np.testing.assert_array_equal(bias[~significant], 0.0)  # left alone
+    assert f"{np.count_nonzero(significant)} of 8 channel(s) significant" in " ".join(gated.report.prepare_notes)
+
+
+def test_a_layer_feeding_only_an_uncorrected_matmul_is_left_alone() -> None:
+    # silu_chain's head as a MatMul (no bias input: not corrected): the last Conv's correction has nothing downstream
+    # to absorb the mean shift its activation then makes, so it is skipped; conv0 feeds conv1, a corrected layer
+    model = silu_chain(seed=2, depth=2)
+    head = next(n for n in model.graph.node if n.name == "head")
+    model.graph.node.remove(head)
+    wh = GraphIndex.build(model.graph).array("wh").reshape(4, 8).T.copy()
+    model.graph.initializer.remove(next(i for i in model.graph.initializer if i.name == "wh"))
+    model.graph.initializer.append(init("wh", wh))
+    model.graph.node.extend([helper.make_node("Transpose", ["a1"], ["a1t"], name="to_nhwc", perm=[0, 2, 3, 1]),
+                             helper.make_node("MatMul", ["a1t", "wh"], ["y"], name="head")])
+    del model.graph.value_info[:]
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, None))
+    batches = image_batches(count=4, size=16, seed=5)
+    corrected = quantize(model, calib=batches, config=CORRECTED)
+    note = next(n for n in corrected.report.prepare_notes if n.startswith("bias correction"))
+    assert "1 layer(s) in 1 level(s)" in note and "1 left alone (they feed only uncorrected layers)" in note, note
+    index = GraphIndex.build(corrected.model.graph)
+    conv1 = next(n for n in corrected.model.graph.node if n.name == "conv1")
+    np.testing.assert_array_equal(index.array(conv1.input[2]), GraphIndex.build(model.graph).array("b1"))
+
+
+def test_levels_run_in_segments_equal_levels_run_from_the_inputs() -> None:
+    from onnxq.pipeline import prepare, ranges
+    from onnxq.plan import build_plan
+    from onnxq.recovery.bias_correction import correct_biases, find_targets
+
+    model, batches = silu_chain(seed=2, depth=4), image_batches(count=3, size=16, seed=7)
+    prepared, _ = prepare(model, PLAIN)
+    plan = build_plan(prepared, PLAIN)
+    table = ranges(prepared, plan, PLAIN, calib=batches, stats=None, scales=None, progress=None).table
+    results = []
+    for chunk in (1, 2, 99):  # one level per session (cached cut tensors) ... every level in one session
+        copy = onnx.ModelProto()
+        copy.CopyFrom(prepared)
+        correction = correct_biases(copy, plan, table, batches, 3, min_t=0.0, chunk_levels=chunk)
+        assert correction.passes == 1 + 5  # the FP32 pass and one per level, whatever the sessions
+        results.append(find_targets(copy, plan)[1])
+    for other in results[1:]:
+        for name, bias in results[0].items():
+            np.testing.assert_allclose(other[name], bias, rtol=1e-5, atol=1e-6)
