@@ -91,7 +91,7 @@ def add_recovery_flags(parser: argparse.ArgumentParser) -> None:
                    help="calibration batches whose channel means bias correction matches (default 4)")
     g.add_argument("--bias-correction-min-t", type=float, metavar="T",
                    help="bias correction changes a channel only where its mean shift is at least T standard errors "
-                   "across the calibration samples (default 3; 0: every channel)")
+                   "across the calibration samples (default 2; 0: every channel)")
     g.add_argument("--smoothquant", type=float, metavar="ALPHA",
                    help="migrate MatMul/Gemm activation outliers into the weights with this strength (e.g. 0.5)")
     g.add_argument("--adaround", action="store_true",

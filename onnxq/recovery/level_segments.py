@@ -122,8 +122,8 @@ class LevelSegments:
                     shift, axis = shifts[name]
                     shape = [1] * value.ndim
                     shape[axis] = -1
-                    value = (value + shift.reshape(shape)).astype(value.dtype)
+                    value += shift.astype(value.dtype).reshape(shape)  # onnxruntime's output array, ours
                 cache[name] = value
-            for name in [n for n in cache if all(r in self.done for r in self.readers.get(n, ()))]:
+            for name in [n for n in cache if self.readers.get(n, set()) <= self.done]:
                 del cache[name]  # no reader left
         segment.last_values = []
