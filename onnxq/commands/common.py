@@ -85,10 +85,12 @@ def add_recovery_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=None,
                    help="equalize depthwise-conv input channels and Relu-joined Conv pairs (exact in float)")
     g.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
-                   help="fold each quantized Conv/Gemm's mean output shift, measured on the Q/DQ model with the "
-                   "upstream corrections in effect, into its bias (one pass per layer level)")
+                   help="fold each quantized Conv/Gemm's significant mean output shift, measured on the Q/DQ model "
+                   "with the upstream corrections in effect, into its bias (one pass per layer level; default: on "
+                   "for --target tensorrt, off for ort-cpu)")
     g.add_argument("--bias-correction-batches", type=int, metavar="N",
-                   help="calibration batches whose channel means bias correction matches (default 4)")
+                   help="calibration batches whose channel means bias correction matches (default 4, fewer when "
+                   "they hold 8 samples)")
     g.add_argument("--bias-correction-min-t", type=float, metavar="T",
                    help="bias correction changes a channel only where its mean shift is at least T standard errors "
                    "across the calibration samples (default 2; 0: every channel)")

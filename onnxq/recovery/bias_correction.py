@@ -343,17 +343,32 @@ def level_chunks(levels: int, size: int = 0) -> list[range]:
     return [range(start, min(start + size, levels + 1)) for start in range(1, levels + 1, size)]
 
 
+def first_batches(data: Iterable[Batch], batches: int, samples: int | None) -> list[Batch]:
+    """The first ``batches`` batches of ``data``, but no more once they hold ``samples`` samples (the first
+    dimension of a batch's first input; None: no limit)."""
+    kept: list[Batch] = []
+    held = 0
+    for batch in data:
+        if len(kept) >= batches or (samples is not None and held >= samples):
+            break
+        kept.append(batch)
+        first = next(iter(batch.values()), None)
+        held += int(first.shape[0]) if first is not None and np.ndim(first) > 0 else 1
+    return kept
+
+
 def correct_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch],
-                   batches: int, min_t: float = 0.0, chunk_levels: int = CHUNK_LEVELS) -> BiasCorrection:
-    """Correct the biases of ``prepared`` (in place) so that, on the first ``batches`` batches of ``data``, each
-    quantized Conv/Gemm's per-channel output mean in the Q/DQ model of ``plan`` and ``table`` equals the FP32 one,
-    upstream corrections included, in the channels where the shift is at least ``min_t`` standard errors across the
-    calibration samples (:func:`significant_shift`). Layers that feed only an uncorrected weighted layer are left
-    alone (:func:`feeding_uncorrected_layers`)."""
+                   batches: int, min_t: float = 0.0, chunk_levels: int = CHUNK_LEVELS,
+                   samples: int | None = None) -> BiasCorrection:
+    """Correct the biases of ``prepared`` (in place) so that, on the first ``batches`` batches of ``data`` (fewer
+    when they hold ``samples`` samples, :func:`first_batches`), each quantized Conv/Gemm's per-channel output mean in
+    the Q/DQ model of ``plan`` and ``table`` equals the FP32 one, upstream corrections included, in the channels
+    where the shift is at least ``min_t`` standard errors across the calibration samples (:func:`significant_shift`).
+    Layers that feed only an uncorrected weighted layer are left alone (:func:`feeding_uncorrected_layers`)."""
     candidates, _ = find_targets(prepared, plan)
     skipped = feeding_uncorrected_layers(prepared, plan, candidates)
     targets, biases = find_targets(prepared, plan, frozenset(skipped)) if skipped else find_targets(prepared, plan)
-    kept = [b for _, b in zip(range(batches), data)]
+    kept = first_batches(data, batches, samples)
     if not targets or not kept:
         return BiasCorrection([], 0, len(kept), sorted(skipped))
     reference = ChannelMeans(prepared, targets, kept).run()

@@ -82,7 +82,7 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
         from onnxq.recovery.bias_correction import correct_biases
 
         notes.append(correct_biases(prepared, plan, table, data, options.bias_correction_batches,
-                                    options.bias_correction_min_t).note())
+                                    options.bias_correction_min_t, samples=options.bias_correction_samples).note())
     return table, notes
 
 
