@@ -116,10 +116,11 @@ class RecoveryOptions:
     #: SmoothQuant migration strength for MatMul/Gemm activations, None: off (onnxq.recovery.smoothquant)
     smoothquant_alpha: float | None = None
     #: fold each quantized Conv/Gemm's significant mean output shift, measured on the Q/DQ model with upstream
-    #: corrections in effect (one pass per layer level), into its bias (onnxq.recovery.bias_correction). None: on for
-    #: the tensorrt target (measured in README "Accuracy recovery": ori 40.4 -> 53.5 dB, pprec 13.9 -> 21.9 dB,
-    #: never lower on the six real models), off for ort-cpu (not measured with the gate); see :meth:`for_target`
-    bias_correction: bool | None = None
+    #: corrections in effect (one pass per layer level), into its bias (onnxq.recovery.bias_correction). Opt-in:
+    #: measured never lower on the six real and four reference models (README "Accuracy recovery"), but the
+    #: corrected biases do not travel with exported scales or statistics shards yet, so a default-on run could not
+    #: be reproduced from them (--scales / --stats)
+    bias_correction: bool = False
     #: calibration batches whose per-channel output means bias correction matches ...
     bias_correction_batches: int = 4
     #: ... but no more batches once they hold this many samples (first dimension of the first input): a pass costs
@@ -180,16 +181,8 @@ class RecoveryOptions:
 
     @property
     def edits_weights(self) -> bool:
-        """Whether a recovery stage after the ranges rewrites the float model's weights or biases (bias correction
-        not yet decided by :meth:`for_target`: maybe)."""
-        return (self.bias_correction is not False or self.adaround
-                or self.weight_rounding == "gptq")  # auto: see recovery.stage
-
-    def for_target(self, target: str) -> RecoveryOptions:
-        """These options with the target's defaults filled in: bias correction, when not set, on for tensorrt."""
-        if self.bias_correction is not None:
-            return self
-        return replace(self, bias_correction=target == TENSORRT.name)
+        """Whether a recovery stage after the ranges rewrites the float model's weights or biases."""
+        return self.bias_correction or self.adaround or self.weight_rounding == "gptq"  # auto: see recovery.stage
 
 
 @dataclass(frozen=True)

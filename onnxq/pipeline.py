@@ -340,8 +340,7 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
     # the float model outputs are compared with (a re-quantized input: its float form); recovery edits ``prepared``
     float_reference = (None if owned and val is None and target is None
                        else prepared if count_qdq(original) or owned else original)
-    recovery = config.recovery.for_target(config.target)  # bias correction: on for tensorrt unless set
-    edits = recovery.edits_weights or uses_gptq(plan, recovery, calib_data)
+    edits = config.recovery.edits_weights or uses_gptq(plan, config.recovery, calib_data)
     if float_reference is prepared and not owned and calib is not None and edits:
         float_reference = copy.deepcopy(prepared)
     table, mixed = found.table, None
@@ -351,7 +350,7 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
                                                                           tolerable_loss)
     with clock("recover"):
         if not owned:  # layer-local rewrites of a model past 2 GB (weights on disk) are not supported yet
-            table, recovery_notes = recover(prepared, plan, table, found.calibrators, calib_data, recovery)
+            table, recovery_notes = recover(prepared, plan, table, found.calibrators, calib_data, config.recovery)
             notes += recovery_notes
     with clock("insert+verify"):
         first_batch = (next(iter(data_source(prepared, calib, config, warn=False)), None)

@@ -86,8 +86,7 @@ def add_recovery_flags(parser: argparse.ArgumentParser) -> None:
                    help="equalize depthwise-conv input channels and Relu-joined Conv pairs (exact in float)")
     g.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="fold each quantized Conv/Gemm's significant mean output shift, measured on the Q/DQ model "
-                   "with the upstream corrections in effect, into its bias (one pass per layer level; default: on "
-                   "for --target tensorrt, off for ort-cpu)")
+                   "with the upstream corrections in effect, into its bias (one pass per layer level)")
     g.add_argument("--bias-correction-batches", type=int, metavar="N",
                    help="calibration batches whose channel means bias correction matches (default 4, fewer when "
                    "they hold 8 samples)")

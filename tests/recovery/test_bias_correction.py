@@ -140,7 +140,8 @@ def test_a_pure_noise_shift_is_left_alone_and_a_real_one_corrected_exactly() -> 
     rng = np.random.default_rng(3)
     batches = [{"x": rng.uniform(0.0, 4.0, (8, 16)).astype(np.float32)} for _ in range(4)]
     model = gemm_shift_model()
-    gated = quantize(model, calib=batches, config=QuantConfig(recovery=RecoveryOptions(bias_correction_samples=32)))
+    gated = quantize(model, calib=batches, config=QuantConfig(recovery=RecoveryOptions(bias_correction=True,
+                                                                                    bias_correction_samples=32)))
     bias = GraphIndex.build(gated.model.graph).array(
         next(n for n in gated.model.graph.node if n.name == "fc").input[2])
     plain = quantize(model, calib=batches, config=PLAIN).model
@@ -197,13 +198,9 @@ def test_levels_run_in_segments_equal_levels_run_from_the_inputs() -> None:
             np.testing.assert_allclose(other[name], bias, rtol=1e-5, atol=1e-6)
 
 
-def test_bias_correction_is_on_for_tensorrt_and_off_for_ort_cpu_unless_set() -> None:
-    model, batches = gemm_model(), gemm_batches(count=2)
-    notes = {target: " ".join(quantize(model, calib=batches, config=QuantConfig(target=target)).report.prepare_notes)
-             for target in ("tensorrt", "ort-cpu")}
-    assert "bias correction: 1 layer(s)" in notes["tensorrt"] and "over 1 calibration batch(es)" in notes["tensorrt"]
-    assert "bias correction" not in notes["ort-cpu"]
-    forced = quantize(model, calib=batches, config=QuantConfig(target="ort-cpu", recovery=RecoveryOptions(
-        bias_correction=True)))
-    assert "bias correction: 1 layer(s)" in " ".join(forced.report.prepare_notes)
-    assert "bias correction" not in " ".join(quantize(model, calib=batches, config=PLAIN).report.prepare_notes)
+def test_bias_correction_takes_batches_until_they_hold_the_samples_asked_for() -> None:
+    model, batches = gemm_model(), gemm_batches(count=4)  # 32 samples per batch
+    notes = {samples: " ".join(quantize(model, calib=batches, config=QuantConfig(recovery=RecoveryOptions(
+        bias_correction=True, bias_correction_samples=samples))).report.prepare_notes) for samples in (8, 33)}
+    assert "over 1 calibration batch(es)" in notes[8] and "over 2 calibration batch(es)" in notes[33]
+    assert "bias correction" not in " ".join(quantize(model, calib=batches).report.prepare_notes)  # opt-in
