@@ -45,8 +45,6 @@ VARIANTS = {
     "auto": replace(QuantConfig(), calib=replace(QuantConfig().calib, method="auto")),
     "bc": replace(QuantConfig(), recovery=replace(QuantConfig().recovery, bias_correction=True)),
     "no-bc": replace(QuantConfig(), recovery=replace(QuantConfig().recovery, bias_correction=False)),
-    "bc1": replace(QuantConfig(), recovery=replace(QuantConfig().recovery, bias_correction=True,
-                                                   bias_correction_batches=1)),
 }
 COMMANDS = {
     "minmax": "onnxq quantize MODEL --calib DATA --method minmax --no-equalize --no-bias-correction",
@@ -54,7 +52,6 @@ COMMANDS = {
     "auto": "onnxq quantize MODEL --calib DATA --method auto",
     "bc": "onnxq quantize MODEL --calib DATA --bias-correction",
     "no-bc": "onnxq quantize MODEL --calib DATA --no-bias-correction",
-    "bc1": "onnxq quantize MODEL --calib DATA --bias-correction --bias-correction-batches 1",
 }
 
 
