@@ -117,9 +117,9 @@ class RecoveryOptions:
     smoothquant_alpha: float | None = None
     #: fold each quantized Conv/Gemm's significant mean output shift, measured on the Q/DQ model with upstream
     #: corrections in effect (one pass per layer level), into its bias (onnxq.recovery.bias_correction). Opt-in:
-    #: measured never lower on the six real and four reference models (README "Accuracy recovery"), but the
-    #: corrected biases do not travel with exported scales or statistics shards yet, so a default-on run could not
-    #: be reproduced from them (--scales / --stats)
+    #: measured never lower on the six real and four reference models (README "Accuracy recovery"), but on by
+    #: default every run would record bias rewrites (so trt-cache/aimet exports would always need --float-model) and
+    #: --stats runs (no data to correct on) would differ from --calib runs
     bias_correction: bool = False
     #: calibration batches whose per-channel output means bias correction matches ...
     bias_correction_batches: int = 4
