@@ -73,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
             got = means.run({t.bias_input: current[t.node] for t in targets})
             for t in targets:
                 if t.level in levels:
-                    current[t.node] = (current[t.node] + (reference[t.node] - got[t.node]) / t.beta).astype(np.float32)
+                    shift = reference[t.node].mean - got[t.node].mean
+                    current[t.node] = (current[t.node] + shift / t.beta).astype(np.float32)
         seconds = time.perf_counter() - start
         got = means.run({t.bias_input: current[t.node] for t in targets})
-        residual = float(np.mean([np.abs(reference[t.node] - got[t.node]).mean() for t in targets]))
+        residual = float(np.mean([np.abs(reference[t.node].mean - got[t.node].mean).mean() for t in targets]))
         corrected = copy.deepcopy(prepared)
         write_biases(corrected, current)
         with tempfile.TemporaryDirectory() as tmp:
