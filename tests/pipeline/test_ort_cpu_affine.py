@@ -166,3 +166,26 @@ def test_folding_gains_accuracy(monkeypatch: pytest.MonkeyPatch):
     unfolded = quantize(model, calib=calib, config=QuantConfig(target="ort-cpu")).model
     gain = _sqnr(model, folded, test) - _sqnr(model, unfolded, test)
     assert gain > 1.0, gain
+
+
+def test_fold_conv_scale_leaves_a_shared_weight_and_per_channel_signs():
+    """Two Convs read one weight; only the first has a Mul (per channel, negative factors too): it gets a scaled
+    copy, the other keeps the original."""
+    rng = np.random.default_rng(7)
+    factors = np.array([-1.5, 0.5, 2.0, -0.25], np.float32).reshape(1, 4, 1, 1)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c1"], name="conv1"),
+             helper.make_node("Mul", ["f", "c1"], ["m1"], name="scale"),
+             helper.make_node("Conv", ["x", "w"], ["c2"], name="conv2"),
+             helper.make_node("Add", ["m1", "c2"], ["y"], name="join")]
+    inits = [_array(rng, "w", 4, 3, 1, 1), _array(rng, "b", 4), numpy_helper.from_array(factors, "f")]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = make_model(graph)
+    folded = FoldConvScale().run(model).model
+    assert "Mul" not in [n.op_type for n in folded.graph.node]
+    conv1, conv2 = (n for n in folded.graph.node if n.op_type == "Conv")
+    assert conv2.input[1] == "w" and conv1.input[1] != "w" and conv1.input[2] != "b"
+    assert {i.name for i in folded.graph.initializer} >= {"w", conv1.input[1], conv1.input[2]}
+    assert "b" not in {i.name for i in folded.graph.initializer}  # read by nobody now
+    for batch in [{"x": rng.standard_normal((1, 3, 4, 4)).astype(np.float32)}]:
+        np.testing.assert_allclose(_run(folded, batch), _run(model, batch), rtol=1e-5, atol=1e-6)
