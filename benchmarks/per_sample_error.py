@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         worst = int(errors.argmax())
         detail = f"#{worst} ({errors[worst] / errors.sum():.0%})"
         if ref[worst].size <= 8:
-            detail += f": FP32 {np.round(ref[worst].ravel(), 3).tolist()} INT8 {np.round(got[worst].ravel(), 3).tolist()}"
+            fp32, int8 = (np.round(t[worst].ravel(), 3).tolist() for t in (ref, got))
+            detail += f": FP32 {fp32} INT8 {int8}"
         print(f"| {Path(path).name} | {db(signal, errors.sum()):.2f} | "
               f"{db(signal - float((ref[worst] ** 2).sum()), errors.sum() - errors[worst]):.2f} | "
               f"{np.median(per_sample):.2f} | {detail} |")
