@@ -87,7 +87,7 @@ _LINEAR_WEIGHTED = frozenset({"Conv", "Gemm", "MatMul"})
 # ops that pass a positive factor on their data input through to their output (f(a * x) = a * f(x), a > 0)
 # ops that read only the shape of their input, which a positive factor leaves as it is
 _SHAPE_ONLY = frozenset({"Shape", "Size"})
-_SCALE_PASSING = frozenset({"GlobalAveragePool", "AveragePool", "MaxPool", "Flatten", "Reshape", "Squeeze",
+_SCALE_PASSING = frozenset({"GlobalAveragePool", "AveragePool", "MaxPool", "Flatten", "Reshape", "Squeeze", "Identity",
                             "Unsqueeze", "Transpose"})
 
 

