@@ -65,7 +65,8 @@ class PerBatchMeans:
             feed = {k: v for k, v in {**batch, **(extra or {})}.items() if k in self.inputs}
             values = self.session.run(None, feed)
             for t, total, shape in zip(self.targets, values[:n], values[n:]):
-                out[t.node].append(total.astype(np.float64) / (int(np.prod(shape)) // t.channels))
+                out[t.node].append(total.astype(np.float64).reshape(-1, t.channels).sum(axis=0)
+                                   / (int(np.prod(shape)) // t.channels))
         return {k: np.array(v) for k, v in out.items()}
 
 
