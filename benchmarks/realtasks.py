@@ -8,7 +8,9 @@
   only that each detection scoring at least twice the threshold in one model is found (IoU >= 0.5, any score above
   the threshold) by the other.
 - ``rec``: greedy CTC (argmax per step, collapse repeats, drop blank 0). Agreement: share of lines whose decoded
-  string equals FP32's; also the per-step argmax agreement.
+  string equals FP32's; also the per-step argmax agreement, the share equal up to letter case (most disagreements
+  are case flips of glyphs whose cases look alike -- w/W, z/Z, o/O -- where FP32 itself is near a tie, see
+  ``benchmarks/rec_agreement.py``) and the number of lines.
 - ``ori``, ``ppcls``: top-1 class. Agreement: share of images with the same class as FP32.
 - ``ppdet``: DB text boxes (``realdata_ppocr.db_boxes``) matched one-to-one at IoU >= 0.5 between FP32 and quantized,
   F1 as for ``det``; also the IoU of the two binarised maps (probability > 0.3).
@@ -110,6 +112,7 @@ class TaskAgreement:
         self.model, self.labels, self.charset = model, labels, charset
         self.seen = 0
         self.agree = 0.0  # rec: equal strings; ori: equal class
+        self.agree_casefold = 0  # rec: strings equal up to letter case
         self.steps = self.steps_agree = 0
         self.n_ref = self.n_quant = self.n_matched = 0
         self.ref_correct = self.quant_correct = 0.0
@@ -155,6 +158,7 @@ class TaskAgreement:
                 self.steps_agree += int((r.argmax(-1) == q.argmax(-1)).sum())
                 text_r, text_q = self._text(ctc_greedy(r)), self._text(ctc_greedy(q))
                 self.agree += text_r == text_q
+                self.agree_casefold += text_r.lower() == text_q.lower()
                 truth = self.labels[self.seen].lower()  # case-insensitive: some glyphs (o/O, s/S, ...) look alike
                 self.ref_correct += text_r.lower() == truth
                 self.quant_correct += text_q.lower() == truth
@@ -189,6 +193,8 @@ class TaskAgreement:
             out["agreement"] = self.agree / max(self.seen, 1)
             out["agreement_name"] = "CTC string agreement"
             out["step_agreement"] = self.steps_agree / max(self.steps, 1)
+            out["casefold_agreement"] = self.agree_casefold / max(self.seen, 1)
+            out["lines"] = self.seen
         else:
             out["agreement"] = self.agree / max(self.seen, 1)
             out["agreement_name"] = "top-1 agreement"
