@@ -157,17 +157,30 @@ def gptq_round(w: np.ndarray, h: np.ndarray, scale: np.ndarray, zp: np.ndarray, 
                dampening: float = DAMPENING, block: int = BLOCK) -> np.ndarray:
     """GPTQ of ``w`` ``[groups, rows, columns]`` with Hessians ``h`` ``[groups, columns, columns]`` on the fixed grid
     ``scale``/``zp`` (broadcast to ``w``'s shape): the dequantized rounded weights (float32)."""
-    u = inverse_hessian_factor(h, dampening)
+    return round_with_factor(w, inverse_hessian_factor(h, dampening), scale, zp, lo, hi, block)
+
+
+def round_with_factor(w: np.ndarray, u: np.ndarray, scale: np.ndarray, zp: np.ndarray, lo: float, hi: float,
+                      block: int = BLOCK, float_from: int | None = None) -> np.ndarray:
+    """GPTQ's column loop on ``w`` ``[groups, rows, columns]`` given ``u``, the upper Cholesky factor of the
+    (dampened) inverse Hessian per group. Columns from ``float_from`` on are not rounded: they only receive the
+    error feedback of the rounded ones, so they end at their optimal float values given those (onnxq.recovery.gptaq
+    puts the bias there)."""
     w = w.astype(np.float32).copy()
+    u = u.astype(np.float32, copy=False)
     scale, zp = np.broadcast_to(scale, w.shape), np.broadcast_to(zp, w.shape)
     out = np.empty_like(w)
     columns = w.shape[2]
+    rounded = columns if float_from is None else float_from
     for i1 in range(0, columns, block):
         i2 = min(i1 + block, columns)
         w1 = w[:, :, i1:i2].copy()
         err = np.zeros_like(w1)
         for i in range(i2 - i1):
             col = i1 + i
+            if col >= rounded:
+                out[:, :, col] = w1[:, :, i]
+                continue
             q = round_to_grid(w1[:, :, i], scale[:, :, col], zp[:, :, col], lo, hi)
             out[:, :, col] = q
             e = (w1[:, :, i] - q) / u[:, i1 + i, col][:, None]
@@ -259,10 +272,9 @@ def _columns(view: LinearView, x: np.ndarray) -> int:
     return int(x.shape[-1])
 
 
-def gptq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch],
-               batches: int) -> str:
-    """GPTQ rounding of every planned integer weight of a Conv/Gemm/MatMul in ``model`` (changed in place: the
-    weights are replaced by their dequantized rounded values, same names); returns a note for the report."""
+def rounding_views(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable) -> tuple[list[LinearView], int]:
+    """The planned integer-weight Conv/Gemm/MatMul layers of ``model`` that can be rounded (as matrix products, in
+    graph order), and how many planned layers keep nearest rounding (shared weight, float8, no view)."""
     index = GraphIndex.build(model.graph)
     users: dict[str, int] = {}
     for node in model.graph.node:
@@ -281,6 +293,15 @@ def gptq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data:
             kept += 1
             continue
         todo.append(view)
+    return todo, kept
+
+
+def gptq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch],
+               batches: int) -> str:
+    """GPTQ rounding of every planned integer weight of a Conv/Gemm/MatMul in ``model`` (changed in place: the
+    weights are replaced by their dequantized rounded values, same names); returns a note for the report."""
+    index = GraphIndex.build(model.graph)
+    todo, kept = rounding_views(model, plan, table)
     if not todo:
         return "GPTQ weight rounding: no layer to round"
     hessians = accumulate_hessians(model, todo, data, batches, table)

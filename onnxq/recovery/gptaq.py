@@ -1,0 +1,349 @@
+"""Activation-aware ("asymmetric") weight rounding, ``--weight-rounding gptaq``: each layer's on-grid weights and float
+bias are chosen so that, fed the input the DEPLOYED (Q/DQ) model gives it, the layer reproduces the FP32 model's
+output; layers are rounded level by level, each after everything upstream of it is final.
+
+For a layer ``y = W x + b`` with input ``x_fp`` in the FP32 model and ``x_q`` in the Q/DQ model (upstream layers
+already rounded, activation quantizers on, same calibration batch), it minimises over on-grid ``W_q`` and float
+``b_q``
+
+    E || W x_fp + b - (W_q x_q + b_q) ||^2.
+
+With ``A = [W, b]`` and the inputs augmented by a constant 1 (``X~``), this is a least-squares problem in
+``A_q = [W_q, b_q]`` with Hessian ``H = X~_q^T X~_q`` and cross moment ``M = X~_q^T X~_fp``. Its float solution,
+dampened TOWARD THE FLOAT WEIGHTS (a ridge penalty ``(A' - A) D (A' - A)^T``, ``D`` = 1 % of the mean Hessian
+diagonal as GPTQ's dampening) is
+
+    A* = A (M^T + D) (H + D)^-1,
+
+which is exactly ``A`` when there is no upstream error (``M = H``): the method then reduces to GPTQ with a float
+bias column. Because ``|| X~_q A_q^T - X~_fp A^T ||^2 = || X~_q (A_q - A*)^T ||^2 + const`` (undampened), the
+on-grid weights are then GPTQ's rounding of ``A*`` with the same Hessian
+(:func:`onnxq.recovery.gptq.round_with_factor`); the bias column is last and never rounded, so it receives the
+error feedback of every rounded column and ends at its optimal float value given them. That contains, per layer,
+bias correction (the constant column: on a linear layer the mean output error is removed exactly, as
+onnxq.recovery.bias_correction does) and GPTQ (the weight columns), and adds the compensation of the input error
+arriving from upstream quantizers.
+
+This is the asymmetric calibration of GPTAQ / GPTQv2 (Li et al. 2025, "GPTAQ: Efficient Finetuning-Free
+Quantization for Asymmetric Calibration", ICML 2025; reference code github.com/Intelligent-Computing-Lab-Yale/GPTAQ:
+"match the quantized layer's output to the exact output in the full-precision model") and of Qronos (Zhang, Zhang,
+Colbert & Saab 2025, "Qronos: Correcting the Past by Shaping the Future... in Post-Training Quantization",
+arXiv 2505.11695, which shows the sequential error-correcting rounding equals a least-squares update followed by
+GPTQ-style rounding, "explicitly corrects errors due to both weight and activation quantization, but also errors
+accumulated from previously quantized layers"). Written here from those equations; no code copied. What differs:
+the scales are the plan's own (only which integer each weight becomes changes, plus the float bias), convolutions
+are im2col products with one problem per group (a depthwise channel is a ``k*k + 1`` problem), and the bias is an
+augmented column (LLM layers have none).
+
+How it runs (onnxruntime, streamed, no cached activations):
+
+* layer *levels* as in bias correction (1 + the deepest rounded layer upstream); one pass over the calibration
+  batches per level, sessions pruned per group of levels (:func:`onnxq.recovery.bias_correction.level_chunks`);
+* the Q/DQ model is built once; each rounded layer's weight and bias are graph inputs fed with the current
+  (on-grid) values, so later levels see the rounding of earlier ones without a new session;
+* each batch adds at most ``MAX_ROWS / batches`` sampled rows (the same rows in both models) to ``H`` and ``M``
+  (``[groups, k+1, k+1]`` each, float64), then is dropped: memory holds moments, never activations.
+
+MatMul has no bias input: its problem has no constant column. A Conv/Gemm without bias gets one. Layers GPTQ does
+not round (shared weights, float8, ConvTranspose, ``auto_pad``) keep nearest rounding and their bias.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxq.data import Batch
+from onnxq.dtypes import quant_dtype
+from onnxq.graph import GraphIndex, all_names, attr, node_name, unique_name
+from onnxq.insert import InsertQDQ
+from onnxq.insert.qdq import broadcast_params, dequantize_array, quantize_array
+from onnxq.plan import QuantPlan
+from onnxq.recovery.bias_correction import ancestors_only, level_chunks, write_biases
+from onnxq.recovery.gptq import MAX_ROWS, LinearView, hessian_key, rounding_views, round_with_factor
+from onnxq.recovery.layers import bias_of, replace_initializer
+from onnxq.runtime import make_session, output_names, run_batch
+from onnxq.scales.types import ScaleTable
+
+log = logging.getLogger(__name__)
+
+DAMPENING = 0.01  # of the mean Hessian diagonal (GPTQ's), also the ridge pulling the float solution to W
+
+
+@dataclass
+class RoundedLayer:
+    """One layer to round: its matrix view, level, whether it has a bias column and that column's factor (Gemm's
+    ``beta / alpha``: the column holds ``bias * factor`` in units of the weight product)."""
+
+    view: LinearView
+    level: int
+    with_bias: bool
+    bias_factor: float = 1.0
+    weight_input: str = ""  # graph input feeding the weight in the Q/DQ model
+    bias_input: str = ""
+
+    @property
+    def name(self) -> str:
+        return node_name(self.view.node)
+
+
+@dataclass
+class CrossMoments:
+    """``H = X~_q^T X~_q`` and ``M = X~_q^T X~_fp`` (``[groups, k', k']``, float64) over the rows seen, for the layers
+    sharing one input and patch geometry; ``X~`` is the patches with a constant 1 appended when ``with_bias``."""
+
+    view: LinearView
+    with_bias: bool
+    rows_per_batch: int
+    hessian: np.ndarray | None = None
+    cross: np.ndarray | None = None
+    rows: int = 0
+
+    def add(self, x_fp: np.ndarray, x_q: np.ndarray, seed: tuple[int, ...]) -> None:
+        # the same generator state in both calls: the same patch rows of the two models
+        fp = self.view.patches(x_fp, self.rows_per_batch, np.random.default_rng(seed))
+        q = self.view.patches(x_q, self.rows_per_batch, np.random.default_rng(seed))
+        if self.with_bias:
+            ones = np.ones(q.shape[:2] + (1,), np.float32)
+            fp, q = np.concatenate([fp, ones], axis=2), np.concatenate([q, ones], axis=2)
+        qt = q.transpose(0, 2, 1)
+        h, m = np.matmul(qt, q).astype(np.float64), np.matmul(qt, fp).astype(np.float64)
+        self.hessian = h if self.hessian is None else self.hessian + h
+        self.cross = m if self.cross is None else self.cross + m
+        self.rows += q.shape[1]
+
+
+def dampening_diagonal(hessian: np.ndarray, with_bias: bool, dampening: float = DAMPENING) -> np.ndarray:
+    """``D`` per group ``[groups, k']``: ``dampening`` x the mean diagonal of the weight columns (1 where a group's
+    input is always zero), and for the bias column ``dampening`` x its own diagonal (the row count)."""
+    diag = np.einsum("gii->gi", hessian)
+    data = diag[:, :-1] if with_bias else diag
+    mean = data.mean(axis=1, keepdims=True)
+    damp = np.broadcast_to(dampening * np.where(mean > 0, mean, 1.0), data.shape)
+    if with_bias:
+        damp = np.concatenate([damp, dampening * np.maximum(diag[:, -1:], 1.0)], axis=1)
+    return np.ascontiguousarray(damp)
+
+
+def asymmetric_solution(a: np.ndarray, hessian: np.ndarray, cross: np.ndarray, with_bias: bool,
+                        dampening: float = DAMPENING) -> tuple[np.ndarray, np.ndarray]:
+    """The float least-squares target ``A* = A (M^T + D)(H + D)^-1`` of ``a`` ``[groups, rows, k']`` and the upper
+    Cholesky factor of ``(H + D)^-1`` GPTQ rounds it with (float64)."""
+    damp = dampening_diagonal(hessian, with_bias, dampening)
+    idx = np.arange(hessian.shape[-1])
+    h = hessian.copy()
+    h[:, idx, idx] += damp
+    m = cross.copy()
+    m[:, idx, idx] += damp
+    # A*^T = (H + D)^-1 (M + D) A^T, one system per group
+    target = np.swapaxes(np.linalg.solve(h, np.matmul(m, np.swapaxes(a.astype(np.float64), 1, 2))), 1, 2)
+    for attempt in range(4):
+        try:
+            u = np.swapaxes(np.linalg.cholesky(np.linalg.inv(h)), 1, 2)
+            return target, u
+        except np.linalg.LinAlgError:
+            h[:, idx, idx] += damp * (10.0 ** attempt)  # not positive definite in floating point: dampen more
+    raise np.linalg.LinAlgError("the layer Hessian is not positive definite even after dampening")
+
+
+def round_asymmetric(layer: RoundedLayer, w: np.ndarray, bias: np.ndarray | None, moments: CrossMoments,
+                     params, dampening: float = DAMPENING) -> tuple[np.ndarray, np.ndarray | None]:
+    """On-grid weights (float32, the weight's layout) and float bias (per output channel, or None) of one layer."""
+    view = layer.view
+    mat = view.to_matrix(w.astype(np.float32))  # [groups, rows, k]
+    groups, rows, k = mat.shape
+    scale, zp = broadcast_params(params, w.shape)
+    scale_m = view.to_matrix(np.broadcast_to(scale, w.shape))
+    zp_m = view.to_matrix(np.broadcast_to(zp, w.shape))
+    if layer.with_bias:
+        b = np.zeros(groups * rows, np.float32) if bias is None else bias.reshape(-1).astype(np.float32)
+        column = (b * layer.bias_factor).reshape(groups, rows, 1)
+        mat = np.concatenate([mat, column], axis=2)
+        scale_m = np.concatenate([scale_m, np.ones((groups, rows, 1), np.float32)], axis=2)
+        zp_m = np.concatenate([zp_m, np.zeros((groups, rows, 1), np.float32)], axis=2)
+    assert moments.hessian is not None and moments.cross is not None
+    target, u = asymmetric_solution(mat, moments.hessian, moments.cross, layer.with_bias, dampening)
+    lo, hi = quant_dtype(params.dtype).clip_range(params.symmetric)
+    out = round_with_factor(target.astype(np.float32), u, scale_m, zp_m, lo, hi, float_from=k)
+    new_w = view.from_matrix(np.ascontiguousarray(out[:, :, :k]), w.shape).astype(np.float32)
+    new_b = (out[:, :, k].reshape(-1) / layer.bias_factor).astype(np.float32) if layer.with_bias else None
+    return new_w, new_b
+
+
+@dataclass
+class RoundingState:
+    """The current on-grid weights and float biases of the rounded layers, by node name (fed to the Q/DQ model)."""
+
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    biases: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def feed(self, layers: list[RoundedLayer]) -> dict[str, np.ndarray]:
+        out = {layer.weight_input: self.weights[layer.name] for layer in layers}
+        out.update({layer.bias_input: self.biases[layer.name] for layer in layers if layer.with_bias})
+        return out
+
+
+def bias_column(node: onnx.NodeProto, index: GraphIndex, channels: int) -> tuple[bool, float]:
+    """Whether the layer gets a bias column (Conv; Gemm whose bias is absent or one per output) and its factor."""
+    if node.op_type == "MatMul":
+        return False, 1.0
+    bias = bias_of(node, index)
+    if len(node.input) > 2 and node.input[2] and bias is None:
+        return False, 1.0  # a computed bias: not ours to change
+    if bias is not None and bias.size != channels:
+        return False, 1.0  # a broadcast Gemm bias: not per channel
+    if node.op_type == "Gemm":
+        alpha, beta = float(attr(node, "alpha", 1.0)), float(attr(node, "beta", 1.0))
+        if alpha == 0.0 or beta == 0.0:
+            return False, 1.0
+        return True, beta / alpha
+    return True, 1.0
+
+
+def layer_levels(model: onnx.ModelProto, views: list[LinearView]) -> dict[str, int]:
+    """Node name -> 1 + the deepest rounded layer upstream of it (ONNX graphs are topologically sorted)."""
+    rounded = {node_name(v.node) for v in views}
+    level_of: dict[str, int] = {}
+    levels: dict[str, int] = {}
+    for node in model.graph.node:
+        level = max((level_of.get(name, 0) for name in node.input if name), default=0)
+        if node_name(node) in rounded:
+            level += 1
+            levels[node_name(node)] = level
+        for name in node.output:
+            level_of[name] = level
+    return levels
+
+
+def with_fed_parameters(quantized: onnx.ModelProto, layers: list[RoundedLayer]) -> onnx.ModelProto:
+    """A copy of the Q/DQ model in which each layer's weight (on grid, float) and bias are graph inputs."""
+    out = copy.deepcopy(quantized)
+    taken = all_names(out.graph)
+    by_name = {layer.name: layer for layer in layers}
+    for node in out.graph.node:
+        layer = by_name.get(node_name(node))
+        if layer is None:
+            continue
+        layer.weight_input = unique_name(taken, f"{layer.name}_weight_fed")
+        node.input[1] = layer.weight_input
+        out.graph.input.append(helper.make_tensor_value_info(layer.weight_input, onnx.TensorProto.FLOAT, None))
+        if layer.with_bias:
+            layer.bias_input = unique_name(taken, f"{layer.name}_bias_fed")
+            while len(node.input) < 3:
+                node.input.append("")
+            node.input[2] = layer.bias_input
+            out.graph.input.append(helper.make_tensor_value_info(layer.bias_input, onnx.TensorProto.FLOAT, None))
+    return out
+
+
+def layer_inputs(model: onnx.ModelProto, layers: list[RoundedLayer]) -> dict[str, str]:
+    """Node name -> the tensor its data input reads in ``model`` (the DQ output in the Q/DQ model)."""
+    names = {layer.name for layer in layers}
+    return {node_name(n): n.input[0] for n in model.graph.node if node_name(n) in names}
+
+
+def exposing(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose only outputs are ``names``, pruned to what they depend on."""
+    out = copy.deepcopy(model)
+    del out.graph.output[:]
+    out.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+    return ancestors_only(out)
+
+
+class LevelPass:
+    """One FP32 and one Q/DQ session over a run of levels, exposing the layers' inputs in both models."""
+
+    def __init__(self, prepared: onnx.ModelProto, fed: onnx.ModelProto, layers: list[RoundedLayer]) -> None:
+        self.fp_names = layer_inputs(prepared, layers)
+        self.q_names = layer_inputs(fed, layers)
+        self.fp = make_session(exposing(prepared, sorted(set(self.fp_names.values()))))
+        self.q = make_session(exposing(fed, sorted(set(self.q_names.values()))))
+        self.fp_inputs = {i.name for i in self.fp.get_inputs()}
+        self.q_inputs = {i.name for i in self.q.get_inputs()}
+
+    def run(self, batch: Batch, fed: dict[str, np.ndarray], label: str) -> tuple[dict, dict]:
+        fp = dict(zip(output_names(self.fp), run_batch(self.fp, {k: v for k, v in batch.items()
+                                                                  if k in self.fp_inputs}, label)))
+        feed = {k: v for k, v in {**batch, **fed}.items() if k in self.q_inputs}
+        q = dict(zip(output_names(self.q), run_batch(self.q, feed, label)))
+        return fp, q
+
+
+def gptaq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch],
+                batches: int, dampening: float = DAMPENING, max_rows: int = MAX_ROWS, seed: int = 0) -> str:
+    """Round every planned integer weight of a Conv/Gemm/MatMul in ``model`` (in place: weights replaced by their
+    on-grid values, biases by the fitted ones) to match the FP32 layer outputs from the Q/DQ model's inputs, level by
+    level on the first ``batches`` batches of ``data``; returns a note for the report."""
+    views, kept = rounding_views(model, plan, table)
+    kept_batches = [b for _, b in zip(range(batches), data)]
+    if not views or not kept_batches:
+        return "GPTAQ weight rounding: no layer to round"
+    index = GraphIndex.build(model.graph)
+    levels = layer_levels(model, views)
+    layers = []
+    for view in views:
+        w = index.array(view.node.input[1])
+        with_bias, factor = bias_column(view.node, index, int(np.prod(view.to_matrix(w).shape[:2])))
+        layers.append(RoundedLayer(view, levels[node_name(view.node)], with_bias, factor))
+    state = RoundingState()
+    for layer in layers:
+        w = index.array(layer.view.node.input[1])
+        params = table[layer.view.node.input[1]]
+        state.weights[layer.name] = dequantize_array(quantize_array(w, params), params)
+        if layer.with_bias:
+            bias = bias_of(layer.view.node, index)
+            channels = int(np.prod(layer.view.to_matrix(w).shape[:2]))
+            state.biases[layer.name] = (np.zeros(channels, np.float32) if bias is None
+                                        else bias.reshape(-1).astype(np.float32))
+    fed = with_fed_parameters(InsertQDQ(plan, table).run(model, keep_input=True).model, layers)
+    passes = 0
+    for chunk in level_chunks(max(levels.values())):
+        in_chunk = [layer for layer in layers if layer.level in chunk]
+        if not in_chunk:
+            continue
+        level_pass = LevelPass(model, fed, in_chunk)
+        for level in chunk:
+            now = [layer for layer in in_chunk if layer.level == level]
+            moments = collect_moments(level_pass, now, kept_batches, state.feed(layers), max_rows, seed, level)
+            passes += 1
+            for layer in now:
+                acc = moments[(hessian_key(layer.view), layer.with_bias)]
+                w = index.array(layer.view.node.input[1])
+                bias = state.biases.get(layer.name)
+                new_w, new_b = round_asymmetric(layer, w, bias, acc, table[layer.view.node.input[1]], dampening)
+                state.weights[layer.name] = new_w
+                if new_b is not None:
+                    state.biases[layer.name] = new_b
+    for layer in layers:
+        replace_initializer(model, layer.view.node.input[1], state.weights[layer.name])
+    write_biases(model, {layer.name: state.biases[layer.name] for layer in layers if layer.with_bias})
+    log.info("GPTAQ: %d layer(s) rounded in %d level pass(es), %d kept nearest rounding", len(layers), passes, kept)
+    return (f"GPTAQ weight rounding: {len(layers)} layer(s) in {passes} level pass(es) over {len(kept_batches)} "
+            f"calibration batch(es)" + (f", {kept} kept nearest rounding" if kept else ""))
+
+
+def collect_moments(level_pass: LevelPass, layers: list[RoundedLayer], batches: list[Batch],
+                    fed: dict[str, np.ndarray], max_rows: int, seed: int, level: int) -> dict[tuple, CrossMoments]:
+    """The cross moments of ``layers`` (one level) over ``batches``, keyed by (input geometry, with bias)."""
+    moments: dict[tuple, CrossMoments] = {}
+    for layer in layers:
+        moments.setdefault((hessian_key(layer.view), layer.with_bias), CrossMoments(layer.view, layer.with_bias, 0))
+    first = {key: next(layer for layer in layers if (hessian_key(layer.view), layer.with_bias) == key)
+             for key in moments}
+    for number, batch in enumerate(batches):
+        fp, q = level_pass.run(batch, fed, f"GPTAQ level {level} batch {number + 1}")
+        for slot, (key, acc) in enumerate(moments.items()):
+            layer = first[key]
+            x_fp = np.asarray(fp[level_pass.fp_names[layer.name]], np.float32)
+            x_q = np.asarray(q[level_pass.q_names[layer.name]], np.float32)
+            if acc.rows_per_batch == 0:
+                columns = int(np.prod(acc.view.patches(x_q[:1], 1, np.random.default_rng(0)).shape[2:]))
+                acc.rows_per_batch = -(-max(max_rows, 2 * columns) // len(batches))
+            acc.add(x_fp, x_q, (seed, level, slot, number))
+    return moments
