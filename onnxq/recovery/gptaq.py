@@ -66,7 +66,7 @@ from onnxq.insert import InsertQDQ
 from onnxq.insert.qdq import broadcast_params, dequantize_array, quantize_array
 from onnxq.plan import QuantPlan
 from onnxq.recovery.bias_correction import ancestors_only, level_chunks, write_biases
-from onnxq.recovery.gptq import MAX_ROWS, LinearView, hessian_key, rounding_views, round_with_factor
+from onnxq.recovery.gptq import MAX_ROWS, LinearView, hessian_key, round_with_factor, rounding_views
 from onnxq.recovery.layers import bias_of, replace_initializer
 from onnxq.runtime import make_session, output_names, run_batch
 from onnxq.scales.types import ScaleTable
