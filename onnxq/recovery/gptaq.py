@@ -121,13 +121,15 @@ class CrossMoments:
 
 def dampening_diagonal(hessian: np.ndarray, with_bias: bool, dampening: float = DAMPENING) -> np.ndarray:
     """``D`` per group ``[groups, k']``: ``dampening`` x the mean diagonal of the weight columns (1 where a group's
-    input is always zero), and for the bias column ``dampening`` x its own diagonal (the row count)."""
+    input is always zero), and 0 for the bias column. ``H + D`` stays positive definite (``v^T (H + D) v =
+    ||X~ v||^2 + d ||v_w||^2``, and ``X~ [0, t] = t 1``), and the undampened bias makes the bias row of the normal
+    equations exact: the mean output error over the rows seen is zero, as bias correction makes it."""
     diag = np.einsum("gii->gi", hessian)
     data = diag[:, :-1] if with_bias else diag
     mean = data.mean(axis=1, keepdims=True)
     damp = np.broadcast_to(dampening * np.where(mean > 0, mean, 1.0), data.shape)
     if with_bias:
-        damp = np.concatenate([damp, dampening * np.maximum(diag[:, -1:], 1.0)], axis=1)
+        damp = np.concatenate([damp, np.zeros_like(diag[:, -1:])], axis=1)
     return np.ascontiguousarray(damp)
 
 
