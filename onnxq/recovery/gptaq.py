@@ -44,7 +44,9 @@ How it runs (onnxruntime, streamed, no cached activations):
 * each batch adds at most ``MAX_ROWS / batches`` sampled rows (the same rows in both models) to ``H`` and ``M``
   (``[groups, k+1, k+1]`` each, float64), then is dropped: memory holds moments, never activations.
 
-MatMul has no bias input: its problem has no constant column. A Conv/Gemm without bias gets one. Layers GPTQ does
+A Conv/Gemm without bias gets one. MatMul has no bias input: when an Add with a per-output constant alone reads its
+output (a Linear layer as torch and paddle2onnx export it), that constant is the bias column, otherwise there is
+none. Layers GPTQ does
 not round (shared weights, float8, ConvTranspose, ``auto_pad``) keep nearest rounding and their bias.
 """
 
@@ -76,21 +78,36 @@ log = logging.getLogger(__name__)
 DAMPENING = 0.01  # of the mean Hessian diagonal (GPTQ's), also the ridge pulling the float solution to W
 
 
+@dataclass(frozen=True)
+class BiasSlot:
+    """Where a layer's bias lives: input ``index`` of node ``node`` (the layer itself for Conv/Gemm, input 2; the
+    Add after a MatMul), the initializer there (``""``: none yet), its shape and the column's factor (Gemm's
+    ``beta / alpha``: the column holds ``bias * factor`` in units of the weight product)."""
+
+    node: str
+    index: int
+    initializer: str
+    shape: tuple[int, ...]
+    factor: float = 1.0
+
+
 @dataclass
 class RoundedLayer:
-    """One layer to round: its matrix view, level, whether it has a bias column and that column's factor (Gemm's
-    ``beta / alpha``: the column holds ``bias * factor`` in units of the weight product)."""
+    """One layer to round: its matrix view, level and bias slot (None: no bias column)."""
 
     view: LinearView
     level: int
-    with_bias: bool
-    bias_factor: float = 1.0
+    bias: BiasSlot | None = None
     weight_input: str = ""  # graph input feeding the weight in the Q/DQ model
     bias_input: str = ""
 
     @property
     def name(self) -> str:
         return node_name(self.view.node)
+
+    @property
+    def with_bias(self) -> bool:
+        return self.bias is not None
 
 
 @dataclass
@@ -177,7 +194,8 @@ def round_asymmetric(layer: RoundedLayer, w: np.ndarray, bias: np.ndarray | None
         assert moments.shift is not None
         b = np.zeros(groups * rows, np.float32) if bias is None else bias.reshape(-1).astype(np.float32)
         # in the centred basis the bias column holds b + W mu (the patches were shifted by mu)
-        column = (b * layer.bias_factor).reshape(groups, rows, 1) + np.matmul(mat, moments.shift[:, :, None])
+        assert layer.bias is not None
+        column = (b * layer.bias.factor).reshape(groups, rows, 1) + np.matmul(mat, moments.shift[:, :, None])
         mat = np.concatenate([mat, column], axis=2)
         scale_m = np.concatenate([scale_m, np.ones((groups, rows, 1), np.float32)], axis=2)
         zp_m = np.concatenate([zp_m, np.zeros((groups, rows, 1), np.float32)], axis=2)
@@ -186,10 +204,10 @@ def round_asymmetric(layer: RoundedLayer, w: np.ndarray, bias: np.ndarray | None
     out = round_with_factor(target.astype(np.float32), u, scale_m, zp_m, lo, hi, float_from=k)
     new_w = view.from_matrix(np.ascontiguousarray(out[:, :, :k]), w.shape).astype(np.float32)
     new_b = None
-    if layer.with_bias:
+    if layer.bias is not None:
         assert moments.shift is not None
         centred = out[:, :, k] - np.matmul(out[:, :, :k], moments.shift[:, :, None])[:, :, 0]
-        new_b = (centred.reshape(-1) / layer.bias_factor).astype(np.float32)
+        new_b = (centred.reshape(-1) / layer.bias.factor).astype(np.float32)
     return new_w, new_b
 
 
@@ -202,25 +220,40 @@ class RoundingState:
 
     def feed(self, layers: list[RoundedLayer]) -> dict[str, np.ndarray]:
         out = {layer.weight_input: self.weights[layer.name] for layer in layers}
-        out.update({layer.bias_input: self.biases[layer.name] for layer in layers if layer.with_bias})
+        out.update({layer.bias_input: self.biases[layer.name].reshape(layer.bias.shape)
+                    for layer in layers if layer.bias is not None})
         return out
 
 
-def bias_column(node: onnx.NodeProto, index: GraphIndex, channels: int) -> tuple[bool, float]:
-    """Whether the layer gets a bias column (Conv; Gemm whose bias is absent or one per output) and its factor."""
+def bias_slot(node: onnx.NodeProto, index: GraphIndex, channels: int, users: dict[str, int]) -> BiasSlot | None:
+    """The layer's bias column, or None: a Conv's bias (absent: one is added), a Gemm's when absent or one per output,
+    the constant of the Add that alone reads a MatMul's output (a Linear as paddle2onnx and torch export it) when it
+    holds one value per output and nothing else reads it."""
+    name = node_name(node)
     if node.op_type == "MatMul":
-        return False, 1.0
+        add = index.only_consumer(node.output[0])
+        if add is None or add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
+            return None
+        other = [i for i, n in enumerate(add.input) if n != node.output[0]]
+        if len(other) != 1 or not index.is_initializer(add.input[other[0]]) or users.get(add.input[other[0]]) != 1:
+            return None
+        value = index.array(add.input[other[0]])
+        if value.size != channels or value.shape[-1:] != (channels,) or value.dtype != np.float32:
+            return None  # broadcast or not along the output features
+        return BiasSlot(node_name(add), other[0], add.input[other[0]], tuple(value.shape))
     bias = bias_of(node, index)
     if len(node.input) > 2 and node.input[2] and bias is None:
-        return False, 1.0  # a computed bias: not ours to change
-    if bias is not None and bias.size != channels:
-        return False, 1.0  # a broadcast Gemm bias: not per channel
+        return None  # a computed bias: not ours to change
+    if bias is not None and (bias.size != channels or users.get(node.input[2]) != 1):
+        return None  # a broadcast Gemm bias, or one shared with another node
+    shape = (channels,) if bias is None else tuple(bias.shape)
+    initializer = "" if bias is None else node.input[2]
     if node.op_type == "Gemm":
         alpha, beta = float(attr(node, "alpha", 1.0)), float(attr(node, "beta", 1.0))
         if alpha == 0.0 or beta == 0.0:
-            return False, 1.0
-        return True, beta / alpha
-    return True, 1.0
+            return None
+        return BiasSlot(name, 2, initializer, shape, beta / alpha)
+    return BiasSlot(name, 2, initializer, shape)
 
 
 def layer_levels(model: onnx.ModelProto, views: list[LinearView]) -> dict[str, int]:
@@ -242,19 +275,17 @@ def with_fed_parameters(quantized: onnx.ModelProto, layers: list[RoundedLayer]) 
     """A copy of the Q/DQ model in which each layer's weight (on grid, float) and bias are graph inputs."""
     out = copy.deepcopy(quantized)
     taken = all_names(out.graph)
-    by_name = {layer.name: layer for layer in layers}
-    for node in out.graph.node:
-        layer = by_name.get(node_name(node))
-        if layer is None:
-            continue
+    nodes = {node_name(node): node for node in out.graph.node}
+    for layer in layers:
         layer.weight_input = unique_name(taken, f"{layer.name}_weight_fed")
-        node.input[1] = layer.weight_input
+        nodes[layer.name].input[1] = layer.weight_input
         out.graph.input.append(helper.make_tensor_value_info(layer.weight_input, onnx.TensorProto.FLOAT, None))
-        if layer.with_bias:
+        if layer.bias is not None:
             layer.bias_input = unique_name(taken, f"{layer.name}_bias_fed")
-            while len(node.input) < 3:
-                node.input.append("")
-            node.input[2] = layer.bias_input
+            holder = nodes[layer.bias.node]
+            while len(holder.input) <= layer.bias.index:
+                holder.input.append("")
+            holder.input[layer.bias.index] = layer.bias_input
             out.graph.input.append(helper.make_tensor_value_info(layer.bias_input, onnx.TensorProto.FLOAT, None))
     return out
 
@@ -302,22 +333,22 @@ def gptaq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data
     if not views or not kept_batches:
         return "GPTAQ weight rounding: no layer to round"
     index = GraphIndex.build(model.graph)
+    users: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
     levels = layer_levels(model, views)
-    layers = []
+    layers, state = [], RoundingState()
     for view in views:
         w = index.array(view.node.input[1])
-        with_bias, factor = bias_column(view.node, index, int(np.prod(view.to_matrix(w).shape[:2])))
-        layers.append(RoundedLayer(view, levels[node_name(view.node)], with_bias, factor))
-    state = RoundingState()
-    for layer in layers:
-        w = index.array(layer.view.node.input[1])
-        params = table[layer.view.node.input[1]]
+        params = table[view.node.input[1]]
+        channels = int(np.prod(view.to_matrix(w).shape[:2]))
+        layer = RoundedLayer(view, levels[node_name(view.node)], bias_slot(view.node, index, channels, users))
+        layers.append(layer)
         state.weights[layer.name] = dequantize_array(quantize_array(w, params), params)
-        if layer.with_bias:
-            bias = bias_of(layer.view.node, index)
-            channels = int(np.prod(layer.view.to_matrix(w).shape[:2]))
-            state.biases[layer.name] = (np.zeros(channels, np.float32) if bias is None
-                                        else bias.reshape(-1).astype(np.float32))
+        if layer.bias is not None:
+            state.biases[layer.name] = (index.array(layer.bias.initializer).reshape(-1).astype(np.float32)
+                                        if layer.bias.initializer else np.zeros(channels, np.float32))
     fed = with_fed_parameters(InsertQDQ(plan, table).run(model, keep_input=True).model, layers)
     passes = 0
     for chunk in level_chunks(max(levels.values())):
@@ -339,7 +370,12 @@ def gptaq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data
                     state.biases[layer.name] = new_b
     for layer in layers:
         replace_initializer(model, layer.view.node.input[1], state.weights[layer.name])
-    write_biases(model, {layer.name: state.biases[layer.name] for layer in layers if layer.with_bias})
+    own = {layer.name: state.biases[layer.name] for layer in layers if layer.bias is not None
+           and layer.bias.node == layer.name}  # Conv/Gemm: a missing bias is added
+    write_biases(model, own)
+    for layer in layers:
+        if layer.bias is not None and layer.bias.node != layer.name:  # the Add after a MatMul
+            replace_initializer(model, layer.bias.initializer, state.biases[layer.name].reshape(layer.bias.shape))
     log.info("GPTAQ: %d layer(s) rounded in %d level pass(es), %d kept nearest rounding", len(layers), passes, kept)
     return (f"GPTAQ weight rounding: {len(layers)} layer(s) in {passes} level pass(es) over {len(kept_batches)} "
             f"calibration batch(es)" + (f", {kept} kept nearest rounding" if kept else ""))

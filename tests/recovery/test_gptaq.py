@@ -8,13 +8,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper
 
 from onnxq.config import QuantConfig, RecoveryOptions
 from onnxq.errors import OnnxqError
 from onnxq.pipeline import quantize
 from onnxq.recovery.gptaq import (
     DAMPENING,
+    BiasSlot,
     CrossMoments,
     RoundedLayer,
     asymmetric_solution,
@@ -24,7 +25,7 @@ from onnxq.recovery.gptaq import (
 from onnxq.recovery.gptq import HessianSum, linear_view, round_layer
 from onnxq.scales.types import QuantParams
 from onnxq.validate.metrics import ErrorAccumulator
-from tests.helpers import run
+from tests.helpers import init, make_model, run
 from tests.recovery.nets_recovery import image_batches, mobilenet_hardswish
 from tests.recovery.test_bias_correction import channel_means, silu_chain
 
@@ -91,7 +92,8 @@ def test_on_a_fine_grid_the_rounding_reproduces_the_fit() -> None:
     w = (w * 0.05).astype(np.float32)  # |w| <= ~0.2: the fit stays inside +-127 steps of 2e-3 (0.254)
     view, acc = _moments(node, w, x_fp, x_q, with_bias=True)
     step = 2e-3
-    new_w, new_b = round_asymmetric(RoundedLayer(view, 1, True), w, b, acc, _params(w, 0, step=step))
+    layer = RoundedLayer(view, 1, BiasSlot("layer", 2, "b", b.shape))
+    new_w, new_b = round_asymmetric(layer, w, b, acc, _params(w, 0, step=step))
     assert new_b is not None
     want = _definition(w, b, x_fp, x_q)
     assert np.abs(want[:, :-1]).max() < 127 * step
@@ -109,7 +111,7 @@ def test_without_upstream_error_it_is_gptq() -> None:
     x = (rng.standard_normal((6, 40, 32)) @ rng.standard_normal((32, 32))).astype(np.float32)
     view, acc = _moments(node, w, x, x, with_bias=False)
     params = _params(w, 1)
-    got, bias = round_asymmetric(RoundedLayer(view, 1, False), w, None, acc, params)
+    got, bias = round_asymmetric(RoundedLayer(view, 1), w, None, acc, params)
     gptq = HessianSum(view, rows_per_batch=1 << 30)
     gptq.add(x, np.random.default_rng(0))
     want = round_layer(view, w, gptq.mean(), params)
@@ -132,7 +134,8 @@ def test_depthwise_channels_are_separate_problems() -> None:
         moved = x_q.copy()
         moved[:, 2] += shift
         view, acc = _moments(node, w, x_fp, moved, with_bias=True)
-        results.append(round_asymmetric(RoundedLayer(view, 1, True), w, b, acc, params))
+        layer = RoundedLayer(view, 1, BiasSlot("layer", 2, "b", b.shape))
+        results.append(round_asymmetric(layer, w, b, acc, params))
     (w0, b0), (w1, b1) = results
     assert b0 is not None and b1 is not None
     others = [0, 1, 3]
@@ -161,6 +164,40 @@ def test_each_layer_mean_error_is_zero_in_the_whole_qdq_model() -> None:
         inits = {i.name: i.raw_data for i in m.graph.initializer}
         return {n.input[0]: inits[n.input[1]] for n in m.graph.node if n.op_type == "DequantizeLinear"}
     assert scales(rounded.model) == scales(nearest.model)
+
+
+def _linear_chain(seed: int = 0) -> onnx.ModelProto:
+    """Two Linear layers as exported (MatMul then Add of a constant) joined by a Relu, tokens ``[n, 6, 16]``."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["m0"], name="fc0"),
+             helper.make_node("Add", ["m0", "b0"], ["y0"], name="add0"),
+             helper.make_node("Relu", ["y0"], ["r0"], name="relu0"),
+             helper.make_node("MatMul", ["r0", "w1"], ["m1"], name="fc1"),
+             helper.make_node("Add", ["b1", "m1"], ["y"], name="add1")]
+    w0 = (rng.standard_normal((16, 24)) * 0.3).astype(np.float32)
+    w0[:, 0] *= 20.0  # one large output sets the next activation range
+    inits = [init("w0", w0), init("b0", rng.standard_normal(24).astype(np.float32)),
+             init("w1", (rng.standard_normal((24, 8)) * 0.3).astype(np.float32)),
+             init("b1", rng.standard_normal((1, 8)).astype(np.float32))]
+    graph = helper.make_graph(nodes, "linear_chain",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return make_model(graph)
+
+
+def test_matmul_then_add_constant_is_a_linear_layer_with_a_bias() -> None:
+    """The Add's constant is the bias column (its shape kept): both Linear outputs' means equal FP32's."""
+    model = _linear_chain()
+    rng = np.random.default_rng(4)
+    batches = [{"x": (rng.standard_normal((4, 6, 16)) + 0.5).astype(np.float32)} for _ in range(4)]
+    rounded = quantize(model, calib=batches, config=GPTAQ)
+    names = ["y0", "y"]
+    want, got = (channel_means(m, names, batches, axis=-1) for m in (model, rounded.model))
+    for name in names:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-4 * np.abs(want[name]).max() + 1e-5)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in rounded.model.graph.initializer}
+    assert inits["b1"].shape == (1, 8)
+    assert np.abs(inits["b1"] - onnx.numpy_helper.to_array(model.graph.initializer[3])).max() > 1e-4
 
 
 def _sqnr(model: onnx.ModelProto, quantized: onnx.ModelProto, batches) -> float:
