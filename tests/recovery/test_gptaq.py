@@ -15,11 +15,13 @@ from onnxq.errors import OnnxqError
 from onnxq.pipeline import quantize
 from onnxq.recovery.gptaq import (
     DAMPENING,
+    FULL_FIT_ROWS,
     BiasSlot,
     CrossMoments,
     RoundedLayer,
     asymmetric_solution,
     dampening_diagonal,
+    mean_shift_cross,
     round_asymmetric,
 )
 from onnxq.recovery.gptq import HessianSum, linear_view, round_layer
@@ -83,6 +85,21 @@ def test_the_float_target_is_the_dampened_least_squares_fit() -> None:
     want = _definition(w, b, x_fp, x_q)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)  # float32 moments
     assert np.abs(want[:, :-1] - w).max() > 0.05  # the fit moved the weights: the upstream error is compensated
+
+
+def test_with_too_few_rows_only_the_mean_input_shift_is_absorbed_by_the_bias() -> None:
+    """40 rows for 13 columns (fewer than FULL_FIT_ROWS per column): the float target keeps ``W`` and moves the bias
+    by ``W d``, ``d`` the mean of ``x_fp - x_q`` (bias correction of the layer's input shift)."""
+    node, w, b, x_fp, x_q = _gemm_problem(rows=40)
+    _, acc = _moments(node, w, x_fp, x_q, with_bias=True)
+    assert acc.hessian is not None and acc.cross is not None and acc.shift is not None
+    assert not acc.full_fit(w.shape[1] + 1) and acc.rows == 40 < FULL_FIT_ROWS * 13
+    centred = np.hstack([w, (b + w @ acc.shift[0])[:, None]])
+    cross = mean_shift_cross(acc.hessian, acc.cross)
+    target, _ = asymmetric_solution(centred[None], acc.hessian, cross, with_bias=True)
+    np.testing.assert_allclose(target[0, :, :-1], w, rtol=1e-5, atol=1e-5)
+    shift = (x_fp.astype(np.float64) - x_q).mean(axis=0)
+    np.testing.assert_allclose(target[0, :, -1] - centred[:, -1], w @ shift, rtol=1e-4, atol=1e-4)
 
 
 def test_on_a_fine_grid_the_rounding_reproduces_the_fit() -> None:
@@ -150,7 +167,7 @@ def test_each_layer_mean_error_is_zero_in_the_whole_qdq_model() -> None:
     gets one); the scales of the plan are unchanged."""
     model, batches = silu_chain(depth=2, bias=False), image_batches(count=4, size=16, seed=5)
     rounded = quantize(model, calib=batches, config=GPTAQ)
-    assert any("GPTAQ weight rounding: 3 layer(s) in 3 level pass(es) over 4 calibration batch(es)" in n
+    assert any("GPTAQ weight rounding: 3 layer(s) in 3 level(s) over 4 calibration batch(es)" in n
                for n in rounded.report.prepare_notes), rounded.report.prepare_notes
     names = ["c0", "c1", "y"]
     want, got = channel_means(model, names, batches), channel_means(rounded.model, names, batches)
