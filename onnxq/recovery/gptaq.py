@@ -131,9 +131,8 @@ class CrossMoments:
     rows: int = 0
 
     def add(self, x_fp: np.ndarray, x_q: np.ndarray, seed: tuple[int, ...]) -> None:
-        # the same generator state in both calls: the same patch rows of the two models
-        fp = self.view.patches(x_fp, self.rows_per_batch, np.random.default_rng(seed))
-        q = self.view.patches(x_q, self.rows_per_batch, np.random.default_rng(seed))
+        picked = self.view.sample(x_q.shape, self.rows_per_batch, np.random.default_rng(seed))
+        fp, q = self.view.gather(x_fp, picked), self.view.gather(x_q, picked)  # the same rows of both models
         if self.with_bias:
             if self.shift is None:
                 self.shift = q.mean(axis=1, dtype=np.float64).astype(np.float32)

@@ -46,7 +46,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from numpy.lib.stride_tricks import sliding_window_view
 
 from onnxq.data import Batch
 from onnxq.dtypes import quant_dtype
@@ -89,25 +88,47 @@ class LinearView:
 
     def patches(self, x: np.ndarray, rows: int, rng: np.random.Generator) -> np.ndarray:
         """At most ``rows`` input rows of the layer, ``[groups, rows, columns]`` (float32), sampled at random."""
+        return self.gather(x, self.sample(x.shape, rows, rng))
+
+    def sample(self, shape: tuple[int, ...], rows: int, rng: np.random.Generator) -> np.ndarray:
+        """Which rows (flattened output positions ``(n, oh, ow)``, or tokens) :meth:`gather` takes, sorted."""
         if self.node.op_type != "Conv":
-            flat = x.reshape(-1, x.shape[-1])
-            if len(flat) > rows:
-                flat = flat[np.sort(rng.choice(len(flat), rows, replace=False))]
-            return flat.astype(np.float32)[None]
-        top, left, bottom, right = self.pads
-        padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+            count = int(np.prod(shape[:-1]))
+        else:
+            (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
+            top, left, bottom, right = self.pads
+            oh = (shape[2] + top + bottom - (kh - 1) * dh - 1) // sh + 1
+            ow = (shape[3] + left + right - (kw - 1) * dw - 1) // sw + 1
+            count = shape[0] * oh * ow
+        if count > rows:
+            return np.sort(rng.choice(count, rows, replace=False))
+        return np.arange(count)
+
+    def gather(self, x: np.ndarray, picked: np.ndarray) -> np.ndarray:
+        """The rows ``picked`` of :meth:`sample` as ``[groups, rows, columns]`` (float32); Conv columns ordered
+        (channel, kh, kw), zero where a window reaches into the padding. One fancy-indexed gather per kernel
+        offset: no padded copy or window view of the whole input is made."""
+        if self.node.op_type != "Conv":
+            return x.reshape(-1, x.shape[-1])[picked].astype(np.float32)[None]
+        n, c, h, w = x.shape
         (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
-        span = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
-        windows = sliding_window_view(padded, span, axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
-        n, c, oh, ow = windows.shape[:4]
-        picked = np.arange(n * oh * ow)
-        if len(picked) > rows:
-            picked = np.sort(rng.choice(len(picked), rows, replace=False))
+        top, left, bottom, right = self.pads
+        ow = (w + left + right - (kw - 1) * dw - 1) // sw + 1
+        oh = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
         b, rest = np.divmod(picked, oh * ow)
         i, j = np.divmod(rest, ow)
-        cols = windows[b, :, i, j]  # [rows, C, kh, kw]
+        cols = np.zeros((len(picked), c, kh, kw), np.float32)
+        for di in range(kh):
+            rows_in = i * sh - top + di * dh
+            for dj in range(kw):
+                cols_in = j * sw - left + dj * dw
+                inside = (rows_in >= 0) & (rows_in < h) & (cols_in >= 0) & (cols_in < w)
+                if inside.all():
+                    cols[:, :, di, dj] = x[b, :, rows_in, cols_in]
+                elif inside.any():
+                    cols[inside, :, di, dj] = x[b[inside], :, rows_in[inside], cols_in[inside]]
         cols = cols.reshape(len(picked), self.groups, c // self.groups * kh * kw)
-        return np.ascontiguousarray(cols.transpose(1, 0, 2), dtype=np.float32)
+        return np.ascontiguousarray(cols.transpose(1, 0, 2)) if self.groups > 1 else cols.reshape(1, len(picked), -1)
 
 
 def linear_view(node: onnx.NodeProto, weight_shape: tuple[int, ...]) -> LinearView | None:
