@@ -127,8 +127,10 @@ class LinearView:
                     cols[:, :, di, dj] = x[b, :, rows_in, cols_in]
                 elif inside.any():
                     cols[inside, :, di, dj] = x[b[inside], :, rows_in[inside], cols_in[inside]]
-        cols = cols.reshape(len(picked), self.groups, c // self.groups * kh * kw)
-        return np.ascontiguousarray(cols.transpose(1, 0, 2)) if self.groups > 1 else cols.reshape(1, len(picked), -1)
+        if self.groups == 1:
+            return cols.reshape(1, len(picked), -1)
+        grouped = cols.reshape(len(picked), self.groups, c // self.groups * kh * kw)
+        return np.ascontiguousarray(grouped.transpose(1, 0, 2))
 
 
 def linear_view(node: onnx.NodeProto, weight_shape: tuple[int, ...]) -> LinearView | None:
