@@ -573,7 +573,7 @@ def test_sigterm_removes_temporary_files(tmp_path: Path) -> None:
     assert proc.stdout.readline().strip() == "staged"
     assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())  # the temporary file exists while staged
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == 143
+    assert proc.wait(timeout=60) == 143
     assert list(tmp_path.iterdir()) == []
 
 
