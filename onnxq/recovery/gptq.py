@@ -133,6 +133,30 @@ class LinearView:
         return np.ascontiguousarray(grouped.transpose(1, 0, 2))
 
 
+    def column_sums(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """The sums over ALL rows (every output position, or token) of each column, ``[groups, columns]`` (float64),
+        and the row count: one strided slice sum per kernel offset, no patches."""
+        if self.node.op_type != "Conv":
+            flat = x.reshape(-1, x.shape[-1])
+            return flat.sum(axis=0, dtype=np.float64)[None], len(flat)
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
+        top, left, bottom, right = self.pads
+        oh = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
+        ow = (w + left + right - (kw - 1) * dw - 1) // sw + 1
+        sums = np.zeros((c, kh, kw))
+        for di in range(kh):
+            rows = np.arange(oh) * sh - top + di * dh
+            rows = rows[(rows >= 0) & (rows < h)]
+            for dj in range(kw):
+                cols = np.arange(ow) * sw - left + dj * dw
+                cols = cols[(cols >= 0) & (cols < w)]
+                if len(rows) and len(cols):
+                    part = x[:, :, rows[0] : rows[-1] + 1 : sh, cols[0] : cols[-1] + 1 : sw]
+                    sums[:, di, dj] = part.sum(axis=(0, 2, 3), dtype=np.float64)
+        return sums.reshape(self.groups, -1), n * oh * ow
+
+
 def linear_view(node: onnx.NodeProto, weight_shape: tuple[int, ...]) -> LinearView | None:
     """The node as a (grouped) matrix product, or None where this module does not round it."""
     if node.op_type == "Conv":

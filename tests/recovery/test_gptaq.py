@@ -21,7 +21,6 @@ from onnxq.recovery.gptaq import (
     RoundedLayer,
     asymmetric_solution,
     dampening_diagonal,
-    mean_shift_cross,
     round_asymmetric,
 )
 from onnxq.recovery.gptq import HessianSum, linear_view, round_layer
@@ -87,19 +86,19 @@ def test_the_float_target_is_the_dampened_least_squares_fit() -> None:
     assert np.abs(want[:, :-1] - w).max() > 0.05  # the fit moved the weights: the upstream error is compensated
 
 
-def test_with_too_few_rows_only_the_mean_input_shift_is_absorbed_by_the_bias() -> None:
-    """40 rows for 13 columns (fewer than FULL_FIT_ROWS per column): the float target keeps ``W`` and moves the bias
-    by ``W d``, ``d`` the mean of ``x_fp - x_q`` (bias correction of the layer's input shift)."""
+def test_with_too_few_rows_the_weights_round_to_nearest_and_the_bias_matches_the_mean() -> None:
+    """40 rows for 13 columns (fewer than FULL_FIT_ROWS per column): nearest rounding, and the bias that makes the
+    mean output over the rows equal FP32's (bias correction of the layer)."""
     node, w, b, x_fp, x_q = _gemm_problem(rows=40)
-    _, acc = _moments(node, w, x_fp, x_q, with_bias=True)
-    assert acc.hessian is not None and acc.cross is not None and acc.shift is not None
+    view, acc = _moments(node, w, x_fp, x_q, with_bias=True)
     assert not acc.full_fit(w.shape[1] + 1) and acc.rows == 40 < FULL_FIT_ROWS * 13
-    centred = np.hstack([w, (b + w @ acc.shift[0])[:, None]])
-    cross = mean_shift_cross(acc.hessian, acc.cross)
-    target, _ = asymmetric_solution(centred[None], acc.hessian, cross, with_bias=True)
-    np.testing.assert_allclose(target[0, :, :-1], w, rtol=1e-5, atol=1e-5)
-    shift = (x_fp.astype(np.float64) - x_q).mean(axis=0)
-    np.testing.assert_allclose(target[0, :, -1] - centred[:, -1], w @ shift, rtol=1e-4, atol=1e-4)
+    params = _params(w, 0)
+    new_w, new_b = round_asymmetric(RoundedLayer(view, 1, BiasSlot("layer", 2, "b", b.shape)), w, b, acc, params)
+    assert new_b is not None
+    scale = params.scale[:, None]
+    np.testing.assert_allclose(new_w, np.clip(np.rint(w / scale), -127, 127) * scale, rtol=1e-6)
+    mean_error = (x_fp @ w.T + b).mean(axis=0) - (x_q @ new_w.T + new_b).mean(axis=0)
+    np.testing.assert_allclose(mean_error, 0.0, atol=1e-4 * np.abs(x_fp @ w.T).max())
 
 
 def test_on_a_fine_grid_the_rounding_reproduces_the_fit() -> None:
