@@ -129,7 +129,7 @@ class RecoveryOptions:
     #: real models of benchmarks/real_models.py, README "Accuracy recovery") and calibration data is given,
     #: nearest otherwise (with INT8 activations GPTQ's layer objective did not predict the model: det, ori lost);
     #: "gptaq": activation-aware GPTQ with a float bias column, each layer fitted level by level to the FP32 output
-    #: from the Q/DQ model's own inputs (onnxq.recovery.gptaq; one pass per layer level)
+    #: from the Q/DQ model's own inputs (onnxq.recovery.gptaq; the models run in stages between levels)
     weight_rounding: WeightRounding = "auto"
     #: calibration batches whose layer inputs (uncropped, rows sampled) build the GPTQ Hessians
     gptq_batches: int = 4
