@@ -4,7 +4,7 @@ Models: the reference models (exported with ``onnxq models export``), the public
 (when present) and two torch-built CNNs (ResNet-18 and MobileNetV3-Small layouts, benchmarks/cnn_models.py).
 
     PYTHONPATH=$PWD python benchmarks/cpu_latency.py --threads 2 [--models resnet18,vit] [--targets ort-cpu,tensorrt]
-        [--dynamic vit] [--work /tmp/cpu_latency] [--before-tree /path/to/other/checkout]
+        [--dynamic vit] [--work /tmp/cpu_latency] [--before-tree /path/to/other/checkout] [--cpu-time]
 
 Prints one row per (model, variant): FP32 ms, INT8 ms, speed ratio, min SQNR over the outputs. With
 ``--before-tree`` each variant is also quantized by the onnxq source tree given (say ``git archive main`` unpacked),
@@ -117,10 +117,16 @@ def quantize_with_tree(tree: str, case: Case, variant: str, out: Path) -> None:
                    check=True, cwd=tree)
 
 
-def time_interleaved(models: list[str], batch: dict[str, np.ndarray], settings: LatencySettings) -> list[Timing]:
+def time_interleaved(models: list[str], batch: dict[str, np.ndarray], settings: LatencySettings,
+                     cpu_time: bool = False) -> list[Timing]:
     """Median/p90 of each model, after a warm-up, runs interleaved (the order reversed every round), one process;
-    the sessions are onnxq.validate.latency's deployment sessions (spinning off)."""
-    sessions = [deployment_session(m, settings.threads) for m in models]
+    the sessions are onnxq.validate.latency's deployment sessions (spinning off).
+
+    ``cpu_time``: one intra-op thread (onnxruntime then runs every kernel in the calling thread) and the CPU time of
+    that thread per run (``time.thread_time``) instead of wall time: the work each model costs, which other jobs on
+    a shared machine do not inflate (wall-time ratios of one unchanged graph moved by up to 2x at load 12 here)."""
+    sessions = [deployment_session(m, 1 if cpu_time else settings.threads) for m in models]
+    clock = time.thread_time if cpu_time else time.perf_counter
     feeds = [{i.name: batch[i.name] for i in s.get_inputs()} for s in sessions]
     for _ in range(settings.warmup):
         for session, feed in zip(sessions, feeds, strict=True):
@@ -130,9 +136,9 @@ def time_interleaved(models: list[str], batch: dict[str, np.ndarray], settings: 
     while (i < settings.runs or spent < settings.min_seconds) and (spent < settings.budget_seconds or i < 5):
         order = range(len(models)) if i % 2 == 0 else reversed(range(len(models)))
         for k in order:
-            start = time.perf_counter()
+            start = clock()
             sessions[k].run(None, feeds[k])
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             times[k].append(elapsed)
             spent += elapsed
         i += 1
@@ -140,7 +146,7 @@ def time_interleaved(models: list[str], batch: dict[str, np.ndarray], settings: 
 
 
 def run_case(case: Case, variants: list[str], settings: LatencySettings, work: Path,
-             before_tree: str | None = None) -> list[tuple]:
+             before_tree: str | None = None, cpu_time: bool = False) -> list[tuple]:
     rows = []
     batch = latency_batch(case)
     for variant in variants:
@@ -161,7 +167,7 @@ def run_case(case: Case, variants: list[str], settings: LatencySettings, work: P
             quantize_with_tree(before_tree, case, variant, before)
             models.append(str(before))
         sqnr = [compare_models(str(case.model), m, str(case.val)).min_sqnr_db for m in models[1:]]
-        timings = time_interleaved(models, batch, settings)
+        timings = time_interleaved(models, batch, settings, cpu_time)
         ref, after = timings[0].median_ms, timings[1].median_ms
         row = [case.name, variant, ref, after, ref / after, sqnr[0]]
         line = (f"{case.name:20s} {variant:10s} FP32 {ref:8.2f} ms  INT8 {after:8.2f} ms  {ref / after:5.2f}x  "
@@ -184,6 +190,9 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--work", default="/tmp/cpu_latency")
     p.add_argument("--before-tree", help="also quantize with this onnxq source tree and time it side by side")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time the CPU each run costs on one intra-op thread instead of wall time on --threads "
+                        "(robust to other jobs on a shared machine)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.work)
@@ -191,13 +200,14 @@ def main() -> None:
     variants = [t for t in args.targets.split(",") if t]
     dynamic = {m for m in args.dynamic.split(",") if m}
     settings = LatencySettings(threads=args.threads, runs=args.runs, budget_seconds=60)
+    clocks = "CPU time of 1 thread" if args.cpu_time else f"wall time, {args.threads} threads"
     rows = []
     for case in build_cases([m for m in args.models.split(",") if m], work):
         rows += run_case(case, variants + (["dynamic"] if case.name in dynamic else []), settings, work,
-                         args.before_tree)
+                         args.before_tree, args.cpu_time)
     if args.before_tree:
         print(f"\n| model | variant | FP32 ms | before ms | after ms | before speed | after speed | before SQNR dB "
-              f"| after SQNR dB |  ({args.threads} threads, medians, one process)")
+              f"| after SQNR dB |  ({clocks}, medians, one process)")
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for row in rows:
             name, variant, ref, after, ratio, sqnr = row[:6]
@@ -208,7 +218,7 @@ def main() -> None:
             else:
                 print(f"| {name} | {variant} | {ref:.2f} | | {after:.2f} | | {ratio:.2f}x | | {sqnr:.1f} |")
         return
-    print(f"\n| model | variant | FP32 ms | INT8 ms | speed | min SQNR dB |  ({args.threads} threads, medians)")
+    print(f"\n| model | variant | FP32 ms | INT8 ms | speed | min SQNR dB |  ({clocks}, medians)")
     print("|---|---|---:|---:|---:|---:|")
     for name, variant, ref, q, ratio, sqnr in (row[:6] for row in rows):
         print(f"| {name} | {variant} | {ref:.2f} | {q:.2f} | {ratio:.2f}x | {sqnr:.1f} |")

