@@ -27,7 +27,7 @@ DEFAULT_ACTIVATION_METHOD = "mse"
 # a precision format name of onnxq.formats.FORMATS ("int8", "int8-asym", "uint8", "fp8", "w8", "int4", "int4-asym")
 FormatName = str
 FloatRest = Literal["fp32", "fp16"]
-WeightRounding = Literal["auto", "nearest", "gptq"]
+WeightRounding = Literal["auto", "nearest", "gptq", "gptaq"]
 
 @dataclass(frozen=True)
 class NodeSetting:
@@ -138,7 +138,9 @@ class RecoveryOptions:
     #: minimises each layer's output error on the calibration inputs, NumPy; onnxq.recovery.gptq), or "auto": GPTQ
     #: when the plan quantizes weights only (w8, int4: measured +4.7 to +27.9 dB worst-output SQNR on the six
     #: real models of benchmarks/real_models.py, README "Accuracy recovery") and calibration data is given,
-    #: nearest otherwise (with INT8 activations GPTQ's layer objective did not predict the model: det, ori lost)
+    #: nearest otherwise (with INT8 activations GPTQ's layer objective did not predict the model: det, ori lost);
+    #: "gptaq": activation-aware GPTQ with a float bias column, each layer fitted level by level to the FP32 output
+    #: from the Q/DQ model's own inputs (onnxq.recovery.gptaq; the models run in stages between levels)
     weight_rounding: WeightRounding = "auto"
     #: calibration batches whose layer inputs (uncropped, rows sampled) build the GPTQ Hessians
     gptq_batches: int = 4
@@ -169,8 +171,9 @@ class RecoveryOptions:
                              f"{self.weight_rounding!r}")
         if self.gptq_batches < 1:
             raise OnnxqError(f"gptq_batches must be at least 1, got {self.gptq_batches}")
-        if self.adaround and self.weight_rounding == "gptq":
-            raise OnnxqError("--adaround and --weight-rounding gptq both choose the weight rounding: pick one")
+        if self.adaround and self.weight_rounding in ("gptq", "gptaq"):
+            raise OnnxqError(f"--adaround and --weight-rounding {self.weight_rounding} both choose the weight "
+                             "rounding: pick one")
         if self.adaround_iterations < 1:
             raise OnnxqError(f"--adaround-iterations must be at least 1, got {self.adaround_iterations}")
 
@@ -182,7 +185,8 @@ class RecoveryOptions:
     @property
     def edits_weights(self) -> bool:
         """Whether a recovery stage after the ranges rewrites the float model's weights or biases."""
-        return self.bias_correction or self.adaround or self.weight_rounding == "gptq"  # auto: see recovery.stage
+        return (self.bias_correction or self.adaround
+                or self.weight_rounding in ("gptq", "gptaq"))  # auto: see recovery.stage
 
 
 @dataclass(frozen=True)

@@ -98,10 +98,12 @@ def add_recovery_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--adaround", action="store_true",
                    help="learn the rounding of every weight on the calibration data (needs torch; slow)")
     g.add_argument("--adaround-iterations", type=int, metavar="N", help="AdaRound optimizer steps per layer")
-    g.add_argument("--weight-rounding", choices=("auto", "nearest", "gptq"),
+    g.add_argument("--weight-rounding", choices=("auto", "nearest", "gptq", "gptaq"),
                    help="round weights to nearest or by GPTQ, which minimises each layer's output error on the "
-                   "calibration data on the same scales (NumPy, no torch); auto (default): GPTQ when only weights "
-                   "are quantized (w8, int4) and --calib is given, nearest otherwise")
+                   "calibration data on the same scales (NumPy, no torch); gptaq: GPTQ fitted to the FP32 layer "
+                   "outputs from the quantized model's own inputs, with a float bias, level by level (compensates "
+                   "the error arriving from upstream quantizers; GPTAQ/Qronos); auto (default): GPTQ when only "
+                   "weights are quantized (w8, int4) and --calib is given, nearest otherwise")
     g.add_argument("--recovery-batches", type=int, metavar="N",
                    help="calibration batches the layer-local algorithms cache (default 2)")
 

@@ -46,7 +46,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from numpy.lib.stride_tricks import sliding_window_view
 
 from onnxq.data import Batch
 from onnxq.dtypes import quant_dtype
@@ -89,25 +88,73 @@ class LinearView:
 
     def patches(self, x: np.ndarray, rows: int, rng: np.random.Generator) -> np.ndarray:
         """At most ``rows`` input rows of the layer, ``[groups, rows, columns]`` (float32), sampled at random."""
+        return self.gather(x, self.sample(x.shape, rows, rng))
+
+    def sample(self, shape: tuple[int, ...], rows: int, rng: np.random.Generator) -> np.ndarray:
+        """Which rows (flattened output positions ``(n, oh, ow)``, or tokens) :meth:`gather` takes, sorted."""
         if self.node.op_type != "Conv":
-            flat = x.reshape(-1, x.shape[-1])
-            if len(flat) > rows:
-                flat = flat[np.sort(rng.choice(len(flat), rows, replace=False))]
-            return flat.astype(np.float32)[None]
-        top, left, bottom, right = self.pads
-        padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+            count = int(np.prod(shape[:-1]))
+        else:
+            (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
+            top, left, bottom, right = self.pads
+            oh = (shape[2] + top + bottom - (kh - 1) * dh - 1) // sh + 1
+            ow = (shape[3] + left + right - (kw - 1) * dw - 1) // sw + 1
+            count = shape[0] * oh * ow
+        if count > rows:
+            return np.sort(rng.choice(count, rows, replace=False))
+        return np.arange(count)
+
+    def gather(self, x: np.ndarray, picked: np.ndarray) -> np.ndarray:
+        """The rows ``picked`` of :meth:`sample` as ``[groups, rows, columns]`` (float32); Conv columns ordered
+        (channel, kh, kw), zero where a window reaches into the padding. One fancy-indexed gather per kernel
+        offset: no padded copy or window view of the whole input is made."""
+        if self.node.op_type != "Conv":
+            return x.reshape(-1, x.shape[-1])[picked].astype(np.float32)[None]
+        n, c, h, w = x.shape
         (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
-        span = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
-        windows = sliding_window_view(padded, span, axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
-        n, c, oh, ow = windows.shape[:4]
-        picked = np.arange(n * oh * ow)
-        if len(picked) > rows:
-            picked = np.sort(rng.choice(len(picked), rows, replace=False))
+        top, left, bottom, right = self.pads
+        ow = (w + left + right - (kw - 1) * dw - 1) // sw + 1
+        oh = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
         b, rest = np.divmod(picked, oh * ow)
         i, j = np.divmod(rest, ow)
-        cols = windows[b, :, i, j]  # [rows, C, kh, kw]
-        cols = cols.reshape(len(picked), self.groups, c // self.groups * kh * kw)
-        return np.ascontiguousarray(cols.transpose(1, 0, 2), dtype=np.float32)
+        cols = np.zeros((len(picked), c, kh, kw), np.float32)
+        for di in range(kh):
+            rows_in = i * sh - top + di * dh
+            for dj in range(kw):
+                cols_in = j * sw - left + dj * dw
+                inside = (rows_in >= 0) & (rows_in < h) & (cols_in >= 0) & (cols_in < w)
+                if inside.all():
+                    cols[:, :, di, dj] = x[b, :, rows_in, cols_in]
+                elif inside.any():
+                    cols[inside, :, di, dj] = x[b[inside], :, rows_in[inside], cols_in[inside]]
+        if self.groups == 1:
+            return cols.reshape(1, len(picked), -1)
+        grouped = cols.reshape(len(picked), self.groups, c // self.groups * kh * kw)
+        return np.ascontiguousarray(grouped.transpose(1, 0, 2))
+
+
+    def column_sums(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+        """The sums over ALL rows (every output position, or token) of each column, ``[groups, columns]`` (float64),
+        and the row count: one strided slice sum per kernel offset, no patches."""
+        if self.node.op_type != "Conv":
+            flat = x.reshape(-1, x.shape[-1])
+            return flat.sum(axis=0, dtype=np.float64)[None], len(flat)
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
+        top, left, bottom, right = self.pads
+        oh = (h + top + bottom - (kh - 1) * dh - 1) // sh + 1
+        ow = (w + left + right - (kw - 1) * dw - 1) // sw + 1
+        sums = np.zeros((c, kh, kw))
+        for di in range(kh):
+            rows = np.arange(oh) * sh - top + di * dh
+            rows = rows[(rows >= 0) & (rows < h)]
+            for dj in range(kw):
+                cols = np.arange(ow) * sw - left + dj * dw
+                cols = cols[(cols >= 0) & (cols < w)]
+                if len(rows) and len(cols):
+                    part = x[:, :, rows[0] : rows[-1] + 1 : sh, cols[0] : cols[-1] + 1 : sw]
+                    sums[:, di, dj] = part.sum(axis=(0, 2, 3), dtype=np.float64)
+        return sums.reshape(self.groups, -1), n * oh * ow
 
 
 def linear_view(node: onnx.NodeProto, weight_shape: tuple[int, ...]) -> LinearView | None:
@@ -157,17 +204,30 @@ def gptq_round(w: np.ndarray, h: np.ndarray, scale: np.ndarray, zp: np.ndarray, 
                dampening: float = DAMPENING, block: int = BLOCK) -> np.ndarray:
     """GPTQ of ``w`` ``[groups, rows, columns]`` with Hessians ``h`` ``[groups, columns, columns]`` on the fixed grid
     ``scale``/``zp`` (broadcast to ``w``'s shape): the dequantized rounded weights (float32)."""
-    u = inverse_hessian_factor(h, dampening)
+    return round_with_factor(w, inverse_hessian_factor(h, dampening), scale, zp, lo, hi, block)
+
+
+def round_with_factor(w: np.ndarray, u: np.ndarray, scale: np.ndarray, zp: np.ndarray, lo: float, hi: float,
+                      block: int = BLOCK, float_from: int | None = None) -> np.ndarray:
+    """GPTQ's column loop on ``w`` ``[groups, rows, columns]`` given ``u``, the upper Cholesky factor of the
+    (dampened) inverse Hessian per group. Columns from ``float_from`` on are not rounded: they only receive the
+    error feedback of the rounded ones, so they end at their optimal float values given those (onnxq.recovery.gptaq
+    puts the bias there)."""
     w = w.astype(np.float32).copy()
+    u = u.astype(np.float32, copy=False)
     scale, zp = np.broadcast_to(scale, w.shape), np.broadcast_to(zp, w.shape)
     out = np.empty_like(w)
     columns = w.shape[2]
+    rounded = columns if float_from is None else float_from
     for i1 in range(0, columns, block):
         i2 = min(i1 + block, columns)
         w1 = w[:, :, i1:i2].copy()
         err = np.zeros_like(w1)
         for i in range(i2 - i1):
             col = i1 + i
+            if col >= rounded:
+                out[:, :, col] = w1[:, :, i]
+                continue
             q = round_to_grid(w1[:, :, i], scale[:, :, col], zp[:, :, col], lo, hi)
             out[:, :, col] = q
             e = (w1[:, :, i] - q) / u[:, i1 + i, col][:, None]
@@ -259,10 +319,9 @@ def _columns(view: LinearView, x: np.ndarray) -> int:
     return int(x.shape[-1])
 
 
-def gptq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch],
-               batches: int) -> str:
-    """GPTQ rounding of every planned integer weight of a Conv/Gemm/MatMul in ``model`` (changed in place: the
-    weights are replaced by their dequantized rounded values, same names); returns a note for the report."""
+def rounding_views(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable) -> tuple[list[LinearView], int]:
+    """The planned integer-weight Conv/Gemm/MatMul layers of ``model`` that can be rounded (as matrix products, in
+    graph order), and how many planned layers keep nearest rounding (shared weight, float8, no view)."""
     index = GraphIndex.build(model.graph)
     users: dict[str, int] = {}
     for node in model.graph.node:
@@ -281,6 +340,15 @@ def gptq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data:
             kept += 1
             continue
         todo.append(view)
+    return todo, kept
+
+
+def gptq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch],
+               batches: int) -> str:
+    """GPTQ rounding of every planned integer weight of a Conv/Gemm/MatMul in ``model`` (changed in place: the
+    weights are replaced by their dequantized rounded values, same names); returns a note for the report."""
+    index = GraphIndex.build(model.graph)
+    todo, kept = rounding_views(model, plan, table)
     if not todo:
         return "GPTQ weight rounding: no layer to round"
     hessians = accumulate_hessians(model, todo, data, batches, table)

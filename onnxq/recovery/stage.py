@@ -133,7 +133,7 @@ def layer_local(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, c
 def uses_gptq(plan: QuantPlan, options: RecoveryOptions, data: Iterable[Batch] | None) -> bool:
     """Whether the weights are rounded by GPTQ: asked for, or ``auto`` on a weight-only plan with calibration data
     (AdaRound, when asked for, chooses the rounding instead)."""
-    if options.weight_rounding == "gptq":
+    if options.weight_rounding in ("gptq", "gptaq"):
         return True
     return (options.weight_rounding == "auto" and not options.adaround and data is not None
             and bool(plan.weights()) and not plan.calibrated_activations())
@@ -141,9 +141,14 @@ def uses_gptq(plan: QuantPlan, options: RecoveryOptions, data: Iterable[Batch] |
 
 def gptq_rounding(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch] | None,
                   options: RecoveryOptions) -> str:
-    """``--weight-rounding gptq``: the planned weights of ``prepared`` rounded by GPTQ on the plan's scales."""
+    """``--weight-rounding gptq|gptaq``: the planned weights of ``prepared`` rounded by GPTQ (or, ``gptaq``, by its
+    activation-aware form with a float bias, level by level on the Q/DQ model) on the plan's scales."""
     if data is None:
-        return "GPTQ weight rounding skipped: it needs calibration data (--calib)"
+        return f"{options.weight_rounding.upper()} weight rounding skipped: it needs calibration data (--calib)"
+    if options.weight_rounding == "gptaq":
+        from onnxq.recovery.gptaq import gptaq_model
+
+        return gptaq_model(prepared, plan, table, data, options.gptq_batches)
     from onnxq.recovery.gptq import gptq_model
 
     return gptq_model(prepared, plan, table, data, options.gptq_batches)
