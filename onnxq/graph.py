@@ -481,6 +481,11 @@ class GraphIndex:
         return users[0][0]
 
 
+def node_reads(node: onnx.NodeProto) -> set[str]:
+    """Every tensor a node reads: its named inputs and what its subgraphs read from the enclosing scope."""
+    return {name for name in node.input if name} | subgraph_outer_references(node)
+
+
 def subgraph_outer_references(node: onnx.NodeProto) -> set[str]:
     """Names a node's subgraphs (If/Loop/Scan bodies) read from the enclosing scope."""
     names: set[str] = set()

@@ -25,15 +25,11 @@ import onnxruntime as ort
 from onnx import helper
 
 from onnxq.data import Batch
-from onnxq.graph import subgraph_outer_references
+from onnxq.graph import node_reads
 from onnxq.runtime import make_session, run_batch
 
 log = logging.getLogger(__name__)
 
-
-def node_inputs(node: onnx.NodeProto) -> set[str]:
-    """Every tensor a node reads, its subgraphs' outer references included."""
-    return {name for name in node.input if name} | subgraph_outer_references(node)
 
 
 @dataclass
@@ -58,7 +54,7 @@ class LevelSegments:
         self.producer = {name: i for i, node in enumerate(self.nodes) for name in node.output if name}
         self.readers: dict[str, set[int]] = {}
         for i, node in enumerate(self.nodes):
-            for name in node_inputs(node):
+            for name in node_reads(node):
                 self.readers.setdefault(name, set()).add(i)
         self.done: set[int] = set()
         self.cache: list[dict[str, np.ndarray]] = [{} for _ in batches]
@@ -73,7 +69,7 @@ class LevelSegments:
             if i in found or i in self.done:
                 continue
             found.add(i)
-            stack.extend(self.producer[n] for n in node_inputs(self.nodes[i]) if n in self.producer)
+            stack.extend(self.producer[n] for n in node_reads(self.nodes[i]) if n in self.producer)
         return found
 
     def segment(self, outputs: list[str], extra: list[onnx.NodeProto], extra_inits: list[onnx.TensorProto],
@@ -83,7 +79,7 @@ class LevelSegments:
         positions = sorted(self.ancestors(outputs))
         inside = set(positions)
         produced = {name for i in positions for name in self.nodes[i].output if name}
-        read = set().union(*(node_inputs(self.nodes[i]) for i in positions)) if positions else set()
+        read = set().union(*(node_reads(self.nodes[i]) for i in positions)) if positions else set()
         cached = sorted(n for n in read if n in self.producer and n not in produced)
         live = sorted(n for n in produced
                       if any(r not in inside and r not in self.done for r in self.readers.get(n, ())))

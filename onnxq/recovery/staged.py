@@ -22,14 +22,11 @@ import onnx
 from onnx import helper
 
 from onnxq.data import Batch
-from onnxq.graph import node_name, subgraph_outer_references
+from onnxq.graph import node_name, node_reads
 from onnxq.runtime import make_session, output_names, run_batch
 
 log = logging.getLogger(__name__)
 
-
-def _reads(node: onnx.NodeProto) -> set[str]:
-    return {n for n in node.input if n} | subgraph_outer_references(node)
 
 
 def node_stages(model: onnx.ModelProto, layers: Iterable[str]) -> list[int]:
@@ -39,7 +36,7 @@ def node_stages(model: onnx.ModelProto, layers: Iterable[str]) -> list[int]:
     level_of: dict[str, int] = {}
     stages = []
     for node in model.graph.node:
-        stage = max((level_of.get(name, 0) for name in _reads(node)), default=0)
+        stage = max((level_of.get(name, 0) for name in node_reads(node)), default=0)
         if node_name(node) in names:
             stage += 1
         stages.append(stage)
@@ -64,7 +61,7 @@ class StagedRun:
         for i in range(len(nodes) - 1, -1, -1):  # the ancestors of what is wanted
             if any(out in needed for out in nodes[i].output):
                 keep[i] = True
-                needed |= _reads(nodes[i])
+                needed |= node_reads(nodes[i])
         self.initializers = {i.name: i for i in model.graph.initializer}
         stages = self._sink_constants(nodes, list(stages), keep)
         self.stage_nodes: dict[int, list[onnx.NodeProto]] = {}
@@ -74,7 +71,7 @@ class StagedRun:
         self.last_use: dict[str, int] = {}
         for stage, group in self.stage_nodes.items():
             for node in group:
-                for name in _reads(node):
+                for name in node_reads(node):
                     self.last_use[name] = max(self.last_use.get(name, -1), stage)
         for stage, names in wanted.items():
             for name in names:
@@ -89,14 +86,14 @@ class StagedRun:
         first_reader: dict[str, int] = {}
         for node, stage, kept in zip(nodes, stages, keep, strict=True):
             if kept:
-                for name in _reads(node):
+                for name in node_reads(node):
                     first_reader[name] = min(first_reader.get(name, stage), stage)
         for i in range(len(nodes) - 1, -1, -1):
-            if keep[i] and all(name in self.initializers for name in _reads(nodes[i])):
+            if keep[i] and all(name in self.initializers for name in node_reads(nodes[i])):
                 readers = [first_reader[out] for out in nodes[i].output if out in first_reader]
                 if readers:
                     stages[i] = max(stages[i], min(readers))
-                    for name in _reads(nodes[i]):
+                    for name in node_reads(nodes[i]):
                         first_reader[name] = min(first_reader.get(name, stages[i]), stages[i])
         return stages
 
@@ -105,7 +102,7 @@ class StagedRun:
         the declared graph inputs; outputs the tensors it produces that a later stage or the caller needs."""
         group = self.stage_nodes.get(stage, [])
         produced = {out for node in group for out in node.output if out}
-        reads = set().union(*(_reads(n) for n in group)) if group else set()
+        reads = set().union(*(node_reads(n) for n in group)) if group else set()
         outside = sorted(reads - produced - set(self.initializers))
         inputs = [self.graph_inputs[t] if t in self.graph_inputs else
                   helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(dtypes[t]), None)

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxq.graph import subgraph_outer_references
+from onnxq.graph import node_reads
 from onnxq.runtime import make_session
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def plan_cuts(model: onnx.ModelProto, gates: dict[str, str], count: int) -> Suff
         return plan
     step = max(1, len(ordered) // (count + 1))
     positions = sorted({ordered[i] for i in range(step, len(ordered), step)})[:count]
-    reads = [_reads(node) for node in graph.node]
+    reads = [node_reads(node) for node in graph.node]
     initializers = {i.name for i in graph.initializer}
     graph_inputs = [i.name for i in graph.input if i.name not in initializers]
     gate_names = set(gates.values())
@@ -110,15 +110,12 @@ def plan_cuts(model: onnx.ModelProto, gates: dict[str, str], count: int) -> Suff
     return plan
 
 
-def _reads(node: onnx.NodeProto) -> set[str]:
-    return {n for n in node.input if n} | subgraph_outer_references(node)
-
 
 def suffix_model(plan: SuffixPlan, cut: Cut, dtypes: dict[str, np.dtype]) -> onnx.ModelProto:
     """The gated model from ``cut`` on: its live tensors and gates are graph inputs, its outputs those it produces."""
     source = plan.model.graph
     nodes = list(source.node[cut.position:])
-    needed = set().union(*(_reads(n) for n in nodes))
+    needed = set().union(*(node_reads(n) for n in nodes))
     inputs = [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(dtypes[t]), None) for t in cut.inputs]
     inputs += [v for v in source.input if v.name in cut.gates]
     graph = helper.make_graph(nodes, f"{source.name}_from_{cut.position}", inputs,
