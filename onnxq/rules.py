@@ -150,7 +150,8 @@ ORT_CPU = TargetRules(
     # 3.12)
     equalize_through_activations=False,
     # MLAS's symmetric depthwise kernel needs a multiple of 16 channels on x86; zero channels are exact and pay
-    # (PP-OCR classifier 0.88x -> 1.07x FP32, MobileNetV3-Small layout 1.29x -> 1.43x; docs/ort_cpu_rules.md 3.14)
+    # (one thread: PP-OCR classifier 0.94x -> 1.08x FP32, MobileNetV3-Small layout 1.32x -> 1.38x; docs/ort_cpu_rules.md
+    # 3.14)
     pad_depthwise_channels=True,
 )
 
