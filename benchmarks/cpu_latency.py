@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import subprocess
 import sys
 import time
@@ -119,7 +120,9 @@ def quantize_with_tree(tree: str, case: Case, variant: str, out: Path) -> None:
 
 def time_interleaved(models: list[str], batch: dict[str, np.ndarray], settings: LatencySettings,
                      cpu_time: bool = False) -> list[Timing]:
-    """Median/p90 of each model, after a warm-up, runs interleaved (the order reversed every round), one process;
+    """Median/p90 of each model, after a warm-up, runs interleaved (a seeded random order every round: reversing it
+    every round made the end models run twice in a row and the middle ones never, a bias of up to 8% measured with
+    benchmarks/depthwise_padding.py), one process;
     the sessions are onnxq.validate.latency's deployment sessions (spinning off).
 
     ``cpu_time``: one intra-op thread (onnxruntime then runs every kernel in the calling thread) and the CPU time of
@@ -133,8 +136,10 @@ def time_interleaved(models: list[str], batch: dict[str, np.ndarray], settings: 
             session.run(None, feed)
     times: list[list[float]] = [[] for _ in models]
     spent, i = 0.0, 0
+    shuffler = random.Random(0)
+    order = list(range(len(models)))
     while (i < settings.runs or spent < settings.min_seconds) and (spent < settings.budget_seconds or i < 5):
-        order = range(len(models)) if i % 2 == 0 else reversed(range(len(models)))
+        shuffler.shuffle(order)
         for k in order:
             start = clock()
             sessions[k].run(None, feeds[k])

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cpu_latency import build_cases, latency_batch
+from cpu_latency import build_cases, latency_batch, time_interleaved
 
 from onnxq.config import QuantConfig
 from onnxq.graph import load_model
@@ -29,7 +29,7 @@ from onnxq.pipeline import prepare, quantize
 from onnxq.rules import TARGET_RULES
 from onnxq.runtime import make_session
 from onnxq.validate.compare import compare_models
-from onnxq.validate.latency import Timing, deployment_session
+from onnxq.validate.latency import LatencySettings
 
 
 def float_equivalence(model: Path, batch: dict[str, np.ndarray], out: Path) -> float:
@@ -45,29 +45,6 @@ def float_equivalence(model: Path, batch: dict[str, np.ndarray], out: Path) -> f
     a = make_session(str(model)).run(None, batch)
     b = make_session(str(out)).run(None, batch)
     return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
-
-
-def time_shuffled(models: list[str], batch: dict[str, np.ndarray], runs: int, threads: int,
-                  cpu_time: bool) -> list[Timing]:
-    """Median of each model over ``runs`` rounds, the order of the models a fresh random permutation every round:
-    ``cpu_latency.time_interleaved`` reverses the order every round, so the first and last models run twice in a row
-    at each turn (warm caches) and the middle one never does, a bias of up to ~8% seen here between the middle and
-    the ends. ``cpu_time``: one intra-op thread and its CPU time per run (``time.thread_time``)."""
-    import time
-    sessions = [deployment_session(m, 1 if cpu_time else threads) for m in models]
-    clock = time.thread_time if cpu_time else time.perf_counter
-    feeds = [{i.name: batch[i.name] for i in s.get_inputs()} for s in sessions]
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        for session, feed in zip(sessions, feeds, strict=True):
-            session.run(None, feed)
-    times: list[list[float]] = [[] for _ in models]
-    for _ in range(runs):
-        for k in rng.permutation(len(models)):
-            start = clock()
-            sessions[k].run(None, feeds[k])
-            times[k].append(clock() - start)
-    return [Timing.of(t) for t in times]
 
 
 def main() -> None:
@@ -96,8 +73,9 @@ def main() -> None:
             outs[pad] = out
         TARGET_RULES["ort-cpu"] = base
         sqnr = [compare_models(str(case.model), str(outs[pad]), str(case.val)).min_sqnr_db for pad in (False, True)]
-        timings = time_shuffled([str(case.model), str(outs[False]), str(outs[True])], batch, args.runs,
-                                args.threads, args.cpu_time)
+        timings = time_interleaved([str(case.model), str(outs[False]), str(outs[True])], batch,
+                                   LatencySettings(threads=args.threads, runs=args.runs, min_seconds=0.0,
+                                                   budget_seconds=float("inf")), args.cpu_time)
         fp32, plain, padded = (t.median_ms for t in timings)
         clock = "CPU time, 1 thread" if args.cpu_time else f"wall, {args.threads} threads"
         print(f"| {case.name} | {clock} | FP32 {fp32:.2f} ms | unpadded {plain:.2f} ms {fp32 / plain:.2f}x "
