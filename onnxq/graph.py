@@ -502,6 +502,13 @@ def subgraph_outer_references(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def remove_nodes(graph: onnx.GraphProto, removed: set[int]) -> None:
+    """Drop the nodes whose ``id()`` is in ``removed`` from ``graph``, keeping the order of the rest."""
+    kept = [n for n in graph.node if id(n) not in removed]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
 def remove_initializers(graph: onnx.GraphProto, names: set[str]) -> None:
     """Delete the initializers named ``names`` where they are, without re-adding the others: ``del
     graph.initializer[:]`` followed by ``extend(kept)`` copies every kept weight (measured: a second copy of 0.75

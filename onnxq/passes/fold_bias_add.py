@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxq.graph import GraphIndex, all_names, unique_name
+from onnxq.graph import GraphIndex, all_names, remove_nodes, unique_name
 from onnxq.passes.base import InPlacePass, PassResult
 
 WEIGHTED = ("Conv", "ConvTranspose")
@@ -87,7 +87,5 @@ class FoldBiasAdd(InPlacePass):
                 break
         if not removed:
             return PassResult(model, False)
-        kept = [n for n in model.graph.node if id(n) not in removed]
-        del model.graph.node[:]
-        model.graph.node.extend(kept)
+        remove_nodes(model.graph, removed)
         return PassResult(model, True, [f"folded {len(removed)} constant bias Add(s) into Conv/ConvTranspose"])

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxq.graph import GraphIndex, all_names, remove_initializers, unique_name
+from onnxq.graph import GraphIndex, all_names, remove_initializers, remove_nodes, unique_name
 from onnxq.passes.base import InPlacePass, PassResult
 from onnxq.passes.fold_bias_add import per_channel_vector
 
@@ -44,9 +44,7 @@ class FoldConvScale(InPlacePass):
                 break
         if not removed:
             return PassResult(model, False)
-        kept = [n for n in model.graph.node if id(n) not in removed]
-        del model.graph.node[:]
-        model.graph.node.extend(kept)
+        remove_nodes(model.graph, removed)
         read = set(GraphIndex.build(model.graph).consumers) | {v.name for v in model.graph.input}
         remove_initializers(model.graph, replaced - read)
         return PassResult(model, True, [f"folded {len(removed)} constant Mul(s) into the Conv before them"])
