@@ -26,10 +26,11 @@ How it runs in onnxruntime (no interpreter; per batch, only the tensors live acr
   feed each other, so one pass over the batches corrects a whole level exactly; ``levels`` passes (plus one FP32
   pass) give exactly the sequential, layer-by-layer result. A bias only adds to its own layer's output, so after
   its level's pass the layer's Q/DQ channel mean equals the FP32 one on those batches (tested);
-* each level's pass runs only the part of the graph not computed before it (:mod:`onnxq.recovery.level_segments`):
-  the tensors the earlier levels left are cached per batch, the last level's outputs shifted by its bias change, so
-  all the passes together cost about one run of the Q/DQ model (ori 85 -> 11 s, rec 18 -> 6 s on a busy machine,
-  same biases up to float rounding).
+* each level's pass runs only the part of the graph not computed before it (:mod:`onnxq.recovery.level_runner`,
+  finished with :meth:`~onnxq.recovery.level_runner.LevelRunner.finish_shifted`): the tensors the earlier levels
+  left are cached per batch, the last level's outputs shifted by its bias change, so all the passes together cost
+  about one run of the Q/DQ model (ori 85 -> 11 s, rec 18 -> 6 s on a busy machine, same biases up to float
+  rounding).
 
 What makes it safe (measured with ``benchmarks/bias_correction_diagnose.py``, README "Accuracy recovery"):
 
@@ -70,7 +71,7 @@ from onnxq.data import Batch
 from onnxq.graph import GraphIndex, all_names, node_name, unique_name
 from onnxq.insert import InsertQDQ
 from onnxq.plan import QuantPlan
-from onnxq.recovery.level_segments import LevelSegments
+from onnxq.recovery.level_runner import ChannelShift, LevelRunner, Probe, Step
 from onnxq.runtime import make_session, run_batch
 from onnxq.scales.types import ScaleTable
 
@@ -225,6 +226,12 @@ def channel_sum_nodes(targets: list[Target], taken: set[str]
     return nodes, inits, outputs
 
 
+def channel_sum_probe(targets: list[Target], taken: set[str]) -> Probe:
+    """:func:`channel_sum_nodes` as a probe of a :class:`~onnxq.recovery.level_runner.LevelRunner` step."""
+    nodes, inits, outputs = channel_sum_nodes(targets, taken)
+    return Probe(tuple(nodes), tuple(inits), tuple(outputs))
+
+
 def with_channel_sums(model: onnx.ModelProto, targets: list[Target]) -> onnx.ModelProto:
     """A copy of ``model`` whose outputs are those of :func:`channel_sum_nodes`."""
     out = copy.deepcopy(model)
@@ -373,30 +380,29 @@ def correct_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable
         return BiasCorrection([], 0, len(kept), sorted(skipped))
     reference = ChannelMeans(prepared, targets, kept).run()
     quantized = with_bias_inputs(InsertQDQ(plan, table).run(prepared, keep_input=True).model, targets)
-    segments = LevelSegments(quantized, kept)
+    chunks = level_chunks(max(t.level for t in targets), chunk_levels)
+    groups = [[t for t in targets if t.level in chunk] for chunk in chunks]
     taken = all_names(quantized.graph)
+    # one step (session) per chunk of levels, over the part of the graph the earlier chunks did not compute; its
+    # probe sums the chunk's layer outputs per channel
+    runner = LevelRunner(quantized, kept, [Step(probe=channel_sum_probe(group, taken)) for group in groups])
     current = dict(biases)
     passes = 1
-    for chunk in level_chunks(max(t.level for t in targets), chunk_levels):
-        # one session per chunk of levels, over the part of the graph not computed by the earlier chunks
-        chunk_targets = [t for t in targets if t.level in chunk]
-        segment = segments.segment([t.output for t in chunk_targets], *channel_sum_nodes(chunk_targets, taken))
-        moved: dict[str, tuple[np.ndarray, int]] = {}
+    for number, (chunk, group) in enumerate(zip(chunks, groups, strict=True)):
+        moved: dict[str, ChannelShift] = {}
         for level in chunk:
-            sums = ChannelSums(chunk_targets)
-            for outputs in segments.run(segment, {t.bias_input: current[t.node].astype(np.float32)
-                                                  for t in targets}, f"bias correction level {level}"):
+            sums = ChannelSums(group)
+            for outputs in runner.run(number, {t.bias_input: current[t.node].astype(np.float32) for t in targets}):
                 sums.add(outputs)
             got = sums.stats()
             passes += 1
-            for t in chunk_targets:
+            for t in group:
                 if t.level == level:
                     shift = significant_shift(reference[t.node], got[t.node], min_t)
                     current[t.node] = (current[t.node] + shift / t.beta).astype(np.float32)
-                    moved[t.output] = (shift, t.channel_axis)
-        # the chunk's last level moved its outputs after the last run: the cached values get the same shift
-        segments.finish(segment, {k: v for k, v in moved.items()
-                                  if any(t.output == k and t.level == chunk[-1] for t in chunk_targets)})
+                    moved[t.output] = ChannelShift(shift, t.channel_axis)
+        # measured before the chunk's last level was corrected: its outputs moved by exactly the bias change
+        runner.finish_shifted(number, {t.output: moved[t.output] for t in group if t.level == chunk[-1]})
     shifts = []
     for t in targets:
         delta = (current[t.node].astype(np.float64) - biases[t.node]) * t.beta
