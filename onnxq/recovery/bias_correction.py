@@ -392,7 +392,8 @@ def correct_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable
         moved: dict[str, ChannelShift] = {}
         for level in chunk:
             sums = ChannelSums(group)
-            for outputs in runner.run(number, {t.bias_input: current[t.node].astype(np.float32) for t in targets}):
+            feed = {t.bias_input: current[t.node].astype(np.float32) for t in targets}
+            for outputs in runner.run(number, feed, last=level == chunk[-1]):
                 sums.add(outputs)
             got = sums.stats()
             passes += 1

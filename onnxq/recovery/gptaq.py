@@ -382,9 +382,9 @@ def gptaq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data
     for level in range(1, top + 1):
         now = [layer for layer in layers if layer.level == level]
         # step level - 1 computes the inputs of level ``level`` after every upstream level was rounded
-        fp_run.run(level - 1)
+        fp_run.run(level - 1, last=True)
         fp_run.finish(level - 1)
-        q_run.run(level - 1, state.feed(layers))
+        q_run.run(level - 1, state.feed(layers), last=True)
         q_run.finish(level - 1)
         if not now:
             continue

@@ -30,7 +30,7 @@ is dropped as soon as no later step reads it, the tensors a step computed for th
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -164,15 +164,17 @@ class LevelRunner:
         return part_model(self.model, group + list(step.probe.nodes), inputs, outputs, f"step{number}",
                           step.probe.initializers)
 
-    def run(self, number: int, feed: Mapping[str, np.ndarray] | None = None) -> list[list[np.ndarray]]:
+    def run(self, number: int, feed: Mapping[str, np.ndarray] | None = None,
+            last: bool = False) -> list[list[np.ndarray]]:
         """Run step ``number`` on every kept batch with ``feed`` (parameters fed as graph inputs); returns per batch
-        the probe's outputs. The computed tensors become the store's when the step is finished."""
+        the probe's outputs. The computed tensors become the store's when the step is finished. ``last``: no other
+        run of this step follows, so each batch's stored tensors that no later step reads are dropped as soon as
+        that batch ran (otherwise they stay for another run until the step is finished)."""
         if number != self.current:
             raise ValueError(f"step {number} run out of order: step {self.current} is next")
         if self._session is None:
             for store in self.stores:  # the previous step's tensors for the caller
-                for name in [t for t in store if self.last_read.get(t, -1) < number]:
-                    del store[name]
+                self._drop(store, lambda step: step < number)
             if not self.step_nodes[number] and not self.steps[number].probe.nodes:
                 return [[] for _ in self.batches]
             self._session = make_session(self.step_model(number))
@@ -180,14 +182,23 @@ class LevelRunner:
         names = output_names(self._session)
         inputs = [i.name for i in self._session.get_inputs()]
         probes = len(self.steps[number].probe.outputs)
-        extra = feed or {}
+        extra, wanted = feed or {}, self.steps[number].wanted
         results, self._pending = [], []
         for count, (batch, store) in enumerate(zip(self.batches, self.stores, strict=True), start=1):
             values = {**store, **batch, **extra}
             outputs = run_batch(self._session, {t: values[t] for t in inputs}, f"step {number} batch {count}")
+            del values
             results.append(outputs[:probes])
             self._pending.append(dict(zip(names[probes:], outputs[probes:], strict=True)))
+            if last:
+                self._drop(store, lambda step: step <= number, keep=wanted)
         return results
+
+    def _drop(self, store: dict[str, np.ndarray], done: Callable[[int], bool],
+              keep: frozenset[str] = frozenset()) -> None:
+        """Delete the tensors of ``store`` whose last reading step is ``done`` (but those in ``keep``)."""
+        for name in [t for t in store if done(self.last_read.get(t, -1)) and t not in keep]:
+            del store[name]
 
     def finish(self, number: int) -> None:
         """End step ``number``: the tensors of its last run are final as computed (they depend only on layers that
@@ -206,10 +217,8 @@ class LevelRunner:
                 if name in shifts:
                     shifts[name].apply(value)
                 store[name] = value
-        wanted = self.steps[number].wanted
-        for store in self.stores:
-            for name in [t for t in store if self.last_read.get(t, -1) <= number and t not in wanted]:
-                del store[name]  # no later step reads it
+        for store in self.stores:  # what no later step reads
+            self._drop(store, lambda step: step <= number, keep=self.steps[number].wanted)
         self._pending, self._session = [], None
         self.current += 1
 

@@ -10,6 +10,10 @@ as they are. The values are those of a full run (the same nodes on the same inpu
 Cuts are placed at the first gate of every k-th gated node (``cuts`` suffix sessions, built lazily on first use, with
 the input element types of the tensors the snapshot holds). On the ddddocr detector the 110 per-node runs then
 evaluate on average about half the graph.
+
+A suffix model is built as a step of the level runner is (:func:`onnxq.recovery.level_runner.part_model`); the
+scheduling differs: a suffix serves any configuration from a cached snapshot, the level runner a fixed order of steps
+that each run once per batch.
 """
 
 from __future__ import annotations
