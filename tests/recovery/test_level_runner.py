@@ -99,6 +99,20 @@ def test_cut_tensors_are_freed_when_no_later_step_reads_them() -> None:
                    for n in group for t in n.output if t in runner.stores[0])
 
 
+def test_a_last_run_drops_what_each_batch_consumed_at_once() -> None:
+    model, batches = residual_net(), image_batches(count=2, size=8, seed=4)
+    held = {}
+    for last in (False, True):
+        runner = LevelRunner(model, batches, [Step(frozenset({"r0"})), Step(frozenset({"s"}))])
+        runner.run(0, parameters(0), last=last)
+        runner.finish(0)
+        runner.run(1, parameters(0), last=last)
+        held[last] = [sorted(store) for store in runner.stores]  # before the step is finished
+        runner.finish(1)
+        assert [sorted(store) for store in runner.stores] == [["s"]] * 2
+    assert held == {False: [["r0"]] * 2, True: [[]] * 2}  # r0: read by step 1 only; s: still pending
+
+
 def channel_sum_probe(output: str, name: str) -> Probe:
     axes = init(f"{name}_axes", np.array([2, 3], np.int64))
     node = helper.make_node("ReduceSum", [output, axes.name], [f"{name}_sum"], keepdims=0)
