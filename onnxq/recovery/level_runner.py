@@ -24,13 +24,17 @@ A step may run several times before it is finished (:meth:`LevelRunner.run` with
 bias correction with several levels per session); the values of the last run are the ones kept.
 
 Memory: per kept batch, the tensors alive across the current step boundary (skip connections included); a tensor
-is dropped as soon as no later step reads it, the tensors a step computed for the caller when the next step starts.
+is dropped as soon as no later step reads it (during a run marked ``last``, batch by batch), the tensors a step
+computed for the caller when the next step starts.
+
+:mod:`onnxq.recovery.suffix` builds its models of a part of the graph with :func:`part_model` too; it serves any
+gate configuration from a cached snapshot rather than a fixed order of steps.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -174,7 +178,7 @@ class LevelRunner:
             raise ValueError(f"step {number} run out of order: step {self.current} is next")
         if self._session is None:
             for store in self.stores:  # the previous step's tensors for the caller
-                self._drop(store, lambda step: step < number)
+                self._drop(store, number - 1)
             if not self.step_nodes[number] and not self.steps[number].probe.nodes:
                 return [[] for _ in self.batches]
             self._session = make_session(self.step_model(number))
@@ -191,13 +195,12 @@ class LevelRunner:
             results.append(outputs[:probes])
             self._pending.append(dict(zip(names[probes:], outputs[probes:], strict=True)))
             if last:
-                self._drop(store, lambda step: step <= number, keep=wanted)
+                self._drop(store, number, keep=wanted)
         return results
 
-    def _drop(self, store: dict[str, np.ndarray], done: Callable[[int], bool],
-              keep: frozenset[str] = frozenset()) -> None:
-        """Delete the tensors of ``store`` whose last reading step is ``done`` (but those in ``keep``)."""
-        for name in [t for t in store if done(self.last_read.get(t, -1)) and t not in keep]:
+    def _drop(self, store: dict[str, np.ndarray], through: int, keep: frozenset[str] = frozenset()) -> None:
+        """Delete the tensors of ``store`` that no step after ``through`` reads (but those in ``keep``)."""
+        for name in [t for t in store if self.last_read.get(t, -1) <= through and t not in keep]:
             del store[name]
 
     def finish(self, number: int) -> None:
@@ -218,7 +221,7 @@ class LevelRunner:
                     shifts[name].apply(value)
                 store[name] = value
         for store in self.stores:  # what no later step reads
-            self._drop(store, lambda step: step <= number, keep=self.steps[number].wanted)
+            self._drop(store, number, keep=self.steps[number].wanted)
         self._pending, self._session = [], None
         self.current += 1
 
