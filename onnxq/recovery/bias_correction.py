@@ -71,7 +71,7 @@ from onnxq.data import Batch
 from onnxq.graph import GraphIndex, all_names, node_name, unique_name
 from onnxq.insert import InsertQDQ
 from onnxq.plan import QuantPlan
-from onnxq.recovery.level_runner import ChannelShift, LevelRunner, Probe, Step
+from onnxq.recovery.level_runner import ChannelShift, LevelRunner, Probe, Step, node_levels
 from onnxq.runtime import make_session, run_batch
 from onnxq.scales.types import ScaleTable
 
@@ -154,26 +154,23 @@ def find_targets(prepared: onnx.ModelProto, plan: QuantPlan,
     inits = {i.name: i for i in prepared.graph.initializer}
     planned = {c.node: t.name for t in plan.weights() for c in t.consumers}
     weights = {name: numpy_helper.to_array(inits[name]) for name in set(planned.values()) if name in inits}
-    level_of: dict[str, int] = {}  # tensor -> deepest corrected level it depends on
-    taken = all_names(prepared.graph)
-    targets: list[Target] = []
-    biases: dict[str, np.ndarray] = {}
-    for node in prepared.graph.node:  # ONNX graphs are topologically sorted
-        upstream = max((level_of.get(name, 0) for name in node.input if name), default=0)
-        level = upstream
+    found: list[tuple[int, onnx.NodeProto, tuple[int, int, int], np.ndarray]] = []  # position, node, shape, bias
+    for position, node in enumerate(prepared.graph.node):
         shape = (_output_channels(node, weights) if node.op_type in CORRECTED_OPS and node.domain in ("", "ai.onnx")
                  and node_name(node) in planned and node_name(node) not in skip
                  and node.input[1] == planned[node_name(node)] else None)
         bias = _bias_array(node, inits, shape[2]) if shape is not None else None
         if shape is not None and bias is not None:
-            level = upstream + 1
-            axis, rank, channels = shape
-            beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0) if node.op_type == "Gemm" else 1.0
-            targets.append(Target(node_name(node), node.output[0], axis, rank, channels, level,
-                                  unique_name(taken, f"{node_name(node)}_bias_input"), beta or 1.0))
-            biases[node_name(node)] = bias
-        for name in node.output:
-            level_of[name] = level
+            found.append((position, node, shape, bias))
+    levels = node_levels(prepared, [node_name(node) for _, node, _, _ in found])
+    taken = all_names(prepared.graph)
+    targets: list[Target] = []
+    biases: dict[str, np.ndarray] = {}
+    for position, node, (axis, rank, channels), bias in found:
+        beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0) if node.op_type == "Gemm" else 1.0
+        targets.append(Target(node_name(node), node.output[0], axis, rank, channels, levels[position],
+                              unique_name(taken, f"{node_name(node)}_bias_input"), beta or 1.0))
+        biases[node_name(node)] = bias
     return targets, biases
 
 
