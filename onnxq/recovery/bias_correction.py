@@ -382,7 +382,8 @@ def correct_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable
     taken = all_names(quantized.graph)
     # one step (session) per chunk of levels, over the part of the graph the earlier chunks did not compute; its
     # probe sums the chunk's layer outputs per channel
-    runner = LevelRunner(quantized, kept, [Step(probe=channel_sum_probe(group, taken)) for group in groups])
+    runner = LevelRunner(quantized, kept, [Step(probe=channel_sum_probe(group, taken)) for group in groups],
+                         "bias correction")
     current = dict(biases)
     passes = 1
     for number, (chunk, group) in enumerate(zip(chunks, groups, strict=True)):

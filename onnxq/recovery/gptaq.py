@@ -376,8 +376,10 @@ def gptaq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data
         wanted_fp.setdefault(layer.level - 1, set()).add(fp_inputs[layer.name])
         wanted_q.setdefault(layer.level - 1, set()).add(q_inputs[layer.name])
     top = max(layer.level for layer in layers)
-    fp_run = LevelRunner(model, kept_batches, [Step(frozenset(wanted_fp.get(s, ()))) for s in range(top)])
-    q_run = LevelRunner(fed, kept_batches, [Step(frozenset(wanted_q.get(s, ()))) for s in range(top)])
+    fp_run = LevelRunner(model, kept_batches, [Step(frozenset(wanted_fp.get(s, ()))) for s in range(top)],
+                         "GPTAQ FP32 model")
+    q_run = LevelRunner(fed, kept_batches, [Step(frozenset(wanted_q.get(s, ()))) for s in range(top)],
+                        "GPTAQ Q/DQ model")
     mean_only = 0
     for level in range(1, top + 1):
         now = [layer for layer in layers if layer.level == level]

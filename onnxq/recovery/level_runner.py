@@ -125,10 +125,12 @@ class ChannelShift:
 
 class LevelRunner:
     """``steps`` of ``model`` over ``batches``, run and finished in order; per kept batch a store of the tensors a
-    later step or the caller reads. Graph inputs (the batch's and any fed parameters) come from each run's feed."""
+    later step or the caller reads. Graph inputs (the batch's and any fed parameters) come from each run's feed;
+    ``label`` names the runner in onnxruntime errors."""
 
-    def __init__(self, model: onnx.ModelProto, batches: list[Batch], steps: Sequence[Step]) -> None:
-        self.model, self.batches, self.steps = model, batches, list(steps)
+    def __init__(self, model: onnx.ModelProto, batches: list[Batch], steps: Sequence[Step],
+                 label: str = "level runner") -> None:
+        self.model, self.batches, self.steps, self.label = model, batches, list(steps), label
         nodes = list(model.graph.node)
         producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
         step_of: dict[int, int] = {}
@@ -190,8 +192,10 @@ class LevelRunner:
         results, self._pending = [], []
         for count, (batch, store) in enumerate(zip(self.batches, self.stores, strict=True), start=1):
             values = {**store, **batch, **extra}
-            outputs = run_batch(self._session, {t: values[t] for t in inputs}, f"step {number} batch {count}")
+            feeds = {t: values[t] for t in inputs}
             del values
+            outputs = run_batch(self._session, feeds, f"{self.label} step {number} batch {count}")
+            del feeds
             results.append(outputs[:probes])
             self._pending.append(dict(zip(names[probes:], outputs[probes:], strict=True)))
             if last:
