@@ -20,7 +20,7 @@ from onnxq.dtypes import quant_dtype
 from onnxq.float_nodes import float_prefix, is_stem_conv
 from onnxq.formats import FormatChoice, parse_format
 from onnxq.graph import GraphIndex, node_name
-from onnxq.integer_region import data_inputs, feeding_nodes, integer_region
+from onnxq.integer_region import channels_first_in_onnxruntime, data_inputs, feeding_nodes, integer_region
 from onnxq.ops import WEIGHTED_OPS, handler, quantized_ops, reduction_axis, weight_axis
 from onnxq.rules import TARGET_RULES, TargetRules
 
@@ -264,7 +264,8 @@ class _Planner:
                     continue
                 for reader, i in readers:
                     self._add_tensor(reader, node_name(reader), i, out, setting)
-                if kernel.same_scale:
+                if kernel.same_scale and not (kernel.float_at_tail and channels_first_in_onnxruntime(
+                        self.index, node, region.absorbed)):
                     self.plan.tensors[out].shares_scale_with = self._scale_root(node.input[0])
         for node in graph.node:
             if node_name(node) in region.absorbed:

@@ -28,6 +28,10 @@ class IntegerKernel:
     # the output is a part of the input (Gather, Slice, Split): with the same scale, the part would get the whole's
     # range, so the region does not grow back through it (docs/ort_cpu_rules.md 3.2)
     selects_part: bool = False
+    # onnxruntime runs the op's uint8 kernel channels-last only when its transpose optimizer pushes the Transpose
+    # after an integer Conv into it; elsewhere (the model's tail) the uint8 kernel runs channels-first and is slower
+    # than DQ -> float op -> Q, so there the output gets a range of its own (docs/ort_cpu_rules.md 3.16)
+    float_at_tail: bool = False
 
 
 # The CPU provider's QDQ selector/action table (onnxruntime qdq_selector_action_transformer.cc, 1.32; what fuses
@@ -45,7 +49,7 @@ ORT_CPU_KERNELS: dict[str, IntegerKernel] = {
     "LeakyRelu": IntegerKernel("QLinearLeakyRelu"),
     "Softmax": IntegerKernel("QLinearSoftmax"),
     "Where": IntegerKernel("QLinearWhere", (1, 2)),
-    "MaxPool": IntegerKernel("MaxPool (uint8)", same_scale=True),
+    "MaxPool": IntegerKernel("MaxPool (uint8)", same_scale=True, float_at_tail=True),
     "Resize": IntegerKernel("Resize (uint8)", same_scale=True),
     **{op: IntegerKernel(f"{op} (uint8)", same_scale=True)
        for op in ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Tile")},

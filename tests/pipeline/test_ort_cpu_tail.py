@@ -1,0 +1,149 @@
+"""Two ort-cpu placement rules read from the graph onnxruntime optimizes for a deployment
+(``SessionOptions.optimized_model_filepath``), as in tests/pipeline/test_ort_cpu_fusion.py:
+
+- a squeeze-and-excitation gate's HardSigmoid offset goes into the gate Conv's bias, and its Clip into that Conv's
+  QLinearConv (docs/ort_cpu_rules.md 3.15);
+- a MaxPool that onnxruntime would run with its channels-first uint8 loop (after a HardSwish at the model's tail)
+  runs in float between a DQ and a Q of its own; a MaxPool right after a Conv, or with a Conv after it, stays the
+  channels-last uint8 ``NhwcMaxPool`` (docs/ort_cpu_rules.md 3.16).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxq.config import QuantConfig
+from onnxq.pipeline import prepare, quantize
+from onnxq.validate.latency import op_counts, optimized_model
+from tests.helpers import make_model
+
+MS = "com.microsoft."
+
+
+def _weights(rng: np.random.Generator, name: str, *shape: int, scale: float = 0.3) -> onnx.TensorProto:
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def se_model() -> onnx.ModelProto:
+    """Conv(4 -> 16) -> HardSwish -> squeeze-and-excitation (GAP, Conv, Relu, Conv with bias, HardSigmoid, Mul)
+    -> Conv -> Flatten -> MatMul."""
+    rng = np.random.default_rng(11)
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="conv0", pads=[1] * 4),
+             helper.make_node("HardSwish", ["c0"], ["h0"], name="hs0"),
+             helper.make_node("GlobalAveragePool", ["h0"], ["g"], name="gap"),
+             helper.make_node("Conv", ["g", "wf1", "bf1"], ["f1"], name="fc1"),
+             helper.make_node("Relu", ["f1"], ["r1"], name="relu_fc1"),
+             helper.make_node("Conv", ["r1", "wf2", "bf2"], ["f2"], name="fc2"),
+             helper.make_node("HardSigmoid", ["f2"], ["gate"], name="hsig", alpha=1 / 6, beta=0.5),
+             helper.make_node("Mul", ["h0", "gate"], ["se"], name="excite"),
+             helper.make_node("Conv", ["se", "wp"], ["p"], name="pw"),
+             helper.make_node("Flatten", ["p"], ["flat"], name="flatten"),
+             helper.make_node("MatMul", ["flat", "wfc"], ["y"], name="fc")]
+    inits = [_weights(rng, "w0", 16, 4, 3, 3), _weights(rng, "b0", 16), _weights(rng, "wf1", 8, 16, 1, 1),
+             _weights(rng, "bf1", 8), _weights(rng, "wf2", 16, 8, 1, 1, scale=1.0), _weights(rng, "bf2", 16),
+             _weights(rng, "wp", 8, 16, 1, 1), _weights(rng, "wfc", 8 * 64, 5, scale=0.05)]
+    graph = helper.make_graph(nodes, "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return make_model(graph)
+
+
+def pool_model(activation: str, after: str) -> onnx.ModelProto:
+    """Conv(8 -> 32) -> Conv(32 -> 32) -> ``activation`` -> MaxPool 2x2 -> ``after``: "head" (GlobalAveragePool,
+    Flatten, Gemm) or "conv" (Conv, Relu, Conv, GlobalAveragePool, Flatten)."""
+    rng = np.random.default_rng(12)
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1] * 4),
+             helper.make_node("Conv", ["c0", "w1"], ["c1"], name="conv1", pads=[1] * 4),
+             helper.make_node(activation, ["c1"], ["a"], name="act"),
+             helper.make_node("MaxPool", ["a"], ["pooled"], name="pool", kernel_shape=[2, 2], strides=[2, 2])]
+    inits = [_weights(rng, "w0", 32, 8, 3, 3, scale=0.2), _weights(rng, "w1", 32, 32, 3, 3, scale=0.1)]
+    if after == "head":
+        nodes += [helper.make_node("GlobalAveragePool", ["pooled"], ["g"], name="gap"),
+                  helper.make_node("Flatten", ["g"], ["flat"], name="flatten"),
+                  helper.make_node("Gemm", ["flat", "wfc"], ["y"], name="fc")]
+        inits.append(_weights(rng, "wfc", 32, 10))
+    else:
+        nodes += [helper.make_node("Conv", ["pooled", "w2"], ["c2"], name="conv2", pads=[1] * 4),
+                  helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+                  helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3"),
+                  helper.make_node("GlobalAveragePool", ["c3"], ["g"], name="gap"),
+                  helper.make_node("Flatten", ["g"], ["y"], name="flatten")]
+        inits += [_weights(rng, "w2", 32, 32, 3, 3, scale=0.1), _weights(rng, "w3", 16, 32, 1, 1)]
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return make_model(graph)
+
+
+def _calib(model: onnx.ModelProto, count: int = 4, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(count)]
+
+
+def _run(model: onnx.ModelProto, batch: dict[str, np.ndarray]) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, batch)[0]
+
+
+def test_gate_offset_folds_into_the_gate_conv_and_keeps_the_function():
+    model = se_model()
+    prepared, notes = prepare(model, QuantConfig(target="ort-cpu"))
+    fc2 = next(n for n in prepared.graph.node if n.op_type == "Conv" and n.input[0] == "r1")
+    (clip,) = [n for n in prepared.graph.node if n.input and n.input[0] == fc2.output[0]]
+    assert clip.op_type == "Clip"  # the HardSigmoid's Add is gone into fc2's bias
+    assert any("bias Add" in note for note in notes)
+    for batch in _calib(model, 2, 5):
+        np.testing.assert_allclose(_run(prepared, batch), _run(model, batch), rtol=1e-5, atol=1e-6)
+    # the tensorrt target keeps the HardSigmoid
+    trt, _ = prepare(model, QuantConfig(target="tensorrt"))
+    assert "HardSigmoid" in [n.op_type for n in trt.graph.node]
+
+
+def test_gate_runs_as_two_qlinearconvs_without_an_add():
+    result = quantize(se_model(), calib=_calib(se_model()), config=QuantConfig(target="ort-cpu"))
+    counts = op_counts(optimized_model(result.model))
+    assert counts.get(MS + "QLinearConv") == 4  # conv0, fc1, fc2 (with the gate's Clip), pw
+    assert counts.get(MS + "QLinearAdd") == 1  # hs0's x + 3 alone
+    assert counts.get(MS + "QLinearMul") == 2  # hs0's product and the SE product
+    for float_op in ("Add", "Clip", "Mul", "HardSigmoid", "DequantizeLinear"):
+        assert float_op not in counts, counts
+
+
+def _maxpool(optimized: onnx.ModelProto) -> onnx.NodeProto:
+    (pool,) = [n for n in optimized.graph.node if n.op_type in ("MaxPool", "NhwcMaxPool")]
+    return pool
+
+
+def test_tail_maxpool_after_hardswish_runs_in_float_between_dq_and_q():
+    model = pool_model("HardSwish", "head")
+    result = quantize(model, calib=_calib(model), config=QuantConfig(target="ort-cpu"))
+    optimized = optimized_model(result.model)
+    pool = _maxpool(optimized)
+    producers = {o: n for n in optimized.graph.node for o in n.output}
+    assert pool.op_type == "MaxPool" and pool.domain in ("", "ai.onnx", "com.microsoft.nchwc")
+    assert producers[pool.input[0]].op_type in ("DequantizeLinear", "ReorderInput")  # float input
+    readers = [n for n in optimized.graph.node if pool.output[0] in n.input]
+    assert [n.op_type for n in readers] in (["QuantizeLinear"], ["ReorderOutput"])
+    assert result.plan.tensors["pooled"].shares_scale_with is None  # a range of its own
+    counts = op_counts(optimized)
+    assert counts.get(MS + "QLinearGlobalAveragePool") == 1 and counts.get(MS + "QGemm") == 1
+
+
+def test_maxpool_next_to_an_integer_conv_stays_channels_last_uint8():
+    """After Conv+Relu (the Relu absorbed into the QLinearConv) and before a Conv, onnxruntime's transpose optimizer
+    pushes the layout Transpose into the MaxPool, which then runs as the uint8 ``NhwcMaxPool``: the rule leaves
+    those alone."""
+    for activation, after in (("Relu", "head"), ("HardSwish", "conv"), ("Relu", "conv")):
+        model = pool_model(activation, after)
+        result = quantize(model, calib=_calib(model), config=QuantConfig(target="ort-cpu"))
+        pool = _maxpool(optimized_model(result.model))
+        assert (pool.domain, pool.op_type) == ("com.microsoft", "NhwcMaxPool"), (activation, after)
+        assert result.plan.tensors["pooled"].shares_scale_with is not None
+
+
+def test_tensorrt_maxpool_keeps_its_input_scale():
+    model = pool_model("HardSwish", "head")
+    result = quantize(model, calib=_calib(model), config=QuantConfig(target="tensorrt"))
+    pooled = result.plan.tensors.get("pooled")
+    assert pooled is None or pooled.shares_scale_with is not None
