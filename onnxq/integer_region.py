@@ -194,7 +194,7 @@ def channels_first_in_onnxruntime(index: GraphIndex, node: onnx.NodeProto, absor
     after it; the transpose optimizer then always pushes that Transpose into a MaxPool (``OrtEPCostCheck``), where a
     uint8 MaxPool becomes ``com.microsoft.NhwcMaxPool`` (``HandleMaxPool``), but through other ops (the QLinearAdd and
     QLinearMul of a HardSwish) only when a later channels-last op cancels it (onnxruntime 1.32,
-    ``ort_transpose_optimization.cc``, ``nhwc_transformer.cc``; docs/ort_cpu_rules.md 3.16).
+    ``ort_transpose_optimization.cc``, ``nhwc_transformer.cc``; docs/ort_cpu_rules.md 3.15).
     """
     source = index.producer.get(node.input[0])
     while source is not None and node_name(source) in absorbed:

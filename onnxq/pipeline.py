@@ -127,12 +127,6 @@ def prepare(model: onnx.ModelProto, config: QuantConfig, *, in_place: bool = Fal
         keep = float_prefix(prepared.graph, GraphIndex.build(prepared.graph), rules.float_stem_channels)
         result = DecomposeHardActivations(rules.decompose_activations, frozenset(keep)).run(prepared)
         prepared, notes = result.model, notes + result.notes
-        if rules.fold_conv_affine and result.changed:
-            # a HardSigmoid's offset Add right after a Conv (the squeeze-and-excitation gate) goes into that Conv's
-            # bias: one integer kernel less per gate, and the Clip is absorbed into the QLinearConv
-            # (docs/ort_cpu_rules.md 3.15)
-            prepared, folded = fold_conv_affine(prepared)
-            notes += folded
     if rules.pad_depthwise_channels:
         keep = float_prefix(prepared.graph, GraphIndex.build(prepared.graph), rules.float_stem_channels)
         padded = PadDepthwiseChannels(frozenset(keep)).run(prepared)

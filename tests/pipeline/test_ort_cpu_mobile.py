@@ -71,9 +71,8 @@ def test_mobile_body_runs_in_integer_without_float_islands():
     result = _quantize(mobile_model(4))
     counts = op_counts(optimized_model(result.model))
     assert counts.get(MS + "QLinearConv") == 7 and _float_convs(counts) == 0  # stem, 2 dw, 2 pw, 2 SE
-    # Add of hs0, hs1, hs2 (Clip absorbed); hsig's offset is folded into fc2's bias and its Clip absorbed into fc2's
-    # QLinearConv (docs/ort_cpu_rules.md 3.15); Mul of hs0, hs1, hs2 and the SE product (every alpha folded)
-    assert counts.get(MS + "QLinearAdd") == 3 and counts.get(MS + "QLinearMul") == 4
+    # Add of hs0, hs1, hs2 and hsig (Clip absorbed); Mul of hs0, hs1, hs2 and the SE product (every alpha folded)
+    assert counts.get(MS + "QLinearAdd") == 4 and counts.get(MS + "QLinearMul") == 4
     assert counts.get(MS + "QLinearGlobalAveragePool") == 1
     assert counts.get("Transpose", 0) <= 2 and counts.get("DequantizeLinear", 0) == 0
     for float_op in ("HardSwish", "HardSigmoid", "Mul", "Add", "Clip"):
@@ -88,7 +87,7 @@ def test_image_stem_stays_float_with_its_depthwise_conv_and_fused_activations():
     counts = op_counts(optimized_model(result.model))
     assert _float_convs(counts) == 2 and counts.get(MS + "QLinearConv") == 5
     assert "HardSigmoid" not in counts and "Mul" not in counts  # hs0/hs1 fused into the float Convs
-    assert counts.get(MS + "QLinearAdd") == 1 and counts.get(MS + "QLinearMul") == 2  # hs2; hsig folded (3.15)
+    assert counts.get(MS + "QLinearAdd") == 2 and counts.get(MS + "QLinearMul") == 2
     assert counts.get("QuantizeLinear") == 1 and counts.get("DequantizeLinear", 0) == 0  # one Q after the prefix
     reasons = {d.node: d.reason for d in result.plan.nodes if not d.quantized}
     assert set(reasons) == {"stem", "dw1"} and "image" in reasons["stem"] and "stem" in reasons["dw1"]

@@ -1,11 +1,7 @@
-"""Two ort-cpu placement rules read from the graph onnxruntime optimizes for a deployment
-(``SessionOptions.optimized_model_filepath``), as in tests/pipeline/test_ort_cpu_fusion.py:
-
-- a squeeze-and-excitation gate's HardSigmoid offset goes into the gate Conv's bias, and its Clip into that Conv's
-  QLinearConv (docs/ort_cpu_rules.md 3.15);
-- a MaxPool that onnxruntime would run with its channels-first uint8 loop (after a HardSwish at the model's tail)
-  runs in float between a DQ and a Q of its own; a MaxPool right after a Conv, or with a Conv after it, stays the
-  channels-last uint8 ``NhwcMaxPool`` (docs/ort_cpu_rules.md 3.16).
+"""A MaxPool that onnxruntime would run with its channels-first uint8 loop (after a HardSwish at the model's tail)
+runs in float between a DQ and a Q of its own; a MaxPool right after a Conv, or with a Conv after it, stays the
+channels-last uint8 ``NhwcMaxPool`` (docs/ort_cpu_rules.md 3.15). Read from the graph onnxruntime optimizes for a
+deployment (``SessionOptions.optimized_model_filepath``), as in tests/pipeline/test_ort_cpu_fusion.py.
 """
 
 from __future__ import annotations
@@ -16,7 +12,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.config import QuantConfig
-from onnxq.pipeline import prepare, quantize
+from onnxq.pipeline import quantize
 from onnxq.validate.latency import op_counts, optimized_model
 from tests.helpers import make_model
 
@@ -25,29 +21,6 @@ MS = "com.microsoft."
 
 def _weights(rng: np.random.Generator, name: str, *shape: int, scale: float = 0.3) -> onnx.TensorProto:
     return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
-
-
-def se_model() -> onnx.ModelProto:
-    """Conv(4 -> 16) -> HardSwish -> squeeze-and-excitation (GAP, Conv, Relu, Conv with bias, HardSigmoid, Mul)
-    -> Conv -> Flatten -> MatMul."""
-    rng = np.random.default_rng(11)
-    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="conv0", pads=[1] * 4),
-             helper.make_node("HardSwish", ["c0"], ["h0"], name="hs0"),
-             helper.make_node("GlobalAveragePool", ["h0"], ["g"], name="gap"),
-             helper.make_node("Conv", ["g", "wf1", "bf1"], ["f1"], name="fc1"),
-             helper.make_node("Relu", ["f1"], ["r1"], name="relu_fc1"),
-             helper.make_node("Conv", ["r1", "wf2", "bf2"], ["f2"], name="fc2"),
-             helper.make_node("HardSigmoid", ["f2"], ["gate"], name="hsig", alpha=1 / 6, beta=0.5),
-             helper.make_node("Mul", ["h0", "gate"], ["se"], name="excite"),
-             helper.make_node("Conv", ["se", "wp"], ["p"], name="pw"),
-             helper.make_node("Flatten", ["p"], ["flat"], name="flatten"),
-             helper.make_node("MatMul", ["flat", "wfc"], ["y"], name="fc")]
-    inits = [_weights(rng, "w0", 16, 4, 3, 3), _weights(rng, "b0", 16), _weights(rng, "wf1", 8, 16, 1, 1),
-             _weights(rng, "bf1", 8), _weights(rng, "wf2", 16, 8, 1, 1, scale=1.0), _weights(rng, "bf2", 16),
-             _weights(rng, "wp", 8, 16, 1, 1), _weights(rng, "wfc", 8 * 64, 5, scale=0.05)]
-    graph = helper.make_graph(nodes, "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    return make_model(graph)
 
 
 def pool_model(activation: str, after: str) -> onnx.ModelProto:
@@ -84,30 +57,6 @@ def _calib(model: onnx.ModelProto, count: int = 4, seed: int = 0) -> list[dict[s
 
 def _run(model: onnx.ModelProto, batch: dict[str, np.ndarray]) -> np.ndarray:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, batch)[0]
-
-
-def test_gate_offset_folds_into_the_gate_conv_and_keeps_the_function():
-    model = se_model()
-    prepared, notes = prepare(model, QuantConfig(target="ort-cpu"))
-    fc2 = next(n for n in prepared.graph.node if n.op_type == "Conv" and n.input[0] == "r1")
-    (clip,) = [n for n in prepared.graph.node if n.input and n.input[0] == fc2.output[0]]
-    assert clip.op_type == "Clip"  # the HardSigmoid's Add is gone into fc2's bias
-    assert any("bias Add" in note for note in notes)
-    for batch in _calib(model, 2, 5):
-        np.testing.assert_allclose(_run(prepared, batch), _run(model, batch), rtol=1e-5, atol=1e-6)
-    # the tensorrt target keeps the HardSigmoid
-    trt, _ = prepare(model, QuantConfig(target="tensorrt"))
-    assert "HardSigmoid" in [n.op_type for n in trt.graph.node]
-
-
-def test_gate_runs_as_two_qlinearconvs_without_an_add():
-    result = quantize(se_model(), calib=_calib(se_model()), config=QuantConfig(target="ort-cpu"))
-    counts = op_counts(optimized_model(result.model))
-    assert counts.get(MS + "QLinearConv") == 4  # conv0, fc1, fc2 (with the gate's Clip), pw
-    assert counts.get(MS + "QLinearAdd") == 1  # hs0's x + 3 alone
-    assert counts.get(MS + "QLinearMul") == 2  # hs0's product and the SE product
-    for float_op in ("Add", "Clip", "Mul", "HardSigmoid", "DequantizeLinear"):
-        assert float_op not in counts, counts
 
 
 def _maxpool(optimized: onnx.ModelProto) -> onnx.NodeProto:
