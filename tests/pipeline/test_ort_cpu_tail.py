@@ -96,3 +96,32 @@ def test_tensorrt_maxpool_keeps_its_input_scale():
     result = quantize(model, calib=_calib(model), config=QuantConfig(target="tensorrt"))
     pooled = result.plan.tensors.get("pooled")
     assert pooled is None or pooled.shares_scale_with is not None
+
+
+def upsampling_head_model() -> onnx.ModelProto:
+    """Conv -> Relu -> Conv 3x3 -> Relu -> ConvTranspose (stride 2) -> Sigmoid: the PP-OCRv4 detector's head, whose
+    ConvTranspose stays float by default."""
+    rng = np.random.default_rng(13)
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0", pads=[1] * 4),
+             helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+             helper.make_node("Conv", ["r0", "w1"], ["c1"], name="head_conv", pads=[1] * 4),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("ConvTranspose", ["r1", "wt"], ["up"], name="upsample", strides=[2, 2],
+                              kernel_shape=[2, 2]),
+             helper.make_node("Sigmoid", ["up"], ["y"], name="prob")]
+    inits = [_weights(rng, "w0", 16, 8, 3, 3, scale=0.2), _weights(rng, "w1", 16, 16, 3, 3, scale=0.15),
+             _weights(rng, "wt", 16, 1, 2, 2)]
+    graph = helper.make_graph(nodes, "up", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return make_model(graph)
+
+
+def test_conv_before_a_float_convtranspose_is_no_head():
+    """The ConvTranspose is a weighted op (float by default) that writes no graph output, so the Conv before it
+    does not feed "only the float tail after the last weighted op" and is quantized (docs/ort_cpu_rules.md 3.5)."""
+    model = upsampling_head_model()
+    result = quantize(model, calib=_calib(model), config=QuantConfig(target="ort-cpu"))
+    decided = {d.node: d.quantized for d in result.plan.nodes}
+    assert decided["head_conv"] and not decided["upsample"]
+    counts = op_counts(optimized_model(result.model))
+    assert counts.get(MS + "QLinearConv") == 2 and counts.get("ConvTranspose") == 1
