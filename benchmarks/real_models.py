@@ -138,7 +138,8 @@ def table(rows: list[dict]) -> str:
         agreement += f"; steps {r['step_agreement']:.3f}; case-folded {r['casefold_agreement']:.3f} of " \
             f"{r['lines']} lines)" if "casefold_agreement" in r else \
             f"; steps {r['step_agreement']:.3f})" if "step_agreement" in r else \
-            f"; confident {r['confident_f1']:.3f})" if "confident_f1" in r else ")"
+            f"; confident {r['confident_f1']:.3f}; {r['detections_fp32']} FP32 detections; SQNR on candidate " \
+            f"anchors {r['candidate_sqnr_db']:.1f} dB)" if "confident_f1" in r else ")"
         lines.append(f"| {r['model']} | {r['method']} | {r['extra']} | {r['sqnr_db']:.2f} | {agreement} | "
                      f"{r['fp32_accuracy']:.3f} / {r['quant_accuracy']:.3f} | {100 * r['float_mac_share']:.1f}% | "
                      f"{r['quantize_s']:.1f} | {r['peak_rss_mb']:.0f} |")

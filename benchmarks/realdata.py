@@ -23,8 +23,14 @@ The models and the preprocessing each one's own package applies (read from the w
 
 We use PIL's LANCZOS/BILINEAR where the packages use OpenCV's; the images are generated, so the small resampling
 difference does not matter. Text is drawn with the TrueType fonts found on the machine (``fc-list``; on Debian
-``apt-get install fonts-dejavu-core`` gives a good set) and PIL's built-in scalable font otherwise. Latin letters and
-digits only: the machine's fonts have no CJK glyphs.
+``apt-get install fonts-dejavu-core`` gives a good set) and PIL's built-in scalable font otherwise, Latin letters and
+digits -- except the detector's glyphs: ``common_det`` is ddddocr's click-captcha detector, trained on Chinese
+characters, and Latin glyphs are out of its distribution (FP32 found 44 of 106 pasted Latin glyphs on 24 images,
+but 94 of 111 CJK ones; most Latin detections score near the 0.1 threshold, where tiny changes flip them). Its
+captchas use the CJK ideographs of ddddocr's own charset that the IPAex Gothic font covers (4857 of them), the
+font taken from the ``japanize-matplotlib`` source package on PyPI (``pip download --no-deps``, into the cache, never
+the repository; IPA Font License). Without network access the detector falls back to Latin glyphs, and the data
+set records which (``labels.json`` ``glyphs``).
 
 Calibration and evaluation sets come from different seeds; each is written once into a cache folder
 (``$ONNXQ_BENCH_CACHE`` or ``~/.cache/onnxq-bench``), never into the repository.
@@ -32,6 +38,7 @@ Calibration and evaluation sets come from different seeds; each is written once 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -147,6 +154,60 @@ def _wheel_or_preinstalled(package: str) -> Path:
     return local[0] if local else _wheel(package)
 
 
+CJK_FONT_SOURCE = "japanize-matplotlib==1.1.3"  # its sdist ships IPAex Gothic (japanize_matplotlib/fonts/ipaexg.ttf)
+CJK_FONT_MEMBER = "japanize_matplotlib/fonts/ipaexg.ttf"
+
+
+def cjk_font() -> Path | None:
+    """IPAex Gothic (a CJK font) in the cache, fetched once from its PyPI source package; None when unavailable."""
+    import tarfile
+
+    target = CACHE / "fonts" / "ipaexg.ttf"
+    if target.exists():
+        return target
+    folder = CACHE / "downloads"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d",
+                        str(folder), CJK_FONT_SOURCE], check=True, timeout=300)
+        archive = sorted(folder.glob("japanize-matplotlib-*.tar.gz"))[0]
+        with tarfile.open(archive) as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith(CJK_FONT_MEMBER))
+            src = tar.extractfile(member)
+            if src is None:
+                return None
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with src, open(target.with_suffix(".part"), "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        target.with_suffix(".part").rename(target)
+        return target
+    except (OSError, subprocess.SubprocessError, IndexError, StopIteration, tarfile.TarError) as exc:
+        print(f"realdata: no CJK font ({exc}); the detector's captchas fall back to Latin glyphs", file=sys.stderr)
+        return None
+
+
+def cjk_glyphs(font: Path) -> str:
+    """The CJK ideographs (U+4E00-U+9FFF) of ddddocr's charset that ``font`` has a glyph for, in charset order."""
+    from fontTools.ttLib import TTFont
+
+    covered = set(TTFont(str(font)).getBestCmap())
+    return "".join(c for c in ddddocr_charset() if len(c) == 1 and 0x4E00 <= ord(c) <= 0x9FFF and ord(c) in covered)
+
+
+@functools.lru_cache(maxsize=1)
+def det_glyphs() -> tuple[str, list[str], str]:
+    """(glyph alphabet, font files, name of the glyph set) of the detector's captchas: CJK when the font is there."""
+    font = cjk_font()
+    if font is not None:
+        try:
+            glyphs = cjk_glyphs(font)
+        except ImportError:  # fontTools (a matplotlib dependency) missing
+            glyphs = ""
+        if glyphs:
+            return glyphs, [str(font)], "cjk-ipaexg"
+    return ALNUM, font_files(), "latin"
+
+
 # ------------------------------------------------------------------ fonts and drawing
 
 def font_files() -> list[str]:
@@ -199,9 +260,9 @@ def _background(rng: np.random.Generator, w: int, h: int):
 
 # ------------------------------------------------------------------ det: captcha-like images
 
-def captcha_image(rng: np.random.Generator, fonts: list[str]):
-    """A click-captcha-like image: 3-6 scattered, rotated, coloured glyphs on a busy background with interference
-    lines, arcs and dots. Returns the RGB image and the glyph boxes (x1, y1, x2, y2)."""
+def captcha_image(rng: np.random.Generator, fonts: list[str], glyphs: str = ALNUM):
+    """A click-captcha-like image: 3-6 scattered, rotated, coloured glyphs (drawn from ``glyphs``) on a busy
+    background with interference lines, arcs and dots. Returns the RGB image and the glyph boxes (x1, y1, x2, y2)."""
     from PIL import Image, ImageDraw
 
     w, h = int(rng.integers(160, 420)), int(rng.integers(60, 200))
@@ -210,7 +271,7 @@ def captcha_image(rng: np.random.Generator, fonts: list[str]):
     for _ in range(int(rng.integers(3, 7))):
         size = int(rng.integers(max(14, h // 6), max(16, h // 2)))
         font = load_font(fonts, rng, size)
-        ch = ALNUM[int(rng.integers(len(ALNUM)))]
+        ch = glyphs[int(rng.integers(len(glyphs)))]
         glyph = Image.new("L", (size * 2, size * 2), 0)
         ImageDraw.Draw(glyph).text((size // 2, size // 3), ch, font=font, fill=255)
         glyph = glyph.rotate(float(rng.uniform(-25, 25)), resample=Image.BICUBIC, expand=False)
@@ -356,6 +417,7 @@ def ori_preprocess(img) -> np.ndarray:
 SEEDS = {"calib": 1000, "eval": 2000, "val": 3000}  # val: a small set for searches (mixed precision), not eval
 INPUT_NAMES = {"det": "images", "rec": "input1", "ori": "x", "ppdet": "x", "pprec": "x", "ppcls": "x"}
 DATA_VERSION = 3  # bump when the generators change, so cached sets are rebuilt
+DATA_VERSIONS = {"det": 4}  # per-model bumps (det 4: CJK glyphs), so the other models' sets are not rebuilt
 
 
 def generate_samples(name: str, split: str, count: int) -> tuple[list[np.ndarray], list]:
@@ -364,6 +426,7 @@ def generate_samples(name: str, split: str, count: int) -> tuple[list[np.ndarray
     rng = np.random.default_rng(SEEDS[split] + {"det": 0, "rec": 1, "ori": 2, "ppdet": 3, "pprec": 4,
                                                  "ppcls": 5}[name])
     fonts = font_files()
+    glyphs, det_fonts, _ = det_glyphs() if name == "det" else (ALNUM, fonts, "latin")
     samples, labels = [], []
     for i in range(count):
         if name.startswith("pp"):
@@ -373,7 +436,7 @@ def generate_samples(name: str, split: str, count: int) -> tuple[list[np.ndarray
             samples.append(sample)
             labels.append(label)
         elif name == "det":
-            img, boxes = captcha_image(rng, fonts)
+            img, boxes = captcha_image(rng, det_fonts, glyphs)
             x, r = det_preprocess(img)
             samples.append(x)
             labels.append([[round(v * r, 1) for v in b] for b in boxes])
@@ -400,7 +463,8 @@ def write_split(name: str, split: str, folder: Path) -> Path:
         batch = np.concatenate(samples[b * spec.batch_size:(b + 1) * spec.batch_size])
         np.savez(part / f"{b:04d}.npz", **{INPUT_NAMES[name]: batch})
     (part / "labels" / "labels.json").write_text(json.dumps(
-        {"model": name, "split": split, "version": DATA_VERSION, "batch_size": spec.batch_size, "labels": labels}))
+        {"model": name, "split": split, "version": data_version(name), "glyphs": glyph_set(name),
+         "batch_size": spec.batch_size, "labels": labels}))
     shutil.rmtree(folder, ignore_errors=True)
     part.rename(folder)
     return folder
@@ -418,9 +482,19 @@ def ensure_split(name: str, split: str, root: Path | None = None) -> Path:
     spec = MODELS[name]
     count = {"calib": spec.calib_samples, "eval": spec.eval_samples, "val": spec.calib_samples}[split]
     stored = json.loads(labels.read_text()) if labels.exists() else {}
-    if stored.get("version") != DATA_VERSION or len(stored.get("labels", ())) != count:
+    if (stored.get("version") != data_version(name) or stored.get("glyphs", "latin") != glyph_set(name)
+            or len(stored.get("labels", ())) != count):
         write_split(name, split, folder)
     return folder
+
+
+def data_version(name: str) -> int:
+    return DATA_VERSIONS.get(name, DATA_VERSION)
+
+
+def glyph_set(name: str) -> str:
+    """Which glyphs the model's images carry ("cjk-ipaexg" for the detector when its font is available)."""
+    return det_glyphs()[2] if name == "det" else "latin"
 
 
 def read_labels(folder: Path) -> list:
