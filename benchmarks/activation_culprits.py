@@ -9,10 +9,10 @@ and each variant on the evaluation split:
 
 - ``weights`` : every weight quantized, every activation float;
 - ``full``    : the whole plan (what ``onnxq quantize`` writes, before recovery);
-- by class (default): the plan's quantizers sorted into op-pattern classes (:func:`classify`: the image input,
-  transformer MatMul inputs, squeeze-excitation Conv inputs, depthwise and dense Conv inputs, other activations;
-  depthwise Conv, dense Conv and MatMul/Gemm weights); ``only`` = only that class quantized, everything else float;
-  ``all-but`` = the whole plan except that class;
+- by class (default): the plan's quantizers sorted into op-pattern classes (``onnxq.recovery.quantizer_classes``:
+  the image input, MatMul/Gemm inputs, squeeze-excitation Conv inputs, depthwise and dense Conv inputs, other
+  activations; depthwise Conv, dense Conv and MatMul/Gemm weights); ``only`` = only that class quantized, everything
+  else float; ``all-but`` = the whole plan except that class;
 - ``--per-range``: the same per activation range (a tensor and the data-movement inputs sharing its scale), or per
   weight with ``--weights``.
 
@@ -21,7 +21,8 @@ the op types that read the tensor and the one that writes it, the calibrated ran
 calibration data (``min/max`` shows asymmetric ranges on TensorRT's symmetric grid: a [0, m] tensor wastes half the
 codes). Ranked by the ``all-but`` gain over ``full``.
 
-The Q/DQ variants are built with onnxq's own insert pass from one calibration (:func:`subset_model`), so a variant
+The Q/DQ variants are built with onnxq's own insert pass from one calibration (``quantizer_classes.ablation_model``),
+so a variant
 differs from ``onnxq quantize``'s output only in the quantizers it leaves out.
 """
 
@@ -40,6 +41,10 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 from realdata import MODELS, charset_of, ensure_dataset, model_path, read_labels  # noqa: E402
 from realtasks import TaskAgreement  # noqa: E402
 
+from onnxq.recovery.quantizer_classes import ablation_model as subset_model  # noqa: E402
+from onnxq.recovery.quantizer_classes import classify  # noqa: E402
+from onnxq.recovery.quantizer_classes import scale_groups as groups  # noqa: E402
+
 
 def build(model_file: Path, calib: Path, extra: list[str]):
     """Prepared float model, plan, scale table and calibrators, as ``onnxq quantize MODEL --calib CALIB EXTRA``
@@ -57,17 +62,6 @@ def build(model_file: Path, calib: Path, extra: list[str]):
     plan = build_plan(prepared, config)
     found = ranges(prepared, plan, config, calib=str(calib), stats=None, scales=None, progress=None)
     return prepared, plan, found
-
-
-def subset_model(prepared, plan, table, keep: set[str]):
-    """``prepared`` with Q/DQ for the planned tensors in ``keep`` only (the rest float), same scales."""
-    from onnxq.insert.qdq import InsertQDQ
-    from onnxq.plan import QuantPlan
-
-    sub = QuantPlan(target=plan.target)
-    for name in keep:
-        sub.tensors[name] = plan.tensors[name]
-    return InsertQDQ(sub, {n: table[n] for n in keep}).run(prepared, keep_input=True).model
 
 
 class Evaluator:
@@ -99,67 +93,6 @@ class Evaluator:
             if task is not None:
                 task.add(ref[0], got[0])
         return min(a.sqnr_db for a in accs), task.result().get("agreement") if task is not None else None
-
-
-def groups(plan) -> dict[str, list[str]]:
-    """Activation ranges: root tensor -> every activation that takes its scale."""
-    out: dict[str, list[str]] = {}
-    for t in plan.activations():
-        root = t.name
-        while plan.tensors[root].shares_scale_with is not None:
-            root = plan.tensors[root].shares_scale_with
-        out.setdefault(root, []).append(t.name)
-    return out
-
-
-SE_SOURCES = ("GlobalAveragePool", "ReduceMean")
-
-
-def _squeeze_excitation_input(index, tensor: str) -> bool:
-    """The tensor is a pooled vector or one Conv + activation past it (the two Convs of a squeeze-excitation)."""
-    node = index.producer.get(tensor)
-    for _ in range(3):
-        if node is None:
-            return False
-        if node.op_type in SE_SOURCES:
-            return True
-        node = index.producer.get(node.input[0])
-    return False
-
-
-def classify(model, plan) -> dict[str, set[str]]:
-    """The plan's tensors by op-pattern class (a range's members go with its root)."""
-    from onnxq.graph import GraphIndex, attr, node_name
-
-    index = GraphIndex.build(model.graph)
-    by_name = {node_name(n): n for n in model.graph.node}
-    out: dict[str, set[str]] = {}
-    for root, members in groups(plan).items():
-        readers = [r for m in members for r, _ in index.consumers.get(m, [])]
-        ops = {r.op_type for r in readers}
-        if root in index.graph_inputs:
-            kind = "act: model input"
-        elif ops & {"MatMul", "Gemm"}:
-            kind = "act: MatMul/Gemm input"
-        elif "Conv" in ops and _squeeze_excitation_input(index, root):
-            kind = "act: squeeze-excitation Conv input"
-        elif any(r.op_type == "Conv" and attr(r, "group", 1) > 1 for r in readers):
-            kind = "act: depthwise Conv input"
-        elif "Conv" in ops:
-            kind = "act: dense Conv input"
-        else:
-            kind = "act: other (" + ",".join(sorted(ops)) + ")"
-        out.setdefault(kind, set()).update(members)
-    for t in plan.weights():
-        reader = next((by_name.get(c.node) for c in t.consumers), None)
-        if reader is not None and reader.op_type == "Conv" and attr(reader, "group", 1) > 1:
-            kind = "weight: depthwise Conv"
-        elif reader is not None and reader.op_type in ("Conv", "ConvTranspose"):
-            kind = "weight: dense Conv"
-        else:
-            kind = "weight: MatMul/Gemm"
-        out.setdefault(kind, set()).add(t.name)
-    return out
 
 
 def describe(prepared, plan, found, root: str, members: list[str]) -> str:
