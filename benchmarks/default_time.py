@@ -6,7 +6,8 @@
 The issue's budget: the default quantize costs at most 2x min-max on the same model. For each model the variants run
 alternately (minmax, default, minmax, default, ...) ``--runs`` times, each as one ``onnxq.quantize`` call in this
 process (library call, no process start-up; calibration data on disk as the CLI reads it), and the table gives the
-median wall time of each variant and its ratio to min-max's. Variants:
+median wall time of each variant and its ratio to min-max's. ``--cli`` times each variant as the whole command in a
+new process instead (start-up, imports, model load and write included: what a user times). Variants:
 
 * ``minmax``: ``--method minmax`` with every accuracy-recovery stage off (the old default, the issue's baseline);
 * ``default``: ``QuantConfig()`` -- whatever the defaults are at this commit (``onnxq quantize MODEL --calib DATA``);
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -70,14 +73,29 @@ def model_and_data(name: str, workdir: Path) -> tuple[str, str]:
     return str(model_path(name)), str(calib)
 
 
-def time_model(model: str, calib: str, variants: list[str], runs: int) -> dict[str, list[float]]:
+def time_model(model: str, calib: str, variants: list[str], runs: int, cli: bool = False,
+               workdir: Path | None = None) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(runs):
         for variant in variants:
             start = time.perf_counter()
-            quantize(model, calib=calib, config=VARIANTS[variant])
+            if cli:
+                run_command(variant, model, calib, workdir or Path("/tmp"))
+            else:
+                quantize(model, calib=calib, config=VARIANTS[variant])
             times[variant].append(time.perf_counter() - start)
     return times
+
+
+def run_command(variant: str, model: str, calib: str, workdir: Path) -> None:
+    """The variant's ``onnxq quantize`` command line, run as a new process of this checkout (start-up, imports,
+    model load and the write included: the wall time a user sees)."""
+    args = COMMANDS[variant].split()[2:]  # drop "onnxq quantize"
+    args = [model if a == "MODEL" else calib if a == "DATA" else a for a in args]
+    out = workdir / f"{Path(model).stem}-{variant}.onnx"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    subprocess.run([sys.executable, "-m", "onnxq.cli", "quantize", *args, "-o", str(out), "-q"], check=True,
+                   env=env, stdout=subprocess.DEVNULL)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=["minmax", "default"], choices=list(VARIANTS))
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/onnxq-default-time"))
+    parser.add_argument("--cli", action="store_true",
+                        help="time each variant as a whole `python -m onnxq.cli quantize` process instead of a "
+                             "library call in this process")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
     variants = ["minmax", *[v for v in args.variants if v != "minmax"]]
@@ -95,12 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|" + "---:|" * (2 * len(variants) - 1))
     for name in args.models:
         model, calib = model_and_data(name, args.workdir)
-        times = time_model(model, calib, variants, args.runs)
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        times = time_model(model, calib, variants, args.runs, args.cli, args.workdir)
         medians = {v: statistics.median(t) for v, t in times.items()}
         cells = " | ".join(f"{medians[v]:.2f}" for v in variants)
         ratio_cells = " | ".join(f"{medians[v] / medians['minmax']:.2f}x" for v in variants[1:])
         print(f"| {name} | {cells} | {ratio_cells} |", flush=True)
-    print(f"\nmedians of {args.runs} alternating runs per variant, one process; commands:")
+    how = "each a new process (--cli)" if args.cli else "library calls in one process"
+    print(f"\nmedians of {args.runs} alternating runs per variant, {how}; commands:")
     for v in variants:
         print(f"- {v}: `{COMMANDS[v]}`")
     return 0

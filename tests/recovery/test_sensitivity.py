@@ -69,6 +69,8 @@ def test_screened_figures_are_the_exhaustive_ones_where_measured_on_all_samples(
         expected = by[row.node] if row.samples == 6 else first[row.node]
         assert row.sqnr_only_quantized == pytest.approx(expected.sqnr_only_quantized, rel=1e-9)
         assert row.sqnr_only_float == pytest.approx(expected.sqnr_only_float, rel=1e-9)
+        # the gain compares with the fully quantized model on the same samples as the row
+        assert row.gain_db == pytest.approx(expected.gain_db, rel=1e-9, abs=1e-9)
     assert screened.all_quantized_sqnr == pytest.approx(exhaustive.all_quantized_sqnr, rel=1e-9)
     assert screened.agreement is not None and screened.agreement.nodes == len(refined)
     assert screened.ranked()[0].node == "conv_frag"
