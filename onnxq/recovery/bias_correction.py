@@ -26,10 +26,11 @@ How it runs in onnxruntime (no interpreter; per batch, only the tensors live acr
   feed each other, so one pass over the batches corrects a whole level exactly; ``levels`` passes (plus one FP32
   pass) give exactly the sequential, layer-by-layer result. A bias only adds to its own layer's output, so after
   its level's pass the layer's Q/DQ channel mean equals the FP32 one on those batches (tested);
-* each level's pass runs only the part of the graph not computed before it (:mod:`onnxq.recovery.level_segments`):
-  the tensors the earlier levels left are cached per batch, the last level's outputs shifted by its bias change, so
-  all the passes together cost about one run of the Q/DQ model (ori 85 -> 11 s, rec 18 -> 6 s on a busy machine,
-  same biases up to float rounding).
+* each level's pass runs only the part of the graph not computed before it (:mod:`onnxq.recovery.level_runner`,
+  finished with :meth:`~onnxq.recovery.level_runner.LevelRunner.finish_shifted`): the tensors the earlier levels
+  left are cached per batch, the last level's outputs shifted by its bias change, so all the passes together cost
+  about one run of the Q/DQ model (ori 85 -> 11 s, rec 18 -> 6 s on a busy machine, same biases up to float
+  rounding).
 
 What makes it safe (measured with ``benchmarks/bias_correction_diagnose.py``, README "Accuracy recovery"):
 
@@ -70,7 +71,7 @@ from onnxq.data import Batch
 from onnxq.graph import GraphIndex, all_names, node_name, unique_name
 from onnxq.insert import InsertQDQ
 from onnxq.plan import QuantPlan
-from onnxq.recovery.level_segments import LevelSegments
+from onnxq.recovery.level_runner import ChannelShift, LevelRunner, Probe, Step, node_levels
 from onnxq.runtime import make_session, run_batch
 from onnxq.scales.types import ScaleTable
 
@@ -153,26 +154,23 @@ def find_targets(prepared: onnx.ModelProto, plan: QuantPlan,
     inits = {i.name: i for i in prepared.graph.initializer}
     planned = {c.node: t.name for t in plan.weights() for c in t.consumers}
     weights = {name: numpy_helper.to_array(inits[name]) for name in set(planned.values()) if name in inits}
-    level_of: dict[str, int] = {}  # tensor -> deepest corrected level it depends on
-    taken = all_names(prepared.graph)
-    targets: list[Target] = []
-    biases: dict[str, np.ndarray] = {}
-    for node in prepared.graph.node:  # ONNX graphs are topologically sorted
-        upstream = max((level_of.get(name, 0) for name in node.input if name), default=0)
-        level = upstream
+    found: list[tuple[int, onnx.NodeProto, tuple[int, int, int], np.ndarray]] = []  # position, node, shape, bias
+    for position, node in enumerate(prepared.graph.node):
         shape = (_output_channels(node, weights) if node.op_type in CORRECTED_OPS and node.domain in ("", "ai.onnx")
                  and node_name(node) in planned and node_name(node) not in skip
                  and node.input[1] == planned[node_name(node)] else None)
         bias = _bias_array(node, inits, shape[2]) if shape is not None else None
         if shape is not None and bias is not None:
-            level = upstream + 1
-            axis, rank, channels = shape
-            beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0) if node.op_type == "Gemm" else 1.0
-            targets.append(Target(node_name(node), node.output[0], axis, rank, channels, level,
-                                  unique_name(taken, f"{node_name(node)}_bias_input"), beta or 1.0))
-            biases[node_name(node)] = bias
-        for name in node.output:
-            level_of[name] = level
+            found.append((position, node, shape, bias))
+    levels = node_levels(prepared, [node_name(node) for _, node, _, _ in found])
+    taken = all_names(prepared.graph)
+    targets: list[Target] = []
+    biases: dict[str, np.ndarray] = {}
+    for position, node, (axis, rank, channels), bias in found:
+        beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0) if node.op_type == "Gemm" else 1.0
+        targets.append(Target(node_name(node), node.output[0], axis, rank, channels, levels[position],
+                              unique_name(taken, f"{node_name(node)}_bias_input"), beta or 1.0))
+        biases[node_name(node)] = bias
     return targets, biases
 
 
@@ -223,6 +221,12 @@ def channel_sum_nodes(targets: list[Target], taken: set[str]
     outputs = ([helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in sums] +
                [helper.make_tensor_value_info(n, onnx.TensorProto.INT64, None) for n in shapes])
     return nodes, inits, outputs
+
+
+def channel_sum_probe(targets: list[Target], taken: set[str]) -> Probe:
+    """:func:`channel_sum_nodes` as a probe of a :class:`~onnxq.recovery.level_runner.LevelRunner` step."""
+    nodes, inits, outputs = channel_sum_nodes(targets, taken)
+    return Probe(tuple(nodes), tuple(inits), tuple(outputs))
 
 
 def with_channel_sums(model: onnx.ModelProto, targets: list[Target]) -> onnx.ModelProto:
@@ -373,30 +377,31 @@ def correct_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable
         return BiasCorrection([], 0, len(kept), sorted(skipped))
     reference = ChannelMeans(prepared, targets, kept).run()
     quantized = with_bias_inputs(InsertQDQ(plan, table).run(prepared, keep_input=True).model, targets)
-    segments = LevelSegments(quantized, kept)
+    chunks = level_chunks(max(t.level for t in targets), chunk_levels)
+    groups = [[t for t in targets if t.level in chunk] for chunk in chunks]
     taken = all_names(quantized.graph)
+    # one step (session) per chunk of levels, over the part of the graph the earlier chunks did not compute; its
+    # probe sums the chunk's layer outputs per channel
+    runner = LevelRunner(quantized, kept, [Step(probe=channel_sum_probe(group, taken)) for group in groups],
+                         "bias correction")
     current = dict(biases)
     passes = 1
-    for chunk in level_chunks(max(t.level for t in targets), chunk_levels):
-        # one session per chunk of levels, over the part of the graph not computed by the earlier chunks
-        chunk_targets = [t for t in targets if t.level in chunk]
-        segment = segments.segment([t.output for t in chunk_targets], *channel_sum_nodes(chunk_targets, taken))
-        moved: dict[str, tuple[np.ndarray, int]] = {}
+    for number, (chunk, group) in enumerate(zip(chunks, groups, strict=True)):
+        moved: dict[str, ChannelShift] = {}
         for level in chunk:
-            sums = ChannelSums(chunk_targets)
-            for outputs in segments.run(segment, {t.bias_input: current[t.node].astype(np.float32)
-                                                  for t in targets}, f"bias correction level {level}"):
+            sums = ChannelSums(group)
+            feed = {t.bias_input: current[t.node].astype(np.float32) for t in targets}
+            for outputs in runner.run(number, feed, last=level == chunk[-1]):
                 sums.add(outputs)
             got = sums.stats()
             passes += 1
-            for t in chunk_targets:
+            for t in group:
                 if t.level == level:
                     shift = significant_shift(reference[t.node], got[t.node], min_t)
                     current[t.node] = (current[t.node] + shift / t.beta).astype(np.float32)
-                    moved[t.output] = (shift, t.channel_axis)
-        # the chunk's last level moved its outputs after the last run: the cached values get the same shift
-        segments.finish(segment, {k: v for k, v in moved.items()
-                                  if any(t.output == k and t.level == chunk[-1] for t in chunk_targets)})
+                    moved[t.output] = ChannelShift(shift, t.channel_axis)
+        # measured before the chunk's last level was corrected: its outputs moved by exactly the bias change
+        runner.finish_shifted(number, {t.output: moved[t.output] for t in group if t.level == chunk[-1]})
     shifts = []
     for t in targets:
         delta = (current[t.node].astype(np.float64) - biases[t.node]) * t.beta

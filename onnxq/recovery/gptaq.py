@@ -38,12 +38,13 @@ augmented column (LLM layers have none).
 How it runs (onnxruntime, streamed, no cached activations):
 
 * layer *levels* as in bias correction (1 + the deepest rounded layer upstream); the FP32 and the Q/DQ model run in
-  stages between levels (:mod:`onnxq.recovery.staged`), so each node runs once per kept batch, not once per level;
+  steps between levels (:mod:`onnxq.recovery.level_runner`, each step finished as computed: a level's inputs depend
+  only on rounded levels), so each node runs once per kept batch, not once per level;
 * the Q/DQ model is built once; each rounded layer's weight and bias are graph inputs fed with the current
   (on-grid) values, so later levels see the rounding of earlier ones without a new session;
 * each batch adds at most ``MAX_ROWS / batches`` sampled rows (the same rows in both models) to ``H`` and ``M``
   (``[groups, k+1, k+1]`` each, float64); memory holds the moments and, for the ``gptq_batches`` kept batches, the
-  tensors alive across the current stage boundary.
+  tensors alive across the current step boundary.
 
 A Conv/Gemm without bias gets one. MatMul has no bias input: when an Add with a per-output constant alone reads its
 output (a Linear layer as torch and paddle2onnx export it), that constant is the bias column, otherwise there is
@@ -71,7 +72,7 @@ from onnxq.plan import QuantPlan
 from onnxq.recovery.bias_correction import write_biases
 from onnxq.recovery.gptq import MAX_ROWS, LinearView, hessian_key, round_to_grid, round_with_factor, rounding_views
 from onnxq.recovery.layers import bias_of, replace_initializer
-from onnxq.recovery.staged import StagedRun, node_stages
+from onnxq.recovery.level_runner import LevelRunner, Step, node_levels
 from onnxq.scales.types import ScaleTable
 
 log = logging.getLogger(__name__)
@@ -355,7 +356,7 @@ def gptaq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data
         for name in node.input:
             users[name] = users.get(name, 0) + 1
     names = [node_name(v.node) for v in views]
-    levels = dict(zip((node_name(n) for n in model.graph.node), node_stages(model, names), strict=True))
+    levels = dict(zip((node_name(n) for n in model.graph.node), node_levels(model, names), strict=True))
     layers, state = [], RoundingState()
     for view in views:
         w = index.array(view.node.input[1])
@@ -371,17 +372,22 @@ def gptaq_model(model: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data
     fp_inputs, q_inputs = layer_inputs(model, layers), layer_inputs(fed, layers)
     wanted_fp: dict[int, set[str]] = {}
     wanted_q: dict[int, set[str]] = {}
-    for layer in layers:  # the inputs of level L are read after stage L - 1
+    for layer in layers:  # the inputs of level L are read after step L - 1
         wanted_fp.setdefault(layer.level - 1, set()).add(fp_inputs[layer.name])
         wanted_q.setdefault(layer.level - 1, set()).add(q_inputs[layer.name])
-    fp_run = StagedRun(model, node_stages(model, names), wanted_fp, kept_batches)
-    q_run = StagedRun(fed, node_stages(fed, names), wanted_q, kept_batches)
     top = max(layer.level for layer in layers)
+    fp_run = LevelRunner(model, kept_batches, [Step(frozenset(wanted_fp.get(s, ()))) for s in range(top)],
+                         "GPTAQ FP32 model")
+    q_run = LevelRunner(fed, kept_batches, [Step(frozenset(wanted_q.get(s, ()))) for s in range(top)],
+                        "GPTAQ Q/DQ model")
     mean_only = 0
     for level in range(1, top + 1):
         now = [layer for layer in layers if layer.level == level]
-        fp_run.run(level - 1)
-        q_run.run(level - 1, state.feed(layers))
+        # step level - 1 computes the inputs of level ``level`` after every upstream level was rounded
+        fp_run.run(level - 1, last=True)
+        fp_run.finish(level - 1)
+        q_run.run(level - 1, state.feed(layers), last=True)
+        q_run.finish(level - 1)
         if not now:
             continue
         moments = collect_moments(fp_run, q_run, now, fp_inputs, q_inputs, max_rows, seed, level)
@@ -416,7 +422,7 @@ def sample_rows(columns: int, max_rows: int = MAX_ROWS) -> int:
     return max(max_rows, FULL_FIT_ROWS * columns)
 
 
-def collect_moments(fp_run: StagedRun, q_run: StagedRun, layers: list[RoundedLayer], fp_inputs: dict[str, str],
+def collect_moments(fp_run: LevelRunner, q_run: LevelRunner, layers: list[RoundedLayer], fp_inputs: dict[str, str],
                     q_inputs: dict[str, str], max_rows: int, seed: int, level: int) -> dict[tuple, CrossMoments]:
     """The cross moments of ``layers`` (one level) over the kept batches, keyed by (input geometry, with bias)."""
     moments: dict[tuple, CrossMoments] = {}

@@ -10,6 +10,10 @@ as they are. The values are those of a full run (the same nodes on the same inpu
 Cuts are placed at the first gate of every k-th gated node (``cuts`` suffix sessions, built lazily on first use, with
 the input element types of the tensors the snapshot holds). On the ddddocr detector the 110 per-node runs then
 evaluate on average about half the graph.
+
+A suffix model is built as a step of the level runner is (:func:`onnxq.recovery.level_runner.part_model`); the
+scheduling differs: a suffix serves any configuration from a cached snapshot, the level runner a fixed order of steps
+that each run once per batch.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from onnxq.graph import node_reads
+from onnxq.recovery.level_runner import fed_input, part_model
 from onnxq.runtime import make_session
 
 log = logging.getLogger(__name__)
@@ -110,20 +114,12 @@ def plan_cuts(model: onnx.ModelProto, gates: dict[str, str], count: int) -> Suff
     return plan
 
 
-
 def suffix_model(plan: SuffixPlan, cut: Cut, dtypes: dict[str, np.dtype]) -> onnx.ModelProto:
     """The gated model from ``cut`` on: its live tensors and gates are graph inputs, its outputs those it produces."""
     source = plan.model.graph
-    nodes = list(source.node[cut.position:])
-    needed = set().union(*(node_reads(n) for n in nodes))
-    inputs = [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(dtypes[t]), None) for t in cut.inputs]
-    inputs += [v for v in source.input if v.name in cut.gates]
-    graph = helper.make_graph(nodes, f"{source.name}_from_{cut.position}", inputs,
-                              [o for o in source.output if o.name in cut.outputs],
-                              [i for i in source.initializer if i.name in needed])
-    model = helper.make_model(graph, opset_imports=list(plan.model.opset_import))
-    model.ir_version = plan.model.ir_version
-    return model
+    inputs = [fed_input(t, dtypes[t]) for t in cut.inputs] + [v for v in source.input if v.name in cut.gates]
+    return part_model(plan.model, source.node[cut.position:], inputs,
+                      [o for o in source.output if o.name in cut.outputs], f"from_{cut.position}")
 
 
 def suffix_session(plan: SuffixPlan, cut: Cut, snapshot: Snapshot, threads: int = 0):
