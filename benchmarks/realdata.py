@@ -27,7 +27,7 @@ difference does not matter. Text is drawn with the TrueType fonts found on the m
 digits -- except the detector's glyphs: ``common_det`` is ddddocr's click-captcha detector, trained on Chinese
 characters, and Latin glyphs are out of its distribution (FP32 found 44 of 106 pasted Latin glyphs on 24 images,
 but 94 of 111 CJK ones; most Latin detections score near the 0.1 threshold, where tiny changes flip them). Its
-captchas use the CJK ideographs of ddddocr's own charset that the IPAex Gothic font covers (4857 of them), the
+captchas use the CJK ideographs of ddddocr's own charset that the IPAex Gothic font covers (4786 of them), the
 font taken from the ``japanize-matplotlib`` source package on PyPI (``pip download --no-deps``, into the cache, never
 the repository; IPA Font License). Without network access the detector falls back to Latin glyphs, and the data
 set records which (``labels.json`` ``glyphs``).
