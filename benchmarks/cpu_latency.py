@@ -118,18 +118,40 @@ def quantize_with_tree(tree: str, case: Case, variant: str, out: Path) -> None:
                    check=True, cwd=tree)
 
 
+@dataclass(frozen=True)
+class TimingMode:
+    """How the models are timed against each other.
+
+    ``cpu_time``: one intra-op thread and the CPU time of that thread per run (see :func:`time_interleaved`).
+    ``blocks``: each round runs every model this many times in a row and drops the first run of each block, which
+    pays for the previous model's caches and threads; 1 alternates single runs. ``spinning``: sessions keep
+    onnxruntime's default spin-waiting worker threads, as a deployment that runs one model does (needs ``blocks``
+    > 1: with single runs taking turns, the idle spinning threads of one session steal the cores of the next)."""
+
+    cpu_time: bool = False
+    blocks: int = 1
+    spinning: bool = False
+
+
 def time_interleaved(models: list[str], batch: dict[str, np.ndarray], settings: LatencySettings,
-                     cpu_time: bool = False) -> list[Timing]:
+                     cpu_time: bool = False, mode: TimingMode | None = None) -> list[Timing]:
     """Median/p90 of each model, after a warm-up, runs interleaved (a seeded random order every round: reversing it
     every round made the end models run twice in a row and the middle ones never, a bias of up to 8% measured with
     benchmarks/depthwise_padding.py), one process;
-    the sessions are onnxq.validate.latency's deployment sessions (spinning off).
+    the sessions are onnxq.validate.latency's deployment sessions (spinning off) unless ``mode.spinning``.
 
     ``cpu_time``: one intra-op thread (onnxruntime then runs every kernel in the calling thread) and the CPU time of
     that thread per run (``time.thread_time``) instead of wall time: the work each model costs, which other jobs on
     a shared machine do not inflate (wall-time ratios of one unchanged graph moved by up to 2x at load 12 here)."""
-    sessions = [deployment_session(m, 1 if cpu_time else settings.threads) for m in models]
-    clock = time.thread_time if cpu_time else time.perf_counter
+    mode = mode or TimingMode(cpu_time=cpu_time)
+    threads = 1 if mode.cpu_time else settings.threads
+    if mode.spinning:
+        from onnxq.runtime import SessionSettings, make_session
+
+        sessions = [make_session(m, settings=SessionSettings(threads=threads, optimization="all")) for m in models]
+    else:
+        sessions = [deployment_session(m, threads) for m in models]
+    clock = time.thread_time if mode.cpu_time else time.perf_counter
     feeds = [{i.name: batch[i.name] for i in s.get_inputs()} for s in sessions]
     for _ in range(settings.warmup):
         for session, feed in zip(sessions, feeds, strict=True):
@@ -138,20 +160,23 @@ def time_interleaved(models: list[str], batch: dict[str, np.ndarray], settings: 
     spent, i = 0.0, 0
     shuffler = random.Random(0)
     order = list(range(len(models)))
+    skip = 1 if mode.blocks > 1 else 0
     while (i < settings.runs or spent < settings.min_seconds) and (spent < settings.budget_seconds or i < 5):
         shuffler.shuffle(order)
         for k in order:
-            start = clock()
-            sessions[k].run(None, feeds[k])
-            elapsed = clock() - start
-            times[k].append(elapsed)
-            spent += elapsed
+            for run in range(mode.blocks):
+                start = clock()
+                sessions[k].run(None, feeds[k])
+                elapsed = clock() - start
+                spent += elapsed
+                if run >= skip:
+                    times[k].append(elapsed)
         i += 1
     return [Timing.of(t) for t in times]
 
 
 def run_case(case: Case, variants: list[str], settings: LatencySettings, work: Path,
-             before_tree: str | None = None, cpu_time: bool = False) -> list[tuple]:
+             before_tree: str | None = None, cpu_time: bool = False, mode: TimingMode | None = None) -> list[tuple]:
     rows = []
     batch = latency_batch(case)
     for variant in variants:
@@ -172,7 +197,7 @@ def run_case(case: Case, variants: list[str], settings: LatencySettings, work: P
             quantize_with_tree(before_tree, case, variant, before)
             models.append(str(before))
         sqnr = [compare_models(str(case.model), m, str(case.val)).min_sqnr_db for m in models[1:]]
-        timings = time_interleaved(models, batch, settings, cpu_time)
+        timings = time_interleaved(models, batch, settings, cpu_time, mode)
         ref, after = timings[0].median_ms, timings[1].median_ms
         row = [case.name, variant, ref, after, ref / after, sqnr[0]]
         line = (f"{case.name:20s} {variant:10s} FP32 {ref:8.2f} ms  INT8 {after:8.2f} ms  {ref / after:5.2f}x  "
@@ -198,7 +223,14 @@ def main() -> None:
     p.add_argument("--cpu-time", action="store_true",
                    help="time the CPU each run costs on one intra-op thread instead of wall time on --threads "
                         "(robust to other jobs on a shared machine)")
+    p.add_argument("--blocks", type=int, default=1,
+                   help="run each model this many times in a row per round, dropping the first run of each block")
+    p.add_argument("--spinning", action="store_true",
+                   help="keep onnxruntime's default spin-waiting threads, as a one-model deployment does (use with "
+                        "--blocks; without it the sessions' threads sleep when idle)")
     args = p.parse_args()
+    if args.spinning and args.blocks < 2:
+        p.error("--spinning needs --blocks 2 or more: spinning threads of one session slow the next one down")
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -206,10 +238,12 @@ def main() -> None:
     dynamic = {m for m in args.dynamic.split(",") if m}
     settings = LatencySettings(threads=args.threads, runs=args.runs, budget_seconds=60)
     clocks = "CPU time of 1 thread" if args.cpu_time else f"wall time, {args.threads} threads"
+    if args.blocks > 1:
+        clocks += f", blocks of {args.blocks} runs" + (", spinning threads" if args.spinning else "")
     rows = []
     for case in build_cases([m for m in args.models.split(",") if m], work):
         rows += run_case(case, variants + (["dynamic"] if case.name in dynamic else []), settings, work,
-                         args.before_tree, args.cpu_time)
+                         args.before_tree, args.cpu_time, TimingMode(args.cpu_time, args.blocks, args.spinning))
     if args.before_tree:
         print(f"\n| model | variant | FP32 ms | before ms | after ms | before speed | after speed | before SQNR dB "
               f"| after SQNR dB |  ({clocks}, medians, one process)")
