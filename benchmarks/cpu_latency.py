@@ -134,16 +134,16 @@ class TimingMode:
 
 
 def time_interleaved(models: list[str], batch: dict[str, np.ndarray], settings: LatencySettings,
-                     cpu_time: bool = False, mode: TimingMode | None = None) -> list[Timing]:
+                     mode: TimingMode = TimingMode()) -> list[Timing]:
     """Median/p90 of each model, after a warm-up, runs interleaved (a seeded random order every round: reversing it
     every round made the end models run twice in a row and the middle ones never, a bias of up to 8% measured with
     benchmarks/depthwise_padding.py), one process;
     the sessions are onnxq.validate.latency's deployment sessions (spinning off) unless ``mode.spinning``.
 
-    ``cpu_time``: one intra-op thread (onnxruntime then runs every kernel in the calling thread) and the CPU time of
-    that thread per run (``time.thread_time``) instead of wall time: the work each model costs, which other jobs on
-    a shared machine do not inflate (wall-time ratios of one unchanged graph moved by up to 2x at load 12 here)."""
-    mode = mode or TimingMode(cpu_time=cpu_time)
+    ``mode.cpu_time``: one intra-op thread (onnxruntime then runs every kernel in the calling thread) and the CPU
+    time of that thread per run (``time.thread_time``) instead of wall time: the work each model costs, which other
+    jobs on a shared machine do not inflate (wall-time ratios of one unchanged graph moved by up to 2x at load 12
+    here)."""
     threads = 1 if mode.cpu_time else settings.threads
     if mode.spinning:
         from onnxq.runtime import SessionSettings, make_session
@@ -176,7 +176,7 @@ def time_interleaved(models: list[str], batch: dict[str, np.ndarray], settings: 
 
 
 def run_case(case: Case, variants: list[str], settings: LatencySettings, work: Path,
-             before_tree: str | None = None, cpu_time: bool = False, mode: TimingMode | None = None) -> list[tuple]:
+             before_tree: str | None = None, mode: TimingMode = TimingMode()) -> list[tuple]:
     rows = []
     batch = latency_batch(case)
     for variant in variants:
@@ -197,7 +197,7 @@ def run_case(case: Case, variants: list[str], settings: LatencySettings, work: P
             quantize_with_tree(before_tree, case, variant, before)
             models.append(str(before))
         sqnr = [compare_models(str(case.model), m, str(case.val)).min_sqnr_db for m in models[1:]]
-        timings = time_interleaved(models, batch, settings, cpu_time, mode)
+        timings = time_interleaved(models, batch, settings, mode)
         ref, after = timings[0].median_ms, timings[1].median_ms
         row = [case.name, variant, ref, after, ref / after, sqnr[0]]
         line = (f"{case.name:20s} {variant:10s} FP32 {ref:8.2f} ms  INT8 {after:8.2f} ms  {ref / after:5.2f}x  "
@@ -243,7 +243,7 @@ def main() -> None:
     rows = []
     for case in build_cases([m for m in args.models.split(",") if m], work):
         rows += run_case(case, variants + (["dynamic"] if case.name in dynamic else []), settings, work,
-                         args.before_tree, args.cpu_time, TimingMode(args.cpu_time, args.blocks, args.spinning))
+                         args.before_tree, TimingMode(args.cpu_time, args.blocks, args.spinning))
     if args.before_tree:
         print(f"\n| model | variant | FP32 ms | before ms | after ms | before speed | after speed | before SQNR dB "
               f"| after SQNR dB |  ({clocks}, medians, one process)")

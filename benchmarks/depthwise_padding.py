@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cpu_latency import build_cases, latency_batch, time_interleaved
+from cpu_latency import TimingMode, build_cases, latency_batch, time_interleaved
 
 from onnxq.config import QuantConfig
 from onnxq.graph import load_model
@@ -75,7 +75,7 @@ def main() -> None:
         sqnr = [compare_models(str(case.model), str(outs[pad]), str(case.val)).min_sqnr_db for pad in (False, True)]
         timings = time_interleaved([str(case.model), str(outs[False]), str(outs[True])], batch,
                                    LatencySettings(threads=args.threads, runs=args.runs, min_seconds=0.0,
-                                                   budget_seconds=float("inf")), args.cpu_time)
+                                                   budget_seconds=float("inf")), TimingMode(cpu_time=args.cpu_time))
         fp32, plain, padded = (t.median_ms for t in timings)
         clock = "CPU time, 1 thread" if args.cpu_time else f"wall, {args.threads} threads"
         print(f"| {case.name} | {clock} | FP32 {fp32:.2f} ms | unpadded {plain:.2f} ms {fp32 / plain:.2f}x "

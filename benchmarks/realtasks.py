@@ -200,7 +200,7 @@ class TaskAgreement:
                 precision = self.confident[3] / max(self.confident[2], 1)
                 out["confident_f1"] = 2 * precision * recall / max(precision + recall, 1e-12)
                 signal, noise = self.candidate_power
-                out["candidate_sqnr_db"] = float("inf") if noise == 0 else 10 * np.log10(signal / max(noise, 1e-30))
+                out["candidate_sqnr_db"] = float("inf") if noise == 0 else 10 * np.log10(signal / noise)
         elif self.model in ("rec", "pprec"):
             out["agreement"] = self.agree / max(self.seen, 1)
             out["agreement_name"] = "CTC string agreement"

@@ -57,6 +57,12 @@ def rng_feeds(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: 
     return {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
 
 
+def normal_batches(shape: tuple[int, ...], count: int, seed: int, name: str = "x") -> list[dict[str, np.ndarray]]:
+    """``count`` single-input batches of standard-normal float32 values of ``shape``."""
+    rng = np.random.default_rng(seed)
+    return [{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(count)]
+
+
 def op_types(model: onnx.ModelProto) -> list[str]:
     return [n.op_type for n in model.graph.node]
 

@@ -9,7 +9,6 @@ import dataclasses
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -20,7 +19,7 @@ from onnxq.pipeline import prepare, quantize
 from onnxq.rules import TARGET_RULES
 from onnxq.validate.latency import op_counts, optimized_model
 from onnxq.validate.metrics import ErrorAccumulator
-from tests.helpers import make_model
+from tests.helpers import make_model, normal_batches, run
 
 MS = "com.microsoft."
 
@@ -85,12 +84,11 @@ def deep_affine_model(blocks: int = 4, seed: int = 1) -> onnx.ModelProto:
 
 
 def _batches(count: int, seed: int) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    return [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(count)]
+    return normal_batches((1, 4, 8, 8), count, seed)
 
 
 def _run(model: onnx.ModelProto, batch: dict[str, np.ndarray]) -> np.ndarray:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, batch)[0]
+    return run(model, batch)[0]
 
 
 def test_reshape_of_initializers_becomes_an_initializer():

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.config import QuantConfig
 from onnxq.passes.remove_identity import RemoveIdentity
 from onnxq.pipeline import prepare, quantize
 from onnxq.validate.latency import op_counts, optimized_model
-from tests.helpers import make_model
+from tests.helpers import make_model, normal_batches, run
 
 MS = "com.microsoft."
 
@@ -54,12 +53,11 @@ def gate_model() -> onnx.ModelProto:
 
 
 def _batches(count: int, seed: int) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    return [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(count)]
+    return normal_batches((1, 4, 8, 8), count, seed)
 
 
 def _run(model: onnx.ModelProto, batch: dict[str, np.ndarray]) -> np.ndarray:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, batch)[0]
+    return run(model, batch)[0]
 
 
 def test_remove_identity_keeps_the_function_and_the_output_name():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.config import QuantConfig
@@ -53,10 +52,6 @@ def _calib(model: onnx.ModelProto, count: int = 4, seed: int = 0) -> list[dict[s
     shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
     rng = np.random.default_rng(seed)
     return [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(count)]
-
-
-def _run(model: onnx.ModelProto, batch: dict[str, np.ndarray]) -> np.ndarray:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, batch)[0]
 
 
 def _maxpool(optimized: onnx.ModelProto) -> onnx.NodeProto:
