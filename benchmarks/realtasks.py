@@ -15,6 +15,11 @@
 - ``ppdet``: DB text boxes (``realdata_ppocr.db_boxes``) matched one-to-one at IoU >= 0.5 between FP32 and quantized,
   F1 as for ``det``; also the IoU of the two binarised maps (probability > 0.3).
 - ``pprec``: greedy CTC over (N, T, C) scores, string agreement as for ``rec``.
+- ``yolodoc``: YOLOv8 decoding (``realdata_yolodoc.decode``: score > 0.3, NMS 0.45), detections matched one-to-one at
+  IoU >= 0.5 with the same class, F1 as for ``det``.
+- ``minilm``: semantic search over the evaluation sentences: each sentence's nearest other sentence by cosine of the
+  ``sentence_embedding`` output; agreement is the share with the same neighbour under FP32 and quantized. Also the
+  mean and minimum cosine between the FP32 and quantized embeddings. No ground truth (accuracy n/a).
 Ground-truth accuracy (from the generated labels; text compared case-insensitively, detections at IoU >= 0.5 with
 the drawn glyph boxes) is reported too, as a check that the inputs are realistic.
 """
@@ -126,6 +131,7 @@ class TaskAgreement:
         self.map_inter = self.map_union = 0
         self.confident = [0, 0, 0, 0]  # FP32 confident, of them found; quantized confident, of them found
         self.candidate_power = [0.0, 0.0]  # det: signal and noise power over candidate anchors (FP32 objectness)
+        self.embeddings: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])  # minilm: FP32, quantized
 
     def _add_boxes(self, boxes_r: np.ndarray, boxes_q: np.ndarray) -> None:
         """One image's detections of FP32 and quantized, matched with each other and with the drawn boxes."""
@@ -155,6 +161,14 @@ class TaskAgreement:
                 self.map_inter += int((mask_r & mask_q).sum())
                 self.map_union += int((mask_r | mask_q).sum())
                 self._add_boxes(db_boxes(r[0]), db_boxes(q[0]))
+        elif self.model == "yolodoc":
+            from realdata_yolodoc import decode
+
+            for r, q in zip(ref, quant):
+                self._add_boxes(decode(r), decode(q))
+        elif self.model == "minilm":
+            self.embeddings[0].append(np.asarray(ref, np.float64))
+            self.embeddings[1].append(np.asarray(quant, np.float64))
         elif self.model == "det":
             for r, q in zip(ref, quant):
                 self._add_boxes(yolox_decode(r), yolox_decode(q))
@@ -182,6 +196,21 @@ class TaskAgreement:
                 self.gt_total += 1
                 self.seen += 1
 
+    def _search_result(self) -> dict:
+        """minilm: nearest-neighbour agreement among the evaluation sentences and FP32/quantized cosine."""
+        ref, quant = (np.concatenate(e) for e in self.embeddings)
+        ref, quant = (e / np.linalg.norm(e, axis=1, keepdims=True) for e in (ref, quant))
+        neighbours = []
+        for e in (ref, quant):
+            sim = e @ e.T
+            np.fill_diagonal(sim, -np.inf)
+            neighbours.append(sim.argmax(1))
+        cosine = (ref * quant).sum(1)
+        return {"agreement": float((neighbours[0] == neighbours[1]).mean()),
+                "agreement_name": "nearest-sentence agreement", "embedding_cosine": float(cosine.mean()),
+                "embedding_cosine_min": float(cosine.min()), "sentences": len(ref),
+                "fp32_accuracy": None, "quant_accuracy": None}
+
     def _text(self, indices: list[int]) -> str:
         return "".join(self.charset[i] for i in indices) if self.charset else ",".join(map(str, indices))
 
@@ -189,7 +218,9 @@ class TaskAgreement:
         """``agreement`` (the headline figure), its name, extra figures, and FP32/quantized accuracy vs labels."""
         gt = max(self.gt_total, 1)
         out = {"fp32_accuracy": self.ref_correct / gt, "quant_accuracy": self.quant_correct / gt}
-        if self.model in ("det", "ppdet"):
+        if self.model == "minilm":
+            return self._search_result()
+        if self.model in ("det", "ppdet", "yolodoc"):
             out["agreement"] = 2 * self.n_matched / max(self.n_ref + self.n_quant, 1)
             out["agreement_name"] = "det F1 vs FP32"
             if self.model == "ppdet":
