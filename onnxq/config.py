@@ -215,6 +215,11 @@ class QuantConfig:
     rechoose_stats_method: bool = False
     # what stays float: kept FP32, or converted to FP16 with Casts at its borders (onnxq.passes.float16)
     float_rest: FloatRest = "fp32"
+    # the shapes the model runs at, by graph input name, for placement rules that depend on feature-map sizes
+    # (TargetRules.float_short_map_depthwise, onnxq/short_maps.py); empty: the model's own static shapes, and
+    # ``quantize`` with calibration data fills it from the first batch (the statistics of ``onnxq calibrate`` and
+    # imported scales go by the static shapes)
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.target not in TARGET_RULES:
