@@ -127,3 +127,25 @@ def test_tensorrt_target_is_unchanged():
     assert not short_map_depthwise(model, ()) == set()  # the block qualifies by shape ...
     result = quantize(model, calib=normal_batches((1, 8, 3, 48), 4, seed=0), config=QuantConfig(target="tensorrt"))
     assert next(d for d in result.plan.nodes if d.node == "depthwise").quantized  # ... but only ort-cpu acts on it
+
+
+def test_cli_input_shape_flag(tmp_path):
+    """``--input-shape NAME=DIMS`` sets the deployment shape; a malformed one is one line and exit 2, nothing
+    written."""
+    import onnx as onnx_module
+
+    from tests.helpers import run_cli, write_batches
+
+    model_path = tmp_path / "block.onnx"
+    onnx_module.save(mobile_block("h", 48), model_path)
+    write_batches(tmp_path / "calib", 2, (1, 8, 16, 48), np.random.default_rng(0))
+    out = tmp_path / "q.onnx"
+    bad = run_cli("quantize", model_path, "--calib", tmp_path / "calib", "--target", "ort-cpu", "-o", out,
+                  "--input-shape", "x=1x8xhx48")
+    assert bad.returncode == 2 and "--input-shape" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    good = run_cli("quantize", model_path, "--calib", tmp_path / "calib", "--target", "ort-cpu", "-o", out,
+                   "--input-shape", "x=1x8x2x48")
+    assert good.returncode == 0, good.stderr
+    depthwise = [n for n in onnx_module.load(out).graph.node if n.name == "depthwise"]
+    assert depthwise and "w_dw" in depthwise[0].input  # float weights: the calibration batches (16 rows) did not decide
