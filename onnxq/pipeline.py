@@ -48,6 +48,7 @@ from onnxq.passes.decompose_hard_activations import DecomposeHardActivations
 from onnxq.passes.float16 import ConvertFloatToFP16
 from onnxq.passes.fold_bias_add import FoldBiasAdd
 from onnxq.passes.fold_conv_scale import FoldConvScale
+from onnxq.passes.matmul_bias_to_gemm import MatMulBiasToGemm
 from onnxq.passes.pad_depthwise_channels import PadDepthwiseChannels
 from onnxq.passes.recognize_hardswish import RecognizeHardSwish
 from onnxq.passes.remove_identity import RemoveIdentity
@@ -129,6 +130,9 @@ def prepare(model: onnx.ModelProto, config: QuantConfig, *, in_place: bool = Fal
         keep = float_convs(prepared, config)
         result = DecomposeHardActivations(rules.decompose_activations, frozenset(keep)).run(prepared)
         prepared, notes = result.model, notes + result.notes
+    if rules.matmul_bias_to_gemm:
+        gemms = MatMulBiasToGemm(config.input_shapes).run(prepared, keep_input=False)
+        prepared, notes = gemms.model, notes + gemms.notes
     if rules.pad_depthwise_channels:
         padded = PadDepthwiseChannels(frozenset(float_convs(prepared, config))).run(prepared)
         prepared, notes = padded.model, notes + padded.notes
