@@ -20,13 +20,12 @@ inferred with ONNX shape inference on a copy of the graph; nothing of the model 
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import onnx
 
 from onnxq.float_nodes import PREFIX_ACTIVATIONS, is_depthwise_conv
-from onnxq.graph import GraphIndex, attr, needs_external_data, node_name, skeleton
+from onnxq.graph import GraphIndex, attr, node_name, skeleton
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ InputShapes = tuple[tuple[str, tuple[int, ...]], ...]
 def deployment_shapes(model: onnx.ModelProto, input_shapes: InputShapes) -> dict[str, tuple[int, ...]]:
     """The static shape of every tensor ONNX shape inference can tell, with the graph inputs named in
     ``input_shapes`` pinned to those dimensions (a copy of the graph is inferred; ``model`` is not changed)."""
-    pinned = skeleton(model) if needs_external_data(model) else copy.deepcopy(model)
+    pinned = skeleton(model)  # a copy without the large weights (typed inputs instead): enough for shapes
     given = dict(input_shapes)
     for value in pinned.graph.input:
         dims = given.get(value.name)
