@@ -22,6 +22,7 @@ import onnx
 from onnx import helper
 
 from onnxq.graph import GraphIndex, node_name
+from onnxq.passes.base import PassResult
 from onnxq.passes.rewrite import NodeRewritePass, Rewrite
 from onnxq.short_maps import InputShapes, deployment_shapes
 
@@ -39,20 +40,23 @@ class MatMulBiasToGemm(NodeRewritePass):
     def __init__(self, input_shapes: InputShapes = ()) -> None:
         self.input_shapes = input_shapes
         self._absorbed: set[str] = set()  # names of the Adds that became a Gemm's bias
-        self._shapes: dict[str, tuple[int, ...]] | None = None  # deployment shapes, inferred when first needed
+        self._model: onnx.ModelProto | None = None  # the model being rewritten (for shape inference)
+        self._shapes: dict[str, tuple[int, ...]] | None = None  # its deployment shapes, inferred when first needed
 
-    def _rank(self, model_graph: onnx.GraphProto, name: str, model: onnx.ModelProto) -> int | None:
-        rank = _rank(model_graph, name)
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        self._model, self._shapes = model, None
+        return super().call(model)
+
+    def _rank(self, name: str) -> int | None:
+        """The rank of tensor ``name``: from the shapes inferred so far, else at the deployment shape."""
+        assert self._model is not None
+        rank = _rank(self._model.graph, name)
         if rank is None:
             if self._shapes is None:
-                self._shapes = deployment_shapes(model, self.input_shapes)
+                self._shapes = deployment_shapes(self._model, self.input_shapes)
             shape = self._shapes.get(name)
             rank = None if shape is None else len(shape)
         return rank
-
-    def call(self, model: onnx.ModelProto):
-        self._model = model
-        return super().call(model)
 
     def summary(self, count: int) -> str:
         return f"rewrote {count // 2} MatMul + bias Add pair(s) as Gemm"
@@ -65,7 +69,7 @@ class MatMulBiasToGemm(NodeRewritePass):
         if node.op_type != "MatMul":
             return None
         match = _bias_add(node, ctx.index)
-        if match is None or self._rank(ctx.index.graph, node.input[0], self._model) != 2:
+        if match is None or self._rank(node.input[0]) != 2:
             return None
         add, bias = match
         self._absorbed.add(node_name(add))
