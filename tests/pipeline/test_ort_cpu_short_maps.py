@@ -149,3 +149,23 @@ def test_cli_input_shape_flag(tmp_path):
     assert good.returncode == 0, good.stderr
     depthwise = [n for n in onnx_module.load(out).graph.node if n.name == "depthwise"]
     assert depthwise and "w_dw" in depthwise[0].input  # float weights: the calibration batches (16 rows) did not decide
+
+
+def test_statistics_workflow_follows_static_shapes_or_the_given_one(tmp_path):
+    """``onnxq calibrate`` does not read the deployment shape from its shard's data: its statistics fit
+    ``quantize --stats`` (which has no data) on the static shapes, and both take the same ``--input-shape``."""
+    import onnx as onnx_module
+
+    from tests.helpers import run_cli, write_batches
+
+    model_path = tmp_path / "block.onnx"
+    onnx_module.save(mobile_block("h", 48), model_path)
+    write_batches(tmp_path / "calib", 2, (1, 8, 2, 48), np.random.default_rng(0))
+    for shape, float_depthwise in (((), False), (("--input-shape", "x=1x8x2x48"), True)):
+        stats, out = tmp_path / f"s{len(shape)}.npz", tmp_path / f"q{len(shape)}.onnx"
+        r = run_cli("calibrate", model_path, "--calib", tmp_path / "calib", "--target", "ort-cpu", "-o", stats, *shape)
+        assert r.returncode == 0, r.stderr
+        r = run_cli("quantize", model_path, "--stats", stats, "--target", "ort-cpu", "-o", out, *shape)
+        assert r.returncode == 0, r.stderr
+        depthwise = next(n for n in onnx_module.load(out).graph.node if n.name == "depthwise")
+        assert ("w_dw" in depthwise.input) == float_depthwise
