@@ -47,6 +47,8 @@ REAL_MODELS = {
     "pprec": (REAL / "rapidocr/rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", (3, 48, 320)),
     "ppcls": (REAL / "rapidocr/rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", (3, 48, 192)),
 }
+# held-out families with the real-model benchmark's own inputs (benchmarks/realdata.py: rendered pages, real sentences)
+BENCH_DATA = ("yolodoc", "minilm")
 REFERENCE = ("pointnext", "centerpoint", "bevfusion", "vit")
 TORCH_CNNS = ("resnet18", "mobilenet_v3_small")
 
@@ -90,6 +92,10 @@ def build_cases(names: list[str], work: Path) -> list[Case]:
                 cases.append(_image_case(name, path, shape, work))
             else:
                 print(f"skip {name}: {path} not found", file=sys.stderr)
+        elif name in BENCH_DATA:
+            from realdata import ensure_split, model_path
+
+            cases.append(Case(name, model_path(name), ensure_split(name, "calib"), ensure_split(name, "val")))
         elif name in TORCH_CNNS:
             folder = work / name
             folder.mkdir(parents=True, exist_ok=True)
@@ -213,7 +219,7 @@ def run_case(case: Case, variants: list[str], settings: LatencySettings, work: P
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default=",".join((*REFERENCE, *REAL_MODELS, *TORCH_CNNS)))
+    p.add_argument("--models", default=",".join((*REFERENCE, *REAL_MODELS, *BENCH_DATA, *TORCH_CNNS)))
     p.add_argument("--targets", default="ort-cpu,tensorrt")
     p.add_argument("--dynamic", default="vit", help="models that also get the --dynamic variant (comma list)")
     p.add_argument("--threads", type=int, default=2)

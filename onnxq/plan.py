@@ -21,6 +21,7 @@ from onnxq.float_nodes import float_prefix, is_stem_conv
 from onnxq.formats import FormatChoice, parse_format
 from onnxq.graph import GraphIndex, node_name
 from onnxq.integer_region import channels_first_in_onnxruntime, data_inputs, feeding_nodes, integer_region
+from onnxq.mask_tensors import masked_tensors
 from onnxq.ops import WEIGHTED_OPS, handler, quantized_ops, reduction_axis, weight_axis
 from onnxq.rules import TARGET_RULES, TargetRules
 from onnxq.short_maps import short_map_depthwise
@@ -205,6 +206,8 @@ class _Planner:
         self.plan = QuantPlan(target=config.target)
         self.quantized_ops = frozenset(quantized_ops(self.rules))
         self.float_prefix = float_prefix(model.graph, self.index, self.rules.float_stem_channels)
+        # additive attention masks and the scores they land in hold sentinels (-1e4 .. -3.4e38): never quantized
+        self.masked = masked_tensors(model.graph, self.index)
         self.short_maps = (short_map_depthwise(model, config.input_shapes)
                            if self.rules.float_short_map_depthwise else set())
 
@@ -306,7 +309,7 @@ class _Planner:
         return tensor
 
     def _is_float_activation(self, name: str) -> bool:
-        return bool(name) and not self.index.is_initializer(name) and \
+        return bool(name) and not self.index.is_initializer(name) and name not in self.masked and \
             _elem_type(self.model, name) in (None, *FLOAT_TYPES)
 
     def _residual_add(self, add: onnx.NodeProto) -> None:
