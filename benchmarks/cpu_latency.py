@@ -95,6 +95,7 @@ def build_cases(names: list[str], work: Path) -> list[Case]:
         elif name in BENCH_DATA:
             from realdata import ensure_split, model_path
 
+            (work / name).mkdir(parents=True, exist_ok=True)
             cases.append(Case(name, model_path(name), ensure_split(name, "calib"), ensure_split(name, "val")))
         elif name in TORCH_CNNS:
             folder = work / name
