@@ -13,8 +13,10 @@ QDQ op types by default).
 What counts (graph structure only, no data): a *mask image* is a float tensor computed from integer/boolean graph
 inputs and constants alone through elementwise and shape ops (no table lookup: ``Gather`` of a float embedding table
 by token ids is data, not a mask). A *masked* tensor is the output of an ``Add``/``Sub`` that reads a mask image or a
-masked tensor, and what data-movement ops pass on from it, up to the first other op (the Softmax, whose output is
-ordinary probabilities). Multiplicative 0/1 masks (``x * mask``) have an ordinary range and are not listed.
+masked tensor, of a ``Where`` that selects by a mask image between the data and a sentinel constant (``masked_fill``:
+``Where(mask, scores, -inf)``, any constant of magnitude at least :data:`SENTINEL`), and what data-movement ops pass
+on from them, up to the first other op (the Softmax, whose output is ordinary probabilities). Multiplicative 0/1 masks
+(``x * mask``) have an ordinary range and are not listed.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ MASK_IMAGE_OPS = frozenset({
 #: ops that apply an additive mask to data, and data-movement ops that carry the masked values on
 APPLIES_MASK = frozenset({"Add", "Sub"})
 CARRIES_MASK = frozenset({"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Expand", "Flatten", "Identity"})
+#: a constant this large (or infinite) selected by a mask is a sentinel, not data (BERT's mask value is -10000)
+SENTINEL = 1e4
 
 
 def _constant(index: GraphIndex, name: str) -> bool:
@@ -62,6 +66,14 @@ def mask_images(graph: onnx.GraphProto, index: GraphIndex) -> set[str]:
     return found
 
 
+def _sentinel(index: GraphIndex, name: str) -> bool:
+    """A constant initializer holding a value of magnitude at least :data:`SENTINEL` (or an infinity)."""
+    if not index.is_initializer(name) or name in index.graph_inputs:
+        return False
+    values = index.array(name)
+    return values.size > 0 and values.dtype.kind == "f" and bool((abs(values) >= SENTINEL).any())
+
+
 def masked_tensors(graph: onnx.GraphProto, index: GraphIndex) -> set[str]:
     """Mask images built from the model's integer inputs and the tensors an additive mask lands in (see the module
     docstring): none of them is quantized."""
@@ -71,8 +83,10 @@ def masked_tensors(graph: onnx.GraphProto, index: GraphIndex) -> set[str]:
     integer_inputs = {i.name for i in graph.input}
     masked = {t for t in images if t not in integer_inputs}
     for node in graph.node:
-        if node.domain not in ("", "ai.onnx") or not any(t in masked for t in node.input):
+        if node.domain not in ("", "ai.onnx"):
             continue
-        if node.op_type in APPLIES_MASK or node.op_type in CARRIES_MASK:
+        selects_sentinel = node.op_type == "Where" and len(node.input) == 3 and node.input[0] in images and \
+            any(t in masked or _sentinel(index, t) for t in node.input[1:])
+        if selects_sentinel or (any(t in masked for t in node.input) and node.op_type in APPLIES_MASK | CARRIES_MASK):
             masked.update(o for o in node.output if o)
     return masked

@@ -88,3 +88,25 @@ def test_attention_mask_stays_float(target):
     assert "q" in quantized_inputs or "x" in quantized_inputs  # the attention itself is quantized
     # the masked-score quantizer (scale ~1e36) left the output at about 0 dB
     assert real_token_sqnr(model, result.model, token_batches(3, seed=2)) > 20.0
+
+
+def test_masked_fill_where_stays_float_on_ort_cpu():
+    """``scores.masked_fill(mask == 0, -inf-like)`` exports as ``Where(Equal(mask, 0), -3.4e38, scores)``."""
+    model = attention_model()
+    graph = model.graph
+    bias_nodes = {"cast", "unsqueeze", "invert", "mask_bias"}
+    kept = [n for n in graph.node if n.name not in bias_nodes]
+    del graph.node[:]
+    graph.initializer.append(numpy_helper.from_array(np.array(0, np.int64), "zero"))
+    graph.node.extend([helper.make_node("Equal", ["attention_mask", "zero"], ["pad"], name="is_pad"),
+                       helper.make_node("Unsqueeze", ["pad", "axis1"], ["pad1"], name="unsqueeze")])
+    for node in kept:
+        if node.name == "apply_mask":
+            node = helper.make_node("Where", ["pad1", "float_min", "s2"], ["s3"], name="apply_mask")
+        graph.node.append(node)
+    found = masked_tensors(graph, GraphIndex.build(graph))
+    assert "s3" in found and not found & {"s2", "p"}
+    result = quantize(model, calib=token_batches(4, seed=1), config=QuantConfig(target="ort-cpu"))
+    quantized_inputs = {n.input[0] for n in result.model.graph.node if n.op_type == "QuantizeLinear"}
+    assert "s3" not in quantized_inputs
+    assert real_token_sqnr(model, result.model, token_batches(3, seed=2)) > 20.0
