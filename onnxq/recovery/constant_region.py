@@ -16,7 +16,7 @@ correction in effect, matched to FP32) run on ONE input: the constant image, the
 quantized Conv's output over the padding equals FP32's (up to the Conv's own zero padding at the border of the map),
 whatever the activation rounding; the image region gets a per-channel bias shift of about one rounding step.
 
-Only a fully convolutional model is corrected: every quantized layer must be reached from the image through *local*
+Only a fully convolutional model is corrected: every weighted layer must be reached from the image through *local*
 ops only, whose output at a position depends on a bounded neighbourhood of their inputs (:data:`LOCAL_OPS`:
 convolutions, pooling windows, resizing, element-wise ops, channel concatenation). Only there does the padding of a
 real input hold the values of the constant image; after a global op (the squeeze of a squeeze-and-excitation block,
@@ -76,6 +76,11 @@ LOCAL_OPS = frozenset({
     "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Floor", "Ceil",
     "Round", "Identity", "Cast", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where",
 })
+
+
+#: layers that must all be reached through LOCAL_OPS (quantized or float: a float head Conv after a global pool, a
+#: classifier's Gemm, reads the padding only through that pool)
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
 @dataclass(frozen=True)
@@ -183,9 +188,10 @@ def correct_constant_region(prepared: onnx.ModelProto, plan: QuantPlan, table: S
     if region is None:
         return ""
     value = ", ".join(f"{v:.4g}" for v in region.value)
-    remote = nonlocal_nodes(prepared, region.input) & {c.node for t in plan.weights() for c in t.consumers}
+    remote = nonlocal_nodes(prepared, region.input) & {node_name(n) for n in prepared.graph.node
+                                                        if n.op_type in WEIGHTED_OPS}
     if remote:
-        log.info("constant-region correction skipped: %d quantized layer(s) lie after a global op (the model is not "
+        log.info("constant-region correction skipped: %d weighted layer(s) lie after a global op (the model is not "
                  "fully convolutional), e.g. %s", len(remote), sorted(remote)[0])
         return ""
     corrected = copy.deepcopy(prepared)

@@ -23,43 +23,57 @@ PAD = 114.0
 MS = "com.microsoft."
 
 
-def _conv(rng: np.random.Generator, name: str, x: str, cin: int, cout: int, k: int,
-          stride: int = 1) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Conv -> LeakyRelu(0.1) reading ``x``, writing ``{name}_a``. The kernels are smooth (mostly one value per
-    kernel, as trained ones are), He-scaled, so a constant input passes with more gain than noise does."""
-    smooth = rng.standard_normal((cout, cin, 1, 1)) * 0.8 + rng.standard_normal((cout, cin, k, k)) * 0.2
-    w = (smooth * np.sqrt(2.0 / (cin * k * k)) / np.hypot(0.8, 0.2)).astype(np.float32)
-    b = (rng.standard_normal(cout) * 0.1).astype(np.float32)
+def _layer(name: str, x: str, w: np.ndarray, b: np.ndarray, stride: int = 1
+           ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Conv(w, b) -> LeakyRelu(0.1) reading ``x``, writing ``{name}_a``."""
+    k = w.shape[-1]
     nodes = [helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [f"{name}_c"], name=name,
                               kernel_shape=[k, k], strides=[stride] * 2, pads=[k // 2] * 4),
              helper.make_node("LeakyRelu", [f"{name}_c"], [f"{name}_a"], name=f"{name}_act", alpha=0.1)]
-    return nodes, [numpy_helper.from_array(w, f"{name}_w"), numpy_helper.from_array(b, f"{name}_b")]
+    return nodes, [numpy_helper.from_array(w.astype(np.float32), f"{name}_w"),
+                   numpy_helper.from_array(b.astype(np.float32), f"{name}_b")]
 
 
-def yolo_like(depth: int = 6) -> onnx.ModelProto:
-    """3x64x64 (0..255) -> Conv s2 -> Conv s2 -> ``depth`` Conv 3x3 -> [itself, MaxPool 5x5] Concat -> Conv 1x1 ->
-    Resize x2 -> Concat with the stride-2 map -> Conv 3x3 -> head Conv 1x1 (6 channels at stride 2, as a YOLO head)."""
-    rng = np.random.default_rng(3)
+def _smooth(rng: np.random.Generator, cout: int, cin: int, k: int) -> np.ndarray:
+    """He-scaled kernels that are mostly one value per kernel, as trained ones are."""
+    w = rng.standard_normal((cout, cin, 1, 1)) * 0.8 + rng.standard_normal((cout, cin, k, k)) * 0.2
+    return w * np.sqrt(2.0 / (cin * k * k)) / np.hypot(0.8, 0.2)
+
+
+def yolo_like(depth: int = 2, seed: int = 2) -> onnx.ModelProto:
+    """3x64x64 (0..255) -> edge stem (Conv s2: blurred and centre-pixel colour mixes; Conv s2 of their differences)
+    -> ``depth`` Conv 3x3 -> [itself, MaxPool 5x5] Concat -> Conv 1x1 -> Resize x2 -> Concat with the stride-2 map
+    -> Conv 3x3 -> head Conv 1x1 (6 channels at stride 2, as a YOLO head). Every Conv but the head is followed by
+    LeakyRelu. Like a trained detector's first layers, the stem answers edges and cancels on flat regions, so a
+    constant input's large activations meet a small output: there the rounding of those constants dominates."""
+    rng = np.random.default_rng(seed)
     nodes: list[onnx.NodeProto] = [helper.make_node("Mul", ["x", "norm"], ["xn"], name="normalize")]
     inits = [numpy_helper.from_array(np.array(1 / 64, np.float32), "norm")]
-    layers = [("c1", "xn", 3, 16, 3, 2), ("c2", "c1_a", 16, 32, 3, 2)]
-    layers += [(f"d{i}", f"d{i - 1}_a" if i else "c2_a", 32, 32, 3) for i in range(depth)]
+    mix = rng.uniform(0.2, 1.0, (8, 3, 1, 1))
+    centre = np.zeros((8, 3, 3, 3))
+    centre[:, :, 1, 1] = mix[:, :, 0, 0]
+    edges = rng.standard_normal((32, 8, 3, 3)) * np.sqrt(2 / 72) * 3
+    near = edges * (1 + 0.05 * rng.standard_normal((32, 8, 1, 1)))
+    layers = [("c1", "xn", np.concatenate([mix * np.ones((1, 1, 3, 3)) / 9, centre]), np.zeros(16), 2),
+              ("c2", "c1_a", np.concatenate([edges, -near], axis=1), rng.standard_normal(32) * 0.1, 2)]
+    layers += [(f"d{i}", f"d{i - 1}_a" if i else "c2_a", _smooth(rng, 32, 32, 3), rng.standard_normal(32) * 0.1, 1)
+               for i in range(depth)]
     for args in layers:
-        more, weights = _conv(rng, *args)  # type: ignore[arg-type]
+        more, weights = _layer(*args)
         nodes, inits = nodes + more, inits + weights
     last = f"d{depth - 1}_a" if depth else "c2_a"
     nodes += [helper.make_node("MaxPool", [last], ["pool"], name="spp", kernel_shape=[5, 5], pads=[2] * 4),
               helper.make_node("Concat", [last, "pool"], ["spp_cat"], name="spp_concat", axis=1)]
-    more, weights = _conv(rng, "c4", "spp_cat", 64, 32, 1)
+    more, weights = _layer("c4", "spp_cat", _smooth(rng, 32, 64, 1), rng.standard_normal(32) * 0.1)
     nodes, inits = nodes + more, inits + weights
     nodes += [helper.make_node("Resize", ["c4_a", "", "up_scales"], ["up"], name="upsample", mode="nearest"),
               helper.make_node("Concat", ["up", "c1_a"], ["fpn_cat"], name="fpn_concat", axis=1)]
     inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "up_scales"))
-    more, weights = _conv(rng, "c5", "fpn_cat", 48, 32, 3)
+    more, weights = _layer("c5", "fpn_cat", _smooth(rng, 32, 48, 3), rng.standard_normal(32) * 0.1)
     nodes, inits = nodes + more, inits + weights
-    head_w = (rng.standard_normal((6, 32, 1, 1)) * 0.3).astype(np.float32)
-    nodes.append(helper.make_node("Conv", ["c5_a", "head_w"], ["y"], name="head"))
-    inits.append(numpy_helper.from_array(head_w, "head_w"))
+    nodes.append(helper.make_node("Conv", ["c5_a", "head_w", "head_b"], ["y"], name="head"))
+    inits += [numpy_helper.from_array((rng.standard_normal((6, 32, 1, 1)) * 0.3).astype(np.float32), "head_w"),
+              numpy_helper.from_array(np.linspace(-1, 1, 6).astype(np.float32), "head_b")]
     graph = helper.make_graph(nodes, "yolo_like", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
                                                                                  [1, 3, SIZE, SIZE])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
@@ -128,12 +142,16 @@ def test_correction_lifts_the_sqnr_over_the_padding_of_a_letterboxed_yolo_like_n
     assert not any("constant-region" in n for n in plain.report.prepare_notes)
     pad_on, image_on = sqnr_by_region(model, default.model, held_out)
     pad_off, image_off = sqnr_by_region(model, plain.model, held_out)
-    # measured: padding 24.0 -> 54.2 dB, image 29.0 -> 29.5 dB
-    assert pad_on > pad_off + 15
-    assert image_on > image_off - 1.0
+    # measured: padding 17.8 -> 29.1 dB, image 16.0 -> 25.5 dB (worst output on the calibration batches 17.0 ->
+    # 28.1 dB; seeds 0, 1, 3 of the weights: padding +8.2, +10.9, +9.7 dB, image +3.5, +4.0, +5.6 dB)
+    assert pad_on > pad_off + 8
+    assert image_on > image_off
     # the same integer kernels run: the correction changes float biases only
-    assert op_counts(optimized_model(default.model)) == op_counts(optimized_model(plain.model))
-    assert op_counts(optimized_model(default.model)).get(MS + "QLinearConcat") == 2
+    counts = op_counts(optimized_model(default.model))
+    assert counts == op_counts(optimized_model(plain.model))
+    # c2, d0, d1, c4 in integer (c1 is the float image stem, rule 3.10; c5 feeds only the float head, rule 3.5)
+    assert counts.get(MS + "QLinearConv") == 4 and counts.get(MS + "QLinearLeakyRelu") == 3
+    assert counts.get(MS + "QLinearConcat") == 1 and counts.get(MS + "NhwcMaxPool") == 1
 
 
 def test_tensorrt_target_and_non_convolutional_models_are_left_alone():
@@ -143,6 +161,8 @@ def test_tensorrt_target_and_non_convolutional_models_are_left_alone():
     assert not any("constant-region" in n for n in trt.report.prepare_notes)
     # a global average pool before the last Conv: the constant image says nothing about a real input's padding
     pooled = onnx.ModelProto.FromString(model.SerializeToString())
+    del pooled.graph.value_info[:]
+    pooled.graph.output[0].type.tensor_type.ClearField("shape")
     head = next(n for n in pooled.graph.node if n.name == "head")
     head.input[0] = "gap"
     pooled.graph.node.insert(list(pooled.graph.node).index(head),
