@@ -1,4 +1,4 @@
-"""Bias-correction schedules on a public real model: exact level-by-level vs cheaper ones (README "Accuracy recovery").
+"""Bias-correction schedules on a public real model: exact level-by-level vs cheaper ones (docs/accuracy_recovery.md).
 
     python benchmarks/bias_correction_schedules.py [--model det] [--batches 4] [--schedules none seq group2 jacobi1]
 

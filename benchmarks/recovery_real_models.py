@@ -1,4 +1,4 @@
-"""Accuracy-recovery techniques side by side on the public real models (README "Accuracy recovery").
+"""Accuracy-recovery techniques side by side on the public real models (docs/accuracy_recovery.md).
 
     python benchmarks/recovery_real_models.py [--models ori rec det] [--variants minmax mse default ...]
     python benchmarks/recovery_real_models.py --timing 3 [--models ...]   # old vs new default wall time

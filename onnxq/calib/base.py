@@ -38,7 +38,7 @@ class CalibOptions:
     #: Histogram methods bin at most this many values of each batch of a tensor (an even stride through the batch;
     #: min and max still come from every value), ``None``: all. Binning dominates the cost of histogram calibration on
     #: large feature maps (ddddocr's detector: 23 of 38 s); 2**18 values per batch keep every percentile the methods
-    #: read well sampled while making the default ``mse`` cost close to ``minmax`` (README "Accuracy recovery").
+    #: read well sampled while making the default ``mse`` cost close to ``minmax`` (docs/accuracy_recovery.md).
     sample_per_batch: int | None = 1 << 18
     #: ``mse`` clips only when that lowers the expected squared error by at least this share of min-max's error;
     #: otherwise the range stays the min-max range (see :mod:`onnxq.calib.mse`, "Clip only when it pays"). 0: the

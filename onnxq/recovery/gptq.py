@@ -26,7 +26,7 @@ What differs from the paper, on purpose:
   layer's input is quantized too, ``X`` is its fake-quantized value ``Q(x)``, the input the deployed layer reads
   (measured on full INT8: det 13.3 dB with float ``X``, 16.4 dB with ``Q(x)``; ori 22.1 / 21.4 dB).
 
-Where it helps (README "Accuracy recovery"): weight-only formats, where the weights are the whole error (PP-OCRv4
+Where it helps (docs/accuracy_recovery.md): weight-only formats, where the weights are the whole error (PP-OCRv4
 rec ``--format w8``: 15.4 -> 26-29 dB). With quantized activations it is opt-in: there a layer's error is
 dominated by its input's quantization (ori: GPTQ changes the layer's total error by a median -0.13 dB), yet
 swapping single layers' GPTQ weights into the nearest-rounded INT8 model moves ori's output SQNR by -5 to +5 dB

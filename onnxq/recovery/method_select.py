@@ -14,7 +14,7 @@ Why the output and not the input: the input's MSE weighs every channel equally, 
 of channels with large weights and ignores channels it barely uses; AdaRound (Nagel et al. 2020, eq. 4) and
 BRECQ argue the same for weights.
 
-Measured (README "Real models", six public real models): not the default. It lowers the worst-output SQNR of both
+Measured (docs/real_models.md, six public real models): not the default. It lowers the worst-output SQNR of both
 detectors and of the orientation classifier by 1.1-4.0 dB against MSE ranges, and gains on the SVTR recognizer
 (PP-OCRv4 rec +2.3 dB) and the direction classifier. On the ddddocr detector the layer-output score prefers the
 99.99th-percentile range for early tensors (21-32% narrower than MSE's, 1-2 dB better on the layer's own output)

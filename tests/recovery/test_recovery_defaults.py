@@ -1,5 +1,5 @@
 """A MobileNet-style depthwise + HardSwish network built in code: MSE ranges and the default (MSE ranges +
-equalization) beat plain min-max by measured margins (README "Accuracy recovery")."""
+equalization) beat plain min-max by measured margins (docs/accuracy_recovery.md)."""
 
 from __future__ import annotations
 
