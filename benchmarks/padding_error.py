@@ -24,26 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from per_sample_error import samples  # noqa: E402
 from realdata import ensure_dataset, ensure_split, model_path  # noqa: E402
+from realtasks import DET_SIZE, PAD_VALUE, image_extent, padding_anchors  # noqa: E402
 
-PAD_VALUE = 114.0
-SIZE = 416
-STRIDES = (8, 16, 32)
-
-
-def image_extent(image: np.ndarray, pad: float = PAD_VALUE) -> tuple[int, int]:
-    """(height, width) of the image pasted at the top-left of a (1, C, H, W) letterboxed input."""
-    content = (image[0] != pad).any(axis=0)
-    rows, cols = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
-    return (int(rows[-1]) + 1 if rows.size else 0), (int(cols[-1]) + 1 if cols.size else 0)
-
-
-def padding_anchors(height: int, width: int, size: int = SIZE) -> np.ndarray:
-    """Boolean per anchor (the YOLOX output order: stride 8, 16, 32 grids, row-major): its cell centre is padding."""
-    masks = []
-    for stride in STRIDES:
-        centre = (np.arange(size // stride) + 0.5) * stride
-        masks.append(((centre[:, None] >= height) | (centre[None, :] >= width)).ravel())
-    return np.concatenate(masks)
+SIZE = DET_SIZE
 
 
 def db(signal: float, noise: float) -> float:
