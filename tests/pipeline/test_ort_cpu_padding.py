@@ -171,3 +171,24 @@ def test_tensorrt_target_and_non_convolutional_models_are_left_alone():
     assert nonlocal_nodes(model, "x") == set()
     result = quantize(pooled, calib=calib, config=QuantConfig(target="ort-cpu"))
     assert not any("constant-region" in n for n in result.report.prepare_notes)
+
+
+def test_flag_and_full_bias_correction_switch_it():
+    from onnxq.cli import build_parser
+    from onnxq.commands.common import config_from_args
+
+    def recovery(*flags: str) -> RecoveryOptions:
+        return config_from_args(build_parser().parse_args(["quantize", "m.onnx", "--calib", "c", *flags])).recovery
+
+    assert recovery().constant_region_correction is None  # the target decides
+    assert recovery("--no-constant-region-correction").constant_region_correction is False
+    assert recovery("--target", "tensorrt", "--constant-region-correction").constant_region_correction is True
+    model = yolo_like()
+    calib = [feed for feed, _ in letterboxed(4, 10)]
+    opted_in = quantize(model, calib=calib, config=QuantConfig(
+        target="tensorrt", recovery=replace(RecoveryOptions(), constant_region_correction=True)))
+    assert any(n.startswith("constant-region correction: ") for n in opted_in.report.prepare_notes)
+    full = quantize(model, calib=calib, config=QuantConfig(
+        target="ort-cpu", recovery=replace(RecoveryOptions(), bias_correction=True)))
+    assert not any("constant-region" in n for n in full.report.prepare_notes)
+    assert any(n.startswith("bias correction: ") for n in full.report.prepare_notes)
