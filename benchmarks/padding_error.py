@@ -1,6 +1,7 @@
 """Where a quantized letterboxed detector's output error lies: over the constant padding or over the image.
 
     python benchmarks/padding_error.py QUANTIZED.onnx [QUANTIZED2.onnx ...] [--split eval] [--all-pad]
+                                       [--scale-jitter 1.001 0.999 1.003]
 
 For the benchmark model ``det`` (ddddocr ``common_det``, ``benchmarks/realdata.py``: each captcha letterboxed
 top-left into 416x416 with the constant 114) run FP32 and each quantized model on the split and split the squared
@@ -54,12 +55,30 @@ class PaddingError:
         return out
 
 
+def jittered(model, factor: float):
+    """A copy of the Q/DQ ``model`` with the scale of every activation QuantizeLinear (and so of its
+    DequantizeLinear, which shares the initializer) multiplied by ``factor``."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    inits = {i.name: i for i in model.graph.initializer}
+    for name in {n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits}:
+        scaled = (numpy_helper.to_array(inits[name]) * factor).astype(np.float32)
+        inits[name].CopyFrom(numpy_helper.from_array(scaled, name))
+    return model
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("quantized", nargs="+")
     parser.add_argument("--split", default="eval", choices=("calib", "eval", "val"))
     parser.add_argument("--all-pad", action="store_true", help="also the SQNR on one all-114 input")
+    parser.add_argument("--scale-jitter", type=float, nargs="+", default=[], metavar="F",
+                        help="also each model with every activation scale multiplied by F (e.g. 1.001 0.999): how "
+                        "much of the padding error is the luck of the rounding")
     args = parser.parse_args(argv)
+    import onnx
     import onnxruntime as ort
 
     folder = ensure_split("det", args.split) if args.split == "val" else \
@@ -74,13 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | SQNR dB | padding share of error | SQNR padding | SQNR image | stride 8: padding | image |"
           + (" all-114 input |" if args.all_pad else ""))
     print("|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if args.all_pad else ""))
-    for path in args.quantized:
-        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    variants = [(Path(p).name, onnx.load(p)) for p in args.quantized]
+    variants += [(f"{name} x{f}", jittered(model, f)) for name, model in list(variants) for f in args.scale_jitter]
+    for name, model in variants:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         acc = PaddingError()
         for feed, ref, pad in zip(feeds, refs, pads, strict=True):
             acc.add(ref, session.run(None, feed)[0], pad)
         r = acc.row()
-        line = (f"| {Path(path).name} | {r['all']:.2f} | {r['pad_share']:.0%} | {r['pad']:.2f} | {r['img']:.2f} | "
+        line = (f"| {name} | {r['all']:.2f} | {r['pad_share']:.0%} | {r['pad']:.2f} | {r['img']:.2f} | "
                 f"{r['pad8']:.2f} | {r['img8']:.2f} |")
         if args.all_pad:
             error = (session.run(None, blank)[0] - blank_ref).astype(np.float64)
