@@ -133,7 +133,7 @@ class RecoveryOptions:
     bias_correction_min_t: float = 2.0
     #: correct the quantized Convs' biases so the Q/DQ model matches FP32 on the calibration data's padding constant
     #: (a letterbox; onnxq.recovery.constant_region); None: the target's default (TargetRules.correct_constant_regions:
-    #: on for ort-cpu, docs/ort_cpu_rules.md 3.17). Not with bias_correction, which matches the means of the data
+    #: on for ort-cpu, docs/ort_cpu_rules.md 3.19). Not with bias_correction, which matches the means of the data
     constant_region_correction: bool | None = None
     #: learned rounding of weights, needs torch (onnxq.recovery.adaround); costs much more time
     adaround: bool = False
@@ -219,6 +219,11 @@ class QuantConfig:
     rechoose_stats_method: bool = False
     # what stays float: kept FP32, or converted to FP16 with Casts at its borders (onnxq.passes.float16)
     float_rest: FloatRest = "fp32"
+    # the shapes the model runs at, by graph input name, for placement rules that depend on feature-map sizes
+    # (TargetRules.float_short_map_depthwise, onnxq/short_maps.py); empty: the model's own static shapes, and
+    # ``quantize`` with calibration data fills it from the first batch (the statistics of ``onnxq calibrate`` and
+    # imported scales go by the static shapes)
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.target not in TARGET_RULES:

@@ -48,6 +48,7 @@ from onnxq.passes.decompose_hard_activations import DecomposeHardActivations
 from onnxq.passes.float16 import ConvertFloatToFP16
 from onnxq.passes.fold_bias_add import FoldBiasAdd
 from onnxq.passes.fold_conv_scale import FoldConvScale
+from onnxq.passes.matmul_bias_to_gemm import MatMulBiasToGemm
 from onnxq.passes.pad_depthwise_channels import PadDepthwiseChannels
 from onnxq.passes.recognize_hardswish import RecognizeHardSwish
 from onnxq.passes.remove_identity import RemoveIdentity
@@ -61,6 +62,7 @@ from onnxq.runtime import make_session, run_batch
 from onnxq.scales.compute import clipped_fractions, compute_scales
 from onnxq.scales.importer import ScaleFileImporter
 from onnxq.scales.types import ScaleTable
+from onnxq.short_maps import short_map_depthwise
 from onnxq.validate.compare import compare_models
 from onnxq.validate.latency import LatencySettings, measure_latency
 
@@ -123,15 +125,28 @@ def prepare(model: onnx.ModelProto, config: QuantConfig, *, in_place: bool = Fal
     if rules.decompose_activations:
         recognized = RecognizeHardSwish().run(prepared)
         prepared, notes = recognized.model, notes + recognized.notes
-        # the float stem's activations stay whole: MLAS fuses them into the float Conv (onnxq.float_nodes.py)
-        keep = float_prefix(prepared.graph, GraphIndex.build(prepared.graph), rules.float_stem_channels)
+        # the activations of float Convs stay whole: MLAS fuses them into the float Conv (onnxq.float_nodes.py,
+        # onnxq.short_maps.py)
+        keep = float_convs(prepared, config)
         result = DecomposeHardActivations(rules.decompose_activations, frozenset(keep)).run(prepared)
         prepared, notes = result.model, notes + result.notes
+    if rules.matmul_bias_to_gemm:
+        gemms = MatMulBiasToGemm(config.input_shapes).run(prepared, keep_input=False)
+        prepared, notes = gemms.model, notes + gemms.notes
     if rules.pad_depthwise_channels:
-        keep = float_prefix(prepared.graph, GraphIndex.build(prepared.graph), rules.float_stem_channels)
-        padded = PadDepthwiseChannels(frozenset(keep)).run(prepared)
+        padded = PadDepthwiseChannels(frozenset(float_convs(prepared, config))).run(prepared)
         prepared, notes = padded.model, notes + padded.notes
     return prepared, notes
+
+
+def float_convs(prepared: onnx.ModelProto, config: QuantConfig) -> set[str]:
+    """The Convs the target keeps float by the shape of the graph (a float stem, depthwise Convs on short feature
+    maps) and the activations that run fused into them."""
+    rules = TARGET_RULES[config.target]
+    names = float_prefix(prepared.graph, GraphIndex.build(prepared.graph), rules.float_stem_channels)
+    if rules.float_short_map_depthwise:
+        names |= short_map_depthwise(prepared, config.input_shapes)
+    return names
 
 
 def fold_conv_affine(prepared: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
@@ -158,6 +173,21 @@ def data_source(model: onnx.ModelProto, data: DataLike, config: QuantConfig, *,
             return RandomSource(model, batches=config.calib_batches or 8, seed=config.seed)
         return BatchSource(model, data, max_batches=config.calib_batches, batch_size=config.batch_size)
     return data
+
+
+def with_deployment_shapes(config: QuantConfig, model: onnx.ModelProto, calib: DataLike | None) -> QuantConfig:
+    """``config`` with ``input_shapes`` read from the first calibration batch, where the target places by feature-map
+    size (``TargetRules.float_short_map_depthwise``) and the caller gave none: the data's shapes are the ones the model
+    is used at, also where the graph leaves them symbolic."""
+    if config.input_shapes or calib is None or not TARGET_RULES[config.target].float_short_map_depthwise:
+        return config
+    batch = next(iter(data_source(model, calib, config, warn=False)), None)
+    if batch is None:
+        return config
+    inputs = {v.name for v in model.graph.input}
+    shapes = tuple(sorted((name, tuple(int(d) for d in np.shape(value))) for name, value in batch.items()
+                          if name in inputs))
+    return replace(config, input_shapes=shapes)
 
 
 def calibrate(prepared: onnx.ModelProto, plan: QuantPlan, data: DataLike, config: QuantConfig,
@@ -347,6 +377,7 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
         # a model onnxq loaded itself and that needs external data is prepared and quantized in place: one copy of
         # the weights in memory; validation then compares against the prepared (numerically equal) float model
         owned = input_path is not None and needs_external_data(original)
+        config = with_deployment_shapes(config, original, calib)
         prepared, notes = prepare(original, config, in_place=owned)
     calib_data = data_source(prepared, calib, config, warn=False) if calib is not None else None
     with clock("equalize"):

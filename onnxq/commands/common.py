@@ -51,6 +51,10 @@ def add_selection_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--float-rest", choices=("fp32", "fp16"), default=None,
                    help="what stays float: fp32 (default) or fp16 with Casts at its borders (model inputs and "
                         "outputs and precision-sensitive ops stay fp32)")
+    g.add_argument("--input-shape", action="append", default=[], metavar="NAME=DIMS",
+                   help="shape the model runs at, e.g. x=1x3x48x192 (repeatable), for placements that depend on "
+                        "feature-map sizes (ort-cpu: depthwise Convs on short maps stay float); default: the first "
+                        "calibration batch's shapes")
     g.add_argument("--config", metavar="TOML", help="per-node configuration file (see README)")
 
 
@@ -163,7 +167,25 @@ def config_from_args(args: argparse.Namespace):
         recovery=recovery_from_args(args),
         rechoose_stats_method=bool(getattr(args, "stats", None)) and bool(calib_flags_given(args)),
         float_rest=getattr(args, "float_rest", None) or run.get("float_rest", "fp32"),
+        input_shapes=parse_input_shapes(getattr(args, "input_shape", None) or []),
     )
+
+
+def parse_input_shapes(flags: list[str]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """``--input-shape NAME=1x3x48x192`` flags as QuantConfig.input_shapes."""
+    from onnxq.errors import OnnxqError
+
+    shapes = []
+    for flag in flags:
+        name, _, dims = flag.partition("=")
+        try:
+            sizes = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            sizes = ()
+        if not name or not sizes or min(sizes) < 1:
+            raise OnnxqError(f"--input-shape {flag!r}: write NAME=DIMS with positive sizes, e.g. x=1x3x48x192")
+        shapes.append((name, sizes))
+    return tuple(shapes)
 
 
 CALIB_FLAGS = ("method", "percentile", "num_bins", "min_clip_gain", "moving_average", "input_method")

@@ -41,6 +41,7 @@ from onnxq.pipeline import (
     float_rewrites,
     prepare,
     weight_arrays,
+    with_deployment_shapes,
 )
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.stage import gptq_rounding, uses_gptq
@@ -151,6 +152,7 @@ def compare_formats(model: ModelLike, calib: DataLike, val: DataLike, config: Qu
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     original, path = _load(model)
+    config = with_deployment_shapes(config, original, calib)  # quantize's placement, shapes from the data
     configs = [format_config(config, c) for c in choices]
     prepared, _ = prepare(original, config, min_opset=max(c.min_opset() for c in configs))
     # quantize's float rewrites (equalization, on by default): every format is compared on the model it would get

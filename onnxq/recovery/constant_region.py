@@ -7,7 +7,7 @@ sum these equal errors coherently -- there is no averaging out as over an image.
 depends chaotically on the exact rounding: on ddddocr ``common_det`` with ``--target ort-cpu`` (raw output SQNR
 6.2 dB, 99% of the squared error in the padding, almost all in the box-size regressions of background anchors)
 multiplying every activation scale by 1.001, 0.999 or 1.003 gives 10.1, 13.8 or 17.6 dB, while the SQNR over the
-image anchors stays at 23.9-25.0 dB (docs/ort_cpu_rules.md 3.17).
+image anchors stays at 23.9-25.0 dB (docs/ort_cpu_rules.md 3.19).
 
 The remedy is exact: in the constant region a Conv's output is a known constant per channel, so its bias can absorb
 the whole error its input and weights bring there. The correction is :mod:`onnxq.recovery.bias_correction` (the

@@ -38,7 +38,7 @@ from onnxq import progress
 from onnxq.config import QuantConfig
 from onnxq.data import Batch
 from onnxq.errors import OnnxqError
-from onnxq.pipeline import data_source, float_rewrites, prepare, ranges
+from onnxq.pipeline import data_source, float_rewrites, prepare, ranges, with_deployment_shapes
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.gated import GatedSession, noise_ratios, worst
 from onnxq.recovery.macs import node_macs
@@ -121,6 +121,7 @@ def calibrate_model(model: onnx.ModelProto, calib, config: QuantConfig, collecto
     (e.g. :class:`onnxq.distributed.ray_calibrate.RayCalibration`), default in this process."""
     clock = _Clock()
     with clock("prepare"):
+        config = with_deployment_shapes(config, model, calib)  # quantize's placement, shapes from the data
         prepared, _ = prepare(model, config)
         # the float rewrites quantize makes (equalization, on by default), so the nodes analysed are its nodes
         float_rewrites(prepared, data_source(prepared, calib, config, warn=False), config, owned=False)

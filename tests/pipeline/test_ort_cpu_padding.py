@@ -1,6 +1,6 @@
 """The ort-cpu target corrects the biases on the calibration data's padding constant (a letterbox), so a
 fully convolutional detector's padding runs as in FP32 (onnxq/recovery/constant_region.py, docs/ort_cpu_rules.md
-3.17). The network is YOLO-like (Conv/LeakyRelu, MaxPool, Concat, Resize), fed images pasted top-left into a square
+3.19). The network is YOLO-like (Conv/LeakyRelu, MaxPool, Concat, Resize), fed images pasted top-left into a square
 filled with 114 as ddddocr's and YOLOX's preprocessing does.
 """
 
