@@ -94,7 +94,7 @@ def evaluate(model: str, source: Path, quantized_path: Path, evaluation: Path) -
         ref, got = ref_s.run(None, batch), q_s.run(None, batch)
         for acc, r, g in zip(accs, ref, got):
             acc.add(r, g)
-        task.add(ref[0], got[0])
+        task.add(ref[0], got[0], next(iter(batch.values())))
     macs = node_macs(reference, next(iter(data)))
     floats = set(macs) - quantized_nodes(quantized)
     return {"sqnr_db": min(a.sqnr_db for a in accs), "cosine": min(a.cosine for a in accs),
@@ -122,6 +122,13 @@ def fmt(x, spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def padding_split(r: dict) -> str:
+    """det: the SQNR over the letterbox padding's anchors and over the image's (realtasks.padding_anchors)."""
+    if "padding_sqnr_db" not in r:
+        return ""
+    return f", on padding / image anchors {r['padding_sqnr_db']:.1f} / {r['image_sqnr_db']:.1f} dB"
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| model | method | extra | worst SQNR dB | task agreement with FP32 | GT acc FP32 / INT8 | "
              "MACs float | quantize s | peak RSS MB |",
@@ -142,7 +149,7 @@ def table(rows: list[dict]) -> str:
             f"{r['lines']} lines)" if "casefold_agreement" in r else \
             f"; steps {r['step_agreement']:.3f})" if "step_agreement" in r else \
             f"; confident {r['confident_f1']:.3f}; {r['detections_fp32']} FP32 detections; SQNR on candidate " \
-            f"anchors {r['candidate_sqnr_db']:.1f} dB)" if "confident_f1" in r else \
+            f"anchors {r['candidate_sqnr_db']:.1f} dB{padding_split(r)})" if "confident_f1" in r else \
             f"; embedding cosine mean {r['embedding_cosine']:.4f}, min {r['embedding_cosine_min']:.4f}; " \
             f"{r['sentences']} sentences)" if "embedding_cosine" in r else \
             f"; {r['detections_fp32']} FP32 detections)" if "detections_fp32" in r else ")"

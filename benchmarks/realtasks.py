@@ -6,7 +6,8 @@
   Detections scored just above the threshold flip with tiny score changes (on the det evaluation set 30% of FP32's
   detections score below 0.2 and most disagreements are among them), so a second figure, ``confident_f1``, asks
   only that each detection scoring at least twice the threshold in one model is found (IoU >= 0.5, any score above
-  the threshold) by the other.
+  the threshold) by the other. Given the inputs, the SQNR of the raw output over the anchors whose cell centre lies in
+  the letterbox padding and over the others (``padding_anchors``; ``benchmarks/padding_error.py`` for more).
 - ``rec``: greedy CTC (argmax per step, collapse repeats, drop blank 0). Agreement: share of lines whose decoded
   string equals FP32's; also the per-step argmax agreement, the share equal up to letter case (most disagreements
   are case flips of glyphs whose cases look alike -- w/W, z/Z, o/O -- where FP32 itself is near a tie, see
@@ -108,6 +109,31 @@ def ctc_greedy(logits: np.ndarray) -> list[int]:
 # ------------------------------------------------------------------ agreement over a set
 
 
+# det: the letterbox of ddddocr's preprocessing (benchmarks/realdata.py det_preprocess): the picture top-left in a
+# 416x416 square of 114
+PAD_VALUE = 114.0
+DET_SIZE = 416
+DET_STRIDES = (8, 16, 32)
+
+
+def image_extent(image: np.ndarray, pad: float = PAD_VALUE) -> tuple[int, int]:
+    """(height, width) of the picture pasted at the top-left of a (C, H, W) or (1, C, H, W) letterboxed input: up to
+    the last row and column holding a value other than the padding constant."""
+    content = (np.asarray(image).reshape(-1, *np.shape(image)[-2:]) != pad).any(axis=0)
+    rows, cols = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
+    return (int(rows[-1]) + 1 if rows.size else 0), (int(cols[-1]) + 1 if cols.size else 0)
+
+
+def padding_anchors(height: int, width: int, size: int = DET_SIZE) -> np.ndarray:
+    """Boolean per anchor of the YOLOX output (stride 8, 16, 32 grids, row-major): its cell centre lies in the
+    padding."""
+    masks = []
+    for stride in DET_STRIDES:
+        centre = (np.arange(size // stride) + 0.5) * stride
+        masks.append(((centre[:, None] >= height) | (centre[None, :] >= width)).ravel())
+    return np.concatenate(masks)
+
+
 # det: anchors whose FP32 objectness reaches this are candidates (the decoder multiplies objectness by the class score
 # and keeps > 0.1). On the evaluation sets 99.7% of the quantization noise of the raw (1, 3549, 6) output sits on the
 # other anchors -- background, mostly the letterbox padding -- whose box regressions the decoder never reads.
@@ -132,6 +158,7 @@ class TaskAgreement:
         self.confident = [0, 0, 0, 0]  # FP32 confident, of them found; quantized confident, of them found
         self.candidate_power = [0.0, 0.0]  # det: signal and noise power over candidate anchors (FP32 objectness)
         self.embeddings: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])  # minilm: FP32, quantized
+        self.region_power = np.zeros((2, 2))  # det: [padding, image] anchors x [signal, noise] (inputs given)
 
     def _add_boxes(self, boxes_r: np.ndarray, boxes_q: np.ndarray) -> None:
         """One image's detections of FP32 and quantized, matched with each other and with the drawn boxes."""
@@ -149,8 +176,9 @@ class TaskAgreement:
         self.gt_total += len(truth)
         self.seen += 1
 
-    def add(self, ref: np.ndarray, quant: np.ndarray) -> None:
-        """One batch of the model's first output, FP32 and quantized."""
+    def add(self, ref: np.ndarray, quant: np.ndarray, images: np.ndarray | None = None) -> None:
+        """One batch of the model's first output, FP32 and quantized; ``images``: the batch's input (det: splits the
+        error between padding and image anchors)."""
         if self.model == "pprec":  # (N, T, C) -> the (T, N, C) layout of ddddocr's recogniser
             ref, quant = ref.transpose(1, 0, 2), quant.transpose(1, 0, 2)
         if self.model == "ppdet":
@@ -170,7 +198,12 @@ class TaskAgreement:
             self.embeddings[0].append(np.asarray(ref, np.float64))
             self.embeddings[1].append(np.asarray(quant, np.float64))
         elif self.model == "det":
-            for r, q in zip(ref, quant):
+            for k, (r, q) in enumerate(zip(ref, quant)):
+                if images is not None:
+                    pad = padding_anchors(*image_extent(images[k]))
+                    for row, mask in enumerate((pad, ~pad)):
+                        self.region_power[row] += [np.square(r[mask].astype(np.float64)).sum(),
+                                                   np.square((q[mask] - r[mask]).astype(np.float64)).sum()]
                 self._add_boxes(yolox_decode(r), yolox_decode(q))
                 candidate = r[:, 4] >= CANDIDATE_OBJECTNESS
                 self.candidate_power[0] += float(np.square(r[candidate].astype(np.float64)).sum())
@@ -232,6 +265,9 @@ class TaskAgreement:
                 out["confident_f1"] = 2 * precision * recall / max(precision + recall, 1e-12)
                 signal, noise = self.candidate_power
                 out["candidate_sqnr_db"] = float("inf") if noise == 0 else 10 * np.log10(signal / noise)
+                if self.region_power[:, 0].all():
+                    for key, (signal, noise) in zip(("padding_sqnr_db", "image_sqnr_db"), self.region_power):
+                        out[key] = float("inf") if noise == 0 else float(10 * np.log10(signal / noise))
         elif self.model in ("rec", "pprec"):
             out["agreement"] = self.agree / max(self.seen, 1)
             out["agreement_name"] = "CTC string agreement"

@@ -131,6 +131,10 @@ class RecoveryOptions:
     #: real models): on 4 text lines of ddddocr common.onnx most shifts are within one standard error, correcting them
     #: all lost 1.7 dB; 2 was the best compromise
     bias_correction_min_t: float = 2.0
+    #: correct the quantized Convs' biases so the Q/DQ model matches FP32 on the calibration data's padding constant
+    #: (a letterbox; onnxq.recovery.constant_region); None: the target's default (TargetRules.correct_constant_regions:
+    #: on for ort-cpu, docs/ort_cpu_rules.md 3.19). Not with bias_correction, which matches the means of the data
+    constant_region_correction: bool | None = None
     #: learned rounding of weights, needs torch (onnxq.recovery.adaround); costs much more time
     adaround: bool = False
     adaround_iterations: int = 300

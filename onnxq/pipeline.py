@@ -327,6 +327,13 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
     return Ranges(table, batches, source, clipping, calibrators)
 
 
+def constant_region_correction(config: QuantConfig) -> bool:
+    """Whether the recover stage corrects the biases on the data's padding constant: the user's choice, else the
+    target's default (:mod:`onnxq.recovery.constant_region`)."""
+    chosen = config.recovery.constant_region_correction
+    return TARGET_RULES[config.target].correct_constant_regions if chosen is None else chosen
+
+
 def mixed_precision(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, config: QuantConfig,
                     val: DataLike | None, target, tolerable_loss: float | None):
     """The mixed-precision stage: which nodes stay float for the accuracy target, and the plan without them."""
@@ -398,7 +405,8 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
     # the float model outputs are compared with (a re-quantized input: its float form); recovery edits ``prepared``
     float_reference = (None if owned and val is None and target is None
                        else prepared if count_qdq(original) or owned else original)
-    edits = config.recovery.edits_weights or uses_gptq(plan, config.recovery, calib_data)
+    constant_region = constant_region_correction(config)
+    edits = config.recovery.edits_weights or uses_gptq(plan, config.recovery, calib_data) or constant_region
     if float_reference is prepared and not owned and calib is not None and edits:
         float_reference = copy.deepcopy(prepared)
     table, mixed = found.table, None
@@ -408,7 +416,8 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
                                                                           tolerable_loss)
     with clock("recover"):
         if not owned:  # layer-local rewrites of a model past 2 GB (weights on disk) are not supported yet
-            table, recovery_notes = recover(prepared, plan, table, found.calibrators, calib_data, config.recovery)
+            table, recovery_notes = recover(prepared, plan, table, found.calibrators, calib_data, config.recovery,
+                                            constant_region)
             notes += recovery_notes
     with clock("insert+verify"):
         first_batch = (next(iter(data_source(prepared, calib, config, warn=False)), None)

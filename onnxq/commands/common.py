@@ -91,6 +91,9 @@ def add_recovery_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="fold each quantized Conv/Gemm's significant mean output shift, measured on the Q/DQ model "
                    "with the upstream corrections in effect, into its bias (one pass per layer level)")
+    g.add_argument("--constant-region-correction", action=argparse.BooleanOptionalAction, default=None,
+                   help="when the calibration images hold a padding constant (a letterbox), correct the quantized "
+                   "Conv biases so the padding runs as in FP32 (default: on for --target ort-cpu, off otherwise)")
     g.add_argument("--bias-correction-batches", type=int, metavar="N",
                    help="calibration batches whose channel means bias correction matches (default 4, fewer when "
                    "they hold 8 samples)")
@@ -121,6 +124,7 @@ def recovery_from_args(args: argparse.Namespace):
         "bias_correction": getattr(args, "bias_correction", None),
         "bias_correction_batches": getattr(args, "bias_correction_batches", None),
         "bias_correction_min_t": getattr(args, "bias_correction_min_t", None),
+        "constant_region_correction": getattr(args, "constant_region_correction", None),
         "smoothquant_alpha": getattr(args, "smoothquant", None),
         "adaround": getattr(args, "adaround", False) or None,
         "adaround_iterations": getattr(args, "adaround_iterations", None),

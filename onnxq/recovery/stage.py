@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import onnx
 
@@ -64,12 +64,17 @@ def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: Reco
 
 
 def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calibrators: dict[str, Calibrator],
-            data: Iterable[Batch] | None, options: RecoveryOptions) -> tuple[ScaleTable, list[str]]:
+            data: Iterable[Batch] | None, options: RecoveryOptions,
+            constant_region: bool = False) -> tuple[ScaleTable, list[str]]:
     """Layer-local recovery after the ranges: the (possibly changed) table and notes; ``prepared`` is changed in
-    place (AdaRound weights, corrected biases)."""
+    place (AdaRound weights, corrected biases). ``constant_region``: correct the biases on the calibration data's
+    padding constant (:mod:`onnxq.recovery.constant_region`) unless full bias correction runs."""
     rounding = [gptq_rounding(prepared, plan, table, data, options)] if uses_gptq(plan, options, data) else []
     auto = [t for t in plan.calibrated_activations() if t.method == "auto"]
-    if not (auto or options.needs_layers or options.bias_correction):
+    if data is None and constant_region and not (auto or options.needs_layers or options.bias_correction):
+        log.info("constant-region correction skipped: it needs calibration data (--calib)")
+        return table, rounding
+    if not (auto or options.needs_layers or options.bias_correction or constant_region):
         return table, rounding
     if data is None:
         return table, ["layer-local recovery and bias correction skipped: they need calibration data (--calib); "
@@ -78,8 +83,11 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
     if auto or options.needs_layers:
         table, local = layer_local(prepared, plan, table, calibrators, data, options, auto)
         notes += local
+    replayable = not (rounding or options.adaround)
     if options.bias_correction:
-        notes += corrected_biases(prepared, plan, table, data, options, replayable=not (rounding or options.adaround))
+        notes += corrected_biases(prepared, plan, table, data, options, replayable)
+    elif constant_region:
+        notes += constant_region_biases(prepared, plan, table, data, replayable)
     return table, notes
 
 
@@ -88,12 +96,33 @@ def corrected_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTab
     """Bias correction of ``prepared`` in place, recorded with the float rewrites when a replay on the original
     float weights can reproduce it (not after GPTQ/AdaRound re-rounded the weights)."""
     from onnxq.recovery.bias_correction import correct_biases
+
+    return recorded_biases(prepared, replayable, lambda: correct_biases(
+        prepared, plan, table, data, options.bias_correction_batches, options.bias_correction_min_t,
+        samples=options.bias_correction_samples).note())
+
+
+def constant_region_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch],
+                           replayable: bool) -> list[str]:
+    """The constant-region correction of ``prepared`` in place (:mod:`onnxq.recovery.constant_region`), recorded
+    like bias correction's."""
+    from onnxq.recovery.constant_region import correct_constant_region
+
+    return recorded_biases(prepared, replayable, lambda: correct_constant_region(prepared, plan, table, data))
+
+
+def recorded_biases(prepared: onnx.ModelProto, replayable: bool, correct: Callable[[], str]) -> list[str]:
+    """Run ``correct`` (which changes the biases of ``prepared`` and returns a note, "" when it changed nothing) and
+    record the changed biases with the float rewrites when a replay on the original float weights can reproduce
+    them."""
     from onnxq.recovery.bias_record import bias_state, record_bias_rewrites
     from onnxq.scales.rewrites import weights_digest
 
     digest, before = (weights_digest(prepared), bias_state(prepared)) if replayable else ("", {})
-    notes = [correct_biases(prepared, plan, table, data, options.bias_correction_batches,
-                            options.bias_correction_min_t, samples=options.bias_correction_samples).note()]
+    note = correct()
+    if not note:
+        return []
+    notes = [note]
     if not replayable:
         notes.append("corrected biases not recorded for --scales replay: the weights were re-rounded (GPTQ/AdaRound), "
                      "which a replay on the original float weights cannot reproduce")
