@@ -6,9 +6,7 @@ Transformer exporters turn an integer or boolean ``attention_mask`` input into a
 of them a sentinel of magnitude 1e4 to 3.4e38, and the masked scores hold the sentinel too. A linear quantizer's
 range over such a tensor spans the sentinel, so every real score falls into one code: on all-MiniLM-L6-v2 with
 ``--target ort-cpu`` the masked-score Add and the Softmax after it joined the integer region with a scale of 1.3e36,
-and the sentence embeddings lost all agreement with FP32 (worst SQNR -0.3 dB; docs/real_models.md). onnxruntime's own
-transformer quantization leaves this Add in float too (it quantizes the MatMuls; the mask arithmetic is not among its
-QDQ op types by default).
+and the sentence embeddings lost all agreement with FP32 (worst SQNR -0.3 dB; docs/real_models.md).
 
 What counts (graph structure only, no data): a *mask image* is a float tensor computed from integer/boolean graph
 inputs and constants alone through elementwise and shape ops (no table lookup: ``Gather`` of a float embedding table
