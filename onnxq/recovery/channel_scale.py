@@ -120,14 +120,38 @@ def rescale_input(model: onnx.ModelProto, target: ChannelTarget, scale: np.ndarr
         return "folded"
     consumer = next(n for n in model.graph.node if (n.name or n.output[0]) == target.node)
     shape = [scale.size] + [1] * (rank - 1 - (target.axis % rank)) if target.axis >= 0 else [scale.size]
+    factors = inv.astype(np.float32).reshape(shape)
+    shared = _same_mul(model, index, target.tensor, factors)
+    if shared is not None:  # another consumer of the tensor already reads it divided by the same factors
+        consumer.input[0] = shared.output[0]
+        nodes = list(model.graph.node)
+        if nodes.index(shared) > nodes.index(consumer):  # keep the graph topologically sorted
+            moved = onnx.NodeProto()
+            moved.CopyFrom(shared)
+            model.graph.node.remove(shared)
+            model.graph.node.insert(list(model.graph.node).index(consumer), moved)
+        return "mul"
     inv_name = unique_name(taken, f"{target.tensor}_inv_scale")
     out_name = unique_name(taken, f"{target.tensor}_scaled")
-    model.graph.initializer.append(numpy_helper.from_array(inv.astype(np.float32).reshape(shape), inv_name))
+    model.graph.initializer.append(numpy_helper.from_array(factors, inv_name))
     mul = helper.make_node("Mul", [target.tensor, inv_name], [out_name], name=unique_name(taken, f"{out_name}_mul"))
     consumer.input[0] = out_name
     position = list(model.graph.node).index(consumer)
     model.graph.node.insert(position, mul)
     return "mul"
+
+
+def _same_mul(model: onnx.ModelProto, index: GraphIndex, tensor: str, factors: np.ndarray) -> onnx.NodeProto | None:
+    """An inserted Mul of ``tensor`` by exactly ``factors`` (SmoothQuant's consumers of one tensor share one), or
+    None."""
+    for node in model.graph.node:
+        if (node.op_type == "Mul" and node.domain in ("", "ai.onnx") and list(node.input[:1]) == [tensor]
+                and len(node.input) == 2 and node.input[1].startswith(f"{tensor}_inv_scale")
+                and index.is_initializer(node.input[1])):
+            value = index.array(node.input[1])
+            if value.shape == factors.shape and np.array_equal(value, factors):
+                return node
+    return None
 
 
 def apply_rewrite(model: onnx.ModelProto, rewrite: ChannelRewrite) -> str:

@@ -12,13 +12,24 @@ with the Mul.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
+from functools import partial
+
 import numpy as np
 import onnx
 from onnx import helper
 
+from onnxq.data import Batch
 from onnxq.graph import GraphIndex
 from onnxq.recovery.channel_scale import ChannelTarget, apply_rewrite
+from onnxq.recovery.smoothquant_search import capture_rows, choose_alpha
 from onnxq.scales.rewrites import ChannelRewrite
+
+log = logging.getLogger(__name__)
+
+#: ``--smoothquant auto``: alpha chosen per tensor by its consumers' output error
+AUTO = "auto"
 
 #: the scale factors are clipped to [1 / MAX_SCALE, MAX_SCALE] (all-zero channels keep 1)
 MAX_SCALE = 1e4
@@ -51,30 +62,61 @@ def smooth_scales(act_range: np.ndarray, weight_range: np.ndarray, alpha: float)
     return np.where(ok, np.clip(a**alpha / w ** (1.0 - alpha), 1.0 / MAX_SCALE, MAX_SCALE), 1.0)
 
 
-def smooth_one(model: onnx.ModelProto, target: ChannelTarget, act_range: np.ndarray,
-               alpha: float) -> tuple[str, ChannelRewrite]:
+def consumer_rows(model: onnx.ModelProto, target: ChannelTarget, index: GraphIndex) -> tuple[np.ndarray, bool]:
+    """The consumer's weight as (K, N) float32 (a ``transB`` Gemm's (N, K) transposed) and whether it was."""
     node = next(n for n in model.graph.node if (n.name or n.output[0]) == target.node)
-    w = GraphIndex.build(model.graph).array(node.input[1])
-    transposed = node.op_type == "Gemm" and _attr(node, "transB", 0)
-    rows = w.T if transposed else w  # (K, N)
-    scale = smooth_scales(act_range, np.abs(rows).max(axis=1).astype(np.float64), alpha)
+    w = index.array(node.input[1]).astype(np.float32)
+    transposed = bool(node.op_type == "Gemm" and _attr(node, "transB", 0))
+    return (w.T if transposed else w), transposed
+
+
+def smooth_one(model: onnx.ModelProto, target: ChannelTarget, scale: np.ndarray, transposed: bool) -> ChannelRewrite:
+    """``target``'s consumer reads ``tensor / scale`` and its weight's K axis is multiplied by ``scale``."""
     # the Mul broadcasts a (K,) vector over the last axis whatever the activation's rank (rank 2); W's K axis
     # absorbs the factors: axis 0 of (K, N), axis 1 of a transB (N, K)
     rewrite = ChannelRewrite("smoothquant", target.node, target.tensor, target.axis, 2, 1 if transposed else 0, scale)
-    return apply_rewrite(model, rewrite), rewrite
+    apply_rewrite(model, rewrite)
+    return rewrite
 
 
-def smoothquant_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray],
-                      alpha: float) -> tuple[str, list[ChannelRewrite]]:
+def smoothquant_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray], alpha: float | str,
+                      data: Iterable[Batch] | None = None, batches: int = 2) -> tuple[str, list[ChannelRewrite]]:
     """Every MatMul/Gemm input smoothed in place; a note and the records (unused initializers are left for the
-    caller to drop)."""
-    done: list[ChannelRewrite] = []
+    caller to drop). The consumers of one tensor share its factors (eq. 4 on the largest weight row over all of
+    them, as SmoothQuant does for the query/key/value projections) and one Mul. ``alpha`` ``"auto"``: chosen per
+    tensor on ``batches`` batches of ``data`` (:mod:`onnxq.recovery.smoothquant_search`); 0 leaves it alone."""
+    index = GraphIndex.build(model.graph)
+    groups: dict[str, list[tuple[ChannelTarget, np.ndarray, bool]]] = {}
     for target in smoothquant_targets(model):
+        rows, transposed = consumer_rows(model, target, index)
         act = ranges.get(target.tensor)
-        node = next(n for n in model.graph.node if (n.name or n.output[0]) == target.node)
-        dims = GraphIndex.build(model.graph).initializers[node.input[1]].dims
-        k = dims[1] if node.op_type == "Gemm" and _attr(node, "transB", 0) else dims[0]
-        if act is None or act.size != k:
+        if act is not None and act.size == rows.shape[0]:
+            groups.setdefault(target.tensor, []).append((target, rows, transposed))
+    inputs: dict[str, np.ndarray] = {}
+    if alpha == AUTO and groups and data is not None:
+        inputs = capture_rows(model, {t: ranges[t].size for t in groups}, data, batches)
+    done: list[ChannelRewrite] = []
+    chosen: dict[float, int] = {}
+    for tensor, group in groups.items():
+        act = ranges[tensor]
+        weight_range = np.max([np.abs(rows).max(axis=1) for _, rows, _ in group], axis=0).astype(np.float64)
+        if alpha == AUTO:
+            if tensor not in inputs:
+                continue
+            choice = choose_alpha(inputs[tensor], [rows for _, rows, _ in group],
+                                  partial(smooth_scales, act, weight_range))
+            log.info("SmoothQuant auto: %s (%d consumer(s)) alpha %s; summed relative output error %s", tensor,
+                     len(group), choice.alpha, ", ".join(f"{a}: {e:.3g}" for a, e in choice.errors.items()))
+            picked = choice.alpha
+            chosen[picked] = chosen.get(picked, 0) + 1
+        else:
+            picked = float(alpha)
+        if picked <= 0:
             continue
-        done.append(smooth_one(model, target, act, alpha)[1])
-    return f"SmoothQuant (alpha {alpha}): {len(done)} MatMul/Gemm input(s)", done
+        scale = smooth_scales(act, weight_range, picked)
+        done += [smooth_one(model, target, scale, transposed) for target, _, transposed in group]
+    if alpha != AUTO:
+        return f"SmoothQuant (alpha {alpha}): {len(done)} MatMul/Gemm input(s)", done
+    spread = ", ".join(f"{a if a else 'none'} x{n}" for a, n in sorted(chosen.items()))
+    return (f"SmoothQuant (alpha auto): {len(done)} MatMul/Gemm input(s) of {len(chosen)} tensor(s); "
+            f"alphas {spread or '-'}"), done

@@ -52,7 +52,7 @@ def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: Reco
         notes.append(note)
         done += rewrites
     if options.smoothquant_alpha is not None:
-        note, rewrites = smoothquant_model(model, ranges, options.smoothquant_alpha)
+        note, rewrites = smoothquant_model(model, ranges, options.smoothquant_alpha, data, options.batches)
         notes.append(note)
         done += rewrites
     if done:

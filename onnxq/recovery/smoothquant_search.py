@@ -1,0 +1,104 @@
+"""``--smoothquant auto``: the migration strength of each smoothed tensor chosen by its consumers' output error.
+
+SmoothQuant's single ``alpha`` (Xiao et al. 2023, eq. 4) fits badly when an activation's outlier channel also has a
+large weight row (BERT's LayerNorm and GELU outputs): ``s_j = a_j**alpha / w_j**(1 - alpha)`` then barely shrinks
+it. Following AWQ's per-layer grid search over the same exponent (Lin et al. 2023, "AWQ: Activation-aware Weight
+Quantization", section 3.2: ``s = s_X**alpha``, alpha from a grid in [0, 1] by the layer's output error on
+calibration data), each tensor gets the alpha of :data:`ALPHA_GRID` whose simulated INT8 layer output ``Q(X / s)
+Q(diag(s) W)`` is closest to the float ``X W`` on a few cached calibration batches, summed (relative error) over all
+MatMul/Gemm consumers of the tensor, which share one ``s``. ``X / s`` is quantized per tensor, symmetric INT8, on
+the range the default MSE calibrator (:mod:`onnxq.calib.mse`) gives it; ``diag(s) W`` per
+output channel, symmetric INT8 at its largest magnitude. Alpha 0 stands for no smoothing (``s = 1``, no Mul); it is
+kept unless another alpha lowers the error by at least :data:`MIN_GAIN`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from onnxq.calib.mse import MseCalibrator
+from onnxq.config import CalibOptions
+from onnxq.data import Batch
+from onnxq.recovery.layers import relative_error
+from onnxq.runtime import make_session, run_batch
+
+#: the candidate strengths; 0 means no smoothing at all (not eq. 4 at alpha 0, which would move everything to W)
+ALPHA_GRID = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: a smoothing must cut the summed relative output error by this fraction to be kept over none
+MIN_GAIN = 0.05
+#: the cached activation rows (tokens) the search evaluates on, evenly spaced over the calibration batches
+MAX_ROWS = 1024
+QMAX = 127.0
+
+
+@dataclass(frozen=True)
+class AlphaChoice:
+    """The chosen ``alpha`` (0: no smoothing) and the summed relative output error of every alpha tried."""
+
+    alpha: float
+    errors: dict[float, float]
+
+
+def sample_rows(x: np.ndarray, channels: int, limit: int = MAX_ROWS) -> np.ndarray:
+    """``x`` as (rows, channels) float32, at most ``limit`` evenly spaced rows."""
+    rows = np.asarray(x, np.float32).reshape(-1, channels)
+    step = max(1, -(-rows.shape[0] // limit))
+    return rows[::step]
+
+
+def capture_rows(model: onnx.ModelProto, channels: dict[str, int], data: Iterable[Batch],
+                 batches: int) -> dict[str, np.ndarray]:
+    """The float values of each tensor of ``channels`` (name -> size of its last axis) over the first ``batches``
+    batches, as (rows, channels), at most :data:`MAX_ROWS` rows (each batch's own share); one pass."""
+    session = make_session(model, outputs=list(channels))
+    names = [o.name for o in session.get_outputs()]
+    kept: dict[str, list[np.ndarray]] = {n: [] for n in channels}
+    for count, batch in enumerate(data, start=1):
+        for name, value in zip(names, run_batch(session, batch, f"SmoothQuant batch {count}")):
+            if name in kept:
+                kept[name].append(sample_rows(value, channels[name], max(1, MAX_ROWS // batches)))
+        if count >= batches:
+            break
+    return {n: np.concatenate(v, axis=0) for n, v in kept.items() if v}
+
+
+def quantize_tensor(x: np.ndarray) -> np.ndarray:
+    """Symmetric INT8 fake quantization of ``x`` per tensor, on the range the default MSE calibrator gives it."""
+    calibrator = MseCalibrator(CalibOptions(method="mse"))
+    calibrator.collect(x)
+    amax = calibrator.compute_range(symmetric=True)[1]
+    if amax <= 0.0:
+        return x
+    step = amax / QMAX
+    return (np.clip(np.rint(x / step), -QMAX - 1, QMAX) * step).astype(np.float32)
+
+
+def quantize_columns(w: np.ndarray) -> np.ndarray:
+    """Symmetric INT8 fake quantization of a (K, N) weight per output channel (column), at its largest magnitude."""
+    step = np.abs(w).max(axis=0, keepdims=True) / QMAX
+    step = np.where(step > 0, step, 1.0)
+    return (np.clip(np.rint(w / step), -QMAX, QMAX) * step).astype(np.float32)
+
+
+def output_error(x: np.ndarray, weights: list[np.ndarray], references: list[np.ndarray], scale: np.ndarray) -> float:
+    """Summed relative error of ``Q(x / scale) Q(scale W)`` against the float ``x W`` over the consumers."""
+    xq = quantize_tensor((x / scale).astype(np.float32))
+    s = scale.astype(np.float32)[:, None]
+    return sum(relative_error(ref, xq @ quantize_columns(w * s)) for w, ref in zip(weights, references, strict=True))
+
+
+def choose_alpha(x: np.ndarray, weights: list[np.ndarray], scales_for: Callable[[float], np.ndarray],
+                 grid: tuple[float, ...] = ALPHA_GRID) -> AlphaChoice:
+    """The alpha of ``grid`` for a tensor whose rows ``x`` (rows, K) feed ``weights`` (each (K, N), float32);
+    ``scales_for(alpha)``: the (K,) factors of eq. 4 at ``alpha > 0``."""
+    references = [x @ w for w in weights]
+    errors = {a: output_error(x, weights, references, scales_for(a) if a > 0 else np.ones(x.shape[1]))
+              for a in grid}
+    none = errors.get(0.0, np.inf)
+    best = min(errors, key=lambda a: errors[a])
+    alpha = best if errors[best] < (1.0 - MIN_GAIN) * none else 0.0
+    return AlphaChoice(alpha, errors)
