@@ -118,5 +118,5 @@ def smoothquant_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray], alp
     if alpha != AUTO:
         return f"SmoothQuant (alpha {alpha}): {len(done)} MatMul/Gemm input(s)", done
     spread = ", ".join(f"{a if a else 'none'} x{n}" for a, n in sorted(chosen.items()))
-    return (f"SmoothQuant (alpha auto): {len(done)} MatMul/Gemm input(s) of {len(chosen)} tensor(s); "
+    return (f"SmoothQuant (alpha auto): {len(done)} MatMul/Gemm input(s) of {sum(chosen.values())} tensor(s); "
             f"alphas {spread or '-'}"), done
