@@ -21,7 +21,7 @@ from onnxq.recovery.channel_scale import drop_unused_initializers
 from onnxq.recovery.replay import replay_rewrites
 from onnxq.recovery.stage import equalize
 from onnxq.scales.rewrites import read_from_model
-from tests.helpers import assert_equivalent, init, make_model, op_types, run
+from tests.helpers import assert_equivalent, init, make_model, op_types, run, run_cli
 
 K, N, T = 128, 32, 16
 OUTLIER = 5
@@ -94,3 +94,14 @@ def test_the_shared_mul_replays_from_the_record_to_the_same_graph() -> None:
     replay_rewrites(replayed, record, source="test", strict=True)
     drop_unused_initializers(replayed)
     assert replayed.graph == smoothed.graph
+
+
+def test_cli_takes_auto_and_refuses_a_word_that_is_not(tmp_path) -> None:
+    onnx.save(layernorm_model(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.concatenate([b["x"] for b in batches()]))
+    ok = run_cli("quantize", tmp_path / "m.onnx", "--calib", tmp_path / "calib.npz", "--smoothquant", "auto",
+                 "-o", tmp_path / "q.onnx")
+    assert ok.returncode == 0 and "SmoothQuant (alpha auto): 3 MatMul/Gemm input(s) of 1 tensor(s)" in ok.stdout, ok
+    bad = run_cli("quantize", tmp_path / "m.onnx", "--calib", tmp_path / "calib.npz", "--smoothquant", "often",
+                  "-o", tmp_path / "r.onnx")
+    assert bad.returncode == 2 and "auto" in bad.stderr and not (tmp_path / "r.onnx").exists()
