@@ -16,6 +16,8 @@ Growth rules, applied until nothing changes (docs/ort_cpu_rules.md, section 3):
   its consumers need moves before it at no extra cost);
 - a Relu/Clip that is the only reader of a region member's output is absorbed into that member's node unit: the
   quantized tensor is the Relu's output, with zero point 0;
+- a ``Mul`` of a tensor by itself up to constant factors (``x * x``, the x**3 of a written-out tanh GELU) never
+  joins: a per-tensor range over a power rounds its small values to zero (``power_base``; rule 3.21);
 - the tail after the last weighted op (no seed downstream of it) stays float, and so does a Conv that feeds only
   that tail (a detection head; the planner takes it out of the seeds).
 """
@@ -70,6 +72,9 @@ class _RegionBuilder:
         if kernel is None or not self.allowed(node):
             return False
         inputs = data_inputs(node, kernel)
+        if self.rules.float_powers and node.op_type == "Mul" \
+                and len({power_base(self.index, t) for _, t in inputs}) == 1:
+            return False  # x * x or x * (c * x): a power, whose per-tensor range rounds the small values away
         activations = [t for _, t in inputs if self.is_float_activation(t)]
         constants = [t for _, t in inputs if kernel.constant_inputs and self.is_float_constant(t)]
         if not activations or len(activations) + len(constants) != len(inputs):
@@ -211,6 +216,25 @@ def channels_first_in_onnxruntime(index: GraphIndex, node: onnx.NodeProto, absor
                 seen.add(node_name(reader))
                 pending.extend(o for o in reader.output if o)
     return True
+
+
+def power_base(index: GraphIndex, tensor: str) -> str:
+    """The tensor ``tensor`` is a constant multiple or a power of: followed back through ``Mul`` nodes whose other
+    input is a constant, and through ``Mul`` nodes whose two inputs have one base (``x * x``, ``x * (c * x)``)."""
+    for _ in range(16):  # written-out polynomials are a few nodes deep
+        producer = index.producer.get(tensor)
+        if producer is None or producer.op_type != "Mul" or producer.domain not in ("", "ai.onnx") \
+                or len(producer.input) != 2:
+            return tensor
+        variable = [t for t in producer.input if not index.is_initializer(t)]
+        if len(variable) == 1:
+            tensor = variable[0]
+            continue
+        bases = {power_base(index, t) for t in variable}
+        if len(bases) != 1:
+            return tensor
+        tensor = bases.pop()
+    return tensor
 
 
 def feeding_nodes(index: GraphIndex, targets: list[onnx.NodeProto]) -> set[str]:
