@@ -106,7 +106,7 @@ def smoothquant_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray], alp
             choice = choose_alpha(inputs[tensor], [rows for _, rows, _ in group],
                                   partial(smooth_scales, act, weight_range))
             log.info("SmoothQuant auto: %s (%d consumer(s)) alpha %s; summed relative output error %s", tensor,
-                     len(group), choice.alpha, ", ".join(f"{a}: {e:.3g}" for a, e in choice.errors.items()))
+                     len(group), choice.alpha or "none", ", ".join(f"{a}: {e:.3g}" for a, e in choice.errors.items()))
             picked = choice.alpha
             chosen[picked] = chosen.get(picked, 0) + 1
         else:
