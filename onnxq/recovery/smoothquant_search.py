@@ -24,8 +24,10 @@ import onnx
 from onnxq.calib.mse import MseCalibrator
 from onnxq.config import CalibOptions
 from onnxq.data import Batch
-from onnxq.recovery.layers import relative_error
+from onnxq.dtypes import INT8
+from onnxq.recovery.layers import fake_quantize, relative_error
 from onnxq.runtime import make_session, run_batch
+from onnxq.scales.types import QuantParams
 
 #: the candidate strengths; 0 means no smoothing at all (not eq. 4 at alpha 0, which would move everything to W)
 ALPHA_GRID = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -37,7 +39,7 @@ MIN_GAIN = 0.05
 NEGLIGIBLE_ERROR = 1e-3
 #: the cached activation rows (tokens) the search evaluates on, evenly spaced over the calibration batches
 MAX_ROWS = 1024
-QMAX = 127.0
+QMAX = float(INT8.qmax)
 
 
 @dataclass(frozen=True)
@@ -78,15 +80,14 @@ def quantize_tensor(x: np.ndarray) -> np.ndarray:
     amax = calibrator.compute_range(symmetric=True)[1]
     if amax <= 0.0:
         return x
-    step = amax / QMAX
-    return (np.clip(np.rint(x / step), -QMAX - 1, QMAX) * step).astype(np.float32)
+    return fake_quantize(x, QuantParams(np.array(amax / QMAX, np.float32), np.array(0, np.int8)))
 
 
 def quantize_columns(w: np.ndarray) -> np.ndarray:
     """Symmetric INT8 fake quantization of a (K, N) weight per output channel (column), at its largest magnitude."""
-    step = np.abs(w).max(axis=0, keepdims=True) / QMAX
-    step = np.where(step > 0, step, 1.0)
-    return (np.clip(np.rint(w / step), -QMAX, QMAX) * step).astype(np.float32)
+    step = np.abs(w).max(axis=0) / QMAX
+    step = np.where(step > 0, step, 1.0).astype(np.float32)
+    return fake_quantize(w, QuantParams(step, np.zeros(step.shape, np.int8), axis=1))
 
 
 def output_error(x: np.ndarray, weights: list[np.ndarray], references: list[np.ndarray], scale: np.ndarray) -> float:

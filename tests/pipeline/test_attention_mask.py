@@ -14,6 +14,7 @@ from onnxq.config import QuantConfig
 from onnxq.graph import GraphIndex
 from onnxq.mask_tensors import masked_tensors
 from onnxq.pipeline import quantize
+from onnxq.validate.metrics import sqnr_from_powers
 from tests.helpers import make_model, run
 
 D, L = 16, 12
@@ -68,7 +69,7 @@ def real_token_sqnr(reference: onnx.ModelProto, quantized: onnx.ModelProto, batc
         r, q = run(reference, b)[0][keep], run(quantized, b)[0][keep]
         signal += float(np.square(r).sum())
         noise += float(np.square(r - q).sum())
-    return 10 * np.log10(signal / noise)
+    return sqnr_from_powers(signal, noise)
 
 
 def test_masked_tensors_are_the_mask_and_the_masked_scores():

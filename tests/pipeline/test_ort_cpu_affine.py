@@ -23,6 +23,8 @@ from tests.helpers import make_model, normal_batches, run
 
 MS = "com.microsoft."
 
+SHAPE = (1, 4, 8, 8)
+
 
 def _array(rng: np.random.Generator, name: str, *shape: int, scale: float = 0.3) -> onnx.TensorProto:
     return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
@@ -83,14 +85,6 @@ def deep_affine_model(blocks: int = 4, seed: int = 1) -> onnx.ModelProto:
     return make_model(graph)
 
 
-def _batches(count: int, seed: int) -> list[dict[str, np.ndarray]]:
-    return normal_batches((1, 4, 8, 8), count, seed)
-
-
-def _run(model: onnx.ModelProto, batch: dict[str, np.ndarray]) -> np.ndarray:
-    return run(model, batch)[0]
-
-
 def test_reshape_of_initializers_becomes_an_initializer():
     model = affine_model()
     result = ConstantsToInitializers().run(model)
@@ -106,8 +100,8 @@ def test_fold_conv_scale_keeps_the_function():
     model = ConstantsToInitializers().run(affine_model()).model
     folded = FoldConvScale().run(model).model
     assert [n.name for n in folded.graph.node if n.op_type == "Mul"] == ["lab2_scale"]  # behind the bias Add
-    for batch in _batches(2, 1):
-        np.testing.assert_allclose(_run(folded, batch), _run(model, batch), rtol=1e-4, atol=1e-5)
+    for batch in normal_batches(SHAPE, 2, 1):
+        np.testing.assert_allclose(run(folded, batch)[0], run(model, batch)[0], rtol=1e-4, atol=1e-5)
 
 
 def test_ort_cpu_prepare_folds_every_affine_op_and_keeps_the_function():
@@ -118,8 +112,8 @@ def test_ort_cpu_prepare_folds_every_affine_op_and_keeps_the_function():
     assert not [n for n in prepared.graph.node if n.op_type in ("Mul", "Add") and
                 any(i in {"s1", "t1", "s2", "bd4"} for i in n.input)]
     assert any("folded" in note and "Mul" in note for note in notes)
-    for batch in _batches(2, 2):
-        np.testing.assert_allclose(_run(prepared, batch), _run(model, batch), rtol=1e-4, atol=1e-4)
+    for batch in normal_batches(SHAPE, 2, 2):
+        np.testing.assert_allclose(run(prepared, batch)[0], run(model, batch)[0], rtol=1e-4, atol=1e-4)
     # the tensorrt target's prepare is unchanged: the learnable scale stays a Mul
     trt, _ = prepare(model, QuantConfig(target="tensorrt"))
     assert "Mul" in [n.op_type for n in trt.graph.node]
@@ -128,7 +122,7 @@ def test_ort_cpu_prepare_folds_every_affine_op_and_keeps_the_function():
 def _sqnr(reference: onnx.ModelProto, quantized: onnx.ModelProto, batches) -> float:
     acc = ErrorAccumulator()
     for batch in batches:
-        acc.add(_run(reference, batch), _run(quantized, batch))
+        acc.add(run(reference, batch)[0], run(quantized, batch)[0])
     return acc.sqnr_db
 
 
@@ -140,7 +134,7 @@ def test_folding_removes_kernels(monkeypatch: pytest.MonkeyPatch):
     """Folded, each block is one QLinearConv (scale and bias inside it); unfolded, the scales and biases are
     QLinearMul/QLinearAdd kernels, each rounding to uint8 once more."""
     model = affine_model()
-    calib = _batches(4, 3)
+    calib = normal_batches(SHAPE, 4, 3)
     folded = quantize(model, calib=calib, config=QuantConfig(target="ort-cpu"))
     _unfolded(monkeypatch)
     unfolded = quantize(model, calib=calib, config=QuantConfig(target="ort-cpu"))
@@ -158,7 +152,7 @@ def test_folding_gains_accuracy(monkeypatch: pytest.MonkeyPatch):
     the HardSwish input whose range is clamped at -3 (activation_bounds). Measured on this net: 29.8 dB folded vs
     27.5 dB unfolded (seeds 0 and 2: +1.2 and +2.4 dB); PP-OCRv4 rec on the benchmark's inputs 9.6 -> 14.0 dB."""
     model = deep_affine_model()
-    calib, test = _batches(8, 3), _batches(8, 4)
+    calib, test = normal_batches(SHAPE, 8, 3), normal_batches(SHAPE, 8, 4)
     folded = quantize(model, calib=calib, config=QuantConfig(target="ort-cpu")).model
     _unfolded(monkeypatch)
     unfolded = quantize(model, calib=calib, config=QuantConfig(target="ort-cpu")).model
@@ -186,4 +180,4 @@ def test_fold_conv_scale_leaves_a_shared_weight_and_per_channel_signs():
     assert {i.name for i in folded.graph.initializer} >= {"w", conv1.input[1], conv1.input[2]}
     assert "b" not in {i.name for i in folded.graph.initializer}  # read by nobody now
     for batch in [{"x": rng.standard_normal((1, 3, 4, 4)).astype(np.float32)}]:
-        np.testing.assert_allclose(_run(folded, batch), _run(model, batch), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(run(folded, batch)[0], run(model, batch)[0], rtol=1e-5, atol=1e-6)

@@ -16,6 +16,8 @@ from tests.helpers import make_model, normal_batches, run
 
 MS = "com.microsoft."
 
+SHAPE = (1, 4, 8, 8)
+
 
 def _weights(rng: np.random.Generator, name: str, *shape: int, scale: float = 0.3) -> onnx.TensorProto:
     return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
@@ -52,14 +54,6 @@ def gate_model() -> onnx.ModelProto:
     return make_model(graph)
 
 
-def _batches(count: int, seed: int) -> list[dict[str, np.ndarray]]:
-    return normal_batches((1, 4, 8, 8), count, seed)
-
-
-def _run(model: onnx.ModelProto, batch: dict[str, np.ndarray]) -> np.ndarray:
-    return run(model, batch)[0]
-
-
 def test_remove_identity_keeps_the_function_and_the_output_name():
     model = gate_model()
     result = RemoveIdentity().run(model)
@@ -68,17 +62,17 @@ def test_remove_identity_keeps_the_function_and_the_output_name():
     assert [n.name for n in model.graph.node if n.op_type == "Identity"] == ["identity1", "identity2",
                                                                             "identity_out"]  # input untouched
     onnx.checker.check_model(result.model)
-    for batch in _batches(2, 1):
-        np.testing.assert_array_equal(_run(result.model, batch), _run(model, batch))
+    for batch in normal_batches(SHAPE, 2, 1):
+        np.testing.assert_array_equal(run(result.model, batch)[0], run(model, batch)[0])
 
 
 def test_gate_behind_identities_runs_in_integer_kernels():
     model = gate_model()
     prepared, _ = prepare(model, QuantConfig(target="ort-cpu"))
     assert [n.op_type for n in prepared.graph.node].count("Identity") == 1
-    for batch in _batches(2, 2):
-        np.testing.assert_allclose(_run(prepared, batch), _run(model, batch), rtol=1e-5, atol=1e-6)
-    counts = op_counts(optimized_model(quantize(model, calib=_batches(4, 3),
+    for batch in normal_batches(SHAPE, 2, 2):
+        np.testing.assert_allclose(run(prepared, batch)[0], run(model, batch)[0], rtol=1e-5, atol=1e-6)
+    counts = op_counts(optimized_model(quantize(model, calib=normal_batches(SHAPE, 4, 3),
                                                 config=QuantConfig(target="ort-cpu")).model))
     # conv0 (Relu absorbed), fc1 (bias folded, Relu absorbed), fc2 (bias folded), pw (Relu absorbed); the
     # HardSigmoid's x + 3 (Clip absorbed) and the SE product

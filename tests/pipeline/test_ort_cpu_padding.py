@@ -16,6 +16,7 @@ from onnxq.config import QuantConfig, RecoveryOptions
 from onnxq.pipeline import quantize
 from onnxq.recovery.constant_region import constant_batch, find_constant_region, nonlocal_nodes
 from onnxq.validate.latency import op_counts, optimized_model
+from onnxq.validate.metrics import sqnr_from_powers
 from tests.helpers import make_model, run
 
 SIZE = 64
@@ -110,7 +111,7 @@ def sqnr_by_region(reference: onnx.ModelProto, quantized: onnx.ModelProto,
         pad = padding_cells(h, w)
         for k, mask in enumerate((pad, ~pad)):
             power[k] += [np.square(want[0][:, mask]).sum(), np.square((got - want)[0][:, mask]).sum()]
-    return tuple(float(10 * np.log10(s / n)) for s, n in power)  # type: ignore[return-value]
+    return tuple(sqnr_from_powers(float(s), float(n)) for s, n in power)  # type: ignore[return-value]
 
 
 def test_padding_constant_is_found_in_letterboxed_data_only():

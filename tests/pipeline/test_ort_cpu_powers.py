@@ -16,6 +16,7 @@ from onnxq.integer_region import power_base
 from onnxq.pipeline import quantize
 from onnxq.rules import TARGET_RULES
 from onnxq.validate.latency import optimized_model
+from onnxq.validate.metrics import sqnr_db
 from tests.helpers import make_model, normal_batches, run
 
 SHAPE = (1, 8, 12, 12)
@@ -55,7 +56,7 @@ def _sqnr(model: onnx.ModelProto, quantized: onnx.ModelProto) -> float:
     feeds = normal_batches(SHAPE, 4, seed=9)
     ref = np.concatenate([run(model, f)[0] for f in feeds])
     out = np.concatenate([run(quantized, f)[0] for f in feeds])
-    return float(10 * np.log10(np.sum(ref**2) / np.sum((ref - out) ** 2)))
+    return sqnr_db(ref, out)
 
 
 def test_power_base_follows_constant_multiples_and_products():

@@ -21,6 +21,7 @@ from onnxq.recovery.channel_scale import drop_unused_initializers
 from onnxq.recovery.replay import replay_rewrites
 from onnxq.recovery.stage import equalize
 from onnxq.scales.rewrites import read_from_model
+from onnxq.validate import metrics
 from tests.helpers import assert_equivalent, init, make_model, op_types, run, run_cli
 
 K, N, T = 128, 32, 16
@@ -60,7 +61,7 @@ def sqnr_db(model: onnx.ModelProto, alpha: float | Literal["auto"] | None, data:
     quantized = quantize(copy.deepcopy(model), data, config).model
     ref = np.concatenate([run(model, b)[0] for b in held]).astype(np.float64)
     got = np.concatenate([run(quantized, b)[0] for b in held]).astype(np.float64)
-    return float(10 * np.log10((ref**2).sum() / ((ref - got) ** 2).sum()))
+    return metrics.sqnr_db(ref, got)
 
 
 def test_auto_beats_fixed_alpha_and_none_on_an_outlier_channel_and_stays_exact() -> None:
