@@ -95,6 +95,8 @@ def evaluate(model: str, source: Path, quantized_path: Path, evaluation: Path) -
         for acc, r, g in zip(accs, ref, got):
             acc.add(r, g)
         task.add(ref[0], got[0], next(iter(batch.values())))
+        if model == "minilm":
+            task.add_tokens(ref, got, batch["attention_mask"])
     macs = node_macs(reference, next(iter(data)))
     floats = set(macs) - quantized_nodes(quantized)
     return {"sqnr_db": min(a.sqnr_db for a in accs), "cosine": min(a.cosine for a in accs),
@@ -129,6 +131,14 @@ def padding_split(r: dict) -> str:
     return f", on padding / image anchors {r['padding_sqnr_db']:.1f} / {r['image_sqnr_db']:.1f} dB"
 
 
+def token_split(r: dict) -> str:
+    """minilm: the SQNR of the sentence embedding and of the token embeddings at real and at padding tokens."""
+    if "real_token_sqnr_db" not in r:
+        return ""
+    return (f"; SQNR sentence embedding {r['sentence_sqnr_db']:.1f} dB, tokens real / padding "
+            f"{r['real_token_sqnr_db']:.1f} / {r.get('padding_token_sqnr_db', float('nan')):.1f} dB")
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| model | method | extra | worst SQNR dB | task agreement with FP32 | GT acc FP32 / INT8 | "
              "MACs float | quantize s | peak RSS MB |",
@@ -151,7 +161,7 @@ def table(rows: list[dict]) -> str:
             f"; confident {r['confident_f1']:.3f}; {r['detections_fp32']} FP32 detections; SQNR on candidate " \
             f"anchors {r['candidate_sqnr_db']:.1f} dB{padding_split(r)})" if "confident_f1" in r else \
             f"; embedding cosine mean {r['embedding_cosine']:.4f}, min {r['embedding_cosine_min']:.4f}; " \
-            f"{r['sentences']} sentences)" if "embedding_cosine" in r else \
+            f"{r['sentences']} sentences{token_split(r)})" if "embedding_cosine" in r else \
             f"; {r['detections_fp32']} FP32 detections)" if "detections_fp32" in r else ")"
         lines.append(f"| {r['model']} | {r['method']} | {r['extra']} | {r['sqnr_db']:.2f} | {agreement} | "
                      f"{fmt(r['fp32_accuracy'], '.3f')} / {fmt(r['quant_accuracy'], '.3f')} | "

@@ -158,6 +158,7 @@ class TaskAgreement:
         self.confident = [0, 0, 0, 0]  # FP32 confident, of them found; quantized confident, of them found
         self.candidate_power = [0.0, 0.0]  # det: signal and noise power over candidate anchors (FP32 objectness)
         self.embeddings: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])  # minilm: FP32, quantized
+        self.token_power = np.zeros((3, 2))  # minilm: (signal, noise): sentence embedding, real and padding tokens
         self.region_power = np.zeros((2, 2))  # det: [padding, image] anchors x [signal, noise] (inputs given)
 
     def _add_boxes(self, boxes_r: np.ndarray, boxes_q: np.ndarray) -> None:
@@ -229,6 +230,15 @@ class TaskAgreement:
                 self.gt_total += 1
                 self.seen += 1
 
+    def add_tokens(self, ref: list[np.ndarray], quant: list[np.ndarray], attention_mask: np.ndarray) -> None:
+        """minilm: one batch of both outputs (sentence embedding, token embeddings); the token error is split by the
+        attention mask into real and padding tokens (the padding rows are masked out of the pooled embedding)."""
+        real = np.asarray(attention_mask).astype(bool)
+        pairs = [(ref[0], quant[0]), (ref[1][real], quant[1][real]), (ref[1][~real], quant[1][~real])]
+        for row, (r, q) in zip(self.token_power, pairs):
+            r, q = np.asarray(r, np.float64), np.asarray(q, np.float64)
+            row += ((r**2).sum(), ((r - q) ** 2).sum())
+
     def _search_result(self) -> dict:
         """minilm: nearest-neighbour agreement among the evaluation sentences and FP32/quantized cosine."""
         ref, quant = (np.concatenate(e) for e in self.embeddings)
@@ -242,7 +252,10 @@ class TaskAgreement:
         return {"agreement": float((neighbours[0] == neighbours[1]).mean()),
                 "agreement_name": "nearest-sentence agreement", "embedding_cosine": float(cosine.mean()),
                 "embedding_cosine_min": float(cosine.min()), "sentences": len(ref),
-                "fp32_accuracy": None, "quant_accuracy": None}
+                "fp32_accuracy": None, "quant_accuracy": None,
+                **{key: float("inf") if noise == 0 else float(10 * np.log10(signal / noise))
+                   for key, (signal, noise) in zip(("sentence_sqnr_db", "real_token_sqnr_db", "padding_token_sqnr_db"),
+                                                   self.token_power) if signal > 0}}
 
     def _text(self, indices: list[int]) -> str:
         return "".join(self.charset[i] for i in indices) if self.charset else ",".join(map(str, indices))

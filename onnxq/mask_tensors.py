@@ -64,7 +64,7 @@ def mask_images(graph: onnx.GraphProto, index: GraphIndex) -> set[str]:
     return found
 
 
-def _sentinel(index: GraphIndex, name: str) -> bool:
+def sentinel_constant(index: GraphIndex, name: str) -> bool:
     """A constant initializer holding a value of magnitude at least :data:`SENTINEL` (or an infinity)."""
     if not index.is_initializer(name) or name in index.graph_inputs:
         return False
@@ -84,7 +84,7 @@ def masked_tensors(graph: onnx.GraphProto, index: GraphIndex) -> set[str]:
         if node.domain not in ("", "ai.onnx"):
             continue
         selects_sentinel = node.op_type == "Where" and len(node.input) == 3 and node.input[0] in images and \
-            any(t in masked or _sentinel(index, t) for t in node.input[1:])
+            any(t in masked or sentinel_constant(index, t) for t in node.input[1:])
         if selects_sentinel or (any(t in masked for t in node.input) and node.op_type in APPLIES_MASK | CARRIES_MASK):
             masked.update(o for o in node.output if o)
     return masked

@@ -24,7 +24,7 @@ from onnxq.activation_bounds import narrow_to_activation_bounds
 from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.collect import CollectSettings, collect_statistics
 from onnxq.calib.stats import expand_stats_paths, merge_stats, rechoose_methods
-from onnxq.config import QuantConfig
+from onnxq.config import QuantConfig, RecoveryOptions
 from onnxq.data import Batch, BatchSource, DataSource, RandomSource
 from onnxq.errors import OnnxqError
 from onnxq.float_nodes import float_prefix
@@ -43,6 +43,7 @@ from onnxq.graph import (
 from onnxq.insert import InsertQDQ
 from onnxq.insert.quantize_bias import QuantizeBias
 from onnxq.outputs import check_outputs
+from onnxq.padding_rows import find_padding_mask
 from onnxq.passes import PassManager, prepare_passes
 from onnxq.passes.decompose_hard_activations import DecomposeHardActivations
 from onnxq.passes.float16 import ConvertFloatToFP16
@@ -195,7 +196,8 @@ def calibrate(prepared: onnx.ModelProto, plan: QuantPlan, data: DataLike, config
     """Statistics of every planned activation over the calibration data."""
     source = data_source(prepared, data, config)
     return collect_statistics(prepared, calibration_targets(plan, config), source,
-                              CollectSettings(config.memory_budget_mb), progress)
+                              CollectSettings(config.memory_budget_mb, skip_padding=config.skip_padding_tokens),
+                              progress)
 
 
 def float_rewrites(prepared: onnx.ModelProto, calib_data: DataSource | Iterable[Batch] | None, config: QuantConfig,
@@ -204,8 +206,15 @@ def float_rewrites(prepared: onnx.ModelProto, calib_data: DataSource | Iterable[
     call on the same model and data gives the same model (Ray workers repeat it to calibrate the driver's model)."""
     if owned:  # float rewrites of a model past 2 GB (weights on disk) are not supported yet
         return []
-    return equalize(prepared, calib_data, config.recovery,
-                    fold_only=not TARGET_RULES[config.target].equalize_through_activations)
+    return equalize(prepared, calib_data, recovery_options(config),
+                    fold_only=not TARGET_RULES[config.target].equalize_through_activations,
+                    skip_padding=config.skip_padding_tokens)
+
+
+def recovery_options(config: QuantConfig) -> RecoveryOptions:
+    """``config.recovery`` with the target's defaults in place of the choices the user left open (SmoothQuant)."""
+    smoothquant = config.recovery.smoothquant(TARGET_RULES[config.target].smoothquant)
+    return replace(config.recovery, smoothquant_alpha="off" if smoothquant is None else smoothquant)
 
 
 def imported_rewrites(prepared: onnx.ModelProto, scales: ScaleImporter, *, owned: bool) -> list[str]:
@@ -384,7 +393,7 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
         if stats is not None:
             # `onnxq calibrate` shards collect statistics on the prepared model without these data-dependent
             # rewrites (each shard would rescale by its own data): the ranges must belong to the model they serve
-            if config.recovery.equalize or config.recovery.smoothquant_alpha is not None:
+            if config.recovery.equalize or recovery_options(config).smoothquant(None) is not None:
                 notes.append("equalization/SmoothQuant skipped: the statistics come from shards calibrated on the "
                              "model without them")
         elif scales is not None:  # the float rewrites the scales were calibrated after, if the file records them
@@ -399,6 +408,9 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
     with clock("ranges"):
         found = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales, progress=progress,
                        collector=collector)
+        if calib is not None and config.skip_padding_tokens and (mask := find_padding_mask(prepared)) is not None:
+            notes.append(f"calibration skips padding tokens (rows the attention mask {mask.tensor} hides); "
+                         "--no-skip-padding-tokens keeps them")
         if scales is not None:  # the plan actually inserted: tensors without a scale dropped, reasons recorded
             plan = plan.for_scales(found.table, "the scales file")
             found = replace(found, table={name: found.table[name] for name in plan.tensors})

@@ -4,7 +4,8 @@ Layers, bottom to top (DESIGN.md "Layers", adjusted to the real package; an impo
 
 0. errors, version, atomic, outputs, safe_read, node_regex, findings, dtypes, formats, rules, scales.formats --
    pure data and helpers
-1. graph, runtime, data, ops -- load/save/index, onnxruntime sessions, readers, per-op handlers
+1. graph, runtime, data, ops -- load/save/index, onnxruntime sessions, readers, per-op handlers; mask_tensors and
+   padding_rows (which tensors carry an attention mask, which token rows are padding: calibration reads them)
 2. calib -- statistics algorithms (know nothing of plans)
 3. config, config_file, plan
 4. scales, validate, report -- parameters and formats, metrics, the QuantReport the pipeline fills
@@ -29,10 +30,11 @@ LAYERS = {
     "onnxq.safe_read": 0, "onnxq.node_regex": 0, "onnxq.findings": 0, "onnxq.dtypes": 0, "onnxq.rules": 0,
     "onnxq.formats": 0,
     "onnxq.scales.formats": 0,
-    "onnxq.graph": 1, "onnxq.runtime": 1, "onnxq.data": 1, "onnxq.ops": 1,
+    "onnxq.graph": 1, "onnxq.runtime": 1, "onnxq.data": 1, "onnxq.ops": 1, "onnxq.mask_tensors": 1,
+    "onnxq.padding_rows": 1,
     "onnxq.calib": 2,
     "onnxq.config": 3, "onnxq.config_file": 3, "onnxq.plan": 3, "onnxq.integer_region": 3, "onnxq.float_nodes": 3,
-    "onnxq.short_maps": 3, "onnxq.mask_tensors": 3,
+    "onnxq.short_maps": 3,
     "onnxq.scales": 4, "onnxq.activation_bounds": 4, "onnxq.validate": 4, "onnxq.report": 4,
     "onnxq.passes": 5, "onnxq.insert": 5,
     "onnxq.pipeline": 6, "onnxq.dynamic": 6, "onnxq.recovery": 6, "onnxq.scales.qdq_keys": 6,

@@ -18,8 +18,9 @@ from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.methods import make_calibrator
 from onnxq.data import Batch, InputSpec, model_inputs
 from onnxq.errors import OnnxqError
+from onnxq.padding_rows import ActivationReader
 from onnxq.progress import stage, total_of
-from onnxq.runtime import SessionSettings, make_session, output_names, run_batch
+from onnxq.runtime import SessionSettings
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ class CollectSettings:
 
     memory_budget_mb: int = 4096
     session: SessionSettings = SessionSettings()
+    #: leave the padding tokens of a masked transformer out of the statistics (:mod:`onnxq.padding_rows`)
+    skip_padding: bool = True
 
 
 def collect_statistics(model: onnx.ModelProto, tensors: Mapping[str, CalibOptions], data: Iterable[Batch],
@@ -62,19 +65,20 @@ def _collect_groups(model: onnx.ModelProto, groups: list[list[str]], calibrators
     """Feed every batch of ``data`` to the calibrators, one pass per group of tensors; the batches per pass."""
     batches_seen = 0
     for group in groups:
-        session = make_session(model, outputs=group, settings=settings.session)
-        in_group = set(group)
-        wanted = [(i, n) for i, n in enumerate(output_names(session)) if n in in_group]
+        reader = ActivationReader(model, group, skip_padding=settings.skip_padding, settings=settings.session)
         count = 0
         for count, batch in enumerate(data, start=1):
-            outputs = run_batch(session, batch, f"batch {count}")
-            for i, name in wanted:
-                calibrators[name].collect(outputs[i])
+            outputs = reader.read(batch, f"batch {count}")
+            for name, value in outputs.items():
+                calibrators[name].collect(value)
             del outputs
             advance()
             if progress is not None:
                 progress(1)
         batches_seen = max(batches_seen, count)
+        note = reader.note()
+        if note is not None:
+            log.info(note)
     return batches_seen
 
 

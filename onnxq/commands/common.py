@@ -81,6 +81,9 @@ def add_calib_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--memory-budget-mb", type=int, default=4096,
                    help="activations exposed per pass; more tensors are calibrated in several passes")
     g.add_argument("--seed", type=int, default=0, help="seed for --calib random")
+    g.add_argument("--skip-padding-tokens", action=argparse.BooleanOptionalAction, default=True,
+                   help="leave the padding tokens that a transformer's attention mask hides out of the calibration "
+                   "statistics (default: on; found from the model's mask, not from input names)")
 
 
 def add_recovery_flags(parser: argparse.ArgumentParser) -> None:
@@ -102,7 +105,8 @@ def add_recovery_flags(parser: argparse.ArgumentParser) -> None:
                    "across the calibration samples (default 2; 0: every channel)")
     g.add_argument("--smoothquant", type=smoothquant_alpha, metavar="ALPHA",
                    help="migrate MatMul/Gemm activation outliers into the weights with this strength (e.g. 0.5); "
-                   "auto: per tensor, the strength (or none) with the least simulated INT8 error of its MatMuls")
+                   "auto: per tensor, the strength (or none) with the least simulated INT8 error of its MatMuls; "
+                   "off (default: auto on --target tensorrt, off on ort-cpu)")
     g.add_argument("--adaround", action="store_true",
                    help="learn the rounding of every weight on the calibration data (needs torch; slow)")
     g.add_argument("--adaround-iterations", type=int, metavar="N", help="AdaRound optimizer steps per layer")
@@ -118,12 +122,14 @@ def add_recovery_flags(parser: argparse.ArgumentParser) -> None:
 
 def smoothquant_alpha(text: str) -> float | str:
     """``--smoothquant``'s value: ``auto`` or a number (its range is checked by RecoveryOptions)."""
-    if text == "auto":
+    if text in ("auto", "off"):
         return text
+    if text == "none":
+        return "off"
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or auto, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), auto or off, got {text!r}") from None
 
 
 def recovery_from_args(args: argparse.Namespace):
@@ -179,6 +185,7 @@ def config_from_args(args: argparse.Namespace):
         rechoose_stats_method=bool(getattr(args, "stats", None)) and bool(calib_flags_given(args)),
         float_rest=getattr(args, "float_rest", None) or run.get("float_rest", "fp32"),
         input_shapes=parse_input_shapes(getattr(args, "input_shape", None) or []),
+        skip_padding_tokens=getattr(args, "skip_padding_tokens", True),
     )
 
 

@@ -144,7 +144,8 @@ def calibrate_shard(job: ShardJob) -> ShardResult:
         prepared = _driver_model(job)
         source = BatchSource(prepared, job.data_path, max_batches=job.max_batches,
                              batch_size=job.config.batch_size, files=job.shard.files)
-        settings = CollectSettings(job.config.memory_budget_mb, SessionSettings(threads=job.threads))
+        settings = CollectSettings(job.config.memory_budget_mb, SessionSettings(threads=job.threads),
+                                   skip_padding=job.config.skip_padding_tokens)
         calibrators, batches = collect_statistics(prepared, job.tensors, source, settings)
     except OnnxqError as exc:
         raise OnnxqError(f"on node {node}: {exc}") from exc

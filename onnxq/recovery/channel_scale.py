@@ -15,7 +15,7 @@ The per-channel ranges that choose ``s`` come from one float pass over a few cal
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,10 +25,12 @@ from onnx import helper, numpy_helper
 from onnxq.data import Batch
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, all_names, node_name, unique_name
-from onnxq.runtime import make_session, run_batch
+from onnxq.padding_rows import ActivationReader
 from onnxq.scales.rewrites import ChannelRewrite
 
 HOMOGENEOUS_OPS = ("Relu", "LeakyRelu", "PRelu", "Identity")
+#: the activation rows (tokens) :func:`channel_statistics` keeps per tensor, evenly spaced over its batches
+MAX_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -41,23 +43,46 @@ class ChannelTarget:
 
 
 def channel_ranges(model: onnx.ModelProto, targets: list[ChannelTarget], data: Iterable[Batch],
-                   batches: int) -> dict[str, np.ndarray]:
-    """Largest |value| per channel of every target tensor over the first ``batches`` batches (one float pass)."""
+                   batches: int, *, skip_padding: bool = True) -> dict[str, np.ndarray]:
+    """Largest |value| per channel of every target tensor over the first ``batches`` batches (one float pass);
+    channels on the last axis are read at real tokens only when ``skip_padding`` (:mod:`onnxq.padding_rows`)."""
+    return channel_statistics(model, targets, data, batches, skip_padding=skip_padding)[0]
+
+
+def channel_statistics(model: onnx.ModelProto, targets: list[ChannelTarget], data: Iterable[Batch], batches: int, *,
+                       rows: Collection[str] = (), row_batches: int = 0,
+                       skip_padding: bool = True) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One float pass: the per-channel maxima of :func:`channel_ranges` over ``batches`` batches, and the values of
+    each tensor of ``rows`` as (rows, last axis), at most :data:`MAX_ROWS` evenly spaced rows over ``row_batches``
+    batches (each batch's own share), for searches that simulate a layer on real inputs."""
     axes = {t.tensor: t.axis for t in targets}
-    session = make_session(model, outputs=list(axes))
-    names = [o.name for o in session.get_outputs()]
+    reader = ActivationReader(model, list(dict.fromkeys([*axes, *rows])), skip_padding=skip_padding,
+                              whole=frozenset(t for t, axis in axes.items() if axis >= 0))
     found: dict[str, np.ndarray] = {}
+    kept: dict[str, list[np.ndarray]] = {n: [] for n in rows}
     for count, batch in enumerate(data, start=1):
-        for name, value in zip(names, run_batch(session, batch, f"equalization batch {count}")):
-            if name not in axes:
-                continue
-            value = np.abs(np.asarray(value, np.float32))
-            axis = axes[name] % value.ndim
-            peak = value.max(axis=tuple(a for a in range(value.ndim) if a != axis)).astype(np.float64)
-            found[name] = np.maximum(found[name], peak) if name in found else peak
-        if count >= batches:
+        for name, value in reader.read(batch, f"batch {count} (equalization/SmoothQuant pass)").items():
+            if name in axes and count <= batches:
+                peak = _channel_peak(value, axes[name])
+                found[name] = np.maximum(found[name], peak) if name in found else peak
+            if name in kept and count <= row_batches:
+                kept[name].append(sample_rows(value, max(1, MAX_ROWS // row_batches)))
+        if count >= max(batches, row_batches):
             break
-    return found
+    return found, {n: np.concatenate(v, axis=0) for n, v in kept.items() if v}
+
+
+def _channel_peak(value: np.ndarray, axis: int) -> np.ndarray:
+    value = np.abs(np.asarray(value, np.float32))
+    axis %= value.ndim
+    return value.max(axis=tuple(a for a in range(value.ndim) if a != axis)).astype(np.float64)
+
+
+def sample_rows(x: np.ndarray, limit: int = MAX_ROWS) -> np.ndarray:
+    """``x`` as (rows, last axis) float32, at most ``limit`` evenly spaced rows."""
+    rows = np.asarray(x, np.float32).reshape(-1, np.shape(x)[-1])
+    step = max(1, -(-rows.shape[0] // limit))
+    return rows[::step]
 
 
 def set_input_initializer(model: onnx.ModelProto, node: onnx.NodeProto, i: int, value: np.ndarray, suffix: str,

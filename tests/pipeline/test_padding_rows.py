@@ -1,0 +1,141 @@
+"""Padding tokens (rows the attention mask hides) are left out of the calibration statistics (onnxq/padding_rows.py).
+
+The attention model of test_attention_mask.py, with a padding-token embedding far larger than the real tokens' (on
+all-MiniLM-L6-v2 the padding rows hold the widest LayerNorm outliers): calibrating on them spends the range on values
+nothing reads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from onnxq.calib.base import CalibOptions
+from onnxq.calib.collect import CollectSettings, collect_statistics
+from onnxq.cli import build_parser
+from onnxq.commands.common import config_from_args
+from onnxq.config import QuantConfig
+from onnxq.padding_rows import ActivationReader, PaddingMask, find_padding_mask, token_rows
+from onnxq.pipeline import quantize
+from tests.pipeline.test_attention_mask import D, L, attention_model, real_token_sqnr, token_batches
+
+PAD_SCALE = 40.0
+
+
+def padded_model() -> onnx.ModelProto:
+    """The attention model whose padding token (id 0) embeds to a vector PAD_SCALE times a real token's."""
+    model = attention_model()
+    table = next(i for i in model.graph.initializer if i.name == "table")
+    values = numpy_helper.to_array(table).copy()
+    values[0] *= PAD_SCALE
+    table.CopyFrom(numpy_helper.from_array(values, "table"))
+    return model
+
+
+def where_model(polarity: str) -> onnx.ModelProto:
+    """``masked_fill`` forms: ``Where(attention_mask == 0, min, scores)`` (keep_false) or ``Where(attention_mask !=
+    0, scores, min)`` (keep_true)."""
+    model = padded_model()
+    graph = model.graph
+    kept = [n for n in graph.node if n.name not in {"cast", "unsqueeze", "invert", "mask_bias"}]
+    del graph.node[:]
+    graph.initializer.append(numpy_helper.from_array(np.array(0, np.int64), "zero"))
+    graph.node.append(helper.make_node("Equal", ["attention_mask", "zero"], ["pad"], name="is_pad"))
+    if polarity == "keep_true":
+        graph.node.append(helper.make_node("Not", ["pad"], ["real"], name="is_real"))
+    graph.node.append(helper.make_node("Unsqueeze", ["real" if polarity == "keep_true" else "pad", "axis1"], ["c1"],
+                                       name="unsqueeze"))
+    for node in kept:
+        if node.name == "apply_mask":
+            ins = ["c1", "s2", "float_min"] if polarity == "keep_true" else ["c1", "float_min", "s2"]
+            node = helper.make_node("Where", ins, ["s3"], name="apply_mask")
+        graph.node.append(node)
+    return model
+
+
+def test_the_additive_mask_marks_the_padding_rows():
+    mask = find_padding_mask(padded_model())
+    assert mask == PaddingMask("bias", "additive")
+    batch = token_batches(1, seed=3)[0]
+    reader = ActivationReader(padded_model(), ["x"])
+    x = reader.read(batch, "batch")["x"]
+    real = batch["attention_mask"].astype(bool)
+    assert x.shape == (int(real.sum()), D)
+    assert reader.rows.seen == real.size and reader.rows.kept == int(real.sum())
+
+
+@pytest.mark.parametrize("polarity", ["keep_true", "keep_false"])
+def test_where_conditions_mark_the_padding_rows(polarity):
+    model = where_model(polarity)
+    mask = find_padding_mask(model)
+    assert mask == PaddingMask("c1", polarity)
+    batch = token_batches(1, seed=3)[0]
+    x = ActivationReader(model, ["x"]).read(batch, "batch")["x"]
+    assert x.shape == (int(batch["attention_mask"].sum()), D)
+
+
+def test_a_model_without_an_attention_mask_has_no_padding_rows():
+    model = padded_model()
+    bias_add = next(n for n in model.graph.node if n.name == "apply_mask")
+    bias_add.input[1] = "s2"  # scores + scores: no mask reaches the data
+    assert find_padding_mask(model) is None
+
+
+def test_an_integer_feature_added_to_data_is_not_a_padding_mask():
+    """A float image of an integer input whose values are neither 0 nor a sentinel (here the mask times 3) is no
+    padding mask: nothing is skipped."""
+    mask = PaddingMask("bias", "additive")
+    assert mask.valid_rows(np.array([[0.0, 0.0, -1e4]])).tolist() == [[True, True, False]]
+    assert mask.valid_rows(np.array([[0.0, -np.inf, float(np.finfo(np.float32).min)]])).tolist() == \
+        [[True, False, False]]
+    assert mask.valid_rows(np.array([[3.0, 0.0, 3.0]])) is None
+    assert mask.valid_rows(np.zeros((2, 3, 4, 5))) is None  # does not squeeze to (N, L)
+
+
+def test_token_rows_selects_only_token_major_tensors():
+    valid = np.array([[True, True, False], [True, False, False]])
+    assert token_rows(np.ones((2, 3, 8)), valid).shape == (3, 8)
+    assert token_rows(np.ones((2, 3, 4, 2)), valid).shape == (3, 4, 2)  # (N, L, heads, d)
+    assert token_rows(np.ones((6, 8)), valid).shape == (3, 8)  # flattened (N * L, H)
+    assert token_rows(np.ones((2, 3, 3, 3)), valid).shape == (2, 3, 3, 3)  # (N, h, L, L) scores stay whole
+    assert token_rows(np.ones((2, 5, 3)), valid).shape == (2, 5, 3)  # (N, C, T) of another length
+    assert token_rows(np.ones((2, 8)), valid).shape == (2, 8)
+
+
+def test_calibrated_range_is_the_real_tokens_range():
+    model, batches = padded_model(), token_batches(4, seed=1)
+    options = {"x": CalibOptions(method="minmax")}
+    skipped, _ = collect_statistics(model, options, batches)
+    kept, _ = collect_statistics(model, options, batches, CollectSettings(skip_padding=False))
+    table = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "table"))
+    real = np.concatenate([table[b["ids"][b["attention_mask"].astype(bool)]] for b in batches])
+    assert skipped["x"].compute_range(symmetric=True)[1] == pytest.approx(np.abs(real).max(), rel=1e-6)
+    assert kept["x"].compute_range(symmetric=True)[1] == pytest.approx(np.abs(table[0]).max(), rel=1e-6)
+
+
+def test_quantized_real_tokens_are_closer_to_fp32():
+    model = padded_model()
+    calib, val = token_batches(4, seed=1), token_batches(3, seed=2)
+    skipped = quantize(model, calib=calib, config=QuantConfig())
+    kept = quantize(model, calib=calib, config=QuantConfig(skip_padding_tokens=False))
+    assert any("skips padding tokens" in note for note in skipped.report.prepare_notes)
+    assert not any("skips padding tokens" in note for note in kept.report.prepare_notes)
+    gain = real_token_sqnr(model, skipped.model, val) - real_token_sqnr(model, kept.model, val)
+    assert gain > 6.0, gain
+
+
+def test_the_cli_flag_turns_it_off():
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["quantize", "m.onnx", "--calib", "d"])).skip_padding_tokens
+    assert not config_from_args(parse(["quantize", "m.onnx", "--calib", "d",
+                                       "--no-skip-padding-tokens"])).skip_padding_tokens
+
+
+def test_sequences_without_padding_are_read_whole():
+    batch = token_batches(1, seed=3)[0]
+    batch = {"ids": np.maximum(batch["ids"], 1), "attention_mask": np.ones_like(batch["attention_mask"])}
+    reader = ActivationReader(padded_model(), ["x"])
+    assert reader.read(batch, "batch")["x"].shape == (batch["ids"].shape[0], L, D)
+    assert reader.note() is None
