@@ -131,19 +131,37 @@ class ActivationReader:
         self.rows = RowCount()
 
     def read(self, batch: Batch, label: str) -> dict[str, np.ndarray]:
-        """The exposed tensors (and the graph outputs among ``outputs``) on one batch, by name."""
+        """The exposed tensors (and the graph outputs among ``outputs``) on one batch, by name, at real tokens."""
+        values, valid = self.read_rows(batch, label)
+        return {name: self.select(name, value, valid) for name, value in values.items()}
+
+    def read_rows(self, batch: Batch, label: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """The exposed tensors whole, and the batch's real-token rows (None: no padding in this batch, or no
+        padding mask); :meth:`select` applies the rows to a tensor of this model or of its quantized twin."""
         values = dict(zip(output_names(self.session), run_batch(self.session, batch, label)))
         valid = self.mask.valid_rows(values[self.mask.tensor]) if self.mask is not None else None
         if valid is not None:
             self.rows.seen += valid.size
             self.rows.kept += int(valid.sum())
         partial = valid if valid is not None and not valid.all() else None
-        return {name: token_rows(value, partial) if partial is not None and name not in self.whole else value
-                for name, value in values.items() if name in self.wanted}
+        return {name: value for name, value in values.items() if name in self.wanted}, partial
 
-    def note(self) -> str | None:
+    def select(self, name: str, value: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        """``value`` (tensor ``name``) at the real tokens of ``valid`` (from :meth:`read_rows`)."""
+        return value if valid is None or name in self.whole else token_rows(value, valid)
+
+    def note(self, what: str = "the statistics") -> str | None:
         """What was skipped, for the report; None when nothing was."""
         if self.mask is None or self.rows.kept == self.rows.seen:
             return None
-        return (f"padding tokens left out of the statistics: {self.rows.seen - self.rows.kept} of {self.rows.seen} "
+        return (f"padding tokens left out of {what}: {self.rows.seen - self.rows.kept} of {self.rows.seen} "
                 f"token rows ({100 * self.rows.skipped_share:.0f}%), marked by {self.mask.tensor}")
+
+
+def padding_rows_of(model: onnx.ModelProto, batches: list[Batch]) -> list[np.ndarray | None]:
+    """The real-token rows of each batch (None where nothing is padding), one float run of ``model`` per batch when
+    it has a padding mask and none otherwise."""
+    if find_padding_mask(model) is None:
+        return [None] * len(batches)
+    reader = ActivationReader(model, [])
+    return [reader.read_rows(batch, f"batch {i} (padding rows)")[1] for i, batch in enumerate(batches, start=1)]

@@ -118,6 +118,8 @@ def validation_lines(report: ComparisonReport, worst: int = 5) -> list[str]:
              f"  {'output':<{col}} {'SQNR dB':>8} {'cosine':>9} {'MAE':>10} {'max err':>10}"]
     for o, name in zip(report.outputs, outputs):
         lines.append(f"  {name:<{col}} {o.sqnr_db:8.2f} {o.cosine:9.6f} {o.mae:10.4g} {o.max_abs_error:10.4g}")
+    if report.token_rows:
+        lines.append(f"  ({report.token_rows})")
     if report.layers:
         lines.append(f"  lowest-SQNR layers (of {len(report.layers)}):")
         layers = report.worst_layers(worst)

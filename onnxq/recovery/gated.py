@@ -25,6 +25,7 @@ from onnxq.data import Batch
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, all_names, unique_name
 from onnxq.insert import quantize_array
+from onnxq.padding_rows import padding_rows_of, token_rows
 from onnxq.plan import QuantPlan
 from onnxq.recovery.suffix import Snapshot, plan_cuts, suffix_session
 from onnxq.runtime import make_session, run_batch
@@ -138,6 +139,7 @@ class GatedSession:
         self._true, self._false = np.array(True), np.array(False)
         self.reference: Snapshot | None = None
         self._batches: list[Batch] = []
+        self._token_rows: list[np.ndarray | None] = []  # per kept batch: real tokens of a masked transformer
         self.runs = {"full": 0, "suffix": 0}  # forward runs made, by kind
 
     def _gate_feeds(self, quantized: set[str], names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
@@ -168,8 +170,10 @@ class GatedSession:
         return Snapshot(on, [r[0] for r in runs], [r[1] for r in runs])
 
     def set_data(self, batches: Iterable[Batch]) -> None:
-        """Keep the evaluation batches and their FP32 outputs (one run each, all gates off)."""
+        """Keep the evaluation batches and their FP32 outputs (one run each, all gates off); a masked transformer's
+        outputs are compared at its real tokens (:mod:`onnxq.padding_rows`), as validation does."""
         self._batches = list(batches)
+        self._token_rows = padding_rows_of(self.prepared, self._batches)
         self.reference = self.snapshot(())
 
     @property
@@ -228,8 +232,11 @@ class GatedSession:
         if self.reference is None:
             raise RuntimeError("call set_data() first")
         accs = [ErrorAccumulator() for _ in self.output_names]
-        for reference, got in zip(self.reference.outputs, self.outputs(quantized, batches, base)):
+        for reference, got, rows in zip(self.reference.outputs, self.outputs(quantized, batches, base),
+                                        self._token_rows):
             for acc, ref, out in zip(accs, reference, got):
+                if rows is not None:
+                    ref, out = token_rows(ref, rows), token_rows(out, rows)
                 acc.add(ref, out)
         return accs
 

@@ -16,6 +16,7 @@ import onnx
 from onnxq.data import Batch, BatchSource, DataSource, model_inputs
 from onnxq.errors import OnnxqError
 from onnxq.graph import QDQ_OPS, load_model
+from onnxq.padding_rows import ActivationReader
 from onnxq.progress import stage, total_of
 from onnxq.runtime import make_session, output_names, run_batch
 from onnxq.validate.metrics import ErrorAccumulator
@@ -45,6 +46,8 @@ class ComparisonReport:
     outputs: list[OutputMetrics]
     layers: list[OutputMetrics] = field(default_factory=list)
     batches: int = 0
+    #: which rows were compared when a masked transformer's padding tokens were left out (None: every row)
+    token_rows: str | None = None
 
     @property
     def min_sqnr_db(self) -> float:
@@ -55,7 +58,7 @@ class ComparisonReport:
 
     def as_dict(self) -> dict:
         return {"batches": self.batches, "outputs": [o.as_dict() for o in self.outputs],
-                "layers": [m.as_dict() for m in self.layers]}
+                "layers": [m.as_dict() for m in self.layers], "token_rows": self.token_rows}
 
 
 def _json_float(x: float) -> float | str:
@@ -76,8 +79,11 @@ def shared_layer_tensors(reference: onnx.ModelProto, quantized: onnx.ModelProto)
 
 def compare_models(reference: onnx.ModelProto | str, quantized: onnx.ModelProto | str,
                    data: DataSource | Iterable[Batch] | str | os.PathLike, *, per_layer: bool = False,
-                   progress: Callable[[int], None] | None = None) -> ComparisonReport:
-    """Per-output (and optionally per-layer) SQNR, cosine, MAE and max error of ``quantized`` against ``reference``."""
+                   progress: Callable[[int], None] | None = None, skip_padding: bool = True) -> ComparisonReport:
+    """Per-output (and optionally per-layer) SQNR, cosine, MAE and max error of ``quantized`` against ``reference``.
+
+    ``skip_padding``: tensors with token rows of a masked transformer are compared at its real tokens only
+    (:mod:`onnxq.padding_rows`): the padding rows are values nothing reads."""
     reference, quantized = _as_model(reference), _as_model(quantized)
     ref_inputs = [s.name for s in model_inputs(reference)]
     q_inputs = [s.name for s in model_inputs(quantized)]
@@ -90,18 +96,18 @@ def compare_models(reference: onnx.ModelProto | str, quantized: onnx.ModelProto 
     if isinstance(data, (str, os.PathLike)):
         data = BatchSource(reference, data)
     layers = shared_layer_tensors(reference, quantized) if per_layer else []
-    ref_session = make_session(reference, outputs=layers)
+    reader = ActivationReader(reference, ref_outs + layers, skip_padding=skip_padding)
     q_session = make_session(quantized, outputs=layers)
-    names = output_names(ref_session)
+    names = ref_outs + layers
     q_pos = {name: i for i, name in enumerate(output_names(q_session))}
     accs = {n: ErrorAccumulator() for n in names}
     batches = 0
     with stage("per-layer validation" if per_layer else "validation", total=total_of(data), unit="batch") as advance:
         for batches, batch in enumerate(data, start=1):
-            ref = run_batch(ref_session, batch, f"batch {batches} (FP32 model)")
+            ref, valid = reader.read_rows(batch, f"batch {batches} (FP32 model)")
             got = run_batch(q_session, batch, f"batch {batches} (quantized model)")
-            for i, name in enumerate(names):
-                accs[name].add(ref[i], got[q_pos[name]])
+            for name in names:
+                accs[name].add(reader.select(name, ref[name], valid), reader.select(name, got[q_pos[name]], valid))
             advance()
             if progress is not None:
                 progress(1)
@@ -111,4 +117,5 @@ def compare_models(reference: onnx.ModelProto | str, quantized: onnx.ModelProto 
         outputs=[OutputMetrics.of(n, accs[n]) for n in ref_outs],
         layers=[OutputMetrics.of(n, accs[n]) for n in layers],
         batches=batches,
+        token_rows=reader.note("the comparison"),
     )

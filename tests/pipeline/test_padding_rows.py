@@ -19,6 +19,11 @@ from onnxq.commands.common import config_from_args
 from onnxq.config import QuantConfig
 from onnxq.padding_rows import ActivationReader, PaddingMask, find_padding_mask, token_rows
 from onnxq.pipeline import quantize
+from onnxq.recovery.gated import GatedSession
+from onnxq.recovery.sensitivity import calibrate_model
+from onnxq.report import validation_lines
+from onnxq.validate.compare import compare_models
+from onnxq.validate.metrics import sqnr_from_powers
 from tests.pipeline.test_attention_mask import D, L, attention_model, real_token_sqnr, token_batches
 
 PAD_SCALE = 40.0
@@ -139,3 +144,30 @@ def test_sequences_without_padding_are_read_whole():
     reader = ActivationReader(padded_model(), ["x"])
     assert reader.read(batch, "batch")["x"].shape == (batch["ids"].shape[0], L, D)
     assert reader.note() is None
+
+
+def test_validation_compares_the_real_tokens():
+    model, val = padded_model(), token_batches(3, seed=2)
+    quantized = quantize(model, calib=token_batches(4, seed=1), config=QuantConfig()).model
+    report = compare_models(model, quantized, val)
+    assert report.token_rows is not None and "padding tokens left out of the comparison" in report.token_rows
+    assert report.outputs[0].sqnr_db == pytest.approx(real_token_sqnr(model, quantized, val), abs=0.05)
+    every_row = compare_models(model, quantized, val, skip_padding=False)
+    assert every_row.token_rows is None
+    assert every_row.outputs[0].sqnr_db != pytest.approx(report.outputs[0].sqnr_db, abs=0.05)
+    assert any("padding tokens left out of the comparison" in line for line in validation_lines(report))
+
+
+def test_sensitivity_and_mixed_precision_measure_the_real_tokens():
+    model, val = padded_model(), token_batches(2, seed=2)
+    calibrated = calibrate_model(model, token_batches(4, seed=1), QuantConfig())
+    gated = GatedSession(calibrated.prepared, calibrated.plan, calibrated.scales, cuts=0)
+    gated.set_data(val)
+    units = list(gated.units)
+    signal = noise = 0.0
+    for batch in val:
+        keep = batch["attention_mask"].astype(bool)
+        ref, got = gated.run(batch, ())[0][keep], gated.run(batch, units)[0][keep]
+        signal += float(np.square(ref.astype(np.float64)).sum())
+        noise += float(np.square((ref - got).astype(np.float64)).sum())
+    assert gated.error(units)[0].sqnr_db == pytest.approx(sqnr_from_powers(signal, noise), rel=1e-6)
