@@ -41,7 +41,7 @@ CARRIES_MASK = frozenset({"Reshape", "Transpose", "Unsqueeze", "Squeeze", "Expan
 SENTINEL = 1e4
 
 
-def _constant(index: GraphIndex, name: str) -> bool:
+def is_constant(index: GraphIndex, name: str) -> bool:
     if index.is_initializer(name) and name not in index.graph_inputs:
         return True
     producer = index.producer.get(name)
@@ -59,7 +59,7 @@ def mask_images(graph: onnx.GraphProto, index: GraphIndex) -> set[str]:
         if node.op_type not in MASK_IMAGE_OPS or node.domain not in ("", "ai.onnx"):
             continue
         inputs = [t for t in node.input if t]
-        if any(t in found for t in inputs) and all(t in found or _constant(index, t) for t in inputs):
+        if any(t in found for t in inputs) and all(t in found or is_constant(index, t) for t in inputs):
             found.update(o for o in node.output if o)
     return found
 

@@ -29,7 +29,7 @@ import onnx
 
 from onnxq.data import Batch
 from onnxq.graph import GraphIndex
-from onnxq.mask_tensors import APPLIES_MASK, SENTINEL, mask_images, sentinel_constant
+from onnxq.mask_tensors import APPLIES_MASK, SENTINEL, is_constant, mask_images, sentinel_constant
 from onnxq.runtime import SessionSettings, make_session, output_names, run_batch
 
 #: a real (kept) key's additive mask value is 0; allow rounding and small additive biases up to this magnitude
@@ -80,7 +80,7 @@ def find_padding_mask(model: onnx.ModelProto) -> PaddingMask | None:
         if node.op_type in APPLIES_MASK and len(ins) == 2 and (ins[0] in images) != (ins[1] in images):
             mask = ins[0] if ins[0] in images else ins[1]
             data = ins[1] if mask == ins[0] else ins[0]
-            if mask not in inputs and not index.is_initializer(data):
+            if mask not in inputs and not is_constant(index, data):  # (1 - mask) is the mask's own arithmetic
                 return PaddingMask(mask, "additive")
         if node.op_type == "Where" and len(ins) == 3 and ins[0] in images:
             if sentinel_constant(index, ins[2]) and not sentinel_constant(index, ins[1]):

@@ -71,6 +71,17 @@ def test_the_additive_mask_marks_the_padding_rows():
     assert reader.rows.seen == real.size and reader.rows.kept == int(real.sum())
 
 
+def test_the_mask_arithmetic_on_a_constant_node_is_not_the_mask():
+    """``1 - mask`` with the 1 in a Constant node (a model as exported, before prepare moves constants to
+    initializers) is arithmetic on the mask, not a mask applied to data."""
+    model = padded_model()
+    graph = model.graph
+    one = next(i for i in graph.initializer if i.name == "one")
+    graph.node.insert(0, helper.make_node("Constant", [], ["one"], name="one_node", value=one))
+    graph.initializer.remove(one)
+    assert find_padding_mask(model) == PaddingMask("bias", "additive")
+
+
 @pytest.mark.parametrize("polarity", ["keep_true", "keep_false"])
 def test_where_conditions_mark_the_padding_rows(polarity):
     model = where_model(polarity)
