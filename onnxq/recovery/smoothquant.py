@@ -94,6 +94,8 @@ def smoothquant_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray], alp
         act = ranges.get(target.tensor)
         if act is not None and act.size == rows.shape[0]:
             groups.setdefault(target.tensor, []).append((target, rows, transposed))
+    if not groups:
+        return "SmoothQuant: nothing to smooth (no MatMul/Gemm input with a constant 2-D weight)", []
     inputs: dict[str, np.ndarray] = samples if samples is not None else {}
     if alpha == AUTO and groups and data is not None and samples is None:
         inputs = channel_statistics(model, [], data, 0, rows=list(groups), row_batches=batches,

@@ -132,3 +132,12 @@ def test_cli_off_and_none_turn_it_off() -> None:
         args = parse(["quantize", "m.onnx", "--calib", "d", "--smoothquant", word])
         assert config_from_args(args).recovery.smoothquant("auto") is None
     assert config_from_args(parse(["quantize", "m.onnx", "--calib", "d"])).recovery.smoothquant("auto") == "auto"
+
+
+def test_a_cnn_has_nothing_to_smooth() -> None:
+    from tests.recovery.nets_recovery import image_batches
+    from tests.recovery.test_bias_correction import silu_chain
+
+    result = quantize(silu_chain(), image_batches(count=2, size=16, seed=1), QuantConfig())
+    assert "SmoothQuant: nothing to smooth (no MatMul/Gemm input with a constant 2-D weight)" in \
+        result.report.prepare_notes, result.report.prepare_notes
