@@ -44,7 +44,7 @@ HELD_OUT = ("ppdet", "pprec", "ppcls", "yolodoc", "minilm")  # held-out real mod
 
 VARIANTS = {
     "minmax": QuantConfig(calib=CalibOptions(method="minmax"),
-                          recovery=RecoveryOptions(equalize=False, bias_correction=False)),
+                          recovery=RecoveryOptions(equalize=False, bias_correction=False, smoothquant_alpha="off")),
     "default": QuantConfig(),
     "auto": replace(QuantConfig(), calib=replace(QuantConfig().calib, method="auto")),
     "bc": replace(QuantConfig(), recovery=replace(QuantConfig().recovery, bias_correction=True)),
@@ -53,7 +53,7 @@ VARIANTS = {
     "no-sq": replace(QuantConfig(), recovery=replace(QuantConfig().recovery, smoothquant_alpha="off")),
 }
 COMMANDS = {
-    "minmax": "onnxq quantize MODEL --calib DATA --method minmax --no-equalize --no-bias-correction",
+    "minmax": "onnxq quantize MODEL --calib DATA --method minmax --no-equalize --no-bias-correction --smoothquant off",
     "default": "onnxq quantize MODEL --calib DATA",
     "auto": "onnxq quantize MODEL --calib DATA --method auto",
     "bc": "onnxq quantize MODEL --calib DATA --bias-correction",

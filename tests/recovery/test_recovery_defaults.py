@@ -15,7 +15,7 @@ from tests.helpers import run
 from tests.recovery.nets_recovery import image_batches, mobilenet_hardswish
 
 PLAIN_MINMAX = QuantConfig(calib=CalibOptions(method="minmax"),
-                           recovery=RecoveryOptions(equalize=False, bias_correction=False))
+                           recovery=RecoveryOptions(equalize=False, bias_correction=False, smoothquant_alpha="off"))
 
 
 def _sqnr(model, quantized, batches) -> float:
