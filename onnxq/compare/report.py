@@ -17,6 +17,7 @@ def payload(result: CompareResult) -> dict:
         "float_rest": result.float_rest,
         "calib_batches": result.calib_batches,
         "val_batches": result.val_batches,
+        "token_rows": result.token_rows,
         "fp32": {"model_bytes": result.fp32_bytes, "latency_ms": result.fp32_latency_ms},
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
         "formats": [{
@@ -48,7 +49,8 @@ def render_markdown(result: CompareResult) -> str:
     lines = [f"# Format comparison: {result.model_name}", "",
              f"target {result.target}; float rest {result.float_rest}; one calibration over "
              f"{result.calib_batches} batch(es), validation on {result.val_batches} batch(es); reference: the FP32 "
-             "model (prepared, numerically equal to the input).", ""]
+             "model (prepared, numerically equal to the input)."
+             + (f" Compared at real tokens: {result.token_rows}." if result.token_rows else ""), ""]
     lines += ["## Summary", "",
               "| format | lowest SQNR dB (output) | lowest cosine | lowest SSIM | model MB | quantized weights |",
               "|---|---:|---:|---:|---:|---:|"]

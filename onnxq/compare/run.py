@@ -31,6 +31,7 @@ from onnxq.errors import OnnxqError
 from onnxq.formats import NOT_ON_TENSORRT, FormatChoice, parse_format
 from onnxq.graph import check_model
 from onnxq.insert import InsertQDQ
+from onnxq.padding_rows import ActivationReader
 from onnxq.passes.float16 import ConvertFloatToFP16
 from onnxq.pipeline import (
     DataLike,
@@ -99,6 +100,8 @@ class CompareResult:
     target: str
     seconds: dict[str, float] = field(default_factory=dict)
     layer_order: list[str] = field(default_factory=list)
+    #: which rows were compared when a masked transformer's padding tokens were left out (None: every row)
+    token_rows: str | None = None
 
 
 def format_config(config: QuantConfig, choice: FormatChoice) -> QuantConfig:
@@ -192,7 +195,7 @@ def compare_formats(model: ModelLike, calib: DataLike, val: DataLike, config: Qu
     seconds["quantize"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    layer_order, val_batches = _evaluate(prepared, results, val_source, options.per_layer)
+    layer_order, val_batches, token_rows = _evaluate(prepared, results, val_source, options.per_layer)
     seconds["validate"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -206,24 +209,25 @@ def compare_formats(model: ModelLike, calib: DataLike, val: DataLike, config: Qu
     return CompareResult(model_name=name, fp32_bytes=prepared.ByteSize(),
                          fp32_latency_ms=fp32_latency, formats=results, calib_batches=calib_batches,
                          val_batches=val_batches, float_rest=config.float_rest, target=config.target,
-                         seconds=seconds, layer_order=layer_order)
+                         seconds=seconds, layer_order=layer_order, token_rows=token_rows)
 
 
 def _evaluate(reference: onnx.ModelProto, results: list[FormatResult], data,
-              per_layer: bool) -> tuple[list[str], int]:
-    """One pass over ``data``: FP32 once per batch, every format beside it; fills outputs and layers."""
+              per_layer: bool) -> tuple[list[str], int, str | None]:
+    """One pass over ``data``: FP32 once per batch, every format beside it; fills outputs and layers. A masked
+    transformer's outputs and layers are compared at its real tokens (:mod:`onnxq.padding_rows`), as validation does;
+    also returns what was left out."""
     out_names = [o.name for o in reference.graph.output]
     layer_sets = [shared_layer_tensors(reference, r.model) if per_layer else [] for r in results]
     all_layers = sorted(set().union(*layer_sets), key=_order_of(reference)) if per_layer else []
-    ref_session = make_session(reference, outputs=all_layers)
-    ref_names = output_names(ref_session)
+    reader = ActivationReader(reference, out_names + all_layers)
     sessions = [make_session(r.model, outputs=layers) for r, layers in zip(results, layer_sets, strict=True)]
     accs = [{n: OutputAccumulator() for n in out_names} for _ in results]
     layer_accs = [{n: LayerAccumulator() for n in layers} for layers in layer_sets]
     batches = 0
     with stages.stage("validation (every format)", unit="batch") as advance:
         for batches, batch in enumerate(data, start=1):
-            _evaluate_batch(batches, batch, ref_session, ref_names, sessions, results, out_names, accs, layer_accs)
+            _evaluate_batch(batches, batch, reader, sessions, results, out_names, accs, layer_accs)
             advance()
     if batches == 0:
         raise OnnxqError("the validation data holds no batches")
@@ -232,20 +236,21 @@ def _evaluate(reference: onnx.ModelProto, results: list[FormatResult], data,
         r.outputs = [accs[k][n].result(n) for n in out_names]
         r.error_samples = {n: accs[k][n].error_sample() for n in out_names}
         r.layers = [(n, layer_accs[k][n].sqnr_db) for n in sorted(layer_accs[k], key=order)]
-    return all_layers, batches
+    return all_layers, batches, reader.note("the comparison")
 
 
-def _evaluate_batch(index: int, batch: dict, ref_session, ref_names: list[str], sessions: list,
+def _evaluate_batch(index: int, batch: dict, reader: ActivationReader, sessions: list,
                     results: list[FormatResult], out_names: list[str], accs: list[dict],
                     layer_accs: list[dict]) -> None:
-    ref = dict(zip(ref_names, run_batch(ref_session, batch, f"batch {index} (FP32)"), strict=True))
+    ref, valid = reader.read_rows(batch, f"batch {index} (FP32)")
+    ref = {name: reader.select(name, value, valid) for name, value in ref.items()}
     for k, session in enumerate(sessions):
         got = dict(zip(output_names(session), run_batch(session, batch, f"batch {index} ({results[k].label})"),
                        strict=True))
         for name in out_names:
-            accs[k][name].add(ref[name], got[name])
+            accs[k][name].add(ref[name], reader.select(name, got[name], valid))
         for name, acc in layer_accs[k].items():
-            acc.add(ref[name], got[name])
+            acc.add(ref[name], reader.select(name, got[name], valid))
 
 
 def _order_of(model: onnx.ModelProto) -> Callable[[str], int]:

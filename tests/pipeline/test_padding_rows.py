@@ -182,3 +182,18 @@ def test_sensitivity_and_mixed_precision_measure_the_real_tokens():
         signal += float(np.square(ref.astype(np.float64)).sum())
         noise += float(np.square((ref - got).astype(np.float64)).sum())
     assert gated.error(units)[0].sqnr_db == pytest.approx(sqnr_from_powers(signal, noise), rel=1e-6)
+
+
+def test_format_comparison_compares_the_real_tokens():
+    from onnxq.compare.report import render_markdown
+    from onnxq.compare.run import CompareOptions, compare_formats
+
+    model, val = padded_model(), token_batches(2, seed=2)
+    result = compare_formats(model, token_batches(4, seed=1), val,
+                             options=CompareOptions(formats=("int8",), per_layer=True, latency_runs=1))
+    assert result.token_rows is not None and "padding tokens left out of the comparison" in result.token_rows
+    assert "Compared at real tokens" in render_markdown(result)
+    int8 = result.formats[0]
+    # the same figure validation gives for that model
+    assert int8.outputs[0].sqnr_db == pytest.approx(compare_models(model, int8.model, val).outputs[0].sqnr_db,
+                                                    abs=1e-6)
