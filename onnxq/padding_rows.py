@@ -15,7 +15,8 @@ its positions holding a sentinel (<= -1e4, -inf; or the condition's masked polar
 neither ~0 nor a sentinel means the tensor is not a padding mask and nothing is skipped.
 
 A tensor's rows are token rows when its shape starts with (N, L) (hidden states (N, L, H), heads (N, L, h, d)) or,
-flattened, is (N * L, H); attention score matrices (N, h, L, L) are left whole. Statistics see ``x[valid]``, a
+flattened, is (N * L, H); attention score matrices (N, h, L, L) are left whole, and so is every tensor of a batch with
+N == L, where a sequence-first (L, N, H) layout could not be told apart. Statistics see ``x[valid]``, a
 (tokens, ...) array, so per-tensor calibrators and per-channel maxima over the last axis read only real tokens.
 """
 
@@ -92,8 +93,11 @@ def find_padding_mask(model: onnx.ModelProto) -> PaddingMask | None:
 
 def token_rows(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """The rows of ``x`` at real tokens: ``x[valid]`` when ``x`` starts with the mask's (N, L) (or is a flattened
-    (N * L, H)), ``x`` itself otherwise (and for (N, h, L, L) score matrices)."""
+    (N * L, H)), ``x`` itself otherwise (and for (N, h, L, L) score matrices). A batch with as many sequences as
+    tokens is read whole: a sequence-first (L, N, H) tensor would look the same."""
     n, length = valid.shape
+    if n == length:
+        return x
     if x.ndim >= 3 and x.shape[:2] == (n, length):
         if x.ndim == 4 and x.shape[2] == x.shape[3] == length:
             return x

@@ -118,6 +118,8 @@ def test_token_rows_selects_only_token_major_tensors():
     assert token_rows(np.ones((2, 3, 3, 3)), valid).shape == (2, 3, 3, 3)  # (N, h, L, L) scores stay whole
     assert token_rows(np.ones((2, 5, 3)), valid).shape == (2, 5, 3)  # (N, C, T) of another length
     assert token_rows(np.ones((2, 8)), valid).shape == (2, 8)
+    square = np.array([[True, False], [True, True]])  # N == L: (L, N, H) would look the same, so read whole
+    assert token_rows(np.ones((2, 2, 8)), square).shape == (2, 2, 8)
 
 
 def test_calibrated_range_is_the_real_tokens_range():
