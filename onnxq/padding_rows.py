@@ -77,7 +77,7 @@ def find_padding_mask(model: onnx.ModelProto) -> PaddingMask | None:
     for node in graph.node:
         if node.domain not in ("", "ai.onnx"):
             continue
-        ins = [t for t in node.input]
+        ins = list(node.input)
         if node.op_type in APPLIES_MASK and len(ins) == 2 and (ins[0] in images) != (ins[1] in images):
             mask = ins[0] if ins[0] in images else ins[1]
             data = ins[1] if mask == ins[0] else ins[0]

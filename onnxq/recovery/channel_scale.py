@@ -15,7 +15,7 @@ The per-channel ranges that choose ``s`` come from one float pass over a few cal
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,11 +50,14 @@ def channel_ranges(model: onnx.ModelProto, targets: list[ChannelTarget], data: I
 
 
 def channel_statistics(model: onnx.ModelProto, targets: list[ChannelTarget], data: Iterable[Batch], batches: int, *,
-                       rows: Collection[str] = (), row_batches: int = 0,
-                       skip_padding: bool = True) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                       rows: Collection[str] = (), row_batches: int = 0, skip_padding: bool = True,
+                       keep_rows: Callable[[np.ndarray], bool] | None = None,
+                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """One float pass: the per-channel maxima of :func:`channel_ranges` over ``batches`` batches, and the values of
     each tensor of ``rows`` as (rows, last axis), at most :data:`MAX_ROWS` evenly spaced rows over ``row_batches``
-    batches (each batch's own share), for searches that simulate a layer on real inputs."""
+    batches (each batch's own share), for searches that simulate a layer on real inputs. ``keep_rows``: once the
+    maxima are complete, a tensor of both whose maxima it rejects is no longer sampled (and the pass ends early when
+    none is left)."""
     axes = {t.tensor: t.axis for t in targets}
     reader = ActivationReader(model, list(dict.fromkeys([*axes, *rows])), skip_padding=skip_padding,
                               whole=frozenset(t for t, axis in axes.items() if axis >= 0))
@@ -67,7 +70,9 @@ def channel_statistics(model: onnx.ModelProto, targets: list[ChannelTarget], dat
                 found[name] = np.maximum(found[name], peak) if name in found else peak
             if name in kept and count <= row_batches:
                 kept[name].append(sample_rows(value, max(1, MAX_ROWS // row_batches)))
-        if count >= max(batches, row_batches):
+        if keep_rows is not None and count == batches:
+            kept = {n: v for n, v in kept.items() if n not in found or keep_rows(found[n])}
+        if count >= max(batches, row_batches if kept else 0):
             break
     return found, {n: np.concatenate(v, axis=0) for n, v in kept.items() if v}
 

@@ -33,6 +33,17 @@ AUTO = "auto"
 
 #: the scale factors are clipped to [1 / MAX_SCALE, MAX_SCALE] (all-zero channels keep 1)
 MAX_SCALE = 1e4
+#: ``auto`` searches only tensors with outlier channels: the largest channel maximum at least this many times the
+#: median one. Below it there is nothing to migrate, and no search is run (measured: every tensor of the vit reference
+#: model (1.6-2.9), of ori's and rec's classifiers (2.1, 1.2) and of pprec (2.0-8.8) stayed unsmoothed with the
+#: search; minilm's smoothed tensors are its LayerNorm and GELU outputs, 5.1-24.9)
+OUTLIER_RATIO = 4.0
+
+
+def has_outlier_channels(act_range: np.ndarray) -> bool:
+    """Whether the per-channel maxima ``act_range`` hold an outlier channel (:data:`OUTLIER_RATIO`)."""
+    median = float(np.median(act_range))
+    return bool(act_range.size) and float(act_range.max()) >= OUTLIER_RATIO * max(median, 1e-12)
 
 
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -96,15 +107,21 @@ def smoothquant_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray], alp
             groups.setdefault(target.tensor, []).append((target, rows, transposed))
     if not groups:
         return "SmoothQuant: nothing to smooth (no MatMul/Gemm input with a constant 2-D weight)", []
+    searched = [t for t in groups if has_outlier_channels(ranges[t])] if alpha == AUTO else []
     inputs: dict[str, np.ndarray] = samples if samples is not None else {}
-    if alpha == AUTO and groups and data is not None and samples is None:
-        inputs = channel_statistics(model, [], data, 0, rows=list(groups), row_batches=batches,
+    if searched and data is not None and samples is None:
+        inputs = channel_statistics(model, [], data, 0, rows=searched, row_batches=batches,
                                     skip_padding=skip_padding)[1]
     done: list[ChannelRewrite] = []
     chosen: dict[float, int] = {}
     for tensor, group in groups.items():
         act = ranges[tensor]
         weight_range = np.max([np.abs(rows).max(axis=1) for _, rows, _ in group], axis=0).astype(np.float64)
+        if alpha == AUTO and tensor not in searched:
+            log.info("SmoothQuant auto: %s left alone: no outlier channel (largest maximum %.3g, median %.3g)",
+                     tensor, float(act.max()), float(np.median(act)))
+            chosen[0.0] = chosen.get(0.0, 0) + 1
+            continue
         if alpha == AUTO:
             if tensor not in inputs:
                 continue

@@ -38,28 +38,31 @@ def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: Reco
         return ["equalization/SmoothQuant skipped: they need calibration data (--calib)"]
     from onnxq.recovery.channel_scale import channel_statistics, drop_unused_initializers
     from onnxq.recovery.equalization import cle_pairs, equalization_targets, equalize_model
-    from onnxq.recovery.smoothquant import smoothquant_model, smoothquant_targets
+    from onnxq.recovery.smoothquant import has_outlier_channels, smoothquant_model, smoothquant_targets
     from onnxq.scales.rewrites import ChannelRewrite, FloatRewrites, record_in_model, weights_digest
 
     notes: list[str] = []
     done: list[ChannelRewrite] = []
     smoothed = smoothquant_targets(model) if alpha is not None else []
-    targets = (equalization_targets(model) if options.equalize else []) + smoothed
+    equalized = equalization_targets(model) if options.equalize else []
+    pairs = bool(options.equalize and cle_pairs(model))
+    targets = equalized + smoothed
     # the digest of the float weights before, for the record (skipped, with its hashing, when nothing can change)
-    before = weights_digest(model) if targets or (options.equalize and cle_pairs(model)) else ""
-    # the Conv pairs of cross-layer equalization need no data: only the per-channel targets cost a float pass
-    # SmoothQuant's search reads its rows in the same float pass; an equalization rewrite changes the float model
-    # under them, and then the search reads them again
-    searched = [t.tensor for t in smoothed] if alpha == "auto" else []
+    before = weights_digest(model) if targets or pairs else ""
+    # the Conv pairs of cross-layer equalization need no data: only the per-channel targets cost a float pass.
+    # SmoothQuant's search reads its rows in that pass when equalization cannot change the float model under them
+    # (a transformer); otherwise it reads them after equalization, in its own pass
+    searched = [t.tensor for t in smoothed] if alpha == "auto" and not (equalized or pairs) else []
     ranges, rows = channel_statistics(model, targets, data, options.equalize_batches, rows=searched,
-                                      row_batches=options.batches, skip_padding=skip_padding) if targets else ({}, {})
+                                      row_batches=options.batches if searched else 0, skip_padding=skip_padding,
+                                      keep_rows=has_outlier_channels) if targets else ({}, {})
     if options.equalize:
         note, rewrites = equalize_model(model, ranges, fold_only)
         notes.append(note)
         done += rewrites
     if alpha is not None:
         note, rewrites = smoothquant_model(model, ranges, alpha, data, options.batches,
-                                           skip_padding=skip_padding, samples=None if done else rows)
+                                           skip_padding=skip_padding, samples=rows if searched else None)
         notes.append(note)
         done += rewrites
     if done:

@@ -141,3 +141,23 @@ def test_a_cnn_has_nothing_to_smooth() -> None:
     result = quantize(silu_chain(), image_batches(count=2, size=16, seed=1), QuantConfig())
     assert "SmoothQuant: nothing to smooth (no MatMul/Gemm input with a constant 2-D weight)" in \
         result.report.prepare_notes, result.report.prepare_notes
+
+
+def test_tensors_without_outlier_channels_are_not_searched_and_the_pass_ends_early() -> None:
+    from onnxq.recovery.channel_scale import ChannelTarget, channel_statistics
+    from onnxq.recovery.smoothquant import has_outlier_channels
+
+    read = []
+
+    def counted(batches_):
+        for batch in batches_:
+            read.append(1)
+            yield batch
+
+    targets = [ChannelTarget("q", "h", -1)]
+    for outlier, rows_read, batches_read in ((True, True, 2), (False, False, 1)):
+        read.clear()
+        ranges, rows = channel_statistics(layernorm_model(outlier), targets, counted(batches()), 1, rows=["h"],
+                                          row_batches=2, keep_rows=has_outlier_channels)
+        assert has_outlier_channels(ranges["h"]) == outlier
+        assert ("h" in rows) == rows_read and len(read) == batches_read
