@@ -20,6 +20,7 @@ on from them, up to the first other op (the Softmax, whose output is ordinary pr
 from __future__ import annotations
 
 import onnx
+from onnx import numpy_helper
 
 from onnxq.graph import GraphIndex
 
@@ -65,10 +66,18 @@ def mask_images(graph: onnx.GraphProto, index: GraphIndex) -> set[str]:
 
 
 def sentinel_constant(index: GraphIndex, name: str) -> bool:
-    """A constant initializer holding a value of magnitude at least :data:`SENTINEL` (or an infinity)."""
-    if not index.is_initializer(name) or name in index.graph_inputs:
+    """A constant (an initializer, or a ``Constant`` node as exporters write them before onnxq's prepare moves them)
+    holding a value of magnitude at least :data:`SENTINEL` (or an infinity)."""
+    if name in index.graph_inputs:
         return False
-    values = index.array(name)
+    producer = index.producer.get(name)
+    if index.is_initializer(name):
+        values = index.array(name)
+    elif producer is not None and producer.op_type == "Constant" and producer.attribute and \
+            producer.attribute[0].name == "value":
+        values = numpy_helper.to_array(producer.attribute[0].t)
+    else:
+        return False
     return values.size > 0 and values.dtype.kind == "f" and bool((abs(values) >= SENTINEL).any())
 
 
