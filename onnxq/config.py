@@ -115,7 +115,7 @@ class RecoveryOptions:
     equalize: bool = True
     #: SmoothQuant migration strength for MatMul/Gemm activations (onnxq.recovery.smoothquant); "auto": chosen per
     #: tensor by its consumers' simulated INT8 output error (onnxq.recovery.smoothquant_search); "off"; None: the
-    #: target's default (TargetRules.smoothquant: auto on tensorrt, off on ort-cpu; docs/accuracy_recovery.md)
+    #: target's default (TargetRules.smoothquant: auto on tensorrt and ort-cpu; docs/accuracy_recovery.md)
     smoothquant_alpha: float | Literal["auto", "off"] | None = None
     #: fold each quantized Conv/Gemm's significant mean output shift, measured on the Q/DQ model with upstream
     #: corrections in effect (one pass per layer level), into its bias (onnxq.recovery.bias_correction). Opt-in:

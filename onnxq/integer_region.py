@@ -18,6 +18,8 @@ Growth rules, applied until nothing changes (docs/ort_cpu_rules.md, section 3):
   quantized tensor is the Relu's output, with zero point 0;
 - a ``Mul`` of a tensor by itself up to constant factors (``x * x``, the x**3 of a written-out tanh GELU) never
   joins: a per-tensor range over a power rounds its small values to zero (``power_base``; rule 3.21);
+- a ``Mul`` by a constant per-channel vector read only by MatMul/Gemm (SmoothQuant's ``X / s``) never joins: its
+  input would be quantized per tensor before the scaling that is there to fix the range (rule 3.22);
 - the tail after the last weighted op (no seed downstream of it) stays float, and so does a Conv that feeds only
   that tail (a detection head; the planner takes it out of the seeds).
 """
@@ -125,7 +127,7 @@ class _RegionBuilder:
 
     def grows_downstream(self, node: onnx.NodeProto) -> bool:
         kernel = self.kernel(node)
-        if kernel is None:
+        if kernel is None or self.channel_scale_before_matmul(node):
             return False
         inputs = [t for _, t in data_inputs(node, kernel)]
         # a MatMul/Gemm output stays float unless an integer op reads it (MatMulIntegerToFloat, QGemm): joining
@@ -161,9 +163,23 @@ class _RegionBuilder:
         kernel = self.kernel(node)
         if kernel is None or kernel.selects_part or len(data_inputs(node, kernel)) != 1:
             return False
+        if self.channel_scale_before_matmul(node):
+            return False
         # not back into a MatMul/Gemm output: a QKV projection read through Gather/Split/Reshape would put q, k
         # and v on one scale (measured on the vit reference model: -4 dB), where their own Q/DQ give each its range
         return not self.optional_output(data_inputs(node, kernel)[0][1]) and self.read_inside(node)
+
+    def channel_scale_before_matmul(self, node: onnx.NodeProto) -> bool:
+        """A ``Mul`` by a constant per-channel vector read only by MatMul/Gemm (SmoothQuant's ``X / s``): in the
+        region its input would be quantized per tensor *before* the scaling, which is what the scaling is there to
+        undo (rule 3.22); it stays float and the MatMul's input Q follows it."""
+        if node.op_type != "Mul":
+            return False
+        constants = [t for t in node.input if self.is_float_constant(t)]
+        if len(constants) != 1 or self.index.array(constants[0]).size < 2:
+            return False
+        readers = [r for o in node.output if o for r, _ in self.index.consumers.get(o, [])]
+        return bool(readers) and all(r.op_type in ("MatMul", "Gemm") for r in readers)
 
     def _reads_as_data(self, node: onnx.NodeProto, input_index: int) -> bool:
         kernel = self.kernel(node)

@@ -106,7 +106,7 @@ def add_recovery_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--smoothquant", type=smoothquant_alpha, metavar="ALPHA",
                    help="migrate MatMul/Gemm activation outliers into the weights with this strength (e.g. 0.5); "
                    "auto: per tensor, the strength (or none) with the least simulated INT8 error of its MatMuls; "
-                   "off (default: auto on --target tensorrt, off on ort-cpu)")
+                   "off (default: auto)")
     g.add_argument("--adaround", action="store_true",
                    help="learn the rounding of every weight on the calibration data (needs torch; slow)")
     g.add_argument("--adaround-iterations", type=int, metavar="N", help="AdaRound optimizer steps per layer")
