@@ -161,6 +161,7 @@ def table(rows: list[dict]) -> str:
             f"; confident {r['confident_f1']:.3f}; {r['detections_fp32']} FP32 detections; SQNR on candidate " \
             f"anchors {r['candidate_sqnr_db']:.1f} dB{padding_split(r)})" if "confident_f1" in r else \
             f"; embedding cosine mean {r['embedding_cosine']:.4f}, min {r['embedding_cosine_min']:.4f}; " \
+            f"pairwise-similarity Spearman {r.get('pair_spearman', float('nan')):.4f}; " \
             f"{r['sentences']} sentences{token_split(r)})" if "embedding_cosine" in r else \
             f"; {r['detections_fp32']} FP32 detections)" if "detections_fp32" in r else ")"
         lines.append(f"| {r['model']} | {r['method']} | {r['extra']} | {r['sqnr_db']:.2f} | {agreement} | "

@@ -20,7 +20,9 @@
   IoU >= 0.5 with the same class, F1 as for ``det``.
 - ``minilm``: semantic search over the evaluation sentences: each sentence's nearest other sentence by cosine of the
   ``sentence_embedding`` output; agreement is the share with the same neighbour under FP32 and quantized. Also the
-  mean and minimum cosine between the FP32 and quantized embeddings. No ground truth (accuracy n/a).
+  mean and minimum cosine between the FP32 and quantized embeddings, and the Spearman rank correlation of all pairwise
+  sentence similarities (FP32 against quantized: the ranking a semantic search or an STS benchmark reads; stable where
+  the nearest neighbour of a near-duplicate flips). No ground truth (accuracy n/a).
 Ground-truth accuracy (from the generated labels; text compared case-insensitively, detections at IoU >= 0.5 with
 the drawn glyph boxes) is reported too, as a check that the inputs are realistic.
 """
@@ -249,7 +251,11 @@ class TaskAgreement:
             np.fill_diagonal(sim, -np.inf)
             neighbours.append(sim.argmax(1))
         cosine = (ref * quant).sum(1)
+        upper = np.triu_indices(len(ref), 1)
+        pairs = [(e @ e.T)[upper] for e in (ref, quant)]  # every pair's similarity, FP32 and quantized
+        ranks = [np.argsort(np.argsort(p)).astype(np.float64) for p in pairs]
         return {"agreement": float((neighbours[0] == neighbours[1]).mean()),
+                "pair_spearman": float(np.corrcoef(ranks[0], ranks[1])[0, 1]),
                 "agreement_name": "nearest-sentence agreement", "embedding_cosine": float(cosine.mean()),
                 "embedding_cosine_min": float(cosine.min()), "sentences": len(ref),
                 "fp32_accuracy": None, "quant_accuracy": None,
