@@ -94,9 +94,9 @@ def find_padding_mask(model: onnx.ModelProto) -> PaddingMask | None:
 def token_rows(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """The rows of ``x`` at real tokens: ``x[valid]`` when ``x`` starts with the mask's (N, L) (or is a flattened
     (N * L, H)), ``x`` itself otherwise (and for (N, h, L, L) score matrices). A batch with as many sequences as
-    tokens is read whole: a sequence-first (L, N, H) tensor would look the same."""
+    tokens is read whole: a sequence-first (L, N, H) tensor would look the same; so is a batch of padding only."""
     n, length = valid.shape
-    if n == length:
+    if n == length or not valid.any():
         return x
     if x.ndim >= 3 and x.shape[:2] == (n, length):
         if x.ndim == 4 and x.shape[2] == x.shape[3] == length:

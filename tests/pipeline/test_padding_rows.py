@@ -120,6 +120,7 @@ def test_token_rows_selects_only_token_major_tensors():
     assert token_rows(np.ones((2, 8)), valid).shape == (2, 8)
     square = np.array([[True, False], [True, True]])  # N == L: (L, N, H) would look the same, so read whole
     assert token_rows(np.ones((2, 2, 8)), square).shape == (2, 2, 8)
+    assert token_rows(np.ones((2, 3, 8)), np.zeros((2, 3), bool)).shape == (2, 3, 8)  # nothing real: whole
 
 
 def test_calibrated_range_is_the_real_tokens_range():
