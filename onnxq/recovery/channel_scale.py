@@ -10,7 +10,7 @@ output. Otherwise (HardSwish, Clip/ReLU6, Sigmoid-weighted SiLU, several consume
 pointwise epilogue that precedes the QuantizeLinear.
 
 The per-channel ranges that choose ``s`` come from one float pass over a few calibration batches
-(:func:`channel_ranges`).
+(:func:`channel_statistics`).
 """
 
 from __future__ import annotations
@@ -42,18 +42,12 @@ class ChannelTarget:
     axis: int
 
 
-def channel_ranges(model: onnx.ModelProto, targets: list[ChannelTarget], data: Iterable[Batch],
-                   batches: int, *, skip_padding: bool = True) -> dict[str, np.ndarray]:
-    """Largest |value| per channel of every target tensor over the first ``batches`` batches (one float pass);
-    channels on the last axis are read at real tokens only when ``skip_padding`` (:mod:`onnxq.padding_rows`)."""
-    return channel_statistics(model, targets, data, batches, skip_padding=skip_padding)[0]
-
-
 def channel_statistics(model: onnx.ModelProto, targets: list[ChannelTarget], data: Iterable[Batch], batches: int, *,
                        rows: Collection[str] = (), row_batches: int = 0, skip_padding: bool = True,
                        keep_rows: Callable[[np.ndarray], bool] | None = None,
                        ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """One float pass: the per-channel maxima of :func:`channel_ranges` over ``batches`` batches, and the values of
+    """One float pass: the largest |value| per channel of every target tensor over ``batches`` batches (channels on the
+    last axis read at real tokens only when ``skip_padding``, :mod:`onnxq.padding_rows`), and the values of
     each tensor of ``rows`` as (rows, last axis), at most :data:`MAX_ROWS` evenly spaced rows over ``row_batches``
     batches (each batch's own share), for searches that simulate a layer on real inputs. ``keep_rows``: once the
     maxima are complete, a tensor of both whose maxima it rejects is no longer sampled (and the pass ends early when

@@ -90,6 +90,18 @@ def smooth_one(model: onnx.ModelProto, target: ChannelTarget, scale: np.ndarray,
     return rewrite
 
 
+def _auto_alpha(tensor: str, group: list, act: np.ndarray, weight_range: np.ndarray, rows: np.ndarray | None) -> float:
+    """``auto``'s alpha for one tensor (0: none): searched on its sampled ``rows``, none without (no outlier)."""
+    if rows is None:
+        log.info("SmoothQuant auto: %s left alone: no outlier channel (largest maximum %.3g, median %.3g)",
+                 tensor, float(act.max()), float(np.median(act)))
+        return 0.0
+    choice = choose_alpha(rows, [w for _, w, _ in group], partial(smooth_scales, act, weight_range))
+    log.info("SmoothQuant auto: %s (%d consumer(s)) alpha %s; summed relative output error %s", tensor,
+             len(group), choice.alpha or "none", ", ".join(f"{a}: {e:.3g}" for a, e in choice.errors.items()))
+    return choice.alpha
+
+
 def smoothquant_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray], alpha: float | str,
                       data: Iterable[Batch] | None = None, batches: int = 2, skip_padding: bool = True,
                       samples: dict[str, np.ndarray] | None = None) -> tuple[str, list[ChannelRewrite]]:
@@ -117,22 +129,13 @@ def smoothquant_model(model: onnx.ModelProto, ranges: dict[str, np.ndarray], alp
     for tensor, group in groups.items():
         act = ranges[tensor]
         weight_range = np.max([np.abs(rows).max(axis=1) for _, rows, _ in group], axis=0).astype(np.float64)
-        if alpha == AUTO and tensor not in searched:
-            log.info("SmoothQuant auto: %s left alone: no outlier channel (largest maximum %.3g, median %.3g)",
-                     tensor, float(act.max()), float(np.median(act)))
-            chosen[0.0] = chosen.get(0.0, 0) + 1
-            continue
-        if alpha == AUTO:
-            if tensor not in inputs:
-                continue
-            choice = choose_alpha(inputs[tensor], [rows for _, rows, _ in group],
-                                  partial(smooth_scales, act, weight_range))
-            log.info("SmoothQuant auto: %s (%d consumer(s)) alpha %s; summed relative output error %s", tensor,
-                     len(group), choice.alpha or "none", ", ".join(f"{a}: {e:.3g}" for a, e in choice.errors.items()))
-            picked = choice.alpha
-            chosen[picked] = chosen.get(picked, 0) + 1
-        else:
+        if alpha != AUTO:
             picked = float(alpha)
+        elif tensor in searched and tensor not in inputs:
+            continue
+        else:
+            picked = _auto_alpha(tensor, group, act, weight_range, inputs.get(tensor) if tensor in searched else None)
+            chosen[picked] = chosen.get(picked, 0) + 1
         if picked <= 0:
             continue
         scale = smooth_scales(act, weight_range, picked)

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 
 from onnxq.config import RecoveryOptions
-from onnxq.recovery.channel_scale import ChannelTarget, channel_ranges
+from onnxq.recovery.channel_scale import ChannelTarget, channel_statistics
 from onnxq.recovery.equalization import MIN_SCALE, cle_scales
 from onnxq.recovery.smoothquant import smooth_scales
 from onnxq.recovery.stage import equalize
@@ -24,7 +24,7 @@ from tests.recovery.nets_recovery import (
 def test_equalization_leaves_fp32_outputs_unchanged_and_balances_depthwise_inputs() -> None:
     model = separable_block()
     data = image_batches()
-    before = channel_ranges(model, [ChannelTarget("dw", "h1", 1)], data, 4)["h1"]
+    before = channel_statistics(model, [ChannelTarget("dw", "h1", 1)], data, 4)[0]["h1"]
     equalized = copy.deepcopy(model)
     notes = equalize(equalized, data, RecoveryOptions(equalize=True, bias_correction=False, equalize_batches=4))
     # pairs: dw -> conv3 (identity), conv3 -> Relu -> conv4, conv4 -> PRelu -> conv5
@@ -34,7 +34,7 @@ def test_equalization_leaves_fp32_outputs_unchanged_and_balances_depthwise_input
     for batch in data:
         assert_equivalent(model, equalized, batch, rtol=1e-5)
     dw_input = next(n for n in equalized.graph.node if n.name == "dw").input[0]
-    after = channel_ranges(equalized, [ChannelTarget("dw", dw_input, 1)], data, 4)[dw_input]
+    after = channel_statistics(equalized, [ChannelTarget("dw", dw_input, 1)], data, 4)[0][dw_input]
     assert before.max() / before.min() > 20
     lifted = before >= before.max() * MIN_SCALE  # channels more than 1/MIN_SCALE below the widest are lifted 100x
     assert lifted.sum() >= len(before) - 2
@@ -60,8 +60,8 @@ def test_smoothquant_is_exact_and_follows_its_formula() -> None:
         for batch in data:
             assert_equivalent(model, smoothed, batch, rtol=1e-5)
         mm = next(n for n in smoothed.graph.node if n.name == "mm")
-        a = channel_ranges(model, [ChannelTarget("mm", "x", -1)], data, 3)["x"]
-        a_after = channel_ranges(smoothed, [ChannelTarget("mm", mm.input[0], -1)], data, 3)[mm.input[0]]
+        a = channel_statistics(model, [ChannelTarget("mm", "x", -1)], data, 3)[0]["x"]
+        a_after = channel_statistics(smoothed, [ChannelTarget("mm", mm.input[0], -1)], data, 3)[0][mm.input[0]]
         w = np.array([i for i in model.graph.initializer if i.name == "w"][0].float_data or
                      np.frombuffer([i for i in model.graph.initializer if i.name == "w"][0].raw_data, np.float32))
         w = w.reshape((8, 16)).T if gemm else w.reshape((16, 8))
