@@ -12,7 +12,8 @@ new process instead (start-up, imports, model load and write included: what a us
 * ``minmax``: ``--method minmax`` with every accuracy-recovery stage off (the old default, the issue's baseline);
 * ``default``: ``QuantConfig()`` -- whatever the defaults are at this commit (``onnxq quantize MODEL --calib DATA``);
 * ``auto``: the defaults with ``--method auto`` (per-tensor range selection on the consuming layers' outputs);
-* ``bc`` / ``no-bc``: the defaults with bias correction on / off (``--bias-correction`` / ``--no-bias-correction``);
+* ``bc`` / ``no-bc``: the defaults with bias correction on / off (``--bias-correction`` / ``--no-bias-correction``;
+  the tensorrt default has it on);
 * ``sq`` / ``no-sq``: the defaults with SmoothQuant's per-tensor search on / off (``--smoothquant auto`` / ``none``).
 
 Reference models are exported with ``onnxq models export`` into ``--workdir`` (needs torch); the real models and their

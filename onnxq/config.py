@@ -118,11 +118,11 @@ class RecoveryOptions:
     #: target's default (TargetRules.smoothquant: auto on tensorrt and ort-cpu; docs/accuracy_recovery.md)
     smoothquant_alpha: float | Literal["auto", "off"] | None = None
     #: fold each quantized Conv/Gemm's significant mean output shift, measured on the Q/DQ model with upstream
-    #: corrections in effect (one pass per layer level), into its bias (onnxq.recovery.bias_correction). Opt-in:
-    #: measured never lower on the six real and four reference models (docs/accuracy_recovery.md), but on by
-    #: default every run would record bias rewrites (so trt-cache/aimet exports would always need --float-model) and
-    #: --stats runs (no data to correct on) would differ from --calib runs
-    bias_correction: bool = False
+    #: corrections in effect (one pass per layer level), into its bias (onnxq.recovery.bias_correction); None: the
+    #: target's default (TargetRules.bias_correction: on for tensorrt, off for ort-cpu; docs/accuracy_recovery.md),
+    #: which --weight-rounding gptaq replaces (its float bias column fits the same shift). Needs calibration data:
+    #: --stats and --scales runs keep the biases as they are
+    bias_correction: bool | None = None
     #: calibration batches whose per-channel output means bias correction matches ...
     bias_correction_batches: int = 4
     #: ... but no more batches once they hold this many samples (first dimension of the first input): a pass costs
@@ -183,6 +183,13 @@ class RecoveryOptions:
         if self.adaround_iterations < 1:
             raise OnnxqError(f"--adaround-iterations must be at least 1, got {self.adaround_iterations}")
 
+    def corrects_biases(self, target_default: bool) -> bool:
+        """Whether bias correction runs: the user's choice, else ``target_default`` unless the user chose an
+        alternative (GPTAQ, whose float bias column fits the same shift, or the constant-region correction)."""
+        if self.bias_correction is not None:
+            return self.bias_correction
+        return target_default and self.weight_rounding != "gptaq" and not self.constant_region_correction
+
     def smoothquant(self, target_default: float | Literal["auto", "off"] | None) -> float | Literal["auto"] | None:
         """The SmoothQuant strength that runs (None: none): the chosen one, else ``target_default``."""
         chosen = target_default if self.smoothquant_alpha is None else self.smoothquant_alpha
@@ -195,8 +202,10 @@ class RecoveryOptions:
 
     @property
     def edits_weights(self) -> bool:
-        """Whether a recovery stage after the ranges rewrites the float model's weights or biases."""
-        return (self.bias_correction or self.adaround
+        """Whether a recovery stage after the ranges rewrites the float model's weights or biases (of options whose
+        target defaults are resolved by ``onnxq.pipeline.recovery_options``; an open ``bias_correction`` counts as
+        off)."""
+        return (bool(self.bias_correction) or self.adaround
                 or self.weight_rounding in ("gptq", "gptaq"))  # auto: see recovery.stage
 
 

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         raise OnnxqError(f"{args.model} was quantized after float rewrites ({record.summary()}), so {what} of it "
                          "fits only the rewritten float model: pass --float-model ORIGINAL.onnx to write that "
                          "model beside it, or export --format json (it records the rewrites), or quantize with "
-                         "--no-equalize")
+                         f"{record.disabling_flags()}")
     if float_path is not None:
         guard([Output("-o", args.output), *model_outputs("-o (the equalized float model)", float_path)],
               model=[args.model, args.float_model])

@@ -38,14 +38,16 @@ from onnxq.pipeline import (
     ModelLike,
     _load,
     calibrate,
+    constant_region_correction,
     data_source,
     float_rewrites,
     prepare,
+    recovery_options,
     weight_arrays,
     with_deployment_shapes,
 )
 from onnxq.plan import QuantPlan, build_plan
-from onnxq.recovery.stage import gptq_rounding, uses_gptq
+from onnxq.recovery.stage import recover, uses_gptq
 from onnxq.runtime import SessionSettings, make_session, output_names, run_batch
 from onnxq.scales.compute import compute_scales
 from onnxq.scales.types import QuantParams
@@ -132,9 +134,13 @@ def _quantize_one(prepared: onnx.ModelProto, plan: QuantPlan, calibrators: dict,
                   first_batch: dict | None,
                   calib_data: Iterable[Batch] | None) -> tuple[onnx.ModelProto, dict[str, QuantParams]]:
     table = compute_scales(plan, calibrators, weight_arrays(prepared, plan))
-    if uses_gptq(plan, config.recovery, calib_data):  # as quantize rounds this format's weights (a copy: shared)
+    # quantize's recovery after the ranges (GPTQ rounding, --method auto, bias or constant-region correction) on
+    # this format's plan, in a copy: the prepared model is shared by the formats
+    recovery, constant_region = recovery_options(config), constant_region_correction(config)
+    if recovery.edits_weights or uses_gptq(plan, recovery, calib_data) or constant_region or any(
+            t.method == "auto" for t in plan.calibrated_activations()):
         prepared = copy.deepcopy(prepared)
-        gptq_rounding(prepared, plan, table, calib_data, config.recovery)
+        table, _ = recover(prepared, plan, table, calibrators, calib_data, recovery, constant_region)
     model = InsertQDQ(plan, table).run(prepared).model
     if config.float_rest == "fp16":
         model = ConvertFloatToFP16().run(model, keep_input=False).model

@@ -54,6 +54,9 @@ METADATA_KEY = "onnxq.float_rewrites"
 CHANNEL_KINDS = ("cle-pair", "depthwise", "smoothquant")
 BIAS_KIND = "bias-correction"
 KINDS = (*CHANNEL_KINDS, BIAS_KIND)
+#: the quantize flag that leaves out each kind of rewrite
+FLAG_OF_KIND = {"cle-pair": "--no-equalize", "depthwise": "--no-equalize", "smoothquant": "--smoothquant off",
+                BIAS_KIND: "--no-bias-correction"}
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,10 @@ class FloatRewrites:
         for r in self.rewrites:
             counts[r.kind] = counts.get(r.kind, 0) + 1
         return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) or "none"
+
+    def disabling_flags(self) -> str:
+        """The quantize flags of a run without these rewrites, e.g. ``--no-equalize --no-bias-correction``."""
+        return " ".join(dict.fromkeys(FLAG_OF_KIND[r.kind] for r in self.rewrites))
 
 
 def weights_digest(model: onnx.ModelProto) -> str:

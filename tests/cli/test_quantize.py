@@ -141,9 +141,11 @@ def test_calibrate_shards_and_merge(cnn_dir):
         shards.append(cnn_dir / f"stats_{k}.npz")
     r = run_cli("quantize", cnn_dir / "model.onnx", "--stats", str(cnn_dir / "stats_*.npz"), "-o", cnn_dir / "s.onnx")
     assert r.returncode == 0, r.stderr
-    # equalization needs the calibration data itself, so --stats runs without it: compare with it off
-    r = run_cli("quantize", cnn_dir / "model.onnx", "--calib", cnn_dir / "calib", "--no-equalize", "-o",
-                cnn_dir / "c.onnx")
+    assert "bias correction skipped: it needs the calibration data itself" in r.stdout
+    # equalization and bias correction need the calibration data itself, so --stats runs without them: compare with
+    # them off
+    r = run_cli("quantize", cnn_dir / "model.onnx", "--calib", cnn_dir / "calib", "--no-equalize",
+                "--no-bias-correction", "-o", cnn_dir / "c.onnx")
     assert (cnn_dir / "s.onnx").read_bytes() == (cnn_dir / "c.onnx").read_bytes()
     assert "merged statistics (6 batches)" in run_cli(
         "quantize", cnn_dir / "model.onnx", "--stats", str(cnn_dir / "stats_*.npz"), "-o", cnn_dir / "s2.onnx").stdout

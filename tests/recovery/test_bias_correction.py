@@ -50,9 +50,9 @@ def test_the_mean_output_error_of_a_linear_layer_is_removed_exactly() -> None:
     np.testing.assert_allclose(after, 0.0, atol=1e-5 * np.abs(float_mean).max())
     bias = GraphIndex.build(corrected.model.graph).array("b")
     np.testing.assert_allclose(bias - GraphIndex.build(model.graph).array("b"), -before, rtol=1e-4, atol=1e-5)
-    assert "bias correction: 1 layer(s) in 1 level(s), 8 of 8 channel(s) significant, 2 pass(es) over 4 " \
-        "calibration batch(es)" in \
-        corrected.report.prepare_notes
+    # one pass of the Q/DQ model: the FP32 means came from the calibration pass
+    assert "bias correction: 1 layer(s) in 1 level(s), 8 of 8 channel(s) significant, 1 pass(es) over 4 " \
+        "calibration batch(es) (FP32 means from the calibration pass)" in corrected.report.prepare_notes
     assert GraphIndex.build(model.graph).array("b") is not None  # the input model is unchanged
     np.testing.assert_array_equal(GraphIndex.build(model.graph).array("b"),
                                   GraphIndex.build(gemm_model().graph).array("b"))
@@ -203,7 +203,10 @@ def test_bias_correction_takes_batches_until_they_hold_the_samples_asked_for() -
     notes = {samples: " ".join(quantize(model, calib=batches, config=QuantConfig(recovery=RecoveryOptions(
         bias_correction=True, bias_correction_samples=samples))).report.prepare_notes) for samples in (8, 33)}
     assert "over 1 calibration batch(es)" in notes[8] and "over 2 calibration batch(es)" in notes[33]
-    assert "bias correction" not in " ".join(quantize(model, calib=batches).report.prepare_notes)  # opt-in
+    # on by default for tensorrt (TargetRules.bias_correction), off for ort-cpu and with --no-bias-correction
+    assert "bias correction" in " ".join(quantize(model, calib=batches).report.prepare_notes)
+    for config in (QuantConfig(target="ort-cpu"), QuantConfig(recovery=RecoveryOptions(bias_correction=False))):
+        assert "bias correction" not in " ".join(quantize(model, calib=batches, config=config).report.prepare_notes)
 
 
 def two_headed(seed: int = 3) -> onnx.ModelProto:

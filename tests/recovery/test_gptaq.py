@@ -31,7 +31,7 @@ from tests.recovery.nets_recovery import image_batches, mobilenet_hardswish
 from tests.recovery.test_bias_correction import channel_means, silu_chain
 
 GPTAQ = QuantConfig(recovery=RecoveryOptions(weight_rounding="gptaq"))
-NEAREST = QuantConfig(recovery=RecoveryOptions(weight_rounding="nearest"))
+NEAREST = QuantConfig(recovery=RecoveryOptions(weight_rounding="nearest", bias_correction=False))
 
 
 def _params(w: np.ndarray, axis: int, step: float | None = None) -> QuantParams:
@@ -238,3 +238,8 @@ def test_options() -> None:
     with pytest.raises(OnnxqError, match="pick one"):
         RecoveryOptions(weight_rounding="gptaq", adaround=True)
     assert RecoveryOptions(weight_rounding="gptaq").edits_weights
+    # a target's default bias correction gives way to GPTAQ, whose float bias column fits the same mean shift
+    assert not RecoveryOptions(weight_rounding="gptaq").corrects_biases(True)
+    assert RecoveryOptions(weight_rounding="gptaq", bias_correction=True).corrects_biases(True)
+    assert RecoveryOptions().corrects_biases(True) and not RecoveryOptions().corrects_biases(False)
+    assert not RecoveryOptions(bias_correction=False).corrects_biases(True)

@@ -180,3 +180,50 @@ def test_on_ort_cpu_the_smoothing_mul_stays_float_before_the_quantizer() -> None
     plain = np.concatenate([run(off, b)[0] for b in held]).astype(np.float64)
     assert metrics.sqnr_db(ref, got) > metrics.sqnr_db(ref, plain) + 3.0, (metrics.sqnr_db(ref, got),
                                                                              metrics.sqnr_db(ref, plain))
+
+
+def with_depthwise_branch() -> onnx.ModelProto:
+    """:func:`layernorm_model` and, on a second input, a depthwise Conv -> Relu -> 1x1 Conv branch (an
+    equalization target and a Conv pair), as a CNN+transformer recognizer has both."""
+    model = layernorm_model()
+    rng = np.random.default_rng(3)
+    graph = model.graph
+    graph.input.append(helper.make_tensor_value_info("img", TensorProto.FLOAT, ["b", 8, 8, 8]))
+    graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    graph.initializer.extend([init("wd", (rng.standard_normal((8, 1, 3, 3)) * np.linspace(0.1, 3, 8)[:, None, None,
+                                                                                                    None]).astype(
+                                  np.float32)),
+                              init("wp", (rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32))])
+    graph.node.extend([helper.make_node("Conv", ["img", "wd"], ["d"], name="dw", group=8, pads=[1, 1, 1, 1]),
+                       helper.make_node("Relu", ["d"], ["r"], name="relu"),
+                       helper.make_node("Conv", ["r", "wp"], ["z"], name="pw")])
+    return model
+
+
+def test_with_equalization_targets_the_rows_come_from_the_same_single_float_pass(monkeypatch) -> None:
+    """Equalization never changes a MatMul/Gemm input (stage.equalize), so the search reads its rows in the
+    equalization pass: one float pass, and the same smoothing as without equalization."""
+    import onnxq.recovery.channel_scale as channel_scale
+    import onnxq.recovery.smoothquant as smoothquant
+
+    passes = []
+    original = channel_scale.channel_statistics
+
+    def counted(*args, **kwargs):
+        passes.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(channel_scale, "channel_statistics", counted)
+    monkeypatch.setattr(smoothquant, "channel_statistics", counted)
+    rng = np.random.default_rng(2)
+    data = [{**b, "img": rng.standard_normal((4, 8, 8, 8)).astype(np.float32)} for b in batches()]
+    records = {}
+    for equalize_on in (True, False):
+        passes.clear()
+        config = QuantConfig(recovery=RecoveryOptions(equalize=equalize_on, smoothquant_alpha="auto",
+                                                      bias_correction=False))
+        record = read_from_model(quantize(copy.deepcopy(with_depthwise_branch()), data, config).model)
+        assert record is not None and len(passes) == 1
+        records[equalize_on] = {r.tensor: r.scale for r in record.rewrites if r.kind == "smoothquant"}
+    assert set(records[True]) == {"h"} and set(records[False]) == {"h"}
+    np.testing.assert_allclose(records[True]["h"], records[False]["h"], rtol=1e-6)
