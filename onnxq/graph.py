@@ -490,7 +490,12 @@ def subgraph_outer_references(node: onnx.NodeProto) -> set[str]:
     """Names a node's subgraphs (If/Loop/Scan bodies) read from the enclosing scope."""
     names: set[str] = set()
     for attr in node.attribute:
-        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        if attr.type == onnx.AttributeProto.GRAPH:
+            graphs = [attr.g]
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            graphs = list(attr.graphs)
+        else:
+            continue
         for sub in graphs:
             local = {i.name for i in sub.input} | {i.name for i in sub.initializer}
             for inner in sub.node:
