@@ -122,19 +122,16 @@ class RowCount:
 class ActivationReader:
     """Runs the float model with ``outputs`` exposed and returns their values per batch, padding rows left out when
     ``skip_padding`` and the model has a padding mask (the mask tensor is exposed too, and not returned); the tensors
-    of ``whole`` (read along a leading axis, such as a Conv's channel axis 1) are always returned whole, and so are
-    the outputs of ``appended`` (nodes run after the model's own, :func:`onnxq.runtime.make_session`)."""
+    of ``whole`` (read along a leading axis, such as a Conv's channel axis 1) are always returned whole."""
 
     def __init__(self, model: onnx.ModelProto, outputs: list[str], *, skip_padding: bool = True,
-                 settings: SessionSettings | None = None, whole: frozenset[str] = frozenset(),
-                 appended: onnx.GraphProto | None = None) -> None:
+                 settings: SessionSettings | None = None, whole: frozenset[str] = frozenset()) -> None:
         self.mask = find_padding_mask(model) if skip_padding else None
         wanted = list(outputs)
         extra = [self.mask.tensor] if self.mask is not None and self.mask.tensor not in wanted else []
-        self.session = make_session(model, outputs=wanted + extra, settings=settings, appended=appended)
-        side = {o.name for o in appended.output} if appended is not None else set()
-        self.wanted = set(wanted) | side
-        self.whole = whole | side
+        self.session = make_session(model, outputs=wanted + extra, settings=settings)
+        self.wanted = set(wanted)
+        self.whole = whole
         self.rows = RowCount()
 
     def read(self, batch: Batch, label: str) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ import onnx
 from onnxq import progress
 from onnxq.activation_bounds import narrow_to_activation_bounds
 from onnxq.calib.base import CalibOptions, Calibrator
-from onnxq.calib.collect import CollectSettings, SideOutputs, collect_statistics
+from onnxq.calib.collect import CollectSettings, collect_statistics
 from onnxq.calib.stats import expand_stats_paths, merge_stats, rechoose_methods
 from onnxq.config import QuantConfig, RecoveryOptions
 from onnxq.data import Batch, BatchSource, DataSource, RandomSource
@@ -54,7 +54,6 @@ from onnxq.passes.pad_depthwise_channels import PadDepthwiseChannels
 from onnxq.passes.recognize_hardswish import RecognizeHardSwish
 from onnxq.passes.remove_identity import RemoveIdentity
 from onnxq.plan import QuantPlan, build_plan
-from onnxq.recovery.bias_reference import CalibratedReference
 from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target, verify_final
 from onnxq.recovery.replay import replay_rewrites
 from onnxq.recovery.stage import equalize, recover, uses_gptq
@@ -193,14 +192,12 @@ def with_deployment_shapes(config: QuantConfig, model: onnx.ModelProto, calib: D
 
 
 def calibrate(prepared: onnx.ModelProto, plan: QuantPlan, data: DataLike, config: QuantConfig,
-              progress: Callable[[int], None] | None = None,
-              side: SideOutputs | None = None) -> tuple[dict[str, Calibrator], int]:
-    """Statistics of every planned activation over the calibration data; ``side``: nodes run in the same pass for a
-    later stage (:class:`~onnxq.calib.collect.SideOutputs`)."""
+              progress: Callable[[int], None] | None = None) -> tuple[dict[str, Calibrator], int]:
+    """Statistics of every planned activation over the calibration data."""
     source = data_source(prepared, data, config)
     return collect_statistics(prepared, calibration_targets(plan, config), source,
                               CollectSettings(config.memory_budget_mb, skip_padding=config.skip_padding_tokens),
-                              progress, side)
+                              progress)
 
 
 def float_rewrites(prepared: onnx.ModelProto, calib_data: DataSource | Iterable[Batch] | None, config: QuantConfig,
@@ -312,11 +309,9 @@ class Ranges:
 
 def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, calib: DataLike | None,
            stats: list[str] | None, scales: ScaleImporter | None,
-           progress: Callable[[int], None] | None, collector: Collector | None = None,
-           side: SideOutputs | None = None) -> Ranges:
+           progress: Callable[[int], None] | None, collector: Collector | None = None) -> Ranges:
     """The scale table from exactly one source (calibration data, statistics files or imported scales);
-    ``collector`` computes the statistics of calibration data (default: :func:`calibrate`, in this process, which
-    also runs ``side``).
+    ``collector`` computes the statistics of calibration data (default: :func:`calibrate`, in this process).
     """
     if scales is not None:  # the caller derives the inserted plan: plan.for_scales(table, ...)
         return Ranges(scales(plan, prepared), 0, "imported scales")
@@ -331,8 +326,7 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
                              "calibrate with the same model and settings")
         source = "merged statistics"
     elif calib is not None:
-        calibrators, batches = (collector(prepared, plan, calib, config, progress) if collector is not None
-                                else calibrate(prepared, plan, calib, config, progress, side))
+        calibrators, batches = (collector or calibrate)(prepared, plan, calib, config, progress)
         source = "calibration"
     else:
         raise OnnxqError(ONE_SOURCE)
@@ -418,14 +412,9 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
         if not plan.tensors:
             raise OnnxqError("nothing to quantize: no Conv, ConvTranspose, Gemm or MatMul node is planned for "
                              "quantization (check --exclude-op/--exclude-node)")
-    recovery = recovery_options(config, calibrated=calib_data is not None)
-    # bias correction's FP32 channel means, computed by the calibration pass (one float pass fewer)
-    reference = (CalibratedReference(prepared, plan, recovery.bias_correction_batches,
-                                     recovery.bias_correction_samples)
-                 if recovery.bias_correction and calib is not None and collector is None and not owned else None)
     with clock("ranges"):
         found = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales, progress=progress,
-                       collector=collector, side=reference.side if reference is not None else None)
+                       collector=collector)
         if calib is not None and config.skip_padding_tokens and (mask := find_padding_mask(prepared)) is not None:
             notes.append(f"calibration skips padding tokens (rows the attention mask {mask.tensor} hides); "
                          "--no-skip-padding-tokens keeps them")
@@ -435,6 +424,7 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
     # the float model outputs are compared with (a re-quantized input: its float form); recovery edits ``prepared``
     float_reference = (None if owned and val is None and target is None
                        else prepared if count_qdq(original) or owned else original)
+    recovery = recovery_options(config, calibrated=calib_data is not None)
     constant_region = constant_region_correction(config)
     edits = recovery.edits_weights or uses_gptq(plan, recovery, calib_data) or constant_region
     if float_reference is prepared and not owned and calib is not None and edits:
@@ -447,7 +437,7 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
     with clock("recover"):
         if not owned:  # layer-local rewrites of a model past 2 GB (weights on disk) are not supported yet
             table, recovery_notes = recover(prepared, plan, table, found.calibrators, calib_data, recovery,
-                                            constant_region, reference)
+                                            constant_region)
             notes += recovery_notes
     with clock("insert+verify"):
         first_batch = (next(iter(data_source(prepared, calib, config, warn=False)), None)

@@ -73,16 +73,13 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
 
 
 def make_session(model: ModelSource, *, outputs: Iterable[str] = (), threads: int = 0,
-                 settings: SessionSettings | None = None,
-                 appended: onnx.GraphProto | None = None) -> ort.InferenceSession:
+                 settings: SessionSettings | None = None) -> ort.InferenceSession:
     """An onnxruntime CPU session over ``model`` whose outputs are the graph outputs followed by ``outputs``
-    (intermediate tensors to expose; names already among the graph outputs are not repeated) and the outputs of
-    ``appended``: nodes and initializers added after the model's own (reading its tensors), for a model under the
-    protobuf limit (the model itself is not copied or changed)."""
+    (intermediate tensors to expose; names already among the graph outputs are not repeated)."""
     settings = settings or SessionSettings(threads=threads)
     ort.set_default_logger_severity(4)  # errors are reported once, by onnxq, as one line
     try:
-        with _session_source(model, list(outputs), appended) as source:
+        with _session_source(model, list(outputs)) as source:
             options = settings.to_ort()
             if isinstance(source, str) and _is_large(model):
                 # pre-packed GEMM weights are a second copy of every MatMul weight, held at session creation
@@ -133,22 +130,18 @@ EXTERNAL_DATA_THRESHOLD_FOR_PREPACK = 1024**3
 
 
 @contextlib.contextmanager
-def _session_source(model: ModelSource, outputs: Sequence[str],
-                    appended: onnx.GraphProto | None = None) -> Iterator[str | bytes]:
+def _session_source(model: ModelSource, outputs: Sequence[str]) -> Iterator[str | bytes]:
     """Bytes for onnxruntime, or for a model past the protobuf limit a temporary .onnx with external data (4 KB
     aligned, so onnxruntime can map it), written tensor by tensor without serializing or copying the model and
-    removed once the session is built. ``outputs`` and ``appended`` are merged into the serialized bytes (a repeated
-    field of a second serialized message appends to the first's)."""
+    removed once the session is built."""
     if not isinstance(model, onnx.ModelProto):
-        if not outputs and appended is None:
+        if not outputs:
             yield str(Path(model))
             return
         model = load_model(model)
     present = {o.name for o in model.graph.output}
     extra = [name for name in dict.fromkeys(outputs) if name not in present]
     if needs_external_data(model):
-        if appended is not None:
-            raise OnnxqError("nodes can be appended to a model under 2 GB only")
         with model_on_disk(model, extra_outputs=extra) as path:
             yield path
         return
@@ -156,6 +149,4 @@ def _session_source(model: ModelSource, outputs: Sequence[str],
     if extra:
         data += onnx.ModelProto(graph=onnx.GraphProto(output=[onnx.ValueInfoProto(name=n) for n in extra]))\
             .SerializeToString()
-    if appended is not None:
-        data += onnx.ModelProto(graph=appended).SerializeToString()
     yield data

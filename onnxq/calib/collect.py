@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import onnx
 
 from onnxq.calib.base import CalibOptions, Calibrator
 from onnxq.calib.methods import make_calibrator
 from onnxq.data import Batch, InputSpec, model_inputs
 from onnxq.errors import OnnxqError
-from onnxq.graph import needs_external_data
 from onnxq.padding_rows import ActivationReader
 from onnxq.progress import stage, total_of
 from onnxq.runtime import SessionSettings
@@ -39,25 +37,11 @@ class CollectSettings:
     skip_padding: bool = True
 
 
-@dataclass
-class SideOutputs:
-    """Nodes appended to the model of the calibration pass (reading its tensors) and their outputs on the first
-    batches: what a later stage would otherwise compute in a float pass of its own over those batches (bias
-    correction's FP32 channel sums, :mod:`onnxq.recovery.bias_reference`). ``take`` is asked about each batch in
-    order until it declines one; ``values`` holds, per batch it took, the outputs of ``graph`` in order. Left empty
-    for a model past the protobuf limit (nodes cannot be appended to it); when the tensors are calibrated in groups,
-    the first group's pass runs them."""
-
-    graph: onnx.GraphProto
-    take: Callable[[Batch], bool]
-    values: list[list[np.ndarray]] = field(default_factory=list)
-
-
 def collect_statistics(model: onnx.ModelProto, tensors: Mapping[str, CalibOptions], data: Iterable[Batch],
-                       settings: CollectSettings | None = None, progress: Progress | None = None,
-                       side: SideOutputs | None = None) -> tuple[dict[str, Calibrator], int]:
+                       settings: CollectSettings | None = None,
+                       progress: Progress | None = None) -> tuple[dict[str, Calibrator], int]:
     """One calibrator per tensor of ``tensors`` (name -> its algorithm's options), fed every batch of ``data``;
-    also returns the number of batches. ``side``: nodes run in the same pass (:class:`SideOutputs`)."""
+    also returns the number of batches."""
     settings = settings or CollectSettings()
     calibrators = {name: make_calibrator(options) for name, options in tensors.items()}
     if not calibrators:
@@ -68,8 +52,7 @@ def collect_statistics(model: onnx.ModelProto, tensors: Mapping[str, CalibOption
     batches_seen = 0
     per_pass = total_of(data)
     with stage("calibration", total=per_pass * len(groups) if per_pass is not None else None, unit="batch") as advance:
-        batches_seen = _collect_groups(model, groups, calibrators, data, settings, progress, advance,
-                                       None if side is None or needs_external_data(model) else side)
+        batches_seen = _collect_groups(model, groups, calibrators, data, settings, progress, advance)
     if batches_seen == 0:
         raise OnnxqError("the calibration data holds no batches")
     log.info("calibrated %d activation(s) over %d batch(es)", len(calibrators), batches_seen)
@@ -78,25 +61,14 @@ def collect_statistics(model: onnx.ModelProto, tensors: Mapping[str, CalibOption
 
 def _collect_groups(model: onnx.ModelProto, groups: list[list[str]], calibrators: dict[str, Calibrator],
                     data: Iterable[Batch], settings: CollectSettings, progress: Progress | None,
-                    advance: Callable[..., None], side: SideOutputs | None = None) -> int:
-    """Feed every batch of ``data`` to the calibrators, one pass per group of tensors; the batches per pass. The first
-    group's pass also runs ``side``'s nodes."""
+                    advance: Callable[..., None]) -> int:
+    """Feed every batch of ``data`` to the calibrators, one pass per group of tensors; the batches per pass."""
     batches_seen = 0
-    for number, group in enumerate(groups):
-        appended = side.graph if side is not None and number == 0 else None
-        side_names = [o.name for o in appended.output] if appended is not None else []
-        reader = ActivationReader(model, group, skip_padding=settings.skip_padding, settings=settings.session,
-                                  appended=appended)
-        taking = bool(side_names)
+    for group in groups:
+        reader = ActivationReader(model, group, skip_padding=settings.skip_padding, settings=settings.session)
         count = 0
         for count, batch in enumerate(data, start=1):
             outputs = reader.read(batch, f"batch {count}")
-            side_values = [outputs.pop(name) for name in side_names]
-            if taking and side is not None:
-                taking = side.take(batch)
-                if taking:
-                    side.values.append(side_values)
-            del side_values
             for name, value in outputs.items():
                 calibrators[name].collect(value)
             del outputs

@@ -65,7 +65,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,17 +127,14 @@ class BiasCorrection:
     passes: int
     batches: int
     skipped: list[str]  # layers left alone: they feed only an uncorrected weighted layer
-    fp32_from_calibration: bool = False  # the FP32 channel means came from the calibration pass
 
     def note(self) -> str:
         levels = max((s.level for s in self.shifts), default=0)
         channels = sum(s.channels for s in self.shifts)
         corrected = sum(s.corrected_channels for s in self.shifts)
         skipped = f", {len(self.skipped)} left alone (they feed only uncorrected layers)" if self.skipped else ""
-        fp32 = " (FP32 means from the calibration pass)" if self.fp32_from_calibration else ""
         return (f"bias correction: {len(self.shifts)} layer(s) in {levels} level(s), {corrected} of {channels} "
-                f"channel(s) significant{skipped}, {self.passes} pass(es) over {self.batches} calibration "
-                f"batch(es){fp32}")
+                f"channel(s) significant{skipped}, {self.passes} pass(es) over {self.batches} calibration batch(es)")
 
 
 def _output_channels(node: onnx.NodeProto, weights: dict[str, np.ndarray]) -> tuple[int, int, int] | None:
@@ -391,53 +388,35 @@ def level_chunks(levels: int, size: int = 0) -> list[range]:
     return [range(start, min(start + size, levels + 1)) for start in range(1, levels + 1, size)]
 
 
-def batch_samples(batch: Batch) -> int:
-    """The samples of a batch: the first dimension of its first input (1 for a scalar)."""
-    first = next(iter(batch.values()), None)
-    return int(first.shape[0]) if first is not None and np.ndim(first) > 0 else 1
-
-
 def first_batches(data: Iterable[Batch], batches: int, samples: int | None) -> list[Batch]:
-    """The first ``batches`` batches of ``data``, but no more once they hold ``samples`` samples
-    (:func:`batch_samples`; None: no limit)."""
+    """The first ``batches`` batches of ``data``, but no more once they hold ``samples`` samples (the first
+    dimension of a batch's first input; None: no limit)."""
     kept: list[Batch] = []
     held = 0
     for batch in data:
         if len(kept) >= batches or (samples is not None and held >= samples):
             break
         kept.append(batch)
-        held += batch_samples(batch)
+        first = next(iter(batch.values()), None)
+        held += int(first.shape[0]) if first is not None and np.ndim(first) > 0 else 1
     return kept
-
-
-def correction_targets(prepared: onnx.ModelProto, plan: QuantPlan) -> tuple[list[Target], dict[str, np.ndarray],
-                                                                             set[str]]:
-    """The layers bias correction corrects, their current biases, and the quantized layers it leaves alone
-    (:func:`feeding_uncorrected_layers`)."""
-    candidates, _ = find_targets(prepared, plan)
-    skipped = feeding_uncorrected_layers(prepared, plan, candidates)
-    targets, biases = find_targets(prepared, plan, frozenset(skipped)) if skipped else find_targets(prepared, plan)
-    return targets, biases, skipped
 
 
 def correct_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch],
                    batches: int, min_t: float = 0.0, chunk_levels: int = CHUNK_LEVELS,
-                   samples: int | None = None,
-                   computed: Callable[[list[Target], list[Batch]], dict[str, ChannelStats] | None] | None = None,
-                   ) -> BiasCorrection:
+                   samples: int | None = None) -> BiasCorrection:
     """Correct the biases of ``prepared`` (in place) so that, on the first ``batches`` batches of ``data`` (fewer
     when they hold ``samples`` samples, :func:`first_batches`), each quantized Conv/Gemm's per-channel output mean in
     the Q/DQ model of ``plan`` and ``table`` equals the FP32 one, upstream corrections included, in the channels
     where the shift is at least ``min_t`` standard errors across the calibration samples (:func:`significant_shift`).
-    Layers that feed only an uncorrected weighted layer are left alone (:func:`feeding_uncorrected_layers`).
-    ``computed(targets, batches)``: the FP32 channel means of those targets on those batches when already known
-    (:mod:`onnxq.recovery.bias_reference`: from the calibration pass), else None and a float pass computes them."""
-    targets, biases, skipped = correction_targets(prepared, plan)
+    Layers that feed only an uncorrected weighted layer are left alone (:func:`feeding_uncorrected_layers`)."""
+    candidates, _ = find_targets(prepared, plan)
+    skipped = feeding_uncorrected_layers(prepared, plan, candidates)
+    targets, biases = find_targets(prepared, plan, frozenset(skipped)) if skipped else find_targets(prepared, plan)
     kept = first_batches(data, batches, samples)
     if not targets or not kept:
         return BiasCorrection([], 0, len(kept), sorted(skipped))
-    known = computed(targets, kept) if computed is not None else None
-    reference = known if known is not None else ChannelMeans(prepared, targets, kept).run()
+    reference = ChannelMeans(prepared, targets, kept).run()
     quantized = with_bias_inputs(InsertQDQ(plan, table).run(prepared, keep_input=True).model, targets)
     chunks = level_chunks(max(t.level for t in targets), chunk_levels)
     groups = [[t for t in targets if t.level in chunk] for chunk in chunks]
@@ -447,7 +426,7 @@ def correct_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable
     runner = LevelRunner(quantized, kept, [Step(probe=channel_sum_probe(group, taken)) for group in groups],
                          "bias correction")
     current = dict(biases)
-    passes = 0 if known is not None else 1  # the FP32 pass (none of its own when the calibration pass gave it)
+    passes = 1
     for number, (chunk, group) in enumerate(zip(chunks, groups, strict=True)):
         moved: dict[str, ChannelShift] = {}
         for level in chunk:
@@ -471,7 +450,7 @@ def correct_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable
         shifts.append(BiasShift(t.node, t.level, float(np.abs(delta).mean()), float(np.abs(delta).mean()) / scale,
                                 int(np.count_nonzero(delta)), t.channels))
     write_biases(prepared, {t.node: current[t.node] for t in targets})
-    result = BiasCorrection(shifts, passes, len(kept), sorted(skipped), fp32_from_calibration=known is not None)
+    result = BiasCorrection(shifts, passes, len(kept), sorted(skipped))
     log.info("%s", result.note())
     return result
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 import onnx
 
@@ -21,9 +20,6 @@ from onnxq.data import Batch
 from onnxq.graph import GraphIndex
 from onnxq.plan import QuantPlan
 from onnxq.recovery.layers import build_layer, capture_inputs, is_layer
-
-if TYPE_CHECKING:
-    from onnxq.recovery.bias_reference import CalibratedReference
 from onnxq.scales.types import ScaleTable
 
 log = logging.getLogger(__name__)
@@ -80,13 +76,10 @@ def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: Reco
 
 def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calibrators: dict[str, Calibrator],
             data: Iterable[Batch] | None, options: RecoveryOptions,
-            constant_region: bool = False,
-            reference: CalibratedReference | None = None) -> tuple[ScaleTable, list[str]]:
+            constant_region: bool = False) -> tuple[ScaleTable, list[str]]:
     """Layer-local recovery after the ranges: the (possibly changed) table and notes; ``prepared`` is changed in
     place (AdaRound weights, corrected biases). ``constant_region``: correct the biases on the calibration data's
-    padding constant (:mod:`onnxq.recovery.constant_region`) unless full bias correction runs. ``reference``: bias
-    correction's FP32 means from the calibration pass (:mod:`onnxq.recovery.bias_reference`), used when no stage
-    before it changed the float weights."""
+    padding constant (:mod:`onnxq.recovery.constant_region`) unless full bias correction runs."""
     rounding = [gptq_rounding(prepared, plan, table, data, options)] if uses_gptq(plan, options, data) else []
     auto = [t for t in plan.calibrated_activations() if t.method == "auto"]
     if data is None and constant_region and not (auto or options.needs_layers or options.bias_correction):
@@ -103,23 +96,21 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
         notes += local
     replayable = not (rounding or options.adaround)
     if options.bias_correction:
-        notes += corrected_biases(prepared, plan, table, data, options, replayable,
-                                  reference if replayable else None)
+        notes += corrected_biases(prepared, plan, table, data, options, replayable)
     elif constant_region:
         notes += constant_region_biases(prepared, plan, table, data, replayable)
     return table, notes
 
 
 def corrected_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch],
-                     options: RecoveryOptions, replayable: bool,
-                     reference: CalibratedReference | None = None) -> list[str]:
+                     options: RecoveryOptions, replayable: bool) -> list[str]:
     """Bias correction of ``prepared`` in place, recorded with the float rewrites when a replay on the original
     float weights can reproduce it (not after GPTQ/AdaRound re-rounded the weights)."""
     from onnxq.recovery.bias_correction import correct_biases
 
     return recorded_biases(prepared, replayable, lambda: correct_biases(
         prepared, plan, table, data, options.bias_correction_batches, options.bias_correction_min_t,
-        samples=options.bias_correction_samples, computed=reference.stats if reference is not None else None).note())
+        samples=options.bias_correction_samples).note())
 
 
 def constant_region_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch],
