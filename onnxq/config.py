@@ -133,6 +133,9 @@ class RecoveryOptions:
     #: real models): on 4 text lines of ddddocr common.onnx most shifts are within one standard error, correcting them
     #: all lost 1.7 dB; 2 was the best compromise
     bias_correction_min_t: float = 2.0
+    #: bias correction also corrects the layers that write a graph output directly (raw logits or regressions); off:
+    #: on a CTC recognizer's logits it flipped letter case (onnxq.recovery.bias_correction.writing_outputs)
+    bias_correction_output_heads: bool = False
     #: correct the quantized Convs' biases so the Q/DQ model matches FP32 on the calibration data's padding constant
     #: (a letterbox; onnxq.recovery.constant_region); None: the target's default (TargetRules.correct_constant_regions:
     #: on for ort-cpu, docs/ort_cpu_rules.md 3.19). Not with bias_correction, which matches the means of the data

@@ -204,7 +204,7 @@ def correct_constant_region(prepared: onnx.ModelProto, plan: QuantPlan, table: S
         return ""
     corrected = copy.deepcopy(prepared)
     image = constant_batch(region, scanned[0])
-    result = correct_biases(corrected, plan, table, [image], batches=1, min_t=0.0)
+    result = correct_biases(corrected, plan, table, [image], batches=1, min_t=0.0, output_heads=True)
     if not result.shifts:
         return ""
     reference = outputs(prepared, scanned)

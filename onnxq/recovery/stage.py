@@ -110,7 +110,7 @@ def corrected_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTab
 
     return recorded_biases(prepared, replayable, lambda: correct_biases(
         prepared, plan, table, data, options.bias_correction_batches, options.bias_correction_min_t,
-        samples=options.bias_correction_samples).note())
+        samples=options.bias_correction_samples, output_heads=options.bias_correction_output_heads).note())
 
 
 def constant_region_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch],

@@ -19,7 +19,8 @@ from tests.recovery.nets_recovery import gemm_batches, gemm_model, image_batches
 
 # the definition, every channel corrected (no significance gate)
 CORRECTED = QuantConfig(recovery=RecoveryOptions(bias_correction=True, bias_correction_batches=4,
-                                                 bias_correction_samples=10**6, bias_correction_min_t=0.0))
+                                                 bias_correction_samples=10**6, bias_correction_min_t=0.0,
+                                                 bias_correction_output_heads=True))
 PLAIN = QuantConfig(recovery=RecoveryOptions(bias_correction=False))
 
 
@@ -139,8 +140,8 @@ def test_a_pure_noise_shift_is_left_alone_and_a_real_one_corrected_exactly() -> 
     rng = np.random.default_rng(3)
     batches = [{"x": rng.uniform(0.0, 4.0, (8, 16)).astype(np.float32)} for _ in range(4)]
     model = gemm_shift_model()
-    gated = quantize(model, calib=batches, config=QuantConfig(recovery=RecoveryOptions(bias_correction=True,
-                                                                                    bias_correction_samples=32)))
+    gated = quantize(model, calib=batches, config=QuantConfig(recovery=RecoveryOptions(
+        bias_correction=True, bias_correction_samples=32, bias_correction_output_heads=True)))
     bias = GraphIndex.build(gated.model.graph).array(
         next(n for n in gated.model.graph.node if n.name == "fc").input[2])
     plain = quantize(model, calib=batches, config=PLAIN).model
@@ -189,7 +190,7 @@ def test_levels_run_in_segments_equal_levels_run_from_the_inputs() -> None:
     for chunk in (1, 2, 99):  # one level per session (cached cut tensors) ... every level in one session
         copy = onnx.ModelProto()
         copy.CopyFrom(prepared)
-        correction = correct_biases(copy, plan, table, batches, 3, min_t=0.0, chunk_levels=chunk)
+        correction = correct_biases(copy, plan, table, batches, 3, min_t=0.0, chunk_levels=chunk, output_heads=True)
         assert correction.passes == 1 + 5  # the FP32 pass and one per level, whatever the sessions
         results.append(find_targets(copy, plan)[1])
     for other in results[1:]:
@@ -247,3 +248,28 @@ def test_a_score_head_is_left_alone_up_its_branch() -> None:
     changed = [n.name for n in corrected.model.graph.node if n.name in ("conv0", "box_conv1", "box_conv2")
                and not np.array_equal(after.array(n.input[2]), before.array(n.input[2]))]
     assert changed, "the trunk and the box head are corrected"
+
+
+def test_a_layer_writing_a_graph_output_is_left_alone_by_default() -> None:
+    """Raw logits decoded outside the graph (a CTC recognizer's last Gemm): their channel means are over mostly blank
+    steps, so matching them moves the class decisions (ddddocr common.onnx: letter case flipped); the layers before
+    are still corrected. A Reshape between the layer and the output changes nothing; bias_correction_output_heads
+    corrects it too."""
+    model, batches = silu_chain(seed=2, depth=2), image_batches(count=4, size=16, seed=5)
+    head = next(n for n in model.graph.node if n.name == "head")
+    head.output[0] = "logits"
+    model.graph.initializer.append(init("flat", np.array([0, 4, -1], np.int64)))
+    model.graph.node.append(helper.make_node("Reshape", ["logits", "flat"], ["y"], name="flatten"))
+    del model.graph.value_info[:]
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, None))
+    config = QuantConfig(recovery=replace(CORRECTED.recovery, bias_correction_output_heads=False))
+    left = quantize(model, calib=batches, config=config)
+    note = next(n for n in left.report.prepare_notes if n.startswith("bias correction"))
+    assert "2 layer(s)" in note and "1 output head(s) left alone" in note, note
+    before, after = GraphIndex.build(model.graph), GraphIndex.build(left.model.graph)
+    assert len(next(n for n in left.model.graph.node if n.name == "head").input) == 2  # no bias added
+    for name in ("b0", "b1"):
+        assert not np.array_equal(after.array(name), before.array(name)), name
+    corrected = quantize(model, calib=batches, config=CORRECTED)
+    assert len(next(n for n in corrected.model.graph.node if n.name == "head").input) == 3  # a bias added
+    assert RecoveryOptions().bias_correction_output_heads is False
