@@ -120,8 +120,8 @@ class RecoveryOptions:
     #: fold each quantized Conv/Gemm's significant mean output shift, measured on the Q/DQ model with upstream
     #: corrections in effect (one pass per layer level), into its bias (onnxq.recovery.bias_correction); None: the
     #: target's default (TargetRules.bias_correction: on for tensorrt, off for ort-cpu; docs/accuracy_recovery.md),
-    #: which --weight-rounding gptaq replaces (its float bias column fits the same shift). Needs calibration data:
-    #: --stats and --scales runs keep the biases as they are
+    #: which --weight-rounding gptaq (its float bias column fits the same shift) or --constant-region-correction
+    #: replaces. Needs calibration data: --stats and --scales runs keep the biases as they are
     bias_correction: bool | None = None
     #: calibration batches whose per-channel output means bias correction matches ...
     bias_correction_batches: int = 4

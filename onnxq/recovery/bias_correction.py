@@ -47,7 +47,13 @@ What makes it safe (measured with ``benchmarks/bias_correction_diagnose.py``, do
   through) is left alone, and so is its branch up to a layer that also feeds a corrected one: a logit's error depends
   on the logit (many background anchors, few objects), so matching the channel mean moves the objects' scores. On
   YOLOv8 DocLayNet the class-branch corrections cut the F1 against FP32 from 0.975 to 0.462; without them 0.977,
-  and ddddocr's detector 0.954 -> 0.974; the other real models correct the same layers as before.
+  and ddddocr's detector 0.954 -> 0.974; the other real models correct the same layers as before;
+* a layer that writes a graph output through no further linear layer (raw logits decoded outside the graph) is left
+  alone for the same reason, unless ``output_heads``: on ddddocr's CTC recognizer correcting its last Gemm flipped
+  letter case (400 lines: exact strings 0.915 -> 0.887; left alone 0.920). The layers before it are corrected.
+
+On by default for ``--target tensorrt`` (``TargetRules.bias_correction``), off for ort-cpu, where it lowered the
+YOLOv8 detector's F1 (docs/accuracy_recovery.md).
 
 Why not fewer passes (measured on ddddocr ``common_det``, docs/accuracy_recovery.md): correcting every layer at once
 and repeating (Jacobi rounds) diverges there -- a mean shift of one layer moves the next layer's mean by more than
