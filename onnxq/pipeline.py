@@ -192,12 +192,14 @@ def with_deployment_shapes(config: QuantConfig, model: onnx.ModelProto, calib: D
 
 
 def calibrate(prepared: onnx.ModelProto, plan: QuantPlan, data: DataLike, config: QuantConfig,
-              progress: Callable[[int], None] | None = None) -> tuple[dict[str, Calibrator], int]:
-    """Statistics of every planned activation over the calibration data."""
+              progress: Callable[[int], None] | None = None,
+              notes: list[str] | None = None) -> tuple[dict[str, Calibrator], int]:
+    """Statistics of every planned activation over the calibration data; ``notes`` gets the report's line on the
+    padding rows left out."""
     source = data_source(prepared, data, config)
     return collect_statistics(prepared, calibration_targets(plan, config), source,
                               CollectSettings(config.memory_budget_mb, skip_padding=config.skip_padding_tokens),
-                              progress)
+                              progress, notes)
 
 
 def float_rewrites(prepared: onnx.ModelProto, calib_data: DataSource | Iterable[Batch] | None, config: QuantConfig,
@@ -305,6 +307,8 @@ class Ranges:
     clipping: dict[str, float] = field(default_factory=dict)
     #: the statistics behind the table, by activation (empty for imported scales); the recover stage reads them
     calibrators: dict[str, Calibrator] = field(default_factory=dict)
+    #: report lines of the calibration pass (the padding rows it left out)
+    notes: list[str] = field(default_factory=list)
 
 
 def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, calib: DataLike | None,
@@ -315,6 +319,7 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
     """
     if scales is not None:  # the caller derives the inserted plan: plan.for_scales(table, ...)
         return Ranges(scales(plan, prepared), 0, "imported scales")
+    notes: list[str] = []
     if stats is not None:
         calibrators, batches = merge_stats(expand_stats_paths(stats), fingerprint(prepared))
         if config.rechoose_stats_method:
@@ -325,8 +330,12 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
             raise OnnxqError(f"the statistics cover no activation {missing[0]!r} (and {len(missing) - 1} more); "
                              "calibrate with the same model and settings")
         source = "merged statistics"
+        if not config.skip_padding_tokens and find_padding_mask(prepared) is not None:
+            notes.append("--no-skip-padding-tokens has no effect with --stats: the shards were calibrated with their "
+                         "own setting (onnxq calibrate --no-skip-padding-tokens)")
     elif calib is not None:
-        calibrators, batches = (collector or calibrate)(prepared, plan, calib, config, progress)
+        calibrators, batches = (collector(prepared, plan, calib, config, progress) if collector is not None
+                                else calibrate(prepared, plan, calib, config, progress, notes))
         source = "calibration"
     else:
         raise OnnxqError(ONE_SOURCE)
@@ -338,7 +347,7 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
         if fraction > CLIP_WARNING_FRACTION:
             log.info("the range of %r clips %.2f%% of its calibration values (method %s)", name,
                         100 * fraction, plan.tensors[name].method)
-    return Ranges(table, batches, source, clipping, calibrators)
+    return Ranges(table, batches, source, clipping, calibrators, notes)
 
 
 def constant_region_correction(config: QuantConfig) -> bool:
@@ -415,7 +424,9 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
     with clock("ranges"):
         found = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales, progress=progress,
                        collector=collector)
-        if calib is not None and config.skip_padding_tokens and (mask := find_padding_mask(prepared)) is not None:
+        notes += found.notes
+        if (collector is not None and config.skip_padding_tokens
+                and (mask := find_padding_mask(prepared)) is not None):  # the workers' counts stay on the workers
             notes.append(f"calibration skips padding tokens (rows the attention mask {mask.tensor} hides); "
                          "--no-skip-padding-tokens keeps them")
         if scales is not None:  # the plan actually inserted: tensors without a scale dropped, reasons recorded

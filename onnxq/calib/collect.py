@@ -38,10 +38,10 @@ class CollectSettings:
 
 
 def collect_statistics(model: onnx.ModelProto, tensors: Mapping[str, CalibOptions], data: Iterable[Batch],
-                       settings: CollectSettings | None = None,
-                       progress: Progress | None = None) -> tuple[dict[str, Calibrator], int]:
+                       settings: CollectSettings | None = None, progress: Progress | None = None,
+                       notes: list[str] | None = None) -> tuple[dict[str, Calibrator], int]:
     """One calibrator per tensor of ``tensors`` (name -> its algorithm's options), fed every batch of ``data``;
-    also returns the number of batches."""
+    also returns the number of batches. ``notes``: gets the report's line on the padding rows left out, if any."""
     settings = settings or CollectSettings()
     calibrators = {name: make_calibrator(options) for name, options in tensors.items()}
     if not calibrators:
@@ -52,18 +52,22 @@ def collect_statistics(model: onnx.ModelProto, tensors: Mapping[str, CalibOption
     batches_seen = 0
     per_pass = total_of(data)
     with stage("calibration", total=per_pass * len(groups) if per_pass is not None else None, unit="batch") as advance:
-        batches_seen = _collect_groups(model, groups, calibrators, data, settings, progress, advance)
+        batches_seen, padding = _collect_groups(model, groups, calibrators, data, settings, progress, advance)
     if batches_seen == 0:
         raise OnnxqError("the calibration data holds no batches")
     log.info("calibrated %d activation(s) over %d batch(es)", len(calibrators), batches_seen)
+    if padding is not None and notes is not None:
+        notes.append(f"{padding}; --no-skip-padding-tokens keeps them")
     return calibrators, batches_seen
 
 
 def _collect_groups(model: onnx.ModelProto, groups: list[list[str]], calibrators: dict[str, Calibrator],
                     data: Iterable[Batch], settings: CollectSettings, progress: Progress | None,
-                    advance: Callable[..., None]) -> int:
-    """Feed every batch of ``data`` to the calibrators, one pass per group of tensors; the batches per pass."""
+                    advance: Callable[..., None]) -> tuple[int, str | None]:
+    """Feed every batch of ``data`` to the calibrators, one pass per group of tensors; the batches per pass and what
+    the first pass left out as padding (None: nothing)."""
     batches_seen = 0
+    padding: str | None = None
     for group in groups:
         reader = ActivationReader(model, group, skip_padding=settings.skip_padding, settings=settings.session)
         count = 0
@@ -79,7 +83,8 @@ def _collect_groups(model: onnx.ModelProto, groups: list[list[str]], calibrators
         note = reader.note()
         if note is not None:
             log.info(note)
-    return batches_seen
+            padding = padding or note
+    return batches_seen, padding
 
 
 def plan_groups(model: onnx.ModelProto, names: list[str], budget_mb: int, data: Iterable[Batch]) -> list[list[str]]:

@@ -139,8 +139,10 @@ def test_quantized_real_tokens_are_closer_to_fp32():
     calib, val = token_batches(4, seed=1), token_batches(3, seed=2)
     skipped = quantize(model, calib=calib, config=QuantConfig())
     kept = quantize(model, calib=calib, config=QuantConfig(skip_padding_tokens=False))
-    assert any("skips padding tokens" in note for note in skipped.report.prepare_notes)
-    assert not any("skips padding tokens" in note for note in kept.report.prepare_notes)
+    # the report says how many rows the calibration pass left out (50 of the 4 x 48 token rows are padding)
+    assert "padding tokens left out of the statistics: 50 of 192 token rows (26%), marked by bias; " \
+        "--no-skip-padding-tokens keeps them" in skipped.report.prepare_notes
+    assert not any("padding" in note for note in kept.report.prepare_notes)
     gain = real_token_sqnr(model, skipped.model, val) - real_token_sqnr(model, kept.model, val)
     assert gain > 6.0, gain
 
@@ -200,3 +202,21 @@ def test_format_comparison_compares_the_real_tokens():
     # the same figure validation gives for that model
     assert int8.outputs[0].sqnr_db == pytest.approx(compare_models(model, int8.model, val).outputs[0].sqnr_db,
                                                     abs=1e-6)
+
+
+def test_with_stats_the_flag_says_it_has_no_effect(tmp_path):
+    """--stats merges what the shards collected with their own setting; turning it off at quantize time says so."""
+    from tests.helpers import run_cli
+
+    onnx.save(padded_model(), tmp_path / "m.onnx")
+    (tmp_path / "calib").mkdir()
+    for i, batch in enumerate(token_batches(3, seed=1)):
+        np.savez(tmp_path / "calib" / f"{i:03d}.npz", **batch)
+    assert run_cli("calibrate", tmp_path / "m.onnx", "--calib", tmp_path / "calib", "-o", tmp_path / "s.npz"
+                   ).returncode == 0
+    off = run_cli("quantize", tmp_path / "m.onnx", "--stats", tmp_path / "s.npz", "--no-skip-padding-tokens",
+                  "-o", tmp_path / "q.onnx")
+    assert off.returncode == 0, off.stderr
+    assert "--no-skip-padding-tokens has no effect with --stats" in off.stdout
+    on = run_cli("quantize", tmp_path / "m.onnx", "--stats", tmp_path / "s.npz", "-o", tmp_path / "q2.onnx")
+    assert on.returncode == 0 and "no effect" not in on.stdout
