@@ -17,6 +17,7 @@ import onnx
 from onnxq.calib.base import Calibrator
 from onnxq.config import RecoveryOptions
 from onnxq.data import Batch
+from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex
 from onnxq.plan import QuantPlan
 from onnxq.recovery.layers import build_layer, capture_inputs, is_layer
@@ -110,7 +111,8 @@ def corrected_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTab
 
     return recorded_biases(prepared, replayable, lambda: correct_biases(
         prepared, plan, table, data, options.bias_correction_batches, options.bias_correction_min_t,
-        samples=options.bias_correction_samples, output_heads=options.bias_correction_output_heads).note())
+        samples=options.bias_correction_samples, output_heads=options.bias_correction_output_heads).note(),
+        "bias correction")
 
 
 def constant_region_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch],
@@ -119,18 +121,24 @@ def constant_region_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: Sc
     like bias correction's."""
     from onnxq.recovery.constant_region import correct_constant_region
 
-    return recorded_biases(prepared, replayable, lambda: correct_constant_region(prepared, plan, table, data))
+    return recorded_biases(prepared, replayable, lambda: correct_constant_region(prepared, plan, table, data),
+                           "constant-region correction")
 
 
-def recorded_biases(prepared: onnx.ModelProto, replayable: bool, correct: Callable[[], str]) -> list[str]:
+def recorded_biases(prepared: onnx.ModelProto, replayable: bool, correct: Callable[[], str], what: str) -> list[str]:
     """Run ``correct`` (which changes the biases of ``prepared`` and returns a note, "" when it changed nothing) and
     record the changed biases with the float rewrites when a replay on the original float weights can reproduce
-    them."""
+    them. When onnxruntime cannot run a part of the model the correction needs (an OnnxqError before any bias is
+    written), the quantization goes on without it and the report says why: ``what`` names it."""
     from onnxq.recovery.bias_record import bias_state, record_bias_rewrites
     from onnxq.scales.rewrites import weights_digest
 
     digest, before = (weights_digest(prepared), bias_state(prepared)) if replayable else ("", {})
-    note = correct()
+    try:
+        note = correct()
+    except OnnxqError as exc:
+        log.warning("%s skipped: %s", what, exc)
+        return [f"{what} skipped: {exc}"]
     if not note:
         return []
     notes = [note]

@@ -273,3 +273,22 @@ def test_a_layer_writing_a_graph_output_is_left_alone_by_default() -> None:
     corrected = quantize(model, calib=batches, config=CORRECTED)
     assert len(next(n for n in corrected.model.graph.node if n.name == "head").input) == 3  # a bias added
     assert RecoveryOptions().bias_correction_output_heads is False
+
+
+def test_when_onnxruntime_cannot_run_the_correction_the_quantization_goes_on_without_it(monkeypatch) -> None:
+    """A default stage on every tensorrt run: a part model onnxruntime refuses (an odd graph) leaves the biases as
+    they are and the report says why, instead of failing the quantization."""
+    import onnxq.recovery.level_runner as level_runner
+    from onnxq.errors import OnnxqError
+
+    model, batches = silu_chain(seed=2, depth=2), image_batches(count=4, size=16, seed=5)
+    plain = quantize(model, calib=batches, config=PLAIN).model
+
+    def refuse(*args, **kwargs):
+        raise OnnxqError("onnxruntime cannot load the model: [ONNXRuntimeError] a part it cannot run")
+
+    monkeypatch.setattr(level_runner, "make_session", refuse)
+    result = quantize(model, calib=batches)
+    assert "bias correction skipped: onnxruntime cannot load the model: [ONNXRuntimeError] a part it cannot run" \
+        in result.report.prepare_notes
+    assert result.model.SerializeToString() == plain.SerializeToString()  # nothing half-corrected
