@@ -142,6 +142,8 @@ class BiasCorrection:
         skipped = f", {len(self.skipped)} left alone (they feed only uncorrected layers)" if self.skipped else ""
         if self.output_heads:
             skipped += f", {len(self.output_heads)} output head(s) left alone"
+        if not self.shifts:
+            return f"bias correction: nothing to correct (no quantized Conv/Gemm with a per-channel bias{skipped})"
         return (f"bias correction: {len(self.shifts)} layer(s) in {levels} level(s), {corrected} of {channels} "
                 f"channel(s) significant{skipped}, {self.passes} pass(es) over {self.batches} calibration batch(es)")
 

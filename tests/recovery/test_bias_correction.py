@@ -201,7 +201,8 @@ def test_levels_run_in_segments_equal_levels_run_from_the_inputs() -> None:
 def test_bias_correction_takes_batches_until_they_hold_the_samples_asked_for() -> None:
     model, batches = gemm_model(), gemm_batches(count=4)  # 32 samples per batch
     notes = {samples: " ".join(quantize(model, calib=batches, config=QuantConfig(recovery=RecoveryOptions(
-        bias_correction=True, bias_correction_samples=samples))).report.prepare_notes) for samples in (8, 33)}
+        bias_correction=True, bias_correction_samples=samples, bias_correction_output_heads=True))
+    ).report.prepare_notes) for samples in (8, 33)}
     assert "over 1 calibration batch(es)" in notes[8] and "over 2 calibration batch(es)" in notes[33]
     # on by default for tensorrt (TargetRules.bias_correction), off for ort-cpu and with --no-bias-correction
     assert "bias correction" in " ".join(quantize(model, calib=batches).report.prepare_notes)
@@ -266,6 +267,9 @@ def test_a_layer_writing_a_graph_output_is_left_alone_by_default() -> None:
     left = quantize(model, calib=batches, config=config)
     note = next(n for n in left.report.prepare_notes if n.startswith("bias correction"))
     assert "2 layer(s)" in note and "1 output head(s) left alone" in note, note
+    single = quantize(gemm_model(), calib=gemm_batches(count=2), config=config)  # its one layer is an output head
+    assert "bias correction: nothing to correct (no quantized Conv/Gemm with a per-channel bias, 1 output head(s) " \
+        "left alone)" in single.report.prepare_notes
     before, after = GraphIndex.build(model.graph), GraphIndex.build(left.model.graph)
     assert len(next(n for n in left.model.graph.node if n.name == "head").input) == 2  # no bias added
     for name in ("b0", "b1"):
