@@ -26,6 +26,7 @@ from onnxq.calib.collect import CollectSettings, collect_statistics
 from onnxq.calib.stats import expand_stats_paths, merge_stats, rechoose_methods
 from onnxq.config import QuantConfig, RecoveryOptions
 from onnxq.data import Batch, BatchSource, DataSource, RandomSource
+from onnxq.empty_plan import explain_empty_plan
 from onnxq.errors import OnnxqError
 from onnxq.float_nodes import float_prefix
 from onnxq.graph import (
@@ -419,8 +420,7 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
     with clock("plan"):
         plan = build_plan(prepared, config)
         if not plan.tensors:
-            raise OnnxqError("nothing to quantize: no Conv, ConvTranspose, Gemm or MatMul node is planned for "
-                             "quantization (check --exclude-op/--exclude-node)")
+            raise OnnxqError(explain_empty_plan(prepared))
     with clock("ranges"):
         found = ranges(prepared, plan, config, calib=calib, stats=stats, scales=scales, progress=progress,
                        collector=collector)

@@ -1,0 +1,63 @@
+"""Why a plan came out empty, in one line the user can act on.
+
+Three cases read differently: the model has no weighted op at all; its weighted ops are all inside the subgraphs
+of control-flow nodes (If/Loop/Scan, which onnxq does not quantize: a ``torch.jit.script`` export of a model that
+branches on an input, such as silero-vad 6.2's sample-rate ``If``, holds its whole network there); or the main graph
+has weighted ops that the user's exclusions or non-constant weights left out.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import onnx
+
+from onnxq.graph import node_name
+from onnxq.ops import WEIGHTED_OPS
+
+#: control-flow nodes named in the message (the rest are counted)
+SHOWN = 3
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    found: list[onnx.GraphProto] = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            found.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            found.extend(attr.graphs)
+    return found
+
+
+def _weighted(graph: onnx.GraphProto) -> Counter[str]:
+    """Weighted ops of ``graph`` and of every subgraph nested in it, by op type."""
+    counts: Counter[str] = Counter()
+    for node in graph.node:
+        if node.op_type in WEIGHTED_OPS and node.domain in ("", "ai.onnx"):
+            counts[node.op_type] += 1
+        for sub in _subgraphs(node):
+            counts += _weighted(sub)
+    return counts
+
+
+def _listed(counts: Counter[str]) -> str:
+    return ", ".join(f"{n} {op}" for op, n in sorted(counts.items()))
+
+
+def explain_empty_plan(model: onnx.ModelProto) -> str:
+    """The error message for a plan with no tensor to quantize (``model``: the prepared float model)."""
+    main: Counter[str] = Counter(n.op_type for n in model.graph.node
+                                 if n.op_type in WEIGHTED_OPS and n.domain in ("", "ai.onnx"))
+    holders = [(node, counts) for node in model.graph.node
+               if (counts := sum((_weighted(g) for g in _subgraphs(node)), Counter()))]
+    if main:
+        return (f"nothing to quantize: none of the main graph's weighted nodes ({_listed(main)}) is planned for "
+                "quantization (check --exclude-op/--exclude-node, and that their weights are constants)")
+    if holders:
+        inner = sum((c for _, c in holders), Counter())
+        names = ", ".join(f"{n.op_type} {node_name(n)!r}" for n, _ in holders[:SHOWN])
+        more = f" and {len(holders) - SHOWN} more" if len(holders) > SHOWN else ""
+        return (f"nothing to quantize: the model's weighted nodes ({_listed(inner)}) are all inside the subgraphs "
+                f"of {names}{more}, and onnxq quantizes the main graph only; export the branch you deploy without "
+                "the control flow (e.g. with the input its condition reads fixed)")
+    return "nothing to quantize: the model has no Conv, ConvTranspose, Gemm or MatMul node"
