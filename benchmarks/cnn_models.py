@@ -1,11 +1,17 @@
-"""Two CPU benchmark CNNs built in torch and exported to ONNX (random weights, BatchNorm left unfused):
+"""CPU benchmark CNNs built in torch and exported to ONNX (random weights, BatchNorm left unfused), 3x224x224:
 
 - ``resnet18``: the dense ResNet-18 layout (7x7 stem, max-pool, 4 stages of two BasicBlocks, 64-512 channels,
-  global average pool, fully connected), 3x224x224.
+  global average pool, fully connected).
 - ``mobilenet_v3_small``: the MobileNetV3-Small layout (depthwise-separable inverted residuals, HardSwish,
-  squeeze-and-excitation with HardSigmoid), 3x224x224.
+  squeeze-and-excitation with HardSigmoid).
+- ``convnext_small_layout``: a reduced ConvNeXt (4x4 patch stem, blocks of 7x7 depthwise Conv -> channels-last
+  LayerNorm -> Linear 4x -> GELU (erf) -> Linear -> layer scale -> residual, 2x2 downsampling Convs; widths 48-384,
+  depths 2-2-4-2): its MLPs are MatMul + bias Add on (N, H, W, C) tensors, as torch exports ``nn.Linear``.
+- ``efficientnet_b0_layout``: the EfficientNet-B0 layout (MBConv blocks with SiLU and squeeze-and-excitation gates,
+  3x3 and 5x5 depthwise Convs, 1280-channel head).
 
-Written from the published architectures (He et al. 2015; Howard et al. 2019), not copied from torchvision.
+Written from the published architectures (He et al. 2015; Howard et al. 2019; Liu et al. 2022, "A ConvNet for the
+2020s"; Tan and Le 2019), not copied from torchvision.
 """
 
 from __future__ import annotations
@@ -97,7 +103,75 @@ def _mobilenet_v3_small():
     return nn.Sequential(*layers)
 
 
-BUILDERS = {"resnet18": _resnet18, "mobilenet_v3_small": _mobilenet_v3_small}
+def _convnext_small_layout():
+    torch, nn = _torch()
+
+    class Block(nn.Module):
+        def __init__(self, dim: int) -> None:
+            super().__init__()
+            self.dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+            self.norm = nn.LayerNorm(dim)
+            self.fc1, self.act, self.fc2 = nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
+            self.gamma = nn.Parameter(torch.full((dim,), 0.5))
+
+        def forward(self, x):
+            y = self.dw(x).permute(0, 2, 3, 1)  # channels last, as the ConvNeXt reference code does
+            y = self.fc2(self.act(self.fc1(self.norm(y)))) * self.gamma
+            return x + y.permute(0, 3, 1, 2)
+
+    class Net(nn.Module):
+        def __init__(self, dims=(48, 96, 192, 384), depths=(2, 2, 4, 2)) -> None:
+            super().__init__()
+            layers: list = [nn.Conv2d(3, dims[0], 4, 4)]
+            for i, (dim, depth) in enumerate(zip(dims, depths, strict=True)):
+                if i:
+                    layers.append(nn.Conv2d(dims[i - 1], dim, 2, 2))
+                layers += [Block(dim) for _ in range(depth)]
+            self.features, self.head = nn.Sequential(*layers), nn.Linear(dims[-1], 1000)
+
+        def forward(self, x):
+            return self.head(self.features(x).mean((2, 3)))
+
+    return Net()
+
+
+def _efficientnet_b0_layout():
+    torch, nn = _torch()
+
+    class MBConv(nn.Module):
+        def __init__(self, cin: int, cout: int, expand: int, k: int, stride: int) -> None:
+            super().__init__()
+            hidden, squeezed = cin * expand, max(1, cin // 4)
+            layers = [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.SiLU()] if expand > 1 else []
+            layers += [nn.Conv2d(hidden, hidden, k, stride, k // 2, groups=hidden, bias=False),
+                       nn.BatchNorm2d(hidden), nn.SiLU()]
+            self.body = nn.Sequential(*layers)
+            self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(hidden, squeezed, 1), nn.SiLU(),
+                                      nn.Conv2d(squeezed, hidden, 1), nn.Sigmoid())
+            self.project = nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x):
+            y = self.body(x)
+            y = self.project(y * self.gate(y))
+            return x + y if self.residual else y
+
+    # (expansion, out, repeats, kernel, stride) of EfficientNet-B0, table 1 of Tan and Le 2019
+    config = [(1, 16, 1, 3, 1), (6, 24, 2, 3, 2), (6, 40, 2, 5, 2), (6, 80, 3, 3, 2), (6, 112, 3, 5, 1),
+              (6, 192, 4, 5, 2), (6, 320, 1, 3, 1)]
+    layers = [nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.SiLU()]
+    cin = 32
+    for expand, cout, repeats, k, stride in config:
+        for i in range(repeats):
+            layers.append(MBConv(cin, cout, expand, k, stride if i == 0 else 1))
+            cin = cout
+    layers += [nn.Conv2d(cin, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.SiLU(), nn.AdaptiveAvgPool2d(1),
+               nn.Flatten(), nn.Linear(1280, 1000)]
+    return nn.Sequential(*layers)
+
+
+BUILDERS = {"resnet18": _resnet18, "mobilenet_v3_small": _mobilenet_v3_small,
+            "convnext_small_layout": _convnext_small_layout, "efficientnet_b0_layout": _efficientnet_b0_layout}
 
 
 def export_cnn(name: str, path: str | Path, seed: int = 0) -> Path:

@@ -20,6 +20,8 @@ Growth rules, applied until nothing changes (docs/ort_cpu_rules.md, section 3):
   joins: a per-tensor range over a power rounds its small values to zero (``power_base``; rule 3.21);
 - a ``Mul`` by a constant per-channel vector read only by MatMul/Gemm (SmoothQuant's ``X / s``) never joins: its
   input would be quantized per tensor before the scaling that is there to fix the range (rule 3.22);
+- no node of a written-out erf GELU joins: onnxruntime fuses the five into one float ``Gelu`` only when all are
+  there (``onnxq/gelu_pattern.py``; rule 3.24);
 - the tail after the last weighted op (no seed downstream of it) stays float, and so does a Conv that feeds only
   that tail (a detection head; the planner takes it out of the seeds).
 """
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from onnxq.gelu_pattern import erf_gelu_nodes
 from onnxq.graph import GraphIndex, node_name
 from onnxq.rules import IntegerKernel, TargetRules
 
@@ -60,6 +63,7 @@ class _RegionBuilder:
         self.allowed = allowed
         self.region = IntegerRegion()
         self.graph_outputs = {o.name for o in graph.output}
+        self.gelu = erf_gelu_nodes(graph, index)  # fused whole by onnxruntime, so never split by the region
 
     def kernel(self, node: onnx.NodeProto) -> IntegerKernel | None:
         if node.domain not in ("", "ai.onnx"):
@@ -71,7 +75,7 @@ class _RegionBuilder:
         a quantized constant of the activations' type) and whose outputs are all used as data.
         """
         kernel = self.kernel(node)
-        if kernel is None or not self.allowed(node):
+        if kernel is None or not self.allowed(node) or node_name(node) in self.gelu:
             return False
         inputs = data_inputs(node, kernel)
         if self.rules.float_powers and node.op_type == "Mul" \

@@ -7,7 +7,8 @@ It also resolves ``Identity(initializer)``: torch's exporter de-duplicates equal
 two BatchNorms) into one initializer read through Identity nodes, which hides them from BatchNorm folding; and
 ``Reshape(initializer, initializer)``: paddle2onnx writes a Conv's bias as ``Add(Conv(x, W), Reshape(b, [1, C, 1, 1]))``
 (the squeeze-and-excitation Convs of PP-OCR's classifier), which hides the bias from bias folding and makes the
-planner take it for an activation.
+planner take it for an activation; and ``Transpose(initializer)``: torch's exporter with ``do_constant_folding=False``
+writes every ``nn.Linear`` as ``MatMul(x, Transpose(W))``, so no MatMul would have a constant weight to quantize.
 """
 
 from __future__ import annotations
@@ -60,6 +61,17 @@ def _folded_reshape(node: onnx.NodeProto, initializers: dict[str, onnx.TensorPro
         return None  # an invalid shape: leave the node for onnxruntime to report
 
 
+def _folded_transpose(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto],
+                      graph_inputs: set[str]) -> onnx.TensorProto | None:
+    if not node.input or node.input[0] not in initializers or node.input[0] in graph_inputs:
+        return None
+    data = numpy_helper.to_array(initializers[node.input[0]])
+    perm = next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"), None)
+    if perm is not None and sorted(perm) != list(range(data.ndim)):
+        return None  # an invalid permutation: leave the node for onnxruntime to report
+    return numpy_helper.from_array(np.ascontiguousarray(np.transpose(data, perm)))
+
+
 class ConstantsToInitializers(InPlacePass):
     name = "constants-to-initializers"
 
@@ -76,10 +88,11 @@ class ConstantsToInitializers(InPlacePass):
             if (node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.input[0] in initializers
                     and node.input[0] not in graph_inputs and node.output[0] not in graph_outputs):
                 tensor = initializers[node.input[0]]
-            if node.op_type == "Reshape" and node.domain in ("", "ai.onnx") and node.output[0] not in graph_outputs:
-                tensor = _folded_reshape(node, initializers, graph_inputs)
+            folds = {"Reshape": _folded_reshape, "Transpose": _folded_transpose}
+            if node.op_type in folds and node.domain in ("", "ai.onnx") and node.output[0] not in graph_outputs:
+                tensor = folds[node.op_type](node, initializers, graph_inputs)
                 if tensor is not None:
-                    reshaped_sources.update(node.input[:2])
+                    reshaped_sources.update(i for i in node.input if i)
             if tensor is None:
                 kept.append(node)
                 continue
@@ -93,6 +106,7 @@ class ConstantsToInitializers(InPlacePass):
             del graph.node[:]
             graph.node.extend(kept)
             read = set(GraphIndex.build(graph).consumers) | graph_outputs | graph_inputs  # subgraph readers too
-            remove_initializers(graph, reshaped_sources - read)  # no second copy of a reshaped weight
-        notes = [f"moved {moved} Constant/Identity/Reshape-of-initializer node(s) to initializers"] if moved else []
+            remove_initializers(graph, reshaped_sources - read)  # no second copy of a reshaped/transposed weight
+        notes = ([f"moved {moved} Constant/Identity/Reshape/Transpose-of-initializer node(s) to initializers"]
+                 if moved else [])
         return PassResult(model, bool(moved), notes)

@@ -10,9 +10,17 @@ the node unit fuses into ``QGemm``.
 
 Matched through graph edges: ``W`` is a 2-D initializer, ``b`` an initializer of ``N`` values (shape ``(N,)`` or
 ``(1, N)``, ``N`` the columns of ``W``), the Add is the MatMul's only reader and the MatMul writes no graph output;
-``A`` has rank 2 (from the shapes inferred so far, else from shape inference with the graph inputs pinned to the
+``A``'s rank is known (from the shapes inferred so far, else from shape inference with the graph inputs pinned to the
 deployment shape, ``QuantConfig.input_shapes``: PP-OCR's head reads a Reshape whose target shape is computed, so its
 rank is known only then; a rank does not depend on the input's sizes). Exact: ``Gemm(A, W, b) = A @ W + b``.
+
+An ``A`` of rank 3 or more (the (N, L, D) tokens of a transformer MLP, the (N, H, W, C) pixels of a ConvNeXt block) is
+read as (rows, K) through a Reshape to ``[-1, K]`` and the Gemm's (rows, N) output is reshaped back to ``A``'s
+leading dimensions followed by ``N``, taken from ``Shape(A)`` at run time (so any batch size still runs; onnxruntime
+folds the shape arithmetic away when the shapes are static). onnxruntime does the same reshaping itself for FP32
+(``MatMulAddFusion``), and after onnxq's Q/DQ it did it too, with the float bias that keeps the Gemm out of
+``QGemm``: a ConvNeXt-style model ran its MLPs as float Gemms that dequantized their weights on every run (0.64x
+FP32; docs/ort_cpu_rules.md 3.23).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxq.graph import GraphIndex, node_name
+from onnxq.graph import GraphIndex, default_opset, node_name
 from onnxq.passes.base import PassResult
 from onnxq.passes.rewrite import NodeRewritePass, Rewrite
 from onnxq.short_maps import InputShapes, deployment_shapes
@@ -69,14 +77,40 @@ class MatMulBiasToGemm(NodeRewritePass):
         if node.op_type != "MatMul":
             return None
         match = _bias_add(node, ctx.index)
-        if match is None or self._rank(node.input[0]) != 2:
+        rank = self._rank(node.input[0]) if match is not None else None
+        if match is None or rank is None or rank < 2:
             return None
         add, bias = match
         self._absorbed.add(node_name(add))
-        bias_name = ctx.constant(node_name(node), "bias", bias)
+        name = node_name(node)
+        bias_name = ctx.constant(name, "bias", bias)
         ctx.replaced.add(next(t for t in add.input if t != node.output[0]))
-        return [helper.make_node("Gemm", [node.input[0], node.input[1], bias_name], [add.output[0]],
-                                 name=node_name(node))]
+        if rank == 2:
+            return [helper.make_node("Gemm", [node.input[0], node.input[1], bias_name], [add.output[0]], name=name)]
+        return self._reshaped_gemm(node, add.output[0], bias_name, ctx)
+
+    def _reshaped_gemm(self, matmul: onnx.NodeProto, output: str, bias: str, ctx: Rewrite) -> list[onnx.NodeProto]:
+        """``Reshape(A, [-1, K]) -> Gemm -> Reshape`` back to ``A``'s leading dimensions and ``N``."""
+        assert self._model is not None
+        name = node_name(matmul)
+        rows, columns = (int(d) for d in ctx.index.initializers[matmul.input[1]].dims)
+        flat_shape = ctx.constant(name, "rows_shape", np.array([-1, rows], np.int64))
+        flat, product = ctx.name(name, "rows"), ctx.name(name, "gemm")
+        lead, shape = ctx.name(name, "lead_shape"), ctx.name(name, "out_shape")
+        nodes = [helper.make_node("Reshape", [matmul.input[0], flat_shape], [flat], name=ctx.name(name, "flatten")),
+                 helper.make_node("Gemm", [flat, matmul.input[1], bias], [product], name=name)]
+        if default_opset(self._model) >= 15:  # Shape's start/end attributes
+            nodes.append(helper.make_node("Shape", [matmul.input[0]], [lead], end=-1, name=ctx.name(name, "shape")))
+        else:
+            full = ctx.name(name, "in_shape")
+            starts = ctx.constant(name, "lead_start", np.array([0], np.int64))
+            ends = ctx.constant(name, "lead_end", np.array([-1], np.int64))
+            nodes += [helper.make_node("Shape", [matmul.input[0]], [full], name=ctx.name(name, "shape")),
+                      helper.make_node("Slice", [full, starts, ends], [lead], name=ctx.name(name, "lead"))]
+        width = ctx.constant(name, "columns", np.array([columns], np.int64))
+        nodes += [helper.make_node("Concat", [lead, width], [shape], axis=0, name=ctx.name(name, "out_shape")),
+                  helper.make_node("Reshape", [product, shape], [output], name=ctx.name(name, "unflatten"))]
+        return nodes
 
 
 def _bias_add(matmul: onnx.NodeProto, index: GraphIndex) -> tuple[onnx.NodeProto, np.ndarray] | None:

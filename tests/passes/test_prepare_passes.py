@@ -54,6 +54,32 @@ def test_scalar_list_constants_become_initializers():
     assert_equivalent(reference, result.model, rng_feeds(reference, {"x": (3, 2)}))
 
 
+def test_transposed_initializers_become_initializers():
+    """torch with ``do_constant_folding=False`` reads each Linear weight as ``Transpose(W)``: folded exactly (default
+    and explicit ``perm``), the (out, in) original dropped; an invalid ``perm`` is left for onnxruntime to report."""
+    w1, w2 = RNG.standard_normal((6, 4)).astype(np.float32), RNG.standard_normal((3, 6)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["w1_t"], ["w1"], name="t1"),
+             helper.make_node("Transpose", ["w2_t"], ["w2"], perm=[1, 0], name="t2"),
+             helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [init("w1_t", w1), init("w2_t", w2)])
+    model = make_model(graph, opset=13)
+    reference = make_model(model.graph, opset=13)
+    result = ConstantsToInitializers().call(model)
+    assert op_types(result.model) == ["MatMul", "MatMul"]
+    assert {i.name for i in result.model.graph.initializer} == {"w1", "w2"}
+    assert_equivalent(reference, result.model, rng_feeds(reference, {"x": (3, 4)}))
+    bad_graph = helper.make_graph([helper.make_node("Transpose", ["w1_t"], ["w1"], perm=[0, 0], name="t"),
+                                   helper.make_node("MatMul", ["x", "w1"], ["y"], name="fc")], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [init("w1_t", w1)])
+    bad = helper.make_model(bad_graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert not ConstantsToInitializers().call(bad).changed
+    assert op_types(bad) == ["Transpose", "MatMul"]
+
+
 def test_upgrade_opset_11_to_13_is_equivalent():
     model = opset11_model()
     reference = make_model(model.graph, opset=11)
