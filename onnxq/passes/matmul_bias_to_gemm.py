@@ -19,8 +19,8 @@ read as (rows, K) through a Reshape to ``[-1, K]`` and the Gemm's (rows, N) outp
 leading dimensions followed by ``N``, taken from ``Shape(A)`` at run time (so any batch size still runs; onnxruntime
 folds the shape arithmetic away when the shapes are static). onnxruntime does the same reshaping itself for FP32
 (``MatMulAddFusion``), and after onnxq's Q/DQ it did it too, with the float bias that keeps the Gemm out of
-``QGemm``: a ConvNeXt-style model ran its MLPs as float Gemms that dequantized their weights on every run (0.64x
-FP32; docs/ort_cpu_rules.md 3.23).
+``QGemm``: a ConvNeXt-style model ran its MLPs as float Gemms that dequantized their weights on every run (0.79x
+FP32 on one thread; docs/ort_cpu_rules.md 3.23).
 """
 
 from __future__ import annotations
