@@ -9,9 +9,11 @@
   depths 2-2-4-2): its MLPs are MatMul + bias Add on (N, H, W, C) tensors, as torch exports ``nn.Linear``.
 - ``efficientnet_b0_layout``: the EfficientNet-B0 layout (MBConv blocks with SiLU and squeeze-and-excitation gates,
   3x3 and 5x5 depthwise Convs, 1280-channel head).
+- ``shufflenet_v2_layout``: the ShuffleNetV2 1.0x layout (channel split, 3x3 depthwise branches, Concat, channel
+  shuffle as Reshape -> Transpose -> Reshape; widths 116-464).
 
 Written from the published architectures (He et al. 2015; Howard et al. 2019; Liu et al. 2022, "A ConvNet for the
-2020s"; Tan and Le 2019), not copied from torchvision.
+2020s"; Tan and Le 2019; Ma et al. 2018), not copied from torchvision.
 """
 
 from __future__ import annotations
@@ -170,8 +172,45 @@ def _efficientnet_b0_layout():
     return nn.Sequential(*layers)
 
 
+def _shufflenet_v2_layout():
+    torch, nn = _torch()
+
+    def conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1, relu: bool = True) -> list:
+        layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+        return layers + [nn.ReLU()] if relu else layers
+
+    class Unit(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            half, branch_in = cout // 2, cin if stride == 2 else cout // 2
+            self.stride = stride
+            self.left = nn.Sequential(*conv_bn(cin, cin, 3, 2, cin, relu=False), *conv_bn(cin, half)) \
+                if stride == 2 else None
+            self.right = nn.Sequential(*conv_bn(branch_in, half), *conv_bn(half, half, 3, stride, half, relu=False),
+                                       *conv_bn(half, half))
+
+        def forward(self, x):
+            if self.left is None:
+                kept, x = x.chunk(2, 1)
+                out = torch.cat([kept, self.right(x)], 1)
+            else:
+                out = torch.cat([self.left(x), self.right(x)], 1)
+            n, c, h, w = out.shape
+            return out.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)  # channel shuffle
+
+    layers: list = [*conv_bn(3, 24, 3, 2), nn.MaxPool2d(3, 2, 1)]
+    cin = 24
+    for cout, repeats in ((116, 4), (232, 8), (464, 4)):  # stage widths of the 1.0x model, table 5 of Ma et al.
+        for i in range(repeats):
+            layers.append(Unit(cin, cout, 2 if i == 0 else 1))
+            cin = cout
+    layers += [*conv_bn(cin, 1024), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1024, 1000)]
+    return nn.Sequential(*layers)
+
+
 BUILDERS = {"resnet18": _resnet18, "mobilenet_v3_small": _mobilenet_v3_small,
-            "convnext_small_layout": _convnext_small_layout, "efficientnet_b0_layout": _efficientnet_b0_layout}
+            "convnext_small_layout": _convnext_small_layout, "efficientnet_b0_layout": _efficientnet_b0_layout,
+            "shufflenet_v2_layout": _shufflenet_v2_layout}
 
 
 def export_cnn(name: str, path: str | Path, seed: int = 0) -> Path:

@@ -50,7 +50,8 @@ REAL_MODELS = {
 # held-out families with the real-model benchmark's own inputs (benchmarks/realdata.py: rendered pages, real sentences)
 BENCH_DATA = ("yolodoc", "minilm")
 REFERENCE = ("pointnext", "centerpoint", "bevfusion", "vit")
-TORCH_CNNS = ("resnet18", "mobilenet_v3_small", "convnext_small_layout", "efficientnet_b0_layout")
+TORCH_CNNS = ("resnet18", "mobilenet_v3_small", "convnext_small_layout", "efficientnet_b0_layout",
+              "shufflenet_v2_layout")
 
 
 @dataclass

@@ -13,6 +13,12 @@ slower than its float one; docs/ort_cpu_rules.md 3.9), and quantizing there woul
 feature map: the stem, the depthwise Convs and the one-input activations reading only float-prefix tensors stay
 float together. The prefix ends at the first dense Conv, pooling or multi-input op.
 
+A stem whose output a MaxPool pools (through its Relu/Clip; ShuffleNet's 3x3 stem to 24 channels) stays integer
+(rule 3.25): after a ``QLinearConv`` onnxruntime runs the uint8 MaxPool channels-last (``NhwcMaxPool``), but after a
+float Conv its QDQ propagation moves the Q in front of the MaxPool, which then runs uint8 channels-first (1351 us
+against 81 us float on the ShuffleNetV2 layout's 112x112 map; the whole model 1.22x -> 1.81x FP32 with the stem
+integer).
+
 Graph-only (no plan): the planner keeps these Convs float by default, and the HardSwish rewrite
 (passes/decompose_hard_activations.py) leaves the prefix's activations alone so MLAS fuses them into the Conv.
 """
@@ -57,7 +63,23 @@ def is_stem_conv(node: onnx.NodeProto, index: GraphIndex, max_channels: int) -> 
         return False
     strides = attr(node, "strides", [1] * (len(dims) - 2))
     growth = dims[0] / (dims[1] * float(np.prod(strides)))
-    return growth <= MAX_STEM_GROWTH and _reads_graph_input(node.input[0], index)
+    return (growth <= MAX_STEM_GROWTH and _reads_graph_input(node.input[0], index)
+            and not _pooled_by_maxpool(node, index))
+
+
+def _pooled_by_maxpool(node: onnx.NodeProto, index: GraphIndex) -> bool:
+    """A MaxPool reads ``node``'s output, directly or through single-reader Relu/Clip/LeakyRelu nodes."""
+    tensor = node.output[0]
+    for _ in range(4):
+        reader = index.only_consumer(tensor)
+        if reader is None:
+            return False
+        if reader.op_type == "MaxPool":
+            return True
+        if reader.op_type not in ("Relu", "Clip", "LeakyRelu") or not reader.output:
+            return False
+        tensor = reader.output[0]
+    return False
 
 
 def _reads_graph_input(tensor: str, index: GraphIndex, max_depth: int = 8) -> bool:

@@ -10,6 +10,9 @@
   (onnxq.scales.packing). The caller raises the opset beforehand (prepare) and :func:`required_versions` says
   which opset and IR version the inserted types need.
 - Bias stays float. Node order stays topological and deterministic.
+- A planned consumer that reads only the tensor's shape (``Shape``, ``Size``; the ort-cpu integer region lists every
+  reader of a tensor its producer writes in integer, rule 3.4) reads the QuantizeLinear's output, which has the same
+  shape: through a DQ onnxruntime would dequantize the whole tensor on every run just to take its shape (rule 3.26).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from onnxq.passes.base import InPlacePass, PassResult
 from onnxq.plan import QuantPlan, TensorPlan
 from onnxq.scales.packing import to_tensor_proto
 from onnxq.scales.types import QuantParams, ScaleTable
+
+#: ops whose output depends on their input's shape alone
+SHAPE_READERS = ("Shape", "Size")
 
 
 def broadcast_params(params: QuantParams, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -111,6 +117,7 @@ class InsertQDQ(InPlacePass):
             if params.blockwise:
                 axis["block_size"] = params.block_size
             dq_out = unique_name(taken, f"{base}_dequantized")
+            q_out = dq_out
             if tensor.role == "weight":
                 q_init = unique_name(taken, f"{base}_quantized")
                 w = index.array(tensor.name)
@@ -135,7 +142,8 @@ class InsertQDQ(InPlacePass):
                 if node.input[consumer.input_index] != tensor.name:
                     raise OnnxqError(f"plan is stale: input {consumer.input_index} of {consumer.node!r} is "
                                      f"{node.input[consumer.input_index]!r}, not {tensor.name!r}")
-                node.input[consumer.input_index] = dq_out
+                shape_only = node.op_type in SHAPE_READERS and node.domain in ("", "ai.onnx")
+                node.input[consumer.input_index] = q_out if shape_only else dq_out
         ordered = list(first)
         for node in graph.node:
             ordered.append(node)

@@ -28,6 +28,10 @@ def _dequantize(index: GraphIndex, dq: onnx.NodeProto) -> np.ndarray:
     return ((q - zp) * scale).astype(np.float32)
 
 
+def graph_outputs_of(graph: onnx.GraphProto) -> set[str]:
+    return {o.name for o in graph.output}
+
+
 class StripQDQ(InPlacePass):
     name = "strip-qdq"
 
@@ -48,6 +52,9 @@ class StripQDQ(InPlacePass):
             else:
                 raise OnnxqError(f"cannot strip DequantizeLinear {node.name!r}: its input is neither a "
                                  "QuantizeLinear nor a constant")
+        # a Shape/Size that reads a QuantizeLinear's output directly (onnxq's ort-cpu models) reads the float tensor
+        rename.update({n.output[0]: n.input[0] for n in graph.node
+                       if n.op_type == "QuantizeLinear" and n.output[0] not in graph_outputs_of(graph)})
         while any(v in rename for v in rename.values()):  # chains of Q/DQ pairs
             rename = {k: rename.get(v, v) for k, v in rename.items()}
         graph_outputs = {o.name for o in graph.output}

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxq.config import QuantConfig
 from onnxq.pipeline import quantize
 from onnxq.validate.latency import op_counts, optimized_model
-from tests.helpers import make_model
+from tests.helpers import make_model, run
 
 MS = "com.microsoft."
 
@@ -108,3 +108,65 @@ def test_a_stem_whose_output_outgrows_the_image_is_quantized():
                               [_weights(rng, "w", 64, 3, 7, 7), _weights(rng, "v", 16, 3, 3, 3)])
     index = GraphIndex.build(graph)
     assert not is_stem_conv(graph.node[0], index, 3) and is_stem_conv(graph.node[1], index, 3)
+
+
+def pooled_stem_model() -> onnx.ModelProto:
+    """ShuffleNet's start: Conv(3 -> 6, 3x3, stride 2) -> Relu -> MaxPool(3, stride 2) -> Conv 1x1 -> Relu -> the
+    channel shuffle written with shapes read at run time (Shape -> Gather -> Concat -> Reshape -> Transpose ->
+    Reshape) -> Conv 1x1 -> Flatten -> MatMul. The stem grows the image 0.5x, so only the MaxPool keeps it integer."""
+    rng = np.random.default_rng(4)
+    i64 = TensorProto.INT64
+    consts = {"zero": [0], "one": [1], "two": [2], "three": [3], "groups": [2], "half": [4], "flat": [8]}
+    inits = [_weights(rng, "w0", 6, 3, 3, 3), _weights(rng, "w1", 8, 6, 1, 1), _weights(rng, "w2", 8, 8, 1, 1),
+             _weights(rng, "wfc", 8 * 8 * 8, 5)]
+    inits += [helper.make_tensor(k, i64, [1], v) for k, v in consts.items()]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="stem", pads=[1] * 4, strides=[2, 2]),
+             helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+             helper.make_node("MaxPool", ["r0"], ["m"], name="pool", kernel_shape=[3, 3], pads=[1] * 4,
+                              strides=[2, 2]),
+             helper.make_node("Conv", ["m", "w1"], ["c1"], name="pw1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Shape", ["r1"], ["s"], name="shape"),
+             helper.make_node("Gather", ["s", "zero"], ["n"], name="n", axis=0),
+             helper.make_node("Gather", ["s", "two"], ["h"], name="h", axis=0),
+             helper.make_node("Gather", ["s", "three"], ["w"], name="w", axis=0),
+             helper.make_node("Concat", ["n", "groups", "half", "h", "w"], ["split_shape"], name="split_shape",
+                              axis=0),
+             helper.make_node("Concat", ["n", "flat", "h", "w"], ["merged_shape"], name="merged_shape", axis=0),
+             helper.make_node("Reshape", ["r1", "split_shape"], ["g"], name="split"),
+             helper.make_node("Transpose", ["g"], ["t"], name="shuffle", perm=[0, 2, 1, 3, 4]),
+             helper.make_node("Reshape", ["t", "merged_shape"], ["sh"], name="merge"),
+             helper.make_node("Conv", ["sh", "w2"], ["c2"], name="pw2"),
+             helper.make_node("Flatten", ["c2"], ["f"], name="flatten"),
+             helper.make_node("MatMul", ["f", "wfc"], ["y"], name="fc")]
+    graph = helper.make_graph(nodes, "pooled_stem",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return make_model(graph)
+
+
+def test_a_pooled_stem_stays_integer_so_the_maxpool_runs_channels_last():
+    """After a float stem onnxruntime moves the Q in front of the MaxPool and runs it uint8 channels-first (the
+    ShuffleNetV2 layout: 1351 us against 81 us float); after a QLinearConv it runs ``NhwcMaxPool``."""
+    from onnxq.float_nodes import is_stem_conv
+    from onnxq.graph import GraphIndex
+
+    model = pooled_stem_model()
+    assert not is_stem_conv(model.graph.node[0], GraphIndex.build(model.graph), 3)
+    counts = op_counts(optimized_model(_quantize(model).model))
+    assert counts.get(MS + "QLinearConv") == 3 and _float_convs(counts) == 0
+    assert counts.get(MS + "NhwcMaxPool") == 1 and "MaxPool" not in counts, counts
+
+
+def test_shape_readers_take_the_quantized_tensor_not_a_dequantized_copy():
+    """The channel shuffle's Shape reads the uint8 tensor the QLinearConv writes: no DequantizeLinear is left in
+    the optimized graph just to feed it, and the model computes the same function as through a DQ."""
+    model = pooled_stem_model()
+    result = _quantize(model)
+    shape = next(n for n in result.model.graph.node if n.op_type == "Shape")
+    producer = next(n for n in result.model.graph.node if shape.input[0] in n.output)
+    assert producer.op_type == "QuantizeLinear"
+    assert op_counts(optimized_model(result.model)).get("DequantizeLinear", 0) == 0
+    x = {"x": np.random.default_rng(6).standard_normal((1, 3, 32, 32)).astype(np.float32)}
+    ref, got = run(model, x)[0], run(result.model, x)[0]
+    assert got.shape == ref.shape and 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2)) > 25
