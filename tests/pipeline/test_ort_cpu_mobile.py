@@ -170,3 +170,18 @@ def test_shape_readers_take_the_quantized_tensor_not_a_dequantized_copy():
     x = {"x": np.random.default_rng(6).standard_normal((1, 3, 32, 32)).astype(np.float32)}
     ref, got = run(model, x)[0], run(result.model, x)[0]
     assert got.shape == ref.shape and 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2)) > 25
+
+
+def test_stripping_the_qdq_restores_the_float_graph_with_shape_readers():
+    """``--requantize`` strips Q/DQ first: a Shape reading a QuantizeLinear's output reads the float tensor again
+    (the weights stay what their int8 values dequantize to, so the function is FP32's up to weight rounding)."""
+    from onnxq.passes.strip_qdq import StripQDQ
+
+    model = pooled_stem_model()
+    stripped = StripQDQ().run(_quantize(model).model).model
+    assert not {"QuantizeLinear", "DequantizeLinear"} & {n.op_type for n in stripped.graph.node}
+    x = {"x": np.random.default_rng(7).standard_normal((1, 3, 32, 32)).astype(np.float32)}
+    shape = next(n for n in stripped.graph.node if n.op_type == "Shape")
+    assert next(n for n in stripped.graph.node if shape.input[0] in n.output).op_type == "Relu"
+    ref, got = run(model, x)[0], run(stripped, x)[0]
+    assert 10 * np.log10(np.sum(ref ** 2) / np.sum((ref - got) ** 2)) > 30
