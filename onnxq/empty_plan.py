@@ -12,21 +12,11 @@ from collections import Counter
 
 import onnx
 
-from onnxq.graph import node_name
+from onnxq.graph import node_name, subgraphs
 from onnxq.ops import WEIGHTED_OPS
 
 #: control-flow nodes named in the message (the rest are counted)
 SHOWN = 3
-
-
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    found: list[onnx.GraphProto] = []
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            found.append(attr.g)
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            found.extend(attr.graphs)
-    return found
 
 
 def _weighted(graph: onnx.GraphProto) -> Counter[str]:
@@ -35,7 +25,7 @@ def _weighted(graph: onnx.GraphProto) -> Counter[str]:
     for node in graph.node:
         if node.op_type in WEIGHTED_OPS and node.domain in ("", "ai.onnx"):
             counts[node.op_type] += 1
-        for sub in _subgraphs(node):
+        for sub in subgraphs(node):
             counts += _weighted(sub)
     return counts
 
@@ -49,7 +39,7 @@ def explain_empty_plan(model: onnx.ModelProto) -> str:
     main: Counter[str] = Counter(n.op_type for n in model.graph.node
                                  if n.op_type in WEIGHTED_OPS and n.domain in ("", "ai.onnx"))
     holders = [(node, counts) for node in model.graph.node
-               if (counts := sum((_weighted(g) for g in _subgraphs(node)), Counter()))]
+               if (counts := sum((_weighted(g) for g in subgraphs(node)), Counter()))]
     if main:
         return (f"nothing to quantize: none of the main graph's weighted nodes ({_listed(main)}) is planned for "
                 "quantization (check --exclude-op/--exclude-node, and that their weights are constants)")

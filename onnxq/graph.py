@@ -486,24 +486,28 @@ def node_reads(node: onnx.NodeProto) -> set[str]:
     return {name for name in node.input if name} | subgraph_outer_references(node)
 
 
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """A node's subgraphs (If branches, Loop/Scan bodies), in attribute order."""
+    found: list[onnx.GraphProto] = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            found.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            found.extend(attr.graphs)
+    return found
+
+
 def subgraph_outer_references(node: onnx.NodeProto) -> set[str]:
     """Names a node's subgraphs (If/Loop/Scan bodies) read from the enclosing scope."""
     names: set[str] = set()
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            graphs = [attr.g]
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            graphs = list(attr.graphs)
-        else:
-            continue
-        for sub in graphs:
-            local = {i.name for i in sub.input} | {i.name for i in sub.initializer}
-            for inner in sub.node:
-                local.update(inner.output)
-            for inner in sub.node:
-                names.update(n for n in inner.input if n and n not in local)
-                names.update(n for n in subgraph_outer_references(inner) if n not in local)
-            names.update(o.name for o in sub.output if o.name not in local)
+    for sub in subgraphs(node):
+        local = {i.name for i in sub.input} | {i.name for i in sub.initializer}
+        for inner in sub.node:
+            local.update(inner.output)
+        for inner in sub.node:
+            names.update(n for n in inner.input if n and n not in local)
+            names.update(n for n in subgraph_outer_references(inner) if n not in local)
+        names.update(o.name for o in sub.output if o.name not in local)
     return names
 
 
