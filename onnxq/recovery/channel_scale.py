@@ -9,6 +9,13 @@ output. Otherwise (HardSwish, Clip/ReLU6, Sigmoid-weighted SiLU, several consume
 ``1 / s`` is inserted in front of the consumer alone -- exact for any producer, and fused by TensorRT into the
 pointwise epilogue that precedes the QuantizeLinear.
 
+A third way serves a runtime that quantizes every tensor between integer kernels (ort-cpu, where that Mul would read
+an already quantized tensor): a HardSwish written as ``x * Clip(x + c, 0, 6)`` (the ort-cpu rewrite of
+``passes/decompose_hard_activations.py``) after a Conv. The Conv's rows are divided by ``s`` (its output ``x' =
+x / s``) and the ``Add(x, c)`` becomes a depthwise 1x1 ``Conv(x', weight s, bias c)`` that gives back ``x + c``: the
+product ``x' * Clip(x + c, 0, 6)`` is the HardSwish output divided by ``s``, and every tensor on the way is either
+equalized (``x'``, the product) or in a fixed range (the Clip). ``hardswish_producer`` checks it on graph edges.
+
 The per-channel ranges that choose ``s`` come from one float pass over a few calibration batches
 (:func:`channel_statistics`).
 """
@@ -129,6 +136,58 @@ def foldable_producer(index: GraphIndex, tensor: str, channels: int) -> onnx.Nod
     return None
 
 
+def hardswish_producer(index: GraphIndex, tensor: str, channels: int) -> tuple[onnx.NodeProto, onnx.NodeProto] | None:
+    """The (Conv, Add) of ``tensor = x * Clip(Add(x, c), 0, hi)`` with ``x`` written by a Conv of ``channels`` output
+    channels and read by the Add and the Mul alone, each intermediate (``tensor`` too) read once, ``c`` a constant
+    scalar; or None."""
+    mul = index.producer.get(tensor)
+    if index.only_consumer(tensor) is None or mul is None or mul.op_type != "Mul" \
+            or mul.domain not in ("", "ai.onnx") or len(mul.input) != 2:
+        return None
+    for x, gate in ((mul.input[0], mul.input[1]), (mul.input[1], mul.input[0])):
+        clip = index.producer.get(gate)
+        if clip is None or clip.op_type != "Clip" or index.only_consumer(gate) is not mul:
+            continue
+        add = index.producer.get(clip.input[0])
+        if add is None or add.op_type != "Add" or x not in add.input or index.only_consumer(clip.input[0]) is not clip:
+            continue
+        shift = add.input[1] if add.input[0] == x else add.input[0]
+        readers = {node_name(n) for n, _ in index.consumers.get(x, [])}
+        conv = foldable_producer(index, x, channels) if readers == {node_name(add), node_name(mul)} else None
+        if conv is None and index.producer.get(x) is not None and index.producer[x].op_type == "Conv" \
+                and readers == {node_name(add), node_name(mul)} and x not in index.graph_outputs:
+            conv = _plain_conv(index, index.producer[x], channels)
+        if conv is not None and index.is_initializer(shift) and index.array(shift).size == 1:
+            return conv, add
+    return None
+
+
+def _plain_conv(index: GraphIndex, node: onnx.NodeProto, channels: int) -> onnx.NodeProto | None:
+    """``node``, a Conv whose constant weight has ``channels`` output rows (and a constant bias, if any), or None."""
+    ok = (index.is_initializer(node.input[1]) and index.array(node.input[1]).shape[0] == channels
+          and (len(node.input) < 3 or not node.input[2] or index.is_initializer(node.input[2])))
+    return node if ok else None
+
+
+def _rescale_through_hardswish(model: onnx.ModelProto, index: GraphIndex, conv: onnx.NodeProto, add: onnx.NodeProto,
+                               scale: np.ndarray, rank: int) -> None:
+    """Divide ``conv``'s rows by ``scale`` and make ``add`` a depthwise 1x1 Conv(x', scale, c) = x + c."""
+    _scale_conv_rows(model, index, conv, 1.0 / scale)
+    x = conv.output[0]
+    shift = add.input[1] if add.input[0] == x else add.input[0]
+    taken = all_names(model.graph)
+    base = node_name(add)
+    weight, bias = unique_name(taken, f"{base}_scale"), unique_name(taken, f"{base}_shift")
+    model.graph.initializer.extend([
+        numpy_helper.from_array(scale.astype(np.float32).reshape((scale.size,) + (1,) * (rank - 1)), weight),
+        numpy_helper.from_array(np.full(scale.size, float(index.array(shift).reshape(-1)[0]), np.float32), bias)])
+    replacement = helper.make_node("Conv", [x, weight, bias], list(add.output), name=unique_name(taken, base),
+                                   group=int(scale.size), kernel_shape=[1] * (rank - 2))
+    position = list(model.graph.node).index(add)
+    model.graph.node.remove(add)
+    model.graph.node.insert(position, replacement)
+
+
 def rescale_input(model: onnx.ModelProto, target: ChannelTarget, scale: np.ndarray, rank: int,
                   index: GraphIndex | None = None) -> str:
     """Make the consumer read ``tensor / scale`` (its weights must be multiplied by ``scale`` by the caller);
@@ -142,6 +201,10 @@ def rescale_input(model: onnx.ModelProto, target: ChannelTarget, scale: np.ndarr
     if producer is not None:
         _scale_conv_rows(model, index, producer, inv)
         return "folded"
+    through = hardswish_producer(index, target.tensor, scale.size) if target.axis == 1 else None
+    if through is not None:
+        _rescale_through_hardswish(model, index, through[0], through[1], scale, rank)
+        return "hardswish"
     consumer = next(n for n in model.graph.node if (n.name or n.output[0]) == target.node)
     shape = [scale.size] + [1] * (rank - 1 - (target.axis % rank)) if target.axis >= 0 else [scale.size]
     factors = inv.astype(np.float32).reshape(shape)

@@ -38,8 +38,11 @@ GATE_PREFIX = "onnxq_gate"
 
 
 def gated_units(plan: QuantPlan) -> list[str]:
-    """The plan's quantized nodes, in graph order: the units a gate switches."""
-    return [d.node for d in plan.nodes if d.quantized]
+    """The plan's quantized nodes that read a planned tensor, in plan order: the units a gate switches. A node
+    quantized only as part of its producer's node unit (an ort-cpu Relu/Clip absorbed into a Conv, whose Q sits on
+    its output and is switched with the readers of that output) has no input of its own to gate."""
+    readers = {c.node for tensor in plan.tensors.values() for c in tensor.consumers}
+    return [d.node for d in plan.nodes if d.quantized and d.node in readers]
 
 
 def build_gated_model(prepared: onnx.ModelProto, plan: QuantPlan, scales: ScaleTable) -> tuple[onnx.ModelProto,
