@@ -95,3 +95,19 @@ def test_equalization_repairs_the_fragile_node():
     report, _ = analyze(calibrated, batches(2, seed=2))
     plain, _ = analyze(calibrate_model(fragile_chain(), batches(4, seed=1), FRAGILE_CONFIG), batches(2, seed=2))
     assert report.all_quantized_sqnr > plain.all_quantized_sqnr + 10
+
+
+def test_ort_cpu_plan_with_absorbed_activations():
+    """On ort-cpu a Clip absorbed into its producer's node unit is a quantized node with no input of its own to
+    gate (PP-PicoDet's HardSwish rewrites made ``onnxq sensitivity --target ort-cpu`` fail with a KeyError): the
+    ranked nodes are those that read a planned tensor, each measured."""
+    from tests.recovery.test_equalize_hardswish import _batches, pointwise_hardswish_depthwise
+
+    config = QuantConfig(target="ort-cpu")
+    calibrated = calibrate_model(pointwise_hardswish_depthwise(), _batches(4, 1), config)
+    absorbed = [d.node for d in calibrated.plan.nodes if d.quantized and "fused into" in d.reason]
+    assert absorbed == ["hs_clip"]
+    report, _ = analyze(calibrated, _batches(2, 2), options=SensitivityOptions(exhaustive=True))
+    assert "hs_clip" not in {n.node for n in report.nodes}
+    assert {"pw1", "dw"} <= {n.node for n in report.nodes}
+    assert all(np.isfinite(n.sqnr_only_quantized) for n in report.nodes)
