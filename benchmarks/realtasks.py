@@ -16,6 +16,8 @@
 - ``ppdet``: DB text boxes (``realdata_ppocr.db_boxes``) matched one-to-one at IoU >= 0.5 between FP32 and quantized,
   F1 as for ``det``; also the IoU of the two binarised maps (probability > 0.3).
 - ``pprec``: greedy CTC over (N, T, C) scores, string agreement as for ``rec``.
+- ``picodet``: PicoDet decoding of all eight outputs (``realdata_picodet.decode``: per-class score > 0.4, NMS 0.5),
+  detections matched one-to-one at IoU >= 0.5 within a class; no ground truth (its CDLA classes are not the pages').
 - ``yolodoc``: YOLOv8 decoding (``realdata_yolodoc.decode``: score > 0.3, NMS 0.45), detections matched one-to-one at
   IoU >= 0.5 with the same class, F1 as for ``det``.
 - ``minilm``: semantic search over the evaluation sentences: each sentence's nearest other sentence by cosine of the
@@ -179,6 +181,12 @@ class TaskAgreement:
         self.gt_total += len(truth)
         self.seen += 1
 
+    def add_outputs(self, ref: list[np.ndarray], quant: list[np.ndarray]) -> None:
+        """One batch of a model whose task needs every output (``picodet``: eight per-stride heads, a batch of one)."""
+        from realdata_picodet import decode
+
+        self._add_boxes(decode(ref), decode(quant))
+
     def add(self, ref: np.ndarray, quant: np.ndarray, images: np.ndarray | None = None) -> None:
         """One batch of the model's first output, FP32 and quantized; ``images``: the batch's input (det: splits the
         error between padding and image anchors)."""
@@ -272,7 +280,9 @@ class TaskAgreement:
         out = {"fp32_accuracy": self.ref_correct / gt, "quant_accuracy": self.quant_correct / gt}
         if self.model == "minilm":
             return self._search_result()
-        if self.model in ("det", "ppdet", "yolodoc"):
+        if self.model == "picodet":  # no labels in CDLA's classes: agreement with FP32 only
+            out = {"fp32_accuracy": None, "quant_accuracy": None}
+        if self.model in ("det", "ppdet", "yolodoc", "picodet"):
             out["agreement"] = 2 * self.n_matched / max(self.n_ref + self.n_quant, 1)
             out["agreement_name"] = "det F1 vs FP32"
             if self.model == "ppdet":
