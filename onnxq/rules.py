@@ -97,7 +97,8 @@ class TargetRules:
     #: one-input activations right after them (onnxq.float_nodes.py); 0: none
     float_stem_channels: int = 0
     #: depthwise-input equalization (onnxq/recovery/equalization.py) may put its division in a Mul after a
-    #: non-homogeneous activation; False: only where it folds into the producing Conv
+    #: non-homogeneous activation; False: only where it folds into the producing Conv, or through a written-out
+    #: HardSwish where the input's per-tensor step would ruin the depthwise Conv (docs/ort_cpu_rules.md 3.27)
     equalize_through_activations: bool = True
     #: clamp calibrated ranges of pre-activation tensors to where the activation saturates (onnxq/activation_bounds.py)
     narrow_activation_ranges: bool = False
