@@ -120,6 +120,9 @@ def validation_lines(report: ComparisonReport, worst: int = 5) -> list[str]:
         lines.append(f"  {name:<{col}} {o.sqnr_db:8.2f} {o.cosine:9.6f} {o.mae:10.4g} {o.max_abs_error:10.4g}")
     if report.token_rows:
         lines.append(f"  ({report.token_rows})")
+    if report.layers_left_out:
+        lines.append(f"  {report.layers_left_out} shared tensor name(s) left out of the per-layer list: the float "
+                     "rewrites (equalization, the HardSwish 1/6 fold) changed what they hold")
     if report.layers:
         lines.append(f"  lowest-SQNR layers (of {len(report.layers)}):")
         layers = report.worst_layers(worst)

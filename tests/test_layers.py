@@ -38,6 +38,7 @@ LAYERS = {
     "onnxq.scales": 4, "onnxq.activation_bounds": 4, "onnxq.validate": 4, "onnxq.report": 4,
     "onnxq.passes": 5, "onnxq.insert": 5,
     "onnxq.pipeline": 6, "onnxq.dynamic": 6, "onnxq.recovery": 6, "onnxq.scales.qdq_keys": 6,
+    "onnxq.rewritten_tensors": 6,
     "onnxq.handoff_report": 7, "onnxq.inspect_model": 7, "onnxq.trt": 7, "onnxq.qat": 7, "onnxq.models": 7,
     "onnxq.compare": 7, "onnxq.distributed": 7,
     "onnxq.commands": 8, "onnxq.cli": 8, "onnxq": 8,

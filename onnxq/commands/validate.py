@@ -43,7 +43,13 @@ def run(args: argparse.Namespace) -> int:
     reference = load_model(args.reference)
     quantized = load_model(args.quantized)
     data = BatchSource(reference, args.data, max_batches=args.batches)
-    report = compare_models(reference, quantized, data, per_layer=args.per_layer)
+    skip: set[str] = set()
+    if args.per_layer:
+        from onnxq.rewritten_tensors import rewritten_tensors
+        from onnxq.validate.compare import shared_layer_tensors
+
+        skip = rewritten_tensors(reference, quantized, next(iter(data)), shared_layer_tensors(reference, quantized))
+    report = compare_models(reference, quantized, data, per_layer=args.per_layer, skip_layers=skip)
     lines, payload = validation_lines(report, worst=10), report.as_dict()
     if settings is not None:
         from onnxq.validate.latency import measure_latency

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 
 from onnxq.data import Batch, BatchSource, DataSource, model_inputs
@@ -48,6 +49,8 @@ class ComparisonReport:
     batches: int = 0
     #: which rows were compared when a masked transformer's padding tokens were left out (None: every row)
     token_rows: str | None = None
+    #: shared tensor names left out of ``layers`` because the float rewrites changed what they hold
+    layers_left_out: int = 0
 
     @property
     def min_sqnr_db(self) -> float:
@@ -58,7 +61,8 @@ class ComparisonReport:
 
     def as_dict(self) -> dict:
         return {"batches": self.batches, "outputs": [o.as_dict() for o in self.outputs],
-                "layers": [m.as_dict() for m in self.layers], "token_rows": self.token_rows}
+                "layers": [m.as_dict() for m in self.layers], "token_rows": self.token_rows,
+                "layers_left_out": self.layers_left_out}
 
 
 def _json_float(x: float) -> float | str:
@@ -79,11 +83,13 @@ def shared_layer_tensors(reference: onnx.ModelProto, quantized: onnx.ModelProto)
 
 def compare_models(reference: onnx.ModelProto | str, quantized: onnx.ModelProto | str,
                    data: DataSource | Iterable[Batch] | str | os.PathLike, *, per_layer: bool = False,
-                   progress: Callable[[int], None] | None = None, skip_padding: bool = True) -> ComparisonReport:
+                   progress: Callable[[int], None] | None = None, skip_padding: bool = True,
+                   skip_layers: Collection[str] = ()) -> ComparisonReport:
     """Per-output (and optionally per-layer) SQNR, cosine, MAE and max error of ``quantized`` against ``reference``.
 
     ``skip_padding``: tensors with token rows of a masked transformer are compared at its real tokens only
-    (:mod:`onnxq.padding_rows`): the padding rows are values nothing reads."""
+    (:mod:`onnxq.padding_rows`): the padding rows are values nothing reads. ``skip_layers``: shared tensor names not
+    to compare (:mod:`onnxq.rewritten_tensors`: names whose values a float rewrite changed)."""
     reference, quantized = _as_model(reference), _as_model(quantized)
     ref_inputs = [s.name for s in model_inputs(reference)]
     q_inputs = [s.name for s in model_inputs(quantized)]
@@ -95,18 +101,25 @@ def compare_models(reference: onnx.ModelProto | str, quantized: onnx.ModelProto 
         raise OnnxqError(f"the models have different outputs: {ref_outs} vs {q_outs}")
     if isinstance(data, (str, os.PathLike)):
         data = BatchSource(reference, data)
-    layers = shared_layer_tensors(reference, quantized) if per_layer else []
+    shared = shared_layer_tensors(reference, quantized) if per_layer else []
+    layers = [name for name in shared if name not in skip_layers]
     reader = ActivationReader(reference, ref_outs + layers, skip_padding=skip_padding)
     q_session = make_session(quantized, outputs=layers)
     names = ref_outs + layers
     q_pos = {name: i for i, name in enumerate(output_names(q_session))}
     accs = {n: ErrorAccumulator() for n in names}
+    layer_set, dropped = set(layers), set()
     batches = 0
     with stage("per-layer validation" if per_layer else "validation", total=total_of(data), unit="batch") as advance:
         for batches, batch in enumerate(data, start=1):
             ref, valid = reader.read_rows(batch, f"batch {batches} (FP32 model)")
             got = run_batch(q_session, batch, f"batch {batches} (quantized model)")
             for name in names:
+                if name in dropped:
+                    continue
+                if name in layer_set and np.shape(ref[name]) != np.shape(got[q_pos[name]]):
+                    dropped.add(name)  # a rewrite changed its shape (ort-cpu pads depthwise channel groups)
+                    continue
                 accs[name].add(reader.select(name, ref[name], valid), reader.select(name, got[q_pos[name]], valid))
             advance()
             if progress is not None:
@@ -115,7 +128,8 @@ def compare_models(reference: onnx.ModelProto | str, quantized: onnx.ModelProto 
         raise OnnxqError("the validation data holds no batches")
     return ComparisonReport(
         outputs=[OutputMetrics.of(n, accs[n]) for n in ref_outs],
-        layers=[OutputMetrics.of(n, accs[n]) for n in layers],
+        layers=[OutputMetrics.of(n, accs[n]) for n in layers if n not in dropped],
         batches=batches,
         token_rows=reader.note("the comparison"),
+        layers_left_out=len(shared) - len(layers) + len(dropped),
     )
