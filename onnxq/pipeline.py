@@ -59,13 +59,14 @@ from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_targe
 from onnxq.recovery.replay import replay_rewrites
 from onnxq.recovery.stage import equalize, recover, uses_gptq
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
+from onnxq.rewritten_tensors import rewritten_tensors
 from onnxq.rules import TARGET_RULES
 from onnxq.runtime import make_session, run_batch
 from onnxq.scales.compute import clipped_fractions, compute_scales
 from onnxq.scales.importer import ScaleFileImporter
 from onnxq.scales.types import ScaleTable
 from onnxq.short_maps import short_map_depthwise
-from onnxq.validate.compare import compare_models
+from onnxq.validate.compare import compare_models, shared_layer_tensors
 from onnxq.validate.latency import LatencySettings, measure_latency
 
 log = logging.getLogger(__name__)
@@ -471,7 +472,9 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             # the float model (a re-quantized input: its float form); never None when val is given
             reference = prepared if float_reference is None else float_reference
             val_data = data_source(reference, val, replace(config, calib_batches=None))
-            report.validation = compare_models(reference, quantized, val_data, per_layer=per_layer)
+            skip = rewritten_tensors(reference, quantized, next(iter(val_data)),
+                                     shared_layer_tensors(reference, quantized)) if per_layer else set()
+            report.validation = compare_models(reference, quantized, val_data, per_layer=per_layer, skip_layers=skip)
         if latency is not None:
             with clock("latency"):
                 batch = next(iter(data_source(reference, val, replace(config, calib_batches=None))))

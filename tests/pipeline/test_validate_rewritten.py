@@ -55,3 +55,13 @@ def test_a_graph_without_float_rewrites_keeps_every_name():
     quantized = quantize(model, calib=[_batch(i) for i in range(4)], config=plain).model
     shared = shared_layer_tensors(model, quantized)
     assert shared and rewritten_tensors(model, quantized, _batch(1), shared) == set()
+
+
+def test_quantize_val_per_layer_leaves_them_out_too():
+    model = mobile_model(4)
+    result = quantize(model, calib=[_batch(i) for i in range(4)], config=QuantConfig(target="ort-cpu"),
+                      val=[_batch(10), _batch(11)], per_layer=True)
+    validation = result.report.validation
+    listed = {m.name for m in validation.layers}
+    assert validation.layers_left_out > 0 and listed and {"h0", "h1", "h2", "gate", "se"}.isdisjoint(listed)
+    assert min(m.sqnr_db for m in validation.layers) > 0
