@@ -66,7 +66,7 @@ from onnxq.scales.compute import clipped_fractions, compute_scales
 from onnxq.scales.importer import ScaleFileImporter
 from onnxq.scales.types import ScaleTable
 from onnxq.short_maps import short_map_depthwise
-from onnxq.validate.compare import compare_models, shared_layer_tensors
+from onnxq.validate.compare import compare_models
 from onnxq.validate.latency import LatencySettings, measure_latency
 
 log = logging.getLogger(__name__)
@@ -472,8 +472,7 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             # the float model (a re-quantized input: its float form); never None when val is given
             reference = prepared if float_reference is None else float_reference
             val_data = data_source(reference, val, replace(config, calib_batches=None))
-            skip = rewritten_tensors(reference, quantized, next(iter(val_data)),
-                                     shared_layer_tensors(reference, quantized)) if per_layer else set()
+            skip = rewritten_tensors(reference, quantized, next(iter(val_data))) if per_layer else set()
             report.validation = compare_models(reference, quantized, val_data, per_layer=per_layer, skip_layers=skip)
         if latency is not None:
             with clock("latency"):

@@ -18,6 +18,7 @@ from onnxq.data import Batch
 from onnxq.errors import OnnxqError
 from onnxq.passes.strip_qdq import StripQDQ
 from onnxq.runtime import make_session, output_names, run_batch
+from onnxq.validate.compare import shared_layer_tensors
 from onnxq.validate.metrics import ErrorAccumulator
 
 #: the float twin keeps every unrewritten tensor far above this against FP32 (only its int8 weights differ: 30-60 dB
@@ -25,10 +26,11 @@ from onnxq.validate.metrics import ErrorAccumulator
 REWRITTEN_SQNR_DB = 20.0
 
 
-def rewritten_tensors(reference: onnx.ModelProto, quantized: onnx.ModelProto, batch: Batch,
-                      names: list[str]) -> set[str]:
-    """Those of ``names`` whose values in ``quantized``'s float twin differ from ``reference``'s on ``batch`` by more
-    than weight rounding; empty when the Q/DQ cannot be stripped (a QDQ model not in onnxq's form)."""
+def rewritten_tensors(reference: onnx.ModelProto, quantized: onnx.ModelProto, batch: Batch) -> set[str]:
+    """The shared tensor names (:func:`onnxq.validate.compare.shared_layer_tensors`) whose values in ``quantized``'s
+    float twin differ from ``reference``'s on ``batch`` by more than weight rounding; empty when the Q/DQ cannot be
+    stripped (a QDQ model not in onnxq's form)."""
+    names = shared_layer_tensors(reference, quantized)
     if not names:
         return set()
     try:

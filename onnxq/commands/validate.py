@@ -46,9 +46,8 @@ def run(args: argparse.Namespace) -> int:
     skip: set[str] = set()
     if args.per_layer:
         from onnxq.rewritten_tensors import rewritten_tensors
-        from onnxq.validate.compare import shared_layer_tensors
 
-        skip = rewritten_tensors(reference, quantized, next(iter(data)), shared_layer_tensors(reference, quantized))
+        skip = rewritten_tensors(reference, quantized, next(iter(data)))
     report = compare_models(reference, quantized, data, per_layer=args.per_layer, skip_layers=skip)
     lines, payload = validation_lines(report, worst=10), report.as_dict()
     if settings is not None:

@@ -28,10 +28,6 @@ def _dequantize(index: GraphIndex, dq: onnx.NodeProto) -> np.ndarray:
     return ((q - zp) * scale).astype(np.float32)
 
 
-def graph_outputs_of(graph: onnx.GraphProto) -> set[str]:
-    return {o.name for o in graph.output}
-
-
 class StripQDQ(InPlacePass):
     name = "strip-qdq"
 
@@ -53,11 +49,11 @@ class StripQDQ(InPlacePass):
                 raise OnnxqError(f"cannot strip DequantizeLinear {node.name!r}: its input is neither a "
                                  "QuantizeLinear nor a constant")
         # a Shape/Size that reads a QuantizeLinear's output directly (onnxq's ort-cpu models) reads the float tensor
+        graph_outputs = {o.name for o in graph.output}
         rename.update({n.output[0]: n.input[0] for n in graph.node
-                       if n.op_type == "QuantizeLinear" and n.output[0] not in graph_outputs_of(graph)})
+                       if n.op_type == "QuantizeLinear" and n.output[0] not in graph_outputs})
         while any(v in rename for v in rename.values()):  # chains of Q/DQ pairs
             rename = {k: rename.get(v, v) for k, v in rename.items()}
-        graph_outputs = {o.name for o in graph.output}
         kept = [n for n in graph.node if n.op_type not in QDQ_OPS]
         for node in kept:
             for i, name in enumerate(node.input):

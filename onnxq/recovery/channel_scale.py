@@ -123,9 +123,7 @@ def foldable_producer(index: GraphIndex, tensor: str, channels: int) -> onnx.Nod
         if node is None or index.only_consumer(seen) is None or node.domain not in ("", "ai.onnx"):
             return None
         if node.op_type == "Conv":
-            ok = (index.is_initializer(node.input[1]) and index.array(node.input[1]).shape[0] == channels
-                  and (len(node.input) < 3 or not node.input[2] or index.is_initializer(node.input[2])))
-            return node if ok else None
+            return _constant_conv(index, node, channels)
         if node.op_type not in HOMOGENEOUS_OPS:
             return None
         if node.op_type == "PRelu":
@@ -152,17 +150,18 @@ def hardswish_producer(index: GraphIndex, tensor: str, channels: int) -> tuple[o
         if add is None or add.op_type != "Add" or x not in add.input or index.only_consumer(clip.input[0]) is not clip:
             continue
         shift = add.input[1] if add.input[0] == x else add.input[0]
+        producer = index.producer.get(x)
         readers = {node_name(n) for n, _ in index.consumers.get(x, [])}
-        conv = foldable_producer(index, x, channels) if readers == {node_name(add), node_name(mul)} else None
-        if conv is None and index.producer.get(x) is not None and index.producer[x].op_type == "Conv" \
-                and readers == {node_name(add), node_name(mul)} and x not in index.graph_outputs:
-            conv = _plain_conv(index, index.producer[x], channels)
+        if producer is None or producer.op_type != "Conv" or producer.domain not in ("", "ai.onnx") \
+                or readers != {node_name(add), node_name(mul)} or x in index.graph_outputs:
+            continue
+        conv = _constant_conv(index, producer, channels)
         if conv is not None and index.is_initializer(shift) and index.array(shift).size == 1:
             return conv, add
     return None
 
 
-def _plain_conv(index: GraphIndex, node: onnx.NodeProto, channels: int) -> onnx.NodeProto | None:
+def _constant_conv(index: GraphIndex, node: onnx.NodeProto, channels: int) -> onnx.NodeProto | None:
     """``node``, a Conv whose constant weight has ``channels`` output rows (and a constant bias, if any), or None."""
     ok = (index.is_initializer(node.input[1]) and index.array(node.input[1]).shape[0] == channels
           and (len(node.input) < 3 or not node.input[2] or index.is_initializer(node.input[2])))

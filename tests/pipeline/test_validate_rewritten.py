@@ -24,7 +24,7 @@ def test_rescaled_and_reshaped_names_are_found_and_left_out(tmp_path):
     model = mobile_model(4)
     quantized = _quantize(model).model
     shared = shared_layer_tensors(model, quantized)
-    rewritten = rewritten_tensors(model, quantized, _batch(1), shared)
+    rewritten = rewritten_tensors(model, quantized, _batch(1))
     # the HardSwish/HardSigmoid outputs whose constant factor moved into their readers, and the tensors of the
     # depthwise groups padded to 16 channels
     assert {"h0", "h1", "h2", "gate", "se"} <= rewritten and {"p1", "p2", "flat"}.isdisjoint(rewritten)
@@ -54,7 +54,7 @@ def test_a_graph_without_float_rewrites_keeps_every_name():
                         recovery=RecoveryOptions(equalize=False, bias_correction=False, smoothquant_alpha="off"))
     quantized = quantize(model, calib=[_batch(i) for i in range(4)], config=plain).model
     shared = shared_layer_tensors(model, quantized)
-    assert shared and rewritten_tensors(model, quantized, _batch(1), shared) == set()
+    assert shared and rewritten_tensors(model, quantized, _batch(1)) == set()
 
 
 def test_quantize_val_per_layer_leaves_them_out_too():
