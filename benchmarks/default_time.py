@@ -80,7 +80,10 @@ def model_and_data(name: str, workdir: Path) -> tuple[str, str]:
 
 
 def time_model(model: str, calib: str, variants: list[str], runs: int, cli: bool = False,
-               workdir: Path | None = None) -> dict[str, list[float]]:
+               workdir: Path | None = None,
+               stages: dict[str, list[dict[str, float]]] | None = None) -> dict[str, list[float]]:
+    """Wall seconds of each run of each variant; ``stages`` (library calls only) gets each run's seconds per pipeline
+    stage (``QuantReport.seconds``)."""
     times: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(runs):
         for variant in variants:
@@ -88,9 +91,17 @@ def time_model(model: str, calib: str, variants: list[str], runs: int, cli: bool
             if cli:
                 run_command(variant, model, calib, workdir or Path("/tmp"))
             else:
-                quantize(model, calib=calib, config=VARIANTS[variant])
+                result = quantize(model, calib=calib, config=VARIANTS[variant])
+                if stages is not None:
+                    stages.setdefault(variant, []).append(dict(result.report.seconds))
             times[variant].append(time.perf_counter() - start)
     return times
+
+
+def stage_medians(runs: list[dict[str, float]]) -> str:
+    """``stage 1.23`` for each pipeline stage, the median over ``runs``."""
+    names = list(dict.fromkeys(name for run in runs for name in run))
+    return ", ".join(f"{name} {statistics.median(run.get(name, 0.0) for run in runs):.2f}" for name in names)
 
 
 def run_command(variant: str, model: str, calib: str, workdir: Path) -> None:
@@ -113,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cli", action="store_true",
                         help="time each variant as a whole `python -m onnxq.cli quantize` process instead of a "
                              "library call in this process")
+    parser.add_argument("--stages", action="store_true",
+                        help="also print each variant's median seconds per pipeline stage (library calls only)")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
     variants = ["minmax", *[v for v in args.variants if v != "minmax"]]
@@ -120,10 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     ratios = " | ".join(f"{v} / min-max" for v in variants[1:])
     print(f"| model | {header} | {ratios} |")
     print("|---|" + "---:|" * (2 * len(variants) - 1))
+    breakdown: list[str] = []
     for name in args.models:
         model, calib = model_and_data(name, args.workdir)
         args.workdir.mkdir(parents=True, exist_ok=True)
-        times = time_model(model, calib, variants, args.runs, args.cli, args.workdir)
+        stages: dict[str, list[dict[str, float]]] | None = {} if args.stages and not args.cli else None
+        times = time_model(model, calib, variants, args.runs, args.cli, args.workdir, stages)
+        breakdown += [f"- {name} {v}: {stage_medians(runs)}" for v, runs in (stages or {}).items()]
         medians = {v: statistics.median(t) for v, t in times.items()}
         cells = " | ".join(f"{medians[v]:.2f}" for v in variants)
         ratio_cells = " | ".join(f"{medians[v] / medians['minmax']:.2f}x" for v in variants[1:])
@@ -132,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmedians of {args.runs} alternating runs per variant, {how}; commands:")
     for v in variants:
         print(f"- {v}: `{COMMANDS[v]}`")
+    if breakdown:
+        print("\nmedian seconds per pipeline stage:")
+        print("\n".join(breakdown))
     return 0
 
 

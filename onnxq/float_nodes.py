@@ -68,15 +68,16 @@ def is_stem_conv(node: onnx.NodeProto, index: GraphIndex, max_channels: int) -> 
 
 
 def _pooled_by_maxpool(node: onnx.NodeProto, index: GraphIndex) -> bool:
-    """A MaxPool reads ``node``'s output, directly or through single-reader Relu/Clip/LeakyRelu nodes."""
+    """A MaxPool reads ``node``'s output, directly or through single-reader Relu/Clip/LeakyRelu nodes; other readers
+    beside it (the Conv branch of a PP-HGNet stem, which concatenates the pooled and the convolved stem) do not
+    matter: the pool runs on whatever the stem's output is."""
     tensor = node.output[0]
     for _ in range(4):
-        reader = index.only_consumer(tensor)
-        if reader is None:
-            return False
-        if reader.op_type == "MaxPool":
+        readers = [reader for reader, _ in index.consumers.get(tensor, [])]
+        if any(reader.op_type == "MaxPool" for reader in readers):
             return True
-        if reader.op_type not in ("Relu", "Clip", "LeakyRelu") or not reader.output:
+        reader = index.only_consumer(tensor)
+        if reader is None or reader.op_type not in ("Relu", "Clip", "LeakyRelu") or not reader.output:
             return False
         tensor = reader.output[0]
     return False

@@ -67,6 +67,18 @@ def erf_gelu(index: GraphIndex, erf: onnx.NodeProto) -> list[onnx.NodeProto] | N
     return [scale, erf, plus_one[0], product, half[0]]
 
 
+def gelu_input(index: GraphIndex, nodes: list[onnx.NodeProto]) -> str:
+    """The tensor ``x`` of the GELU whose nodes :func:`erf_gelu` found (the scaling node's non-constant input)."""
+    scale = nodes[0]
+    return scale.input[1] if index.is_initializer(scale.input[0]) else scale.input[0]
+
+
+def gelu_output(nodes: list[onnx.NodeProto]) -> onnx.NodeProto:
+    """The node of ``nodes`` that writes the GELU's result: the one whose output no other node of the five reads."""
+    read = {name for node in nodes for name in node.input}
+    return next(node for node in nodes if node.output[0] not in read)
+
+
 def erf_gelu_nodes(graph: onnx.GraphProto, index: GraphIndex) -> set[str]:
     """Names of every node that belongs to a written-out erf GELU of ``graph``."""
     found: set[str] = set()

@@ -50,9 +50,11 @@ from onnxq.passes.decompose_hard_activations import DecomposeHardActivations
 from onnxq.passes.float16 import ConvertFloatToFP16
 from onnxq.passes.fold_bias_add import FoldBiasAdd
 from onnxq.passes.fold_conv_scale import FoldConvScale
+from onnxq.passes.fuse_gelu import FuseGelu
 from onnxq.passes.matmul_bias_to_gemm import MatMulBiasToGemm
 from onnxq.passes.pad_depthwise_channels import PadDepthwiseChannels
 from onnxq.passes.recognize_hardswish import RecognizeHardSwish
+from onnxq.passes.reduce_mean_to_pool import ReduceMeanToPool
 from onnxq.passes.remove_identity import RemoveIdentity
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target, verify_final
@@ -122,6 +124,9 @@ def prepare(model: onnx.ModelProto, config: QuantConfig, *, in_place: bool = Fal
     if rules.remove_identity:
         removed = RemoveIdentity().run(prepared, keep_input=False)  # prepared is a copy already
         prepared, notes = removed.model, notes + removed.notes
+    if rules.reduce_mean_to_pool:
+        pooled = ReduceMeanToPool().run(prepared, keep_input=False)
+        prepared, notes = pooled.model, notes + pooled.notes
     if rules.fold_conv_affine:
         prepared, folded = fold_conv_affine(prepared)
         notes += folded
@@ -267,6 +272,21 @@ class LazyArrays(Mapping):
         return len(self._names)
 
 
+def target_rewrites(quantized: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.ModelProto, list[str]]:
+    """The target's rewrites of the Q/DQ model (int32 biases, one Gelu node per written-out GELU) and the FP16 float
+    rest, in place; with the report's notes."""
+    rules = TARGET_RULES[config.target]
+    notes: list[str] = []
+    if rules.int32_bias:
+        quantized = QuantizeBias(rules.int32_bias).run(quantized, keep_input=False).model
+    if rules.fuse_gelu and config.float_rest != "fp16":  # onnxruntime's CPU Gelu kernels are float32 only
+        fused = FuseGelu().run(quantized, keep_input=False)
+        quantized, notes = fused.model, notes + fused.notes
+    if config.float_rest == "fp16":
+        quantized = ConvertFloatToFP16().run(quantized, keep_input=False).model
+    return quantized, notes
+
+
 def verify(model: onnx.ModelProto, batch: Batch | None) -> None:
     """The quantized model passes the full ONNX checker and loads (and runs one batch) in onnxruntime."""
     check_model(model, what="quantized model", full=True)
@@ -342,9 +362,11 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
     else:
         raise OnnxqError(ONE_SOURCE)
     table = compute_scales(plan, calibrators, weight_arrays(prepared, plan))
+    # measured on the calibrated ranges: what narrowing to an activation's bounds saturates on top of them, the
+    # reading activation saturates itself (a HardSigmoid input's values beyond +-3), so it is no loss to warn about
+    clipping = clipped_fractions(plan, calibrators, table)
     if TARGET_RULES[config.target].narrow_activation_ranges:
         table = narrow_to_activation_bounds(table, plan, prepared.graph)
-    clipping = clipped_fractions(plan, calibrators, table)
     for name, fraction in sorted(clipping.items(), key=lambda kv: -kv[1]):
         if fraction > CLIP_WARNING_FRACTION:
             log.info("the range of %r clips %.2f%% of its calibration values (method %s)", name,
@@ -455,11 +477,8 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
         first_batch = (next(iter(data_source(prepared, calib, config, warn=False)), None)
                        if calib is not None else None)
         quantized = InsertQDQ(plan, table).run(prepared, keep_input=float_reference is prepared).model
-        int32_bias = TARGET_RULES[config.target].int32_bias
-        if int32_bias:
-            quantized = QuantizeBias(int32_bias).run(quantized, keep_input=False).model
-        if config.float_rest == "fp16":
-            quantized = ConvertFloatToFP16().run(quantized, keep_input=False).model
+        quantized, rewritten = target_rewrites(quantized, config)
+        notes += rewritten
         verify(quantized, first_batch)
     if mixed is not None:
         with clock("mixed-precision verify"):

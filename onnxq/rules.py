@@ -129,6 +129,12 @@ class TargetRules:
     #: bias correction when the user chose neither --bias-correction nor --no-bias-correction
     #: (RecoveryOptions.bias_correction; onnxq/recovery/bias_correction.py)
     bias_correction: bool = False
+    #: write ``ReduceMean`` over every spatial axis as ``GlobalAveragePool`` before planning, so it is planned as an
+    #: integer kernel (passes/reduce_mean_to_pool.py)
+    reduce_mean_to_pool: bool = False
+    #: write each written-out erf GELU of the Q/DQ model as one ``Gelu`` node, which the runtime runs as one kernel
+    #: (passes/fuse_gelu.py)
+    fuse_gelu: bool = False
 
     def default_skip_reason(self, op_type: str) -> str | None:
         """Why the target keeps ``op_type`` float by default, or None when it quantizes it."""
@@ -208,6 +214,12 @@ ORT_CPU = TargetRules(
     # with its Mul kept out of the integer region (rule 3.22), as on tensorrt: all-MiniLM-L6-v2's sentence embedding
     # 18.8 -> 22.1 dB (docs/ort_cpu_rules.md 3.22)
     smoothquant="auto",
+    # the squeeze of PP-LCNetV3's squeeze-and-excitation blocks is a ReduceMean, a float island (DQ, ReduceMean, Q)
+    # where GlobalAveragePool fuses into QLinearGlobalAveragePool (docs/ort_cpu_rules.md 3.30)
+    reduce_mean_to_pool=True,
+    # onnxruntime's GeluFusion fails on a GELU that reads a DequantizeLinear (it duplicates the DQ per reader first):
+    # the PP-OCR mobile detector's 13 GELUs after QLinearConvs cost 5 float kernels each (docs/ort_cpu_rules.md 3.29)
+    fuse_gelu=True,
 )
 
 #: every target by name (the command line's --target choices)
