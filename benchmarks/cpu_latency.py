@@ -47,8 +47,9 @@ REAL_MODELS = {
     "pprec": (REAL / "rapidocr/rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", (3, 48, 320)),
     "ppcls": (REAL / "rapidocr/rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx", (3, 48, 192)),
 }
-# held-out families with the real-model benchmark's own inputs (benchmarks/realdata.py: rendered pages, real sentences)
-BENCH_DATA = ("yolodoc", "minilm")
+# held-out families with the real-model benchmark's own inputs (benchmarks/realdata.py: rendered pages, real sentences,
+# text crops)
+BENCH_DATA = ("yolodoc", "minilm", "picodet", "ppdet6", "pprec6")
 REFERENCE = ("pointnext", "centerpoint", "bevfusion", "vit")
 TORCH_CNNS = ("resnet18", "mobilenet_v3_small", "convnext_small_layout", "efficientnet_b0_layout",
               "shufflenet_v2_layout")

