@@ -363,7 +363,8 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
         raise OnnxqError(ONE_SOURCE)
     table = compute_scales(plan, calibrators, weight_arrays(prepared, plan))
     # measured on the calibrated ranges: what narrowing to an activation's bounds saturates on top of them, the
-    # reading activation saturates itself (a HardSigmoid input's values beyond +-3), so it is no loss to warn about
+    # reading activation saturates itself (a HardSigmoid's input beyond its two kinks, a HardSwish's below -3), so it
+    # is no loss to warn about
     clipping = clipped_fractions(plan, calibrators, table)
     if TARGET_RULES[config.target].narrow_activation_ranges:
         table = narrow_to_activation_bounds(table, plan, prepared.graph)

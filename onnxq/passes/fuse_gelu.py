@@ -39,7 +39,7 @@ class FuseGelu(InPlacePass):
         replacing: dict[int, onnx.NodeProto] = {}
         constants: set[str] = set()
         for node in graph.node:
-            if node.op_type != "Erf" or node.domain not in ("", "ai.onnx") or id(node) in removed:
+            if node.op_type != "Erf" or node.domain not in ("", "ai.onnx"):
                 continue
             nodes = erf_gelu(index, node)
             if nodes is None:
