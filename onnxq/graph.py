@@ -511,6 +511,12 @@ def subgraph_outer_references(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def recorded_ranks(graph: onnx.GraphProto) -> dict[str, int]:
+    """The rank of every tensor of ``graph`` whose shape its signature or shape inference recorded (value_info)."""
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in (*graph.input, *graph.value_info, *graph.output)
+            if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
+
+
 def remove_nodes(graph: onnx.GraphProto, removed: set[int]) -> None:
     """Drop the nodes whose ``id()`` is in ``removed`` from ``graph``, keeping the order of the rest."""
     kept = [n for n in graph.node if id(n) not in removed]

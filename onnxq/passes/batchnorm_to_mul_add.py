@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxq.graph import GraphIndex, all_names, unique_name
+from onnxq.graph import GraphIndex, all_names, recorded_ranks, unique_name
 from onnxq.passes.base import InPlacePass, PassResult
 
 
@@ -23,9 +23,7 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # shape inference is best effort (custom ops, dynamic shapes)
         inferred = model
-    g = inferred.graph
-    return {v.name: len(v.type.tensor_type.shape.dim) for v in list(g.value_info) + list(g.input) + list(g.output)
-            if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
+    return recorded_ranks(inferred.graph)
 
 
 class BatchNormToMulAdd(InPlacePass):

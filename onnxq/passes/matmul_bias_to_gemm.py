@@ -29,17 +29,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxq.graph import GraphIndex, default_opset, node_name
+from onnxq.graph import GraphIndex, default_opset, node_name, recorded_ranks
 from onnxq.passes.base import PassResult
 from onnxq.passes.rewrite import NodeRewritePass, Rewrite
 from onnxq.short_maps import InputShapes, deployment_shapes
-
-
-def _rank(graph: onnx.GraphProto, name: str) -> int | None:
-    for value in (*graph.input, *graph.value_info, *graph.output):
-        if value.name == name and value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
-            return len(value.type.tensor_type.shape.dim)
-    return None
 
 
 class MatMulBiasToGemm(NodeRewritePass):
@@ -50,15 +43,16 @@ class MatMulBiasToGemm(NodeRewritePass):
         self._absorbed: set[str] = set()  # names of the Adds that became a Gemm's bias
         self._model: onnx.ModelProto | None = None  # the model being rewritten (for shape inference)
         self._shapes: dict[str, tuple[int, ...]] | None = None  # its deployment shapes, inferred when first needed
+        self._ranks: dict[str, int] = {}  # the ranks its shape inference recorded before the pass
 
     def call(self, model: onnx.ModelProto) -> PassResult:
-        self._model, self._shapes = model, None
+        self._model, self._shapes, self._ranks = model, None, recorded_ranks(model.graph)
         return super().call(model)
 
     def _rank(self, name: str) -> int | None:
         """The rank of tensor ``name``: from the shapes inferred so far, else at the deployment shape."""
         assert self._model is not None
-        rank = _rank(self._model.graph, name)
+        rank = self._ranks.get(name)
         if rank is None:
             if self._shapes is None:
                 self._shapes = deployment_shapes(self._model, self.input_shapes)

@@ -23,18 +23,9 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from onnxq.graph import GraphIndex, attr, node_name
+from onnxq.graph import GraphIndex, attr, node_name, recorded_ranks
 from onnxq.passes.base import InPlacePass, PassResult
 from onnxq.passes.rewrite import drop_unread_initializers
-
-
-def _ranks(graph: onnx.GraphProto) -> dict[str, int]:
-    """The rank of every tensor whose shape inference (or the graph's signature) recorded one."""
-    ranks: dict[str, int] = {}
-    for info in (*graph.input, *graph.value_info, *graph.output):
-        if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape"):
-            ranks[info.name] = len(info.type.tensor_type.shape.dim)
-    return ranks
 
 
 def _axes(node: onnx.NodeProto, index: GraphIndex) -> list[int] | None:
@@ -67,7 +58,7 @@ class ReduceMeanToPool(InPlacePass):
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph
         index = GraphIndex.build(graph)
-        ranks = _ranks(graph)
+        ranks = recorded_ranks(graph)
         nodes: list[onnx.NodeProto] = []
         axes_inputs: set[str] = set()
         for node in graph.node:
