@@ -80,18 +80,18 @@ def model_and_data(name: str, workdir: Path) -> tuple[str, str]:
 
 
 def time_model(model: str, calib: str, variants: list[str], runs: int, cli: bool = False,
-               workdir: Path | None = None,
-               stages: dict[str, list[dict[str, float]]] | None = None) -> dict[str, list[float]]:
-    """Wall seconds of each run of each variant; ``stages`` (library calls only) gets each run's seconds per pipeline
-    stage (``QuantReport.seconds``)."""
+               workdir: Path | None = None, stages: dict[str, list[dict[str, float]]] | None = None,
+               target: str = "tensorrt") -> dict[str, list[float]]:
+    """Wall seconds of each run of each variant for ``target``; ``stages`` (library calls only) gets each run's
+    seconds per pipeline stage (``QuantReport.seconds``)."""
     times: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(runs):
         for variant in variants:
             start = time.perf_counter()
             if cli:
-                run_command(variant, model, calib, workdir or Path("/tmp"))
+                run_command(variant, model, calib, workdir or Path("/tmp"), target)
             else:
-                result = quantize(model, calib=calib, config=VARIANTS[variant])
+                result = quantize(model, calib=calib, config=replace(VARIANTS[variant], target=target))
                 if stages is not None:
                     stages.setdefault(variant, []).append(dict(result.report.seconds))
             times[variant].append(time.perf_counter() - start)
@@ -104,15 +104,15 @@ def stage_medians(runs: list[dict[str, float]]) -> str:
     return ", ".join(f"{name} {statistics.median(run.get(name, 0.0) for run in runs):.2f}" for name in names)
 
 
-def run_command(variant: str, model: str, calib: str, workdir: Path) -> None:
+def run_command(variant: str, model: str, calib: str, workdir: Path, target: str = "tensorrt") -> None:
     """The variant's ``onnxq quantize`` command line, run as a new process of this checkout (start-up, imports,
     model load and the write included: the wall time a user sees)."""
     args = COMMANDS[variant].split()[2:]  # drop "onnxq quantize"
     args = [model if a == "MODEL" else calib if a == "DATA" else a for a in args]
     out = workdir / f"{Path(model).stem}-{variant}.onnx"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    subprocess.run([sys.executable, "-m", "onnxq.cli", "quantize", *args, "-o", str(out), "-q"], check=True,
-                   env=env, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "onnxq.cli", "quantize", *args, "--target", target, "-o", str(out), "-q"],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=[*REFERENCE, *REAL], choices=[*REFERENCE, *REAL, *HELD_OUT])
     parser.add_argument("--variants", nargs="+", default=["minmax", "default"], choices=list(VARIANTS))
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--target", default="tensorrt", help="the --target of every variant (default tensorrt)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/onnxq-default-time"))
     parser.add_argument("--cli", action="store_true",
                         help="time each variant as a whole `python -m onnxq.cli quantize` process instead of a "
@@ -138,14 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         model, calib = model_and_data(name, args.workdir)
         args.workdir.mkdir(parents=True, exist_ok=True)
         stages: dict[str, list[dict[str, float]]] | None = {} if args.stages and not args.cli else None
-        times = time_model(model, calib, variants, args.runs, args.cli, args.workdir, stages)
+        times = time_model(model, calib, variants, args.runs, args.cli, args.workdir, stages, args.target)
         breakdown += [f"- {name} {v}: {stage_medians(runs)}" for v, runs in (stages or {}).items()]
         medians = {v: statistics.median(t) for v, t in times.items()}
         cells = " | ".join(f"{medians[v]:.2f}" for v in variants)
         ratio_cells = " | ".join(f"{medians[v] / medians['minmax']:.2f}x" for v in variants[1:])
         print(f"| {name} | {cells} | {ratio_cells} |", flush=True)
     how = "each a new process (--cli)" if args.cli else "library calls in one process"
-    print(f"\nmedians of {args.runs} alternating runs per variant, {how}; commands:")
+    print(f"\nmedians of {args.runs} alternating runs per variant, {how}, --target {args.target}; commands:")
     for v in variants:
         print(f"- {v}: `{COMMANDS[v]}`")
     if breakdown:

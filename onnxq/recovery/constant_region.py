@@ -204,7 +204,10 @@ def correct_constant_region(prepared: onnx.ModelProto, plan: QuantPlan, table: S
         return ""
     corrected = copy.deepcopy(prepared)
     image = constant_batch(region, scanned[0])
-    result = correct_biases(corrected, plan, table, [image], batches=1, min_t=0.0, output_heads=True)
+    # every layer's output on the constant image is matched exactly, heads included: a detector's float score
+    # heads read the corrected padding as well as they read the image
+    result = correct_biases(corrected, plan, table, [image], batches=1, min_t=0.0, output_heads=True,
+                            float_heads=False)
     if not result.shifts:
         return ""
     reference = outputs(prepared, scanned)

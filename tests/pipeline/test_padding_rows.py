@@ -220,3 +220,29 @@ def test_with_stats_the_flag_says_it_has_no_effect(tmp_path):
     assert "--no-skip-padding-tokens has no effect with --stats" in off.stdout
     on = run_cli("quantize", tmp_path / "m.onnx", "--stats", tmp_path / "s.npz", "-o", tmp_path / "q2.onnx")
     assert on.returncode == 0 and "no effect" not in on.stdout
+
+
+def test_bias_correction_is_left_out_where_the_calibration_holds_padding_rows():
+    """A layer's channel means over padding rows are not the real tokens' (all-MiniLM-L6-v2 on ort-cpu: correcting
+    its Gemms took the sentence embedding from 21.9 to 7.8 dB); on sequences without padding it runs."""
+    model = padded_model()
+    graph = model.graph
+    rng = np.random.default_rng(4)
+    graph.initializer.extend([numpy_helper.from_array(np.array([-1, D], np.int64), "rows"),
+                              numpy_helper.from_array((rng.standard_normal((D, D)) / np.sqrt(D)).astype(np.float32),
+                                                      "w_head"),
+                              numpy_helper.from_array(rng.standard_normal(D).astype(np.float32), "b_head")])
+    graph.node.extend([helper.make_node("Reshape", ["y", "rows"], ["y2"], name="flatten"),
+                       helper.make_node("Gemm", ["y2", "w_head", "b_head"], ["h"], name="head"),
+                       helper.make_node("Relu", ["h"], ["r"], name="relu"),
+                       helper.make_node("Gemm", ["r", "w_head", "b_head"], ["z"], name="last")])
+    graph.output[0].CopyFrom(helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None))
+    padded = token_batches(4, seed=1)
+    notes = quantize(model, calib=padded).report.prepare_notes
+    # the correction reads the first batches holding 8 samples (RecoveryOptions.bias_correction_samples): two
+    share = 1 - np.mean([b["attention_mask"].mean() for b in padded[:2]])
+    assert f"bias correction skipped: {share:.0%} of the calibration token rows are padding (onnxq.padding_rows), " \
+        "whose channel means nothing downstream reads" in notes, notes
+    whole = [{"ids": np.maximum(b["ids"], 1), "attention_mask": np.ones_like(b["attention_mask"])} for b in padded]
+    notes = quantize(model, calib=whole).report.prepare_notes
+    assert any(n.startswith("bias correction: 1 layer(s)") for n in notes), notes

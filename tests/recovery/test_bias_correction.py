@@ -204,31 +204,42 @@ def test_bias_correction_takes_batches_until_they_hold_the_samples_asked_for() -
         bias_correction=True, bias_correction_samples=samples, bias_correction_output_heads=True))
     ).report.prepare_notes) for samples in (8, 33)}
     assert "over 1 calibration batch(es)" in notes[8] and "over 2 calibration batch(es)" in notes[33]
-    # on by default for tensorrt (TargetRules.bias_correction), off for ort-cpu and with --no-bias-correction
-    assert "bias correction" in " ".join(quantize(model, calib=batches).report.prepare_notes)
-    for config in (QuantConfig(target="ort-cpu"), QuantConfig(recovery=RecoveryOptions(bias_correction=False))):
+    # on by default for tensorrt and ort-cpu (TargetRules.bias_correction; on ort-cpu where the constant-region
+    # correction is not kept, tests/pipeline/test_ort_cpu_padding.py), off with --no-bias-correction
+    for target in ("tensorrt", "ort-cpu"):
+        notes = quantize(model, calib=batches, config=QuantConfig(target=target)).report.prepare_notes
+        assert "bias correction" in " ".join(notes), (target, notes)
+    for target in ("tensorrt", "ort-cpu"):
+        config = QuantConfig(target=target, recovery=RecoveryOptions(bias_correction=False))
         assert "bias correction" not in " ".join(quantize(model, calib=batches, config=config).report.prepare_notes)
 
 
-def two_headed(seed: int = 3) -> onnx.ModelProto:
-    """A SiLU trunk (silu_chain's conv0) read by a score head (Conv -> SiLU -> Conv -> Sigmoid: a detector's class
-    logits) and a box head (Conv -> SiLU -> Conv, no squashing)."""
+def two_headed(seed: int = 3, score_convs: int = 2) -> onnx.ModelProto:
+    """A SiLU trunk (silu_chain's conv0) read by a score head (``score_convs - 1`` x (Conv -> SiLU), then Conv ->
+    Sigmoid: a detector's class logits) and a box head (Conv -> SiLU -> Conv, no squashing)."""
     model = silu_chain(seed=seed, depth=1)
     graph = model.graph
     graph.node.remove(next(n for n in graph.node if n.name == "head"))
     rng = np.random.default_rng(seed)
-    for branch, squash in (("score", True), ("box", False)):
-        graph.initializer.extend([init(f"{branch}_w1", (rng.standard_normal((8, 8, 3, 3)) * 0.2).astype(np.float32)),
-                                  init(f"{branch}_b1", (rng.standard_normal(8) * 0.2).astype(np.float32)),
-                                  init(f"{branch}_w2", (rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32)),
-                                  init(f"{branch}_b2", (rng.standard_normal(4) * 0.2 - 3.0).astype(np.float32))])
-        graph.node.extend([
-            helper.make_node("Conv", ["a0", f"{branch}_w1", f"{branch}_b1"], [f"{branch}_c1"], name=f"{branch}_conv1",
-                             pads=[1, 1, 1, 1]),
-            helper.make_node("Sigmoid", [f"{branch}_c1"], [f"{branch}_s1"], name=f"{branch}_sig1"),
-            helper.make_node("Mul", [f"{branch}_c1", f"{branch}_s1"], [f"{branch}_a1"], name=f"{branch}_silu1"),
-            helper.make_node("Conv", [f"{branch}_a1", f"{branch}_w2", f"{branch}_b2"],
-                             [f"{branch}_logits" if squash else branch], name=f"{branch}_conv2")])
+    for branch, convs in (("score", score_convs), ("box", 2)):
+        x = "a0"
+        for i in range(1, convs):
+            graph.initializer.extend([
+                init(f"{branch}_w{i}", (rng.standard_normal((8, 8, 3, 3)) * 0.2).astype(np.float32)),
+                init(f"{branch}_b{i}", (rng.standard_normal(8) * 0.2).astype(np.float32))])
+            graph.node.extend([
+                helper.make_node("Conv", [x, f"{branch}_w{i}", f"{branch}_b{i}"], [f"{branch}_c{i}"],
+                                 name=f"{branch}_conv{i}", pads=[1, 1, 1, 1]),
+                helper.make_node("Sigmoid", [f"{branch}_c{i}"], [f"{branch}_s{i}"], name=f"{branch}_sig{i}"),
+                helper.make_node("Mul", [f"{branch}_c{i}", f"{branch}_s{i}"], [f"{branch}_a{i}"],
+                                 name=f"{branch}_silu{i}")])
+            x = f"{branch}_a{i}"
+        graph.initializer.extend([
+            init(f"{branch}_w{convs}", (rng.standard_normal((4, 8, 1, 1)) * 0.3).astype(np.float32)),
+            init(f"{branch}_b{convs}", (rng.standard_normal(4) * 0.2 - 3.0).astype(np.float32))])
+        graph.node.append(helper.make_node("Conv", [x, f"{branch}_w{convs}", f"{branch}_b{convs}"],
+                                           [f"{branch}_logits" if branch == "score" else branch],
+                                           name=f"{branch}_conv{convs}"))
     graph.node.append(helper.make_node("Sigmoid", ["score_logits"], ["score"], name="scores"))
     del graph.output[:]
     graph.output.extend([helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("score", "box")])
@@ -249,6 +260,37 @@ def test_a_score_head_is_left_alone_up_its_branch() -> None:
     changed = [n.name for n in corrected.model.graph.node if n.name in ("conv0", "box_conv1", "box_conv2")
                and not np.array_equal(after.array(n.input[2]), before.array(n.input[2]))]
     assert changed, "the trunk and the box head are corrected"
+
+
+def test_a_score_head_kept_float_is_a_head_too() -> None:
+    """ort-cpu keeps YOLOv8's last head Convs float (they feed only the float tail); the score branch behind such a
+    float logit Conv is left alone as if that Conv were quantized and skipped (on ort-cpu correcting it cut the
+    detector's F1 vs FP32 from 0.985 to 0.907). Without the float head it is not: the Conv before an uncorrected
+    layer is left alone, but nothing cascades."""
+    from onnxq.pipeline import build_plan, prepare
+    from onnxq.recovery.bias_correction import feeding_uncorrected_layers, find_targets
+
+    model = two_headed(score_convs=3)
+    config = replace(CORRECTED, overrides=Overrides.from_flags(exclude_nodes=["^score_conv3$"]))
+    prepared, _ = prepare(model, config)
+    plan = build_plan(prepared, config)
+    targets, _ = find_targets(prepared, plan)
+    index = GraphIndex.build(prepared.graph)
+    assert feeding_uncorrected_layers(index, plan, targets) == {"score_conv1", "score_conv2"}
+    assert feeding_uncorrected_layers(index, plan, targets, float_heads=False) == {"score_conv2"}
+    corrected = quantize(model, calib=image_batches(count=4, size=16, seed=5), config=config)
+    note = next(n for n in corrected.report.prepare_notes if n.startswith("bias correction"))
+    assert "3 layer(s)" in note and "2 left alone (they feed only uncorrected layers)" in note, note
+    before, after = GraphIndex.build(model.graph), GraphIndex.build(corrected.model.graph)
+    for name in ("score_b1", "score_b2", "score_b3"):
+        np.testing.assert_array_equal(after.array(name), before.array(name))
+    # a float box Conv that nothing squashes is no head: the Conv before it is left alone, but the trunk that feeds
+    # it is still corrected (the quantized score branch is a head and all three of its Convs are left alone)
+    box_float = quantize(model, calib=image_batches(count=4, size=16, seed=5), config=replace(
+        CORRECTED, overrides=Overrides.from_flags(exclude_nodes=["^box_conv2$"])))
+    note = next(n for n in box_float.report.prepare_notes if n.startswith("bias correction"))
+    assert "1 layer(s)" in note and "4 left alone" in note, note
+    assert not np.array_equal(GraphIndex.build(box_float.model.graph).array("b0"), before.array("b0"))
 
 
 def test_a_layer_writing_a_graph_output_is_left_alone_by_default() -> None:
