@@ -220,8 +220,8 @@ def feeding_uncorrected_layers(index: GraphIndex, plan: QuantPlan, targets: list
     (YOLOv8's class branch: three Convs, all left alone; with the two before the logits corrected, 312 of FP32's 467
     boxes above 0.25 on 4 pages stayed above it). Skipping before an uncorrected weighted layer does not cascade.
 
-    With ``float_heads``, a float Conv/Gemm that writes logits into such a squashing op (:func:`float_score_heads`:
-    a placement rule kept it float) is a head too, so its branch cascades as if it were quantized and skipped: on
+    With ``float_heads``, a float Conv that writes logits into such a squashing op (:func:`float_score_heads`: a
+    placement rule kept it float) is a head too, so its branch cascades as if it were quantized and skipped: on
     ort-cpu, which keeps YOLOv8's last head Convs float, the layers before them were corrected and the detector's F1
     against FP32 fell from 0.985 to 0.907 (docs/accuracy_recovery.md)."""
     weighted = quantized_layers(index, plan)
@@ -242,8 +242,9 @@ def quantized_layers(index: GraphIndex, plan: QuantPlan) -> set[str]:
 
 
 def float_score_heads(index: GraphIndex, weighted: set[str]) -> set[str]:
-    """The float Conv/Gemm nodes with a constant weight (those bias correction would correct if they were quantized)
-    whose output reaches a squashing op that makes scores (:func:`_squashes_scores`) before any other linear layer."""
+    """The float Conv nodes with a constant weight whose output reaches a squashing op that makes scores
+    (:func:`_squashes_scores`) before any other linear layer: dense heads. A classifier's float Gemm is no head here,
+    as a quantized one is not (its logits are per sample, not over mostly-background positions)."""
     return {node_name(node) for node in index.graph.node
             if node.op_type == "Conv" and node_name(node) not in weighted and len(node.input) > 1
             and node.input[1] in index.initializers and _reaches_scores(index, node.output[0])}

@@ -204,8 +204,8 @@ def correct_constant_region(prepared: onnx.ModelProto, plan: QuantPlan, table: S
         return ""
     corrected = copy.deepcopy(prepared)
     image = constant_batch(region, scanned[0])
-    # every layer's output on the constant image is matched exactly, heads included: a detector's float score
-    # heads read the corrected padding as well as they read the image
+    # float score heads do not cascade here: that rule is about the channel means of data (mostly background
+    # anchors); on the constant image each layer's output is matched exactly
     result = correct_biases(corrected, plan, table, [image], batches=1, min_t=0.0, output_heads=True,
                             float_heads=False)
     if not result.shifts:

@@ -97,9 +97,9 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
         table, local = layer_local(prepared, plan, table, calibrators, data, options, auto)
         notes += local
     replayable = not (rounding or options.adaround)
-    padding = constant_region_biases(prepared, plan, table, data, replayable) if constant_region else []
-    notes += padding
-    if options.bias_correction and not padding:
+    region_notes = constant_region_biases(prepared, plan, table, data, replayable) if constant_region else []
+    notes += region_notes
+    if options.bias_correction and not region_notes:
         notes += corrected_biases(prepared, plan, table, data, options, replayable)
     return table, notes
 
