@@ -550,15 +550,18 @@ def correct_biases(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable
 
 
 def padding_share(model: onnx.ModelProto, batches: list[Batch]) -> float:
-    """The share of the token rows of ``batches`` that are padding (:func:`onnxq.padding_rows.padding_rows_of`; 0
-    for a model without a padding mask). A layer's channel means over them are not the real tokens': on
-    all-MiniLM-L6-v2 (62% padding rows) correcting its Gemms on ort-cpu took the sentence embedding from 21.9 to
-    7.8 dB (docs/accuracy_recovery.md)."""
-    from onnxq.padding_rows import padding_rows_of
+    """The share of the token rows of ``batches`` that are padding, counted by the calibration's own reader
+    (:class:`onnxq.padding_rows.ActivationReader`; 0 for a model without a padding mask, and no run then). A layer's
+    channel means over them are not the real tokens': on all-MiniLM-L6-v2 (62% padding rows) correcting its Gemms on
+    ort-cpu took the sentence embedding from 21.9 to 7.8 dB (docs/accuracy_recovery.md)."""
+    from onnxq.padding_rows import ActivationReader, find_padding_mask
 
-    rows = [valid for valid in padding_rows_of(model, batches) if valid is not None]
-    total = sum(valid.size for valid in rows)
-    return float(sum(int((~valid).sum()) for valid in rows) / total) if total else 0.0
+    if find_padding_mask(model) is None:
+        return 0.0
+    reader = ActivationReader(model, [])
+    for i, batch in enumerate(batches, start=1):
+        reader.read_rows(batch, f"bias correction batch {i} (padding rows)")
+    return reader.rows.skipped_share
 
 
 def write_biases(model: onnx.ModelProto, biases: dict[str, np.ndarray]) -> None:
