@@ -140,6 +140,11 @@ class RecoveryOptions:
     #: (a letterbox; onnxq.recovery.constant_region); None: the target's default (TargetRules.correct_constant_regions:
     #: on for ort-cpu, docs/ort_cpu_rules.md 3.19). Not with bias_correction, which matches the means of the data
     constant_region_correction: bool | None = None
+    #: centre each channel of the symmetric INT8 inputs of 1x1 Convs and Gemms on its range, the shift folded into
+    #: the bias and compensated for the quantized weights (onnxq.recovery.activation_shift); None: the target's
+    #: default (TargetRules.activation_shift: on for tensorrt, whose activations have no zero point). Not with
+    #: learned weight rounding (GPTQ, GPTAQ, AdaRound), which changes the quantized weights the compensation is for
+    activation_shift: bool | None = None
     #: learned rounding of weights, needs torch (onnxq.recovery.adaround); costs much more time
     adaround: bool = False
     adaround_iterations: int = 300
@@ -193,6 +198,13 @@ class RecoveryOptions:
             return self.bias_correction
         return target_default and self.weight_rounding != "gptaq" and not self.constant_region_correction
 
+    def shifts_activations(self, target_default: bool) -> bool:
+        """Whether the activation shift runs: the user's choice, else ``target_default``; never with learned weight
+        rounding (its compensation is for the nearest-rounded weights)."""
+        if self.adaround or self.weight_rounding in ("gptq", "gptaq"):
+            return False
+        return target_default if self.activation_shift is None else self.activation_shift
+
     def smoothquant(self, target_default: float | Literal["auto", "off"] | None) -> float | Literal["auto"] | None:
         """The SmoothQuant strength that runs (None: none): the chosen one, else ``target_default``."""
         chosen = target_default if self.smoothquant_alpha is None else self.smoothquant_alpha
@@ -208,7 +220,7 @@ class RecoveryOptions:
         """Whether a recovery stage after the ranges rewrites the float model's weights or biases (of options whose
         target defaults are resolved by ``onnxq.pipeline.recovery_options``; an open ``bias_correction`` counts as
         off)."""
-        return (bool(self.bias_correction) or self.adaround
+        return (bool(self.bias_correction) or self.adaround or bool(self.activation_shift)
                 or self.weight_rounding in ("gptq", "gptaq"))  # auto: see recovery.stage
 
 

@@ -59,7 +59,7 @@ from onnxq.passes.remove_identity import RemoveIdentity
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target, verify_final
 from onnxq.recovery.replay import replay_rewrites
-from onnxq.recovery.stage import equalize, recover, uses_gptq
+from onnxq.recovery.stage import equalize, recover, shift_activations, uses_gptq
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
 from onnxq.rewritten_tensors import rewritten_tensors
 from onnxq.rules import TARGET_RULES
@@ -211,13 +211,16 @@ def calibrate(prepared: onnx.ModelProto, plan: QuantPlan, data: DataLike, config
 
 def float_rewrites(prepared: onnx.ModelProto, calib_data: DataSource | Iterable[Batch] | None, config: QuantConfig,
                    *, owned: bool) -> list[str]:
-    """The data-dependent float-to-float rewrites (equalization, SmoothQuant) of ``prepared``, in place; the same
-    call on the same model and data gives the same model (Ray workers repeat it to calibrate the driver's model)."""
+    """The data-dependent float-to-float rewrites (equalization, SmoothQuant, activation shift) of ``prepared``, in
+    place; the same call on the same model and data gives the same model (Ray workers repeat it to calibrate the
+    driver's model)."""
     if owned:  # float rewrites of a model past 2 GB (weights on disk) are not supported yet
         return []
-    return equalize(prepared, calib_data, recovery_options(config),
-                    fold_only=not TARGET_RULES[config.target].equalize_through_activations,
-                    skip_padding=config.skip_padding_tokens)
+    options = recovery_options(config)
+    notes = equalize(prepared, calib_data, options,
+                     fold_only=not TARGET_RULES[config.target].equalize_through_activations,
+                     skip_padding=config.skip_padding_tokens)
+    return notes + shift_activations(prepared, calib_data, options, skip_padding=config.skip_padding_tokens)
 
 
 def recovery_options(config: QuantConfig, calibrated: bool = True) -> RecoveryOptions:
@@ -227,8 +230,10 @@ def recovery_options(config: QuantConfig, calibrated: bool = True) -> RecoveryOp
     and the recover stage says why it did not run)."""
     rules = TARGET_RULES[config.target]
     smoothquant = config.recovery.smoothquant(rules.smoothquant)
+    symmetric_int8 = all(f.activation_dtype == "int8" and f.activation_symmetric for f in config.formats_used())
     return replace(config.recovery, smoothquant_alpha="off" if smoothquant is None else smoothquant,
-                   bias_correction=config.recovery.corrects_biases(rules.bias_correction and calibrated))
+                   bias_correction=config.recovery.corrects_biases(rules.bias_correction and calibrated),
+                   activation_shift=config.recovery.shifts_activations(rules.activation_shift and symmetric_int8))
 
 
 def imported_rewrites(prepared: onnx.ModelProto, scales: ScaleImporter, *, owned: bool) -> list[str]:

@@ -95,6 +95,10 @@ def add_recovery_flags(parser: argparse.ArgumentParser) -> None:
                    help="fold each quantized Conv/Gemm's significant mean output shift, measured on the Q/DQ model "
                    "with the upstream corrections in effect, into its bias (one pass per layer level; default: on; on "
                    "ort-cpu where the constant-region correction is not kept, which --bias-correction replaces)")
+    g.add_argument("--shift-activations", action=argparse.BooleanOptionalAction, default=None,
+                   help="centre each channel of the INT8 inputs of 1x1 Convs and Gemms on its range, the shift folded "
+                   "into the bias (exact in float) and compensated for the quantized weights: a symmetric grid then "
+                   "covers a one-sided activation (default: on for --target tensorrt)")
     g.add_argument("--constant-region-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="when the calibration images hold a padding constant (a letterbox), correct the quantized "
                    "Conv biases so the padding runs as in FP32 (default: on for --target ort-cpu, off otherwise)")
@@ -140,6 +144,7 @@ def recovery_from_args(args: argparse.Namespace):
     picked: dict[str, Any] = {
         "equalize": getattr(args, "equalize", None),
         "bias_correction": getattr(args, "bias_correction", None),
+        "activation_shift": getattr(args, "shift_activations", None),
         "bias_correction_batches": getattr(args, "bias_correction_batches", None),
         "bias_correction_min_t": getattr(args, "bias_correction_min_t", None),
         "constant_region_correction": getattr(args, "constant_region_correction", None),

@@ -1,4 +1,4 @@
-"""Replay recorded float rewrites (equalization, SmoothQuant, corrected biases) on a float model, bit-exactly.
+"""Replay recorded float rewrites (equalization, SmoothQuant, activation shifts, corrected biases) on a float model, bit-exactly.
 
 ``onnxq quantize ORIGINAL.onnx --scales scales.json``: a version-3 onnxq scales file records the channel rescalings
 the calibrated run made before its ranges were taken (:mod:`onnxq.scales.rewrites`). They are applied here, before
@@ -20,7 +20,14 @@ import onnx
 from onnxq.errors import OnnxqError
 from onnxq.graph import node_name
 from onnxq.recovery.channel_scale import apply_rewrite, drop_unused_initializers
-from onnxq.scales.rewrites import BiasRewrite, ChannelRewrite, FloatRewrites, record_in_model, weights_digest
+from onnxq.scales.rewrites import (
+    BiasRewrite,
+    ChannelRewrite,
+    FloatRewrites,
+    ShiftRewrite,
+    record_in_model,
+    weights_digest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,10 @@ def replay_rewrites(model: onnx.ModelProto, record: FloatRewrites, *, source: st
     for rewrite in record.rewrites:
         if isinstance(rewrite, ChannelRewrite):
             apply_rewrite(model, rewrite)
+        elif isinstance(rewrite, ShiftRewrite):
+            from onnxq.recovery.activation_shift import apply_shift
+
+            apply_shift(model, rewrite)
     drop_unused_initializers(model)
     biases = {r.node: r.bias for r in record.rewrites if isinstance(r, BiasRewrite)}
     if biases:

@@ -1,7 +1,9 @@
 """The quantize pipeline's recovery stages, in order:
 
 * ``equalize`` (before the plan, float -> float, exact): SmoothQuant migration into MatMul/Gemm weights and
-  cross-layer / depthwise-input equalization, from per-channel ranges of one float pass over a few batches;
+  cross-layer / depthwise-input equalization, from per-channel ranges of one float pass over a few batches; then
+  the activation shift of the 1x1 Conv/Gemm inputs (:mod:`onnxq.recovery.activation_shift`), whose bias
+  compensation for the quantized weights opens ``recover``;
 * ``recover`` (after the ranges): one float pass caching the inputs of the quantized weighted layers, then
   ``--method auto`` range selection and AdaRound (learned rounding, torch), each layer-local; last, bias correction
   on the whole Q/DQ model (one pass per layer level), so it sees the final ranges and weights.
@@ -75,6 +77,42 @@ def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: Reco
     return notes
 
 
+def shift_activations(model: onnx.ModelProto, data: Iterable[Batch] | None, options: RecoveryOptions,
+                      skip_padding: bool = True) -> list[str]:
+    """The activation shift of ``model`` in place (after equalization and SmoothQuant, which change the tensors it
+    centres), recorded with the float rewrites; returns notes for the report."""
+    if not options.activation_shift or data is None:
+        return []
+    from onnxq.recovery.activation_shift import shift_model
+    from onnxq.scales.rewrites import FloatRewrites, read_from_model, record_in_model, weights_digest
+
+    before = weights_digest(model)
+    note, rewrites = shift_model(model, data, options.equalize_batches, skip_padding=skip_padding)
+    if rewrites:
+        earlier = read_from_model(model)
+        record_in_model(model, FloatRewrites((*(earlier.rewrites if earlier else ()), *rewrites),
+                                             earlier.weights_before if earlier else before, weights_digest(model)))
+    return [note]
+
+
+def compensated_shifts(prepared: onnx.ModelProto, table: ScaleTable) -> list[str]:
+    """The biases of the shifted layers compensated for their quantized weights (``prepared`` in place, recorded
+    like bias correction's); nothing when the model holds no activation shift."""
+    from onnxq.recovery.activation_shift import compensate_shifts
+    from onnxq.scales.rewrites import ShiftRewrite, read_from_model
+
+    record = read_from_model(prepared)
+    shifts = [r for r in record.rewrites if isinstance(r, ShiftRewrite)] if record else []
+    if not shifts:
+        return []
+
+    def compensate() -> str:
+        changed = compensate_shifts(prepared, table, shifts)
+        return f"activation shift: {changed} layer bias(es) compensated for the quantized weights" if changed else ""
+
+    return recorded_biases(prepared, True, compensate, "activation-shift compensation")
+
+
 def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calibrators: dict[str, Calibrator],
             data: Iterable[Batch] | None, options: RecoveryOptions,
             constant_region: bool = False) -> tuple[ScaleTable, list[str]]:
@@ -82,17 +120,18 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
     place (AdaRound weights, corrected biases). ``constant_region``: correct the biases on the calibration data's
     padding constant (:mod:`onnxq.recovery.constant_region`) first; bias correction, when on, runs where that
     correction was not kept (no padding constant, a model that is not fully convolutional, too little gain)."""
+    shifted = compensated_shifts(prepared, table)  # before any correction: they measure the compensated model
     rounding = [gptq_rounding(prepared, plan, table, data, options)] if uses_gptq(plan, options, data) else []
     auto = [t for t in plan.calibrated_activations() if t.method == "auto"]
     if data is None and constant_region and not (auto or options.needs_layers or options.bias_correction):
         log.info("constant-region correction skipped: it needs calibration data (--calib)")
-        return table, rounding
+        return table, shifted + rounding
     if not (auto or options.needs_layers or options.bias_correction or constant_region):
-        return table, rounding
+        return table, shifted + rounding
     if data is None:
-        return table, ["layer-local recovery and bias correction skipped: they need calibration data (--calib); "
-                       "auto ranges fall back to mse"]
-    notes: list[str] = rounding  # GPTQ first: bias correction then sees the final weights
+        return table, [*shifted, "layer-local recovery and bias correction skipped: they need calibration data "
+                       "(--calib); auto ranges fall back to mse"]
+    notes: list[str] = shifted + rounding  # GPTQ first: bias correction then sees the final weights
     if auto or options.needs_layers:
         table, local = layer_local(prepared, plan, table, calibrators, data, options, auto)
         notes += local

@@ -23,6 +23,12 @@ channel axis (negative: from the end), ``rank`` the rank the inserted ``Mul`` br
 axis of the consumer's weight (input 1) multiplied by ``scale``. Factors are JSON numbers in Python's shortest
 round-trip form, so they read back bit-exactly.
 
+The activation shift (:mod:`onnxq.recovery.activation_shift`) runs after them, still before the ranges: the
+readers of ``tensor`` read ``tensor - shift`` through one inserted ``Add`` and their biases absorb ``W shift``. It is
+recorded as a :class:`ShiftRewrite`::
+
+    {"kind": "shift", "tensor": "x", "axis": 1, "rank": 4, "nodes": ["Conv_9"], "shift": [0.8, 1.9, ...]}
+
 Bias correction (:mod:`onnxq.recovery.bias_correction`) runs after the ranges, on the Q/DQ model; the scales do not
 depend on it, but the deployed model does (the corrected biases are float, outside any Q/DQ). Each corrected layer
 is recorded as a :class:`BiasRewrite`, after the channel rewrites, with the layer's final bias values (float32, so
@@ -53,10 +59,11 @@ from onnxq.errors import OnnxqError
 METADATA_KEY = "onnxq.float_rewrites"
 CHANNEL_KINDS = ("cle-pair", "depthwise", "smoothquant")
 BIAS_KIND = "bias-correction"
-KINDS = (*CHANNEL_KINDS, BIAS_KIND)
+SHIFT_KIND = "shift"
+KINDS = (*CHANNEL_KINDS, SHIFT_KIND, BIAS_KIND)
 #: the quantize flag that leaves out each kind of rewrite
 FLAG_OF_KIND = {"cle-pair": "--no-equalize", "depthwise": "--no-equalize", "smoothquant": "--smoothquant off",
-                BIAS_KIND: "--no-bias-correction"}
+                SHIFT_KIND: "--no-shift-activations", BIAS_KIND: "--no-bias-correction"}
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,24 @@ class BiasRewrite:
         return {"kind": self.kind, "node": self.node, "bias": [float(v) for v in self.bias]}
 
 
-Rewrite = ChannelRewrite | BiasRewrite
+@dataclass(frozen=True)
+class ShiftRewrite:
+    """The layers ``nodes`` (1x1 Conv / Gemm, every reader of ``tensor``) read ``tensor - shift`` (channels on
+    ``axis`` of a ``rank``-d tensor) and their biases absorb ``W shift`` (:mod:`onnxq.recovery.activation_shift`)."""
+
+    tensor: str
+    axis: int
+    rank: int
+    nodes: tuple[str, ...]
+    shift: np.ndarray  # float64, one value per channel
+    kind: str = SHIFT_KIND
+
+    def to_document(self) -> dict[str, Any]:
+        return {"kind": self.kind, "tensor": self.tensor, "axis": self.axis, "rank": self.rank,
+                "nodes": list(self.nodes), "shift": [float(v) for v in self.shift]}
+
+
+Rewrite = ChannelRewrite | ShiftRewrite | BiasRewrite
 
 
 @dataclass(frozen=True)
@@ -156,6 +180,17 @@ def _bias_rewrite(doc: Mapping, where: str) -> BiasRewrite:
     return BiasRewrite(_str(doc, "node", where), bias.astype(np.float32))
 
 
+def _shift_rewrite(doc: Mapping, where: str) -> ShiftRewrite:
+    nodes = doc.get("nodes")
+    if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) and n for n in nodes):
+        raise OnnxqError(f"{where}: nodes must be a non-empty list of node names")
+    rank = _int(doc, "rank", where)
+    if rank < 2:
+        raise OnnxqError(f"{where}: rank must be at least 2, got {rank}")
+    return ShiftRewrite(_str(doc, "tensor", where), _int(doc, "axis", where), rank, tuple(nodes),
+                        np.asarray(_numbers(doc, "shift", where), dtype=np.float64))
+
+
 def _rewrite(doc: Any, where: str) -> Rewrite:
     if not isinstance(doc, Mapping):
         raise OnnxqError(f"{where}: expected an object with kind, node, tensor, axis, rank, weight_axis, scale")
@@ -164,6 +199,8 @@ def _rewrite(doc: Any, where: str) -> Rewrite:
         raise OnnxqError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if kind == BIAS_KIND:
         return _bias_rewrite(doc, where)
+    if kind == SHIFT_KIND:
+        return _shift_rewrite(doc, where)
     scale = doc.get("scale")
     if (not isinstance(scale, list) or not scale
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)):
