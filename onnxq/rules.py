@@ -167,10 +167,6 @@ TENSORRT = TargetRules(
     # pprec 13.87 -> 20.31, ppdet 15.82 -> 17.23, rec 24.69 -> 25.09 (strings 0.917 -> 0.958), ppcls 23.12 -> 22.57
     # (top-1 1.000 both), yolodoc unchanged; the reference models within 0.5 point of FP32 (docs/accuracy_recovery.md).
     bias_correction=True,
-    # TensorRT's activations are symmetric (zero point 0): a one-sided input (after ReLU/SiLU/HardSwish) uses half
-    # the grid. Centring each channel of the 1x1 Conv/Gemm inputs (the shift folded into the bias, compensated for
-    # the quantized weights) measured in docs/accuracy_recovery.md on the real models of benchmarks/real_models.py
-    activation_shift=True,
 )
 
 ORT_CPU = TargetRules(

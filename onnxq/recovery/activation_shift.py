@@ -17,10 +17,11 @@ whose quantization the plan ties to the tensors around it, is left alone. The su
 
 The bias ``b + W c`` keeps the FLOAT model exact, but the quantized layer computes ``W_q x' + b + W c``: its weight
 error ``(W_q - W)`` now multiplies ``x - c`` instead of ``x``, and the constant ``(W - W_q) c`` is a mean output shift
-as large as ``c`` is. :func:`compensate_shifts` adds ``(W_q - W) c`` to the bias once the weight scales are known,
-so the layer's weight error is the unshifted one again (measured on picodet: without it the shift lost 2 dB, with it
-the shift gains 1.2 dB). Learned weight rounding (GPTQ, AdaRound) changes ``W_q`` after that, so the shift is not
-combined with it.
+as large as ``c`` is. Bias correction removes it with the rest of the layer's mean error (it measures the exact float
+model, so the compensation must not be in that model yet); a layer it leaves alone (a score head's branch, an
+output layer, bias correction off) gets :func:`compensate_shifts`, which adds ``(W_q - W) c`` to the bias once the
+weight scales are known, so the layer's weight error is the unshifted one again. Learned weight rounding (GPTQ,
+AdaRound) changes ``W_q`` after that, so the shift is not combined with it.
 
 Each shift is recorded with the float rewrites (:class:`onnxq.scales.rewrites.ShiftRewrite`), so exported scales
 replay it; the compensation is a bias change, recorded like bias correction's.
@@ -29,7 +30,7 @@ replay it; the compensation is a bias change, recorded like bias correction's.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -299,14 +300,15 @@ def shift_model(model: onnx.ModelProto, data: Iterable[Batch], batches: int, *,
             f"{median}"), rewrites
 
 
-def compensate_shifts(model: onnx.ModelProto, table: ScaleTable, rewrites: Iterable[ShiftRewrite]) -> int:
-    """Add ``(W_q - W) shift`` to the bias of every shifted layer whose weight ``table`` quantizes (per tensor or
-    per channel), in place: the quantized layer then computes ``W_q x' + b + W_q shift``, whose weight error is the
-    unshifted layer's. Returns how many layers changed."""
+def compensate_shifts(model: onnx.ModelProto, table: ScaleTable, rewrites: Iterable[ShiftRewrite],
+                      skip: Collection[str] = ()) -> int:
+    """Add ``(W_q - W) shift`` to the bias of every shifted layer (but those named in ``skip``) whose weight ``table``
+    quantizes (per tensor or per channel), in place: the quantized layer then computes ``W_q x' + b + W_q shift``,
+    whose weight error is the unshifted layer's. Returns how many layers changed."""
     index = GraphIndex.build(model.graph)
     changed = 0
     for rewrite in rewrites:
-        for node in nodes_named(model, rewrite.nodes):
+        for node in nodes_named(model, [n for n in rewrite.nodes if n not in skip]):
             params = table.get(node.input[1])
             if (params is None or params.blockwise or not params.symmetric
                     or quant_dtype(params.dtype).is_float):

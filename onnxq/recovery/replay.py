@@ -1,4 +1,5 @@
-"""Replay recorded float rewrites (equalization, SmoothQuant, activation shifts, corrected biases) on a float model, bit-exactly.
+"""Replay recorded float rewrites (equalization, SmoothQuant, activation shifts, corrected biases) on a float
+model, bit-exactly.
 
 ``onnxq quantize ORIGINAL.onnx --scales scales.json``: a version-3 onnxq scales file records the channel rescalings
 the calibrated run made before its ranges were taken (:mod:`onnxq.scales.rewrites`). They are applied here, before

@@ -3,7 +3,7 @@
 * ``equalize`` (before the plan, float -> float, exact): SmoothQuant migration into MatMul/Gemm weights and
   cross-layer / depthwise-input equalization, from per-channel ranges of one float pass over a few batches; then
   the activation shift of the 1x1 Conv/Gemm inputs (:mod:`onnxq.recovery.activation_shift`), whose bias
-  compensation for the quantized weights opens ``recover``;
+  compensation for the quantized weights closes ``recover`` where no correction changed the bias;
 * ``recover`` (after the ranges): one float pass caching the inputs of the quantized weighted layers, then
   ``--method auto`` range selection and AdaRound (learned rounding, torch), each layer-local; last, bias correction
   on the whole Q/DQ model (one pass per layer level), so it sees the final ranges and weights.
@@ -95,9 +95,9 @@ def shift_activations(model: onnx.ModelProto, data: Iterable[Batch] | None, opti
     return [note]
 
 
-def compensated_shifts(prepared: onnx.ModelProto, table: ScaleTable) -> list[str]:
-    """The biases of the shifted layers compensated for their quantized weights (``prepared`` in place, recorded
-    like bias correction's); nothing when the model holds no activation shift."""
+def compensated_shifts(prepared: onnx.ModelProto, table: ScaleTable, corrected: set[str]) -> list[str]:
+    """The biases of the shifted layers but ``corrected`` compensated for their quantized weights (``prepared`` in
+    place, recorded like bias correction's); nothing when the model holds no activation shift."""
     from onnxq.recovery.activation_shift import compensate_shifts
     from onnxq.scales.rewrites import ShiftRewrite, read_from_model
 
@@ -107,8 +107,9 @@ def compensated_shifts(prepared: onnx.ModelProto, table: ScaleTable) -> list[str
         return []
 
     def compensate() -> str:
-        changed = compensate_shifts(prepared, table, shifts)
-        return f"activation shift: {changed} layer bias(es) compensated for the quantized weights" if changed else ""
+        changed = compensate_shifts(prepared, table, shifts, skip=corrected)
+        return (f"activation shift: {changed} layer bias(es) compensated for the quantized weights (the others "
+                "were corrected)" if changed else "")
 
     return recorded_biases(prepared, True, compensate, "activation-shift compensation")
 
@@ -119,19 +120,35 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
     """Layer-local recovery after the ranges: the (possibly changed) table and notes; ``prepared`` is changed in
     place (AdaRound weights, corrected biases). ``constant_region``: correct the biases on the calibration data's
     padding constant (:mod:`onnxq.recovery.constant_region`) first; bias correction, when on, runs where that
-    correction was not kept (no padding constant, a model that is not fully convolutional, too little gain)."""
-    shifted = compensated_shifts(prepared, table)  # before any correction: they measure the compensated model
+    correction was not kept (no padding constant, a model that is not fully convolutional, too little gain). Last,
+    the shifted layers that no correction changed get their shift's compensation for the quantized weights (a
+    correction measures the exact float model, and the mean shift it removes includes that constant); a --scales
+    run replayed the compensated biases already."""
+    from onnxq.recovery.bias_record import bias_state, changed_biases
+
+    before = bias_state(prepared) if data is not None else {}
+    table, notes = corrections(prepared, plan, table, calibrators, data, options, constant_region)
+    if data is not None:
+        corrected = {r.node for r in changed_biases(prepared, before)}
+        notes += compensated_shifts(prepared, table, corrected)
+    return table, notes
+
+
+def corrections(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calibrators: dict[str, Calibrator],
+                data: Iterable[Batch] | None, options: RecoveryOptions,
+                constant_region: bool) -> tuple[ScaleTable, list[str]]:
+    """GPTQ rounding, layer-local recovery, then the constant-region correction or bias correction (:func:`recover`)."""
     rounding = [gptq_rounding(prepared, plan, table, data, options)] if uses_gptq(plan, options, data) else []
     auto = [t for t in plan.calibrated_activations() if t.method == "auto"]
     if data is None and constant_region and not (auto or options.needs_layers or options.bias_correction):
         log.info("constant-region correction skipped: it needs calibration data (--calib)")
-        return table, shifted + rounding
+        return table, rounding
     if not (auto or options.needs_layers or options.bias_correction or constant_region):
-        return table, shifted + rounding
+        return table, rounding
     if data is None:
-        return table, [*shifted, "layer-local recovery and bias correction skipped: they need calibration data "
-                       "(--calib); auto ranges fall back to mse"]
-    notes: list[str] = shifted + rounding  # GPTQ first: bias correction then sees the final weights
+        return table, ["layer-local recovery and bias correction skipped: they need calibration data (--calib); "
+                       "auto ranges fall back to mse"]
+    notes: list[str] = rounding  # GPTQ first: bias correction then sees the final weights
     if auto or options.needs_layers:
         table, local = layer_local(prepared, plan, table, calibrators, data, options, auto)
         notes += local
