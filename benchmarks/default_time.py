@@ -14,7 +14,8 @@ new process instead (start-up, imports, model load and write included: what a us
 * ``auto``: the defaults with ``--method auto`` (per-tensor range selection on the consuming layers' outputs);
 * ``bc`` / ``no-bc``: the defaults with bias correction on / off (``--bias-correction`` / ``--no-bias-correction``;
   the tensorrt default has it on);
-* ``sq`` / ``no-sq``: the defaults with SmoothQuant's per-tensor search on / off (``--smoothquant auto`` / ``none``).
+* ``sq`` / ``no-sq``: the defaults with SmoothQuant's per-tensor search on / off (``--smoothquant auto`` / ``none``);
+* ``shift``: the defaults with the activation shift (``--shift-activations``).
 
 Reference models are exported with ``onnxq models export`` into ``--workdir`` (needs torch); the real models and their
 calibration sets come from ``benchmarks/realdata.py``. The machine is shared: compare ratios within one run only.
@@ -52,6 +53,7 @@ VARIANTS = {
     "no-bc": replace(QuantConfig(), recovery=replace(QuantConfig().recovery, bias_correction=False)),
     "sq": replace(QuantConfig(), recovery=replace(QuantConfig().recovery, smoothquant_alpha="auto")),
     "no-sq": replace(QuantConfig(), recovery=replace(QuantConfig().recovery, smoothquant_alpha="off")),
+    "shift": replace(QuantConfig(), recovery=replace(QuantConfig().recovery, activation_shift=True)),
 }
 COMMANDS = {
     "minmax": "onnxq quantize MODEL --calib DATA --method minmax --no-equalize --no-bias-correction --smoothquant off",
@@ -61,6 +63,7 @@ COMMANDS = {
     "no-bc": "onnxq quantize MODEL --calib DATA --no-bias-correction",
     "sq": "onnxq quantize MODEL --calib DATA --smoothquant auto",
     "no-sq": "onnxq quantize MODEL --calib DATA --smoothquant off",
+    "shift": "onnxq quantize MODEL --calib DATA --shift-activations",
 }
 
 

@@ -21,7 +21,7 @@ from onnxq.validate.metrics import ErrorAccumulator
 from tests.helpers import init, make_model, run_cli
 from tests.recovery.nets_recovery import gemm_batches, gemm_model, image_batches, mobilenet_hardswish
 
-NO_BC = RecoveryOptions(bias_correction=False)
+SHIFTED = RecoveryOptions(bias_correction=False, activation_shift=True)
 
 
 def relu_gemm_batches() -> list[dict[str, np.ndarray]]:
@@ -79,7 +79,7 @@ def test_targets_are_the_inputs_read_only_by_unpadded_pointwise_layers() -> None
 
 def test_the_compensated_bias_is_the_float_bias_plus_the_quantized_weights_times_the_shift() -> None:
     model, batches = gemm_model(input_relu=True), relu_gemm_batches()
-    result = quantize(model, calib=batches, config=QuantConfig(recovery=NO_BC))
+    result = quantize(model, calib=batches, config=QuantConfig(recovery=SHIFTED))
     record = read_from_model(result.model)
     assert record is not None
     (shift,) = [r for r in record.rewrites if isinstance(r, ShiftRewrite)]
@@ -91,24 +91,36 @@ def test_the_compensated_bias_is_the_float_bias_plus_the_quantized_weights_times
     b = GraphIndex.build(model.graph).array("b").astype(np.float64)
     # the quantized layer computes W_q (x - c) + b + W_q c: its weight error is the unshifted layer's
     np.testing.assert_allclose(index.array(fc.input[2]), b + w_q @ shift.shift, rtol=1e-5, atol=1e-6)
-    assert "activation shift: 1 layer bias(es) compensated for the quantized weights" in result.report.prepare_notes
+    assert ("activation shift: 1 layer bias(es) compensated for the quantized weights (the others were corrected)"
+            in result.report.prepare_notes)
+
+
+def test_a_layer_bias_correction_corrects_gets_no_compensation_on_top() -> None:
+    """Bias correction measures the exact float model; the mean shift it removes includes the shift's constant."""
+    model, batches = gemm_model(input_relu=True), relu_gemm_batches()
+    corrected = quantize(model, calib=batches, config=QuantConfig(recovery=RecoveryOptions(
+        activation_shift=True, bias_correction=True, bias_correction_min_t=0.0,
+        bias_correction_output_heads=True)))  # fc writes the graph output
+    notes = corrected.report.prepare_notes
+    assert any(n.startswith("bias correction: 1 layer(s)") for n in notes)
+    assert not any("compensated for the quantized weights" in n for n in notes)
 
 
 def test_a_one_sided_gemm_input_gains_a_measured_margin() -> None:
     model, batches = gemm_model(input_relu=True), relu_gemm_batches()
     plain = quantize(model, calib=batches, config=QuantConfig(recovery=RecoveryOptions(
         bias_correction=False, activation_shift=False)))
-    shifted = quantize(model, calib=batches, config=QuantConfig(recovery=NO_BC))
+    shifted = quantize(model, calib=batches, config=QuantConfig(recovery=SHIFTED))
     before, after = sqnr(model, plain.model, batches), sqnr(model, shifted.model, batches)
     assert after > before + 4.0, (before, after)  # measured 39.2 -> 45.9 dB: half the grid was unused
 
 
-def test_the_shift_is_a_tensorrt_default_and_never_runs_with_learned_rounding() -> None:
-    assert recovery_options(QuantConfig()).activation_shift is True
-    assert recovery_options(QuantConfig(target="ort-cpu")).activation_shift is False  # zero points there
-    assert recovery_options(QuantConfig(recovery=RecoveryOptions(activation_shift=False))).activation_shift is False
+def test_the_shift_is_opt_in_and_never_runs_with_learned_rounding() -> None:
+    assert recovery_options(QuantConfig()).activation_shift is False
+    assert recovery_options(QuantConfig(target="ort-cpu")).activation_shift is False
+    assert recovery_options(QuantConfig(recovery=RecoveryOptions(activation_shift=True))).activation_shift is True
     for rounding in ("gptq", "gptaq"):
-        options = RecoveryOptions(weight_rounding=rounding)  # type: ignore[arg-type]
+        options = RecoveryOptions(weight_rounding=rounding, activation_shift=True)  # type: ignore[arg-type]
         assert recovery_options(QuantConfig(recovery=options)).activation_shift is False
 
 
@@ -134,7 +146,8 @@ def test_json_scales_replay_the_shift_to_a_bit_identical_model(tmp_path) -> None
         np.save(tmp_path / "calib" / f"{i:03d}.npy", batch["x0"])
     for args in [("--calib", tmp_path / "calib"), ("--scales", tmp_path / "s.json")]:
         out = tmp_path / ("b.onnx" if args[0] == "--scales" else "a.onnx")
-        r = run_cli("quantize", tmp_path / "model.onnx", *args, "-o", out)
+        shift = ("--shift-activations", "--no-bias-correction") if args[0] == "--calib" else ()
+        r = run_cli("quantize", tmp_path / "model.onnx", *args, *shift, "-o", out)
         assert r.returncode == 0, r.stderr
         if args[0] == "--calib":
             assert "activation shift: 1 of 1" in r.stdout
