@@ -262,7 +262,8 @@ def add_to_bias(model: onnx.ModelProto, index: GraphIndex, node: onnx.NodeProto,
     """Add ``delta`` (one value per output channel) to ``node``'s bias input, creating it when absent."""
     if len(node.input) > 2 and node.input[2]:
         bias = index.array(node.input[2])
-        value = (np.broadcast_to(bias.astype(np.float64), delta.shape) + delta).astype(bias.dtype)
+        flat = bias.astype(np.float64).reshape(-1)  # Gemm's C may be (N,), (1, N) or a scalar
+        value = ((flat + delta).reshape(bias.shape) if flat.size == delta.size else flat[0] + delta).astype(bias.dtype)
         set_input_initializer(model, node, 2, value, suffix, index)
         return
     name = unique_name(all_names(model.graph), f"{node_name(node)}_bias_{suffix}")

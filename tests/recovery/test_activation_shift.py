@@ -3,6 +3,7 @@ weights (its definition), recorded and replayed bit-exactly, and a measured gain
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -167,3 +168,18 @@ def test_a_replay_on_another_model_names_the_missing_layer() -> None:
     with pytest.raises(OnnxqError, match="activation shift of layer 'nowhere' was recorded on another model"):
         apply_shift(model, ShiftRewrite("x", -1, 2, ("nowhere",), np.ones(16)))
     assert numpy_helper.to_array(model.graph.initializer[1]).shape == (8,)  # nothing written
+
+
+@pytest.mark.parametrize("bias_shape", [(8,), (1, 8), (1,)])
+def test_a_gemm_bias_of_any_broadcast_shape_absorbs_the_shift_exactly(bias_shape) -> None:
+    model = gemm_model(input_relu=True)
+    b = model.graph.initializer[1]
+    value = numpy_helper.to_array(b)
+    b.CopyFrom(numpy_helper.from_array((value if bias_shape != (1,) else value[:1]).reshape(bias_shape), "b"))
+    model = onnx.shape_inference.infer_shapes(model)
+    shifted = copy.deepcopy(model)
+    _, rewrites = shift_model(shifted, relu_gemm_batches(), 1)
+    assert len(rewrites) == 1
+    for batch in relu_gemm_batches():
+        want, got = make_session(model).run(None, batch)[0], make_session(shifted).run(None, batch)[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
