@@ -40,7 +40,7 @@ from onnx import helper, numpy_helper
 from onnxq.data import Batch
 from onnxq.dtypes import quant_dtype
 from onnxq.errors import OnnxqError
-from onnxq.graph import GraphIndex, all_names, node_name, unique_name
+from onnxq.graph import GraphIndex, all_names, attr, node_name, recorded_ranks, unique_name
 from onnxq.padding_rows import ActivationReader
 from onnxq.recovery.channel_scale import sample_rows, set_input_initializer
 from onnxq.recovery.layers import fake_quantize
@@ -80,13 +80,6 @@ class ChannelSpread:
     rows: list[np.ndarray]
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _reader_channels(index: GraphIndex, node: onnx.NodeProto, tensor: str) -> tuple[int, int] | None:
     """(channel axis, channel count) of ``tensor`` when ``node`` is a layer a shift of it folds into exactly."""
     if node.domain not in ("", "ai.onnx") or len(node.input) < 2 or node.input[0] != tensor or tensor in node.input[1:]:
@@ -97,33 +90,31 @@ def _reader_channels(index: GraphIndex, node: onnx.NodeProto, tensor: str) -> tu
     bias_ok = len(node.input) < 3 or not node.input[2] or index.is_initializer(node.input[2])
     if node.op_type == "Conv":
         kernel = w.shape[2:]
-        pads = _attr(node, "pads", [])
-        auto_pad = _attr(node, "auto_pad", b"NOTSET")
+        pads = attr(node, "pads", [])
+        auto_pad = attr(node, "auto_pad", b"NOTSET")
         auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
         if (w.ndim < 3 or any(k != 1 for k in kernel) or any(pads) or auto_pad not in ("NOTSET", "VALID")
-                or _attr(node, "group", 1) != 1 or not bias_ok):
+                or attr(node, "group", 1) != 1 or not bias_ok):
             return None
         return 1, int(w.shape[1])
     if node.op_type == "Gemm":
-        if (w.ndim != 2 or _attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0
-                or _attr(node, "beta", 1.0) != 1.0 or not bias_ok):
+        if (w.ndim != 2 or attr(node, "transA", 0) or attr(node, "alpha", 1.0) != 1.0
+                or attr(node, "beta", 1.0) != 1.0 or not bias_ok):
             return None
         if len(node.input) > 2 and node.input[2] and index.array(node.input[2]).size not in (1, _gemm_n(node, w)):
             return None
-        return -1, int(w.shape[1] if _attr(node, "transB", 0) else w.shape[0])
+        return -1, int(w.shape[1] if attr(node, "transB", 0) else w.shape[0])
     return None
 
 
 def _gemm_n(node: onnx.NodeProto, w: np.ndarray) -> int:
-    return int(w.shape[0] if _attr(node, "transB", 0) else w.shape[1])
+    return int(w.shape[0] if attr(node, "transB", 0) else w.shape[1])
 
 
 def shift_targets(model: onnx.ModelProto) -> list[ShiftTarget]:
     """The tensors a shift applies to exactly (module docstring), with known rank, in graph order."""
     index = GraphIndex.build(model.graph)
-    ranks = {v.name: len(v.type.tensor_type.shape.dim)
-             for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]
-             if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
+    ranks = recorded_ranks(model.graph)
     targets: list[ShiftTarget] = []
     seen: set[str] = set()
     for node in model.graph.node:
@@ -254,7 +245,7 @@ def layer_product(node: onnx.NodeProto, w: np.ndarray, shift: np.ndarray) -> np.
     """``W shift`` of a shiftable Conv (weights M x C x 1...) or Gemm, one value per output channel (float64)."""
     if node.op_type == "Conv":
         return w.reshape(w.shape[0], w.shape[1]) @ shift
-    return w @ shift if _attr(node, "transB", 0) else shift @ w
+    return w @ shift if attr(node, "transB", 0) else shift @ w
 
 
 def add_to_bias(model: onnx.ModelProto, index: GraphIndex, node: onnx.NodeProto, delta: np.ndarray,
@@ -317,6 +308,5 @@ def compensate_shifts(model: onnx.ModelProto, table: ScaleTable, rewrites: Itera
             w = index.array(node.input[1])
             error = fake_quantize(w, params).astype(np.float64) - w.astype(np.float64)
             add_to_bias(model, index, node, layer_product(node, error, rewrite.shift), "shiftq")
-            index = GraphIndex.build(model.graph)
             changed += 1
     return changed

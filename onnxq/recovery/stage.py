@@ -23,6 +23,7 @@ from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex
 from onnxq.plan import QuantPlan
 from onnxq.recovery.layers import build_layer, capture_inputs, is_layer
+from onnxq.scales.rewrites import ShiftRewrite
 from onnxq.scales.types import ScaleTable
 
 log = logging.getLogger(__name__)
@@ -95,16 +96,19 @@ def shift_activations(model: onnx.ModelProto, data: Iterable[Batch] | None, opti
     return [note]
 
 
-def compensated_shifts(prepared: onnx.ModelProto, table: ScaleTable, corrected: set[str]) -> list[str]:
-    """The biases of the shifted layers but ``corrected`` compensated for their quantized weights (``prepared`` in
-    place, recorded like bias correction's); nothing when the model holds no activation shift."""
-    from onnxq.recovery.activation_shift import compensate_shifts
-    from onnxq.scales.rewrites import ShiftRewrite, read_from_model
+def recorded_shifts(model: onnx.ModelProto) -> list[ShiftRewrite]:
+    """The activation shifts recorded with ``model``'s float rewrites (none: not shifted)."""
+    from onnxq.scales.rewrites import read_from_model
 
-    record = read_from_model(prepared)
-    shifts = [r for r in record.rewrites if isinstance(r, ShiftRewrite)] if record else []
-    if not shifts:
-        return []
+    record = read_from_model(model)
+    return [r for r in record.rewrites if isinstance(r, ShiftRewrite)] if record else []
+
+
+def compensated_shifts(prepared: onnx.ModelProto, table: ScaleTable, shifts: list[ShiftRewrite],
+                       corrected: set[str]) -> list[str]:
+    """The biases of the layers of ``shifts`` but ``corrected`` compensated for their quantized weights
+    (``prepared`` in place, recorded like bias correction's)."""
+    from onnxq.recovery.activation_shift import compensate_shifts
 
     def compensate() -> str:
         changed = compensate_shifts(prepared, table, shifts, skip=corrected)
@@ -126,11 +130,12 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
     run replayed the compensated biases already."""
     from onnxq.recovery.bias_record import bias_state, changed_biases
 
-    before = bias_state(prepared) if data is not None else {}
+    shifts = recorded_shifts(prepared) if data is not None else []
+    before = bias_state(prepared) if shifts else {}
     table, notes = corrections(prepared, plan, table, calibrators, data, options, constant_region)
-    if data is not None:
+    if shifts:
         corrected = {r.node for r in changed_biases(prepared, before)}
-        notes += compensated_shifts(prepared, table, corrected)
+        notes += compensated_shifts(prepared, table, shifts, corrected)
     return table, notes
 
 
