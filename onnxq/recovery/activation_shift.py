@@ -163,31 +163,52 @@ def shift_statistics(model: onnx.ModelProto, targets: list[ShiftTarget], data: I
     return spreads
 
 
-def symmetric_error(values: np.ndarray) -> float:
+class SortedSample:
+    """Sample values sorted, with prefix sums of the values and their squares: the squared error of any uniform grid
+    over them is a sum over the grid's codes (binary searches for its rounding edges), not over every value."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = np.sort(np.asarray(values, np.float64).ravel())
+        self.sums = np.concatenate(([0.0], np.cumsum(self.values)))
+        self.squares = np.concatenate(([0.0], np.cumsum(self.values ** 2)))
+
+    def grid_errors(self, lows: np.ndarray, steps: np.ndarray, levels: int = 256) -> np.ndarray:
+        """Mean squared error over the sample of each grid ``lows[i] + k * steps[i]`` (``k`` in ``[0, levels)``),
+        every value rounded to its nearest code and clipped to the ends."""
+        codes = np.arange(levels, dtype=np.float64)
+        edges = lows[:, None] + (codes[1:] - 0.5)[None, :] * steps[:, None]
+        bounds = np.concatenate([np.zeros((len(lows), 1), np.int64), np.searchsorted(self.values, edges),
+                                 np.full((len(lows), 1), self.values.size, np.int64)], axis=1)
+        counts = np.diff(bounds, axis=1)
+        sums = np.diff(self.sums[bounds], axis=1)
+        squares = np.diff(self.squares[bounds], axis=1)
+        q = lows[:, None] + codes[None, :] * steps[:, None]
+        errors = (squares - 2 * q * sums + counts * q * q).sum(axis=1)
+        return np.maximum(errors, 0.0) / max(self.values.size, 1)
+
+
+def symmetric_error(values: np.ndarray | SortedSample) -> float:
     """The least mean squared error of a symmetric INT8 grid over ``values``, over clipping fractions of the peak."""
-    peak = float(np.abs(values).max())
+    sample = values if isinstance(values, SortedSample) else SortedSample(values)
+    if sample.values.size == 0:
+        return 0.0
+    peak = float(max(-sample.values[0], sample.values[-1]))
     if peak == 0:
         return 0.0
-    steps = peak * np.linspace(0.05, 1.0, 40)[:, None] / QMAX
-    q = np.clip(np.rint(values[None, :] / steps), -QMAX - 1, QMAX) * steps
-    return float(((q - values[None, :]) ** 2).mean(axis=1).min())
+    steps = peak * np.linspace(0.05, 1.0, 40) / QMAX
+    return float(sample.grid_errors(-(QMAX + 1) * steps, steps).min())
 
 
-def asymmetric_window(values: np.ndarray) -> tuple[float, float]:
+def asymmetric_window(values: np.ndarray | SortedSample) -> tuple[float, float]:
     """The ``[lo, hi]`` (lo at the minimum or a fraction of it, hi a fraction of the maximum) whose 256-step grid
     has the least mean squared error over ``values``."""
-    low, high = float(values.min()), float(values.max())
+    sample = values if isinstance(values, SortedSample) else SortedSample(values)
+    low, high = float(sample.values[0]), float(sample.values[-1])
     los = np.array([low]) if low >= 0 else low * np.array([1.0, 0.75, 0.5, 0.25])
     his = np.array([high]) if high <= 0 else high * np.linspace(0.05, 1.0, 40)
-    best, window = np.inf, (low, high)
-    for lo in los:
-        steps = np.maximum(his - lo, 1e-30)[:, None] / 255
-        q = np.clip(np.rint((values[None, :] - lo) / steps), 0, 255) * steps + lo
-        errors = ((q - values[None, :]) ** 2).mean(axis=1)
-        i = int(errors.argmin())
-        if errors[i] < best:
-            best, window = float(errors[i]), (float(lo), float(his[i]))
-    return window
+    lows, highs = np.repeat(los, his.size), np.tile(his, los.size)
+    best = int(sample.grid_errors(lows, np.maximum(highs - lows, 1e-30) / 255).argmin())
+    return float(lows[best]), float(highs[best])
 
 
 def choose_shift(spread: ChannelSpread) -> tuple[np.ndarray, float] | None:
@@ -196,10 +217,11 @@ def choose_shift(spread: ChannelSpread) -> tuple[np.ndarray, float] | None:
     rows = np.concatenate(spread.rows).astype(np.float64)
     if rows.size == 0:
         return None
-    lo, hi = asymmetric_window(rows.ravel())
+    sample = SortedSample(rows)
+    lo, hi = asymmetric_window(sample)
     low, high = np.clip(spread.lo, lo, hi), np.clip(spread.hi, lo, hi)
     shift = (low + high) / 2
-    before, after = symmetric_error(rows.ravel()), symmetric_error((rows - shift).ravel())
+    before, after = symmetric_error(sample), symmetric_error(rows - shift)
     if before == 0 or after == 0:
         return None
     gain = 10 * np.log10(before / after)
@@ -209,31 +231,48 @@ def choose_shift(spread: ChannelSpread) -> tuple[np.ndarray, float] | None:
 def apply_shift(model: onnx.ModelProto, rewrite: ShiftRewrite) -> None:
     """Make the readers of ``rewrite.tensor`` read ``tensor - shift`` (one inserted Add) and add ``W shift`` to
     their biases: the float model's outputs are unchanged. Used by the calibrated run and by a replay."""
+    apply_shifts(model, [rewrite])
+
+
+def apply_shifts(model: onnx.ModelProto, rewrites: list[ShiftRewrite]) -> None:
+    """:func:`apply_shift` of each of ``rewrites`` (on distinct tensors), with one graph index and one node-list
+    rebuild for all of them."""
+    if not rewrites:
+        return
     index = GraphIndex.build(model.graph)
     names = all_names(model.graph)
-    readers = nodes_named(model, rewrite.nodes)
-    shape = (-1,) + (1,) * (rewrite.rank - 2) if rewrite.axis == 1 else (-1,)
-    constant = unique_name(names, f"{rewrite.tensor}_shift")
-    names.add(constant)
-    shifted = unique_name(names, f"{rewrite.tensor}_shifted")
-    names.add(shifted)
-    model.graph.initializer.append(numpy_helper.from_array((-rewrite.shift).astype(np.float32).reshape(shape),
-                                                           constant))
-    add = helper.make_node("Add", [rewrite.tensor, constant], [shifted], name=unique_name(names, f"{constant}_add"))
     nodes = list(model.graph.node)
-    first = min(nodes.index(r) for r in readers)
-    for reader in readers:
-        w = index.array(reader.input[1]).astype(np.float64)
-        add_to_bias(model, index, reader, layer_product(reader, w, rewrite.shift), "shift")
-        reader.input[0] = shifted
-    nodes.insert(first, add)
+    position = {id(n): i for i, n in enumerate(nodes)}
+    by_name = {node_name(n): n for n in nodes}
+    inserted: dict[int, list[onnx.NodeProto]] = {}
+    for rewrite in rewrites:
+        readers = nodes_named(model, rewrite.nodes, by_name)
+        shape = (-1,) + (1,) * (rewrite.rank - 2) if rewrite.axis == 1 else (-1,)
+        constant = unique_name(names, f"{rewrite.tensor}_shift")
+        names.add(constant)
+        shifted = unique_name(names, f"{rewrite.tensor}_shifted")
+        names.add(shifted)
+        add_name = unique_name(names, f"{constant}_add")
+        names.add(add_name)
+        model.graph.initializer.append(numpy_helper.from_array((-rewrite.shift).astype(np.float32).reshape(shape),
+                                                               constant))
+        first = min(position[id(r)] for r in readers)
+        inserted.setdefault(first, []).append(helper.make_node("Add", [rewrite.tensor, constant], [shifted],
+                                                               name=add_name))
+        for reader in readers:
+            w = index.array(reader.input[1]).astype(np.float64)
+            add_to_bias(model, index, reader, layer_product(reader, w, rewrite.shift), "shift", names)
+            reader.input[0] = shifted
+    ordered = [n for i, node in enumerate(nodes) for n in (*inserted.get(i, ()), node)]
     del model.graph.node[:]
-    model.graph.node.extend(nodes)
+    model.graph.node.extend(ordered)
 
 
-def nodes_named(model: onnx.ModelProto, names: Iterable[str]) -> list[onnx.NodeProto]:
-    """The nodes of ``model`` of these names, in that order (an OnnxqError names a missing one)."""
-    by_name = {node_name(n): n for n in model.graph.node}
+def nodes_named(model: onnx.ModelProto, names: Iterable[str],
+                by_name: dict[str, onnx.NodeProto] | None = None) -> list[onnx.NodeProto]:
+    """The nodes of ``model`` of these names, in that order (an OnnxqError names a missing one); ``by_name``: the
+    model's nodes by name, when the caller holds them."""
+    by_name = {node_name(n): n for n in model.graph.node} if by_name is None else by_name
     missing = [n for n in names if n not in by_name]
     if missing:
         raise OnnxqError(f"the activation shift of layer {missing[0]!r} was recorded on another model: this one has "
@@ -249,15 +288,18 @@ def layer_product(node: onnx.NodeProto, w: np.ndarray, shift: np.ndarray) -> np.
 
 
 def add_to_bias(model: onnx.ModelProto, index: GraphIndex, node: onnx.NodeProto, delta: np.ndarray,
-                suffix: str) -> None:
-    """Add ``delta`` (one value per output channel) to ``node``'s bias input, creating it when absent."""
+                suffix: str, names: set[str] | None = None) -> None:
+    """Add ``delta`` (one value per output channel) to ``node``'s bias input, creating it when absent (``names``:
+    the graph's names, kept up to date, when the caller holds them)."""
     if len(node.input) > 2 and node.input[2]:
         bias = index.array(node.input[2])
         flat = bias.astype(np.float64).reshape(-1)  # Gemm's C may be (N,), (1, N) or a scalar
         value = ((flat + delta).reshape(bias.shape) if flat.size == delta.size else flat[0] + delta).astype(bias.dtype)
         set_input_initializer(model, node, 2, value, suffix, index)
         return
-    name = unique_name(all_names(model.graph), f"{node_name(node)}_bias_{suffix}")
+    names = all_names(model.graph) if names is None else names
+    name = unique_name(names, f"{node_name(node)}_bias_{suffix}")
+    names.add(name)
     model.graph.initializer.append(numpy_helper.from_array(delta.astype(np.float32), name))
     while len(node.input) < 2:
         node.input.append("")
@@ -283,10 +325,9 @@ def shift_model(model: onnx.ModelProto, data: Iterable[Batch], batches: int, *,
         if chosen is None:
             continue
         shift, gain = chosen
-        rewrite = ShiftRewrite(target.tensor, target.axis, target.rank, target.readers, shift)
-        apply_shift(model, rewrite)
-        rewrites.append(rewrite)
+        rewrites.append(ShiftRewrite(target.tensor, target.axis, target.rank, target.readers, shift))
         gains.append(gain)
+    apply_shifts(model, rewrites)
     median = f", median gain {np.median(gains):.1f} dB on the samples" if gains else ""
     return (f"activation shift: {len(rewrites)} of {len(targets)} 1x1 Conv/Gemm input(s) centred per channel"
             f"{median}"), rewrites

@@ -15,7 +15,7 @@ from onnxq.config import QuantConfig, RecoveryOptions
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex
 from onnxq.pipeline import quantize, recovery_options
-from onnxq.recovery.activation_shift import shift_model, shift_targets
+from onnxq.recovery.activation_shift import SortedSample, apply_shifts, shift_model, shift_targets
 from onnxq.runtime import make_session
 from onnxq.scales.rewrites import ShiftRewrite, from_document, read_from_model
 from onnxq.validate.metrics import ErrorAccumulator
@@ -183,3 +183,31 @@ def test_a_gemm_bias_of_any_broadcast_shape_absorbs_the_shift_exactly(bias_shape
     for batch in relu_gemm_batches():
         want, got = make_session(model).run(None, batch)[0], make_session(shifted).run(None, batch)[0]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("low", [-3.0, -0.2, 0.5])
+def test_grid_errors_are_the_mean_squared_error_of_rounding_every_value(low) -> None:
+    """The prefix-sum error of a grid equals rounding and clipping each value to it (values below, inside and above
+    the grid, and on codes)."""
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.uniform(low - 1, 4.0, 997), [low, low + 0.05, 2.5]])
+    lows, steps = np.array([low, low, -1.0]), np.array([0.01, 0.02, 0.003])
+    got = SortedSample(values).grid_errors(lows, steps, levels=256)
+    for lo, step, error in zip(lows, steps, got, strict=True):
+        q = np.clip(np.floor((values - lo) / step + 0.5), 0, 255) * step + lo
+        np.testing.assert_allclose(error, ((q - values) ** 2).mean(), rtol=1e-9, atol=1e-15)
+
+
+def test_shifts_applied_together_equal_one_at_a_time() -> None:
+    """One index for every shift gives the graph of applying them one by one: same nodes, order and biases."""
+    model = onnx.shape_inference.infer_shapes(mobilenet_hardswish())
+    rewrites = []
+    for target in shift_targets(model):
+        channels = np.linspace(-0.5, 0.5, target.channels)
+        rewrites.append(ShiftRewrite(target.tensor, target.axis, target.rank, target.readers, channels))
+    assert len(rewrites) >= 2
+    together, one_by_one = copy.deepcopy(model), copy.deepcopy(model)
+    apply_shifts(together, rewrites)
+    for rewrite in rewrites:
+        apply_shifts(one_by_one, [rewrite])
+    assert together.graph == one_by_one.graph
