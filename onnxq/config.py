@@ -142,7 +142,7 @@ class RecoveryOptions:
     constant_region_correction: bool | None = None
     #: centre each channel of the symmetric INT8 inputs of 1x1 Convs and Gemms on its range, the shift folded into
     #: the bias and compensated for the quantized weights (onnxq.recovery.activation_shift); None: the target's
-    #: default (TargetRules.activation_shift: off on every target so far, docs/accuracy_recovery.md). Not with
+    #: default (TargetRules.activation_shift: on for tensorrt, docs/accuracy_recovery.md). Not with
     #: learned weight rounding (GPTQ, GPTAQ, AdaRound), which changes the quantized weights the compensation is for
     activation_shift: bool | None = None
     #: learned rounding of weights, needs torch (onnxq.recovery.adaround); costs much more time

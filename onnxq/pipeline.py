@@ -440,9 +440,10 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
         if stats is not None:
             # `onnxq calibrate` shards collect statistics on the prepared model without these data-dependent
             # rewrites (each shard would rescale by its own data): the ranges must belong to the model they serve
-            if config.recovery.equalize or recovery_options(config).smoothquant(None) is not None:
-                notes.append("equalization/SmoothQuant skipped: the statistics come from shards calibrated on the "
-                             "model without them")
+            options = recovery_options(config)
+            if config.recovery.equalize or options.smoothquant(None) is not None or options.activation_shift:
+                notes.append("equalization/SmoothQuant/activation shift skipped: the statistics come from shards "
+                             "calibrated on the model without them")
             if recovery_options(config).bias_correction and config.recovery.bias_correction is None:
                 notes.append("bias correction skipped: it needs the calibration data itself (--calib)")
         elif scales is not None:  # the float rewrites the scales were calibrated after, if the file records them

@@ -98,7 +98,7 @@ def add_recovery_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--shift-activations", action=argparse.BooleanOptionalAction, default=None,
                    help="centre each channel of the INT8 inputs of 1x1 Convs and Gemms on its range, the shift folded "
                    "into the bias (exact in float) and compensated for the quantized weights: a symmetric grid then "
-                   "covers a one-sided activation (default: off; for symmetric int8 activations, as on tensorrt)")
+                   "covers a one-sided activation (default: on for tensorrt; only for symmetric int8 activations)")
     g.add_argument("--constant-region-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="when the calibration images hold a padding constant (a letterbox), correct the quantized "
                    "Conv biases so the padding runs as in FP32 (default: on for --target ort-cpu, off otherwise)")

@@ -163,6 +163,15 @@ def compare_formats(model: ModelLike, calib: DataLike, val: DataLike, config: Qu
     original, path = _load(model)
     config = with_deployment_shapes(config, original, calib)  # quantize's placement, shapes from the data
     configs = [format_config(config, c) for c in choices]
+    # the formats share one float model: the activation shift (tensorrt's default, symmetric int8 activations only)
+    # is in it when every format compared would get it, else no format is shifted
+    shifts = [recovery_options(c).activation_shift for c in configs]
+    if not all(shifts):
+        config = replace(config, recovery=replace(config.recovery, activation_shift=False))
+        configs = [replace(c, recovery=replace(c.recovery, activation_shift=False)) for c in configs]
+        if any(shifts):
+            log.info("compare: the activation shift is left out, not every format compared has symmetric int8 "
+                     "activations (the formats share one float model)")
     prepared, _ = prepare(original, config, min_opset=max(c.min_opset() for c in configs))
     # quantize's float rewrites (equalization, on by default): every format is compared on the model it would get
     calib_data = data_source(prepared, calib, config, warn=False)

@@ -292,10 +292,7 @@ def add_to_bias(model: onnx.ModelProto, index: GraphIndex, node: onnx.NodeProto,
     """Add ``delta`` (one value per output channel) to ``node``'s bias input, creating it when absent (``names``:
     the graph's names, kept up to date, when the caller holds them)."""
     if len(node.input) > 2 and node.input[2]:
-        bias = index.array(node.input[2])
-        flat = bias.astype(np.float64).reshape(-1)  # Gemm's C may be (N,), (1, N) or a scalar
-        value = ((flat + delta).reshape(bias.shape) if flat.size == delta.size else flat[0] + delta).astype(bias.dtype)
-        set_input_initializer(model, node, 2, value, suffix, index)
+        set_input_initializer(model, node, 2, compensated_bias(index.array(node.input[2]), delta), suffix, index)
         return
     names = all_names(model.graph) if names is None else names
     name = unique_name(names, f"{node_name(node)}_bias_{suffix}")
@@ -333,21 +330,38 @@ def shift_model(model: onnx.ModelProto, data: Iterable[Batch], batches: int, *,
             f"{median}"), rewrites
 
 
-def compensate_shifts(model: onnx.ModelProto, table: ScaleTable, rewrites: Iterable[ShiftRewrite],
-                      skip: Collection[str] = ()) -> int:
-    """Add ``(W_q - W) shift`` to the bias of every shifted layer (but those named in ``skip``) whose weight ``table``
-    quantizes (per tensor or per channel), in place: the quantized layer then computes ``W_q x' + b + W_q shift``,
-    whose weight error is the unshifted layer's. Returns how many layers changed."""
+def compensation_deltas(model: onnx.ModelProto, table: ScaleTable, rewrites: Iterable[ShiftRewrite],
+                        skip: Collection[str] = ()) -> dict[str, np.ndarray]:
+    """``(W_q - W) shift`` (one value per output channel, float64) of every shifted layer but those named in
+    ``skip`` whose weight ``table`` quantizes on an integer symmetric grid (per tensor or per channel), by node name."""
     index = GraphIndex.build(model.graph)
-    changed = 0
+    by_name = {node_name(n): n for n in model.graph.node}
+    deltas: dict[str, np.ndarray] = {}
     for rewrite in rewrites:
-        for node in nodes_named(model, [n for n in rewrite.nodes if n not in skip]):
+        for node in nodes_named(model, [n for n in rewrite.nodes if n not in skip], by_name):
             params = table.get(node.input[1])
             if (params is None or params.blockwise or not params.symmetric
                     or quant_dtype(params.dtype).is_float):
                 continue
             w = index.array(node.input[1])
             error = fake_quantize(w, params).astype(np.float64) - w.astype(np.float64)
-            add_to_bias(model, index, node, layer_product(node, error, rewrite.shift), "shiftq")
-            changed += 1
-    return changed
+            deltas[node_name(node)] = layer_product(node, error, rewrite.shift)
+    return deltas
+
+
+def compensated_bias(bias: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """``bias + delta`` in the bias's shape and dtype (a Gemm's C may be (N,), (1, N) or a scalar)."""
+    flat = bias.astype(np.float64).reshape(-1)
+    return ((flat + delta).reshape(bias.shape) if flat.size == delta.size else flat[0] + delta).astype(bias.dtype)
+
+
+def compensate_shifts(model: onnx.ModelProto, table: ScaleTable, rewrites: Iterable[ShiftRewrite],
+                      skip: Collection[str] = ()) -> int:
+    """Add ``(W_q - W) shift`` to the bias of every shifted layer (but those named in ``skip``) whose weight ``table``
+    quantizes (per tensor or per channel), in place: the quantized layer then computes ``W_q x' + b + W_q shift``,
+    whose weight error is the unshifted one. Returns how many layers changed."""
+    deltas = compensation_deltas(model, table, rewrites, skip)
+    index = GraphIndex.build(model.graph)
+    for node in nodes_named(model, list(deltas)):
+        add_to_bias(model, index, node, deltas[node_name(node)], "shiftq")
+    return len(deltas)

@@ -81,9 +81,16 @@ def build_gated_model(prepared: onnx.ModelProto, plan: QuantPlan, scales: ScaleT
         axis = {} if params.axis is None else {"axis": params.axis}
         for consumer in tensor.consumers:
             branches[(consumer.node, consumer.input_index)] = [scale, zero_point, quantized_weight, axis]
+    biases = _compensated_biases(prepared, index, scales, set(gates), graph, taken)
     ordered: list[onnx.NodeProto] = []
     for node in graph.node:
         name = node.name or (node.output[0] if node.output else "")
+        if name in biases:  # a shifted layer: its quantized form carries the shift's weight compensation
+            selected = unique_name(taken, f"{node.input[2]}_gated")
+            ordered.append(helper.make_node("If", [gates[name]], [selected], name=unique_name(taken, f"{name}_gate2"),
+                                            then_branch=_float_branch(biases[name], selected, taken),
+                                            else_branch=_float_branch(node.input[2], selected, taken)))
+            node.input[2] = selected
         for i, tensor in enumerate(node.input):
             recipe = branches.get((name, i))
             if recipe is None or name not in gates:
@@ -97,6 +104,28 @@ def build_gated_model(prepared: onnx.ModelProto, plan: QuantPlan, scales: ScaleT
     del graph.node[:]
     graph.node.extend(ordered)
     return model, gates
+
+
+def _compensated_biases(prepared: onnx.ModelProto, index: GraphIndex, scales: ScaleTable, gated: set[str],
+                        graph: onnx.GraphProto, taken: set[str]) -> dict[str, str]:
+    """Per gated layer of a recorded activation shift, the name of an added initializer holding its bias with the
+    shift's compensation for the quantized weight (what ``recover`` gives it when bias correction is off)."""
+    from onnxq.recovery.activation_shift import compensated_bias, compensation_deltas
+    from onnxq.recovery.stage import recorded_shifts
+
+    shifts = recorded_shifts(prepared)
+    if not shifts:
+        return {}
+    names: dict[str, str] = {}
+    by_name = {(n.name or (n.output[0] if n.output else "")): n for n in prepared.graph.node}
+    for layer, delta in compensation_deltas(prepared, scales, shifts).items():
+        node = by_name[layer]
+        if layer not in gated or len(node.input) < 3 or not node.input[2]:
+            continue
+        names[layer] = unique_name(taken, f"{node.input[2]}_compensated")
+        graph.initializer.append(numpy_helper.from_array(compensated_bias(index.array(node.input[2]), delta),
+                                                         names[layer]))
+    return names
 
 
 def _quantized_branch(tensor: str, recipe: list, selected: str, taken: set[str]) -> onnx.GraphProto:

@@ -112,8 +112,10 @@ def compensated_shifts(prepared: onnx.ModelProto, table: ScaleTable, shifts: lis
 
     def compensate() -> str:
         changed = compensate_shifts(prepared, table, shifts, skip=corrected)
-        return (f"activation shift: {changed} layer bias(es) compensated for the quantized weights (the others "
-                "were corrected)" if changed else "")
+        shifted = {n for r in shifts for n in r.nodes}
+        others = f" ({len(shifted & corrected)} other(s) bias-corrected)" if shifted & corrected else ""
+        return f"activation shift: {changed} layer bias(es) compensated for the quantized weights{others}" if changed \
+            else ""
 
     return recorded_biases(prepared, True, compensate, "activation-shift compensation")
 

@@ -58,10 +58,11 @@ def test_stats_honour_the_method_flags_or_refuse_them(net):
     assert run_cli("calibrate", model, "--calib", calib, "--method", "entropy", "-o", net / "h.npz").returncode == 0
     assert run_cli("calibrate", model, "--calib", calib, "--method", "minmax", "-o", net / "mm.npz").returncode == 0
     # histogram statistics give any histogram method: the same bytes as calibrating with it directly (without bias
-    # correction, which needs the data itself: a --stats run has none to correct on)
+    # correction, which needs the data itself: a --stats run has none to correct on; nor the activation shift, a float
+    # rewrite the shards' statistics do not see)
     for method in (["--method", "percentile", "--percentile", "99.9"], ["--method", "mse"], ["--method", "minmax"], []):
         direct = ["--method", "entropy"] if not method else method
-        assert run_cli("quantize", model, "--calib", calib, *direct, "--no-bias-correction",
+        assert run_cli("quantize", model, "--calib", calib, *direct, "--no-bias-correction", "--no-shift-activations",
                        "-o", net / "a.onnx").returncode == 0
         assert run_cli("quantize", model, "--stats", net / "h.npz", *method, "-o", net / "b.onnx").returncode == 0
         assert (net / "a.onnx").read_bytes() == (net / "b.onnx").read_bytes(), method
@@ -80,9 +81,12 @@ def test_stats_honour_the_method_flags_or_refuse_them(net):
 
 @pytest.mark.parametrize("fmt", ["json", "trt-cache", "aimet"])
 def test_scales_round_trip_is_byte_identical(net, fmt):
-    """The one-channel head weight stays per channel through every format (the cache holds no weights at all)."""
+    """The one-channel head weight stays per channel through every format (the cache holds no weights at all). A
+    shifted run's trt-cache and AIMET file need the shifted float model (tests/scales/test_float_rewrites.py), so
+    those run without the shift; JSON records it."""
     model, first = net / "model.onnx", net / "m.onnx"
-    assert run_cli("quantize", model, "--calib", net / "calib", "-o", first).returncode == 0
+    unshifted = [] if fmt == "json" else ["--no-shift-activations"]
+    assert run_cli("quantize", model, "--calib", net / "calib", *unshifted, "-o", first).returncode == 0
     scales = net / f"s.{fmt}"
     assert run_cli("export-scales", first, "--format", fmt, "-o", scales).returncode == 0
     again = run_cli("quantize", model, "--scales", scales, "--strict", "-o", net / "r.onnx")
@@ -95,7 +99,7 @@ def test_scales_round_trip_is_byte_identical(net, fmt):
 
 def test_strict_cache_still_asks_for_every_activation(net):
     model, first = net / "model.onnx", net / "m.onnx"
-    assert run_cli("quantize", model, "--calib", net / "calib", "-o", first).returncode == 0
+    assert run_cli("quantize", model, "--calib", net / "calib", "--no-shift-activations", "-o", first).returncode == 0
     cache = net / "s.cache"
     assert run_cli("export-scales", first, "--format", "trt-cache", "-o", cache).returncode == 0
     cache.write_text("\n".join(cache.read_text().splitlines()[:-1]) + "\n")  # drop one activation

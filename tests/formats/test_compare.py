@@ -65,6 +65,10 @@ def test_calibrates_once_and_matches_separate_quantization(monkeypatch):
     assert by["w8"].plan.activations() == [] and by["int8"].plan.activations()
     assert len(by["int8"].layers) >= 2 and result.val_batches == 2
     assert all(f.latency_ms is not None and f.latency_ms > 0 for f in result.formats)
+    # one float model for all: the activation shift (symmetric int8 only) is left out unless every format gets it
+    assert not any("_shifted" in i for f in result.formats for n in f.model.graph.node for i in n.input)
+    int8_alone = compare_formats(image_model(), calib, val, QuantConfig(), CompareOptions(("int8",), latency_runs=1))
+    assert any(i.endswith("_shifted") for n in int8_alone.formats[0].model.graph.node for i in n.input)
 
 
 def test_cli_writes_json_markdown_and_plots(tmp_path, capsys):

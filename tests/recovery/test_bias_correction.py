@@ -17,11 +17,12 @@ from onnxq.validate.metrics import ErrorAccumulator
 from tests.helpers import init, make_model, run
 from tests.recovery.nets_recovery import gemm_batches, gemm_model, image_batches
 
-# the definition, every channel corrected (no significance gate)
+# the definition, every channel corrected (no significance gate), on the unshifted layers (the activation shift, on by
+# default for tensorrt, moves the biases too: tests/recovery/test_activation_shift.py)
 CORRECTED = QuantConfig(recovery=RecoveryOptions(bias_correction=True, bias_correction_batches=4,
                                                  bias_correction_samples=10**6, bias_correction_min_t=0.0,
-                                                 bias_correction_output_heads=True))
-PLAIN = QuantConfig(recovery=RecoveryOptions(bias_correction=False))
+                                                 bias_correction_output_heads=True, activation_shift=False))
+PLAIN = QuantConfig(recovery=RecoveryOptions(bias_correction=False, activation_shift=False))
 
 
 def channel_means(model: onnx.ModelProto, names: list[str], batches, axis: int = 1) -> dict[str, np.ndarray]:
@@ -56,6 +57,18 @@ def test_the_mean_output_error_of_a_linear_layer_is_removed_exactly() -> None:
     assert GraphIndex.build(model.graph).array("b") is not None  # the input model is unchanged
     np.testing.assert_array_equal(GraphIndex.build(model.graph).array("b"),
                                   GraphIndex.build(gemm_model().graph).array("b"))
+
+
+def test_a_shifted_linear_layer_is_corrected_to_the_float_mean_exactly_too() -> None:
+    """With the activation shift (the tensorrt default) the correction measures the shifted float model, which is
+    exact, so the quantized layer's mean output is FP32's again."""
+    model, batches = gemm_model(), gemm_batches(count=4)
+    shifted = quantize(model, calib=batches, config=QuantConfig(recovery=replace(CORRECTED.recovery,
+                                                                                 activation_shift=True)))
+    assert any(n.startswith("activation shift: 1 of 1") for n in shifted.report.prepare_notes)
+    float_mean = channel_means(model, ["y"], batches)["y"]
+    after = channel_means(shifted.model, ["y"], batches)["y"] - float_mean
+    np.testing.assert_allclose(after, 0.0, atol=1e-5 * np.abs(float_mean).max())
 
 
 def silu_chain(seed: int = 0, width: int = 8, depth: int = 2, bias: bool = True) -> onnx.ModelProto:
@@ -141,7 +154,7 @@ def test_a_pure_noise_shift_is_left_alone_and_a_real_one_corrected_exactly() -> 
     batches = [{"x": rng.uniform(0.0, 4.0, (8, 16)).astype(np.float32)} for _ in range(4)]
     model = gemm_shift_model()
     gated = quantize(model, calib=batches, config=QuantConfig(recovery=RecoveryOptions(
-        bias_correction=True, bias_correction_samples=32, bias_correction_output_heads=True)))
+        bias_correction=True, bias_correction_samples=32, bias_correction_output_heads=True, activation_shift=False)))
     bias = GraphIndex.build(gated.model.graph).array(
         next(n for n in gated.model.graph.node if n.name == "fc").input[2])
     plain = quantize(model, calib=batches, config=PLAIN).model
@@ -328,7 +341,7 @@ def test_when_onnxruntime_cannot_run_the_correction_the_quantization_goes_on_wit
     from onnxq.errors import OnnxqError
 
     model, batches = silu_chain(seed=2, depth=2), image_batches(count=4, size=16, seed=5)
-    plain = quantize(model, calib=batches, config=PLAIN).model
+    plain = quantize(model, calib=batches, config=QuantConfig(recovery=RecoveryOptions(bias_correction=False))).model
 
     def refuse(*args, **kwargs):
         raise OnnxqError("onnxruntime cannot load the model: [ONNXRuntimeError] a part it cannot run")

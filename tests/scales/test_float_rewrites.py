@@ -40,8 +40,10 @@ def without_shapes(path) -> bytes:
 
 
 def equalized_run(d, *extra):
-    """Equalization's rewrites only (exact in float): bias correction, on by default for tensorrt, off."""
-    cli("quantize", d / "model.onnx", "--calib", d / "calib", "--equalize", "--no-bias-correction", *extra,
+    """Equalization's rewrites only (exact in float): bias correction and the activation shift, on by default for
+    tensorrt, off."""
+    cli("quantize", d / "model.onnx", "--calib", d / "calib", "--equalize", "--no-bias-correction",
+        "--no-shift-activations", *extra,
         "-o", d / "a.onnx")
     return onnx.load(d / "a.onnx")
 
@@ -104,19 +106,20 @@ def test_trt_cache_of_an_equalized_run_needs_the_float_model_and_writes_the_one_
 
 
 def test_default_tensorrt_run_records_its_corrected_biases_and_every_export_rebuilds_it(mobile_dir):
-    """Bias correction is on by default for tensorrt: its biases are float rewrites like equalization's, so the JSON
-    scales replay them and a TensorRT cache comes with the float model that holds them."""
+    """Bias correction and the activation shift are on by default for tensorrt: the shifts and the corrected biases are
+    float rewrites like equalization's, so the JSON scales replay them and a TensorRT cache comes with the float model
+    that holds them."""
     d = mobile_dir
     r = cli("quantize", d / "model.onnx", "--calib", d / "calib", "-o", d / "a.onnx")
-    assert "bias correction:" in r.stdout
+    assert "bias correction:" in r.stdout and "activation shift:" in r.stdout
     record = read_from_model(onnx.load(d / "a.onnx"))
-    assert record is not None and {r.kind for r in record.rewrites} == {"depthwise", "bias-correction"}
+    assert record is not None and {r.kind for r in record.rewrites} == {"depthwise", "shift", "bias-correction"}
     cli("export-scales", d / "a.onnx", "--format", "json", "-o", d / "s.json")
     r = cli("quantize", d / "model.onnx", "--scales", d / "s.json", "--strict", "-o", d / "b.onnx")
     assert "float rewrites replayed" in r.stdout and "bias correction" not in r.stdout  # nothing to correct on
     assert (d / "a.onnx").read_bytes() == (d / "b.onnx").read_bytes()
     r = run_cli("export-scales", d / "a.onnx", "--format", "trt-cache", "-o", d / "calib.cache")
-    assert r.returncode == 2 and "--no-equalize --no-bias-correction" in r.stderr  # the flags of a plain run
+    assert r.returncode == 2 and "--no-equalize --no-shift-activations --no-bias-correction" in r.stderr  # a plain run
     cli("export-scales", d / "a.onnx", "--format", "trt-cache", "--float-model", d / "model.onnx",
         "-o", d / "calib.cache")
     r = cli("quantize", d / "calib.equalized.onnx", "--scales", d / "calib.cache", "--strict", "-o", d / "t.onnx")
@@ -139,7 +142,7 @@ def test_float_model_of_another_model_is_refused(mobile_dir, tmp_path_factory):
 def test_unequalized_runs_keep_the_old_files(mobile_dir):
     d = mobile_dir
     cli("quantize", d / "model.onnx", "--calib", d / "calib", "--no-equalize", "--no-bias-correction",
-        "-o", d / "a.onnx")
+        "--no-shift-activations", "-o", d / "a.onnx")
     assert read_from_model(onnx.load(d / "a.onnx")) is None
     cli("export-scales", d / "a.onnx", "--format", "json", "-o", d / "s.json")
     assert json.loads((d / "s.json").read_text())["version"] == 1
