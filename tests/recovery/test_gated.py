@@ -13,7 +13,6 @@ from onnxq.validate.metrics import ErrorAccumulator
 from tests.recovery.nets import NODES, batches, fragile_chain
 from tests.recovery.nets_recovery import image_batches, mobilenet_hardswish
 
-
 # bit-exact comparisons on the unshifted graph: the activation shift (tensorrt's default) computes ``W (x - c)`` plus
 # a bias holding ``W c``, whose float rounding depends on the Conv kernel onnxruntime picks (test below)
 UNSHIFTED = RecoveryOptions(activation_shift=False)
