@@ -444,7 +444,7 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
             if config.recovery.equalize or options.smoothquant(None) is not None or options.activation_shift:
                 notes.append("equalization/SmoothQuant/activation shift skipped: the statistics come from shards "
                              "calibrated on the model without them")
-            if recovery_options(config).bias_correction and config.recovery.bias_correction is None:
+            if options.bias_correction and config.recovery.bias_correction is None:
                 notes.append("bias correction skipped: it needs the calibration data itself (--calib)")
         elif scales is not None:  # the float rewrites the scales were calibrated after, if the file records them
             notes += imported_rewrites(prepared, scales, owned=owned)

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.data import Batch
 from onnxq.errors import OnnxqError
-from onnxq.graph import GraphIndex, all_names, unique_name
+from onnxq.graph import GraphIndex, all_names, node_name, unique_name
 from onnxq.insert import quantize_array
 from onnxq.padding_rows import padding_rows_of, token_rows
 from onnxq.plan import QuantPlan
@@ -117,7 +117,7 @@ def _compensated_biases(prepared: onnx.ModelProto, index: GraphIndex, scales: Sc
     if not shifts:
         return {}
     names: dict[str, str] = {}
-    by_name = {(n.name or (n.output[0] if n.output else "")): n for n in prepared.graph.node}
+    by_name = {node_name(n): n for n in prepared.graph.node}
     for layer, delta in compensation_deltas(prepared, scales, shifts).items():
         node = by_name[layer]
         if layer not in gated or len(node.input) < 3 or not node.input[2]:
