@@ -15,7 +15,8 @@ new process instead (start-up, imports, model load and write included: what a us
 * ``bc`` / ``no-bc``: the defaults with bias correction on / off (``--bias-correction`` / ``--no-bias-correction``;
   the tensorrt default has it on);
 * ``sq`` / ``no-sq``: the defaults with SmoothQuant's per-tensor search on / off (``--smoothquant auto`` / ``none``);
-* ``shift``: the defaults with the activation shift (``--shift-activations``).
+* ``shift`` / ``no-shift``: the defaults with the activation shift on / off (``--[no-]shift-activations``; the
+  tensorrt default has it on since session 28).
 
 Reference models are exported with ``onnxq models export`` into ``--workdir`` (needs torch); the real models and their
 calibration sets come from ``benchmarks/realdata.py``. The machine is shared: compare ratios within one run only.
@@ -46,7 +47,8 @@ HELD_OUT = ("ppdet", "pprec", "ppcls", "yolodoc", "minilm")  # held-out real mod
 
 VARIANTS = {
     "minmax": QuantConfig(calib=CalibOptions(method="minmax"),
-                          recovery=RecoveryOptions(equalize=False, bias_correction=False, smoothquant_alpha="off")),
+                          recovery=RecoveryOptions(equalize=False, bias_correction=False, smoothquant_alpha="off",
+                                                   activation_shift=False)),
     "default": QuantConfig(),
     "auto": replace(QuantConfig(), calib=replace(QuantConfig().calib, method="auto")),
     "bc": replace(QuantConfig(), recovery=replace(QuantConfig().recovery, bias_correction=True)),
@@ -54,9 +56,11 @@ VARIANTS = {
     "sq": replace(QuantConfig(), recovery=replace(QuantConfig().recovery, smoothquant_alpha="auto")),
     "no-sq": replace(QuantConfig(), recovery=replace(QuantConfig().recovery, smoothquant_alpha="off")),
     "shift": replace(QuantConfig(), recovery=replace(QuantConfig().recovery, activation_shift=True)),
+    "no-shift": replace(QuantConfig(), recovery=replace(QuantConfig().recovery, activation_shift=False)),
 }
 COMMANDS = {
-    "minmax": "onnxq quantize MODEL --calib DATA --method minmax --no-equalize --no-bias-correction --smoothquant off",
+    "minmax": "onnxq quantize MODEL --calib DATA --method minmax --no-equalize --no-bias-correction --smoothquant off "
+              "--no-shift-activations",
     "default": "onnxq quantize MODEL --calib DATA",
     "auto": "onnxq quantize MODEL --calib DATA --method auto",
     "bc": "onnxq quantize MODEL --calib DATA --bias-correction",
@@ -64,6 +68,7 @@ COMMANDS = {
     "sq": "onnxq quantize MODEL --calib DATA --smoothquant auto",
     "no-sq": "onnxq quantize MODEL --calib DATA --smoothquant off",
     "shift": "onnxq quantize MODEL --calib DATA --shift-activations",
+    "no-shift": "onnxq quantize MODEL --calib DATA --no-shift-activations",
 }
 
 

@@ -32,7 +32,7 @@ from onnxq.pipeline import quantize  # noqa: E402
 from onnxq.runtime import make_session  # noqa: E402
 from onnxq.validate.metrics import ErrorAccumulator  # noqa: E402
 
-OFF = RecoveryOptions(equalize=False, bias_correction=False, smoothquant_alpha="off")
+OFF = RecoveryOptions(equalize=False, bias_correction=False, smoothquant_alpha="off", activation_shift=False)
 DEFAULT = QuantConfig()
 
 
