@@ -10,6 +10,7 @@ from onnxq.passes.fold_bias_add import FoldBiasAdd
 from onnxq.passes.infer_shapes import InferShapes
 from onnxq.passes.strip_qdq import StripQDQ
 from onnxq.passes.upgrade_opset import UpgradeOpset
+from onnxq.passes.widen_float16 import WidenFloat16
 
 
 def prepare_passes(*, per_channel: bool = True, strip_qdq: bool = False, min_opset: int = 13) -> list[Pass]:
@@ -18,10 +19,10 @@ def prepare_passes(*, per_channel: bool = True, strip_qdq: bool = False, min_ops
     passes: list[Pass] = [StripQDQ()] if strip_qdq else []
     if per_channel or min_opset > 13:
         passes.append(UpgradeOpset(min_opset))
-    passes += [ConstantsToInitializers(), FoldBiasAdd(), FoldBatchNorm(), BatchNormToMulAdd(), InferShapes()]
+    passes += [ConstantsToInitializers(), WidenFloat16(), FoldBiasAdd(), FoldBatchNorm(), BatchNormToMulAdd(), InferShapes()]
     return passes
 
 
 __all__ = ["BatchNormToMulAdd", "ConstantsToInitializers", "FoldBatchNorm", "FoldBiasAdd", "FunctionalPass",
-           "InPlacePass", "InferShapes", "Pass", "PassManager", "PassResult", "StripQDQ", "UpgradeOpset",
+           "InPlacePass", "InferShapes", "Pass", "PassManager", "PassResult", "StripQDQ", "UpgradeOpset", "WidenFloat16",
            "prepare_passes"]

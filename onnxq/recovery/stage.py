@@ -137,7 +137,7 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
     table, notes = corrections(prepared, plan, table, calibrators, data, options, constant_region)
     if shifts:
         corrected = {r.node for r in changed_biases(prepared, before)}
-        notes += compensated_shifts(prepared, table, shifts, corrected)
+        notes += [n for n in compensated_shifts(prepared, table, shifts, corrected) if n not in notes]  # one record note
     return table, notes
 
 
