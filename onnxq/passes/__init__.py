@@ -19,10 +19,11 @@ def prepare_passes(*, per_channel: bool = True, strip_qdq: bool = False, min_ops
     passes: list[Pass] = [StripQDQ()] if strip_qdq else []
     if per_channel or min_opset > 13:
         passes.append(UpgradeOpset(min_opset))
-    passes += [ConstantsToInitializers(), WidenFloat16(), FoldBiasAdd(), FoldBatchNorm(), BatchNormToMulAdd(), InferShapes()]
+    passes += [ConstantsToInitializers(), WidenFloat16(), FoldBiasAdd(), FoldBatchNorm(), BatchNormToMulAdd(),
+               InferShapes()]
     return passes
 
 
 __all__ = ["BatchNormToMulAdd", "ConstantsToInitializers", "FoldBatchNorm", "FoldBiasAdd", "FunctionalPass",
-           "InPlacePass", "InferShapes", "Pass", "PassManager", "PassResult", "StripQDQ", "UpgradeOpset", "WidenFloat16",
-           "prepare_passes"]
+           "InPlacePass", "InferShapes", "Pass", "PassManager", "PassResult", "StripQDQ", "UpgradeOpset",
+           "WidenFloat16", "prepare_passes"]

@@ -94,7 +94,8 @@ def _widen_graph(graph: onnx.GraphProto, subgraph: bool = False) -> int:
 
 
 def _rename_reads(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Make every node of ``graph`` (and of its subgraphs, which read outer names) read ``new`` where it read ``old``."""
+    """Make every node of ``graph`` (and of its subgraphs, which read outer names) read ``new`` where it read
+    ``old``."""
     for node in graph.node:
         for i, name in enumerate(node.input):
             if name == old:

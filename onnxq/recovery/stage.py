@@ -137,7 +137,8 @@ def recover(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, calib
     table, notes = corrections(prepared, plan, table, calibrators, data, options, constant_region)
     if shifts:
         corrected = {r.node for r in changed_biases(prepared, before)}
-        notes += [n for n in compensated_shifts(prepared, table, shifts, corrected) if n not in notes]  # one record note
+        # the "corrected biases recorded" note once, when bias correction wrote it already
+        notes += [n for n in compensated_shifts(prepared, table, shifts, corrected) if n not in notes]
     return table, notes
 
 
