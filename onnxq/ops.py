@@ -34,6 +34,9 @@ class OpHandler:
     weight_axis: AxisRule | None = None
     #: which inputs carry the data of a data-movement op ("first" | "all"); None: not a data-movement op
     shares_scale: str | None = None
+    #: the output holds only part of the data input (Slice, Gather, Split): a range calibrated on the output says
+    #: nothing of the rest, so the plan gives it to the input only where the output is all that is read of it
+    selects: bool = False
     #: the axis of the weight the op sums over, where block-wise (int4) scales run; None: no block-wise weights
     reduction_axis: AxisRule | None = None
 
@@ -56,8 +59,8 @@ def _weighted(op_type: str, axis: AxisRule, reduction: AxisRule | None = None) -
     return OpHandler(op_type, quantized_inputs=(0, 1), weight_input=1, weight_axis=axis, reduction_axis=reduction)
 
 
-def _data_movement(op_type: str, inputs: str = "first") -> OpHandler:
-    return OpHandler(op_type, shares_scale=inputs)
+def _data_movement(op_type: str, inputs: str = "first", selects: bool = False) -> OpHandler:
+    return OpHandler(op_type, shares_scale=inputs, selects=selects)
 
 
 OP_HANDLERS: dict[str, OpHandler] = {h.op_type: h for h in (
@@ -66,9 +69,9 @@ OP_HANDLERS: dict[str, OpHandler] = {h.op_type: h for h in (
     _weighted("Gemm", _gemm_axis, _gemm_reduction_axis),
     _weighted("MatMul", lambda node, rank: rank - 1, lambda node, rank: rank - 2),  # W is (..., K, N)
     _data_movement("Concat", "all"),
-    *(_data_movement(op) for op in ("MaxPool", "Resize", "Reshape", "Transpose", "Slice", "Flatten", "Squeeze",
-                                    "Unsqueeze", "Identity", "Gather", "Pad", "Split", "DepthToSpace",
-                                    "SpaceToDepth")),
+    *(_data_movement(op) for op in ("MaxPool", "Resize", "Reshape", "Transpose", "Flatten", "Squeeze",
+                                    "Unsqueeze", "Identity", "Pad", "DepthToSpace", "SpaceToDepth")),
+    *(_data_movement(op, selects=True) for op in ("Slice", "Gather", "Split")),
 )}
 
 #: op types with a per-channel weight

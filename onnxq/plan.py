@@ -347,6 +347,8 @@ class _Planner:
             source = producer.input[i]
             if not self._is_float_activation(source):
                 continue
+            if h.selects and not self._selection_is_all_read(producer, source):
+                continue  # the range of a slice would clip the rest of its input, which others read: quantized here
             existing = self.plan.tensors.get(source)
             if existing is not None and existing.shares_scale_with != root:
                 continue  # it has a range of its own (another consumer needs it): keep it, TensorRT requantizes
@@ -356,6 +358,15 @@ class _Planner:
             self._share_scale_upstream(source, root)
         if added:
             self.plan.nodes.append(NodeDecision(name, producer.op_type, True, "quantized"))
+
+    def _selection_is_all_read(self, producer: onnx.NodeProto, source: str) -> bool:
+        """Whether ``producer`` (a Slice/Gather/Split) is the only reader of ``source`` and only one of its outputs is
+        read: then nothing but the selected values flow on, and the selection's range may quantize ``source``
+        (values it clips are discarded). Otherwise the unselected values -- the q and v slices of a fused qkv
+        projection beside k -- would be clipped to the selection's range."""
+        if len(self.index.consumers.get(source, [])) != 1:
+            return False
+        return sum(bool(self.index.consumers.get(o)) or o in self.index.graph_outputs for o in producer.output) <= 1
 
     def _decide(self, node: onnx.NodeProto) -> None:
         h = handler(node)
