@@ -1,11 +1,14 @@
 """The plan for the TensorRT and ORT-CPU targets: exactly which tensors, which axis, which dtype."""
 
 import numpy as np
+import pytest
 from onnx import TensorProto, helper
 
 from onnxq.config import NodeSetting, Overrides, QuantConfig
+from onnxq.pipeline import quantize
 from onnxq.plan import Consumer, build_plan
-from tests.helpers import init, make_model
+from onnxq.validate.metrics import ErrorAccumulator
+from tests.helpers import init, make_model, run
 
 RNG = np.random.default_rng(2)
 
@@ -177,3 +180,66 @@ def test_graph_inputs_calibrate_with_minmax_unless_asked():
     node_rule = Overrides(by_name={"conv": NodeSetting(method="percentile")})
     plan = build_plan(mixed_model(), QuantConfig(calib=entropy, overrides=node_rule))
     assert plan.tensors["x"].method == "percentile"
+
+
+def fused_qkv_model(split: bool = False, seed: int = 4):
+    """A fused qkv projection, its q three times the range of k: MatMul -> Reshape (n, t, 3, d) -> Slice (or Split)
+    into q, k, v along axis 2 -> q @ k^T -> Softmax -> @ v, the shape of SVTR/ViT attention exports."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((8, 24)).astype(np.float32) * 0.3
+    w[:, :8] *= 3.0  # q's columns
+    inits = [init("w_qkv", w), init("shape", np.array([0, 0, 3, 8], np.int64)),
+             init("axes", np.array([2], np.int64)), init("w_o", rng.standard_normal((8, 8)).astype(np.float32))]
+    nodes = [helper.make_node("MatMul", ["x", "w_qkv"], ["qkv"], name="proj"),
+             helper.make_node("Reshape", ["qkv", "shape"], ["heads"], name="reshape")]
+    if split:
+        nodes.append(helper.make_node("Split", ["heads"], ["q3", "k3", "v3"], name="split", axis=2, num_outputs=3))
+        sources = ["q3", "k3", "v3"]
+    else:
+        for i, part in enumerate("qkv"):
+            inits += [init(f"start{i}", np.array([i], np.int64)), init(f"end{i}", np.array([i + 1], np.int64))]
+            nodes.append(helper.make_node("Slice", ["heads", f"start{i}", f"end{i}", "axes"], [f"{part}3"],
+                                          name=f"slice_{part}"))
+        sources = ["q3", "k3", "v3"]
+    for part, source in zip("qkv", sources, strict=True):
+        nodes.append(helper.make_node("Squeeze", [source, "axes"], [part], name=f"squeeze_{part}"))
+    nodes += [helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=[0, 2, 1]),
+              helper.make_node("MatMul", ["q", "kt"], ["scores"], name="qk"),
+              helper.make_node("Softmax", ["scores"], ["attn"], name="softmax", axis=-1),
+              helper.make_node("MatMul", ["attn", "v"], ["ctx"], name="av"),
+              helper.make_node("MatMul", ["ctx", "w_o"], ["y"], name="out")]
+    graph = helper.make_graph(nodes, "fused_qkv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 8])], inits)
+    return make_model(graph, opset=18)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_a_slice_range_is_not_given_to_an_input_the_other_slices_read(split):
+    """k's range would clip q (three times larger) if it quantized the fused qkv tensor: the chain from k stops at
+    its Slice/Split, and the qkv tensor is not quantized at all (the projection's output stays float)."""
+    plan = build_plan(fused_qkv_model(split), QuantConfig())
+    assert "heads" not in plan.tensors and "qkv" not in plan.tensors
+    assert {"q", "kt", "v"} <= set(plan.tensors)
+    roots = {plan.tensors[t].shares_scale_with or t for t in ("q", "kt", "v")}
+    assert len(roots) == 3  # q, k and v each calibrated on their own values
+    # measured: 26.16 -> 31.11 dB with Slice or Split (k's range had clipped q)
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.standard_normal((2, 5, 8)).astype(np.float32)} for _ in range(8)]
+    val = [{"x": rng.standard_normal((2, 5, 8)).astype(np.float32)} for _ in range(4)]
+    model = fused_qkv_model(split)
+    quantized = quantize(model, calib=calib).model
+    acc = ErrorAccumulator()
+    for batch in val:
+        acc.add(run(model, batch)[0], run(quantized, batch)[0])
+    assert acc.sqnr_db > 29.0, acc.sqnr_db
+    # the one reader of its input: a slice's range may still move up (the rest of the input is discarded)
+    inits = [init("w", RNG.standard_normal((8, 16)).astype(np.float32)), init("start", np.array([0], np.int64)),
+             init("end", np.array([8], np.int64)), init("axis", np.array([2], np.int64)),
+             init("w2", RNG.standard_normal((8, 4)).astype(np.float32))]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
+             helper.make_node("Slice", ["h", "start", "end", "axis"], ["half"], name="slice"),
+             helper.make_node("MatMul", ["half", "w2"], ["y"], name="out")]
+    graph = helper.make_graph(nodes, "one_slice", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 4])], inits)
+    plan = build_plan(make_model(graph, opset=18), QuantConfig())
+    assert plan.tensors["h"].shares_scale_with == "half"
