@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from itertools import islice
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from onnxq import progress
@@ -391,8 +392,18 @@ def keep_float_for_target(prepared, plan, scales, config, val: Iterable, target:
 
 
 def _replanned_sqnr(prepared, plan, scales, batches: list) -> float:
-    """Worst-output SQNR of the model quantized with ``plan`` (Q/DQ inserted as the pipeline does) on ``batches``."""
-    quantized = InsertQDQ(plan, scales).run(prepared, keep_input=True).model
+    """Worst-output SQNR of the model quantized with ``plan`` (Q/DQ inserted as the pipeline does) on ``batches``;
+    the biases of shifted layers carry the shift's compensation for their quantized weights, as in the gated session
+    and the recover stage (bias correction, when on, runs after the search)."""
+    from onnxq.recovery.activation_shift import compensate_shifts
+    from onnxq.recovery.stage import recorded_shifts
+
+    model = prepared
+    if shifts := recorded_shifts(prepared):
+        model = onnx.ModelProto()
+        model.CopyFrom(prepared)
+        compensate_shifts(model, scales, shifts)
+    quantized = InsertQDQ(plan, scales).run(model, keep_input=model is prepared).model
     return compare_models(prepared, quantized, batches).min_sqnr_db
 
 

@@ -124,3 +124,21 @@ def test_greedy_search_finds_a_cancelling_pair_an_additive_ranking_misses():
     assert result.searched_score == pytest.approx(sqnr(("conv_a", "conv_b")))
     unreachable = search(gated, AccuracyTarget(sqnr_db=target, max_float_share=0.9), {}, [("conv_a", "conv_b")])
     assert not unreachable.ok and "raise --max-float-share" in unreachable.notes[0]
+
+
+def test_a_replanned_model_is_measured_with_the_shift_compensation_recover_gives() -> None:
+    """The re-planned measurement that decides whether the search goes on is the model the pipeline writes (bias
+    correction off): with the activation shift, that includes the compensation of the shifted layers' biases
+    (measured: 36.47 dB with it, 32.03 dB without, on this network)."""
+    from onnxq.config import RecoveryOptions
+    from onnxq.recovery.mixed_precision import _replanned_sqnr
+    from onnxq.recovery.stage import recorded_shifts
+    from tests.recovery.nets_recovery import image_batches, mobilenet_hardswish
+
+    model, calib, val = mobilenet_hardswish(), image_batches(4, size=32, seed=2), image_batches(2, size=32, seed=9)
+    config = QuantConfig(recovery=RecoveryOptions(bias_correction=False))
+    calibrated = calibrate_model(model, calib, config)
+    assert recorded_shifts(calibrated.prepared)  # the pointwise Convs read shifted inputs
+    got = _replanned_sqnr(calibrated.prepared, calibrated.plan, calibrated.scales, val)
+    want = compare_models(model, quantize(model, calib=calib, config=config).model, val).min_sqnr_db
+    assert got == pytest.approx(want, abs=0.01)
