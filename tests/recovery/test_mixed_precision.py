@@ -142,3 +142,42 @@ def test_a_replanned_model_is_measured_with_the_shift_compensation_recover_gives
     got = _replanned_sqnr(calibrated.prepared, calibrated.plan, calibrated.scales, val)
     want = compare_models(model, quantize(model, calib=calib, config=config).model, val).min_sqnr_db
     assert got == pytest.approx(want, abs=0.01)
+
+
+def test_the_gated_session_models_the_recover_stage_when_given_its_biases() -> None:
+    """With the biases recover gives the whole plan (bias correction and the shift's compensation, the tensorrt
+    default), the gated session with every gate on is the model quantize writes; without them it lacks the bias
+    correction."""
+    import copy
+
+    from onnxq.pipeline import recovery_options
+    from onnxq.recovery.gated import recovered_biases
+    from onnxq.recovery.stage import recover
+    from onnxq.validate.metrics import ErrorAccumulator
+    from tests.recovery.nets_recovery import image_batches, mobilenet_hardswish
+
+    model, calib, val = mobilenet_hardswish(), image_batches(4, size=32, seed=2), image_batches(2, size=32, seed=9)
+    config = QuantConfig()
+    written = quantize(model, calib=calib, config=config).model
+    calibrated = calibrate_model(model, calib, config)
+    recovered = copy.deepcopy(calibrated.prepared)
+    recover(recovered, calibrated.plan, calibrated.scales, {}, calib, recovery_options(config))
+    biases = recovered_biases(calibrated.prepared, recovered)
+    assert len(biases) >= 3  # the corrected Convs and the compensated ones
+
+    def sqnr_to_written(session: GatedSession) -> float:
+        acc = ErrorAccumulator()
+        for batch in val:
+            acc.add(onnx_run(written, batch), session.run(batch, session.units)[0])
+        return acc.sqnr_db
+
+    modelled = sqnr_to_written(GatedSession(calibrated.prepared, calibrated.plan, calibrated.scales,
+                                            quantized_biases=biases))
+    unmodelled = sqnr_to_written(GatedSession(calibrated.prepared, calibrated.plan, calibrated.scales))
+    assert modelled > 60 and modelled > unmodelled + 10, (modelled, unmodelled)
+
+
+def onnx_run(model: onnx.ModelProto, batch: dict) -> np.ndarray:
+    from onnxq.runtime import make_session
+
+    return make_session(model).run(None, batch)[0]
