@@ -57,7 +57,7 @@ from onnxq.passes.recognize_hardswish import RecognizeHardSwish
 from onnxq.passes.reduce_mean_to_pool import ReduceMeanToPool
 from onnxq.passes.remove_identity import RemoveIdentity
 from onnxq.plan import QuantPlan, build_plan
-from onnxq.recovery.mixed_precision import Recovered, accuracy_target, keep_float_for_target, verify_final
+from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target, verify_final
 from onnxq.recovery.replay import replay_rewrites
 from onnxq.recovery.stage import equalize, recover, shift_activations, uses_gptq
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
@@ -391,15 +391,13 @@ def constant_region_correction(config: QuantConfig) -> bool:
 
 
 def mixed_precision(prepared: onnx.ModelProto, plan: QuantPlan, table: ScaleTable, config: QuantConfig,
-                    val: DataLike | None, target, tolerable_loss: float | None,
-                    recovered: Recovered | None = None):
-    """The mixed-precision stage: which nodes stay float for the accuracy target, and the plan without them;
-    ``recovered(plan, table)`` gives a copy of ``prepared`` after the recover stage, which the search models."""
+                    val: DataLike | None, target, tolerable_loss: float | None):
+    """The mixed-precision stage: which nodes stay float for the accuracy target, and the plan without them."""
     accuracy = accuracy_target(target, tolerable_loss)
     if val is None:
         raise OnnxqError("an accuracy target needs validation data: pass --val DATA (val= in Python)")
     val_data = data_source(prepared, val, replace(config, calib_batches=None))
-    plan, table, result, batches = keep_float_for_target(prepared, plan, table, config, val_data, accuracy, recovered)
+    plan, table, result, batches = keep_float_for_target(prepared, plan, table, config, val_data, accuracy)
     return plan, table, result, batches, accuracy
 
 
@@ -476,16 +474,10 @@ def quantize(model: ModelLike, calib: DataLike | None = None, config: QuantConfi
     if float_reference is prepared and not owned and calib is not None and edits:
         float_reference = copy.deepcopy(prepared)
     table, mixed = found.table, None
-    if target is not None:  # the search models the recover stage's biases (bias correction, shift compensation)
-        def recovered(candidate: QuantPlan, scales: ScaleTable) -> onnx.ModelProto:
-            model = copy.deepcopy(prepared)
-            if not owned:
-                recover(model, candidate, scales, found.calibrators, calib_data, recovery, constant_region)
-            return model
-
+    if target is not None:  # decided on the plain quantization; recovery below only lowers the error further
         with clock("mixed-precision"):
             plan, table, mixed, mixed_batches, accuracy = mixed_precision(prepared, plan, table, config, val, target,
-                                                                          tolerable_loss, recovered)
+                                                                          tolerable_loss)
     with clock("recover"):
         if not owned:  # layer-local rewrites of a model past 2 GB (weights on disk) are not supported yet
             table, recovery_notes = recover(prepared, plan, table, found.calibrators, calib_data, recovery,

@@ -45,8 +45,8 @@ def gated_units(plan: QuantPlan) -> list[str]:
     return [d.node for d in plan.nodes if d.quantized and d.node in readers]
 
 
-def build_gated_model(prepared: onnx.ModelProto, plan: QuantPlan, scales: ScaleTable,
-                      quantized_biases: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, dict[str, str]]:
+def build_gated_model(prepared: onnx.ModelProto, plan: QuantPlan, scales: ScaleTable) -> tuple[onnx.ModelProto,
+                                                                                                  dict[str, str]]:
     """The gated model and, per quantized node, the name of its gate input.
 
     Every planned consumer input ``(node, i)`` of tensor ``t`` reads ``If(gate_node)``: the then-branch is exactly
@@ -54,10 +54,6 @@ def build_gated_model(prepared: onnx.ModelProto, plan: QuantPlan, scales: ScaleT
     point, or ``DequantizeLinear`` of the int8 weight from :func:`quantize_array`), the else-branch is ``t``. ``If``
     runs only the branch taken, so a node switched off costs nothing (``Where`` computed both sides: 1.6-1.8x
     slower on the ddddocr detector).
-
-    A Conv/Gemm whose bias the quantized model changes gates its bias too: quantized, it reads the bias of
-    ``quantized_biases`` (by node key; what the recover stage gave it for the whole plan quantized), float its own.
-    Without ``quantized_biases``, those are the activation shift's compensations (:func:`shift_compensated_biases`).
     """
     missing = [t for t in plan.tensors if t not in scales]
     if missing:
@@ -85,20 +81,15 @@ def build_gated_model(prepared: onnx.ModelProto, plan: QuantPlan, scales: ScaleT
         axis = {} if params.axis is None else {"axis": params.axis}
         for consumer in tensor.consumers:
             branches[(consumer.node, consumer.input_index)] = [scale, zero_point, quantized_weight, axis]
-    if quantized_biases is None:
-        quantized_biases = shift_compensated_biases(prepared, scales)
-    biases = _bias_initializers(prepared, index, quantized_biases, set(gates), graph, taken)
+    biases = _compensated_biases(prepared, index, scales, set(gates), graph, taken)
     ordered: list[onnx.NodeProto] = []
     for node in graph.node:
         name = node.name or (node.output[0] if node.output else "")
-        if name in biases:  # its quantized form reads another bias (the recover stage's)
-            own, quantized = biases[name]
-            while len(node.input) < 3:
-                node.input.append("")
-            selected = unique_name(taken, f"{own}_gated")
+        if name in biases:  # a shifted layer: its quantized form carries the shift's weight compensation
+            selected = unique_name(taken, f"{node.input[2]}_gated")
             ordered.append(helper.make_node("If", [gates[name]], [selected], name=unique_name(taken, f"{name}_gate2"),
-                                            then_branch=_float_branch(quantized, selected, taken),
-                                            else_branch=_float_branch(own, selected, taken)))
+                                            then_branch=_float_branch(biases[name], selected, taken),
+                                            else_branch=_float_branch(node.input[2], selected, taken)))
             node.input[2] = selected
         for i, tensor in enumerate(node.input):
             recipe = branches.get((name, i))
@@ -115,50 +106,25 @@ def build_gated_model(prepared: onnx.ModelProto, plan: QuantPlan, scales: ScaleT
     return model, gates
 
 
-def shift_compensated_biases(prepared: onnx.ModelProto, scales: ScaleTable) -> dict[str, np.ndarray]:
-    """Per shifted layer of ``prepared`` whose weight ``scales`` quantizes, its bias with the activation shift's
-    compensation for the quantized weight (what ``recover`` gives it when bias correction is off)."""
+def _compensated_biases(prepared: onnx.ModelProto, index: GraphIndex, scales: ScaleTable, gated: set[str],
+                        graph: onnx.GraphProto, taken: set[str]) -> dict[str, str]:
+    """Per gated layer of a recorded activation shift, the name of an added initializer holding its bias with the
+    shift's compensation for the quantized weight (what ``recover`` gives it when bias correction is off)."""
     from onnxq.recovery.activation_shift import compensated_bias, compensation_deltas
     from onnxq.recovery.stage import recorded_shifts
 
     shifts = recorded_shifts(prepared)
     if not shifts:
         return {}
-    index = GraphIndex.build(prepared.graph)
+    names: dict[str, str] = {}
     by_name = {node_name(n): n for n in prepared.graph.node}
-    return {layer: compensated_bias(index.array(by_name[layer].input[2]), delta)
-            for layer, delta in compensation_deltas(prepared, scales, shifts).items()
-            if len(by_name[layer].input) > 2 and by_name[layer].input[2]}
-
-
-def recovered_biases(prepared: onnx.ModelProto, recovered: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """The Conv/Gemm biases ``recovered`` (``prepared`` after the recover stage) changed, by node key."""
-    from onnxq.recovery.bias_record import bias_state, changed_biases
-
-    return {r.node: r.bias for r in changed_biases(recovered, bias_state(prepared))}
-
-
-def _bias_initializers(prepared: onnx.ModelProto, index: GraphIndex, quantized_biases: dict[str, np.ndarray],
-                       gated: set[str], graph: onnx.GraphProto, taken: set[str]) -> dict[str, tuple[str, str]]:
-    """Per gated layer of ``quantized_biases``: its own bias input (a zero one added where it has none) and an added
-    initializer holding the quantized form's, both in the shape of its own."""
-    names: dict[str, tuple[str, str]] = {}
-    by_name = {node_name(n): n for n in prepared.graph.node}
-    for layer, bias in quantized_biases.items():
-        node = by_name.get(layer)
-        if node is None or layer not in gated:
+    for layer, delta in compensation_deltas(prepared, scales, shifts).items():
+        node = by_name[layer]
+        if layer not in gated or len(node.input) < 3 or not node.input[2]:
             continue
-        value: np.ndarray
-        if len(node.input) > 2 and node.input[2]:
-            own = node.input[2]
-            value = np.asarray(bias).reshape(index.array(own).shape).astype(index.array(own).dtype)
-        else:
-            own = unique_name(taken, f"{layer}_bias_float")
-            value = np.asarray(bias, np.float32).reshape(-1)
-            graph.initializer.append(numpy_helper.from_array(np.zeros_like(value), own))
-        quantized = unique_name(taken, f"{own}_quantized_form")
-        graph.initializer.append(numpy_helper.from_array(value, quantized))
-        names[layer] = (own, quantized)
+        names[layer] = unique_name(taken, f"{node.input[2]}_compensated")
+        graph.initializer.append(numpy_helper.from_array(compensated_bias(index.array(node.input[2]), delta),
+                                                         names[layer]))
     return names
 
 
@@ -189,9 +155,9 @@ class GatedSession:
     """
 
     def __init__(self, prepared: onnx.ModelProto, plan: QuantPlan, scales: ScaleTable, threads: int = 0,
-                 cuts: int = 8, quantized_biases: dict[str, np.ndarray] | None = None) -> None:
+                 cuts: int = 8) -> None:
         self.prepared = prepared
-        self.model, self.gates = build_gated_model(prepared, plan, scales, quantized_biases)
+        self.model, self.gates = build_gated_model(prepared, plan, scales)
         self.cuts = plan_cuts(self.model, self.gates, cuts)
         self.threads = threads
         self._graph_inputs = {i.name for i in prepared.graph.input}

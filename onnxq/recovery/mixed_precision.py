@@ -35,18 +35,15 @@ from onnxq import progress
 from onnxq.config import NodeSetting, Overrides
 from onnxq.errors import OnnxqError
 from onnxq.insert import InsertQDQ
-from onnxq.plan import QuantPlan, build_plan
-from onnxq.recovery.gated import GatedSession, noise_ratios, recovered_biases, worst
+from onnxq.plan import build_plan
+from onnxq.recovery.gated import GatedSession, noise_ratios, worst
 from onnxq.recovery.macs import node_macs
 from onnxq.runtime import make_session
-from onnxq.scales.types import ScaleTable
 from onnxq.validate.compare import compare_models
 
 log = logging.getLogger(__name__)
 
 Metric = Callable[[object], float]
-#: (plan, scales) -> a copy of the prepared model after the pipeline's recover stage for that plan
-Recovered = Callable[[QuantPlan, ScaleTable], onnx.ModelProto]
 COST_FLOOR = 1e-3  # added to each node's MAC share when ranking by gain per cost
 LAZY_TOP = 12  # a greedy round re-measures only this many candidates, the best by their last measured value ...
 FULL_RERANK_EVERY = 4  # ... except every 4th round (and when none of them helps any more), which measures them all
@@ -352,14 +349,8 @@ def accuracy_target(target: AccuracyTarget | Metric | float | int, tolerable_los
     raise OnnxqError(f"target must be a target SQNR in dB or a callable(session) -> float, got {type(target).__name__}")
 
 
-def keep_float_for_target(prepared, plan, scales, config, val: Iterable, target: AccuracyTarget,
-                          recovered: Recovered | None = None):
+def keep_float_for_target(prepared, plan, scales, config, val: Iterable, target: AccuracyTarget):
     """The pipeline stage: search, then the plan rebuilt with the float nodes skipped and its scales.
-
-    ``recovered(plan, scales)``: a copy of ``prepared`` after the pipeline's recover stage for that plan (bias
-    correction, the activation shift's compensation). The gated session then gives each quantized layer the bias
-    the recover stage gave it with the whole plan quantized, and every re-planned model is measured as the pipeline
-    will write it; without it, only the shift's compensation is modelled.
 
     The re-planned model can score a little differently from the gated estimate (measured on the ddddocr recognizer:
     30.03 dB gated, 29.41 dB re-planned), so for an SQNR target it is quantized and measured here; when it falls
@@ -370,16 +361,14 @@ def keep_float_for_target(prepared, plan, scales, config, val: Iterable, target:
     batches = list(islice(iter(val), target.val_batches)) if target.val_batches else list(val)
     if not batches:
         raise OnnxqError("the validation data for the accuracy target holds no batches")
-    biases = recovered_biases(prepared, recovered(plan, scales)) if recovered is not None else None
-    gated = GatedSession(prepared, plan, scales, quantized_biases=biases)
+    gated = GatedSession(prepared, plan, scales)
     gated.set_data(batches)
     op_types, groups = {d.node: d.op_type for d in plan.nodes}, shared_input_groups(plan)
     result = search(gated, target, op_types, groups)
     new_plan, new_scales = _replanned(prepared, plan, scales, config, result)
     goal = target.sqnr_db
     raised = goal
-    actual = (_replanned_sqnr(prepared, new_plan, new_scales, batches, recovered) if goal is not None and result.ok
-              else None)
+    actual = _replanned_sqnr(prepared, new_plan, new_scales, batches) if goal is not None and result.ok else None
     for _ in range(REPLAN_ATTEMPTS):
         if goal is None or raised is None or actual is None or actual >= goal or not result.float_nodes:
             break
@@ -388,7 +377,7 @@ def keep_float_for_target(prepared, plan, scales, config, val: Iterable, target:
         again = search(gated, replace(target, sqnr_db=raised), op_types, groups,
                        start=[n.node for n in result.float_nodes])
         again_plan, again_scales = _replanned(prepared, plan, scales, config, again)
-        again_actual = _replanned_sqnr(prepared, again_plan, again_scales, batches, recovered)
+        again_actual = _replanned_sqnr(prepared, again_plan, again_scales, batches)
         note = (f"the re-planned model measured {actual:.4g} against the gated {result.searched_score:.4g}: searched "
                 f"on (target {raised:.4g}) to {again.searched_score:.4g} gated, {again_actual:.4g} re-planned")
         if again_actual <= actual:  # keep the better answer (its final model is measured by the pipeline)
@@ -402,21 +391,18 @@ def keep_float_for_target(prepared, plan, scales, config, val: Iterable, target:
     return new_plan, new_scales, result, batches
 
 
-def _replanned_sqnr(prepared, plan, scales, batches: list, recovered: Recovered | None = None) -> float:
-    """Worst-output SQNR of the model quantized with ``plan`` (Q/DQ inserted as the pipeline does) on ``batches``:
-    on ``recovered(plan, scales)`` when given (the recover stage's biases), else with the biases of shifted layers
-    carrying the shift's compensation for their quantized weights, as in the gated session."""
+def _replanned_sqnr(prepared, plan, scales, batches: list) -> float:
+    """Worst-output SQNR of the model quantized with ``plan`` (Q/DQ inserted as the pipeline does) on ``batches``;
+    the biases of shifted layers carry the shift's compensation for their quantized weights, as in the gated session
+    and the recover stage (bias correction, when on, runs after the search)."""
     from onnxq.recovery.activation_shift import compensate_shifts
     from onnxq.recovery.stage import recorded_shifts
 
-    if recovered is not None:
-        model = recovered(plan, scales)
-    elif shifts := recorded_shifts(prepared):
+    model = prepared
+    if shifts := recorded_shifts(prepared):
         model = onnx.ModelProto()
         model.CopyFrom(prepared)
         compensate_shifts(model, scales, shifts)
-    else:
-        model = prepared
     quantized = InsertQDQ(plan, scales).run(model, keep_input=model is prepared).model
     return compare_models(prepared, quantized, batches).min_sqnr_db
 
