@@ -348,7 +348,7 @@ class _Planner:
             if not self._is_float_activation(source):
                 continue
             if h.selects and not self._selection_is_all_read(producer, source):
-                continue  # the range of a slice would clip the rest of its input, which others read: quantized here
+                continue  # a slice's range would clip the rest of its input, which other readers see: stop here
             existing = self.plan.tensors.get(source)
             if existing is not None and existing.shares_scale_with != root:
                 continue  # it has a range of its own (another consumer needs it): keep it, TensorRT requantizes
