@@ -87,12 +87,12 @@ def shift_activations(model: onnx.ModelProto, data: Iterable[Batch] | None, opti
     from onnxq.recovery.activation_shift import shift_model
     from onnxq.scales.rewrites import FloatRewrites, read_from_model, record_in_model, weights_digest
 
-    before = weights_digest(model)
+    earlier = read_from_model(model)
+    before = earlier.weights_before if earlier else weights_digest(model)  # hashed only when nothing recorded it
     note, rewrites = shift_model(model, data, options.equalize_batches, skip_padding=skip_padding)
     if rewrites:
-        earlier = read_from_model(model)
-        record_in_model(model, FloatRewrites((*(earlier.rewrites if earlier else ()), *rewrites),
-                                             earlier.weights_before if earlier else before, weights_digest(model)))
+        record_in_model(model, FloatRewrites((*(earlier.rewrites if earlier else ()), *rewrites), before,
+                                             weights_digest(model)))
     return [note]
 
 
