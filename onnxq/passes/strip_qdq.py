@@ -3,6 +3,10 @@
 A Q -> DQ pair on an activation is bypassed; a DQ reading a constant (pre-quantized weights) becomes a float
 initializer holding the dequantized values. Numerically the result equals the float model the Q/DQ graph was made
 from, up to the quantization error already baked into pre-quantized weights.
+
+The record of float rewrites an earlier onnxq run wrote into the model (``onnxq.float_rewrites``: equalization,
+activation shifts, corrected biases) is dropped: the stripped graph already holds those rewrites, it is the float
+model now, and a new run records its own. Kept, the old activation shifts would be compensated a second time.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from onnx import helper, numpy_helper
 from onnxq.errors import OnnxqError
 from onnxq.graph import QDQ_OPS, GraphIndex, attr
 from onnxq.passes.base import InPlacePass, PassResult
+from onnxq.scales.rewrites import METADATA_KEY
 
 
 def _dequantize(index: GraphIndex, dq: onnx.NodeProto) -> np.ndarray:
@@ -69,4 +74,11 @@ class StripQDQ(InPlacePass):
         inits = [i for i in graph.initializer if i.name in used]
         del graph.initializer[:]
         graph.initializer.extend(inits)
-        return PassResult(model, bool(rename or new_inits), [f"stripped {len(rename) + len(new_inits)} Q/DQ pair(s)"])
+        notes = [f"stripped {len(rename) + len(new_inits)} Q/DQ pair(s)"]
+        recorded = [p for p in model.metadata_props if p.key == METADATA_KEY]
+        if recorded:
+            kept_props = [p for p in model.metadata_props if p.key != METADATA_KEY]
+            del model.metadata_props[:]
+            model.metadata_props.extend(kept_props)
+            notes.append("the earlier run's record of float rewrites dropped: the stripped graph holds them already")
+        return PassResult(model, bool(rename or new_inits or recorded), notes)

@@ -175,3 +175,22 @@ def test_identity_of_shared_parameter_becomes_an_initializer_and_bn_folds():
         model.SerializeToString()))
     assert op_types(prepared) == ["Conv"]
     assert_equivalent(model, prepared, rng_feeds(model, {"x": (1, 3, 6, 6)}))
+
+
+def test_stripping_drops_the_record_of_float_rewrites_an_earlier_run_wrote() -> None:
+    """--requantize: the stripped graph holds the earlier run's rewrites (shifts, corrected biases) already; their
+    record goes, so the new run neither lists them again nor compensates the old shifts a second time."""
+    from onnxq.config import QuantConfig
+    from onnxq.passes import StripQDQ
+    from onnxq.pipeline import quantize
+    from onnxq.scales.rewrites import read_from_model
+    from tests.recovery.nets_recovery import image_batches, mobilenet_hardswish
+
+    calib = image_batches(4, size=32, seed=2)
+    first = quantize(mobilenet_hardswish(), calib=calib).model
+    assert any(r.kind == "shift" for r in read_from_model(first).rewrites)
+    stripped = StripQDQ().run(first)
+    assert read_from_model(stripped.model) is None and read_from_model(first) is not None
+    assert any("record of float rewrites dropped" in n for n in stripped.notes)
+    again = quantize(first, calib=calib, config=QuantConfig(requantize=True)).model
+    assert not any(r.kind == "shift" for r in read_from_model(again).rewrites)  # centred already: nothing new
