@@ -11,6 +11,8 @@ model now, and a new run records its own. Kept, the old activation shifts would 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -18,7 +20,7 @@ from onnx import helper, numpy_helper
 from onnxq.errors import OnnxqError
 from onnxq.graph import QDQ_OPS, GraphIndex, attr
 from onnxq.passes.base import InPlacePass, PassResult
-from onnxq.scales.rewrites import METADATA_KEY
+from onnxq.scales.rewrites import BIAS_KIND, METADATA_KEY, SHIFT_KIND, read_from_model
 
 
 def _dequantize(index: GraphIndex, dq: onnx.NodeProto) -> np.ndarray:
@@ -31,6 +33,9 @@ def _dequantize(index: GraphIndex, dq: onnx.NodeProto) -> np.ndarray:
         shape[axis] = -1
         scale, zp = scale.reshape(shape), zp.reshape(shape)
     return ((q - zp) * scale).astype(np.float32)
+
+
+log = logging.getLogger(__name__)
 
 
 class StripQDQ(InPlacePass):
@@ -75,10 +80,19 @@ class StripQDQ(InPlacePass):
         del graph.initializer[:]
         graph.initializer.extend(inits)
         notes = [f"stripped {len(rename) + len(new_inits)} Q/DQ pair(s)"]
+        record = read_from_model(model)
         recorded = [p for p in model.metadata_props if p.key == METADATA_KEY]
         if recorded:
             kept_props = [p for p in model.metadata_props if p.key != METADATA_KEY]
             del model.metadata_props[:]
             model.metadata_props.extend(kept_props)
             notes.append("the earlier run's record of float rewrites dropped: the stripped graph holds them already")
+        biased = sum(r.kind in (BIAS_KIND, SHIFT_KIND) for r in record.rewrites) if record else 0
+        if biased:
+            warning = (f"the earlier quantization moved biases for its own quantization error ({biased} "
+                       "bias-correction or activation-shift record(s)): the stripped graph is not the FP32 model, and "
+                       "requantizing it adds that run's error to this one's; quantize the original float model when "
+                       "you have it")
+            log.warning(warning)
+            notes.append(warning)
         return PassResult(model, bool(rename or new_inits or recorded), notes)
