@@ -1,7 +1,9 @@
 """Why a plan came out empty, in one line the user can act on.
 
-Three cases read differently: the model has no weighted op at all; its weighted ops are all inside the subgraphs
-of control-flow nodes (If/Loop/Scan, which onnxq does not quantize: a ``torch.jit.script`` export of a model that
+Four cases read differently: the model has no weighted op at all; it is integer-quantized already (ddddocr 1.6.1's
+``common_old.onnx`` holds 21 ``ConvInteger`` behind ``DynamicQuantizeLinear``: onnxq quantizes float models, and
+``--requantize`` strips only QuantizeLinear/DequantizeLinear); its weighted ops are all inside the subgraphs of
+control-flow nodes (If/Loop/Scan, which onnxq does not quantize: a ``torch.jit.script`` export of a model that
 branches on an input, such as silero-vad 6.2's sample-rate ``If``, holds its whole network there); or the main graph
 has weighted ops that the user's exclusions or non-constant weights left out.
 """
@@ -17,6 +19,9 @@ from onnxq.ops import WEIGHTED_OPS
 
 #: control-flow nodes named in the message (the rest are counted)
 SHOWN = 3
+#: integer kernels of a model quantized by other means (onnxruntime's dynamic and static QOperator formats)
+INTEGER_OPS = frozenset({"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear",
+                         "QGemm", "DynamicQuantizeMatMul", "QAttention", "QLinearAdd", "QLinearMul"})
 
 
 def _weighted(graph: onnx.GraphProto) -> Counter[str]:
@@ -50,4 +55,8 @@ def explain_empty_plan(model: onnx.ModelProto) -> str:
         return (f"nothing to quantize: the model's weighted nodes ({_listed(inner)}) are all inside the subgraphs "
                 f"of {names}{more}, and onnxq quantizes the main graph only; export the branch you deploy without "
                 "the control flow (e.g. with the input its condition reads fixed)")
+    integer = Counter(n.op_type for n in model.graph.node if n.op_type in INTEGER_OPS)
+    if integer:
+        return (f"nothing to quantize: the model is integer-quantized already ({_listed(integer)}) and has no float "
+                "Conv, ConvTranspose, Gemm or MatMul node; quantize its float original")
     return "nothing to quantize: the model has no Conv, ConvTranspose, Gemm or MatMul node"

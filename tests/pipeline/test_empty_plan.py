@@ -72,3 +72,25 @@ def test_a_model_without_weighted_nodes():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     assert explain_empty_plan(make_model(graph)) == (
         "nothing to quantize: the model has no Conv, ConvTranspose, Gemm or MatMul node")
+
+
+def test_an_integer_quantized_model_is_named_so(tmp_path):
+    """A dynamically quantized model (ConvInteger behind DynamicQuantizeLinear, as ddddocr's common_old.onnx) has
+    nothing float to quantize: the message says it is quantized already, and the command exits 2 writing nothing."""
+    w = np.ones((4, 3, 3, 3), np.int8)
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node("ConvInteger", ["xq", "w", "xz"], ["acc"], name="conv"),
+             helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["accf", "xs"], ["y"])]
+    graph = helper.make_graph(nodes, "dynamic", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [onnx.numpy_helper.from_array(w, "w")])
+    model = make_model(graph)
+    assert explain_empty_plan(model) == (
+        "nothing to quantize: the model is integer-quantized already (1 ConvInteger, 1 DynamicQuantizeLinear) and has "
+        "no float Conv, ConvTranspose, Gemm or MatMul node; quantize its float original")
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(model, path)
+    write_batches(tmp_path / "calib", 2, (1, 3, 8, 8), np.random.default_rng(1))
+    r = run_cli("quantize", path, "--calib", tmp_path / "calib", "-o", tmp_path / "q.onnx")
+    assert r.returncode == 2 and "integer-quantized already" in r.stderr and not (tmp_path / "q.onnx").exists()
