@@ -22,6 +22,8 @@ from onnxq.graph import QDQ_OPS, GraphIndex, attr
 from onnxq.passes.base import InPlacePass, PassResult
 from onnxq.scales.rewrites import BIAS_KIND, METADATA_KEY, SHIFT_KIND, read_from_model
 
+log = logging.getLogger(__name__)
+
 
 def _dequantize(index: GraphIndex, dq: onnx.NodeProto) -> np.ndarray:
     q = index.array(dq.input[0]).astype(np.float64)
@@ -33,9 +35,6 @@ def _dequantize(index: GraphIndex, dq: onnx.NodeProto) -> np.ndarray:
         shape[axis] = -1
         scale, zp = scale.reshape(shape), zp.reshape(shape)
     return ((q - zp) * scale).astype(np.float32)
-
-
-log = logging.getLogger(__name__)
 
 
 class StripQDQ(InPlacePass):
@@ -80,8 +79,11 @@ class StripQDQ(InPlacePass):
         del graph.initializer[:]
         graph.initializer.extend(inits)
         notes = [f"stripped {len(rename) + len(new_inits)} Q/DQ pair(s)"]
-        record = read_from_model(model)
-        recorded = [p for p in model.metadata_props if p.key == METADATA_KEY]
+        recorded = any(p.key == METADATA_KEY for p in model.metadata_props)
+        try:
+            record = read_from_model(model)
+        except OnnxqError:  # a broken record is dropped all the same: nothing reads it any more
+            record = None
         if recorded:
             kept_props = [p for p in model.metadata_props if p.key != METADATA_KEY]
             del model.metadata_props[:]

@@ -34,35 +34,15 @@ class WidenFloat16(InPlacePass):
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph
-        if not _holds_half(graph):
-            return PassResult(model, False)
-        taken = all_names(graph)
         widened = _widen_graph(graph)
+        taken = all_names(graph)
         inputs = _cast_inputs(graph, taken)
         outputs = _cast_outputs(graph, taken)
-        notes = [f"FP16 model computed in FP32 for quantization ({widened} float16 tensor(s) widened; Casts keep its "
-                 f"{inputs} float16 input(s) and {outputs} output(s))"]
+        if not (widened or inputs or outputs):
+            return PassResult(model, False)
+        notes = [f"FP16 model computed in FP32 for quantization ({widened} float16 tensor(s), type(s) and "
+                 f"attribute(s) widened; Casts keep its {inputs} float16 input(s) and {outputs} output(s))"]
         return PassResult(model, True, notes)
-
-
-def _holds_half(graph: onnx.GraphProto) -> bool:
-    """Whether anything of ``graph`` (subgraphs included) is float16."""
-    values = (*graph.input, *graph.output, *graph.value_info)
-    if any(v.type.tensor_type.elem_type == HALF for v in values):
-        return True
-    if any(t.data_type == HALF for t in graph.initializer):
-        return True
-    for node in graph.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == HALF:
-                return True
-            if a.type == onnx.AttributeProto.INT and a.name in ("to", "dtype") and a.i == HALF:
-                return True
-            if a.type == onnx.AttributeProto.GRAPH and _holds_half(a.g):
-                return True
-            if a.type == onnx.AttributeProto.GRAPHS and any(_holds_half(g) for g in a.graphs):
-                return True
-    return False
 
 
 def _widen_tensor(tensor: onnx.TensorProto) -> bool:
@@ -74,18 +54,20 @@ def _widen_tensor(tensor: onnx.TensorProto) -> bool:
 
 def _widen_graph(graph: onnx.GraphProto, subgraph: bool = False) -> int:
     """Widen ``graph``'s initializers, attributes, value types (and a subgraph's own inputs and outputs) in place;
-    returns how many float16 tensors (initializers and attribute tensors) became float32."""
+    returns how many of them changed (0: nothing of it was float16)."""
     count = sum(_widen_tensor(t) for t in graph.initializer)
     values = [*graph.value_info, *((*graph.input, *graph.output) if subgraph else ())]
     for value in values:
         if value.type.tensor_type.elem_type == HALF:
             value.type.tensor_type.elem_type = FULL
+            count += 1
     for node in graph.node:
         for a in node.attribute:
             if a.type == onnx.AttributeProto.TENSOR:
                 count += _widen_tensor(a.t)
             elif a.type == onnx.AttributeProto.INT and a.name in ("to", "dtype") and a.i == HALF:
                 a.i = FULL
+                count += 1
             elif a.type == onnx.AttributeProto.GRAPH:
                 count += _widen_graph(a.g, subgraph=True)
             elif a.type == onnx.AttributeProto.GRAPHS:

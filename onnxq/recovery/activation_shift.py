@@ -331,10 +331,11 @@ def shift_model(model: onnx.ModelProto, data: Iterable[Batch], batches: int, *,
 
 
 def compensation_deltas(model: onnx.ModelProto, table: ScaleTable, rewrites: Iterable[ShiftRewrite],
-                        skip: Collection[str] = ()) -> dict[str, np.ndarray]:
+                        skip: Collection[str] = (), index: GraphIndex | None = None) -> dict[str, np.ndarray]:
     """``(W_q - W) shift`` (one value per output channel, float64) of every shifted layer but those named in
-    ``skip`` whose weight ``table`` quantizes on an integer symmetric grid (per tensor or per channel), by node name."""
-    index = GraphIndex.build(model.graph)
+    ``skip`` whose weight ``table`` quantizes on an integer symmetric grid (per tensor or per channel), by node name
+    (``index``: the model's, when the caller holds it)."""
+    index = index or GraphIndex.build(model.graph)
     by_name = {node_name(n): n for n in model.graph.node}
     deltas: dict[str, np.ndarray] = {}
     for rewrite in rewrites:
@@ -360,8 +361,8 @@ def compensate_shifts(model: onnx.ModelProto, table: ScaleTable, rewrites: Itera
     """Add ``(W_q - W) shift`` to the bias of every shifted layer (but those named in ``skip``) whose weight ``table``
     quantizes (per tensor or per channel), in place: the quantized layer then computes ``W_q x' + b + W_q shift``,
     whose weight error is the unshifted one. Returns how many layers changed."""
-    deltas = compensation_deltas(model, table, rewrites, skip)
     index = GraphIndex.build(model.graph)
+    deltas = compensation_deltas(model, table, rewrites, skip, index)
     for node in nodes_named(model, list(deltas)):
         add_to_bias(model, index, node, deltas[node_name(node)], "shiftq")
     return len(deltas)

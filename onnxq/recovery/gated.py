@@ -84,7 +84,7 @@ def build_gated_model(prepared: onnx.ModelProto, plan: QuantPlan, scales: ScaleT
     biases = _compensated_biases(prepared, index, scales, set(gates), graph, taken)
     ordered: list[onnx.NodeProto] = []
     for node in graph.node:
-        name = node.name or (node.output[0] if node.output else "")
+        name = node_name(node)
         if name in biases:  # a shifted layer: its quantized form carries the shift's weight compensation
             selected = unique_name(taken, f"{node.input[2]}_gated")
             ordered.append(helper.make_node("If", [gates[name]], [selected], name=unique_name(taken, f"{name}_gate2"),
