@@ -59,13 +59,14 @@ from onnxq.passes.remove_identity import RemoveIdentity
 from onnxq.plan import QuantPlan, build_plan
 from onnxq.recovery.mixed_precision import accuracy_target, keep_float_for_target, verify_final
 from onnxq.recovery.replay import replay_rewrites
-from onnxq.recovery.stage import equalize, recover, shift_activations, uses_gptq
+from onnxq.recovery.stage import equalize, recover, shift_activations, shift_sampler, uses_gptq
 from onnxq.report import CLIP_WARNING_FRACTION, QuantReport
 from onnxq.rewritten_tensors import rewritten_tensors
 from onnxq.rules import TARGET_RULES
 from onnxq.runtime import make_session, run_batch
 from onnxq.scales.compute import clipped_fractions, compute_scales
 from onnxq.scales.importer import ScaleFileImporter
+from onnxq.scales.rewrites import read_from_model
 from onnxq.scales.types import ScaleTable
 from onnxq.short_maps import short_map_depthwise
 from onnxq.validate.compare import compare_models
@@ -217,10 +218,15 @@ def float_rewrites(prepared: onnx.ModelProto, calib_data: DataSource | Iterable[
     if owned:  # float rewrites of a model past 2 GB (weights on disk) are not supported yet
         return []
     options = recovery_options(config)
+    # the shift centres tensors of the equalized model; their samples come from equalization's float pass, mapped
+    # through its rewrites (one float pass for both when there is one)
+    sampler = shift_sampler(prepared, options) if calib_data is not None else None
+    recorded = read_from_model(prepared)
     notes = equalize(prepared, calib_data, options,
                      fold_only=not TARGET_RULES[config.target].equalize_through_activations,
-                     skip_padding=config.skip_padding_tokens)
-    return notes + shift_activations(prepared, calib_data, options, skip_padding=config.skip_padding_tokens)
+                     skip_padding=config.skip_padding_tokens, also=sampler)
+    return notes + shift_activations(prepared, calib_data, options, skip_padding=config.skip_padding_tokens,
+                                     sampled=sampler, rewrites_since=len(recorded.rewrites) if recorded else 0)
 
 
 def recovery_options(config: QuantConfig, calibrated: bool = True) -> RecoveryOptions:

@@ -30,7 +30,7 @@ replay it; the compensation is a bias change, recorded like bias correction's.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +44,7 @@ from onnxq.graph import GraphIndex, all_names, attr, node_name, recorded_ranks, 
 from onnxq.padding_rows import ActivationReader
 from onnxq.recovery.channel_scale import sample_rows, set_input_initializer
 from onnxq.recovery.layers import fake_quantize
-from onnxq.scales.rewrites import ShiftRewrite
+from onnxq.scales.rewrites import ChannelRewrite, Rewrite, ShiftRewrite
 from onnxq.scales.types import ScaleTable
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,9 @@ TIED_PRODUCERS = frozenset({"Concat", "Split", "Softmax", "Resize", "MaxPool", "
                             "Gather", "Upsample"})
 #: a shift is kept where it lowers the tensor's best symmetric INT8 error by at least this much
 MIN_GAIN_DB = 1.0
+#: a larger gain means the shifted samples are constant up to rounding: every channel seen once (an SE block's
+#: squeezed vector on one-image batches) or constant, which leaves nothing to centre
+DEGENERATE_GAIN_DB = 120.0
 #: sample values per tensor the window and the gate are computed on
 SAMPLE_VALUES = 16384
 QMAX = 127
@@ -139,28 +142,91 @@ def shift_targets(model: onnx.ModelProto) -> list[ShiftTarget]:
     return targets
 
 
+class SpreadSampler:
+    """Per-channel minima, maxima and sampled rows of the tensors of ``axes`` (name -> channel axis), from the values
+    of a float pass over ``batches`` batches, one tensor value at a time (:meth:`add`)."""
+
+    def __init__(self, axes: Mapping[str, int], batches: int) -> None:
+        self.axes = dict(axes)
+        self.batches = batches
+        self.spreads: dict[str, ChannelSpread] = {}
+
+    def add(self, name: str, value: np.ndarray) -> None:
+        rows = np.moveaxis(np.asarray(value, np.float32), self.axes[name] % np.ndim(value), -1)
+        rows = rows.reshape(-1, rows.shape[-1])
+        lo, hi = rows.min(axis=0).astype(np.float64), rows.max(axis=0).astype(np.float64)
+        sample = sample_rows(rows, max(1, SAMPLE_VALUES // (rows.shape[1] * self.batches)))
+        spread = self.spreads.get(name)
+        if spread is None:
+            self.spreads[name] = ChannelSpread(lo, hi, [sample])
+        else:
+            spread.lo, spread.hi = np.minimum(spread.lo, lo), np.maximum(spread.hi, hi)
+            spread.rows.append(sample)
+
+
 def shift_statistics(model: onnx.ModelProto, targets: list[ShiftTarget], data: Iterable[Batch], batches: int, *,
                      skip_padding: bool = True) -> dict[str, ChannelSpread]:
     """One float pass over ``batches`` batches: per target, its channels' minima and maxima and sampled rows."""
-    axes = {t.tensor: t.axis for t in targets}
-    reader = ActivationReader(model, list(axes), skip_padding=skip_padding,
-                              whole=frozenset(t for t, axis in axes.items() if axis >= 0))
-    spreads: dict[str, ChannelSpread] = {}
+    sampler = SpreadSampler({t.tensor: t.axis for t in targets}, batches)
+    reader = ActivationReader(model, list(sampler.axes), skip_padding=skip_padding,
+                              whole=frozenset(t for t, axis in sampler.axes.items() if axis >= 0))
     for count, batch in enumerate(data, start=1):
         for name, value in reader.read(batch, f"batch {count} (activation shift pass)").items():
-            rows = np.moveaxis(np.asarray(value, np.float32), axes[name] % value.ndim, -1)
-            rows = rows.reshape(-1, rows.shape[-1])
-            lo, hi = rows.min(axis=0).astype(np.float64), rows.max(axis=0).astype(np.float64)
-            sample = sample_rows(rows, max(1, SAMPLE_VALUES // (rows.shape[1] * batches)))
-            if name in spreads:
-                spread = spreads[name]
-                spread.lo, spread.hi = np.minimum(spread.lo, lo), np.maximum(spread.hi, hi)
-                spread.rows.append(sample)
-            else:
-                spreads[name] = ChannelSpread(lo, hi, [sample])
+            sampler.add(name, value)
         if count >= batches:
             break
-    return spreads
+    return sampler.spreads
+
+
+def shift_candidates(model: onnx.ModelProto) -> dict[str, int]:
+    """Every tensor some layer could read shifted (input 0 of a 1x1 Conv or Gemm a shift folds into), with its
+    channel axis: what a float pass BEFORE equalization and SmoothQuant samples for the shift, to be mapped through
+    their rewrites (:func:`spreads_after_rewrites`) instead of a second pass after them."""
+    index = GraphIndex.build(model.graph)
+    ranks = recorded_ranks(model.graph)
+    found: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm") and node.input and node.input[0] in ranks and node.input[0] not in found:
+            channels = _reader_channels(index, node, node.input[0])
+            if channels is not None:
+                found[node.input[0]] = channels[0]
+    return found
+
+
+def _divided(spread: ChannelSpread, scale: np.ndarray) -> ChannelSpread:
+    """The spread of ``x / scale`` (per channel, ``scale > 0``) from that of ``x``."""
+    inverse = (1.0 / scale).astype(np.float32)
+    return ChannelSpread(spread.lo / scale, spread.hi / scale, [rows * inverse for rows in spread.rows])
+
+
+def spreads_after_rewrites(targets: Iterable[ShiftTarget], before: Mapping[str, ChannelSpread],
+                           rewrites: Iterable[Rewrite]) -> dict[str, ChannelSpread]:
+    """The spreads of the ``targets`` of the rewritten model from ``before`` (sampled on the model before the channel
+    rewrites): a reader a rewrite names reads ``rewrite.tensor / scale`` (:class:`ChannelRewrite`), any other reads
+    its input as it was. A target whose readers disagree, that two rewrites of one reader rescale, or whose source
+    was not sampled is left out (the caller samples it on the rewritten model)."""
+    by_node: dict[str, list[ChannelRewrite]] = {}
+    for rewrite in rewrites:
+        if isinstance(rewrite, ChannelRewrite):
+            by_node.setdefault(rewrite.node, []).append(rewrite)
+    mapped: dict[str, ChannelSpread] = {}
+    for target in targets:
+        sources = set()
+        for reader in target.readers:
+            found = by_node.get(reader, [])
+            if len(found) > 1:
+                break
+            sources.add((found[0].tensor, found[0].scale.tobytes()) if found else (target.tensor, b""))
+        else:
+            if len(sources) != 1:
+                continue
+            (tensor, _), = sources
+            spread = before.get(tensor)
+            if spread is None:
+                continue
+            rewrite = by_node.get(target.readers[0])
+            mapped[target.tensor] = _divided(spread, rewrite[0].scale) if rewrite else spread
+    return mapped
 
 
 class SortedSample:
@@ -222,7 +288,7 @@ def choose_shift(spread: ChannelSpread) -> tuple[np.ndarray, float] | None:
     low, high = np.clip(spread.lo, lo, hi), np.clip(spread.hi, lo, hi)
     shift = (low + high) / 2
     before, after = symmetric_error(sample), symmetric_error(rows - shift)
-    if before == 0 or after == 0:
+    if before == 0 or after <= before * 10 ** (-DEGENERATE_GAIN_DB / 10):
         return None
     gain = 10 * np.log10(before / after)
     return (shift, float(gain)) if gain >= MIN_GAIN_DB else None
@@ -306,14 +372,20 @@ def add_to_bias(model: onnx.ModelProto, index: GraphIndex, node: onnx.NodeProto,
         node.input[2] = name
 
 
-def shift_model(model: onnx.ModelProto, data: Iterable[Batch], batches: int, *,
-                skip_padding: bool = True) -> tuple[str, list[ShiftRewrite]]:
+def shift_model(model: onnx.ModelProto, data: Iterable[Batch], batches: int, *, skip_padding: bool = True,
+                sampled: Mapping[str, ChannelSpread] | None = None,
+                rewrites_since: Iterable[Rewrite] = ()) -> tuple[str, list[ShiftRewrite]]:
     """Shift every target tensor whose symmetric INT8 error the shift lowers by :data:`MIN_GAIN_DB`, in place;
-    returns the report's note and the rewrites, in the order applied."""
+    returns the report's note and the rewrites, in the order applied. ``sampled``: spreads of an earlier float pass
+    (:func:`shift_candidates`, before the channel rewrites ``rewrites_since``); only the targets they do not give are
+    sampled by a pass of their own."""
     targets = shift_targets(model)
     if not targets:
         return "activation shift: no 1x1 Conv/Gemm input it applies to exactly", []
-    spreads = shift_statistics(model, targets, data, batches, skip_padding=skip_padding)
+    spreads = spreads_after_rewrites(targets, sampled, rewrites_since) if sampled else {}
+    missing = [t for t in targets if t.tensor not in spreads]
+    if missing:
+        spreads.update(shift_statistics(model, missing, data, batches, skip_padding=skip_padding))
     rewrites: list[ShiftRewrite] = []
     gains = []
     for target in targets:

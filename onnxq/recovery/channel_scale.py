@@ -22,8 +22,9 @@ The per-channel ranges that choose ``s`` come from one float pass over a few cal
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -49,21 +50,34 @@ class ChannelTarget:
     axis: int
 
 
+class PassObserver(Protocol):
+    """What else a float pass of :func:`channel_statistics` reads: the tensors of ``axes`` (name -> channel axis) on
+    its first ``batches`` batches, handed to :meth:`add` one value at a time."""
+
+    axes: Mapping[str, int]
+    batches: int
+
+    def add(self, name: str, value: np.ndarray) -> None: ...
+
+
 def channel_statistics(model: onnx.ModelProto, targets: list[ChannelTarget], data: Iterable[Batch], batches: int, *,
                        rows: Collection[str] = (), row_batches: int = 0, skip_padding: bool = True,
-                       keep_rows: Callable[[np.ndarray], bool] | None = None,
+                       keep_rows: Callable[[np.ndarray], bool] | None = None, also: PassObserver | None = None,
                        ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """One float pass: the largest |value| per channel of every target tensor over ``batches`` batches (channels on the
     last axis read at real tokens only when ``skip_padding``, :mod:`onnxq.padding_rows`), and the values of
     each tensor of ``rows`` as (rows, last axis), at most :data:`MAX_ROWS` evenly spaced rows over ``row_batches``
     batches (each batch's own share), for searches that simulate a layer on real inputs. ``keep_rows``: once the
     maxima are complete, a tensor of both whose maxima it rejects is no longer sampled (and the pass ends early when
-    none is left)."""
+    none is left). ``also`` gets its tensors' values from the same pass (the activation shift's samples)."""
     axes = {t.tensor: t.axis for t in targets}
-    reader = ActivationReader(model, list(dict.fromkeys([*axes, *rows])), skip_padding=skip_padding,
-                              whole=frozenset(t for t, axis in axes.items() if axis >= 0))
+    observed = dict(also.axes) if also is not None else {}
+    whole = {**observed, **axes}
+    reader = ActivationReader(model, list(dict.fromkeys([*axes, *rows, *observed])), skip_padding=skip_padding,
+                              whole=frozenset(t for t, axis in whole.items() if axis >= 0))
     found: dict[str, np.ndarray] = {}
     kept: dict[str, list[np.ndarray]] = {n: [] for n in rows}
+    last = max(batches, also.batches if also is not None else 0)
     for count, batch in enumerate(data, start=1):
         for name, value in reader.read(batch, f"batch {count} (equalization/SmoothQuant pass)").items():
             if name in axes and count <= batches:
@@ -71,9 +85,11 @@ def channel_statistics(model: onnx.ModelProto, targets: list[ChannelTarget], dat
                 found[name] = np.maximum(found[name], peak) if name in found else peak
             if name in kept and count <= row_batches:
                 kept[name].append(sample_rows(value, max(1, MAX_ROWS // row_batches)))
+            if name in observed and also is not None and count <= also.batches:
+                also.add(name, value)
         if keep_rows is not None and count == batches:
             kept = {n: v for n, v in kept.items() if n not in found or keep_rows(found[n])}
-        if count >= max(batches, row_batches if kept else 0):
+        if count >= max(last, row_batches if kept else 0):
             break
     return found, {n: np.concatenate(v, axis=0) for n, v in kept.items() if v}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -22,19 +23,24 @@ from onnxq.data import Batch
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex
 from onnxq.plan import QuantPlan
+from onnxq.recovery.channel_scale import PassObserver
 from onnxq.recovery.layers import build_layer, capture_inputs, is_layer
 from onnxq.scales.rewrites import ShiftRewrite
 from onnxq.scales.types import ScaleTable
+
+if TYPE_CHECKING:
+    from onnxq.recovery.activation_shift import SpreadSampler
 
 log = logging.getLogger(__name__)
 
 
 def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: RecoveryOptions,
-             fold_only: bool = False, skip_padding: bool = True) -> list[str]:
+             fold_only: bool = False, skip_padding: bool = True, also: PassObserver | None = None) -> list[str]:
     """Float-to-float channel rescaling of ``model`` in place; returns notes for the report. Every rewrite is
     recorded in the model's metadata (:mod:`onnxq.scales.rewrites`), so exported scales can carry it and
     ``--scales`` can replay it (:mod:`onnxq.recovery.replay`). ``skip_padding``: the channel statistics leave out a
-    masked transformer's padding tokens (:mod:`onnxq.padding_rows`)."""
+    masked transformer's padding tokens (:mod:`onnxq.padding_rows`). ``also`` reads its tensors in the same float
+    pass, when there is one (the activation shift's samples, :func:`shift_activations`)."""
     alpha = options.smoothquant(None)
     if not (options.equalize or alpha is not None):
         return []
@@ -60,7 +66,7 @@ def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: Reco
     searched = [t.tensor for t in smoothed] if alpha == "auto" else []
     ranges, rows = channel_statistics(model, targets, data, options.equalize_batches, rows=searched,
                                       row_batches=options.batches if searched else 0, skip_padding=skip_padding,
-                                      keep_rows=has_outlier_channels) if targets else ({}, {})
+                                      keep_rows=has_outlier_channels, also=also) if targets else ({}, {})
     if options.equalize:
         note, rewrites = equalize_model(model, ranges, fold_only)
         notes.append(note)
@@ -78,10 +84,23 @@ def equalize(model: onnx.ModelProto, data: Iterable[Batch] | None, options: Reco
     return notes
 
 
+def shift_sampler(model: onnx.ModelProto, options: RecoveryOptions) -> SpreadSampler | None:
+    """What the equalization pass samples for the activation shift (None: no shift): every tensor a shift could
+    apply to, before the channel rewrites, which :func:`shift_activations` maps its samples through."""
+    if not options.activation_shift:
+        return None
+    from onnxq.recovery.activation_shift import SpreadSampler, shift_candidates
+
+    return SpreadSampler(shift_candidates(model), options.equalize_batches)
+
+
 def shift_activations(model: onnx.ModelProto, data: Iterable[Batch] | None, options: RecoveryOptions,
-                      skip_padding: bool = True) -> list[str]:
+                      skip_padding: bool = True, sampled: SpreadSampler | None = None,
+                      rewrites_since: int = 0) -> list[str]:
     """The activation shift of ``model`` in place (after equalization and SmoothQuant, which change the tensors it
-    centres), recorded with the float rewrites; returns notes for the report."""
+    centres), recorded with the float rewrites; returns notes for the report. ``sampled``: the samples
+    :func:`shift_sampler` took in the equalization pass, before the recorded rewrites from ``rewrites_since`` on;
+    the tensors they do not give are sampled by a pass of the shift's own."""
     if not options.activation_shift or data is None:
         return []
     from onnxq.recovery.activation_shift import shift_model
@@ -89,7 +108,9 @@ def shift_activations(model: onnx.ModelProto, data: Iterable[Batch] | None, opti
 
     earlier = read_from_model(model)
     before = earlier.weights_before if earlier else weights_digest(model)  # hashed only when nothing recorded it
-    note, rewrites = shift_model(model, data, options.equalize_batches, skip_padding=skip_padding)
+    note, rewrites = shift_model(model, data, options.equalize_batches, skip_padding=skip_padding,
+                                 sampled=sampled.spreads if sampled is not None else None,
+                                 rewrites_since=earlier.rewrites[rewrites_since:] if earlier else ())
     if rewrites:
         record_in_model(model, FloatRewrites((*(earlier.rewrites if earlier else ()), *rewrites), before,
                                              weights_digest(model)))
@@ -196,9 +217,11 @@ def recorded_biases(prepared: onnx.ModelProto, replayable: bool, correct: Callab
     them. When onnxruntime cannot run a part of the model the correction needs (an OnnxqError before any bias is
     written), the quantization goes on without it and the report says why: ``what`` names it."""
     from onnxq.recovery.bias_record import bias_state, record_bias_rewrites
-    from onnxq.scales.rewrites import weights_digest
+    from onnxq.scales.rewrites import read_from_model, weights_digest
 
-    digest, before = (weights_digest(prepared), bias_state(prepared)) if replayable else ("", {})
+    # the weights' digest before is recorded only when no earlier rewrite recorded it (hashing costs per weight byte)
+    digest = weights_digest(prepared) if replayable and read_from_model(prepared) is None else ""
+    before = bias_state(prepared) if replayable else {}
     try:
         note = correct()
     except OnnxqError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -213,3 +214,99 @@ def test_shifts_applied_together_equal_one_at_a_time() -> None:
     for rewrite in rewrites:
         apply_shifts(one_by_one, [rewrite])
     assert together.graph == one_by_one.graph
+
+
+def rewritten_readers_model() -> onnx.ModelProto:
+    """A 3x3 Conv + Relu feeding a 1x1 Conv (a cross-layer pair: the shift target's values are rescaled under their
+    old name), whose Relu output is pooled and read by a Gemm with an outlier channel (SmoothQuant inserts a Mul)."""
+    rng = np.random.default_rng(4)
+    c, k, n = 6, 6, 5
+    w3 = (rng.standard_normal((c, 3, 3, 3)) * np.linspace(0.1, 3.0, c).reshape(-1, 1, 1, 1)).astype(np.float32)
+    w1 = (rng.standard_normal((k, c, 1, 1)) * 0.4).astype(np.float32)
+    wg = (rng.standard_normal((n, k)) * 0.3).astype(np.float32)
+    scale = np.ones(k, np.float32)
+    scale[2] = 30.0  # an outlier channel for SmoothQuant
+    nodes = [
+        helper.make_node("Conv", ["x", "w3", "b3"], ["c3"], name="conv3x3", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+        helper.make_node("Conv", ["r3", "w1", "b1"], ["c1"], name="pointwise"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("GlobalAveragePool", ["r1"], ["pooled"], name="pool"),
+        helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+        helper.make_node("Mul", ["flat", "outliers"], ["wide"], name="widen"),
+        helper.make_node("Relu", ["wide"], ["h"], name="relu_h"),
+        helper.make_node("Gemm", ["h", "wg", "bg"], ["y"], name="head", transB=1),
+    ]
+    inits = [init("w3", w3), init("b3", (rng.standard_normal(c) * 0.5).astype(np.float32)), init("w1", w1),
+             init("b1", (rng.standard_normal(k) * 0.5 + 0.5).astype(np.float32)), init("outliers", scale),
+             init("wg", wg), init("bg", np.zeros(n, np.float32))]
+    graph = helper.make_graph(nodes, "rewritten", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return make_model(graph)
+
+
+def test_samples_taken_before_the_channel_rewrites_map_to_the_rewritten_tensors() -> None:
+    from onnxq.pipeline import prepare
+    from onnxq.recovery.activation_shift import shift_statistics, spreads_after_rewrites
+    from onnxq.recovery.stage import equalize, shift_sampler
+
+    config = QuantConfig()
+    options = replace(recovery_options(config), smoothquant_alpha=0.5)
+    prepared, _ = prepare(rewritten_readers_model(), config)
+    data = image_batches(count=2, size=8, seed=5)
+    sampler = shift_sampler(prepared, options)
+    assert sampler is not None
+    equalize(prepared, data, options, also=sampler)
+    rewrites = read_from_model(prepared).rewrites
+    assert {(r.kind, r.node) for r in rewrites} >= {("cle-pair", "pointwise"), ("smoothquant", "head")}
+    targets = shift_targets(prepared)
+    mapped = spreads_after_rewrites(targets, sampler.spreads, rewrites)
+    direct = shift_statistics(prepared, targets, data, options.equalize_batches)
+    # the pair's 1x1 Conv reads its rescaled input under the old name; the Mul SmoothQuant inserts has no recorded
+    # rank, so the Gemm's input is no target
+    assert sorted(mapped) == sorted(direct) == ["r3"]
+    for name, want in direct.items():
+        got = mapped[name]
+        np.testing.assert_allclose(got.lo, want.lo, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got.hi, want.hi, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.concatenate(got.rows), np.concatenate(want.rows), rtol=1e-5, atol=1e-6)
+    # and the mapping was needed: the pair's rewrite rescaled what the 1x1 Conv reads
+    assert not np.allclose(direct["r3"].hi, sampler.spreads["r3"].hi, rtol=1e-3)
+
+
+def test_the_shift_takes_its_samples_from_equalizations_pass(monkeypatch) -> None:
+    import onnxq.recovery.activation_shift as shift_module
+
+    model, data = mobilenet_hardswish(), image_batches(count=2, size=32, seed=10)
+    config = QuantConfig(recovery=RecoveryOptions(bias_correction=False))
+    shared = quantize(model, data, config).model
+
+    def second_pass(*args, **kwargs):
+        raise AssertionError("a float pass of the shift's own")
+
+    monkeypatch.setattr(shift_module, "shift_statistics", second_pass)
+    assert quantize(model, data, config).model.SerializeToString() == shared.SerializeToString()
+    monkeypatch.undo()
+    import onnxq.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "shift_sampler", lambda *args, **kwargs: None)
+    separate = quantize(model, data, config).model
+    assert [r.nodes for r in read_from_model(separate).rewrites if isinstance(r, ShiftRewrite)] == \
+        [r.nodes for r in read_from_model(shared).rewrites if isinstance(r, ShiftRewrite)]
+    want = {r.tensor: r.shift for r in read_from_model(separate).rewrites if isinstance(r, ShiftRewrite)}
+    for r in read_from_model(shared).rewrites:
+        if isinstance(r, ShiftRewrite):
+            np.testing.assert_allclose(r.shift, want[r.tensor], rtol=1e-5, atol=1e-7)
+
+
+def test_a_channel_seen_once_is_not_shifted_even_off_by_rounding() -> None:
+    from onnxq.recovery.activation_shift import ChannelSpread, choose_shift
+
+    row = np.array([[0.5, 2.0, 3.0, 0.1]], np.float32)  # one observation per channel: an SE vector, one image
+    exact = ChannelSpread(row[0].astype(np.float64), row[0].astype(np.float64), [row])
+    assert choose_shift(exact) is None
+    scale = np.array([0.3, 1.7, 2.9, 0.11])
+    rounded = ChannelSpread(row[0] / scale, row[0] / scale, [row * (1 / scale).astype(np.float32)])
+    assert choose_shift(rounded) is None
+    rows = np.abs(np.random.default_rng(0).standard_normal((64, 4))).astype(np.float32) + row
+    assert choose_shift(ChannelSpread(rows.min(0).astype(np.float64), rows.max(0).astype(np.float64), [rows]))
