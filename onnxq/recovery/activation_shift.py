@@ -224,8 +224,8 @@ def spreads_after_rewrites(targets: Iterable[ShiftTarget], before: Mapping[str, 
             spread = before.get(tensor)
             if spread is None:
                 continue
-            rewrite = by_node.get(target.readers[0])
-            mapped[target.tensor] = _divided(spread, rewrite[0].scale) if rewrite else spread
+            rescaled = by_node.get(target.readers[0])
+            mapped[target.tensor] = _divided(spread, rescaled[0].scale) if rescaled else spread
     return mapped
 
 

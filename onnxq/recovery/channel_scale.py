@@ -54,8 +54,11 @@ class PassObserver(Protocol):
     """What else a float pass of :func:`channel_statistics` reads: the tensors of ``axes`` (name -> channel axis) on
     its first ``batches`` batches, handed to :meth:`add` one value at a time."""
 
-    axes: Mapping[str, int]
-    batches: int
+    @property
+    def axes(self) -> Mapping[str, int]: ...
+
+    @property
+    def batches(self) -> int: ...
 
     def add(self, name: str, value: np.ndarray) -> None: ...
 
