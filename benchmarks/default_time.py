@@ -2,12 +2,15 @@
 
     python benchmarks/default_time.py [--models pointnext centerpoint bevfusion vit det rec ori] [--runs 3]
                                       [--variants minmax default [auto ...]] [--workdir /tmp/onnxq-default-time]
+                                      [--cli [--onnxq-tree OTHER_CHECKOUT ...]]
 
 The issue's budget: the default quantize costs at most 2x min-max on the same model. For each model the variants run
 alternately (minmax, default, minmax, default, ...) ``--runs`` times, each as one ``onnxq.quantize`` call in this
 process (library call, no process start-up; calibration data on disk as the CLI reads it), and the table gives the
 median wall time of each variant and its ratio to min-max's. ``--cli`` times each variant as the whole command in a
-new process instead (start-up, imports, model load and write included: what a user times). Variants:
+new process instead (start-up, imports, model load and write included: what a user times); ``--onnxq-tree DIR``
+adds the variants of another checkout (a ``git worktree`` of an earlier commit) to the same alternation, so a change's
+cost is measured before and after in one run. Variants:
 
 * ``minmax``: ``--method minmax`` with every accuracy-recovery stage off (the old default, the issue's baseline);
 * ``default``: ``QuantConfig()`` -- whatever the defaults are at this commit (``onnxq quantize MODEL --calib DATA``);
@@ -31,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -89,20 +93,23 @@ def model_and_data(name: str, workdir: Path) -> tuple[str, str]:
 
 def time_model(model: str, calib: str, variants: list[str], runs: int, cli: bool = False,
                workdir: Path | None = None, stages: dict[str, list[dict[str, float]]] | None = None,
-               target: str = "tensorrt") -> dict[str, list[float]]:
+               target: str = "tensorrt", trees: Sequence[Path] = ()) -> dict[str, list[float]]:
     """Wall seconds of each run of each variant for ``target``; ``stages`` (library calls only) gets each run's
-    seconds per pipeline stage (``QuantReport.seconds``)."""
-    times: dict[str, list[float]] = {v: [] for v in variants}
+    seconds per pipeline stage (``QuantReport.seconds``). ``trees`` (``cli`` only): other checkouts whose variants
+    but min-max run too, in the same alternation, as ``variant@tree``."""
+    columns = {v: (v, REPO) for v in variants}
+    columns.update({f"{v}@{tree.name}": (v, tree) for tree in trees for v in variants if v != "minmax"})
+    times: dict[str, list[float]] = {c: [] for c in columns}
     for _ in range(runs):
-        for variant in variants:
+        for column, (variant, repo) in columns.items():
             start = time.perf_counter()
             if cli:
-                run_command(variant, model, calib, workdir or Path("/tmp"), target)
+                run_command(variant, model, calib, workdir or Path("/tmp"), target, repo)
             else:
                 result = quantize(model, calib=calib, config=replace(VARIANTS[variant], target=target))
                 if stages is not None:
                     stages.setdefault(variant, []).append(dict(result.report.seconds))
-            times[variant].append(time.perf_counter() - start)
+            times[column].append(time.perf_counter() - start)
     return times
 
 
@@ -112,13 +119,14 @@ def stage_medians(runs: list[dict[str, float]]) -> str:
     return ", ".join(f"{name} {statistics.median(run.get(name, 0.0) for run in runs):.2f}" for name in names)
 
 
-def run_command(variant: str, model: str, calib: str, workdir: Path, target: str = "tensorrt") -> None:
-    """The variant's ``onnxq quantize`` command line, run as a new process of this checkout (start-up, imports,
-    model load and the write included: the wall time a user sees)."""
+def run_command(variant: str, model: str, calib: str, workdir: Path, target: str = "tensorrt",
+                repo: Path = REPO) -> None:
+    """The variant's ``onnxq quantize`` command line, run as a new process of the checkout ``repo`` (start-up,
+    imports, model load and the write included: the wall time a user sees)."""
     args = COMMANDS[variant].split()[2:]  # drop "onnxq quantize"
     args = [model if a == "MODEL" else calib if a == "DATA" else a for a in args]
-    out = workdir / f"{Path(model).stem}-{variant}.onnx"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    out = workdir / f"{Path(model).stem}-{variant}-{repo.name}.onnx"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
     subprocess.run([sys.executable, "-m", "onnxq.cli", "quantize", *args, "--target", target, "-o", str(out), "-q"],
                    check=True, env=env, stdout=subprocess.DEVNULL)
 
@@ -133,25 +141,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cli", action="store_true",
                         help="time each variant as a whole `python -m onnxq.cli quantize` process instead of a "
                              "library call in this process")
+    parser.add_argument("--onnxq-tree", type=Path, action="append", default=[], metavar="DIR",
+                        help="with --cli: also run the variants but min-max from this checkout (a `git worktree` of "
+                             "another commit), alternating with this one's; repeatable")
     parser.add_argument("--stages", action="store_true",
                         help="also print each variant's median seconds per pipeline stage (library calls only)")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
+    if args.onnxq_tree and not args.cli:
+        parser.error("--onnxq-tree times other checkouts as new processes: add --cli")
     variants = ["minmax", *[v for v in args.variants if v != "minmax"]]
-    header = " | ".join(f"{v} s" for v in variants)
-    ratios = " | ".join(f"{v} / min-max" for v in variants[1:])
+    columns = [*variants, *(f"{v}@{tree.name}" for tree in args.onnxq_tree for v in variants[1:])]
+    header = " | ".join(f"{c} s" for c in columns)
+    ratios = " | ".join(f"{c} / min-max" for c in columns[1:])
     print(f"| model | {header} | {ratios} |")
-    print("|---|" + "---:|" * (2 * len(variants) - 1))
+    print("|---|" + "---:|" * (2 * len(columns) - 1))
     breakdown: list[str] = []
     for name in args.models:
         model, calib = model_and_data(name, args.workdir)
         args.workdir.mkdir(parents=True, exist_ok=True)
         stages: dict[str, list[dict[str, float]]] | None = {} if args.stages and not args.cli else None
-        times = time_model(model, calib, variants, args.runs, args.cli, args.workdir, stages, args.target)
+        times = time_model(model, calib, variants, args.runs, args.cli, args.workdir, stages, args.target,
+                           args.onnxq_tree)
         breakdown += [f"- {name} {v}: {stage_medians(runs)}" for v, runs in (stages or {}).items()]
-        medians = {v: statistics.median(t) for v, t in times.items()}
-        cells = " | ".join(f"{medians[v]:.2f}" for v in variants)
-        ratio_cells = " | ".join(f"{medians[v] / medians['minmax']:.2f}x" for v in variants[1:])
+        medians = {c: statistics.median(t) for c, t in times.items()}
+        cells = " | ".join(f"{medians[c]:.2f}" for c in columns)
+        ratio_cells = " | ".join(f"{medians[c] / medians['minmax']:.2f}x" for c in columns[1:])
         print(f"| {name} | {cells} | {ratio_cells} |", flush=True)
     how = "each a new process (--cli)" if args.cli else "library calls in one process"
     print(f"\nmedians of {args.runs} alternating runs per variant, {how}, --target {args.target}; commands:")

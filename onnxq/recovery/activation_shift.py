@@ -42,7 +42,7 @@ from onnxq.dtypes import quant_dtype
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, all_names, attr, node_name, recorded_ranks, unique_name
 from onnxq.padding_rows import ActivationReader
-from onnxq.recovery.channel_scale import sample_rows, set_input_initializer
+from onnxq.recovery.channel_scale import set_input_initializer
 from onnxq.recovery.layers import fake_quantize
 from onnxq.scales.rewrites import ChannelRewrite, Rewrite, ShiftRewrite
 from onnxq.scales.types import ScaleTable
@@ -152,10 +152,15 @@ class SpreadSampler:
         self.spreads: dict[str, ChannelSpread] = {}
 
     def add(self, name: str, value: np.ndarray) -> None:
-        rows = np.moveaxis(np.asarray(value, np.float32), self.axes[name] % np.ndim(value), -1)
-        rows = rows.reshape(-1, rows.shape[-1])
-        lo, hi = rows.min(axis=0).astype(np.float64), rows.max(axis=0).astype(np.float64)
-        sample = sample_rows(rows, max(1, SAMPLE_VALUES // (rows.shape[1] * self.batches)))
+        value = np.asarray(value, np.float32)
+        axis = self.axes[name] % value.ndim
+        others = tuple(a for a in range(value.ndim) if a != axis)
+        lo, hi = value.min(axis=others).astype(np.float64), value.max(axis=others).astype(np.float64)
+        # every step-th row of the channels-last rows, gathered without copying the whole tensor channels-last
+        rows = np.moveaxis(value, axis, -1)
+        count = rows.size // max(rows.shape[-1], 1)
+        step = max(1, -(-count // max(1, SAMPLE_VALUES // (rows.shape[-1] * self.batches))))
+        sample = rows[np.unravel_index(np.arange(0, count, step), rows.shape[:-1])]
         spread = self.spreads.get(name)
         if spread is None:
             self.spreads[name] = ChannelSpread(lo, hi, [sample])

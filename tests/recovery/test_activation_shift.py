@@ -310,3 +310,22 @@ def test_a_channel_seen_once_is_not_shifted_even_off_by_rounding() -> None:
     assert choose_shift(rounded) is None
     rows = np.abs(np.random.default_rng(0).standard_normal((64, 4))).astype(np.float32) + row
     assert choose_shift(ChannelSpread(rows.min(0).astype(np.float64), rows.max(0).astype(np.float64), [rows]))
+
+
+@pytest.mark.parametrize(("shape", "axis"), [((6, 40, 9, 7), 1), ((2, 5, 30), -1), ((700, 24), -1)])
+def test_the_sampler_keeps_every_step_th_channels_last_row_and_each_channels_range(shape, axis) -> None:
+    from onnxq.recovery.activation_shift import SAMPLE_VALUES, SpreadSampler
+    from onnxq.recovery.channel_scale import sample_rows
+
+    values = [np.random.default_rng(seed).standard_normal(shape).astype(np.float32) for seed in (0, 1)]
+    sampler = SpreadSampler({"x": axis}, batches=2)
+    for value in values:
+        sampler.add("x", value)
+    spread = sampler.spreads["x"]
+    rows = [np.moveaxis(v, axis, -1).reshape(-1, shape[axis]) for v in values]  # the definition
+    every = np.concatenate(rows)
+    np.testing.assert_array_equal(spread.lo, every.min(axis=0))
+    np.testing.assert_array_equal(spread.hi, every.max(axis=0))
+    for got, want in zip(spread.rows, rows):
+        np.testing.assert_array_equal(got, sample_rows(want, max(1, SAMPLE_VALUES // (shape[axis] * 2))))
+    assert 1 < spread.rows[0].shape[0] < rows[0].shape[0] or rows[0].shape[0] * shape[axis] * 2 <= SAMPLE_VALUES
