@@ -191,10 +191,15 @@ def shift_candidates(model: onnx.ModelProto) -> dict[str, int]:
     ranks = recorded_ranks(model.graph)
     found: dict[str, int] = {}
     for node in model.graph.node:
-        if node.op_type in ("Conv", "Gemm") and node.input and node.input[0] in ranks and node.input[0] not in found:
-            channels = _reader_channels(index, node, node.input[0])
-            if channels is not None:
-                found[node.input[0]] = channels[0]
+        tensor = node.input[0] if node.op_type in ("Conv", "Gemm") and node.input else ""
+        if not tensor or tensor in found or tensor not in ranks or index.is_initializer(tensor):
+            continue
+        producer = index.producer.get(tensor)
+        if producer is not None and producer.op_type in TIED_PRODUCERS:
+            continue
+        channels = _reader_channels(index, node, tensor)
+        if channels is not None:
+            found[tensor] = channels[0]
     return found
 
 
