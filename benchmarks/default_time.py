@@ -127,8 +127,9 @@ def run_command(variant: str, model: str, calib: str, workdir: Path, target: str
     args = [model if a == "MODEL" else calib if a == "DATA" else a for a in args]
     out = workdir / f"{Path(model).stem}-{variant}-{repo.name}.onnx"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+    # run from the checkout: `python -m` puts the working directory first on the import path
     subprocess.run([sys.executable, "-m", "onnxq.cli", "quantize", *args, "--target", target, "-o", str(out), "-q"],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
+                   check=True, env=env, stdout=subprocess.DEVNULL, cwd=repo)
 
 
 def main(argv: list[str] | None = None) -> int:
