@@ -82,10 +82,11 @@ def test_stats_honour_the_method_flags_or_refuse_them(net):
 @pytest.mark.parametrize("fmt", ["json", "trt-cache", "aimet"])
 def test_scales_round_trip_is_byte_identical(net, fmt):
     """The one-channel head weight stays per channel through every format (the cache holds no weights at all). A
-    shifted run's trt-cache and AIMET file need the shifted float model (tests/scales/test_float_rewrites.py), so
-    those run without the shift; JSON records it."""
+    shifted or bias-corrected run's trt-cache and AIMET file need its rewritten float model
+    (tests/scales/test_float_rewrites.py), so those run without the shift and the correction (the Conv before the
+    float ConvTranspose is corrected: a corrected layer follows); JSON records both."""
     model, first = net / "model.onnx", net / "m.onnx"
-    unshifted = [] if fmt == "json" else ["--no-shift-activations"]
+    unshifted = [] if fmt == "json" else ["--no-shift-activations", "--no-bias-correction"]
     assert run_cli("quantize", model, "--calib", net / "calib", *unshifted, "-o", first).returncode == 0
     scales = net / f"s.{fmt}"
     assert run_cli("export-scales", first, "--format", fmt, "-o", scales).returncode == 0
@@ -99,7 +100,8 @@ def test_scales_round_trip_is_byte_identical(net, fmt):
 
 def test_strict_cache_still_asks_for_every_activation(net):
     model, first = net / "model.onnx", net / "m.onnx"
-    assert run_cli("quantize", model, "--calib", net / "calib", "--no-shift-activations", "-o", first).returncode == 0
+    assert run_cli("quantize", model, "--calib", net / "calib", "--no-shift-activations", "--no-bias-correction",
+                   "-o", first).returncode == 0
     cache = net / "s.cache"
     assert run_cli("export-scales", first, "--format", "trt-cache", "-o", cache).returncode == 0
     cache.write_text("\n".join(cache.read_text().splitlines()[:-1]) + "\n")  # drop one activation
