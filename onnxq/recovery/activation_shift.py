@@ -42,7 +42,7 @@ from onnxq.dtypes import quant_dtype
 from onnxq.errors import OnnxqError
 from onnxq.graph import GraphIndex, all_names, attr, node_name, recorded_ranks, unique_name
 from onnxq.padding_rows import ActivationReader
-from onnxq.recovery.channel_scale import set_input_initializer
+from onnxq.recovery.channel_scale import row_step, set_input_initializer
 from onnxq.recovery.layers import fake_quantize
 from onnxq.scales.rewrites import ChannelRewrite, Rewrite, ShiftRewrite
 from onnxq.scales.types import ScaleTable
@@ -159,7 +159,7 @@ class SpreadSampler:
         # every step-th row of the channels-last rows, gathered without copying the whole tensor channels-last
         rows = np.moveaxis(value, axis, -1)
         count = rows.size // max(rows.shape[-1], 1)
-        step = max(1, -(-count // max(1, SAMPLE_VALUES // (rows.shape[-1] * self.batches))))
+        step = row_step(count, SAMPLE_VALUES // (rows.shape[-1] * self.batches))
         sample = rows[np.unravel_index(np.arange(0, count, step), rows.shape[:-1])]
         spread = self.spreads.get(name)
         if spread is None:
@@ -221,21 +221,14 @@ def spreads_after_rewrites(targets: Iterable[ShiftTarget], before: Mapping[str, 
             by_node.setdefault(rewrite.node, []).append(rewrite)
     mapped: dict[str, ChannelSpread] = {}
     for target in targets:
-        sources = set()
-        for reader in target.readers:
-            found = by_node.get(reader, [])
-            if len(found) > 1:
-                break
-            sources.add((found[0].tensor, found[0].scale.tobytes()) if found else (target.tensor, b""))
-        else:
-            if len(sources) != 1:
-                continue
-            (tensor, _), = sources
-            spread = before.get(tensor)
-            if spread is None:
-                continue
-            rescaled = by_node.get(target.readers[0])
-            mapped[target.tensor] = _divided(spread, rescaled[0].scale) if rescaled else spread
+        found = [by_node.get(reader, []) for reader in target.readers]
+        sources = {(f[0].tensor, f[0].scale.tobytes()) if f else (target.tensor, b"") for f in found}
+        if any(len(f) > 1 for f in found) or len(sources) != 1:
+            continue
+        rescaled = found[0][0] if found[0] else None
+        spread = before.get(rescaled.tensor if rescaled else target.tensor)
+        if spread is not None:
+            mapped[target.tensor] = _divided(spread, rescaled.scale) if rescaled else spread
     return mapped
 
 

@@ -106,8 +106,12 @@ def _channel_peak(value: np.ndarray, axis: int) -> np.ndarray:
 def sample_rows(x: np.ndarray, limit: int = MAX_ROWS) -> np.ndarray:
     """``x`` as (rows, last axis) float32, at most ``limit`` evenly spaced rows."""
     rows = np.asarray(x, np.float32).reshape(-1, np.shape(x)[-1])
-    step = max(1, -(-rows.shape[0] // limit))
-    return rows[::step]
+    return rows[::row_step(rows.shape[0], limit)]
+
+
+def row_step(rows: int, limit: int) -> int:
+    """The stride that keeps at most ``limit`` of ``rows`` evenly spaced rows (:func:`sample_rows`)."""
+    return max(1, -(-rows // max(1, limit)))
 
 
 def set_input_initializer(model: onnx.ModelProto, node: onnx.NodeProto, i: int, value: np.ndarray, suffix: str,
